@@ -1,0 +1,37 @@
+"""The `dsv3` command line. Each subcommand lives in its own module exposing
+``add_arguments(parser)`` and ``run(args) -> int`` (exit code); they are imported lazily."""
+import argparse
+import importlib
+import sys
+
+# name -> (module, help)
+SUBCOMMANDS = {
+    "info-cpu": ("dsv3.cli_cpu", "show CPU features, kernel path, threads and oneDNN"),
+}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="dsv3", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (mod, help_) in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_)
+        sp.set_defaults(_module=mod)
+        importlib.import_module(mod).add_arguments(sp)
+    return p
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except (ValueError, TypeError, OSError, KeyError) as e:
+        print(f"dsv3 {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Helpers for tests and demos: random-weight checkpoints written in the real on-disk layouts."""
