@@ -1,0 +1,35 @@
+/* Linear layers y = x W^T over weights in any supported storage format.
+ * Owned by the quantised-linear work; other modules only call dsv3_linear().
+ * Fields may be added, existing ones are not renamed. */
+#ifndef DSV3_LINEAR_H
+#define DSV3_LINEAR_H
+
+#include "dsv3.h"
+
+typedef enum {
+    DSV3_FMT_F32 = 0,      /* data: float [n, k] */
+    DSV3_FMT_BF16 = 1,     /* data: uint16 bf16 bits [n, k] */
+    DSV3_FMT_FP8_BLOCK = 2,/* data: e4m3fn [n, k]; scale: float [ceil(n/128), ceil(k/128)] */
+    DSV3_FMT_NVFP4 = 3,    /* data: u8 [n, k/2] (low nibble first); scale: e4m3 [n, k/16]; scale2 */
+    DSV3_FMT_INT8 = 4,     /* data: int8 [n, k]; scale: float [n] */
+    DSV3_FMT_INT4 = 5,     /* data: u8 [n, k/2] packed; scale: float [n, k/group] */
+    DSV3_FMT_COUNT
+} dsv3_format;
+
+typedef struct {
+    dsv3_format fmt;
+    int64_t n, k;       /* logical shape of W: [n, k] */
+    const void *data;   /* codes, layout per fmt (see above) */
+    const void *scale;  /* per-block / per-channel scales, or NULL */
+    float scale2;       /* global scale (nvfp4), else 1 */
+    int group;          /* block / group size along k where the format has one */
+    int ue8m0;          /* fp8_block: scales are powers of two (informational) */
+    const void *packed; /* optional kernel layout prepared by the linear module, or NULL */
+} dsv3_weight;
+
+/* y[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n]); x float32 [m, k], y float32 [m, n].
+ * isa: -1 for the active path. Deterministic: independent of the thread count. */
+dsv3_status dsv3_linear(const float *x, int64_t m, const dsv3_weight *w, const float *bias, float *y,
+                        int isa, dsv3_error *err);
+
+#endif
