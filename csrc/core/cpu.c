@@ -126,7 +126,7 @@ dsv3_status dsv3_init(dsv3_error *err)
         }
     g_isa = best;
     if (env && *env) {
-        dsv3_isa forced;
+        dsv3_isa forced = DSV3_ISA_SCALAR;
         dsv3_status s = dsv3_isa_parse(env, &forced, err);
         if (s != DSV3_OK)
             return dsv3_fail(err, s, "DSV3_ISA='%s': expected scalar, avx2 or avx512", env);

@@ -8,7 +8,7 @@ static PyMethodDef *const TABLES[] = {
 };
 
 static struct PyModuleDef moduledef = {
-    PyModuleDef_HEAD_INIT, "dsv3._dsv3", "dsv3 compute core (C99).", -1, NULL,
+    PyModuleDef_HEAD_INIT, "dsv3._dsv3", "dsv3 compute core (C99).", -1, NULL, NULL, NULL, NULL, NULL,
 };
 
 static int add_table(PyObject *m, PyMethodDef *t)
