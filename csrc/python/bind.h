@@ -50,3 +50,14 @@ int dsv3_model_init_types(PyObject *module);
 int dsv3_quant_init_types(PyObject *module);
 
 #endif
+
+/* ---- weights (bind_weight.c, owned by the quantised-linear work) ----
+ * Accepts a weight for dsv3_linear from Python:
+ *   - a numpy float32 or bfloat16 array [n, k];
+ *   - a dict {"format": "fp8_block"|"nvfp4"|"int8"|"int4"|"bf16"|"f32", "shape": (n, k),
+ *             "data": array, "scale": array or None, "scale2": float, "group": int}
+ *     (what dsv3.quant.QuantizedTensor.to_native() returns).
+ * n, k: expected shape, -1 for any. The arrays must outlive the dsv3_weight: the caller keeps a
+ * reference to obj. Returns 1 on success, 0 with a Python exception naming `what`. */
+#include "dsv3_linear.h"
+int dsv3_py_weight(PyObject *obj, const char *what, int64_t n, int64_t k, dsv3_weight *out);
