@@ -7,6 +7,9 @@ import sys
 # name -> (module, help)
 SUBCOMMANDS = {
     "info-cpu": ("dsv3.cli_cpu", "show CPU features, kernel path, threads and oneDNN"),
+    "convert": ("dsv3.cli_convert", "convert a checkpoint (streaming, resumable, verified)"),
+    "verify": ("dsv3.cli_verify", "check a converted checkpoint against its manifest"),
+    "info": ("dsv3.cli_info", "architecture, formats and tensors of a checkpoint"),
 }
 
 

@@ -1,0 +1,33 @@
+"""`dsv3 info PATH`: architecture, formats, tensor counts and bytes of any supported checkpoint."""
+import json
+
+
+def add_arguments(p):
+    p.add_argument("path", metavar="PATH", help="checkpoint directory (source or converted)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _size(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+
+
+def run(args):
+    from .convert import info
+    out = info(args.path)
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print(f"path        : {out['path']}")
+    print(f"layout      : {out['layout']}")
+    print("architecture: " + ", ".join(f"{k}={v}" for k, v in out["architecture"].items()))
+    print(f"tensors     : {out['tensors']}")
+    for fmt, (count, nbytes) in sorted(out["formats"].items()):
+        print(f"  {fmt:<10}: {count:6d} tensors, {_size(nbytes)}")
+    for key in ("missing", "unexpected"):
+        names = out[key]
+        shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+        print(f"{key:<12}: {shown or 'none'}")
+    return 0

@@ -1,0 +1,29 @@
+"""Checkpoint conversion into the dsv3 layout: `convert`, `verify`, `info`, `read_dsv3_checkpoint`.
+
+On-disk dsv3 layout (DST):
+- config.json: the source's config without `quantization_config`, plus a "dsv3" section:
+  {"layout": "dsv3", "format_version": 1, "quantization": {"default", "experts", "attention",
+  "lm_head", "formats": {fmt: params}, "tensors": {base name: fmt} for every quantised tensor,
+  "tensor_params": {base name: params} where they differ from "formats"}, "mtp_kept",
+  "expert_parallel" (with --ep)}.
+- model.safetensors.index.json + shards. Tensors use the canonical names; a quantised `X.weight` is
+  stored as its QuantizedTensor arrays (`X.weight`, `X.weight_scale_inv` | `X.weight_scale`,
+  `X.weight_scale_2`, `X.input_scale`). Routed experts are stored per expert as
+  `...experts.E.gate_up_proj.weight` [2I, H] (gate rows first) and `...experts.E.down_proj.weight`
+  when the format's scales split exactly at row I (bf16, int8, int4; fp8_block when I % 128 == 0);
+  otherwise (nvfp4, whose gate and up have their own global scale) gate_proj / up_proj stay separate.
+  kv_b_proj is stored as is (the reader hands it to the model unsplit).
+- Shard files: `model-KKKKK-of-NNNNN.safetensors`; with --ep N, the routed experts of rank r
+  (experts [r*E/N, (r+1)*E/N), contiguous as in DeepSeek's convert.py) go to
+  `model-ep<r>-of-ep<N>-KKKKK-of-NNNNN.safetensors` and everything else, once, to
+  `model-shared-KKKKK-of-NNNNN.safetensors`; the index maps every tensor.
+- With --keep-mtp the MTP layer's tensors are copied verbatim (source names and formats).
+- dsv3-manifest.json: source identity, options, per-shard state and per-tensor shard, dtype,
+  shape, format and sha256 (see manifest.py).
+"""
+from .layout import read_dsv3_checkpoint
+from .run import convert
+from .verify import verify
+from .info import info
+
+__all__ = ["convert", "verify", "info", "read_dsv3_checkpoint"]

@@ -1,0 +1,270 @@
+"""dsv3.convert(): streaming, resumable, verified checkpoint conversion."""
+import json
+import logging
+import os
+import shutil
+
+from . import manifest as mf
+from .memory import release_pages
+from .plan import DEFAULT_SHARD_BYTES, Options, assign_shards, build_items, layer_of
+from .tensors import convert_value, fuse_rows, is_quantized, value_format
+from .writer import PARTIAL_SUFFIX, ShardWriter, hash_file_tensors
+
+log = logging.getLogger("dsv3.convert")
+FAIL_AFTER_ENV = "DSV3_CONVERT_FAIL_AFTER"  # test hook: exit abruptly after K written tensors
+QUANT_FORMATS = ("fp8_block", "nvfp4", "int8", "int4")
+_NOT_COPIED = {"config.json", mf.INDEX, mf.MANIFEST, "hf_quant_config.json"}
+
+
+def _check_paths(src, dst):
+    src, dst = os.path.abspath(src), os.path.abspath(dst)
+    if not os.path.exists(src):
+        raise FileNotFoundError(f"source checkpoint {src} does not exist")
+    if not os.path.isdir(src):
+        raise NotADirectoryError(f"source checkpoint {src} is not a directory")
+    if os.path.commonpath([src, dst]) == src:
+        raise ValueError(f"destination {dst} is inside the source checkpoint {src}; choose another directory")
+    if os.path.exists(dst) and not os.path.isdir(dst):
+        raise NotADirectoryError(f"destination {dst} exists and is not a directory")
+    return src, dst
+
+
+def _version():
+    from .. import __version__
+    return __version__
+
+
+def _plan(ckpt, src, opts):
+    """Pass 1: names, shapes and formats of the source's tensors (no data is read)."""
+    cfg = ckpt.config
+    n_experts = cfg.n_routed_experts or 0
+    if opts.ep > 1 and (not n_experts or n_experts % opts.ep):
+        raise ValueError(f"--ep {opts.ep} must divide the number of routed experts ({n_experts})")
+    entries = [(n, tuple(v.shape), int(v.nbytes), value_format(v)) for n, v in ckpt.canonical_tensors()]
+    items = build_items(entries, opts, n_experts)
+    if opts.keep_mtp:
+        items += _mtp_items(src, cfg.num_hidden_layers)
+    return items, assign_shards(items, opts)
+
+
+def _mtp_items(src, n_layers):
+    from ..safetensors_io import open_safetensors
+    from .plan import Item
+    out = []
+    with open_safetensors(src) as r:
+        for key in r.keys():
+            if (layer_of(key) or -1) >= n_layers:
+                nbytes = int(r.get(key).nbytes)
+                out.append(Item(key, (key,), None, "shared", nbytes, nbytes, raw=True))
+    if not out:
+        log.info("--keep-mtp: the source has no MTP layer (layer >= %d)", n_layers)
+    return out
+
+
+def _prepare_dst(dst, src_id, opts, shards):
+    """Create dst, or resume it: completed shards whose checksums match are kept."""
+    os.makedirs(dst, exist_ok=True)
+    old = mf.load(dst)
+    if old is None:
+        leftovers = [n for n in os.listdir(dst) if not n.endswith(PARTIAL_SUFFIX)]
+        if leftovers:
+            raise ValueError(f"destination {dst} is not empty and has no {mf.MANIFEST} "
+                             f"(found {', '.join(sorted(leftovers)[:3])}); choose an empty directory")
+        return mf.new(src_id, opts.to_dict(), shards, _version())
+    if old["source"] != src_id or old["options"] != opts.to_dict() or \
+            {f: s["items"] for f, s in old["shards"].items()} != shards:
+        raise ValueError(f"destination {dst} holds a conversion of another source or with other options "
+                         f"(see {mf.MANIFEST}); remove it or choose another directory")
+    kept = 0
+    for fname, shard in old["shards"].items():
+        if shard["complete"] and not _shard_ok(dst, fname, old):
+            log.info("resume: %s failed verification, rewriting it", fname)
+            shard["complete"] = False
+        if not shard["complete"]:
+            old["tensors"] = {k: v for k, v in old["tensors"].items() if v["shard"] != fname}
+            old["items"] = {k: v for k, v in old.get("items", {}).items() if v["shard"] != fname}
+        kept += shard["complete"]
+    old["complete"] = False
+    log.info("resume: keeping %d of %d shards", kept, len(old["shards"]))
+    return old
+
+
+def _shard_ok(dst, fname, m):
+    path = os.path.join(dst, fname)
+    if not os.path.isfile(path) or os.path.getsize(path) != m["shards"][fname]["size"]:
+        return False
+    try:
+        hashes, header = hash_file_tensors(path)
+    except (OSError, ValueError):
+        return False
+    want = {k: v for k, v in m["tensors"].items() if v["shard"] == fname}
+    return set(hashes) == set(want) and all(
+        hashes[k] == v["sha256"] and header[k]["shape"] == v["shape"] for k, v in want.items())
+
+
+class _Streamer:
+    """Pass 2: converts items as their sources arrive and writes them to their shards."""
+
+    def __init__(self, dst, items, m, progress):
+        self.dst, self.m, self.progress = dst, m, progress
+        self.items = {it.name: it for it in items}
+        self.by_source = {s: it for it in items if not it.raw for s in it.sources}
+        self.pending = {}
+        self.writers = {}
+        self.left = {f: len(s["items"]) for f, s in m["shards"].items()}
+        self.m.setdefault("items", {})
+        fail = os.environ.get(FAIL_AFTER_ENV)
+        self.fail_after = int(fail) if fail else None
+        self.written = 0
+
+    def feed(self, name, value):
+        it = self.by_source.get(name)
+        if it is None:
+            raise ValueError(f"source tensor {name} appeared that the plan does not know")
+        if self.m["shards"][it.shard]["complete"]:
+            if len(it.sources) == 1 or name == it.sources[-1]:
+                self.progress.update(it.src_bytes)
+            return
+        got = self.pending.setdefault(it.name, {})
+        got[name] = value
+        if len(got) == len(it.sources):
+            del self.pending[it.name]
+            self._write(it, [got[s] for s in it.sources])
+
+    def _write(self, it, values):
+        converted = [convert_value(v, it.fmt) for v in values]
+        if len(converted) == 1:
+            arrays, params = converted[0]
+        else:
+            arrays, params = fuse_rows(converted, it.fmt, values[0].shape[0])
+        stored_fmt = it.fmt or value_format(values[0])
+        w = self.writers.get(it.shard)
+        if w is None:
+            w = self.writers[it.shard] = ShardWriter(os.path.join(self.dst, it.shard),
+                                                     self.m["shards"][it.shard]["items"])
+        base = it.name[:-len("weight")] if it.name.endswith(".weight") and not it.raw else it.name + "."
+        for key, arr in arrays.items():
+            disk = it.name if it.raw else base + key
+            rec = w.add(disk, arr)
+            rec.update(shard=it.shard, format=stored_fmt)
+            self.m["tensors"][disk] = rec
+        self.m["items"][it.name] = {"shard": it.shard, "format": stored_fmt, "params": params,
+                                    "sources": list(it.sources), "raw": it.raw}
+        del arrays, converted
+        for v in values:
+            release_pages(list(v.arrays.values()) if is_quantized(v) else [v])
+        self.progress.update(it.src_bytes)
+        self.written += 1
+        if self.fail_after is not None and self.written >= self.fail_after:
+            os._exit(75)
+        self.left[it.shard] -= 1
+        if self.left[it.shard] == 0:
+            size = self.writers.pop(it.shard).finish()
+            self.m["shards"][it.shard].update(complete=True, size=size)
+            mf.save(self.dst, self.m)
+
+    def feed_raw(self, reader):
+        for it in self.items.values():
+            if it.raw:
+                if self.m["shards"][it.shard]["complete"]:
+                    self.progress.update(it.src_bytes)
+                else:
+                    self._write(it, [reader.get(it.name)])
+
+    def close(self):
+        if self.pending:
+            raise ValueError(f"source ended before these tensors were complete: {sorted(self.pending)[:3]}")
+        for w in self.writers.values():
+            w.abort()
+        bad = [f for f, s in self.m["shards"].items() if not s["complete"]]
+        if bad:
+            raise ValueError(f"conversion incomplete: shards {bad[:3]} were not written (did the source change?)")
+
+
+def _dsv3_section(m, opts, cfg, shards):
+    quantised = {k: v for k, v in m["items"].items() if v["format"] in QUANT_FORMATS and not v.get("raw")}
+    formats, tensor_params = {}, {}
+    for name, v in quantised.items():
+        if formats.setdefault(v["format"], v["params"]) != v["params"]:
+            tensor_params[name] = v["params"]
+    sec = {"layout": "dsv3", "format_version": 1,
+           "quantization": {"default": opts.format, "experts": opts.experts or opts.format,
+                            "attention": opts.attention or opts.format, "lm_head": opts.lm_head,
+                            "formats": formats,
+                            "tensors": {k: v["format"] for k, v in quantised.items()},
+                            "tensor_params": tensor_params},
+           "mtp_kept": opts.keep_mtp}
+    if opts.ep > 1:
+        per = cfg.n_routed_experts // opts.ep
+        sec["expert_parallel"] = {
+            "size": opts.ep, "experts_per_rank": per,
+            "ranks": [{"experts": [r * per, (r + 1) * per],
+                       "files": [f for f in shards if f"-ep{r}-of-" in f]} for r in range(opts.ep)],
+            "shared_files": [f for f in shards if f.startswith("model-shared-")]}
+    return sec
+
+
+def _finish(src, dst, m, opts, cfg):
+    weight_map = {k: v["shard"] for k, v in sorted(m["tensors"].items())}
+    total = 0
+    for f, s in m["shards"].items():
+        total += s["size"]
+    mf.write_json_atomic(os.path.join(dst, mf.INDEX), {"metadata": {"total_size": total}, "weight_map": weight_map})
+    with open(os.path.join(src, "config.json")) as f:
+        config = json.load(f)
+    config.pop("quantization_config", None)
+    config["dsv3"] = _dsv3_section(m, opts, cfg, list(m["shards"]))
+    mf.write_json_atomic(os.path.join(dst, "config.json"), config)
+    for name in sorted(os.listdir(src)):
+        p = os.path.join(src, name)
+        if name in _NOT_COPIED or name.endswith(".safetensors") or not os.path.isfile(p):
+            continue
+        shutil.copyfile(p, os.path.join(dst, name + PARTIAL_SUFFIX))
+        os.replace(os.path.join(dst, name + PARTIAL_SUFFIX), os.path.join(dst, name))
+    m["complete"] = True
+    mf.save(dst, m)
+
+
+def convert(src, dst, format="bf16", experts=None, attention=None, lm_head=None, keep_mtp=False, ep=1,
+            threads=None, quiet=False, shard_bytes=None):
+    """Convert checkpoint directory `src` (any layout dsv3.checkpoint.open_checkpoint reads) into a
+    dsv3 checkpoint in `dst`.
+
+    format: default format of linear weights ('bf16', 'fp8_block', 'nvfp4', 'int8', 'int4');
+    experts / attention / lm_head: formats of the routed experts / attention linears / lm_head
+    (lm_head stays as stored unless given); keep_mtp: copy the MTP layer verbatim; ep: split the
+    routed experts into `ep` expert-parallel file sets; threads: dsv3.set_num_threads for the C
+    quantisers; shard_bytes: target shard size. Re-running on an interrupted `dst` resumes it.
+    Returns the manifest (dict)."""
+    src, dst = _check_paths(src, dst)
+    opts = Options(format=format, experts=experts, attention=attention, lm_head=lm_head,
+                   keep_mtp=bool(keep_mtp), ep=ep,
+                   shard_bytes=DEFAULT_SHARD_BYTES if shard_bytes is None else shard_bytes).validate()
+    if threads is not None:
+        from ..cpu import set_num_threads
+        set_num_threads(threads)
+    from ..checkpoint import open_checkpoint
+    ckpt = open_checkpoint(src)
+    items, shards = _plan(ckpt, src, opts)
+    m = _prepare_dst(dst, mf.source_identity(src, ckpt.layout), opts, shards)
+    mf.save(dst, m)
+    for name in os.listdir(dst):
+        if name.endswith(PARTIAL_SUFFIX):
+            os.remove(os.path.join(dst, name))
+    from tqdm import tqdm
+    progress = tqdm(total=sum(it.src_bytes for it in items), unit="B", unit_scale=True, unit_divisor=1024,
+                    desc="convert", disable=quiet, mininterval=0.5)
+    try:
+        st = _Streamer(dst, items, m, progress)
+        for name, value in ckpt.canonical_tensors():
+            st.feed(name, value)
+        if opts.keep_mtp:
+            from ..safetensors_io import open_safetensors
+            with open_safetensors(src) as r:
+                st.feed_raw(r)
+        st.close()
+    finally:
+        progress.close()
+    _finish(src, dst, m, opts, ckpt.config)
+    return m
+

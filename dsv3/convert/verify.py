@@ -1,0 +1,43 @@
+"""`dsv3 verify`: every tensor of a converted checkpoint against its manifest."""
+import os
+
+from . import manifest as mf
+from .writer import hash_file_tensors
+
+
+def verify(path):
+    """Check every shard's tensors (presence, dtype, shape, sha256) against dsv3-manifest.json.
+
+    Returns a list of problems, one string per bad tensor or file (empty: all good). Raises
+    OSError / ValueError if `path` has no readable manifest."""
+    m = mf.load(path)
+    if m is None:
+        raise FileNotFoundError(f"{path} has no {mf.MANIFEST}: not a dsv3-converted checkpoint")
+    problems = []
+    if not m.get("complete"):
+        problems.append(f"{mf.MANIFEST}: conversion is not complete (re-run dsv3 convert to resume it)")
+    by_shard = {}
+    for name, rec in m["tensors"].items():
+        by_shard.setdefault(rec["shard"], {})[name] = rec
+    for fname in m["shards"]:
+        want = by_shard.get(fname, {})
+        fpath = os.path.join(path, fname)
+        if not os.path.isfile(fpath):
+            problems.append(f"{fname}: missing file ({len(want)} tensors)")
+            continue
+        try:
+            hashes, header = hash_file_tensors(fpath)
+        except (OSError, ValueError) as e:
+            problems.append(f"{fname}: unreadable ({e})")
+            continue
+        for name, rec in sorted(want.items()):
+            if name not in header:
+                problems.append(f"{name}: missing from {fname}")
+            elif header[name]["shape"] != rec["shape"] or header[name]["dtype"] != rec["dtype"]:
+                problems.append(f"{name}: {header[name]['dtype']}{header[name]['shape']} in {fname}, "
+                                f"manifest says {rec['dtype']}{rec['shape']}")
+            elif hashes[name] != rec["sha256"]:
+                problems.append(f"{name}: sha256 mismatch in {fname}")
+        for name in sorted(set(header) - set(want) - {"__metadata__"}):
+            problems.append(f"{name}: in {fname} but not in the manifest")
+    return problems
