@@ -277,3 +277,14 @@ def test_converted_logits_equal_direct_load(sources, tmp_path, layout, fmt):
     cfg = open_checkpoint(sources[layout]).config
     want = dsv3.Model.from_tensors(cfg, expected(sources[layout], fmt)).forward(ids)
     assert np.array_equal(got, want)
+
+
+def test_dsv3_convert_is_callable_and_records_packed_layout(sources, tmp_path):
+    dst = str(tmp_path / "out")
+    dsv3.convert(sources["hf"], dst, format="int8", quiet=True)
+    with open(os.path.join(dst, "config.json")) as f:
+        sec = json.load(f)["dsv3"]
+    assert sec["layout"] == "dsv3" and sec["quantization"]["default"] == "int8"
+    if hasattr(quant, "pack"):
+        assert sec["quantization"]["formats"]["int8"]["packed"] == quant.PACKED_LAYOUT
+    assert "quantization_config" not in json.load(open(os.path.join(dst, "config.json")))

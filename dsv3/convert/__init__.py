@@ -21,9 +21,24 @@ On-disk dsv3 layout (DST):
 - dsv3-manifest.json: source identity, options, per-shard state and per-tensor shard, dtype,
   shape, format and sha256 (see manifest.py).
 """
+import sys
+import types
+
 from .layout import read_dsv3_checkpoint
 from .run import convert
 from .verify import verify
 from .info import info
 
 __all__ = ["convert", "verify", "info", "read_dsv3_checkpoint"]
+
+
+class _CallableModule(types.ModuleType):
+    """Lets `dsv3.convert(src, dst, format=...)` call convert() while dsv3.convert stays a package."""
+
+    def __call__(self, *args, **kwargs):
+        return convert(*args, **kwargs)
+
+    __call__.__doc__ = convert.__doc__
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -56,6 +56,8 @@ def read_dsv3_checkpoint(path, reader=None):
         if layer is not None and layer >= n_layers:
             skipped.add(layer)
             continue
+        if ".self_attn.indexer." in base:  # V3.2 indexer: copied verbatim, not a canonical tensor
+            continue
         if None in parts:
             yield base, reader.get(parts[None])
             continue
@@ -72,3 +74,51 @@ def read_dsv3_checkpoint(path, reader=None):
             yield base, make_value(arrays, fmt, params)
     for layer in sorted(skipped):
         log.info("skipping MTP layer %d of %s (kept verbatim by --keep-mtp)", layer, path)
+
+
+class Dsv3Checkpoint:
+    """A converted checkpoint opened by dsv3.checkpoint.open_checkpoint: ``.path``, ``.config``,
+    ``.layout`` ("dsv3"), ``.reader``, ``canonical_tensors()``, ``summary()``, ``close()``."""
+
+    layout = "dsv3"
+
+    def __init__(self, path, config, reader):
+        self.path, self.config, self.reader = path, config, reader
+
+    def canonical_tensors(self):
+        """Yield (canonical_name, value); values are zero-copy, valid while the checkpoint is open."""
+        return read_dsv3_checkpoint(self.path, self.reader)
+
+    def summary(self):
+        """Counts and bytes per stored dtype and per format (for ``dsv3 info``)."""
+        r, by_dtype, by_format = self.reader, {}, {}
+        for n in r.keys():
+            d = by_dtype.setdefault(r.dtype(n), {"count": 0, "bytes": 0})
+            d["count"] += 1
+            d["bytes"] += int(r.get(n).nbytes)
+        sec = dsv3_section(self.path)
+        for base, fmt in sec.get("quantization", {}).get("tensors", {}).items():
+            by_format[fmt] = by_format.get(fmt, 0) + 1
+        return {"path": self.path, "layout": "dsv3", "model_type": getattr(self.config, "model_type", None),
+                "num_tensors": len(list(r.keys())), "total_bytes": sum(v["bytes"] for v in by_dtype.values()),
+                "by_dtype": by_dtype, "quantised_by_format": by_format,
+                "options": {k: v for k, v in sec.get("quantization", {}).items()
+                            if k in ("default", "experts", "attention", "lm_head")}}
+
+    def close(self):
+        self.reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_dsv3(path, config):
+    """Open a dsv3 checkpoint directory whose config is already loaded (the open_checkpoint hook)."""
+    if dsv3_section(path) is None:
+        raise ValueError(f"{path}: has a dsv3 manifest but config.json has no dsv3 section "
+                         f"(an interrupted conversion? re-run dsv3 convert to finish it)")
+    from ..safetensors_io import open_safetensors
+    return Dsv3Checkpoint(path, config, open_safetensors(path))

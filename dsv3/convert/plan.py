@@ -32,7 +32,8 @@ class Options:
         for field in ("format", "experts", "attention", "lm_head"):
             v = getattr(self, field)
             if (v is not None or field == "format") and v not in FORMATS:
-                raise ValueError(f"unknown {field} format {v!r}; expected one of {', '.join(FORMATS)}")
+                where = "" if field == "format" else f" for {field}"
+                raise ValueError(f"unknown format {v!r}{where}; expected one of {', '.join(FORMATS)}")
         if isinstance(self.ep, bool) or not isinstance(self.ep, int) or self.ep < 1:
             raise ValueError(f"ep must be a positive int, got {self.ep!r}")
         if not isinstance(self.shard_bytes, int) or self.shard_bytes < 1:

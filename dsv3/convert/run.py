@@ -142,9 +142,11 @@ class _Streamer:
         if w is None:
             w = self.writers[it.shard] = ShardWriter(os.path.join(self.dst, it.shard),
                                                      self.m["shards"][it.shard]["items"])
-        base = it.name[:-len("weight")] if it.name.endswith(".weight") and not it.raw else it.name + "."
+        plain = it.raw or not it.name.endswith(".weight")
+        if plain and set(arrays) != {"weight"}:
+            raise ValueError(f"{it.name}: a {stored_fmt} tensor must be named *.weight")
         for key, arr in arrays.items():
-            disk = it.name if it.raw else base + key
+            disk = it.name if plain else it.name[:-len("weight")] + key
             rec = w.add(disk, arr)
             rec.update(shard=it.shard, format=stored_fmt)
             self.m["tensors"][disk] = rec

@@ -46,15 +46,23 @@ def to_float(v):
     return np.asarray(v, dtype=np.float32)
 
 
+def _stored(qt):
+    """Arrays and params of a QuantizedTensor in the layout the kernels read: dsv3.quant.pack's
+    (which records its layout version in params['packed']; for layout "ckpt-1" it is the checkpoint
+    layout itself, so the arrays are unchanged)."""
+    pack = getattr(_quant(), "pack", None)
+    if pack is not None:
+        qt = pack(qt)
+    return dict(qt.arrays), dict(qt.params)
+
+
 def convert_value(v, fmt):
     """Arrays to store for value v in format fmt (None: as stored).
 
     Returns (arrays dict {suffix: ndarray}, params dict). Same format -> the source codes and
     scales are copied bit-exactly; otherwise dequantise (C) then quantise (C)."""
     if fmt is None:
-        if is_quantized(v):
-            return dict(v.arrays), dict(v.params)
-        return {"weight": v}, {}
+        return _stored(v) if is_quantized(v) else ({"weight": v}, {})
     if fmt == "bf16":
         if not is_quantized(v) and v.dtype == ml_dtypes.bfloat16:
             return {"weight": v}, {}
@@ -62,9 +70,8 @@ def convert_value(v, fmt):
             return {"weight": v.arrays["weight"]}, {}
         return {"weight": to_float(v).astype(ml_dtypes.bfloat16)}, {}
     if is_quantized(v) and v.fmt == fmt:
-        return dict(v.arrays), dict(v.params)
-    qt = _quant().quantize(to_float(v), fmt)
-    return dict(qt.arrays), dict(qt.params)
+        return _stored(v)
+    return _stored(_quant().quantize(to_float(v), fmt))
 
 
 def fuse_rows(parts, fmt, rows):
