@@ -12,8 +12,10 @@ import sys
 
 import numpy as np
 
+_MADV_WILLNEED = 3
 _MADV_DONTNEED = 4
 _libc = None
+_maps_cache = []
 
 
 def _madvise():
@@ -40,23 +42,41 @@ def _file_mappings():
     return out
 
 
-def release_pages(arrays):
-    """Drop the resident pages of these source arrays (numpy arrays backed by a read-only file
-    mapping; anything else is left alone). Returns the bytes released."""
-    if not sys.platform.startswith("linux"):
-        return 0
-    maps, released = None, 0
+def _file_ranges(arrays):
+    """Whole-page (start, length) ranges of the arrays that lie inside a read-only file mapping."""
+    global _maps_cache
+    out = []
     for arr in arrays:
         if not isinstance(arr, np.ndarray) or arr.nbytes < mmap.PAGESIZE or arr.flags.owndata:
             continue
         start = arr.__array_interface__["data"][0]
         end = start + arr.nbytes
-        if maps is None:
-            maps = _file_mappings()
-        if not any(a <= start and end <= b for a, b in maps):
-            continue
+        if not any(a <= start and end <= b for a, b in _maps_cache):
+            _maps_cache = _file_mappings()  # a newly mapped file: parse /proc/self/maps again
+            if not any(a <= start and end <= b for a, b in _maps_cache):
+                continue
         lo = (start + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE  # whole pages only
         hi = end // mmap.PAGESIZE * mmap.PAGESIZE
-        if hi > lo and _madvise()(lo, hi - lo, _MADV_DONTNEED) == 0:
-            released += hi - lo
+        if hi > lo:
+            out.append((lo, hi - lo))
+    return out
+
+
+def release_pages(arrays):
+    """Drop the resident pages of these source arrays (numpy arrays backed by a read-only file
+    mapping; anything else is left alone). Returns the bytes released."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    released = 0
+    for lo, n in _file_ranges(arrays):
+        if _madvise()(lo, n, _MADV_DONTNEED) == 0:
+            released += n
     return released
+
+
+def prefetch(arrays):
+    """Ask the kernel to start reading these file-mapped arrays in the background (WILLNEED), so
+    that the next tensor's read overlaps the current tensor's conversion."""
+    if sys.platform.startswith("linux"):
+        for lo, n in _file_ranges(arrays):
+            _madvise()(lo, n, _MADV_WILLNEED)

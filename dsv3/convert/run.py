@@ -1,14 +1,17 @@
 """dsv3.convert(): streaming, resumable, verified checkpoint conversion."""
+import concurrent.futures
 import json
 import logging
 import os
+import queue
 import shutil
+import threading
 
 from . import manifest as mf
-from .memory import release_pages
+from .memory import prefetch, release_pages
 from .plan import DEFAULT_SHARD_BYTES, Options, assign_shards, build_items, layer_of
 from .tensors import convert_value, fuse_rows, is_quantized, value_format
-from .writer import PARTIAL_SUFFIX, ShardWriter, hash_file_tensors
+from .writer import PARTIAL_SUFFIX, ShardWriter, hash_file_tensors, sha256_of
 
 log = logging.getLogger("dsv3.convert")
 FAIL_AFTER_ENV = "DSV3_CONVERT_FAIL_AFTER"  # test hook: exit abruptly after K written tensors
@@ -103,7 +106,9 @@ def _shard_ok(dst, fname, m):
 
 
 class _Streamer:
-    """Pass 2: converts items as their sources arrive and writes them to their shards."""
+    """Pass 2: converts items as their sources arrive (this thread: dequantise / quantise / hash,
+    in C or hashlib, GIL released) and hands them to one writer thread (write, header, rename,
+    manifest), through a queue of at most two items so memory stays bounded."""
 
     def __init__(self, dst, items, m, progress):
         self.dst, self.m, self.progress = dst, m, progress
@@ -116,71 +121,141 @@ class _Streamer:
         fail = os.environ.get(FAIL_AFTER_ENV)
         self.fail_after = int(fail) if fail else None
         self.written = 0
+        self.queue = queue.Queue(maxsize=2)
+        self.lock = threading.Lock()  # the manifest is updated by the writer and the finisher
+        self.finisher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dsv3-convert-finish")
+        self.finishing = []
+        self.error = None
+        self.thread = threading.Thread(target=self._writer_loop, name="dsv3-convert-writer", daemon=True)
+        self.thread.start()
 
+    # ---- converting thread ----
     def feed(self, name, value):
         it = self.by_source.get(name)
         if it is None:
             raise ValueError(f"source tensor {name} appeared that the plan does not know")
         if self.m["shards"][it.shard]["complete"]:
-            if len(it.sources) == 1 or name == it.sources[-1]:
+            if name == it.sources[-1]:
                 self.progress.update(it.src_bytes)
             return
         got = self.pending.setdefault(it.name, {})
         got[name] = value
         if len(got) == len(it.sources):
             del self.pending[it.name]
-            self._write(it, [got[s] for s in it.sources])
+            self._put(self._prepare(it, [got[s] for s in it.sources]))
 
-    def _write(self, it, values):
+    def feed_raw(self, reader):
+        for it in self.items.values():
+            if not it.raw:
+                continue
+            if self.m["shards"][it.shard]["complete"]:
+                self.progress.update(it.src_bytes)
+            else:
+                self._put(self._prepare(it, [reader.get(it.name)]))
+
+    def _prepare(self, it, values):
         converted = [convert_value(v, it.fmt) for v in values]
         if len(converted) == 1:
             arrays, params = converted[0]
         else:
             arrays, params = fuse_rows(converted, it.fmt, values[0].shape[0])
+        plain = it.raw or not it.name.endswith(".weight")
         stored_fmt = it.fmt or value_format(values[0])
+        if plain and set(arrays) != {"weight"}:
+            raise ValueError(f"{it.name}: a {stored_fmt} tensor must be named *.weight")
+        out = [(it.name if plain else it.name[:-len("weight")] + key, arr, sha256_of(arr))
+               for key, arr in arrays.items()]
+        sources = [a for v in values for a in (v.arrays.values() if is_quantized(v) else [v])]
+        return it, out, params, stored_fmt, sources
+
+    def _put(self, job):
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.queue.put(job, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def close(self):
+        self._put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        self.finisher.shutdown(wait=True)
+        for f in self.finishing:
+            f.result()
+        if self.pending:
+            raise ValueError(f"source ended before these tensors were complete: {sorted(self.pending)[:3]}")
+        bad = [f for f, s in self.m["shards"].items() if not s["complete"]]
+        if bad:
+            raise ValueError(f"conversion incomplete: shards {bad[:3]} were not written (did the source change?)")
+
+    def abort(self):
+        """Stop the writer thread (after an error in the converting thread); partial shards are removed."""
+        if self.thread.is_alive():
+            self.error = self.error or RuntimeError("aborted")
+            try:
+                self.queue.put_nowait(None)
+            except queue.Full:
+                pass
+            self.thread.join(timeout=60)
+        self.finisher.shutdown(wait=True)
+        for w in self.writers.values():
+            w.abort()
+
+    # ---- writer thread ----
+    def _writer_loop(self):
+        try:
+            while True:
+                job = self.queue.get()
+                if job is None or self.error is not None:
+                    return
+                self._commit(*job)
+        except BaseException as e:  # handed to the converting thread, which raises it
+            self.error = e
+
+    def _commit(self, it, arrays, params, stored_fmt, sources):
         w = self.writers.get(it.shard)
         if w is None:
             w = self.writers[it.shard] = ShardWriter(os.path.join(self.dst, it.shard),
                                                      self.m["shards"][it.shard]["items"])
-        plain = it.raw or not it.name.endswith(".weight")
-        if plain and set(arrays) != {"weight"}:
-            raise ValueError(f"{it.name}: a {stored_fmt} tensor must be named *.weight")
-        for key, arr in arrays.items():
-            disk = it.name if plain else it.name[:-len("weight")] + key
-            rec = w.add(disk, arr)
+        for disk, arr, digest in arrays:
+            rec = w.add(disk, arr, digest)
             rec.update(shard=it.shard, format=stored_fmt)
-            self.m["tensors"][disk] = rec
-        self.m["items"][it.name] = {"shard": it.shard, "format": stored_fmt, "params": params,
-                                    "sources": list(it.sources), "raw": it.raw}
-        del arrays, converted
-        for v in values:
-            release_pages(list(v.arrays.values()) if is_quantized(v) else [v])
+            with self.lock:
+                self.m["tensors"][disk] = rec
+        with self.lock:
+            self.m["items"][it.name] = {"shard": it.shard, "format": stored_fmt, "params": params,
+                                        "sources": list(it.sources), "raw": it.raw}
+        release_pages(sources)
         self.progress.update(it.src_bytes)
         self.written += 1
         if self.fail_after is not None and self.written >= self.fail_after:
             os._exit(75)
         self.left[it.shard] -= 1
-        if self.left[it.shard] == 0:
-            size = self.writers.pop(it.shard).finish()
-            self.m["shards"][it.shard].update(complete=True, size=size)
+        if self.left[it.shard] == 0:  # header, rename, manifest: overlapped with the next shard's writes
+            self.finishing.append(self.finisher.submit(self._finish_shard, it.shard, self.writers.pop(it.shard)))
+
+    def _finish_shard(self, fname, writer):
+        size = writer.finish()
+        with self.lock:
+            self.m["shards"][fname].update(complete=True, size=size)
             mf.save(self.dst, self.m)
 
-    def feed_raw(self, reader):
-        for it in self.items.values():
-            if it.raw:
-                if self.m["shards"][it.shard]["complete"]:
-                    self.progress.update(it.src_bytes)
-                else:
-                    self._write(it, [reader.get(it.name)])
 
-    def close(self):
-        if self.pending:
-            raise ValueError(f"source ended before these tensors were complete: {sorted(self.pending)[:3]}")
-        for w in self.writers.values():
-            w.abort()
-        bad = [f for f, s in self.m["shards"].items() if not s["complete"]]
-        if bad:
-            raise ValueError(f"conversion incomplete: shards {bad[:3]} were not written (did the source change?)")
+def _lookahead(pairs):
+    """Yield (name, value) pairs after asking the kernel to read the following one (WILLNEED)."""
+    prev = None
+    for pair in pairs:
+        v = pair[1]
+        prefetch(list(v.arrays.values()) if is_quantized(v) else [v])
+        if prev is not None:
+            yield prev
+        prev = pair
+    if prev is not None:
+        yield prev
 
 
 def _dsv3_section(m, opts, cfg, shards):
@@ -258,13 +333,17 @@ def convert(src, dst, format="bf16", experts=None, attention=None, lm_head=None,
                     desc="convert", disable=quiet, mininterval=0.5)
     try:
         st = _Streamer(dst, items, m, progress)
-        for name, value in ckpt.canonical_tensors():
-            st.feed(name, value)
-        if opts.keep_mtp:
-            from ..safetensors_io import open_safetensors
-            with open_safetensors(src) as r:
-                st.feed_raw(r)
-        st.close()
+        try:
+            for name, value in _lookahead(ckpt.canonical_tensors()):
+                st.feed(name, value)
+            if opts.keep_mtp:
+                from ..safetensors_io import open_safetensors
+                with open_safetensors(src) as r:
+                    st.feed_raw(r)
+            st.close()
+        except BaseException:
+            st.abort()
+            raise
     finally:
         progress.close()
     _finish(src, dst, m, opts, ckpt.config)

@@ -3,7 +3,7 @@
 Tensors are appended to `<final>.partial` as they are produced (nothing is buffered beyond the
 tensor being written); the JSON header goes into space reserved at the start of the file (padded
 with spaces, which the safetensors format allows) once the shard is complete; then the file is
-fsynced and renamed to its final name. An interrupted run therefore leaves only `*.partial` files,
+renamed to its final name. An interrupted run therefore leaves only `*.partial` files,
 which no reader takes for a checkpoint shard.
 """
 import hashlib
@@ -41,7 +41,11 @@ def array_bytes(arr):
 
 
 def sha256_of(arr):
-    return hashlib.sha256(array_bytes(arr)).hexdigest()
+    """sha256 of the bytes an array (or list of row blocks) is stored as."""
+    h = hashlib.sha256()
+    for p in arr if isinstance(arr, (list, tuple)) else [arr]:
+        h.update(array_bytes(p))
+    return h.hexdigest()
 
 
 class ShardWriter:
@@ -58,9 +62,10 @@ class ShardWriter:
         self.f = open(self.tmp, "wb")
         self.f.seek(8 + self.reserve)
 
-    def add(self, name, arr):
+    def add(self, name, arr, digest=None):
         """Append one array (or a list of arrays forming its row blocks, written one after the
-        other = concatenated along axis 0 without a copy); returns its manifest record."""
+        other = concatenated along axis 0 without a copy); returns its manifest record.
+        `digest`: its sha256 if the caller computed it already."""
         if name in self.entries:
             raise ValueError(f"tensor {name} written twice to {os.path.basename(self.path)}")
         parts = [np.asarray(a) for a in arr] if isinstance(arr, (list, tuple)) else [np.asarray(arr)]
@@ -69,15 +74,16 @@ class ShardWriter:
             raise ValueError(f"tensor {name}: parts do not concatenate ({[(p.dtype, p.shape) for p in parts]})")
         shape = [sum(p.shape[0] for p in parts)] + list(first.shape[1:]) if len(parts) > 1 else list(first.shape)
         dtype = safetensors_dtype(first.dtype)
-        h = hashlib.sha256()
+        h = hashlib.sha256() if digest is None else None
         start = self.offset
         for p in parts:
             data = array_bytes(p)
             self.f.write(data)
-            h.update(data)
+            if h is not None:
+                h.update(data)
             self.offset += data.nbytes
         self.entries[name] = {"dtype": dtype, "shape": shape, "data_offsets": [start, self.offset]}
-        return {"dtype": dtype, "shape": shape, "sha256": h.hexdigest()}
+        return {"dtype": dtype, "shape": shape, "sha256": digest or h.hexdigest()}
 
     def _header(self):
         header = {"__metadata__": {"format": "pt", "writer": "dsv3.convert"}}
@@ -85,7 +91,7 @@ class ShardWriter:
         return json.dumps(header, separators=(",", ":")).encode()
 
     def finish(self):
-        """Write the header, fsync, rename to the final name; returns the file size."""
+        """Write the header and rename to the final name; returns the file size."""
         header = self._header()
         if len(header) <= self.reserve:
             header += b" " * (self.reserve - len(header))
@@ -94,9 +100,7 @@ class ShardWriter:
             self.f.write(header)
         else:  # reservation too small (unexpected): rewrite with the data moved
             self._rewrite(header)
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
+        self.f.close()  # no fsync: a shard damaged by a crash fails its checksums on resume / verify
         os.replace(self.tmp, self.path)
         return os.path.getsize(self.path)
 

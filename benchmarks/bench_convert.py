@@ -1,0 +1,227 @@
+"""Conversion throughput and peak memory against a plain read of the same files.
+
+    python benchmarks/bench_convert.py [--formats bf16,fp8_block] [--experts 64] [--threads 2]
+
+Writes (once, cached under benchmarks/results/) a multi-GB random BF16 checkpoint in the hub's
+per-expert layout, then, each measurement in a fresh subprocess with the source dropped from the
+page cache (posix_fadvise DONTNEED after sync):
+  - read:    read every byte of the source files (the machine's own read speed for these files);
+  - convert: dsv3.convert(SRC, DST, format=...) (reading, converting, hashing, writing the output;
+    "incl. sync" also waits for the kernel to write the output back to disk, os.sync());
+and reports input bytes/s, the ratio to the plain read, and peak RSS (VmHWM) against the largest
+source tensor. Targets: convert >= 0.5x read speed; peak RSS < 3x largest tensor + 200 MB.
+Prints a table and writes benchmarks/results/bench_convert.json.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import ml_dtypes
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+sys.path.insert(0, ROOT)
+
+CONFIG = {  # DeepSeek-V3 architecture, scaled so the routed experts are ~2.4 GB of BF16
+    "model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"], "vocab_size": 16384,
+    "hidden_size": 2048, "intermediate_size": 8192, "moe_intermediate_size": 1024, "num_hidden_layers": 4,
+    "num_attention_heads": 16, "num_key_value_heads": 16, "q_lora_rank": 768, "kv_lora_rank": 512,
+    "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "n_routed_experts": 64,
+    "n_shared_experts": 1, "num_experts_per_tok": 4, "n_group": 4, "topk_group": 2,
+    "first_k_dense_replace": 1, "norm_topk_prob": True, "routed_scaling_factor": 2.5,
+    "scoring_func": "sigmoid", "topk_method": "noaux_tc", "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 4096, "rope_theta": 10000.0, "tie_word_embeddings": False,
+    "attention_bias": False, "bos_token_id": 0, "eos_token_id": 1, "torch_dtype": "bfloat16",
+}
+SHARD_BYTES = 512 << 20
+
+_CHILD_TAIL = r"""
+def _hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+print("RESULT " + json.dumps({"seconds": seconds, "bytes": nbytes, "peak_rss": _hwm()}))
+"""
+
+
+def write_source(path, experts):
+    """The benchmark's source checkpoint (hf layout, BF16), streamed one tensor at a time."""
+    from dsv3.checkpoint import canonical_shapes
+    from dsv3.config import load_config
+    from dsv3.convert.writer import ShardWriter
+    cfg_dict = dict(CONFIG, n_routed_experts=experts)
+    cfg = load_config(cfg_dict)
+    if os.path.isfile(os.path.join(path, "model.safetensors.index.json")):
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    rng = np.random.default_rng(0)
+    entries = canonical_shapes(cfg)
+    groups, size = [[]], 0
+    for name, shape, _ in entries:
+        nbytes = int(np.prod(shape)) * (4 if name.endswith("e_score_correction_bias") else 2)
+        if groups[-1] and size + nbytes > SHARD_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append((name, shape))
+        size += nbytes
+    weight_map, total = {}, 0
+    for k, group in enumerate(groups, 1):
+        fname = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
+        w = ShardWriter(os.path.join(path, fname), [n for n, _ in group])
+        for name, shape in group:
+            a = rng.standard_normal(shape, dtype=np.float32)
+            a *= 1.0 if "norm" in name else 0.02
+            a = a if name.endswith("e_score_correction_bias") else a.astype(ml_dtypes.bfloat16)
+            w.add(name, a)
+            weight_map[name] = fname
+            total += a.nbytes
+        w.finish()
+        print(f"  wrote {fname}", flush=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg_dict, f, indent=2)
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
+    return path
+
+
+def source_files(path):
+    return sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".safetensors"))
+
+
+def largest_tensor(path):
+    from dsv3.convert.writer import read_header
+    biggest = 0
+    for p in source_files(path):
+        header, _ = read_header(p)
+        biggest = max([biggest] + [b - a for k, v in header.items() if k != "__metadata__"
+                                   for a, b in [v["data_offsets"]]])
+    return biggest
+
+
+def drop_cache(files):
+    """Evict the files from the page cache (clean pages only, hence the sync first)."""
+    os.sync()
+    for p in files:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def run_child(body, env_extra=None):
+    code = "import json, os, sys, time\n" + body + _CHILD_TAIL
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(env_extra or {})
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise RuntimeError(f"benchmark child failed:\n{r.stderr}")
+    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    out = json.loads(line[len("RESULT "):])
+    for x in r.stdout.splitlines():
+        if x.startswith("SYNC "):
+            out["seconds_with_sync"] = float(x.split()[1])
+    return out
+
+
+def measure_read(files):
+    drop_cache(files)
+    body = f"""
+files = {files!r}
+buf = bytearray(16 << 20)
+nbytes = 0
+t = time.perf_counter()
+for p in files:
+    with open(p, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            nbytes += n
+seconds = time.perf_counter() - t
+"""
+    return run_child(body)
+
+
+def measure_convert(src, dst, fmt, threads):
+    shutil.rmtree(dst, ignore_errors=True)
+    drop_cache(source_files(src))
+    body = f"""
+import dsv3
+nbytes = sum(os.path.getsize(os.path.join({src!r}, n)) for n in os.listdir({src!r}) if n.endswith(".safetensors"))
+t = time.perf_counter()
+dsv3.convert({src!r}, {dst!r}, format={fmt!r}, threads={threads!r}, quiet=True)
+seconds = time.perf_counter() - t
+os.sync()  # the output's write-back to disk, which dsv3.convert leaves to the kernel
+print("SYNC", time.perf_counter() - t)
+"""
+    out = run_child(body)
+    out["out_bytes"] = sum(os.path.getsize(p) for p in source_files(dst))
+    shutil.rmtree(dst, ignore_errors=True)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--formats", default="bf16,fp8_block,int4", help="target formats, comma separated")
+    ap.add_argument("--experts", type=int, default=64, help="routed experts per layer (size of the source)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved runs per format (medians reported)")
+    args = ap.parse_args(argv)
+    os.makedirs(RESULTS, exist_ok=True)
+    src = os.path.join(RESULTS, f"bench_convert_src_e{args.experts}")
+    print(f"source: {src}")
+    write_source(src, args.experts)
+    files = source_files(src)
+    total = sum(os.path.getsize(p) for p in files)
+    biggest = largest_tensor(src)
+    rss_limit = 3 * biggest + (200 << 20)
+    # Interleaved: read, convert A, read, convert B, read, ...; each conversion is compared with the
+    # mean of the reads just before and after it (the machine is shared: absolute speeds drift).
+    fmts = args.formats.split(",")
+    reads, convs = [measure_read(files)], {f: [] for f in fmts}
+    for _ in range(args.repeat):
+        for fmt in fmts:
+            cv = measure_convert(src, os.path.join(RESULTS, "bench_convert_dst"), fmt, args.threads)
+            reads.append(measure_read(files))
+            read_bps = (reads[-2]["bytes"] / reads[-2]["seconds"] + reads[-1]["bytes"] / reads[-1]["seconds"]) / 2
+            cv.update(bytes_per_s=total / cv["seconds"], read_bytes_per_s=read_bps,
+                      x_read=total / cv["seconds"] / read_bps,
+                      x_read_with_sync=total / cv["seconds_with_sync"] / read_bps)
+            convs[fmt].append(cv)
+    med = lambda xs: float(np.median(xs))  # noqa: E731
+    rows = [{"what": "plain read", "seconds": med([r["seconds"] for r in reads]),
+             "bytes_per_s": med([r["bytes"] / r["seconds"] for r in reads]), "x_read": 1.0,
+             "peak_rss": max(r["peak_rss"] for r in reads), "runs": len(reads)}]
+    for fmt, cs in convs.items():
+        rows.append({"what": f"convert -> {fmt}", "seconds": med([c["seconds"] for c in cs]),
+                     "bytes_per_s": med([c["bytes_per_s"] for c in cs]), "x_read": med([c["x_read"] for c in cs]),
+                     "seconds_with_sync": med([c["seconds_with_sync"] for c in cs]),
+                     "x_read_with_sync": med([c["x_read_with_sync"] for c in cs]),
+                     "peak_rss": max(c["peak_rss"] for c in cs), "out_bytes": cs[0]["out_bytes"], "runs": len(cs)})
+    print(f"\nsource {total / 2**30:.2f} GiB in {len(files)} files; largest tensor {biggest / 2**20:.1f} MiB; "
+          f"RSS target < {rss_limit / 2**20:.0f} MiB; threads {args.threads}; medians of {args.repeat} interleaved runs")
+    print(f"{'measurement':<22}{'seconds':>9}{'input MB/s':>12}{'x read':>8}{'x read incl. sync':>19}"
+          f"{'peak RSS MiB':>14}{'RSS ok':>8}")
+    for r in rows:
+        ok = "-" if r["what"] == "plain read" else ("yes" if r["peak_rss"] < rss_limit else "NO")
+        sync = f"{r['x_read_with_sync']:.2f}" if "x_read_with_sync" in r else "-"
+        print(f"{r['what']:<22}{r['seconds']:>9.2f}{r['bytes_per_s'] / 1e6:>12.0f}{r['x_read']:>8.2f}{sync:>19}"
+              f"{r['peak_rss'] / 2**20:>14.0f}{ok:>8}")
+    out = {"source_bytes": total, "files": len(files), "largest_tensor_bytes": biggest,
+           "rss_limit_bytes": rss_limit, "threads": args.threads, "config": dict(CONFIG, n_routed_experts=args.experts),
+           "rows": rows, "command": "python benchmarks/bench_convert.py " + " ".join(argv or sys.argv[1:])}
+    with open(os.path.join(RESULTS, "bench_convert.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"wrote {os.path.join(RESULTS, 'bench_convert.json')}")
+
+
+if __name__ == "__main__":
+    main()
