@@ -6,3 +6,5 @@ __version__ = "0.1.0"
 __all__ = ["cpu_info", "set_num_threads", "get_num_threads", "set_isa"]
 from .config import DeepseekConfig, load_config  # noqa: E402
 __all__ += ["DeepseekConfig", "load_config"]
+from .checkpoint import open_checkpoint  # noqa: E402
+__all__ += ["open_checkpoint"]
