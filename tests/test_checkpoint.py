@@ -257,3 +257,27 @@ def test_dsv3_layout_reserved(tmp_path):
         open_checkpoint(p)
     with pytest.raises(FileNotFoundError):
         open_checkpoint(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("layout", ["hf", "hf_fused"])
+def test_transformers_loads_written_checkpoint(tmp_path, layout):
+    """Independent check of names/shapes/sharding: transformers loads the files with nothing missing
+    or unexpected, and its fused experts equal our canonical per-expert views."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+    p = write_checkpoint(tmp_path / layout, tiny_config(), layout=layout, dtype="float32", shards=2)
+    model, info = AutoModelForCausalLM.from_pretrained(p, output_loading_info=True, dtype=torch.float32)
+    assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"))
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    with open_checkpoint(p) as ck:
+        t = dict(ck.canonical_tensors())
+    for i in (1, 2):
+        gu, dn = sd[f"model.layers.{i}.mlp.experts.gate_up_proj"], sd[f"model.layers.{i}.mlp.experts.down_proj"]
+        for e in range(8):
+            x = f"model.layers.{i}.mlp.experts.{e}."
+            assert np.array_equal(gu[e, :16], t[x + "gate_proj.weight"])
+            assert np.array_equal(gu[e, 16:], t[x + "up_proj.weight"])
+            assert np.array_equal(dn[e], t[x + "down_proj.weight"])
+    for n, v in t.items():
+        if ".mlp.experts." not in n:
+            assert np.array_equal(sd[n], np.asarray(v, np.float32)), n
