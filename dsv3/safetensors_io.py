@@ -74,7 +74,11 @@ class _File:
             self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.data_start = 8 + hlen
         self.data_len = size - self.data_start
-        self.metadata, self.tensors = self._parse(head)
+        try:
+            self.metadata, self.tensors = self._parse(head)
+        except BaseException:
+            self.close()
+            raise
 
     def _err(self, msg, name=None):
         where = f"{self.path}" + (f": tensor {name!r}" if name is not None else "")

@@ -205,3 +205,26 @@ def test_atomic_write_leaves_no_temp(tmp_path):
     with pytest.raises(SafetensorsError):
         save_safetensors(tmp_path / "y.safetensors", {"a": np.zeros(2, np.complex64)})
     assert os.listdir(tmp_path) == []
+
+
+def test_corrupted_headers_never_crash(tmp_path):
+    """Flip random bytes of a valid file's header: the reader either opens it or raises SafetensorsError."""
+    p = str(tmp_path / "ok.safetensors")
+    save_safetensors(p, {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(4, ml_dtypes.bfloat16)})
+    blob = bytearray(open(p, "rb").read())
+    hlen = struct.unpack("<Q", blob[:8])[0]
+    rng = np.random.default_rng(3)
+    q = str(tmp_path / "bad.safetensors")
+    for _ in range(300):
+        b = bytearray(blob)
+        for i in rng.integers(0, 8 + hlen, size=rng.integers(1, 4)):
+            b[i] = int(rng.integers(0, 256))
+        if rng.random() < 0.3:
+            b = b[: int(rng.integers(0, len(b)))]
+        open(q, "wb").write(bytes(b))
+        try:
+            with open_safetensors(q) as r:
+                for k in r.keys():
+                    r.get(k).sum()
+        except SafetensorsError as e:
+            assert q in str(e)
