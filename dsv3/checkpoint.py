@@ -252,8 +252,11 @@ class Checkpoint:
             d["bytes"] += r.nbytes(n)
         fmts = Counter()
         for kind, d in self._plan.values():
-            fmts[{"fp8": "fp8_block", "nvfp4": "nvfp4"}.get(kind) or
-                 ("bf16" if r.dtype(d[0] if kind == "fused" else d) == "BF16" else "f32")] += 1
+            if kind in ("fp8", "nvfp4"):
+                fmts["fp8_block" if kind == "fp8" else "nvfp4"] += 1
+            else:
+                src = d[0] if kind == "fused" else d
+                fmts["bf16" if kind != "router" and r.dtype(src) == "BF16" else "f32"] += 1
         return {"path": self.path, "layout": self.layout, "model_type": self.config.model_type,
                 "num_tensors": len(r), "total_bytes": sum(v["bytes"] for v in by_dtype.values()),
                 "by_dtype": by_dtype, "by_format": dict(fmts), "canonical": len(self._plan),

@@ -161,6 +161,13 @@ def test_nvfp4_quantiser_reference():
     deq = val * np.repeat(bs.astype(np.float32), 16, 1) * s2
     scale = np.repeat(bs.astype(np.float32), 16, 1) * s2
     assert np.all(np.abs(deq - w) <= scale * 1.0 + 1e-7)  # within one E2M1 step (<= 1 at the top)
+    # exact ties round to the even code: 0.25->0, 0.75->1, 1.25->1, 1.75->2, 2.5->2, 3.5->4, 5->4
+    t = np.zeros((1, 16), np.float32)
+    t[0, :8] = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0]
+    packed, bs, s2 = quantize_nvfp4(t)
+    assert float(bs.astype(np.float32)[0, 0]) * float(s2) == pytest.approx(1.0)
+    codes = np.stack([packed & 15, packed >> 4], -1).reshape(16)
+    assert list(mags[codes[:8]]) == [0, 1, 1, 2, 2, 4, 4, 6]
 
 
 def test_nvfp4_round_trip(tmp_path, quant_standin):

@@ -63,7 +63,10 @@ def quantize_nvfp4(w, group=16):
     bsf = bs.astype(np.float32)
     bs = np.where(bsf == 0, np.float32(1), bsf).astype(ml_dtypes.float8_e4m3fn)
     x = blocks / (bs.astype(np.float32)[:, :, None] * s2)
-    mag = np.searchsorted(E2M1_THRESH, np.abs(x), side="left").astype(np.uint8)  # ties go to the lower code
+    ax = np.abs(x)
+    mag = np.searchsorted(E2M1_THRESH, ax, side="left")  # x == threshold[j] gives j (the lower code)
+    tie = (mag < 7) & (ax == E2M1_THRESH[np.minimum(mag, 6)])
+    mag = (mag + (tie & (mag % 2 == 1))).astype(np.uint8)  # ties to the even code, like ModelOpt's rounding
     code = (mag | np.where(x < 0, 8, 0).astype(np.uint8)).reshape(n, k)
     packed = (code[:, 0::2] | (code[:, 1::2] << 4)).astype(np.uint8)
     return packed, bs, np.array(s2, np.float32)
