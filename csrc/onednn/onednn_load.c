@@ -58,14 +58,14 @@ static dsv3_status load_locked(const char *path, dsv3_error *err)
         const char *why = dlerror();
         return dsv3_fail(err, DSV3_E_IO, "oneDNN: cannot load '%s': %s", path, why ? why : "dlopen failed");
     }
-    if (g_loaded) { /* already loaded (maybe from another path): keep the first one */
-        dlclose(h);
-        return DSV3_OK;
-    }
     dsv3_dnnl_api api;
     if (!resolve(h, &api, err)) {
         dlclose(h);
         return err ? err->status : DSV3_E_UNSUPPORTED;
+    }
+    if (g_loaded) { /* already loaded (maybe from another path): keep the first one */
+        dlclose(h);
+        return DSV3_OK;
     }
     const dnnl_version_t *v = api.version();
     if (!v || v->major != 3) {
