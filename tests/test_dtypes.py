@@ -262,3 +262,18 @@ def test_dlpack_no_leaks():
     tracemalloc.stop()
     assert sys.getrefcount(t) == rc
     assert grown < 64 * 1024, f"traced memory grew by {grown} bytes over 1000 imports"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_exact_under_flush_denormal(isa):
+    """FTZ/DAZ set by another library (torch.set_flush_denormal) must not change any result."""
+    x = sweep("float8_e4m3fn", 1 << 14)
+    torch.set_flush_denormal(True)
+    try:
+        got = {name: lib.convert(x, name, isa=isa) for name in CODED}  # small n: runs on this thread
+        dec = {name: lib.convert(all_codes(name), "float32", isa=isa) for name in CODED}
+    finally:
+        torch.set_flush_denormal(False)
+    for name in CODED:
+        np.testing.assert_array_equal(bits(got[name]), bits(ref_encode(x, name)), err_msg=name)
+        np.testing.assert_array_equal(bits(dec[name]), bits(all_codes(name).astype(np.float32)), err_msg=name)
