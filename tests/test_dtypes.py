@@ -277,3 +277,16 @@ def test_exact_under_flush_denormal(isa):
     for name in CODED:
         np.testing.assert_array_equal(bits(got[name]), bits(ref_encode(x, name)), err_msg=name)
         np.testing.assert_array_equal(bits(dec[name]), bits(all_codes(name).astype(np.float32)), err_msg=name)
+
+
+@pytest.mark.skipif(not os.environ.get("DSV3_EXHAUSTIVE"), reason="set DSV3_EXHAUSTIVE=1 (minutes)")
+def test_encode_exhaustive_all_f32():
+    """Every one of the 2^32 f32 bit patterns, every coded dtype, every supported ISA."""
+    isas = [i for i in ("scalar", "avx2", "avx512") if i in SUPPORTED]
+    for start in range(0, 1 << 32, 1 << 24):
+        x = np.arange(start, start + (1 << 24), dtype=np.uint64).astype(np.uint32).view(np.float32)
+        for name in CODED:
+            ref = bits(ref_encode(x, name))
+            for isa in isas:
+                bad = np.nonzero(bits(lib.convert(x, name, isa=isa)) != ref)[0]
+                assert len(bad) == 0, f"{name} {isa}: input {hex(x.view(np.uint32)[bad[0]])}"
