@@ -103,3 +103,12 @@ def test_bad_arguments():
         lib.probe_peak("int8_dot", 10, 0)
     with pytest.raises(ValueError, match="unknown peak kind"):
         lib.probe_peak("f64", 10)
+
+
+def test_cli_probe(python_run):
+    r = python_run("import sys; from dsv3.cli import main; "
+                   "sys.exit(main(['probe', '--bytes', '1048576', '--iters', '1000', '--isa', 'scalar']))")
+    assert r.returncode == 0, r.stderr
+    assert "read bandwidth" in r.stdout and "f32 FMA peak" in r.stdout
+    r = python_run("import sys; from dsv3.cli import main; sys.exit(main(['probe', '--bytes', '100']))")
+    assert r.returncode == 1 and "65536" in r.stderr

@@ -46,7 +46,9 @@ static double f32_fma_scalar(int64_t iters)
  * the operands are laundered per chain so every product is really computed (4 flops). */
 static double bf16_dot_scalar(int64_t iters)
 {
-    const float a = DSV3_PROBE_BF16, b = DSV3_PROBE_BF16;
+    float a = DSV3_PROBE_BF16, b = DSV3_PROBE_BF16;
+    KEEP_F(a);
+    KEEP_F(b);
     float x[DSV3_PROBE_CHAINS];
     for (int j = 0; j < DSV3_PROBE_CHAINS; j++)
         x[j] = (float)j;
@@ -69,7 +71,9 @@ static double bf16_dot_scalar(int64_t iters)
  * vpdpbusd; operands laundered per product so the multiplies are really done. */
 static double int8_dot_scalar(int64_t iters)
 {
-    const uint32_t u = DSV3_PROBE_U8, s = (uint32_t)DSV3_PROBE_S8;
+    uint32_t u = DSV3_PROBE_U8, s = (uint32_t)DSV3_PROBE_S8;
+    KEEP_I(u); /* opaque values: real multiplies, not shifts by known constants */
+    KEEP_I(s);
     uint32_t x[DSV3_PROBE_CHAINS];
     for (int j = 0; j < DSV3_PROBE_CHAINS; j++)
         x[j] = (uint32_t)j;
