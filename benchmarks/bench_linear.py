@@ -200,11 +200,28 @@ def weight_nbytes(w):
     return int(w.nbytes)
 
 
-def replicate(w, n):
-    """n independent copies (distinct memory, same values) of a weight."""
+def replicate(w, n, notes):
+    """n independent copies (distinct memory, same values) of a weight: deepcopy, else rebuilt
+    with dsv3.quant.from_checkpoint over copied arrays, else the one weight (noted)."""
     if isinstance(w, np.ndarray):
         return [w] + [w.copy() for _ in range(n - 1)]
-    return [w] + [copy.deepcopy(w) for _ in range(n - 1)]
+    try:
+        return [w] + [copy.deepcopy(w) for _ in range(n - 1)]
+    except Exception as e:  # noqa: BLE001 (any failure: try the next way)
+        first_error = e
+    try:
+        from dsv3.quant import from_checkpoint
+        a = w.arrays
+
+        def rebuild():
+            cp = {k: (np.array(v, copy=True) if v is not None else None) for k, v in a.items()}
+            scale = cp.get("weight_scale_inv", cp.get("weight_scale"))
+            return from_checkpoint(w.fmt, cp["weight"], scale=scale, scale2=cp.get("weight_scale_2"),
+                                   input_scale=cp.get("input_scale"), **dict(w.params))
+        return [w] + [rebuild() for _ in range(n - 1)]
+    except Exception as e:  # noqa: BLE001
+        notes.add(f"{w.fmt}: cannot copy weights ({first_error}; {e}): one copy, decode may be cache-served")
+        return [w]
 
 
 def dsv3_caller(found, mode):
@@ -238,7 +255,8 @@ def bench_variant(shape_name, variant, w32, args, found, roof, est, notes, out_r
         return
     nbytes = weight_nbytes(w0)
     ncopies = max(1, math.ceil(WORKING_SET / nbytes))
-    copies = replicate(w0, ncopies)  # the format's arrays (the torch peer reads these)
+    copies = replicate(w0, ncopies, notes)  # the format's arrays (the torch peer reads these)
+    ncopies = len(copies)
     run_ws, t_pack = copies, None    # what dsv3 is given (packed when dsv3.quant.pack exists)
     if found["pack"] is not None:
         t0 = now()
@@ -303,6 +321,7 @@ def bench_variant(shape_name, variant, w32, args, found, roof, est, notes, out_r
             if skip is not None:
                 row[f"{who}_s"] = None
                 row[f"{who}_skipped"] = f"estimated {skip:.1f} s/call > cap {est.cap:g} s"
+                notes.add(f"{who} {variant} {shape_name} M={m}: skipped, {row[f'{who}_skipped']} (--cap)")
                 continue
             try:
                 t, reps = time_calls(fn, args.budget, args.max_reps)
@@ -347,7 +366,8 @@ def print_header():
 def print_row(r):
     ms = lambda s: None if s is None else s * 1e3  # noqa: E731
     pct = lambda f: None if f is None else 100 * f  # noqa: E731
-    cells = (r["variant"], r["shape"], str(r["M"]), r["impl"], fmt_num(ms(r.get("dsv3_s")), ".3f"),
+    t = "skip" if r.get("dsv3_skipped") else fmt_num(ms(r.get("dsv3_s")), ".3f")
+    cells = (r["variant"], r["shape"], str(r["M"]), r["impl"], t,
              fmt_num(r.get("gbps"), ".1f"), fmt_num(pct(r.get("frac_bw")), ".0f"), fmt_num(r.get("gflops"), ".1f"),
              fmt_num(pct(r.get("frac_peak")), ".0f"), fmt_num(ms(r.get("torch_s")), ".3f"),
              fmt_num(r.get("x_torch"), ".2f"), fmt_num(ms(r.get("onednn_s")), ".3f"),
