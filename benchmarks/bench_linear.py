@@ -404,8 +404,8 @@ def parse_args(argv):
                                                   "bench_linear.json"), help="where to write the results")
     p.add_argument("--threads", type=int, default=None, help="threads for dsv3, torch and oneDNN")
     p.add_argument("--budget", type=float, default=None,
-                   help="seconds of timed calls per measurement (default 1.0, quick 0.3)")
-    p.add_argument("--max-reps", type=int, default=15, help="most timed calls per measurement")
+                   help="seconds of timed calls per measurement (default 0.5, quick 0.3)")
+    p.add_argument("--max-reps", type=int, default=10, help="most timed calls per measurement")
     p.add_argument("--cap", type=float, default=None,
                    help="skip a measurement estimated to take longer than this per call (s; default 20, quick 3)")
     p.add_argument("--read-bytes", type=int, default=1 << 30, help="buffer of the bandwidth probe")
@@ -420,7 +420,7 @@ def parse_args(argv):
     if not a.m or min(a.m) < 1:
         raise SystemExit("bench_linear: --m values must be >= 1")
     a.m = sorted(set(a.m))
-    a.budget = a.budget if a.budget is not None else (0.3 if a.quick else 1.0)
+    a.budget = a.budget if a.budget is not None else (0.3 if a.quick else 0.5)
     a.cap = a.cap if a.cap is not None else (3.0 if a.quick else 20.0)
     if a.threads is not None and a.threads < 1:
         raise SystemExit("bench_linear: --threads must be >= 1")
