@@ -7,6 +7,7 @@ import sys
 # name -> (module, help)
 SUBCOMMANDS = {
     "info-cpu": ("dsv3.cli_cpu", "show CPU features, kernel path, threads and oneDNN"),
+    "probe": ("dsv3.cli_probe", "measure read bandwidth and compute peaks (the roofline)"),
     "convert": ("dsv3.cli_convert", "convert a checkpoint (streaming, resumable, verified)"),
     "verify": ("dsv3.cli_verify", "check a converted checkpoint against its manifest"),
     "info": ("dsv3.cli_info", "architecture, formats and tensors of a checkpoint"),
