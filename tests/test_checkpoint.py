@@ -257,10 +257,11 @@ def test_tied_and_v2(tmp_path):
         assert load_config(os.path.join(ck.path, "config.json")).model_type == "deepseek_v2"
 
 
-def test_dsv3_layout_reserved(tmp_path):
+def test_dsv3_layout_needs_a_finished_conversion(tmp_path):
+    # converted checkpoints are read by dsv3/convert/layout.py (tests in test_convert.py)
     p = write_checkpoint(tmp_path / "d", tiny_config(), shards=1)
-    open(os.path.join(p, "dsv3_manifest.json"), "w").write("{}")
-    with pytest.raises(NotImplementedError):
+    open(os.path.join(p, "dsv3-manifest.json"), "w").write("{}")
+    with pytest.raises(ValueError, match="interrupted conversion"):
         open_checkpoint(p)
     with pytest.raises(FileNotFoundError):
         open_checkpoint(tmp_path / "nothing")
