@@ -22,6 +22,8 @@ def run(args):
         return 0
     print(f"path        : {out['path']}")
     print(f"layout      : {out['layout']}")
+    if out.get("error"):
+        print(f"error       : {out['error']}")
     print("architecture: " + ", ".join(f"{k}={v}" for k, v in out["architecture"].items()))
     print(f"tensors     : {out['tensors']}")
     for fmt, (count, nbytes) in sorted(out["formats"].items()):
@@ -30,4 +32,6 @@ def run(args):
         names = out[key]
         shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
         print(f"{key:<12}: {shown or 'none'}")
+    if out["skipped"]:
+        print("skipped     : " + ", ".join(f"{n} {why}" for why, n in sorted(out["skipped"].items())))
     return 0

@@ -288,3 +288,17 @@ def test_dsv3_convert_is_callable_and_records_packed_layout(sources, tmp_path):
     if hasattr(quant, "pack"):
         assert sec["quantization"]["formats"]["int8"]["packed"] == quant.PACKED_LAYOUT
     assert "quantization_config" not in json.load(open(os.path.join(dst, "config.json")))
+
+
+def test_info_reports_missing_tensors_of_a_broken_source(tmp_path):
+    from dsv3.safetensors_io import open_safetensors, save_safetensors
+    src = write_checkpoint(str(tmp_path / "src"), tiny_config(), layout="hf", shards=1)
+    path = os.path.join(src, "model.safetensors")
+    with open_safetensors(path) as r:
+        tensors = {k: np.array(r.get(k)) for k in r.keys() if k != "model.layers.1.mlp.experts.2.up_proj.weight"}
+    save_safetensors(path, tensors)
+    out = info(src)
+    assert out["missing"] == ["model.layers.1.mlp.experts.2.up_proj.weight"]
+    assert "error" in out and out["layout"] == "hf"
+    r = run_cli("info", src)
+    assert r.returncode == 0 and "experts.2.up_proj" in r.stdout

@@ -1,4 +1,5 @@
 """dsv3.convert(): streaming, resumable, verified checkpoint conversion."""
+import collections
 import concurrent.futures
 import json
 import logging
@@ -56,7 +57,8 @@ def _mtp_items(src, n_layers):
     out = []
     with open_safetensors(src) as r:
         for key in r.keys():
-            if (layer_of(key) or -1) >= n_layers:
+            layer = layer_of(key)
+            if layer is not None and layer >= n_layers:
                 nbytes = int(r.get(key).nbytes)
                 out.append(Item(key, (key,), None, "shared", nbytes, nbytes, raw=True))
     if not out:
@@ -125,6 +127,7 @@ class _Streamer:
         self.lock = threading.Lock()  # the manifest is updated by the writer and the finisher
         self.finisher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dsv3-convert-finish")
         self.finishing = []
+        self.hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dsv3-convert-hash")
         self.error = None
         self.thread = threading.Thread(target=self._writer_loop, name="dsv3-convert-writer", daemon=True)
         self.thread.start()
@@ -163,7 +166,7 @@ class _Streamer:
         stored_fmt = it.fmt or value_format(values[0])
         if plain and set(arrays) != {"weight"}:
             raise ValueError(f"{it.name}: a {stored_fmt} tensor must be named *.weight")
-        out = [(it.name if plain else it.name[:-len("weight")] + key, arr, sha256_of(arr))
+        out = [(it.name if plain else it.name[:-len("weight")] + key, arr, self.hasher.submit(sha256_of, arr))
                for key, arr in arrays.items()]
         sources = [a for v in values for a in (v.arrays.values() if is_quantized(v) else [v])]
         return it, out, params, stored_fmt, sources
@@ -184,6 +187,7 @@ class _Streamer:
         if self.error is not None:
             raise self.error
         self.finisher.shutdown(wait=True)
+        self.hasher.shutdown(wait=True)
         for f in self.finishing:
             f.result()
         if self.pending:
@@ -202,6 +206,7 @@ class _Streamer:
                 pass
             self.thread.join(timeout=60)
         self.finisher.shutdown(wait=True)
+        self.hasher.shutdown(wait=True)
         for w in self.writers.values():
             w.abort()
 
@@ -222,7 +227,7 @@ class _Streamer:
             w = self.writers[it.shard] = ShardWriter(os.path.join(self.dst, it.shard),
                                                      self.m["shards"][it.shard]["items"])
         for disk, arr, digest in arrays:
-            rec = w.add(disk, arr, digest)
+            rec = w.add(disk, arr, digest.result)  # hashed concurrently by the hasher thread
             rec.update(shard=it.shard, format=stored_fmt)
             with self.lock:
                 self.m["tensors"][disk] = rec
@@ -245,17 +250,20 @@ class _Streamer:
             mf.save(self.dst, self.m)
 
 
-def _lookahead(pairs):
-    """Yield (name, value) pairs after asking the kernel to read the following one (WILLNEED)."""
-    prev = None
+def _lookahead(pairs, window=64 << 20):
+    """Yield (name, value) pairs, having asked the kernel to start reading (WILLNEED) the source
+    pages of the values up to `window` bytes ahead, so disk reads overlap conversion."""
+    ahead, nbytes = collections.deque(), 0
     for pair in pairs:
         v = pair[1]
         prefetch(list(v.arrays.values()) if is_quantized(v) else [v])
-        if prev is not None:
-            yield prev
-        prev = pair
-    if prev is not None:
-        yield prev
+        ahead.append(pair)
+        nbytes += int(v.nbytes)
+        while len(ahead) > 1 and nbytes > window:
+            name, value = ahead.popleft()
+            nbytes -= int(value.nbytes)
+            yield name, value
+    yield from ahead
 
 
 def _dsv3_section(m, opts, cfg, shards):

@@ -65,7 +65,8 @@ class ShardWriter:
     def add(self, name, arr, digest=None):
         """Append one array (or a list of arrays forming its row blocks, written one after the
         other = concatenated along axis 0 without a copy); returns its manifest record.
-        `digest`: its sha256 if the caller computed it already."""
+        `digest`: its sha256 (or a function returning it, called after writing) if the caller
+        computes it; otherwise it is computed here."""
         if name in self.entries:
             raise ValueError(f"tensor {name} written twice to {os.path.basename(self.path)}")
         parts = [np.asarray(a) for a in arr] if isinstance(arr, (list, tuple)) else [np.asarray(arr)]
@@ -83,7 +84,11 @@ class ShardWriter:
                 h.update(data)
             self.offset += data.nbytes
         self.entries[name] = {"dtype": dtype, "shape": shape, "data_offsets": [start, self.offset]}
-        return {"dtype": dtype, "shape": shape, "sha256": digest or h.hexdigest()}
+        if h is not None:
+            digest = h.hexdigest()
+        elif callable(digest):
+            digest = digest()
+        return {"dtype": dtype, "shape": shape, "sha256": digest}
 
     def _header(self):
         header = {"__metadata__": {"format": "pt", "writer": "dsv3.convert"}}
