@@ -1,5 +1,6 @@
 /* The two attention formulations over the latent cache. Work is split over (token, head) pairs;
  * every pair is computed by one thread in a fixed order, so results do not depend on threads. */
+#include "dsv3_dtypes.h"
 #include "dsv3_ops.h"
 #include "mla_internal.h"
 
@@ -105,41 +106,65 @@ dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weig
     return DSV3_OK;
 }
 
+/* W[n, r] of kv_b_proj as f32: read directly for f32/bf16, otherwise dequantised once through
+ * dsv3_linear against the identity (wt[r, n] = W[n, r]), so any format the linear module reads works. */
+static dsv3_status kv_b_element_source(const dsv3_weight *w, int isa, float **wt, dsv3_error *err)
+{
+    const int64_t R = w->k, N = w->n;
+    *wt = NULL;
+    if (w->fmt == DSV3_FMT_F32 || w->fmt == DSV3_FMT_BF16)
+        return DSV3_OK;
+    float *eye = dsv3_alloc((size_t)(R * R) * sizeof(float));
+    *wt = dsv3_alloc((size_t)(R * N) * sizeof(float));
+    dsv3_status st = DSV3_OK;
+    if (!eye || !*wt) {
+        st = dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory dequantising kv_b_proj");
+    } else {
+        memset(eye, 0, (size_t)(R * R) * sizeof(float));
+        for (int64_t r = 0; r < R; r++)
+            eye[r * R + r] = 1.f;
+        st = dsv3_linear(eye, R, w, NULL, *wt, isa, err);
+    }
+    dsv3_free(eye);
+    if (st != DSV3_OK) {
+        dsv3_free(*wt);
+        *wt = NULL;
+    }
+    return st;
+}
+
+static float kv_b_at(const dsv3_weight *w, const float *wt, int64_t n, int64_t r)
+{
+    if (wt)
+        return wt[r * w->n + n];
+    if (w->fmt == DSV3_FMT_F32)
+        return ((const float *)w->data)[n * w->k + r];
+    return dsv3_bf16_to_f32(((const uint16_t *)w->data)[n * w->k + r]);
+}
+
 dsv3_status dsv3_mla_absorb(const dsv3_mla_dims *d, dsv3_mla_weights *w, int isa, dsv3_error *err)
 {
-    const int64_t R = d->kv_lora, H = d->heads, kvw = d->nope + d->v, N = H * kvw;
-    float *eye = dsv3_alloc((size_t)(R * R) * sizeof(float));
-    float *wt = dsv3_alloc((size_t)(R * N) * sizeof(float)); /* wt[r, n] = W[n, r] */
+    const int64_t R = d->kv_lora, H = d->heads, kvw = d->nope + d->v;
+    float *wt = NULL;
     float *uk = dsv3_alloc((size_t)(H * d->nope * R) * sizeof(float));
     float *uv = dsv3_alloc((size_t)(H * d->v * R) * sizeof(float));
-    dsv3_status st = DSV3_OK;
-    if (!eye || !wt || !uk || !uv) {
-        st = dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory deriving W_UK/W_UV");
-        goto fail;
+    dsv3_status st = (!uk || !uv) ? dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory for W_UK/W_UV")
+                                  : kv_b_element_source(&w->kv_b_proj, isa, &wt, err);
+    if (st != DSV3_OK) {
+        dsv3_free(uk);
+        dsv3_free(uv);
+        return st;
     }
-    memset(eye, 0, (size_t)(R * R) * sizeof(float));
-    for (int64_t r = 0; r < R; r++)
-        eye[r * R + r] = 1.f;
-    st = dsv3_linear(eye, R, &w->kv_b_proj, NULL, wt, isa, err);
-    if (st != DSV3_OK)
-        goto fail;
     for (int64_t h = 0; h < H; h++)
         for (int64_t e = 0; e < kvw; e++) {
             float *dst = e < d->nope ? uk + (h * d->nope + e) * R : uv + (h * d->v + e - d->nope) * R;
             for (int64_t r = 0; r < R; r++)
-                dst[r] = wt[r * N + h * kvw + e];
+                dst[r] = kv_b_at(&w->kv_b_proj, wt, h * kvw + e, r);
         }
-    dsv3_free(eye);
     dsv3_free(wt);
     dsv3_free(w->w_uk);
     dsv3_free(w->w_uv);
     w->w_uk = uk;
     w->w_uv = uv;
     return DSV3_OK;
-fail:
-    dsv3_free(eye);
-    dsv3_free(wt);
-    dsv3_free(uk);
-    dsv3_free(uv);
-    return st;
 }
