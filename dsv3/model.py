@@ -83,8 +83,9 @@ class Model:
         tensors: numpy float32 / bfloat16 arrays (other float dtypes are converted to float32) or
         ``dsv3.quant.QuantizedTensor`` values, named as in COMMON.md's canonical list. The model
         reads the arrays in place and keeps references to them.
-        dtype: None (keep), "float32" or "bfloat16": convert every array at load (the router's
-        gate and correction bias stay float32, as in transformers).
+        dtype: None (keep), "float32" or "bfloat16": convert every numpy array at load (the
+        router's gate and correction bias stay float32, as in transformers; QuantizedTensor
+        values keep their format).
         attention: "absorbed" (latent-space attention) or "naive" (expanded K/V, transformers' way).
         max_seq_len: KV cache capacity in tokens.
         """
