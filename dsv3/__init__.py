@@ -8,9 +8,4 @@ from .model import Model
 __version__ = "0.1.0"
 __all__ = ["cpu_info", "set_num_threads", "get_num_threads", "set_isa", "DeepseekConfig", "load_config",
            "open_checkpoint", "Model"]
-__all__ = ["cpu_info", "set_num_threads", "get_num_threads", "set_isa"]
-from .config import DeepseekConfig, load_config  # noqa: E402
-__all__ += ["DeepseekConfig", "load_config"]
-from .checkpoint import open_checkpoint  # noqa: E402
-__all__ += ["open_checkpoint"]
 from . import convert  # noqa: E402,F401  (dsv3.convert(src, dst, format=...) is callable)
