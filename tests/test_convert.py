@@ -266,7 +266,6 @@ def test_writer_output_is_valid_safetensors(sources, tmp_path):
         assert keys == {k for k, v in m["tensors"].items() if v["shard"] == fname}
 
 
-@pytest.mark.skipif(not hasattr(dsv3, "Model"), reason="dsv3.Model (forward branch) not merged yet")
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_converted_logits_equal_direct_load(sources, tmp_path, layout, fmt):
@@ -287,7 +286,8 @@ def test_dsv3_convert_is_callable_and_records_packed_layout(sources, tmp_path):
     assert sec["layout"] == "dsv3" and sec["quantization"]["default"] == "int8"
     if hasattr(quant, "pack"):
         assert sec["quantization"]["formats"]["int8"]["packed"] == quant.PACKED_LAYOUT
-    assert "quantization_config" not in json.load(open(os.path.join(dst, "config.json")))
+    with open(os.path.join(dst, "config.json")) as f:
+        assert "quantization_config" not in json.load(f)
 
 
 def test_info_reports_missing_tensors_of_a_broken_source(tmp_path):
@@ -302,3 +302,12 @@ def test_info_reports_missing_tensors_of_a_broken_source(tmp_path):
     assert "error" in out and out["layout"] == "hf"
     r = run_cli("info", src)
     assert r.returncode == 0 and "experts.2.up_proj" in r.stdout
+
+
+@pytest.mark.parametrize("layout,fmt", [("hf", "bf16"), ("hf_fused", "bf16"), ("fp8_block", "fp8_block")])
+def test_no_requantisation_gives_the_source_logits_bit_exactly(sources, tmp_path, layout, fmt):
+    dst = str(tmp_path / "out")
+    convert(sources[layout], dst, format=fmt, quiet=True)
+    ids = np.array([7, 1, 64, 12], dtype=np.int64)
+    assert np.array_equal(dsv3.Model.from_pretrained(dst).forward(ids),
+                          dsv3.Model.from_pretrained(sources[layout]).forward(ids))
