@@ -9,7 +9,8 @@ page cache (posix_fadvise DONTNEED after sync):
   - convert: dsv3.convert(SRC, DST, format=...) (reading, converting, hashing, writing the output;
     "incl. sync" also waits for the kernel to write the output back to disk, os.sync());
 and reports input bytes/s, the ratio to the plain read, and peak RSS (VmHWM) against the largest
-source tensor. Targets: convert >= 0.5x read speed; peak RSS < 3x largest tensor + 200 MB.
+source tensor; plus the C quantiser's own speed on one expert tensor (bf16 input bytes/s), a
+bound for conversions into a quantised format (for bf16: a memory copy). Targets: convert >= 0.5x read speed; peak RSS < 3x largest tensor + 200 MB.
 Prints a table and writes benchmarks/results/bench_convert.json.
 """
 import argparse
@@ -168,6 +169,27 @@ print("SYNC", time.perf_counter() - t)
     return out
 
 
+def measure_quantizer(fmt, threads):
+    """The C quantiser alone on one routed-expert tensor (bf16 input bytes/s; a bound for the
+    conversion to fmt on this machine)."""
+    n, k = CONFIG["moe_intermediate_size"], CONFIG["hidden_size"]
+    body = f"""
+import numpy as np, ml_dtypes, dsv3
+dsv3.set_num_threads({threads!r})
+w = np.random.default_rng(0).standard_normal(({n}, {k}), dtype=np.float32).astype(ml_dtypes.bfloat16)
+best = 1e9
+for _ in range(7):
+    t = time.perf_counter()
+    if {fmt!r} == "bf16":
+        w.copy()
+    else:
+        dsv3.quant.quantize(np.asarray(w, dtype=np.float32), {fmt!r})
+    best = min(best, time.perf_counter() - t)
+seconds, nbytes = best, w.nbytes
+"""
+    return run_child(body)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--formats", default="bf16,fp8_block,int4", help="target formats, comma separated")
@@ -201,7 +223,9 @@ def main(argv=None):
              "bytes_per_s": med([r["bytes"] / r["seconds"] for r in reads]), "x_read": 1.0,
              "peak_rss": max(r["peak_rss"] for r in reads), "runs": len(reads)}]
     for fmt, cs in convs.items():
+        q = measure_quantizer(fmt, args.threads)
         rows.append({"what": f"convert -> {fmt}", "seconds": med([c["seconds"] for c in cs]),
+                     "quantizer_bytes_per_s": q["bytes"] / q["seconds"],
                      "bytes_per_s": med([c["bytes_per_s"] for c in cs]), "x_read": med([c["x_read"] for c in cs]),
                      "seconds_with_sync": med([c["seconds_with_sync"] for c in cs]),
                      "x_read_with_sync": med([c["x_read_with_sync"] for c in cs]),
@@ -209,12 +233,13 @@ def main(argv=None):
     print(f"\nsource {total / 2**30:.2f} GiB in {len(files)} files; largest tensor {biggest / 2**20:.1f} MiB; "
           f"RSS target < {rss_limit / 2**20:.0f} MiB; threads {args.threads}; medians of {args.repeat} interleaved runs")
     print(f"{'measurement':<22}{'seconds':>9}{'input MB/s':>12}{'x read':>8}{'x read incl. sync':>19}"
-          f"{'peak RSS MiB':>14}{'RSS ok':>8}")
+          f"{'quantiser MB/s':>16}{'peak RSS MiB':>14}{'RSS ok':>8}")
     for r in rows:
         ok = "-" if r["what"] == "plain read" else ("yes" if r["peak_rss"] < rss_limit else "NO")
         sync = f"{r['x_read_with_sync']:.2f}" if "x_read_with_sync" in r else "-"
+        qz = f"{r['quantizer_bytes_per_s'] / 1e6:.0f}" if "quantizer_bytes_per_s" in r else "-"
         print(f"{r['what']:<22}{r['seconds']:>9.2f}{r['bytes_per_s'] / 1e6:>12.0f}{r['x_read']:>8.2f}{sync:>19}"
-              f"{r['peak_rss'] / 2**20:>14.0f}{ok:>8}")
+              f"{qz:>16}{r['peak_rss'] / 2**20:>14.0f}{ok:>8}")
     out = {"source_bytes": total, "files": len(files), "largest_tensor_bytes": biggest,
            "rss_limit_bytes": rss_limit, "threads": args.threads, "config": dict(CONFIG, n_routed_experts=args.experts),
            "rows": rows, "command": "python benchmarks/bench_convert.py " + " ".join(argv or sys.argv[1:])}

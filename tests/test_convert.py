@@ -311,3 +311,16 @@ def test_no_requantisation_gives_the_source_logits_bit_exactly(sources, tmp_path
     ids = np.array([7, 1, 64, 12], dtype=np.int64)
     assert np.array_equal(dsv3.Model.from_pretrained(dst).forward(ids),
                           dsv3.Model.from_pretrained(sources[layout]).forward(ids))
+
+
+def test_v32_indexer_tensors_are_copied_verbatim(tmp_path):
+    src = write_checkpoint(str(tmp_path / "src"), tiny_config(), layout="fp8_block", indexer=True, shards=1)
+    dst = str(tmp_path / "dst")
+    convert(src, dst, format="int8", quiet=True)
+    from dsv3.safetensors_io import open_safetensors
+    with open_safetensors(src) as r, open_safetensors(dst) as w:
+        keys = [k for k in r.keys() if ".self_attn.indexer." in k]
+        assert keys and all(r.get(k).tobytes() == w.get(k).tobytes() for k in keys)
+        assert r.dtype(keys[0]) == w.dtype(keys[0])
+    assert not any(".indexer." in n for n in converted(dst))
+    assert verify(dst) == []

@@ -17,7 +17,8 @@ On-disk dsv3 layout (DST):
   (experts [r*E/N, (r+1)*E/N), contiguous as in DeepSeek's convert.py) go to
   `model-ep<r>-of-ep<N>-KKKKK-of-NNNNN.safetensors` and everything else, once, to
   `model-shared-KKKKK-of-NNNNN.safetensors`; the index maps every tensor.
-- With --keep-mtp the MTP layer's tensors are copied verbatim (source names and formats).
+- Copied verbatim (source names and formats): the V3.2 indexer's tensors (self_attn.indexer.*),
+  always, and with --keep-mtp the MTP layer's; the reader skips both, as open_checkpoint does.
 - dsv3-manifest.json: source identity, options, per-shard state and per-tensor shard, dtype,
   shape, format and sha256 (see manifest.py).
 """

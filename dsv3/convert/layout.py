@@ -99,9 +99,16 @@ class Dsv3Checkpoint:
         sec = dsv3_section(self.path)
         for base, fmt in sec.get("quantization", {}).get("tensors", {}).items():
             by_format[fmt] = by_format.get(fmt, 0) + 1
+        skipped = {}
+        for n in r.keys():
+            layer = layer_of(n)
+            why = "mtp" if layer is not None and layer >= self.config.num_hidden_layers else \
+                "indexer" if ".self_attn.indexer." in n else None
+            if why:
+                skipped[why] = skipped.get(why, 0) + 1
         return {"path": self.path, "layout": "dsv3", "model_type": getattr(self.config, "model_type", None),
                 "num_tensors": len(list(r.keys())), "total_bytes": sum(v["bytes"] for v in by_dtype.values()),
-                "by_dtype": by_dtype, "quantised_by_format": by_format,
+                "by_dtype": by_dtype, "quantised_by_format": by_format, "skipped": skipped,
                 "options": {k: v for k, v in sec.get("quantization", {}).items()
                             if k in ("default", "experts", "attention", "lm_head")}}
 

@@ -46,22 +46,25 @@ def _plan(ckpt, src, opts):
         raise ValueError(f"--ep {opts.ep} must divide the number of routed experts ({n_experts})")
     entries = [(n, tuple(v.shape), int(v.nbytes), value_format(v)) for n, v in ckpt.canonical_tensors()]
     items = build_items(entries, opts, n_experts)
-    if opts.keep_mtp:
-        items += _mtp_items(src, cfg.num_hidden_layers)
+    items += _raw_items(src, cfg.num_hidden_layers, opts.keep_mtp)
     return items, assign_shards(items, opts)
 
 
-def _mtp_items(src, n_layers):
+def _raw_items(src, n_layers, keep_mtp):
+    """Source tensors copied verbatim (names and formats kept): the V3.2 indexer's (always; not a
+    canonical tensor yet) and, with keep_mtp, the MTP layer's (layers >= num_hidden_layers)."""
     from ..safetensors_io import open_safetensors
     from .plan import Item
-    out = []
+    out, mtp = [], 0
     with open_safetensors(src) as r:
         for key in r.keys():
             layer = layer_of(key)
-            if layer is not None and layer >= n_layers:
+            is_mtp = layer is not None and layer >= n_layers
+            if (is_mtp and keep_mtp) or (not is_mtp and ".self_attn.indexer." in key):
                 nbytes = int(r.get(key).nbytes)
                 out.append(Item(key, (key,), None, "shared", nbytes, nbytes, raw=True))
-    if not out:
+                mtp += is_mtp
+    if keep_mtp and not mtp:
         log.info("--keep-mtp: the source has no MTP layer (layer >= %d)", n_layers)
     return out
 
@@ -344,7 +347,7 @@ def convert(src, dst, format="bf16", experts=None, attention=None, lm_head=None,
         try:
             for name, value in _lookahead(ckpt.canonical_tensors()):
                 st.feed(name, value)
-            if opts.keep_mtp:
+            if any(it.raw for it in items):
                 from ..safetensors_io import open_safetensors
                 with open_safetensors(src) as r:
                     st.feed_raw(r)
