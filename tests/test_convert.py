@@ -324,3 +324,16 @@ def test_v32_indexer_tensors_are_copied_verbatim(tmp_path):
         assert r.dtype(keys[0]) == w.dtype(keys[0])
     assert not any(".indexer." in n for n in converted(dst))
     assert verify(dst) == []
+
+
+def test_interrupted_expert_parallel_conversion_resumes_byte_identical(sources, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    args = ["convert", sources["fp8_block"], None, "--format", "nvfp4", "--ep", "2", "--shard-size", "20KB", "--quiet"]
+    r = run_cli(*[a if x is None else x for x in args], env_extra={"DSV3_CONVERT_FAIL_AFTER": "60"})
+    assert r.returncode == 75, r.stderr
+    assert run_cli(*[a if x is None else x for x in args]).returncode == 0
+    convert(sources["fp8_block"], b, format="nvfp4", ep=2, quiet=True, shard_bytes=20 << 10)
+    assert sorted(os.listdir(a)) == sorted(os.listdir(b))
+    for n in os.listdir(a):
+        with open(os.path.join(a, n), "rb") as fa, open(os.path.join(b, n), "rb") as fb:
+            assert fa.read() == fb.read(), n

@@ -5,7 +5,8 @@
   "source": {"path", "layout", "index", "index_sha256", "files": [{"name", "size", "mtime_ns"}]},
   "options": {...},                                   # plan.Options
   "shards": {file: {"items": [base names], "complete": bool, "size": int}},
-  "tensors": {name: {"shard", "dtype", "shape", "format", "sha256"}}
+  "items": {base name: {"shard", "format", "params", "sources", "raw"}},  # one per converted tensor
+  "tensors": {name: {"shard", "dtype", "shape", "nbytes", "format", "sha256"}}  # one per stored array
 }
 It is rewritten atomically (temp name + rename) each time a shard completes; "complete" turns
 true only after the index and config.json are in place.

@@ -293,10 +293,11 @@ def _dsv3_section(m, opts, cfg, shards):
 
 
 def _finish(src, dst, m, opts, cfg):
-    weight_map = {k: v["shard"] for k, v in sorted(m["tensors"].items())}
-    total = 0
-    for f, s in m["shards"].items():
-        total += s["size"]
+    # sorted: a resumed run writes shards in another order, its outputs must still be byte-identical
+    m["tensors"] = dict(sorted(m["tensors"].items()))
+    m["items"] = dict(sorted(m["items"].items()))
+    weight_map = {k: v["shard"] for k, v in m["tensors"].items()}
+    total = sum(v["nbytes"] for v in m["tensors"].values())
     mf.write_json_atomic(os.path.join(dst, mf.INDEX), {"metadata": {"total_size": total}, "weight_map": weight_map})
     with open(os.path.join(src, "config.json")) as f:
         config = json.load(f)

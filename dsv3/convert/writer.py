@@ -88,7 +88,7 @@ class ShardWriter:
             digest = h.hexdigest()
         elif callable(digest):
             digest = digest()
-        return {"dtype": dtype, "shape": shape, "sha256": digest}
+        return {"dtype": dtype, "shape": shape, "nbytes": self.offset - start, "sha256": digest}
 
     def _header(self):
         header = {"__metadata__": {"format": "pt", "writer": "dsv3.convert"}}
