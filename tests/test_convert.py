@@ -337,3 +337,26 @@ def test_interrupted_expert_parallel_conversion_resumes_byte_identical(sources, 
     for n in os.listdir(a):
         with open(os.path.join(a, n), "rb") as fa, open(os.path.join(b, n), "rb") as fb:
             assert fa.read() == fb.read(), n
+
+
+def test_peak_memory_is_bounded_by_the_largest_tensor_not_the_checkpoint(tmp_path):
+    cfg = tiny_config(hidden_size=512, moe_intermediate_size=512, intermediate_size=512, n_routed_experts=16,
+                      n_group=4, topk_group=2, num_hidden_layers=3)
+    src = write_checkpoint(str(tmp_path / "src"), cfg, layout="hf", shards=2)
+    code = f"""
+import dsv3
+def hwm():
+    return [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+from dsv3.checkpoint import open_checkpoint
+largest = max(v.nbytes for _, v in open_checkpoint({src!r}).canonical_tensors())
+total = sum(v.nbytes for _, v in open_checkpoint({src!r}).canonical_tensors())
+before = hwm()
+dsv3.convert({src!r}, {str(tmp_path / "dst")!r}, format="bf16", quiet=True)
+print(largest, total, hwm() - before)
+"""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    largest, total, growth = map(int, r.stdout.split())
+    assert total > 40 << 20 and largest <= 1 << 20
+    assert growth < 3 * largest + (24 << 20), (growth, total)
