@@ -1,0 +1,76 @@
+/* AVX-512 small-M kernels: 16 codes decoded per step in registers (see gemv_template.h), and the
+ * dynamic int8 kernel on VNNI (vpdpbusd with u8 = s8 + 128 and a per-column compensation). */
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#define ISA avx512
+#define V __m512
+#define VL 16
+#define V_ZERO() _mm512_setzero_ps()
+#define V_LOADU(p) _mm512_loadu_ps(p)
+#define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define V_SET1(s) _mm512_set1_ps(s)
+#define V_REDUCE(v) _mm512_reduce_add_ps(v)
+
+static inline __attribute__((always_inline)) __m512 dec_nibbles(const uint8_t *p, __m512 lut)
+{
+    const __m128i b = _mm_loadl_epi64((const __m128i *)p), m = _mm_set1_epi8(15);
+    const __m128i il = _mm_unpacklo_epi8(_mm_and_si128(b, m), _mm_and_si128(_mm_srli_epi16(b, 4), m));
+    return _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(il), lut);
+}
+
+static inline __attribute__((always_inline)) __m512 dec_e4m3(const uint8_t *p)
+{
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    const __m512i mag = _mm512_and_si512(_mm512_slli_epi32(v, 20), _mm512_set1_epi32(0x07f00000));
+    const __m512i bits = _mm512_ternarylogic_epi32(_mm512_slli_epi32(v, 24), mag,
+                                                   _mm512_set1_epi32((int)0x80000000u), 0xE4);
+    return _mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(0x1p120f));
+}
+
+#define LUT_E2M1 _mm512_setr_ps(0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f)
+#define LUT_INT4 _mm512_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f, -8.f, -7.f, -6.f, -5.f, -4.f, -3.f, -2.f, -1.f)
+
+#define DEC(f, w, row, k)                                                                           \
+    ((f) == DSV3_FMT_F32    ? _mm512_loadu_ps((const float *)(row) + (k))                          \
+     : (f) == DSV3_FMT_BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(                               \
+                                  _mm512_cvtepu16_epi32(_mm256_loadu_si256(                         \
+                                      (const __m256i *)((const uint16_t *)(row) + (k)))), 16))      \
+     : (f) == DSV3_FMT_FP8_BLOCK ? dec_e4m3((row) + (k))                                            \
+     : (f) == DSV3_FMT_NVFP4     ? dec_nibbles((row) + (k) / 2, LUT_E2M1)                           \
+     : (f) == DSV3_FMT_INT8 ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(                              \
+                                  _mm_loadu_si128((const __m128i *)((row) + (k)))))                 \
+                            : dec_nibbles((row) + (k) / 2, LUT_INT4))
+
+#include "linear/gemv_template.h"
+
+/* y[m,n] = ((float)(sum q_x q_w) * s_x[m]) * s_w[n]; sum q_x q_w = sum (q_x+128) q_w - 128 sum q_w. */
+void dsv3_dyn_int8_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1)
+{
+    const dsv3_weight *w = a->w;
+    const int64_t K = w->k, N = w->n;
+    const float *sw = (const float *)w->scale;
+    const __m512i c128 = _mm512_set1_epi8((char)0x80);
+    for (int64_t n = n0; n < n1; n++) {
+        const int8_t *wr = (const int8_t *)w->data + n * K;
+        for (int64_t m0 = 0; m0 < a->m; m0 += MR) {
+            const int mr = a->m - m0 < MR ? (int)(a->m - m0) : MR;
+            __m512i acc[MR], comp = _mm512_setzero_si512();
+            for (int i = 0; i < MR; i++)
+                acc[i] = _mm512_setzero_si512();
+            for (int64_t k = 0; k < K; k += 64) {
+                const __mmask64 mk = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
+                const __m512i wv = _mm512_maskz_loadu_epi8(mk, wr + k);
+                comp = _mm512_dpbusd_epi32(comp, c128, wv);
+                for (int i = 0; i < mr; i++)
+                    acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_maskz_loadu_epi8(mk, a->xu + (m0 + i) * K + k), wv);
+            }
+            const int32_t c = _mm512_reduce_add_epi32(comp);
+            for (int i = 0; i < mr; i++) {
+                const int32_t dot = _mm512_reduce_add_epi32(acc[i]) - c;
+                a->y[(m0 + i) * N + n] = ((float)dot * a->xs_tok[m0 + i]) * sw[n] + (a->bias ? a->bias[n] : 0.0f);
+            }
+        }
+    }
+}

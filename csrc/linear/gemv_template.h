@@ -1,0 +1,113 @@
+/* Small-M (decode) weight-only kernel body shared by the AVX2 and AVX-512 files.
+ *
+ * The including file defines the vector vocabulary (V, VL, V_ZERO, V_LOADU, V_FMA, V_SET1,
+ * V_REDUCE), the in-register decoder DEC(fmt, w, row, k) -> V of VL unscaled codes, and ISA
+ * (name suffix). Structure (BLIS-like: the framework owns tiling, the decoder knows registers):
+ * threads own disjoint output columns n; for each n the weight row is streamed once from memory
+ * per tile of up to 4 rows of x (so M <= 4 reads it once, larger M re-reads it from L1/L2); per K
+ * group an fp32 partial dot is formed in registers and folded into the accumulator with the group
+ * scale (times the activation scale in fp8 dynamic mode). Tails (K not a multiple of VL) are
+ * decoded by the format table's scalar code_row. Horizontal sums have a fixed order. */
+#include <string.h>
+
+#include "dsv3_dtypes.h"
+#include "linear/lin_kernels.h"
+
+#define AI static inline __attribute__((always_inline))
+#define MR 4
+
+/* Exact e4m3fn -> f32 for finite codes (subnormals included): move exponent/mantissa under the
+ * f32 fields and multiply by 2^(127-7). NaN codes are never produced by the quantisers. */
+AI float e4m3_fast(uint8_t c)
+{
+    return dsv3_bits_f32(((uint32_t)(c & 0x7fu) << 20) | ((uint32_t)(c & 0x80u) << 24)) * 0x1p120f;
+}
+
+AI const uint8_t *row_ptr(dsv3_format f, const dsv3_weight *w, int64_t n)
+{
+    const int bits = f == DSV3_FMT_F32 ? 32 : f == DSV3_FMT_BF16 ? 16 : (f == DSV3_FMT_NVFP4 || f == DSV3_FMT_INT4) ? 4 : 8;
+    return (const uint8_t *)w->data + n * w->k * bits / 8;
+}
+
+AI int64_t kgroup(dsv3_format f, const dsv3_weight *w)
+{
+    return f == DSV3_FMT_FP8_BLOCK ? 128 : f == DSV3_FMT_NVFP4 ? 16 : f == DSV3_FMT_INT4 ? w->group : w->k;
+}
+
+AI float gscale(dsv3_format f, const dsv3_weight *w, int64_t n, int64_t g, int64_t ng)
+{
+    switch (f) {
+    case DSV3_FMT_FP8_BLOCK: return ((const float *)w->scale)[(n / 128) * ng + g];
+    case DSV3_FMT_NVFP4: return e4m3_fast(((const uint8_t *)w->scale)[n * ng + g]) * w->scale2;
+    case DSV3_FMT_INT8: return ((const float *)w->scale)[n];
+    case DSV3_FMT_INT4: return ((const float *)w->scale)[n * ng + g];
+    default: return 1.0f;
+    }
+}
+
+AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
+{
+    const dsv3_weight *w = a->w;
+    const int64_t K = w->k, G = kgroup(f, w), ng = (K + G - 1) / G;
+    const uint8_t *row = row_ptr(f, w, n);
+    const float *x[MR];
+    V acc[MR], part[MR];
+    for (int i = 0; i < mr; i++) {
+        x[i] = a->x + (m0 + i) * K;
+        acc[i] = V_ZERO();
+    }
+    for (int64_t g = 0; g < ng; g++) {
+        const int64_t k0 = g * G, k1 = k0 + G < K ? k0 + G : K, kv = k0 + (k1 - k0) / VL * VL;
+        for (int i = 0; i < mr; i++)
+            part[i] = V_ZERO();
+        for (int64_t k = k0; k < kv; k += VL) {
+            const V wv = DEC(f, w, row, k);
+            for (int i = 0; i < mr; i++)
+                part[i] = V_FMA(V_LOADU(x[i] + k), wv, part[i]);
+        }
+        if (kv < k1) {
+            float wt[VL], xt[VL];
+            memset(wt, 0, sizeof wt);
+            dsv3_formats[f].code_row(w, n, kv, k1 - kv, wt);
+            const V wv = V_LOADU(wt);
+            for (int i = 0; i < mr; i++) {
+                memset(xt, 0, sizeof xt);
+                memcpy(xt, x[i] + kv, (size_t)(k1 - kv) * sizeof(float));
+                part[i] = V_FMA(V_LOADU(xt), wv, part[i]);
+            }
+        }
+        const float s = gscale(f, w, n, g, ng);
+        for (int i = 0; i < mr; i++)
+            acc[i] = V_FMA(part[i], V_SET1(a->xs ? a->xs[(m0 + i) * ng + g] * s : s), acc[i]);
+    }
+    for (int i = 0; i < mr; i++)
+        a->y[(m0 + i) * w->n + n] = V_REDUCE(acc[i]) + (a->bias ? a->bias[n] : 0.0f);
+}
+
+AI void gemv_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
+{
+    for (int64_t n = n0; n < n1; n++)
+        for (int64_t m0 = 0; m0 < a->m; m0 += MR) {
+            switch (a->m - m0 < MR ? a->m - m0 : MR) {
+            case 1: gemv_tile(f, 1, a, n, m0); break;
+            case 2: gemv_tile(f, 2, a, n, m0); break;
+            case 3: gemv_tile(f, 3, a, n, m0); break;
+            default: gemv_tile(f, 4, a, n, m0); break;
+            }
+        }
+}
+
+#define GEMV_CAT2(a, b) a##b
+#define GEMV_CAT(a, b) GEMV_CAT2(a, b)
+#define GEMV_DEFINE(fname, fmt)                                                                     \
+    void GEMV_CAT(dsv3_gemv_##fname##_, ISA)(const dsv3_lin_args *a, int64_t n0, int64_t n1)         \
+    {                                                                                               \
+        gemv_rows(fmt, a, n0, n1);                                                                  \
+    }
+
+GEMV_DEFINE(f32, DSV3_FMT_F32)
+GEMV_DEFINE(bf16, DSV3_FMT_BF16)
+GEMV_DEFINE(fp8_block, DSV3_FMT_FP8_BLOCK)
+GEMV_DEFINE(nvfp4, DSV3_FMT_NVFP4)
+GEMV_DEFINE(int8, DSV3_FMT_INT8)
+GEMV_DEFINE(int4, DSV3_FMT_INT4)
