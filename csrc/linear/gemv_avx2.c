@@ -10,6 +10,7 @@
 #define V_ZERO() _mm256_setzero_ps()
 #define V_LOADU(p) _mm256_loadu_ps(p)
 #define V_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define V_ADD(a, b) _mm256_add_ps(a, b)
 #define V_SET1(s) _mm256_set1_ps(s)
 #define V_REDUCE(v) reduce8(v)
 

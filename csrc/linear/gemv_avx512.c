@@ -10,14 +10,18 @@
 #define V_ZERO() _mm512_setzero_ps()
 #define V_LOADU(p) _mm512_loadu_ps(p)
 #define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define V_ADD(a, b) _mm512_add_ps(a, b)
 #define V_SET1(s) _mm512_set1_ps(s)
 #define V_REDUCE(v) _mm512_reduce_add_ps(v)
 
+/* 8 bytes -> 16 nibbles, element 2i = low nibble of byte i: duplicate each byte into two lanes,
+ * shift odd lanes right by 4; vpermps reads only index bits [3:0], so no mask is needed. */
 static inline __attribute__((always_inline)) __m512 dec_nibbles(const uint8_t *p, __m512 lut)
 {
-    const __m128i b = _mm_loadl_epi64((const __m128i *)p), m = _mm_set1_epi8(15);
-    const __m128i il = _mm_unpacklo_epi8(_mm_and_si128(b, m), _mm_and_si128(_mm_srli_epi16(b, 4), m));
-    return _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(il), lut);
+    const __m128i b = _mm_loadl_epi64((const __m128i *)p);
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
+    const __m512i idx = _mm512_srlv_epi32(v, _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4));
+    return _mm512_permutexvar_ps(idx, lut);
 }
 
 static inline __attribute__((always_inline)) __m512 dec_e4m3(const uint8_t *p)

@@ -2,7 +2,7 @@
  *
  * The including file defines the vector vocabulary (V, VL, V_ZERO, V_LOADU, V_FMA, V_SET1,
  * V_REDUCE), the in-register decoder DEC(fmt, w, row, k) -> V of VL unscaled codes, and ISA
- * (name suffix). Structure (BLIS-like: the framework owns tiling, the decoder knows registers):
+ * (name suffix), V_ADD. Structure (BLIS-like: the framework owns tiling, the decoder knows registers):
  * threads own disjoint output columns n; for each n the weight row is streamed once from memory
  * per tile of up to 4 rows of x (so M <= 4 reads it once, larger M re-reads it from L1/L2); per K
  * group an fp32 partial dot is formed in registers and folded into the accumulator with the group
@@ -51,19 +51,29 @@ AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n
     const int64_t K = w->k, G = kgroup(f, w), ng = (K + G - 1) / G;
     const uint8_t *row = row_ptr(f, w, n);
     const float *x[MR];
-    V acc[MR], part[MR];
+    /* two accumulator sets (alternating K groups) and two partial sets (alternating vectors) hide
+     * the FMA latency when mr is small */
+    V acc[MR][2], p0[MR], p1[MR];
     for (int i = 0; i < mr; i++) {
         x[i] = a->x + (m0 + i) * K;
-        acc[i] = V_ZERO();
+        acc[i][0] = acc[i][1] = V_ZERO();
     }
     for (int64_t g = 0; g < ng; g++) {
         const int64_t k0 = g * G, k1 = k0 + G < K ? k0 + G : K, kv = k0 + (k1 - k0) / VL * VL;
+        int64_t k = k0;
         for (int i = 0; i < mr; i++)
-            part[i] = V_ZERO();
-        for (int64_t k = k0; k < kv; k += VL) {
-            const V wv = DEC(f, w, row, k);
+            p0[i] = p1[i] = V_ZERO();
+        for (; k + 2 * VL <= kv; k += 2 * VL) {
+            const V w0 = DEC(f, w, row, k), w1 = DEC(f, w, row, k + VL);
+            for (int i = 0; i < mr; i++) {
+                p0[i] = V_FMA(V_LOADU(x[i] + k), w0, p0[i]);
+                p1[i] = V_FMA(V_LOADU(x[i] + k + VL), w1, p1[i]);
+            }
+        }
+        if (k < kv) {
+            const V w0 = DEC(f, w, row, k);
             for (int i = 0; i < mr; i++)
-                part[i] = V_FMA(V_LOADU(x[i] + k), wv, part[i]);
+                p0[i] = V_FMA(V_LOADU(x[i] + k), w0, p0[i]);
         }
         if (kv < k1) {
             float wt[VL], xt[VL];
@@ -73,15 +83,16 @@ AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n
             for (int i = 0; i < mr; i++) {
                 memset(xt, 0, sizeof xt);
                 memcpy(xt, x[i] + kv, (size_t)(k1 - kv) * sizeof(float));
-                part[i] = V_FMA(V_LOADU(xt), wv, part[i]);
+                p1[i] = V_FMA(V_LOADU(xt), wv, p1[i]);
             }
         }
         const float s = gscale(f, w, n, g, ng);
         for (int i = 0; i < mr; i++)
-            acc[i] = V_FMA(part[i], V_SET1(a->xs ? a->xs[(m0 + i) * ng + g] * s : s), acc[i]);
+            acc[i][g & 1] = V_FMA(V_ADD(p0[i], p1[i]), V_SET1(a->xs ? a->xs[(m0 + i) * ng + g] * s : s),
+                                  acc[i][g & 1]);
     }
     for (int i = 0; i < mr; i++)
-        a->y[(m0 + i) * w->n + n] = V_REDUCE(acc[i]) + (a->bias ? a->bias[n] : 0.0f);
+        a->y[(m0 + i) * w->n + n] = V_REDUCE(V_ADD(acc[i][0], acc[i][1])) + (a->bias ? a->bias[n] : 0.0f);
 }
 
 AI void gemv_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)

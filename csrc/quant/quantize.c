@@ -40,8 +40,10 @@ static void quant_fp8_block(const float *w, int64_t n, int64_t k, int ue8m0, uin
     }
 }
 
-/* ModelOpt _cast_fp4: index = #bounds strictly below |x|, +1 at the ties 0.75, 1.75, 2.5
- * (so ties 0.25, 1.25, 3.5, 5 go down, 0.75, 1.75, 2.5 go up); sign bit from x < 0. */
+/* ModelOpt _cast_fp4: index = #bounds strictly below |x| (searchsorted, left), +1 when |x| equals
+ * bounds[[1, 3, 5]] = 0.75, 1.75, 3.5 (its comment says 2.5, its code indexes 3.5). Net effect: every
+ * tie goes to the even code (0.25->0, 0.75->1, 1.25->1, 1.75->2, 2.5->2, 3.5->4, 5->4). Sign bit
+ * from x < 0 (so -0.1 -> code 8, negative zero). */
 static uint8_t modelopt_e2m1(float x)
 {
     static const float bounds[7] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};
@@ -51,7 +53,7 @@ static uint8_t modelopt_e2m1(float x)
         ord += bounds[i] < a;
     if (a != a) /* NaN sorts last in searchsorted */
         ord = 7;
-    ord += (a == 0.75f || a == 1.75f || a == 2.5f);
+    ord += (a == 0.75f || a == 1.75f || a == 3.5f);
     return (uint8_t)((x < 0.0f ? 8u : 0u) | ord);
 }
 
