@@ -37,9 +37,9 @@ static inline __attribute__((always_inline)) __m512 dec_e4m3(const uint8_t *p)
                                   _mm512_cvtepu16_epi32(_mm256_loadu_si256(                         \
                                       (const __m256i *)((const uint16_t *)(row) + (k)))), 16))      \
      : (f) == DSV3_FMT_FP8_BLOCK ? dec_e4m3((row) + (k))                                            \
-     : (f) == DSV3_FMT_NVFP4     ? dec_nibbles((row) + (k) / 2, LUT_E2M1)                           \
+     : (f) == DSV3_FMT_NVFP4     ? dec_nibbles((row) + ((size_t)(k) >> 1), LUT_E2M1)                           \
      : (f) == DSV3_FMT_INT8 ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(                              \
                                   _mm_loadu_si128((const __m128i *)((row) + (k)))))                 \
-                            : dec_nibbles((row) + (k) / 2, LUT_INT4))
+                            : dec_nibbles((row) + ((size_t)(k) >> 1), LUT_INT4))
 
 #endif

@@ -11,6 +11,8 @@
 #define V_LOADU(p) _mm256_loadu_ps(p)
 #define V_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define V_ADD(a, b) _mm256_add_ps(a, b)
+#define V_MUL(a, b) _mm256_mul_ps(a, b)
+#define V_STOREU(p, v) _mm256_storeu_ps(p, v)
 #define V_SET1(s) _mm256_set1_ps(s)
 #define V_REDUCE(v) reduce8(v)
 
@@ -59,10 +61,10 @@ static inline __attribute__((always_inline)) __m256 dec_e4m3(const uint8_t *p)
                                   _mm256_cvtepu16_epi32(_mm_loadu_si128(                            \
                                       (const __m128i *)((const uint16_t *)(row) + (k)))), 16))      \
      : (f) == DSV3_FMT_FP8_BLOCK ? dec_e4m3((row) + (k))                                            \
-     : (f) == DSV3_FMT_NVFP4     ? dec_e2m1((row) + (k) / 2)                                        \
+     : (f) == DSV3_FMT_NVFP4     ? dec_e2m1((row) + ((size_t)(k) >> 1))                                        \
      : (f) == DSV3_FMT_INT8 ? _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(                              \
                                   _mm_loadl_epi64((const __m128i *)((row) + (k)))))                 \
-                            : dec_int4((row) + (k) / 2))
+                            : dec_int4((row) + ((size_t)(k) >> 1)))
 
 #include "linear/gemv_template.h"
 

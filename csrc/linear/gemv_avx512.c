@@ -11,6 +11,8 @@
 #define V_LOADU(p) _mm512_loadu_ps(p)
 #define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define V_ADD(a, b) _mm512_add_ps(a, b)
+#define V_MUL(a, b) _mm512_mul_ps(a, b)
+#define V_STOREU(p, v) _mm512_storeu_ps(p, v)
 #define V_SET1(s) _mm512_set1_ps(s)
 #define V_REDUCE(v) _mm512_reduce_add_ps(v)
 

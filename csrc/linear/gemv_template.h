@@ -17,54 +17,120 @@
 
 #define MR 4
 
+/* One K group of row n for mr rows of x: acc[i] += scale * (act scale) * sum_k x[i][k] code(n, k). */
+AI void gemv_group(dsv3_format f, const int mr, const dsv3_lin_args *a, const uint8_t *row, int64_t n,
+                   int64_t m0, const float *const *x, int64_t g, int64_t G, int64_t ng, V *acc)
+{
+    const dsv3_weight *w = a->w;
+    const int64_t K = w->k, Kv = K / VL * VL, k0 = g * G, kv = k0 + G < Kv ? k0 + G : Kv;
+    V p0[MR], p1[MR];
+    (void)n;
+    int64_t k = k0;
+    for (int i = 0; i < mr; i++)
+        p0[i] = p1[i] = V_ZERO();
+    for (; k + 2 * VL <= kv; k += 2 * VL) {
+        const V w0 = DEC(f, w, row, k), w1 = DEC(f, w, row, k + VL);
+        for (int i = 0; i < mr; i++) {
+            p0[i] = V_FMA(V_LOADU(x[i] + k), w0, p0[i]);
+            p1[i] = V_FMA(V_LOADU(x[i] + k + VL), w1, p1[i]);
+        }
+    }
+    if (k < kv) {
+        const V w0 = DEC(f, w, row, k);
+        for (int i = 0; i < mr; i++)
+            p0[i] = V_FMA(V_LOADU(x[i] + k), w0, p0[i]);
+    }
+    const float s = gscale(f, w, n, g, ng);
+    for (int i = 0; i < mr; i++)
+        acc[i] = V_FMA(V_ADD(p0[i], p1[i]), V_SET1(a->xs ? a->xs[(m0 + i) * ng + g] * s : s), acc[i]);
+}
+
+/* Small-group formats (nvfp4 G=16, int4 G=32/128): scale the decoded vector (one multiply) and
+ * accumulate straight into acc: no per-group partial sums or epilogue. Vectors alternate between
+ * accA and accB. */
+AI void gemv_group_scaled(dsv3_format f, const int mr, const dsv3_lin_args *a, const uint8_t *row, int64_t n,
+                          const float *const *x, int64_t g, int64_t G, float s, V *accA, V *accB)
+{
+    const dsv3_weight *w = a->w;
+    const int64_t K = w->k, Kv = K / VL * VL, k0 = g * G, kv = k0 + G < Kv ? k0 + G : Kv;
+    const V sv = V_SET1(s);
+    (void)n;
+    int64_t k = k0;
+    for (; k + 2 * VL <= kv; k += 2 * VL) {
+        const V w0 = V_MUL(DEC(f, w, row, k), sv), w1 = V_MUL(DEC(f, w, row, k + VL), sv);
+        for (int i = 0; i < mr; i++) {
+            accA[i] = V_FMA(V_LOADU(x[i] + k), w0, accA[i]);
+            accB[i] = V_FMA(V_LOADU(x[i] + k + VL), w1, accB[i]);
+        }
+    }
+    if (k < kv) {
+        const V w0 = V_MUL(DEC(f, w, row, k), sv);
+        for (int i = 0; i < mr; i++)
+            accA[i] = V_FMA(V_LOADU(x[i] + k), w0, accA[i]);
+    }
+}
+
+/* Scales of groups [g, g+VL) of row n (nvfp4: e4m3 decoded in a vector, times scale2). */
+AI void group_scales(dsv3_format f, const dsv3_weight *w, int64_t n, int64_t g, int64_t ng, float *out)
+{
+    if (f == DSV3_FMT_NVFP4 && g + VL <= ng) {
+        V_STOREU(out, V_MUL(DEC(DSV3_FMT_FP8_BLOCK, w, (const uint8_t *)w->scale + n * ng, g), V_SET1(w->scale2)));
+        return;
+    }
+    for (int64_t j = g; j < g + VL && j < ng; j++)
+        out[j - g] = gscale(f, w, n, j, ng);
+}
+
+/* Row n for rows [m0, m0+mr) of x. Two accumulator sets (even / odd K groups) and two partial sets
+ * (even / odd vectors) hide the FMA latency when mr is small; the group loop is unrolled by two so
+ * that every register array is indexed by constants. */
 AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
 {
     const dsv3_weight *w = a->w;
     const int64_t K = w->k, G = kgroup(f, w), ng = (K + G - 1) / G;
     const uint8_t *row = row_ptr(f, w, n);
     const float *x[MR];
-    /* two accumulator sets (alternating K groups) and two partial sets (alternating vectors) hide
-     * the FMA latency when mr is small */
-    V acc[MR][2], p0[MR], p1[MR];
+    V acc0[MR], acc1[MR];
     for (int i = 0; i < mr; i++) {
         x[i] = a->x + (m0 + i) * K;
-        acc[i][0] = acc[i][1] = V_ZERO();
+        acc0[i] = acc1[i] = V_ZERO();
     }
-    for (int64_t g = 0; g < ng; g++) {
-        const int64_t k0 = g * G, k1 = k0 + G < K ? k0 + G : K, kv = k0 + (k1 - k0) / VL * VL;
-        int64_t k = k0;
-        for (int i = 0; i < mr; i++)
-            p0[i] = p1[i] = V_ZERO();
-        for (; k + 2 * VL <= kv; k += 2 * VL) {
-            const V w0 = DEC(f, w, row, k), w1 = DEC(f, w, row, k + VL);
-            for (int i = 0; i < mr; i++) {
-                p0[i] = V_FMA(V_LOADU(x[i] + k), w0, p0[i]);
-                p1[i] = V_FMA(V_LOADU(x[i] + k + VL), w1, p1[i]);
-            }
+    int64_t g = 0;
+    if (f == DSV3_FMT_NVFP4 || f == DSV3_FMT_INT4) {
+        float sb[VL];
+        for (; g < ng; g += 2) {
+            if (g % VL == 0)
+                group_scales(f, w, n, g, ng, sb);
+            gemv_group_scaled(f, mr, a, row, n, x, g, G, sb[g % VL], acc0, acc1);
+            if (g + 1 < ng)
+                gemv_group_scaled(f, mr, a, row, n, x, g + 1, G, sb[(g + 1) % VL], acc1, acc0);
         }
-        if (k < kv) {
-            const V w0 = DEC(f, w, row, k);
-            for (int i = 0; i < mr; i++)
-                p0[i] = V_FMA(V_LOADU(x[i] + k), w0, p0[i]);
+        g = ng;
+    }
+    for (; g + 1 < ng; g += 2) {
+        gemv_group(f, mr, a, row, n, m0, x, g, G, ng, acc0);
+        gemv_group(f, mr, a, row, n, m0, x, g + 1, G, ng, acc1);
+    }
+    if (g < ng)
+        gemv_group(f, mr, a, row, n, m0, x, g, G, ng, acc0);
+    /* K tail (K not a multiple of VL): scalar decode once per row, outside the hot loops so no call
+     * clobbers the accumulators there; added after the vector sum in a fixed order. */
+    float tail[MR] = {0};
+    const int64_t Kv = K / VL * VL;
+    if (Kv < K) {
+        float wt[VL];
+        dsv3_formats[f].code_row(w, n, Kv, K - Kv, wt);
+        const int64_t gt = Kv / G;
+        const float s = gscale(f, w, n, gt, ng);
+        for (int i = 0; i < mr; i++) {
+            float p = 0.0f;
+            for (int64_t j = Kv; j < K; j++)
+                p += x[i][j] * wt[j - Kv];
+            tail[i] = p * (a->xs ? a->xs[(m0 + i) * ng + gt] * s : s);
         }
-        if (kv < k1) {
-            float wt[VL], xt[VL];
-            memset(wt, 0, sizeof wt);
-            dsv3_formats[f].code_row(w, n, kv, k1 - kv, wt);
-            const V wv = V_LOADU(wt);
-            for (int i = 0; i < mr; i++) {
-                memset(xt, 0, sizeof xt);
-                memcpy(xt, x[i] + kv, (size_t)(k1 - kv) * sizeof(float));
-                p1[i] = V_FMA(V_LOADU(xt), wv, p1[i]);
-            }
-        }
-        const float s = gscale(f, w, n, g, ng);
-        for (int i = 0; i < mr; i++)
-            acc[i][g & 1] = V_FMA(V_ADD(p0[i], p1[i]), V_SET1(a->xs ? a->xs[(m0 + i) * ng + g] * s : s),
-                                  acc[i][g & 1]);
     }
     for (int i = 0; i < mr; i++)
-        a->y[(m0 + i) * w->n + n] = V_REDUCE(V_ADD(acc[i][0], acc[i][1])) + (a->bias ? a->bias[n] : 0.0f);
+        a->y[(m0 + i) * w->n + n] = (V_REDUCE(V_ADD(acc0[i], acc1[i])) + tail[i]) + (a->bias ? a->bias[n] : 0.0f);
 }
 
 AI void gemv_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
