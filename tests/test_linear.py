@@ -204,3 +204,19 @@ def test_no_reference_leaks():
         except ValueError:
             pass
     assert [sys.getrefcount(o) for o in objs] == before
+
+
+@pytest.mark.parametrize("fmt,params", [("fp8_block", {}), ("nvfp4", {}), ("int4", {"group": 32})],
+                         ids=lambda v: str(v))
+def test_huge_and_tiny_scales(fmt, params):
+    """Scales far from 1 (weights ~1e5 and ~1e-5): the raw-decode fast path must fall back exactly."""
+    for mag in (1e5, 1e-5):
+        w = rnd((40, 256), 3, mag)
+        qt = quant.quantize(w, fmt, **params)
+        wd = quant.dequantize(qt)
+        x = rnd((2, 256), 4)
+        ref = x.astype(np.float64) @ wd.astype(np.float64).T
+        for isa in ISAS:
+            y = dsv3.ops.linear(x, qt, isa=isa)
+            assert np.all(np.isfinite(y))
+            assert np.all(np.abs(y - ref) <= bound(x, wd, isa, 2)), (mag, isa)

@@ -15,6 +15,11 @@
 
 #include "linear/lin_common.h"
 
+#ifndef DECR /* ISAs without raw decoders: exact decode, no extra scale */
+#define DECR(f, w, row, k) DEC(f, w, row, k)
+#define RAW_SCALE(f) 1.0f
+#endif
+
 #define MR 4
 
 /* One K group of row n for mr rows of x: acc[i] += scale * (act scale) * sum_k x[i][k] code(n, k). */
@@ -48,25 +53,47 @@ AI void gemv_group(dsv3_format f, const int mr, const dsv3_lin_args *a, const ui
 /* Small-group formats (nvfp4 G=16, int4 G=32/128): scale the decoded vector (one multiply) and
  * accumulate straight into acc: no per-group partial sums or epilogue. Vectors alternate between
  * accA and accB. */
-AI void gemv_group_scaled(dsv3_format f, const int mr, const dsv3_lin_args *a, const uint8_t *row, int64_t n,
-                          const float *const *x, int64_t g, int64_t G, float s, V *accA, V *accB)
+AI void group_scaled_body(dsv3_format f, const int mr, const int raw, const dsv3_lin_args *a, const uint8_t *row,
+                          const float *const *x, int64_t k, int64_t kv, V sv, V *accA, V *accB)
 {
     const dsv3_weight *w = a->w;
-    const int64_t K = w->k, Kv = K / VL * VL, k0 = g * G, kv = k0 + G < Kv ? k0 + G : Kv;
-    const V sv = V_SET1(s);
-    (void)n;
-    int64_t k = k0;
+    (void)w;
     for (; k + 2 * VL <= kv; k += 2 * VL) {
-        const V w0 = V_MUL(DEC(f, w, row, k), sv), w1 = V_MUL(DEC(f, w, row, k + VL), sv);
+        const V w0 = V_MUL(raw ? DECR(f, w, row, k) : DEC(f, w, row, k), sv);
+        const V w1 = V_MUL(raw ? DECR(f, w, row, k + VL) : DEC(f, w, row, k + VL), sv);
         for (int i = 0; i < mr; i++) {
             accA[i] = V_FMA(V_LOADU(x[i] + k), w0, accA[i]);
             accB[i] = V_FMA(V_LOADU(x[i] + k + VL), w1, accB[i]);
         }
     }
     if (k < kv) {
-        const V w0 = V_MUL(DEC(f, w, row, k), sv);
+        const V w0 = V_MUL(raw ? DECR(f, w, row, k) : DEC(f, w, row, k), sv);
         for (int i = 0; i < mr; i++)
             accA[i] = V_FMA(V_LOADU(x[i] + k), w0, accA[i]);
+    }
+}
+
+AI void gemv_group_scaled(dsv3_format f, const int mr, const dsv3_lin_args *a, const uint8_t *row,
+                          const float *const *x, int64_t g, int64_t G, float s, V *accA, V *accB)
+{
+    const int64_t K = a->w->k, Kv = K / VL * VL, k0 = g * G, kv = k0 + G < Kv ? k0 + G : Kv;
+    /* raw decode needs scale * 2^bias to stay finite; huge scales take the exact decoder */
+    if (s < 0x1p100f / RAW_SCALE(f) * 0x1p27f)
+        group_scaled_body(f, mr, 1, a, row, x, k0, kv, V_SET1(s * RAW_SCALE(f)), accA, accB);
+    else
+        group_scaled_body(f, mr, 0, a, row, x, k0, kv, V_SET1(s), accA, accB);
+}
+
+AI void nvfp4_group(dsv3_format f, const int mr, const dsv3_lin_args *a, const uint8_t *row,
+                    const float *const *x, int64_t g, float s, V *acc)
+{
+    const V sv = V_SET1(s);
+    (void)a;
+    for (int v = 0; v < 16 / VL; v++) {
+        const int64_t k = g * 16 + v * VL;
+        const V wv = V_MUL(DEC(f, a->w, row, k), sv);
+        for (int i = 0; i < mr; i++)
+            acc[i] = V_FMA(V_LOADU(x[i] + k), wv, acc[i]);
     }
 }
 
@@ -96,14 +123,28 @@ AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n
         acc0[i] = acc1[i] = V_ZERO();
     }
     int64_t g = 0;
-    if (f == DSV3_FMT_NVFP4 || f == DSV3_FMT_INT4) {
+    if (f == DSV3_FMT_NVFP4) { /* 16-wide groups: two groups per step, scales from a decoded vector */
+        float sb[VL];
+        for (; g + 1 < ng; g += 2) {
+            if (g % VL == 0)
+                group_scales(f, w, n, g, ng, sb);
+            nvfp4_group(f, mr, a, row, x, g, sb[g % VL], acc0);
+            nvfp4_group(f, mr, a, row, x, g + 1, sb[(g + 1) % VL], acc1);
+        }
+        if (g < ng) {
+            group_scales(f, w, n, g - g % VL, ng, sb);
+            nvfp4_group(f, mr, a, row, x, g, sb[g % VL], acc0);
+        }
+        g = ng;
+    }
+    if (f == DSV3_FMT_INT4 || (f == DSV3_FMT_FP8_BLOCK && !a->xs)) {
         float sb[VL];
         for (; g < ng; g += 2) {
             if (g % VL == 0)
                 group_scales(f, w, n, g, ng, sb);
-            gemv_group_scaled(f, mr, a, row, n, x, g, G, sb[g % VL], acc0, acc1);
+            gemv_group_scaled(f, mr, a, row, x, g, G, sb[g % VL], acc0, acc1);
             if (g + 1 < ng)
-                gemv_group_scaled(f, mr, a, row, n, x, g + 1, G, sb[(g + 1) % VL], acc1, acc0);
+                gemv_group_scaled(f, mr, a, row, x, g + 1, G, sb[(g + 1) % VL], acc1, acc0);
         }
         g = ng;
     }
