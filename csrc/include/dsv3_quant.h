@@ -34,6 +34,8 @@ typedef struct {
     const uint8_t *xu;     /* int8 dynamic (VNNI): xq + 128 as u8 [m, k], else NULL */
     const float *xs_tok;   /* int8 dynamic: per-token act scale [m] */
     const uint16_t *xb;    /* large-M bf16 path: x as bf16 [m, k], else NULL */
+    const uint16_t *xh, *xl; /* bf16x2 small-M kernels: x = xh + xl (bf16 each), [m, k] in the
+                              * kernel's x layout (dsv3_xlayout), else NULL */
     int64_t m;
     const dsv3_weight *w;
     const float *bias;     /* [n] or NULL */
@@ -42,6 +44,14 @@ typedef struct {
 
 /* Computes output columns [n0, n1) for all m rows. */
 typedef void (*dsv3_lin_kernel)(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+
+/* Activation layout a small-M kernel wants (prepared once per call by the dispatcher). */
+typedef enum {
+    DSV3_X_F32 = 0,       /* x as given (f32) */
+    DSV3_X_BF16X2 = 1,    /* x split into bf16 hi + lo (16 significant bits), natural order */
+    DSV3_X_BF16X2_P64 = 2 /* same, each 64-block in the in-lane byte-unpack order of the fp8 decoder:
+                           * [0-7, 16-23, 32-39, 48-55, 8-15, 24-31, 40-47, 56-63] */
+} dsv3_xlayout;
 
 typedef struct {
     const char *name;          /* "f32", "bf16", "fp8_block", "nvfp4", "int8", "int4" */
@@ -59,6 +69,7 @@ typedef struct {
     dsv3_lin_kernel gemv[DSV3_ISA_COUNT];
     dsv3_lin_kernel gemm[DSV3_ISA_COUNT];
     dsv3_lin_kernel dynamic[DSV3_ISA_COUNT];
+    unsigned char gemv_x[DSV3_ISA_COUNT]; /* dsv3_xlayout of gemv / dynamic kernels per ISA */
 } dsv3_format_traits;
 
 extern const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT];

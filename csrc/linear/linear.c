@@ -56,6 +56,27 @@ static void act_quant_int8(const float *x, int64_t m, int64_t k, int8_t *xq, uin
     }
 }
 
+/* x = hi + lo, both bf16 (hi = RNE(x), lo = RNE(x - hi): 16 significant bits, relative error
+ * <= 2^-17). p64: permute each full 64-block into the fp8 decoder's order (see dsv3_xlayout); the
+ * K tail beyond the last full block stays in natural order (kernels read it from x in f32). */
+static void split_bf16x2(const float *x, int64_t m, int64_t k, int p64, uint16_t *xh, uint16_t *xl)
+{
+    const int64_t kb = p64 ? k / 64 * 64 : 0;
+#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t j = 0; j < k; j++) {
+            int64_t d = j;
+            if (j < kb) { /* source j -> destination within its 64-block */
+                const int64_t b = j & ~(int64_t)63, o = j & 63, lane = o >> 4, half = (o >> 3) & 1;
+                d = b + half * 32 + lane * 8 + (o & 7);
+            }
+            const float v = x[r * k + j];
+            const uint16_t h = dsv3_f32_to_bf16(v);
+            xh[r * k + d] = h;
+            xl[r * k + d] = dsv3_f32_to_bf16(v - dsv3_bf16_to_f32(h));
+        }
+}
+
 dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weight *w, const float *bias,
                            float *y, dsv3_linear_mode mode, int isa, dsv3_error *err)
 {
@@ -84,7 +105,7 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
     float *xf = NULL, *xq = NULL, *xs = NULL;
     int8_t *xi = NULL;
     uint8_t *xu = NULL;
-    uint16_t *xb = NULL;
+    uint16_t *xb = NULL, *xh = NULL, *xl = NULL;
     dsv3_lin_kernel kern = t->gemv[id];
     int64_t cols = GEMV_COLS;
     const int use_gemm = mode == DSV3_LINEAR_WEIGHT_ONLY && m >= GEMM_MIN_M && t->gemm[id];
@@ -129,14 +150,23 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
         a.xs_tok = xs;
         kern = t->dynamic[id];
     }
+    if (!use_gemm && t->gemv_x[id] != DSV3_X_F32) {
+        xh = dsv3_alloc((size_t)mk * 2);
+        xl = dsv3_alloc((size_t)mk * 2);
+        if (!xh || !xl)
+            goto nomem;
+        split_bf16x2(a.x, m, K, t->gemv_x[id] == DSV3_X_BF16X2_P64, xh, xl);
+        a.xh = xh;
+        a.xl = xl;
+    }
     const int64_t chunks = (N + cols - 1) / cols;
 #pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
     for (int64_t c = 0; c < chunks; c++)
         kern(&a, c * cols, (c + 1) * cols < N ? (c + 1) * cols : N);
-    dsv3_free(xf); dsv3_free(xq); dsv3_free(xs); dsv3_free(xi); dsv3_free(xu); dsv3_free(xb);
+    dsv3_free(xf); dsv3_free(xq); dsv3_free(xs); dsv3_free(xi); dsv3_free(xu); dsv3_free(xb); dsv3_free(xh); dsv3_free(xl);
     return DSV3_OK;
 nomem:
-    dsv3_free(xf); dsv3_free(xq); dsv3_free(xs); dsv3_free(xi); dsv3_free(xu); dsv3_free(xb);
+    dsv3_free(xf); dsv3_free(xq); dsv3_free(xs); dsv3_free(xi); dsv3_free(xu); dsv3_free(xb); dsv3_free(xh); dsv3_free(xl);
     return dsv3_fail(err, DSV3_E_NOMEM, "linear: out of memory for activations (m=%lld, k=%lld)", (long long)m,
                      (long long)K);
 }
