@@ -39,7 +39,7 @@ def bound(x, wd, isa, m):
 
 
 @pytest.mark.parametrize("fmt,params", FORMATS, ids=lambda v: str(v))
-@pytest.mark.parametrize("n,k", [(576, 300), (1, 576), (77, 1024)])
+@pytest.mark.parametrize("n,k", [(576, 300), (1, 576), (77, 1024), (9, 2100)])
 def test_weight_only_vs_float64(fmt, params, n, k):
     k = kfor(fmt, k)
     w = rnd((n, k), 1, 0.05)

@@ -81,23 +81,25 @@ AI void dot_group(dsv3_format f, const int mr, const dsv3_lin_args *a, const uin
         part[i] = _mm512_add_ps(_mm512_add_ps(ph[i][0], ph[i][1]), _mm512_add_ps(pl[i][0], pl[i][1]));
 }
 
-AI void dot_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, const fp8_tables *t, int64_t n, int64_t m0)
+AI void dot_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, const fp8_tables *t, int64_t n, int64_t m0,
+                 int64_t klo, int64_t khi)
 {
     const dsv3_weight *w = a->w;
     const int64_t K = w->k, Kb = K / 64 * 64, G = kgroup(f, w), ng = (K + G - 1) / G;
+    const int64_t kbh = khi < Kb ? khi : Kb; /* full 64-blocks of this chunk end here */
     const uint8_t *row = row_ptr(f, w, n);
     __m512 acc[DMR], part[DMR];
     for (int i = 0; i < mr; i++)
         acc[i] = _mm512_setzero_ps();
-    for (int64_t g = 0; g * G < Kb; g++) {
-        const int64_t kend = (g + 1) * G < Kb ? (g + 1) * G : Kb;
-        dot_group(f, mr, a, row, t, g * G, kend, m0, part);
+    for (int64_t g = klo / G; g * G < kbh; g++) {
+        const int64_t kbeg = g * G > klo ? g * G : klo, kend = (g + 1) * G < kbh ? (g + 1) * G : kbh;
+        dot_group(f, mr, a, row, t, kbeg, kend, m0, part);
         const float s = gscale(f, w, n, g, ng);
         for (int i = 0; i < mr; i++)
             acc[i] = _mm512_fmadd_ps(part[i], _mm512_set1_ps(a->xs ? a->xs[(m0 + i) * ng + g] * s : s), acc[i]);
     }
     float tail[DMR] = {0};
-    if (Kb < K) { /* within one group: Kb is a multiple of 64 and G of 128 or K */
+    if (Kb < K && khi >= K) { /* within one group: Kb is a multiple of 64 and G of 128 or K */
         float wt[64];
         dsv3_formats[f].code_row(w, n, Kb, K - Kb, wt);
         const int64_t gt = Kb / G;
@@ -110,8 +112,13 @@ AI void dot_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, const fp8_
             tail[i] = p * (a->xs ? a->xs[(m0 + i) * ng + gt] * s : s);
         }
     }
-    for (int i = 0; i < mr; i++)
-        a->y[(m0 + i) * w->n + n] = (_mm512_reduce_add_ps(acc[i]) + tail[i]) + (a->bias ? a->bias[n] : 0.0f);
+    for (int i = 0; i < mr; i++) {
+        float *y = a->y + (m0 + i) * w->n + n;
+        const float v = _mm512_reduce_add_ps(acc[i]) + tail[i];
+        *y = klo == 0 ? v : *y + v;
+        if (khi >= K && a->bias)
+            *y += a->bias[n];
+    }
 }
 
 AI void dot_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
@@ -121,13 +128,16 @@ AI void dot_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
     t.hi1 = _mm512_loadu_si512(E4M3_BF16_HI + 64);
     t.lo0 = _mm512_loadu_si512(E4M3_BF16_LO);
     t.lo1 = _mm512_loadu_si512(E4M3_BF16_LO + 64);
-    for (int64_t n = n0; n < n1; n++)
-        for (int64_t m0 = 0; m0 < a->m; m0 += DMR) {
-            if (a->m - m0 >= 2)
-                dot_tile(f, 2, a, &t, n, m0);
-            else
-                dot_tile(f, 1, a, &t, n, m0);
-        }
+    for (int64_t klo = 0; klo < a->w->k; klo += DSV3_GEMV_KC) { /* K chunks: x stays in L1 */
+        const int64_t khi = klo + DSV3_GEMV_KC < a->w->k ? klo + DSV3_GEMV_KC : a->w->k;
+        for (int64_t n = n0; n < n1; n++)
+            for (int64_t m0 = 0; m0 < a->m; m0 += DMR) {
+                if (a->m - m0 >= 2)
+                    dot_tile(f, 2, a, &t, n, m0, klo, khi);
+                else
+                    dot_tile(f, 1, a, &t, n, m0, klo, khi);
+            }
+    }
 }
 
 void dsv3_gemv_bf16_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { dot_rows(DSV3_FMT_BF16, a, n0, n1); }

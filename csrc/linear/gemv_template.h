@@ -24,10 +24,11 @@
 
 /* One K group of row n for mr rows of x: acc[i] += scale * (act scale) * sum_k x[i][k] code(n, k). */
 AI void gemv_group(dsv3_format f, const int mr, const dsv3_lin_args *a, const uint8_t *row, int64_t n,
-                   int64_t m0, const float *const *x, int64_t g, int64_t G, int64_t ng, V *acc)
+                   int64_t m0, const float *const *x, int64_t g, int64_t G, int64_t ng, int64_t klo,
+                   int64_t khi, V *acc)
 {
     const dsv3_weight *w = a->w;
-    const int64_t K = w->k, Kv = K / VL * VL, k0 = g * G, kv = k0 + G < Kv ? k0 + G : Kv;
+    const int64_t k0 = g * G > klo ? g * G : klo, kv = g * G + G < khi ? g * G + G : khi;
     V p0[MR], p1[MR];
     (void)n;
     int64_t k = k0;
@@ -74,9 +75,10 @@ AI void group_scaled_body(dsv3_format f, const int mr, const int raw, const dsv3
 }
 
 AI void gemv_group_scaled(dsv3_format f, const int mr, const dsv3_lin_args *a, const uint8_t *row,
-                          const float *const *x, int64_t g, int64_t G, float s, V *accA, V *accB)
+                          const float *const *x, int64_t g, int64_t G, float s, int64_t klo, int64_t khi,
+                          V *accA, V *accB)
 {
-    const int64_t K = a->w->k, Kv = K / VL * VL, k0 = g * G, kv = k0 + G < Kv ? k0 + G : Kv;
+    const int64_t k0 = g * G > klo ? g * G : klo, kv = g * G + G < khi ? g * G + G : khi;
     /* raw decode needs scale * 2^bias to stay finite; huge scales take the exact decoder */
     if (s < 0x1p100f / RAW_SCALE(f) * 0x1p27f)
         group_scaled_body(f, mr, 1, a, row, x, k0, kv, V_SET1(s * RAW_SCALE(f)), accA, accB);
@@ -111,10 +113,12 @@ AI void group_scales(dsv3_format f, const dsv3_weight *w, int64_t n, int64_t g, 
 /* Row n for rows [m0, m0+mr) of x. Two accumulator sets (even / odd K groups) and two partial sets
  * (even / odd vectors) hide the FMA latency when mr is small; the group loop is unrolled by two so
  * that every register array is indexed by constants. */
-AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
+AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0, int64_t klo,
+                  int64_t khi)
 {
     const dsv3_weight *w = a->w;
-    const int64_t K = w->k, G = kgroup(f, w), ng = (K + G - 1) / G;
+    const int64_t K = w->k, G = kgroup(f, w), ng = (K + G - 1) / G, Kv = K / VL * VL;
+    const int64_t kvh = khi < Kv ? khi : Kv, gend = (kvh + G - 1) / G; /* vector part of the chunk */
     const uint8_t *row = row_ptr(f, w, n);
     const float *x[MR];
     V acc0[MR], acc1[MR];
@@ -122,43 +126,45 @@ AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n
         x[i] = a->x + (m0 + i) * K;
         acc0[i] = acc1[i] = V_ZERO();
     }
-    int64_t g = 0;
+    int64_t g = klo / G;
     if (f == DSV3_FMT_NVFP4) { /* 16-wide groups: two groups per step, scales from a decoded vector */
         float sb[VL];
-        for (; g + 1 < ng; g += 2) {
+        for (; g + 1 < gend; g += 2) {
             if (g % VL == 0)
                 group_scales(f, w, n, g, ng, sb);
             nvfp4_group(f, mr, a, row, x, g, sb[g % VL], acc0);
             nvfp4_group(f, mr, a, row, x, g + 1, sb[(g + 1) % VL], acc1);
         }
-        if (g < ng) {
+        if (g < gend) {
             group_scales(f, w, n, g - g % VL, ng, sb);
             nvfp4_group(f, mr, a, row, x, g, sb[g % VL], acc0);
         }
-        g = ng;
+        g = gend;
     }
     if (f == DSV3_FMT_INT4 || (f == DSV3_FMT_FP8_BLOCK && !a->xs)) {
         float sb[VL];
-        for (; g < ng; g += 2) {
-            if (g % VL == 0)
-                group_scales(f, w, n, g, ng, sb);
-            gemv_group_scaled(f, mr, a, row, x, g, G, sb[g % VL], acc0, acc1);
-            if (g + 1 < ng)
-                gemv_group_scaled(f, mr, a, row, x, g + 1, G, sb[(g + 1) % VL], acc1, acc0);
+        for (; g < gend; g += 2) {
+            if (g % VL == 0 || g == klo / G)
+                group_scales(f, w, n, g - g % VL, ng, sb);
+            gemv_group_scaled(f, mr, a, row, x, g, G, sb[g % VL], klo, kvh, acc0, acc1);
+            if (g + 1 < gend) {
+                if ((g + 1) % VL == 0)
+                    group_scales(f, w, n, g + 1, ng, sb);
+                gemv_group_scaled(f, mr, a, row, x, g + 1, G, sb[(g + 1) % VL], klo, kvh, acc1, acc0);
+            }
         }
-        g = ng;
+        g = gend;
     }
-    for (; g + 1 < ng; g += 2) {
-        gemv_group(f, mr, a, row, n, m0, x, g, G, ng, acc0);
-        gemv_group(f, mr, a, row, n, m0, x, g + 1, G, ng, acc1);
+    for (; g + 1 < gend; g += 2) {
+        gemv_group(f, mr, a, row, n, m0, x, g, G, ng, klo, kvh, acc0);
+        gemv_group(f, mr, a, row, n, m0, x, g + 1, G, ng, klo, kvh, acc1);
     }
-    if (g < ng)
-        gemv_group(f, mr, a, row, n, m0, x, g, G, ng, acc0);
+    if (g < gend)
+        gemv_group(f, mr, a, row, n, m0, x, g, G, ng, klo, kvh, acc0);
     /* K tail (K not a multiple of VL): scalar decode once per row, outside the hot loops so no call
      * clobbers the accumulators there; added after the vector sum in a fixed order. */
     float tail[MR] = {0};
-    const int64_t Kv = K / VL * VL;
-    if (Kv < K) {
+    if (Kv < K && khi >= K) {
         float wt[VL];
         dsv3_formats[f].code_row(w, n, Kv, K - Kv, wt);
         const int64_t gt = Kv / G;
@@ -170,21 +176,31 @@ AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n
             tail[i] = p * (a->xs ? a->xs[(m0 + i) * ng + gt] * s : s);
         }
     }
-    for (int i = 0; i < mr; i++)
-        a->y[(m0 + i) * w->n + n] = (V_REDUCE(V_ADD(acc0[i], acc1[i])) + tail[i]) + (a->bias ? a->bias[n] : 0.0f);
+    for (int i = 0; i < mr; i++) {
+        float *y = a->y + (m0 + i) * w->n + n;
+        const float v = V_REDUCE(V_ADD(acc0[i], acc1[i])) + tail[i];
+        *y = klo == 0 ? v : *y + v;
+        if (khi >= K && a->bias)
+            *y += a->bias[n];
+    }
 }
 
+/* K is walked in chunks of GEMV_KC so the rows of x in use stay in L1 while weight rows stream
+ * past; per-chunk sums are added to y in chunk order (fixed). */
 AI void gemv_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
-    for (int64_t n = n0; n < n1; n++)
-        for (int64_t m0 = 0; m0 < a->m; m0 += MR) {
-            switch (a->m - m0 < MR ? a->m - m0 : MR) {
-            case 1: gemv_tile(f, 1, a, n, m0); break;
-            case 2: gemv_tile(f, 2, a, n, m0); break;
-            case 3: gemv_tile(f, 3, a, n, m0); break;
-            default: gemv_tile(f, 4, a, n, m0); break;
+    for (int64_t klo = 0; klo < a->w->k; klo += DSV3_GEMV_KC) {
+        const int64_t khi = klo + DSV3_GEMV_KC < a->w->k ? klo + DSV3_GEMV_KC : a->w->k;
+        for (int64_t n = n0; n < n1; n++)
+            for (int64_t m0 = 0; m0 < a->m; m0 += MR) {
+                switch (a->m - m0 < MR ? a->m - m0 : MR) {
+                case 1: gemv_tile(f, 1, a, n, m0, klo, khi); break;
+                case 2: gemv_tile(f, 2, a, n, m0, klo, khi); break;
+                case 3: gemv_tile(f, 3, a, n, m0, klo, khi); break;
+                default: gemv_tile(f, 4, a, n, m0, klo, khi); break;
+                }
             }
-        }
+    }
 }
 
 #define GEMV_CAT2(a, b) a##b
