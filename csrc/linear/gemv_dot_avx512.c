@@ -51,75 +51,99 @@ AI void dec_fp8_bf16(const uint8_t *p, const fp8_tables *t, __m512bh *A, __m512b
     *B = (__m512bh)_mm512_unpackhi_epi8(lo, hi);
 }
 
-#define DP(acc, xp, w) _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(xp), w)
+#define DNR 4 /* rows of W per tile: each x vector loaded once serves DNR weight rows */
 
-/* partial sums of one K group [k0, kend) (kend a multiple of 64 within the full blocks) */
-AI void dot_group(dsv3_format f, const int mr, const dsv3_lin_args *a, const uint8_t *row, const fp8_tables *t,
-                  int64_t k0, int64_t kend, int64_t m0, __m512 *part)
+/* Partial sums of K range [k0, kend) (whole 64-blocks) for an mr x nr tile (rows m0.., columns n0..).
+ * Per block: decode nr weight rows, then for each x row 4 vdpbf16ps per weight row (hi/lo x A/B). */
+AI void dot_group(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, const uint8_t *const *row,
+                  const fp8_tables *t, int64_t k0, int64_t kend, int64_t m0, __m512 part[DMR][DNR])
 {
     const int64_t K = a->w->k;
-    __m512 ph[DMR][2], pl[DMR][2];
+    __m512 pa[DMR][DNR], pb[DMR][DNR];
     for (int i = 0; i < mr; i++)
-        ph[i][0] = ph[i][1] = pl[i][0] = pl[i][1] = _mm512_setzero_ps();
+        for (int j = 0; j < nr; j++)
+            pa[i][j] = pb[i][j] = _mm512_setzero_ps();
     for (int64_t k = k0; k < kend; k += 64) {
-        __m512bh A, B;
-        if (f == DSV3_FMT_FP8_BLOCK)
-            dec_fp8_bf16(row + k, t, &A, &B);
-        else {
-            A = (__m512bh)_mm512_loadu_si512((const uint16_t *)row + k);
-            B = (__m512bh)_mm512_loadu_si512((const uint16_t *)row + k + 32);
+        __m512bh A[DNR], B[DNR];
+        for (int j = 0; j < nr; j++) {
+            if (f == DSV3_FMT_FP8_BLOCK)
+                dec_fp8_bf16(row[j] + k, t, &A[j], &B[j]);
+            else {
+                A[j] = (__m512bh)_mm512_loadu_si512((const uint16_t *)row[j] + k);
+                B[j] = (__m512bh)_mm512_loadu_si512((const uint16_t *)row[j] + k + 32);
+            }
         }
         for (int i = 0; i < mr; i++) {
             const uint16_t *xh = a->xh + (m0 + i) * K + k, *xl = a->xl + (m0 + i) * K + k;
-            ph[i][0] = DP(ph[i][0], xh, A);
-            ph[i][1] = DP(ph[i][1], xh + 32, B);
-            pl[i][0] = DP(pl[i][0], xl, A);
-            pl[i][1] = DP(pl[i][1], xl + 32, B);
+            const __m512bh hA = (__m512bh)_mm512_loadu_si512(xh), hB = (__m512bh)_mm512_loadu_si512(xh + 32);
+            const __m512bh lA = (__m512bh)_mm512_loadu_si512(xl), lB = (__m512bh)_mm512_loadu_si512(xl + 32);
+            for (int j = 0; j < nr; j++) {
+                pa[i][j] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(pa[i][j], hA, A[j]), lA, A[j]);
+                pb[i][j] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(pb[i][j], hB, B[j]), lB, B[j]);
+            }
         }
     }
     for (int i = 0; i < mr; i++)
-        part[i] = _mm512_add_ps(_mm512_add_ps(ph[i][0], ph[i][1]), _mm512_add_ps(pl[i][0], pl[i][1]));
+        for (int j = 0; j < nr; j++)
+            part[i][j] = _mm512_add_ps(pa[i][j], pb[i][j]);
 }
 
-AI void dot_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, const fp8_tables *t, int64_t n, int64_t m0,
-                 int64_t klo, int64_t khi)
+AI void dot_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, const fp8_tables *t,
+                 int64_t n0, int64_t m0, int64_t klo, int64_t khi)
 {
     const dsv3_weight *w = a->w;
     const int64_t K = w->k, Kb = K / 64 * 64, G = kgroup(f, w), ng = (K + G - 1) / G;
     const int64_t kbh = khi < Kb ? khi : Kb; /* full 64-blocks of this chunk end here */
-    const uint8_t *row = row_ptr(f, w, n);
-    __m512 acc[DMR], part[DMR];
+    const uint8_t *row[DNR];
+    __m512 acc[DMR][DNR], part[DMR][DNR];
+    for (int j = 0; j < nr; j++)
+        row[j] = row_ptr(f, w, n0 + j);
     for (int i = 0; i < mr; i++)
-        acc[i] = _mm512_setzero_ps();
+        for (int j = 0; j < nr; j++)
+            acc[i][j] = _mm512_setzero_ps();
     for (int64_t g = klo / G; g * G < kbh; g++) {
         const int64_t kbeg = g * G > klo ? g * G : klo, kend = (g + 1) * G < kbh ? (g + 1) * G : kbh;
-        dot_group(f, mr, a, row, t, kbeg, kend, m0, part);
-        const float s = gscale(f, w, n, g, ng);
-        for (int i = 0; i < mr; i++)
-            acc[i] = _mm512_fmadd_ps(part[i], _mm512_set1_ps(a->xs ? a->xs[(m0 + i) * ng + g] * s : s), acc[i]);
-    }
-    float tail[DMR] = {0};
-    if (Kb < K && khi >= K) { /* within one group: Kb is a multiple of 64 and G of 128 or K */
-        float wt[64];
-        dsv3_formats[f].code_row(w, n, Kb, K - Kb, wt);
-        const int64_t gt = Kb / G;
-        const float s = gscale(f, w, n, gt, ng);
-        for (int i = 0; i < mr; i++) {
-            const float *x = a->x + (m0 + i) * K;
-            float p = 0.0f;
-            for (int64_t j = Kb; j < K; j++)
-                p += x[j] * wt[j - Kb];
-            tail[i] = p * (a->xs ? a->xs[(m0 + i) * ng + gt] * s : s);
+        dot_group(f, mr, nr, a, row, t, kbeg, kend, m0, part);
+        for (int j = 0; j < nr; j++) {
+            const float s = gscale(f, w, n0 + j, g, ng);
+            for (int i = 0; i < mr; i++)
+                acc[i][j] = _mm512_fmadd_ps(part[i][j], _mm512_set1_ps(a->xs ? a->xs[(m0 + i) * ng + g] * s : s),
+                                            acc[i][j]);
         }
     }
-    for (int i = 0; i < mr; i++) {
-        float *y = a->y + (m0 + i) * w->n + n;
-        const float v = _mm512_reduce_add_ps(acc[i]) + tail[i];
-        *y = klo == 0 ? v : *y + v;
-        if (khi >= K && a->bias)
-            *y += a->bias[n];
+    for (int j = 0; j < nr; j++) {
+        const int64_t n = n0 + j;
+        float tail[DMR] = {0};
+        if (Kb < K && khi >= K) { /* within one group: Kb is a multiple of 64 and G of 128 or K */
+            float wt[64];
+            dsv3_formats[f].code_row(w, n, Kb, K - Kb, wt);
+            const int64_t gt = Kb / G;
+            const float s = gscale(f, w, n, gt, ng);
+            for (int i = 0; i < mr; i++) {
+                const float *x = a->x + (m0 + i) * K;
+                float p = 0.0f;
+                for (int64_t q = Kb; q < K; q++)
+                    p += x[q] * wt[q - Kb];
+                tail[i] = p * (a->xs ? a->xs[(m0 + i) * ng + gt] * s : s);
+            }
+        }
+        for (int i = 0; i < mr; i++) {
+            float *y = a->y + (m0 + i) * w->n + n;
+            const float v = _mm512_reduce_add_ps(acc[i][j]) + tail[i];
+            *y = klo == 0 ? v : *y + v;
+            if (khi >= K && a->bias)
+                *y += a->bias[n];
+        }
     }
 }
+
+#define DOT_TILE_NR(mr, nr_)                                                                        \
+    switch (nr_) {                                                                                  \
+    case 1: dot_tile(f, mr, 1, a, &t, n, m0, klo, khi); break;                                      \
+    case 2: dot_tile(f, mr, 2, a, &t, n, m0, klo, khi); break;                                      \
+    case 3: dot_tile(f, mr, 3, a, &t, n, m0, klo, khi); break;                                      \
+    default: dot_tile(f, mr, 4, a, &t, n, m0, klo, khi); break;                                     \
+    }
 
 AI void dot_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
@@ -130,13 +154,16 @@ AI void dot_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
     t.lo1 = _mm512_loadu_si512(E4M3_BF16_LO + 64);
     for (int64_t klo = 0; klo < a->w->k; klo += DSV3_GEMV_KC) { /* K chunks: x stays in L1 */
         const int64_t khi = klo + DSV3_GEMV_KC < a->w->k ? klo + DSV3_GEMV_KC : a->w->k;
-        for (int64_t n = n0; n < n1; n++)
+        for (int64_t n = n0; n < n1; n += DNR) {
+            const int64_t nr = n1 - n < DNR ? n1 - n : DNR;
             for (int64_t m0 = 0; m0 < a->m; m0 += DMR) {
-                if (a->m - m0 >= 2)
-                    dot_tile(f, 2, a, &t, n, m0, klo, khi);
-                else
-                    dot_tile(f, 1, a, &t, n, m0, klo, khi);
+                if (a->m - m0 >= 2) {
+                    DOT_TILE_NR(2, nr)
+                } else {
+                    DOT_TILE_NR(1, nr)
+                }
             }
+        }
     }
 }
 

@@ -30,7 +30,7 @@ void dsv3_gemm_nvfp4_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_gemm_int8_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_gemm_int4_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 /* K chunk of the small-M kernels (multiple of 128: fp8 groups, 64-wide decode blocks, every VL). */
-#define DSV3_GEMV_KC 1024
+#define DSV3_GEMV_KC (1 << 30)
 /* Columns per large-M work item (threads split N in multiples of this). */
 #define DSV3_GEMM_NR 32
 
