@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "linear/decode_avx512.h"
 #include "linear/lin_common.h"
 
 #define DMR 2 /* rows of x per tile (register budget: 4 tables + 8 partials + 4 accumulators) */
@@ -136,6 +137,138 @@ AI void dot_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args 
         }
     }
 }
+
+/* ---- 4-bit formats (nvfp4, int4): 16 packed bytes -> 32 bf16 codes in pair order with one
+ * zero-extension, one shift/or and one 32-entry word lookup (vpermw reads index bits [4:0]; the
+ * 16-entry table is stored twice so the stray bit 4 is harmless). Scales are per-lane vectors
+ * (nvfp4: lanes 0-7 one group, 8-15 the next), applied to each block's partial sums. */
+AI __m512bh dec_nib_bf16(const uint8_t *p, __m512i lut)
+{
+    const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    return (__m512bh)_mm512_permutexvar_epi16(_mm512_or_si512(d, _mm512_slli_epi32(d, 12)), lut);
+}
+
+/* scale vectors for the two halves (A: codes 0-31, B: 32-63) of the 64-block at k of row n */
+AI void nib_scales(dsv3_format f, const dsv3_weight *w, int64_t n, int64_t k, int64_t ng, const float *sb,
+                   __m512 *sA, __m512 *sB)
+{
+    if (f == DSV3_FMT_NVFP4) { /* sb: 16 decoded group scales starting at a multiple of 16 groups */
+        const __m512 v = _mm512_loadu_ps(sb);
+        const int g = (int)((k / 16) & 15);
+        const __m512i lo8 = _mm512_set1_epi32(g), hi8 = _mm512_set1_epi32(g + 1);
+        const __m512i ia = _mm512_mask_blend_epi32(0xff00, lo8, hi8);
+        *sA = _mm512_permutexvar_ps(ia, v);
+        *sB = _mm512_permutexvar_ps(_mm512_add_epi32(ia, _mm512_set1_epi32(2)), v);
+    } else {
+        const float *s = (const float *)w->scale + n * ng;
+        *sA = _mm512_set1_ps(s[k / w->group]);
+        *sB = _mm512_set1_ps(s[(k + 32) / w->group]);
+    }
+}
+
+AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, __m512i lut, int64_t n0,
+                 int64_t m0, int64_t klo, int64_t khi)
+{
+    const dsv3_weight *w = a->w;
+    const int64_t K = w->k, Kb = K / 64 * 64, G = kgroup(f, w), ng = (K + G - 1) / G;
+    const int64_t kbh = khi < Kb ? khi : Kb;
+    const uint8_t *row[DNR];
+    float sb[DNR][16];
+    __m512 acc[DMR][DNR];
+    for (int j = 0; j < nr; j++)
+        row[j] = row_ptr(f, w, n0 + j);
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++)
+            acc[i][j] = _mm512_setzero_ps();
+    for (int64_t k = klo; k < kbh; k += 64) {
+        if (f == DSV3_FMT_NVFP4 && (k % 256 == 0 || k == klo))
+            for (int j = 0; j < nr; j++) {
+                const int64_t g0 = k / 256 * 16;
+                if (g0 + 16 <= ng)
+                    _mm512_storeu_ps(sb[j], _mm512_mul_ps(dec_e4m3(w->scale + (n0 + j) * ng + g0),
+                                                          _mm512_set1_ps(w->scale2)));
+                else
+                    for (int64_t q = 0; q < 16; q++)
+                        sb[j][q] = g0 + q < ng ? gscale(f, w, n0 + j, g0 + q, ng) : 0.0f;
+            }
+        __m512bh A[DNR], B[DNR];
+        __m512 sA[DNR], sB[DNR];
+        for (int j = 0; j < nr; j++) {
+            A[j] = dec_nib_bf16(row[j] + k / 2, lut);
+            B[j] = dec_nib_bf16(row[j] + k / 2 + 16, lut);
+            nib_scales(f, w, n0 + j, k, ng, sb[j], &sA[j], &sB[j]);
+        }
+        for (int i = 0; i < mr; i++) {
+            const uint16_t *xh = a->xh + (m0 + i) * K + k, *xl = a->xl + (m0 + i) * K + k;
+            const __m512bh hA = (__m512bh)_mm512_loadu_si512(xh), hB = (__m512bh)_mm512_loadu_si512(xh + 32);
+            const __m512bh lA = (__m512bh)_mm512_loadu_si512(xl), lB = (__m512bh)_mm512_loadu_si512(xl + 32);
+            for (int j = 0; j < nr; j++) {
+                const __m512 z = _mm512_setzero_ps();
+                const __m512 pa = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, hA, A[j]), lA, A[j]);
+                const __m512 pb = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, hB, B[j]), lB, B[j]);
+                acc[i][j] = _mm512_fmadd_ps(pb, sB[j], _mm512_fmadd_ps(pa, sA[j], acc[i][j]));
+            }
+        }
+    }
+    for (int j = 0; j < nr; j++) {
+        const int64_t n = n0 + j;
+        float tail[DMR] = {0};
+        if (Kb < K && khi >= K) { /* scalar tail, per element group scale */
+            float wt[64];
+            dsv3_formats[f].code_row(w, n, Kb, K - Kb, wt);
+            for (int i = 0; i < mr; i++) {
+                const float *x = a->x + (m0 + i) * K;
+                float p = 0.0f;
+                for (int64_t q = Kb; q < K; q++)
+                    p += x[q] * (wt[q - Kb] * gscale(f, w, n, q / G, ng));
+                tail[i] = p;
+            }
+        }
+        for (int i = 0; i < mr; i++) {
+            float *y = a->y + (m0 + i) * w->n + n;
+            const float v = _mm512_reduce_add_ps(acc[i][j]) + tail[i];
+            *y = klo == 0 ? v : *y + v;
+            if (khi >= K && a->bias)
+                *y += a->bias[n];
+        }
+    }
+}
+
+#define NIB_TILE_NR(mr, nr_)                                                                        \
+    switch (nr_) {                                                                                  \
+    case 1: nib_tile(f, mr, 1, a, lut, n, m0, klo, khi); break;                                     \
+    case 2: nib_tile(f, mr, 2, a, lut, n, m0, klo, khi); break;                                     \
+    case 3: nib_tile(f, mr, 3, a, lut, n, m0, klo, khi); break;                                     \
+    default: nib_tile(f, mr, 4, a, lut, n, m0, klo, khi); break;                                    \
+    }
+
+AI void nib_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
+{
+    uint16_t tab[32];
+    for (int e = 0; e < 32; e++) { /* bf16 of every code, twice */
+        float v;
+        dsv3_formats[f].code_row(&(dsv3_weight){.fmt = f, .n = 1, .k = 2, .data = (const uint8_t[1]){(uint8_t)(e & 15)}},
+                                 0, 0, 1, &v);
+        tab[e] = dsv3_f32_to_bf16(v);
+    }
+    const __m512i lut = _mm512_loadu_si512(tab);
+    for (int64_t klo = 0; klo < a->w->k; klo += DSV3_GEMV_KC) {
+        const int64_t khi = klo + DSV3_GEMV_KC < a->w->k ? klo + DSV3_GEMV_KC : a->w->k;
+        for (int64_t n = n0; n < n1; n += DNR) {
+            const int64_t nr = n1 - n < DNR ? n1 - n : DNR;
+            for (int64_t m0 = 0; m0 < a->m; m0 += DMR) {
+                if (a->m - m0 >= 2) {
+                    NIB_TILE_NR(2, nr)
+                } else {
+                    NIB_TILE_NR(1, nr)
+                }
+            }
+        }
+    }
+}
+
+void dsv3_gemv_nvfp4_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { nib_rows(DSV3_FMT_NVFP4, a, n0, n1); }
+void dsv3_gemv_int4_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { nib_rows(DSV3_FMT_INT4, a, n0, n1); }
 
 #define DOT_TILE_NR(mr, nr_)                                                                        \
     switch (nr_) {                                                                                  \

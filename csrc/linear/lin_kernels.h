@@ -22,6 +22,8 @@ DSV3_DECLARE_KERNELS(avx512)
  * sign), x as bf16 hi + lo (dsv3_xlayout), vdpbf16ps. */
 void dsv3_gemv_bf16_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_gemv_fp8_block_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+void dsv3_gemv_nvfp4_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+void dsv3_gemv_int4_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 
 /* Large-M AVX-512 BF16 kernels (x as bf16, weight tiles decoded to bf16 in a per-thread buffer). */
 void dsv3_gemm_bf16_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
