@@ -1,13 +1,20 @@
-/* Small-M (decode) weight-only kernel body shared by the AVX2 and AVX-512 files.
+/* Small-M (decode) weight-only f32-FMA kernel body shared by the AVX2 and AVX-512 files (on AVX-512
+ * the table routes bf16/fp8/nvfp4/int4 to the vdpbf16ps kernels of gemv_dot_avx512.c; this body
+ * serves f32 and int8 there, and every format on AVX2).
  *
- * The including file defines the vector vocabulary (V, VL, V_ZERO, V_LOADU, V_FMA, V_SET1,
- * V_REDUCE), the in-register decoder DEC(fmt, w, row, k) -> V of VL unscaled codes, and ISA
- * (name suffix), V_ADD. Structure (BLIS-like: the framework owns tiling, the decoder knows registers):
+ * The including file defines the vector vocabulary (V, VL, V_ZERO, V_LOADU, V_FMA, V_ADD, V_MUL,
+ * V_SET1, V_STOREU, V_REDUCE), the in-register decoder DEC(fmt, w, row, k) -> V of VL unscaled codes
+ * (optionally DECR/RAW_SCALE, a cheaper decode whose constant factor is folded into the scale), and
+ * ISA (name suffix). Structure (BLIS-like: the framework owns tiling, the decoder knows registers):
  * threads own disjoint output columns n; for each n the weight row is streamed once from memory
- * per tile of up to 4 rows of x (so M <= 4 reads it once, larger M re-reads it from L1/L2); per K
- * group an fp32 partial dot is formed in registers and folded into the accumulator with the group
- * scale (times the activation scale in fp8 dynamic mode). Tails (K not a multiple of VL) are
- * decoded by the format table's scalar code_row. Horizontal sums have a fixed order. */
+ * per tile of up to 4 rows of x (M <= 4 reads it once, larger M re-reads it from L1/L2).
+ * Two schemes, chosen per format at compile time:
+ *  - epilogue (f32, bf16, int8, fp8 dynamic): per K group an fp32 partial dot, then
+ *    acc += partial * scale (* activation scale), DeepSeek fp8_gemm's order;
+ *  - scaled decode (nvfp4, int4, fp8 weight-only): each decoded vector is multiplied by its group
+ *    scale and accumulated directly (no per-group epilogue: cheap for 16/32-wide groups).
+ * The K tail (K not a multiple of VL) is decoded once per row by the format table's scalar
+ * code_row, outside the hot loops. Horizontal sums have a fixed order. */
 #include <string.h>
 
 #include "dsv3_dtypes.h"
