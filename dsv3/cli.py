@@ -7,6 +7,8 @@ import sys
 # name -> (module, help)
 SUBCOMMANDS = {
     "info-cpu": ("dsv3.cli_cpu", "show CPU features, kernel path, threads and oneDNN"),
+    "parity": ("dsv3.cli_parity", "compare dsv3 with transformers module by module"),
+    "demo": ("dsv3.cli_demo", "main job: write a tiny checkpoint, run it, check parity"),
 }
 
 
