@@ -41,7 +41,7 @@ def hf_config_from(config):
     d = dict(config)
     model_type = d.pop("model_type", "deepseek_v3")
     if model_type not in ("deepseek_v3", "deepseek_v2", "kimi_k2"):
-        raise ValueError(f"parity supports model_type deepseek_v3, kimi_k2 and deepseek_v2, got {model_type!r}")
+        raise ValueError(f"config dicts with model_type deepseek_v3, kimi_k2 or deepseek_v2 only, got {model_type!r}")
     cls = transformers.DeepseekV2Config if model_type == "deepseek_v2" else transformers.DeepseekV3Config
     for k in ("architectures", "auto_map", "quantization_config", "torch_dtype", "dtype", "transformers_version"):
         d.pop(k, None)
@@ -51,8 +51,9 @@ def hf_config_from(config):
 def build_model(hf_config):
     """An empty (uninitialised) float32 transformers causal LM for ``hf_config``, eager attention and experts."""
     torch, transformers = require_torch()
-    cls = (transformers.DeepseekV2ForCausalLM if hf_config.model_type == "deepseek_v2"
-           else transformers.DeepseekV3ForCausalLM)
+    name = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v32": "DeepseekV32ForCausalLM"}.get(
+        hf_config.model_type, "DeepseekV3ForCausalLM")
+    cls = getattr(transformers, name)
     model = cls._from_config(hf_config, attn_implementation="eager", experts_implementation="eager",
                              dtype=torch.float32)
     model.eval()
