@@ -1,0 +1,293 @@
+"""Checkpoints: detect the on-disk layout and hand out tensors under canonical names.
+
+Layouts: "hf" (transformers 4.x / hub names, per-expert f32/bf16), "hf_fused" (transformers 5.x
+``mlp.experts.gate_up_proj`` [E, 2I, H] + ``mlp.experts.down_proj`` [E, H, I]), "fp8_block" (DeepSeek
+hub FP8 with ``.weight_scale_inv``), "nvfp4" (ModelOpt: U8 ``.weight`` + F8 ``.weight_scale`` +
+``.weight_scale_2`` + ``.input_scale``), "dsv3" (converted; not implemented yet).
+
+Every expected tensor is checked (presence, shape, dtype) against the config when the checkpoint is
+opened, from the safetensors headers only. MTP layers (index >= num_hidden_layers) and V3.2
+``self_attn.indexer.*`` tensors are skipped with a log line.
+"""
+import logging
+import math
+import os
+import re
+from collections import Counter
+
+import numpy as np
+
+from .config import load_config
+from .safetensors_io import open_safetensors
+
+log = logging.getLogger(__name__)
+LAYOUTS = ("hf", "hf_fused", "fp8_block", "nvfp4", "dsv3")
+DSV3_MANIFEST = "dsv3_manifest.json"
+FLOAT_DTYPES = ("F32", "BF16", "F16")
+_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+def canonical_shapes(cfg):
+    """Ordered list of (canonical_name, shape, kind) for a config; kind is 'linear' (a matmul
+    weight, may be quantised), 'router' (kept float32) or 'vector' (norms, biases, embeddings)."""
+    H, Hh = cfg.hidden_size, cfg.num_attention_heads
+    R, rope, nope, v = cfg.kv_lora_rank, cfg.qk_rope_head_dim, cfg.qk_nope_head_dim, cfg.v_head_dim
+    out = [("model.embed_tokens.weight", (cfg.vocab_size, H), "vector")]
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        a = p + "self_attn."
+        out += [(p + "input_layernorm.weight", (H,), "vector"),
+                (p + "post_attention_layernorm.weight", (H,), "vector")]
+        if cfg.q_lora_rank:
+            Q = cfg.q_lora_rank
+            out += [(a + "q_a_proj.weight", (Q, H), "linear"), (a + "q_a_layernorm.weight", (Q,), "vector"),
+                    (a + "q_b_proj.weight", (Hh * cfg.qk_head_dim, Q), "linear")]
+            if cfg.attention_bias:
+                out.append((a + "q_a_proj.bias", (Q,), "vector"))
+        else:
+            out.append((a + "q_proj.weight", (Hh * cfg.qk_head_dim, H), "linear"))
+        out += [(a + "kv_a_proj_with_mqa.weight", (R + rope, H), "linear"),
+                (a + "kv_a_layernorm.weight", (R,), "vector"),
+                (a + "kv_b_proj.weight", (Hh * (nope + v), R), "linear"),
+                (a + "o_proj.weight", (H, Hh * v), "linear")]
+        if cfg.attention_bias:
+            out += [(a + "kv_a_proj_with_mqa.bias", (R + rope,), "vector"), (a + "o_proj.bias", (H,), "vector")]
+        m = p + "mlp."
+        if not cfg.is_moe_layer(i):
+            I_ = cfg.intermediate_size
+            out += [(m + "gate_proj.weight", (I_, H), "linear"), (m + "up_proj.weight", (I_, H), "linear"),
+                    (m + "down_proj.weight", (H, I_), "linear")]
+            continue
+        E, I_ = cfg.n_routed_experts, cfg.moe_intermediate_size
+        out.append((m + "gate.weight", (E, H), "router"))
+        if cfg.has_correction_bias:
+            out.append((m + "gate.e_score_correction_bias", (E,), "router"))
+        for e in range(E):
+            x = f"{m}experts.{e}."
+            out += [(x + "gate_proj.weight", (I_, H), "linear"), (x + "up_proj.weight", (I_, H), "linear"),
+                    (x + "down_proj.weight", (H, I_), "linear")]
+        if cfg.n_shared_experts:
+            S = I_ * cfg.n_shared_experts
+            out += [(m + "shared_experts.gate_proj.weight", (S, H), "linear"),
+                    (m + "shared_experts.up_proj.weight", (S, H), "linear"),
+                    (m + "shared_experts.down_proj.weight", (H, S), "linear")]
+    out.append(("model.norm.weight", (H,), "vector"))
+    if not cfg.tie_word_embeddings:
+        out.append(("lm_head.weight", (cfg.vocab_size, H), "vector"))
+    return out
+
+
+def detect_layout(path, names, dtypes=None):
+    """Layout name from a checkpoint directory's file and tensor names (see module doc)."""
+    if os.path.isfile(os.path.join(path, DSV3_MANIFEST)):
+        return "dsv3"
+    names = list(names)
+    if any(n.endswith(".weight_scale_inv") for n in names):
+        return "fp8_block"
+    if any(n.endswith(".weight_scale_2") for n in names):
+        return "nvfp4"
+    if any(n.endswith("mlp.experts.gate_up_proj") for n in names):
+        return "hf_fused"
+    return "hf"
+
+
+def _skip_reason(name, cfg):
+    m = _LAYER_RE.match(name)
+    if m and int(m.group(1)) >= cfg.num_hidden_layers:
+        return "mtp"
+    if ".self_attn.indexer." in name:
+        return "indexer"
+    return None
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match its config."""
+
+
+class Checkpoint:
+    """An opened checkpoint: ``.config``, ``.layout``, ``.path``, ``canonical_tensors()``,
+    ``tensor(name)``, ``summary()``. Arrays are zero-copy views valid while it is open."""
+
+    def __init__(self, path, config, reader, layout):
+        self.path, self.config, self.reader, self.layout = path, config, reader, layout
+        self._plan = {}        # canonical name -> (kind, detail)
+        self._used = set()
+        self.missing, self.skipped = [], Counter()
+        self._build_plan()
+
+    # ---- validation ----
+    def _expect(self, name, shape, dtypes):
+        r = self.reader
+        if name not in r:
+            self.missing.append(name)
+            return False
+        got = tuple(r.shape(name))
+        if got != tuple(shape):
+            raise CheckpointError(f"{self.path}: tensor {name!r} has shape {list(got)}, expected {list(shape)} "
+                                  f"from the config")
+        if r.dtype(name) not in dtypes:
+            raise CheckpointError(f"{self.path}: tensor {name!r} has dtype {r.dtype(name)}, expected "
+                                  f"{' or '.join(dtypes)}")
+        self._used.add(name)
+        return True
+
+    def _build_plan(self):
+        cfg, r = self.config, self.reader
+        fused_checked = {}
+        for name, shape, kind in canonical_shapes(cfg):
+            if self.layout == "hf_fused" and ".mlp.experts." in name:
+                self._plan_fused(name, shape, fused_checked)
+                continue
+            if kind == "linear" and self.layout == "fp8_block" and name + "_scale_inv" in r:
+                self._plan_fp8(name, shape)
+            elif kind == "linear" and self.layout == "nvfp4" and name + "_scale_2" in r:
+                self._plan_nvfp4(name, shape)
+            elif self._expect(name, shape, FLOAT_DTYPES):
+                self._plan[name] = (kind, name)
+        for n in r.keys():
+            if n in self._used:
+                continue
+            why = _skip_reason(n, cfg)
+            if why:
+                self.skipped[why] += 1
+        for why, k in sorted(self.skipped.items()):
+            log.info("%s: skipped %d %s tensors (%s)", self.path, k, why,
+                     "layers >= num_hidden_layers" if why == "mtp" else "V3.2 sparse-attention indexer")
+        if self.missing:
+            more = f" (and {len(self.missing) - 5} more)" if len(self.missing) > 5 else ""
+            raise CheckpointError(f"{self.path}: missing tensors for layout {self.layout}: "
+                                  f"{', '.join(self.missing[:5])}{more}")
+        if self.unexpected:
+            log.warning("%s: %d unexpected tensors, e.g. %s", self.path, len(self.unexpected), self.unexpected[0])
+
+    def _plan_fp8(self, name, shape):
+        q = self.config.quantization
+        bn, bk = q.weight_block_size if q is not None and q.method == "fp8_block" else (128, 128)
+        sname = name + "_scale_inv"
+        sshape = (math.ceil(shape[0] / bn), math.ceil(shape[1] / bk))
+        if self._expect(name, shape, ("F8_E4M3",)) and self._expect(sname, sshape, ("F32",)):
+            self._plan[name] = ("fp8", (name, sname, bn, bk))
+
+    def _plan_nvfp4(self, name, shape):
+        n, k = shape
+        if k % 16:
+            raise CheckpointError(f"{self.path}: tensor {name!r}: NVFP4 needs K % 16 == 0, K = {k}")
+        base = name[: -len("weight")]
+        s2, ins = base + "weight_scale_2", base + "input_scale"
+        ok = self._expect(name, (n, k // 2), ("U8",))
+        ok = self._expect(base + "weight_scale", (n, k // 16), ("F8_E4M3",)) and ok
+        for extra in (s2, ins):
+            if extra in self.reader and self.reader.shape(extra) not in ((), (1,)):
+                raise CheckpointError(f"{self.path}: tensor {extra!r} has shape {list(self.reader.shape(extra))}, "
+                                      f"expected [] (a scalar)")
+        ok = self._expect(s2, self.reader.shape(s2), ("F32",)) and ok
+        has_in = ins in self.reader and self._expect(ins, self.reader.shape(ins), ("F32",))
+        if ok:
+            self._plan[name] = ("nvfp4", (name, base + "weight_scale", s2, ins if has_in else None))
+
+    def _plan_fused(self, name, shape, checked):
+        cfg = self.config
+        m = re.match(r"^(model\.layers\.\d+\.mlp\.experts\.)(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", name)
+        prefix, e, part = m.group(1), int(m.group(2)), m.group(3)
+        E, I_, H = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.hidden_size
+        src = prefix + ("down_proj" if part == "down_proj" else "gate_up_proj")
+        if src not in checked:
+            full = (E, H, I_) if part == "down_proj" else (E, 2 * I_, H)
+            checked[src] = self._expect(src, full, FLOAT_DTYPES)
+        if checked[src]:
+            self._plan[name] = ("fused", (src, e, part, I_))
+
+    @property
+    def unexpected(self):
+        """Source tensors neither used nor knowingly skipped (MTP, indexer)."""
+        return [n for n in self.reader.keys() if n not in self._used and not _skip_reason(n, self.config)]
+
+    # ---- access ----
+    def names(self):
+        """Canonical names in their stable order."""
+        return [n for n, _, _ in canonical_shapes(self.config)]
+
+    def tensor(self, name):
+        """Value of one canonical tensor: numpy array (float32 / bfloat16) or QuantizedTensor."""
+        try:
+            kind, d = self._plan[name]
+        except KeyError:
+            raise KeyError(f"{name!r} is not a canonical tensor of {self.path}") from None
+        r = self.reader
+        if kind == "fused":
+            src, e, part, I_ = d
+            a = r.get(src)[e]
+            return a[:I_] if part == "gate_proj" else a[I_:] if part == "up_proj" else a
+        if kind == "fp8":
+            from . import quant
+            w, s, bn, bk = d
+            q = self.config.quantization
+            if bn != bk:
+                raise NotImplementedError(f"non-square FP8 blocks {bn}x{bk} ({w})")
+            return quant.from_checkpoint("fp8_block", r.get(w), scale=r.get(s), group=bk,
+                                         ue8m0=bool(q is not None and q.scale_fmt == "ue8m0"))
+        if kind == "nvfp4":
+            from . import quant
+            w, s, s2, ins = d
+            return quant.from_checkpoint("nvfp4", r.get(w), scale=r.get(s), scale2=r.get(s2),
+                                         input_scale=None if ins is None else r.get(ins), group=16)
+        a = r.get(d)
+        if kind == "router" or a.dtype == np.float16:
+            return a.astype(np.float32, copy=False)  # router math is fp32; F16 has no compute path
+        return a
+
+    def canonical_tensors(self):
+        """Yield (canonical_name, value) for every tensor of the config, in a stable order."""
+        for name in self.names():
+            yield name, self.tensor(name)
+
+    def summary(self):
+        """Counts and bytes per source dtype and per canonical format, plus missing / unexpected /
+        skipped names (for ``dsv3 info``)."""
+        r = self.reader
+        by_dtype = {}
+        for n in r.keys():
+            d = by_dtype.setdefault(r.dtype(n), {"count": 0, "bytes": 0})
+            d["count"] += 1
+            d["bytes"] += r.nbytes(n)
+        fmts = Counter()
+        for kind, d in self._plan.values():
+            if kind in ("fp8", "nvfp4"):
+                fmts["fp8_block" if kind == "fp8" else "nvfp4"] += 1
+            else:
+                src = d[0] if kind == "fused" else d
+                fmts["bf16" if kind != "router" and r.dtype(src) == "BF16" else "f32"] += 1
+        return {"path": self.path, "layout": self.layout, "model_type": self.config.model_type,
+                "num_tensors": len(r), "total_bytes": sum(v["bytes"] for v in by_dtype.values()),
+                "by_dtype": by_dtype, "by_format": dict(fmts), "canonical": len(self._plan),
+                "missing": list(self.missing), "unexpected": self.unexpected, "skipped": dict(self.skipped)}
+
+    def close(self):
+        self.reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_checkpoint(path, config=None):
+    """Open a checkpoint directory (config.json + safetensors). ``config`` overrides config.json.
+    Raises CheckpointError (ValueError) naming the tensor for missing or mis-shaped tensors."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    cfg = load_config(path if config is None else config)
+    if os.path.isfile(os.path.join(path, DSV3_MANIFEST)):
+        raise NotImplementedError(f"{path}: converted dsv3 checkpoints are not readable yet")
+    reader = open_safetensors(path)
+    try:
+        layout = detect_layout(path, reader.keys())
+        q = cfg.quantization
+        if q is not None and {"fp8_block": "fp8_block", "nvfp4": "nvfp4"}[q.method] != layout:
+            log.warning("%s: config says %s but the tensors are laid out as %s", path, q.method, layout)
+        return Checkpoint(path, cfg, reader, layout)
+    except BaseException:
+        reader.close()
+        raise

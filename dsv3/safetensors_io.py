@@ -1,0 +1,381 @@
+"""Safetensors reading (mmap, zero copy, validated) and writing (atomic, sharded).
+
+Format: 8-byte little-endian header length L, L bytes of JSON header
+``{"name": {"dtype": "BF16", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}}``,
+then the data area; offsets are relative to the data area.
+
+Arrays returned by :meth:`SafetensorsReader.get` are read-only numpy views of the memory-mapped
+file. They stay valid while the reader is open; an array keeps its file's mapping alive through its
+``.base``, so closing the reader while arrays are still referenced is safe (the mapping is released
+when the last array goes away) but the reader itself can no longer hand out tensors.
+"""
+import json
+import mmap
+import os
+import struct
+
+import ml_dtypes
+import numpy as np
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+DTYPES = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2), "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
+    "I64": np.dtype(np.int64), "I32": np.dtype(np.int32), "I16": np.dtype(np.int16), "I8": np.dtype(np.int8),
+    "U64": np.dtype(np.uint64), "U32": np.dtype(np.uint32), "U16": np.dtype(np.uint16), "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+_NAME_OF = {v: k for k, v in DTYPES.items()}
+
+
+class SafetensorsError(ValueError):
+    """A malformed or inconsistent safetensors file or index."""
+
+
+def dtype_name(dtype):
+    """Safetensors dtype string for a numpy dtype (e.g. ml_dtypes.bfloat16 -> 'BF16')."""
+    dt = np.dtype(dtype)
+    if dt.byteorder == ">":
+        raise SafetensorsError(f"big-endian dtype {dt} cannot be stored in safetensors")
+    try:
+        return _NAME_OF[dt]
+    except KeyError:
+        raise SafetensorsError(f"dtype {dt} has no safetensors equivalent") from None
+
+
+def _no_duplicates(pairs):
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise json.JSONDecodeError(f"duplicate key {dup!r}", "", 0)
+    return d
+
+
+class _File:
+    """One mapped .safetensors file with its validated header."""
+
+    def __init__(self, path):
+        self.path = path
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                raise SafetensorsError(f"{path}: file too short for a safetensors header ({size} bytes)")
+            (hlen,) = struct.unpack("<Q", f.read(8))
+            if hlen > MAX_HEADER_BYTES:
+                raise SafetensorsError(f"{path}: header length {hlen} exceeds the {MAX_HEADER_BYTES}-byte cap")
+            if 8 + hlen > size:
+                raise SafetensorsError(f"{path}: header length {hlen} runs past the end of the file ({size} bytes)")
+            head = f.read(hlen)
+            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.data_start = 8 + hlen
+        self.data_len = size - self.data_start
+        try:
+            self.metadata, self.tensors = self._parse(head)
+        except BaseException:
+            self.close()
+            raise
+
+    def _err(self, msg, name=None):
+        where = f"{self.path}" + (f": tensor {name!r}" if name is not None else "")
+        return SafetensorsError(f"{where}: {msg}")
+
+    def _parse(self, head):
+        try:
+            hdr = json.loads(head.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise self._err(f"header is not valid JSON ({e})") from None
+        if not isinstance(hdr, dict):
+            raise self._err(f"header must be a JSON object, got {type(hdr).__name__}")
+        meta = hdr.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            raise self._err("__metadata__ must map strings to strings")
+        tensors = {}
+        for name, info in hdr.items():
+            tensors[name] = self._entry(name, info)
+        spans = sorted((t[2], t[3], n) for n, t in tensors.items() if t[3] > t[2])
+        for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+            if b1 < e0:
+                raise self._err(f"data [{b1}, {e1}) overlaps tensor {n0!r} [{b0}, {e0})", n1)
+        return meta, tensors
+
+    def _entry(self, name, info):
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise self._err("entry needs dtype, shape and data_offsets", name)
+        dt = info["dtype"]
+        if dt not in DTYPES:
+            raise self._err(f"unknown dtype {dt!r}", name)
+        shape = info["shape"]
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise self._err(f"shape must be a list of non-negative integers, got {shape!r}", name)
+        offs = info["data_offsets"]
+        if (not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs)
+                or not 0 <= offs[0] <= offs[1]):
+            raise self._err(f"data_offsets must be [begin, end] with 0 <= begin <= end, got {offs!r}", name)
+        if offs[1] > self.data_len:
+            raise self._err(f"data_offsets {offs} run past the data area ({self.data_len} bytes; file truncated?)",
+                            name)
+        n = 1
+        for d in shape:  # Python ints: no overflow
+            n *= d
+        nbytes = n * DTYPES[dt].itemsize
+        if nbytes != offs[1] - offs[0]:
+            raise self._err(f"shape {shape} x {dt} = {nbytes} bytes but data_offsets span {offs[1] - offs[0]}",
+                            name)
+        return dt, tuple(shape), offs[0], offs[1]
+
+    def array(self, name):
+        dt, shape, b, e = self.tensors[name]
+        if self.mm is None:
+            raise SafetensorsError(f"{self.path}: reader is closed")
+        count = (e - b) // DTYPES[dt].itemsize
+        a = np.frombuffer(self.mm, dtype=DTYPES[dt], count=count, offset=self.data_start + b)
+        return a.reshape(shape)
+
+    def close(self):
+        mm, self.mm = self.mm, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # arrays still reference the mapping: it is released with the last of them
+
+
+class SafetensorsReader:
+    """Tensors of one file, or of a sharded checkpoint (index + shards), by name. See module doc."""
+
+    def __init__(self, files, where, source):
+        self._files = files            # path -> _File
+        self._where = where            # tensor name -> _File
+        self.source = source
+
+    # ---- queries ----
+    def keys(self):
+        """Tensor names, in sorted order."""
+        return sorted(self._where)
+
+    def __contains__(self, name):
+        return name in self._where
+
+    def __len__(self):
+        return len(self._where)
+
+    def _info(self, name):
+        try:
+            f = self._where[name]
+        except KeyError:
+            raise KeyError(f"tensor {name!r} not found in {self.source}") from None
+        return f, f.tensors[name]
+
+    def dtype(self, name):
+        """Safetensors dtype string, e.g. 'BF16', 'F8_E4M3'."""
+        return self._info(name)[1][0]
+
+    def shape(self, name):
+        return self._info(name)[1][1]
+
+    def nbytes(self, name):
+        _, (_, _, b, e) = self._info(name)
+        return e - b
+
+    def file_of(self, name):
+        """Path of the file holding ``name``."""
+        return self._info(name)[0].path
+
+    def get(self, name):
+        """Zero-copy read-only numpy array (ml_dtypes types for BF16/F8), valid while the reader is open."""
+        return self._info(name)[0].array(name)
+
+    @property
+    def metadata(self):
+        """``__metadata__`` of the file (merged over shards)."""
+        out = {}
+        for f in self._files.values():
+            out.update(f.metadata)
+        return out
+
+    @property
+    def files(self):
+        return list(self._files)
+
+    # ---- lifetime ----
+    def close(self):
+        for f in self._files.values():
+            f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _open_files(paths, source):
+    files, where = {}, {}
+    try:
+        for p in paths:
+            f = files[p] = _File(p)
+            for name in f.tensors:
+                if name in where:
+                    raise SafetensorsError(f"{p}: tensor {name!r} also present in {where[name].path}")
+                where[name] = f
+    except BaseException:
+        for f in files.values():
+            f.close()
+        raise
+    return files, where
+
+
+def _open_index(index_path):
+    d = os.path.dirname(index_path)
+    try:
+        with open(index_path, "r", encoding="utf-8") as fh:
+            idx = json.load(fh)
+    except json.JSONDecodeError as e:
+        raise SafetensorsError(f"{index_path}: not valid JSON ({e})") from None
+    wm = idx.get("weight_map") if isinstance(idx, dict) else None
+    if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
+        raise SafetensorsError(f"{index_path}: needs a 'weight_map' object mapping tensor names to file names")
+    shards = sorted(set(wm.values()))
+    for s in shards:
+        if os.path.basename(s) != s or s in ("", ".", ".."):
+            raise SafetensorsError(f"{index_path}: shard name {s!r} must be a plain file name")
+        if not os.path.isfile(os.path.join(d, s)):
+            bad = next(k for k, v in wm.items() if v == s)
+            raise SafetensorsError(f"{index_path}: shard {s!r} (holding tensor {bad!r}) does not exist")
+    files, where = _open_files([os.path.join(d, s) for s in shards], index_path)
+    try:
+        for name, s in wm.items():
+            p = os.path.join(d, s)
+            if name not in files[p].tensors:
+                raise SafetensorsError(f"{index_path}: tensor {name!r} is mapped to {s} but that file lacks it")
+        for name, f in where.items():
+            if name not in wm:
+                raise SafetensorsError(f"{f.path}: tensor {name!r} is not listed in {index_path}")
+    except BaseException:
+        for f in files.values():
+            f.close()
+        raise
+    return files, where
+
+
+def open_safetensors(path):
+    """Open a .safetensors file, a ``model.safetensors.index.json``, or a directory holding either
+    (index first, then model.safetensors, then every *.safetensors). Returns a
+    :class:`SafetensorsReader`; use it as a context manager. Raises SafetensorsError (ValueError)
+    naming the file and tensor for malformed input, FileNotFoundError when nothing is there."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, INDEX_NAME)):
+            path = os.path.join(path, INDEX_NAME)
+        elif os.path.isfile(os.path.join(path, SINGLE_NAME)):
+            path = os.path.join(path, SINGLE_NAME)
+        else:
+            shards = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+            if not shards:
+                raise FileNotFoundError(f"no safetensors files in {path}")
+            files, where = _open_files([os.path.join(path, n) for n in shards], path)
+            return SafetensorsReader(files, where, path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"safetensors file not found: {path}")
+    if path.endswith(".json"):
+        files, where = _open_index(path)
+    else:
+        files, where = _open_files([path], path)
+    return SafetensorsReader(files, where, path)
+
+
+# ---------------------------------------------------------------- writing
+def _prepare(tensors):
+    out = []
+    for name, a in tensors.items():
+        if not isinstance(name, str) or not name or name == "__metadata__":
+            raise SafetensorsError(f"invalid tensor name {name!r}")
+        a = np.asarray(a)
+        out.append((name, dtype_name(a.dtype), a))
+    # largest item size first keeps every tensor aligned to its element size (spans are contiguous)
+    out.sort(key=lambda t: (-t[2].dtype.itemsize, t[0]))
+    return out
+
+
+def save_safetensors(path, tensors, metadata=None):
+    """Write ``tensors`` (dict name -> numpy array, ml_dtypes for BF16/F8) to ``path``.
+
+    Written by hand (the safetensors package cannot take every ml_dtypes type): header JSON padded
+    with spaces to a multiple of 8, tensors stored contiguously, largest element size first. The
+    file appears atomically (temp name + os.replace). ``metadata`` (str -> str) defaults to
+    {"format": "pt"} so transformers accepts the file."""
+    path = os.fspath(path)
+    meta = {"format": "pt"} if metadata is None else dict(metadata)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise SafetensorsError("metadata must map strings to strings")
+    items = _prepare(tensors)
+    header, off = {"__metadata__": meta} if meta else {}, 0
+    for name, dt, a in items:
+        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
+        off += a.nbytes
+    hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hb += b" " * (-len(hb) % 8)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(hb)))
+            f.write(hb)
+            for _, _, a in items:
+                if a.size:
+                    f.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def shard_name(k, n):
+    """'model-00001-of-00163.safetensors' (1-based k)."""
+    return f"model-{k:05d}-of-{n:05d}.safetensors"
+
+
+def save_sharded(directory, tensors_iter, max_shard_bytes, metadata=None):
+    """Write (name, array) pairs from ``tensors_iter`` into shards of at most ``max_shard_bytes``
+    (a tensor larger than that gets a shard of its own) named like the hub's
+    model-00001-of-0000N.safetensors, plus model.safetensors.index.json
+    ({"metadata": {"total_size": N}, "weight_map": {...}}). Returns the index path."""
+    directory = os.fspath(directory)
+    if max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes must be > 0, got {max_shard_bytes}")
+    os.makedirs(directory, exist_ok=True)
+    groups, cur, cur_bytes, seen = [], {}, 0, set()
+    for name, a in tensors_iter:
+        if name in seen:
+            raise SafetensorsError(f"tensor {name!r} given twice")
+        seen.add(name)
+        a = np.asarray(a)
+        if cur and cur_bytes + a.nbytes > max_shard_bytes:
+            groups.append(cur)
+            cur, cur_bytes = {}, 0
+        cur[name] = a
+        cur_bytes += a.nbytes
+    if cur or not groups:
+        groups.append(cur)
+    n = len(groups)
+    weight_map, total = {}, 0
+    for k, g in enumerate(groups, 1):
+        fname = shard_name(k, n)
+        save_safetensors(os.path.join(directory, fname), g, metadata)
+        for name, a in g.items():
+            weight_map[name] = fname
+            total += a.nbytes
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    ipath = os.path.join(directory, INDEX_NAME)
+    tmp = f"{ipath}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, ipath)
+    return ipath
