@@ -38,7 +38,9 @@ def run(layout="fp8_block", keep=None, seed=0, new_tokens=8, log=print):
         os.makedirs(ckpt_dir, exist_ok=True)
         config = dsv3.load_config(parity.default_config())
         log(f"[1/5] writing a tiny DeepSeek-V3 checkpoint ({layout}, sharded, with MTP) to {ckpt_dir}")
-        write_checkpoint(ckpt_dir, config, layout=layout, seed=seed, shards=3, mtp=True)
+        # weights ~ N(0, 1/hidden): activations stay near unit size and the logits are far from flat
+        write_checkpoint(ckpt_dir, config, layout=layout, seed=seed, shards=3, mtp=True,
+                         scale=float(config.hidden_size) ** -0.5)
         for name in sorted(os.listdir(ckpt_dir)):
             log(f"      {name}  ({os.path.getsize(os.path.join(ckpt_dir, name))} bytes)")
 

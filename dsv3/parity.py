@@ -154,7 +154,7 @@ def _apply_corruption(corrupt, tensors, cfg):
 def _dsv3_generate(model, input_ids, n):
     """Greedy continuation of ``input_ids`` by ``n`` tokens with dsv3 (new token ids only)."""
     model.reset()
-    out = model.generate(np.asarray(input_ids, np.int64), max_new_tokens=n)
+    out = model.generate(np.asarray(input_ids, np.int64), max_new_tokens=n, eos_token_id=[])  # no eos stop
     out = np.asarray(out, np.int64).ravel()
     return out[-n:] if out.size > n else out
 
