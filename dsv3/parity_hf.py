@@ -156,7 +156,7 @@ def load_state_dict(model, state_dict):
         for name, v in state_dict.items():
             if tuple(own[name].shape) != tuple(v.shape):
                 raise ValueError(f"{name}: shape {tuple(v.shape)} != transformers {tuple(own[name].shape)}")
-            own[name].copy_(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)))
+            own[name].copy_(torch.from_numpy(np.array(v, dtype=np.float32)))  # a writable copy
 
 
 class Reference:

@@ -60,6 +60,29 @@ def test_naive_attention_passes():
     assert report.passed, str(report)
 
 
+def test_v2_config_passes():
+    from dsv3.testing.checkpoints import tiny_config
+    cfg = tiny_config(model_type="deepseek_v2", architectures=["DeepseekV2ForCausalLM"], q_lora_rank=None,
+                      topk_method="group_limited_greedy", scoring_func="softmax", norm_topk_prob=False,
+                      routed_scaling_factor=16.0)
+    report = parity.run(config=cfg, modules=["rotary", "attention", "router", "moe", "logits", "generate"])
+    assert report.passed and report.info["model_type"] == "deepseek_v2", str(report)
+
+
+def test_tied_biased_ungrouped_config_passes():
+    from dsv3.testing.checkpoints import tiny_config
+    cfg = tiny_config(tie_word_embeddings=True, attention_bias=True, n_group=1, topk_group=1, rope_scaling=None)
+    report = parity.run(config=cfg, modules=["attention", "router", "logits", "top1"], seed=5)
+    assert report.passed, str(report)
+
+
+def test_cli_config_path(tmp_path, capsys):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(parity.default_config()))
+    assert dsv3.cli.main(["parity", "--config", str(tmp_path), "--modules", "rmsnorm", "logits"]) == 0
+    assert "4/4 passed" in capsys.readouterr().out  # 3 norms + logits
+
+
 def test_swapped_experts_fail_the_expert_rows_only():
     report = parity.run(corrupt="swap_experts", modules=["rmsnorm", "attention", "router", "experts", "moe",
                                                          "mlp", "logits"])
