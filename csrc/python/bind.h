@@ -23,7 +23,7 @@ PyObject *dsv3_py_raise(dsv3_status status, const dsv3_error *err);
  * never by a hard-coded type number. */
 typedef enum {
     DSV3_DT_F32, DSV3_DT_BF16, DSV3_DT_F16, DSV3_DT_F8E4M3, DSV3_DT_F8E5M2, DSV3_DT_U8,
-    DSV3_DT_I8, DSV3_DT_I32, DSV3_DT_I64, DSV3_DT_COUNT
+    DSV3_DT_I8, DSV3_DT_I32, DSV3_DT_I64, DSV3_DT_F8E8M0, DSV3_DT_F4E2M1, DSV3_DT_COUNT
 } dsv3_dt;
 PyArray_Descr *dsv3_py_descr(dsv3_dt dt); /* borrowed; NULL if not registered */
 const char *dsv3_py_dt_name(dsv3_dt dt);

@@ -21,6 +21,7 @@ PyObject *dsv3_py_raise(dsv3_status status, const dsv3_error *err)
 static PyArray_Descr *g_descr[DSV3_DT_COUNT];
 static const char *const DT_NAMES[DSV3_DT_COUNT] = {
     "float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2", "uint8", "int8", "int32", "int64",
+    "float8_e8m0fnu", "float4_e2m1fn",
 };
 
 const char *dsv3_py_dt_name(dsv3_dt dt) { return (dt < DSV3_DT_COUNT) ? DT_NAMES[dt] : "?"; }
@@ -45,17 +46,20 @@ PyArray_Descr *dsv3_py_descr(dsv3_dt dt)
     return g_descr[dt];
 }
 
-/* _register_dtypes(bfloat16=..., float8_e4m3fn=..., float8_e5m2=...): called once by dsv3/_native.py */
+/* _register_dtypes(bfloat16=..., float8_e4m3fn=..., float8_e5m2=..., [float8_e8m0fnu=...,
+ * float4_e2m1fn=...]): called once by dsv3/_native.py */
 static PyObject *register_dtypes(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
-    static char *kwlist[] = {"bfloat16", "float8_e4m3fn", "float8_e5m2", NULL};
-    PyObject *o[3];
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO", kwlist, &o[0], &o[1], &o[2]))
+    static char *kwlist[] = {"bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu", "float4_e2m1fn", NULL};
+    PyObject *o[5] = {NULL, NULL, NULL, NULL, NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO", kwlist, &o[0], &o[1], &o[2], &o[3], &o[4]))
         return NULL;
-    const dsv3_dt dts[3] = {DSV3_DT_BF16, DSV3_DT_F8E4M3, DSV3_DT_F8E5M2};
-    const int sizes[3] = {2, 1, 1};
-    for (int i = 0; i < 3; i++) {
+    const dsv3_dt dts[5] = {DSV3_DT_BF16, DSV3_DT_F8E4M3, DSV3_DT_F8E5M2, DSV3_DT_F8E8M0, DSV3_DT_F4E2M1};
+    const int sizes[5] = {2, 1, 1, 1, 1};
+    for (int i = 0; i < 5; i++) {
+        if (!o[i])
+            continue;
         PyArray_Descr *d = NULL;
         if (!PyArray_DescrConverter(o[i], &d))
             return NULL;

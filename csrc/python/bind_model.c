@@ -1,12 +1,580 @@
-/* _dsv3 bindings: model (filled by the model work). */
+/* _dsv3 bindings: the native model object (dsv3_model) and the sampler.
+ *
+ * Model(config: dict, tensors: dict, max_seq_len: int, attention: "absorbed"|"naive")
+ *   config: DeepseekConfig.to_native() keys; tensors: canonical name -> numpy float32/bfloat16
+ *   array or quantised weight dict (dsv3_py_weight). The object keeps a reference to a copy of
+ *   the tensors dict, so every array outlives the C model, which reads them in place.
+ */
 #include "bind.h"
+#include "dsv3_model.h"
+
+#include <string.h>
+
+typedef struct {
+    PyObject_HEAD
+    dsv3_model *model;
+    PyObject *tensors; /* dict copy: keeps every array alive */
+    int busy;          /* a call is running with the GIL released */
+} ModelObject;
+
+/* ---- config dict -> dsv3_model_config ---- */
+static PyObject *cfg_item(PyObject *d, const char *key)
+{
+    PyObject *v = PyDict_GetItemString(d, key); /* borrowed */
+    if (!v)
+        PyErr_Format(PyExc_ValueError, "config: missing key '%s'", key);
+    return v;
+}
+
+static int cfg_int(PyObject *d, const char *key, int64_t *out)
+{
+    PyObject *v = cfg_item(d, key);
+    if (!v)
+        return 0;
+    if (v == Py_None) { /* q_lora_rank None = plain q_proj; n_group None = no groups */
+        *out = 0;
+        return 1;
+    }
+    if (!PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "config: '%s' must be an int, got %s", key, Py_TYPE(v)->tp_name);
+        return 0;
+    }
+    long long x = PyLong_AsLongLong(v);
+    if (x == -1 && PyErr_Occurred())
+        return 0;
+    *out = x;
+    return 1;
+}
+
+static int cfg_flag(PyObject *d, const char *key, int *out)
+{
+    int64_t x;
+    PyObject *v = cfg_item(d, key);
+    if (!v)
+        return 0;
+    if (PyBool_Check(v)) {
+        *out = v == Py_True;
+        return 1;
+    }
+    if (!cfg_int(d, key, &x))
+        return 0;
+    *out = x != 0;
+    return 1;
+}
+
+static int cfg_float(PyObject *d, const char *key, float *out)
+{
+    PyObject *v = cfg_item(d, key);
+    if (!v)
+        return 0;
+    double x = PyFloat_AsDouble(v);
+    if (x == -1.0 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError, "config: '%s' must be a number", key);
+        return 0;
+    }
+    *out = (float)x;
+    return 1;
+}
+
+static int cfg_choice(PyObject *d, const char *key, const char *const *names, int count, int *out)
+{
+    PyObject *v = cfg_item(d, key);
+    if (!v)
+        return 0;
+    const char *s = PyUnicode_Check(v) ? PyUnicode_AsUTF8(v) : NULL;
+    for (int i = 0; s && i < count; i++)
+        if (strcmp(s, names[i]) == 0) {
+            *out = i;
+            return 1;
+        }
+    PyErr_Format(PyExc_ValueError, "config: unsupported %s %R", key, v);
+    return 0;
+}
+
+static int parse_config(PyObject *d, dsv3_model_config *c, PyArrayObject **inv_freq)
+{
+    if (!PyDict_Check(d)) {
+        PyErr_Format(PyExc_TypeError, "config must be a dict (DeepseekConfig.to_native()), got %s",
+                     Py_TYPE(d)->tp_name);
+        return 0;
+    }
+    static const char *const scoring[] = {"sigmoid", "softmax", "sqrtsoftplus"};
+    static const char *const methods[] = {"noaux_tc", "greedy", "group_limited_greedy", "noaux"};
+    int sf = 0, tm = 0;
+#define CFG_INT(f) cfg_int(d, #f, &c->f)
+    if (!(CFG_INT(vocab_size) && CFG_INT(hidden_size) && CFG_INT(intermediate_size) && CFG_INT(moe_intermediate_size) &&
+          CFG_INT(num_hidden_layers) && CFG_INT(num_attention_heads) && CFG_INT(q_lora_rank) && CFG_INT(kv_lora_rank) &&
+          CFG_INT(qk_nope_head_dim) && CFG_INT(qk_rope_head_dim) && CFG_INT(v_head_dim) && CFG_INT(n_routed_experts) &&
+          CFG_INT(n_shared_experts) && CFG_INT(num_experts_per_tok) && CFG_INT(n_group) && CFG_INT(topk_group) && CFG_INT(first_k_dense_replace)))
+        return 0;
+#undef CFG_INT
+    if (!(cfg_flag(d, "norm_topk_prob", &c->norm_topk_prob) && cfg_flag(d, "rope_interleave", &c->rope_interleave) &&
+          cfg_flag(d, "attention_bias", &c->attention_bias) &&
+          cfg_flag(d, "tie_word_embeddings", &c->tie_word_embeddings) &&
+          cfg_float(d, "routed_scaling_factor", &c->routed_scaling_factor) &&
+          cfg_float(d, "rms_norm_eps", &c->rms_norm_eps) && cfg_float(d, "group_mask_value", &c->group_mask_value) &&
+          cfg_float(d, "softmax_scale", &c->softmax_scale) &&
+          cfg_float(d, "rope_attention_scaling", &c->rope_attention_scaling) &&
+          cfg_choice(d, "scoring_func", scoring, 3, &sf) && cfg_choice(d, "topk_method", methods, 4, &tm)))
+        return 0;
+    c->scoring_func = (dsv3_score_func)sf;
+    c->topk_method = (dsv3_topk_method)tm;
+    PyObject *f = cfg_item(d, "rope_inv_freq");
+    if (!f)
+        return 0;
+    *inv_freq = (PyArrayObject *)PyArray_FROMANY(f, NPY_FLOAT32, 1, 1, NPY_ARRAY_IN_ARRAY);
+    if (!*inv_freq)
+        return 0;
+    if (PyArray_DIM(*inv_freq, 0) * 2 != c->qk_rope_head_dim) {
+        PyErr_Format(PyExc_ValueError, "config: rope_inv_freq has %lld values, expected qk_rope_head_dim/2 = %lld",
+                     (long long)PyArray_DIM(*inv_freq, 0), (long long)(c->qk_rope_head_dim / 2));
+        Py_CLEAR(*inv_freq);
+        return 0;
+    }
+    c->rope_inv_freq = (const float *)PyArray_DATA(*inv_freq);
+    return 1;
+}
+
+/* ---- tensors ---- */
+static int fill_vector(PyObject *obj, const dsv3_tensor_slot *t)
+{
+    dsv3_dt dt;
+    PyArrayObject *a = dsv3_py_check_array_any(obj, t->name, (1u << DSV3_DT_F32) | (1u << DSV3_DT_BF16), 1, &dt);
+    if (!a)
+        return 0;
+    if (PyArray_DIM(a, 0) != t->k) {
+        PyErr_Format(PyExc_ValueError, "%s: expected shape [%lld], got [%lld]", t->name, (long long)t->k,
+                     (long long)PyArray_DIM(a, 0));
+        return 0;
+    }
+    memset(t->weight, 0, sizeof *t->weight);
+    t->weight->fmt = dt == DSV3_DT_F32 ? DSV3_FMT_F32 : DSV3_FMT_BF16;
+    t->weight->n = 1;
+    t->weight->k = t->k;
+    t->weight->scale2 = 1.f;
+    t->weight->data = PyArray_DATA(a);
+    return 1;
+}
+
+static int fill_tensors(dsv3_model *m, PyObject *tensors)
+{
+    const int64_t count = dsv3_model_slots(m, NULL);
+    dsv3_tensor_slot *slots = PyMem_Malloc((size_t)count * sizeof *slots);
+    PyObject *known = PySet_New(NULL);
+    int ok = slots && known;
+    if (!ok)
+        PyErr_NoMemory();
+    if (ok)
+        dsv3_model_slots(m, slots);
+    for (int64_t i = 0; ok && i < count; i++) {
+        const dsv3_tensor_slot *t = &slots[i];
+        PyObject *name = PyUnicode_FromString(t->name);
+        ok = name && PySet_Add(known, name) == 0;
+        PyObject *obj = ok ? PyDict_GetItemWithError(tensors, name) : NULL; /* borrowed */
+        Py_XDECREF(name);
+        if (!ok || PyErr_Occurred()) {
+            ok = 0;
+        } else if (!obj) {
+            if (!t->optional) {
+                if (t->is_vector)
+                    PyErr_Format(PyExc_ValueError, "missing tensor %s (expected shape [%lld])", t->name,
+                                 (long long)t->k);
+                else
+                    PyErr_Format(PyExc_ValueError, "missing tensor %s (expected shape [%lld, %lld])", t->name,
+                                 (long long)t->n, (long long)t->k);
+                ok = 0;
+            }
+        } else {
+            ok = t->is_vector ? fill_vector(obj, t) : dsv3_py_weight(obj, t->name, t->n, t->k, t->weight);
+        }
+    }
+    if (ok) { /* every name must be one the model understands: catches mapping mistakes */
+        PyObject *key, *val;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(tensors, &pos, &key, &val)) {
+            int has = PySet_Contains(known, key);
+            if (has != 1) {
+                if (has == 0)
+                    PyErr_Format(PyExc_ValueError, "unexpected tensor %R: not a canonical name for this config", key);
+                ok = 0;
+                break;
+            }
+        }
+    }
+    PyMem_Free(slots);
+    Py_XDECREF(known);
+    return ok;
+}
+
+static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"config", "tensors", "max_seq_len", "attention", "isa", NULL};
+    PyObject *config, *tensors, *isa_obj = NULL;
+    long long cap = 4096;
+    const char *attention = "absorbed";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|LsO", kwlist, &config, &tensors, &cap, &attention, &isa_obj))
+        return -1;
+    if (self->model) {
+        PyErr_SetString(PyExc_RuntimeError, "Model is already initialised");
+        return -1;
+    }
+    int isa;
+    if (!dsv3_py_isa_arg(isa_obj, &isa))
+        return -1;
+    if (!PyDict_Check(tensors)) {
+        PyErr_Format(PyExc_TypeError, "tensors must be a dict of canonical name -> array, got %s",
+                     Py_TYPE(tensors)->tp_name);
+        return -1;
+    }
+    dsv3_attn_mode mode;
+    if (strcmp(attention, "absorbed") == 0)
+        mode = DSV3_ATTN_ABSORBED;
+    else if (strcmp(attention, "naive") == 0)
+        mode = DSV3_ATTN_NAIVE;
+    else {
+        PyErr_Format(PyExc_ValueError, "attention must be 'absorbed' or 'naive', got '%s'", attention);
+        return -1;
+    }
+    dsv3_model_config c;
+    memset(&c, 0, sizeof c);
+    PyArrayObject *inv_freq = NULL;
+    if (!parse_config(config, &c, &inv_freq))
+        return -1;
+    dsv3_error err = {0};
+    dsv3_model *m = NULL;
+    dsv3_status st = dsv3_model_create(&c, (int64_t)cap, mode, &m, &err);
+    Py_DECREF(inv_freq); /* copied by create */
+    if (st != DSV3_OK) {
+        dsv3_py_raise(st, &err);
+        return -1;
+    }
+    PyObject *copy = PyDict_Copy(tensors);
+    if (!copy || !fill_tensors(m, copy)) {
+        Py_XDECREF(copy);
+        dsv3_model_free(m);
+        return -1;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    st = dsv3_model_prepare(m, isa, &err);
+    Py_END_ALLOW_THREADS
+    if (st != DSV3_OK) {
+        Py_DECREF(copy);
+        dsv3_model_free(m);
+        dsv3_py_raise(st, &err);
+        return -1;
+    }
+    self->model = m;
+    self->tensors = copy;
+    return 0;
+}
+
+static void Model_dealloc(ModelObject *self)
+{
+    dsv3_model_free(self->model);
+    Py_XDECREF(self->tensors);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Claims the model for a GIL-free call; 0 with an exception when unusable. */
+static int claim(ModelObject *self)
+{
+    if (!self->model) {
+        PyErr_SetString(PyExc_RuntimeError, "Model is not initialised");
+        return 0;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Model is in use by another thread");
+        return 0;
+    }
+    self->busy = 1;
+    return 1;
+}
+
+static PyObject *new_f32(int nd, npy_intp d0, npy_intp d1)
+{
+    npy_intp dims[2] = {d0, d1};
+    return PyArray_SimpleNew(nd, dims, NPY_FLOAT32);
+}
+
+static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"input_ids", "isa", NULL};
+    PyObject *ids_obj, *isa_obj = NULL;
+    int isa;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwlist, &ids_obj, &isa_obj) || !dsv3_py_isa_arg(isa_obj, &isa))
+        return NULL;
+    PyArrayObject *ids = dsv3_py_check_array(ids_obj, "input_ids", DSV3_DT_I64, 1);
+    if (!ids || !claim(self))
+        return NULL;
+    const npy_intp s = PyArray_DIM(ids, 0);
+    PyObject *out = new_f32(2, s, (npy_intp)self->model->cfg.vocab_size);
+    if (!out) {
+        self->busy = 0;
+        return NULL;
+    }
+    dsv3_error err = {0};
+    dsv3_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dsv3_model_forward(self->model, (const int64_t *)PyArray_DATA(ids), s,
+                            (float *)PyArray_DATA((PyArrayObject *)out), isa, &err);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (st != DSV3_OK) {
+        Py_DECREF(out);
+        return dsv3_py_raise(st, &err);
+    }
+    return out;
+}
+
+static PyObject *Model_reset(ModelObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (!claim(self))
+        return NULL;
+    dsv3_model_reset(self->model);
+    self->busy = 0;
+    Py_RETURN_NONE;
+}
+
+static const char *const KINDS[DSV3_MOD_COUNT] = {
+    "input_layernorm", "post_attention_layernorm", "attention", "mlp", "shared_experts", "decoder_layer",
+    "final_norm",
+};
+
+static PyObject *run_router(ModelObject *self, int64_t layer, PyArrayObject *x, int isa)
+{
+    const npy_intp s = PyArray_DIM(x, 0), k = (npy_intp)self->model->cfg.num_experts_per_tok;
+    npy_intp dims[2] = {s, k};
+    PyObject *w = PyArray_SimpleNew(2, dims, NPY_FLOAT32), *idx = PyArray_SimpleNew(2, dims, NPY_INT64);
+    if (!w || !idx) {
+        Py_XDECREF(w);
+        Py_XDECREF(idx);
+        return NULL;
+    }
+    dsv3_error err = {0};
+    dsv3_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dsv3_model_route(self->model, layer, (const float *)PyArray_DATA(x), s,
+                          (float *)PyArray_DATA((PyArrayObject *)w), (int64_t *)PyArray_DATA((PyArrayObject *)idx),
+                          isa, &err);
+    Py_END_ALLOW_THREADS
+    if (st != DSV3_OK) {
+        Py_DECREF(w);
+        Py_DECREF(idx);
+        return dsv3_py_raise(st, &err);
+    }
+    return Py_BuildValue("(NN)", w, idx);
+}
+
+static PyObject *run_experts(ModelObject *self, int64_t layer, PyArrayObject *x, PyObject *iobj, PyObject *wobj,
+                             int isa)
+{
+    const npy_intp s = PyArray_DIM(x, 0), k = (npy_intp)self->model->cfg.num_experts_per_tok;
+    if (!iobj || !wobj)
+        return PyErr_Format(PyExc_ValueError, "run_module('experts') needs indices= and weights= ([S, %lld])",
+                            (long long)k);
+    PyArrayObject *idx = dsv3_py_check_array(iobj, "indices", DSV3_DT_I64, 2);
+    PyArrayObject *w = idx ? dsv3_py_check_array(wobj, "weights", DSV3_DT_F32, 2) : NULL;
+    if (!w)
+        return NULL;
+    for (int i = 0; i < 2; i++) {
+        PyArrayObject *a = i ? w : idx;
+        if (PyArray_DIM(a, 0) != s || PyArray_DIM(a, 1) != k)
+            return PyErr_Format(PyExc_ValueError, "%s: expected shape [%lld, %lld], got [%lld, %lld]",
+                                i ? "weights" : "indices", (long long)s, (long long)k, (long long)PyArray_DIM(a, 0),
+                                (long long)PyArray_DIM(a, 1));
+    }
+    PyObject *out = new_f32(2, s, (npy_intp)self->model->cfg.hidden_size);
+    if (!out)
+        return NULL;
+    dsv3_error err = {0};
+    dsv3_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dsv3_model_experts(self->model, layer, (const float *)PyArray_DATA(x), s,
+                            (const int64_t *)PyArray_DATA(idx), (const float *)PyArray_DATA(w),
+                            (float *)PyArray_DATA((PyArrayObject *)out), isa, &err);
+    Py_END_ALLOW_THREADS
+    if (st != DSV3_OK) {
+        Py_DECREF(out);
+        return dsv3_py_raise(st, &err);
+    }
+    return out;
+}
+
+static PyObject *run_kind(ModelObject *self, int kind, int64_t layer, PyArrayObject *x, long long start_pos,
+                          int use_cache, int isa)
+{
+    const npy_intp s = PyArray_DIM(x, 0);
+    PyObject *out = new_f32(2, s, (npy_intp)self->model->cfg.hidden_size);
+    if (!out)
+        return NULL;
+    dsv3_error err = {0};
+    dsv3_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dsv3_model_run_module(self->model, (dsv3_module_kind)kind, layer, (const float *)PyArray_DATA(x), s,
+                               (int64_t)start_pos, use_cache, (float *)PyArray_DATA((PyArrayObject *)out), isa, &err);
+    Py_END_ALLOW_THREADS
+    if (st != DSV3_OK) {
+        Py_DECREF(out);
+        return dsv3_py_raise(st, &err);
+    }
+    return out;
+}
+
+static PyObject *Model_run_module(ModelObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"kind", "layer", "x", "start_pos", "use_cache", "indices", "weights", "isa", NULL};
+    const char *kind;
+    long long layer, start_pos = 0;
+    int use_cache = 0, isa;
+    PyObject *x_obj, *iobj = NULL, *wobj = NULL, *isa_obj = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "sLO|LpOOO", kwlist, &kind, &layer, &x_obj, &start_pos, &use_cache,
+                                     &iobj, &wobj, &isa_obj) ||
+        !dsv3_py_isa_arg(isa_obj, &isa))
+        return NULL;
+    if (!self->model)
+        return PyErr_Format(PyExc_RuntimeError, "Model is not initialised");
+    PyArrayObject *x = dsv3_py_check_array(x_obj, "x", DSV3_DT_F32, 2);
+    if (!x)
+        return NULL;
+    if (PyArray_DIM(x, 1) != self->model->cfg.hidden_size)
+        return PyErr_Format(PyExc_ValueError, "x: expected shape [S, %lld], got [%lld, %lld]",
+                            (long long)self->model->cfg.hidden_size, (long long)PyArray_DIM(x, 0),
+                            (long long)PyArray_DIM(x, 1));
+    int k = -1;
+    for (int i = 0; i < DSV3_MOD_COUNT; i++)
+        if (strcmp(kind, KINDS[i]) == 0)
+            k = i;
+    const int is_router = strcmp(kind, "router") == 0, is_experts = strcmp(kind, "experts") == 0;
+    if (k < 0 && !is_router && !is_experts)
+        return PyErr_Format(PyExc_ValueError,
+                            "unknown module kind '%s' (input_layernorm, post_attention_layernorm, attention, mlp, "
+                            "router, experts, shared_experts, decoder_layer, final_norm)", kind);
+    if (!claim(self))
+        return NULL;
+    PyObject *r = is_router ? run_router(self, (int64_t)layer, x, isa)
+                  : is_experts ? run_experts(self, (int64_t)layer, x, iobj, wobj, isa)
+                               : run_kind(self, k, (int64_t)layer, x, start_pos, use_cache, isa);
+    self->busy = 0;
+    return r;
+}
+
+static PyObject *Model_rope_cos_sin(ModelObject *self, PyObject *arg)
+{
+    if (!self->model)
+        return PyErr_Format(PyExc_RuntimeError, "Model is not initialised");
+    PyArrayObject *pos = dsv3_py_check_array(arg, "positions", DSV3_DT_I64, 1);
+    if (!pos)
+        return NULL;
+    const npy_intp n = PyArray_DIM(pos, 0), dim = (npy_intp)self->model->cfg.qk_rope_head_dim;
+    PyObject *c = new_f32(2, n, dim), *s = new_f32(2, n, dim);
+    if (!c || !s) {
+        Py_XDECREF(c);
+        Py_XDECREF(s);
+        return NULL;
+    }
+    dsv3_error err = {0};
+    dsv3_status st = dsv3_model_rope(self->model, (const int64_t *)PyArray_DATA(pos), n,
+                                     (float *)PyArray_DATA((PyArrayObject *)c),
+                                     (float *)PyArray_DATA((PyArrayObject *)s), &err);
+    if (st != DSV3_OK) {
+        Py_DECREF(c);
+        Py_DECREF(s);
+        return dsv3_py_raise(st, &err);
+    }
+    return Py_BuildValue("(NN)", c, s);
+}
+
+static PyObject *Model_cache_len(ModelObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLongLong(self->model ? (long long)self->model->cache_len : 0);
+}
+
+static PyObject *Model_capacity(ModelObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLongLong(self->model ? (long long)self->model->capacity : 0);
+}
+
+static PyObject *Model_attention(ModelObject *self, void *closure)
+{
+    (void)closure;
+    return PyUnicode_FromString(self->model && self->model->attn_mode == DSV3_ATTN_NAIVE ? "naive" : "absorbed");
+}
+
+static PyMethodDef Model_methods[] = {
+    {"forward", (PyCFunction)(void (*)(void))Model_forward, METH_VARARGS | METH_KEYWORDS,
+     "forward(input_ids int64 [S], isa=None) -> logits float32 [S, vocab]; appends to the cache."},
+    {"reset", (PyCFunction)Model_reset, METH_NOARGS, "Empty the KV cache."},
+    {"run_module", (PyCFunction)(void (*)(void))Model_run_module, METH_VARARGS | METH_KEYWORDS,
+     "run_module(kind, layer, x float32 [S, hidden], start_pos=0, use_cache=False, indices=None, weights=None, "
+     "isa=None)"},
+    {"rope_cos_sin", (PyCFunction)Model_rope_cos_sin, METH_O,
+     "rope_cos_sin(positions int64 [n]) -> (cos, sin) float32 [n, qk_rope_head_dim]"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Model_getset[] = {
+    {"cache_len", (getter)Model_cache_len, NULL, "tokens in the KV cache", NULL},
+    {"capacity", (getter)Model_capacity, NULL, "maximum tokens in the KV cache (max_seq_len)", NULL},
+    {"attention", (getter)Model_attention, NULL, "'absorbed' or 'naive'", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dsv3._dsv3.Model",
+    .tp_basicsize = sizeof(ModelObject),
+    .tp_dealloc = (destructor)Model_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Native DeepSeek model: Model(config_dict, tensors_dict, max_seq_len=4096, attention='absorbed')",
+    .tp_methods = Model_methods,
+    .tp_getset = Model_getset,
+    .tp_init = (initproc)Model_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* sample(logits float32 [V], temperature, top_k, top_p, state) -> (token, new_state) */
+static PyObject *py_sample(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *lo;
+    double temperature, top_p;
+    long long top_k;
+    unsigned long long state;
+    if (!PyArg_ParseTuple(args, "OdLdK", &lo, &temperature, &top_k, &top_p, &state))
+        return NULL;
+    PyArrayObject *a = dsv3_py_check_array(lo, "logits", DSV3_DT_F32, 1);
+    if (!a)
+        return NULL;
+    uint64_t rng = state;
+    int64_t tok = 0;
+    dsv3_error err = {0};
+    dsv3_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dsv3_sample((const float *)PyArray_DATA(a), PyArray_DIM(a, 0), (float)temperature, top_k, (float)top_p,
+                     &rng, &tok, &err);
+    Py_END_ALLOW_THREADS
+    if (st != DSV3_OK)
+        return dsv3_py_raise(st, &err);
+    return Py_BuildValue("(LK)", (long long)tok, (unsigned long long)rng);
+}
 
 PyMethodDef dsv3_model_methods[] = {
+    {"sample", py_sample, METH_VARARGS,
+     "sample(logits float32 [V], temperature, top_k, top_p, rng_state) -> (token, rng_state)"},
     {NULL, NULL, 0, NULL},
 };
 
 int dsv3_model_init_types(PyObject *module)
 {
-    (void)module;
+    if (PyType_Ready(&ModelType) < 0)
+        return -1;
+    Py_INCREF(&ModelType);
+    if (PyModule_AddObject(module, "Model", (PyObject *)&ModelType) < 0) {
+        Py_DECREF(&ModelType);
+        return -1;
+    }
     return 0;
 }

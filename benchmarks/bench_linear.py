@@ -1,0 +1,481 @@
+"""Linear-layer benchmark: dsv3 kernels against the machine's roofline and the peers, in one run.
+
+For every weight format (and mode), DeepSeek-V3 projection shape and number of rows M it reports the
+time of y = x W^T, the weight bytes per second and their fraction of the read bandwidth measured in
+this run, GFLOP/s and their fraction of the relevant compute peak measured in this run, and the
+speed-up against torch (dequantise then matmul, as the public references do; torch's own bf16/f32
+matmul) and against oneDNN (f32/bf16), both run in the same process on the same weights.
+
+Decode is memory-bound: every timed call reads a different copy of the weight, and there are enough
+copies that the working set is >= 8x the last-level cache (so nothing is served from cache).
+
+Pieces that are not merged yet are skipped with a printed note (the benchmark lights up when they
+land): dsv3.quant.quantize / pack, dsv3.ops.linear, dsv3._dsv3.onednn_linear. Until dsv3.ops.linear
+exists, f32/bf16 run through the reference dsv3_linear (a temporary binding, ``_linear_ref``): those
+rows are marked ``ref`` and are a pre-kernel baseline.
+
+    PYTHONPATH=$PWD python benchmarks/bench_linear.py --quick
+    PYTHONPATH=$PWD python benchmarks/bench_linear.py --formats bf16,int8 --shapes q_a_proj --m 1,16
+"""
+import argparse
+import copy
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import ml_dtypes
+import numpy as np
+
+import dsv3
+import dsv3.probe as probe
+from dsv3._native import lib
+
+L3_BYTES = 32 << 20
+WORKING_SET = 8 * L3_BYTES
+
+# name -> (K, N): y[M, N] = x[M, K] W[N, K]^T
+SHAPES = {
+    "q_a_proj": (7168, 1536),
+    "q_b_proj": (1536, 24576),
+    "kv_a_proj": (7168, 576),
+    "kv_b_proj": (512, 32768),
+    "o_proj": (16384, 7168),
+    "expert_gate_up": (7168, 2048),
+    "expert_down": (2048, 7168),
+}
+# variant -> (format, quantize params, ops.linear mode or None, peak kind that bounds it)
+VARIANTS = {
+    "bf16": ("bf16", {}, None, "bf16_dot"),
+    "fp8_block/wo": ("fp8_block", {}, "weight_only", "bf16_dot"),
+    "fp8_block/dyn": ("fp8_block", {}, "dynamic", "bf16_dot"),
+    "nvfp4": ("nvfp4", {}, "weight_only", "bf16_dot"),
+    "int8/wo": ("int8", {}, "weight_only", "bf16_dot"),
+    "int8/dyn": ("int8", {}, "dynamic", "int8_dot"),
+    "int4": ("int4", {"group": 128}, "weight_only", "bf16_dot"),
+    "f32": ("f32", {}, None, "f32_fma"),
+}
+M_VALUES = (1, 4, 16, 128, 512)
+QUICK = {"shapes": ("q_a_proj", "expert_down"), "m": (1, 16, 128)}
+
+
+def now():
+    return time.perf_counter()
+
+
+# ---------------------------------------------------------------- what exists in this build
+
+def api():
+    """The optional pieces of dsv3 this benchmark uses, or None where they are missing."""
+    found = {"quantize": None, "pack": None, "dequantize": None, "linear": None, "onednn": None}
+    try:
+        import dsv3.quant as quant
+        found["quantize"] = getattr(quant, "quantize", None)
+        found["pack"] = getattr(quant, "pack", None)
+        found["dequantize"] = getattr(quant, "dequantize", None)
+    except ImportError:
+        pass
+    try:
+        import dsv3.ops as ops
+        found["linear"] = getattr(ops, "linear", None)
+    except ImportError:
+        pass
+    found["onednn"] = getattr(lib, "onednn_linear", None)
+    return found
+
+
+# ---------------------------------------------------------------- torch peers
+
+def torch_weight(arrays, fmt):
+    """Zero-copy torch views of one weight's arrays (the peer reads the same memory)."""
+    import torch
+
+    def t(a):
+        a = np.ascontiguousarray(a)
+        if a.dtype == ml_dtypes.bfloat16:
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+        if a.dtype == ml_dtypes.float8_e4m3fn:
+            return torch.from_numpy(a.view(np.uint8)).view(torch.float8_e4m3fn)
+        return torch.from_numpy(a)
+
+    return {k: t(np.asarray(v)) for k, v in arrays.items() if v is not None}
+
+
+_E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
+
+
+def torch_dequantize(tw, fmt, shape, params, int4_offset=False):
+    """Dequantise to bf16 with plain torch ops, as the public references do before F.linear."""
+    import torch
+    n, k = shape
+    if fmt == "f32" or fmt == "bf16":
+        return tw["weight"]
+    if fmt == "fp8_block":
+        s = tw["weight_scale_inv"]
+        full = s.repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)[:, :k]
+        return (tw["weight"].to(torch.float32) * full).to(torch.bfloat16)
+    if fmt in ("nvfp4", "int4"):
+        p = tw["weight"]
+        codes = torch.stack((p & 15, p >> 4), dim=-1).reshape(n, k)
+        if fmt == "nvfp4":
+            vals = torch.tensor(_E2M1, dtype=torch.float32)[codes.long()]
+            s = tw["weight_scale"].to(torch.float32).repeat_interleave(16, 1)
+            s2 = tw["weight_scale_2"].to(torch.float32).reshape(())
+            return (vals * s * s2).to(torch.bfloat16)
+        vals = codes.to(torch.float32) - 8.0 if int4_offset else \
+            codes.to(torch.int8).where(codes < 8, codes.to(torch.int8) - 16).to(torch.float32)
+        s = tw["weight_scale"].to(torch.float32).reshape(n, -1)
+        return (vals * s.repeat_interleave(k // s.shape[1], 1)).to(torch.bfloat16)
+    if fmt == "int8":
+        s = tw["weight_scale"].to(torch.float32).reshape(n, -1)
+        return (tw["weight"].to(torch.float32) * s.repeat_interleave(k // s.shape[1], 1)).to(torch.bfloat16)
+    raise ValueError(f"no torch dequantisation for format {fmt!r}")
+
+
+# ---------------------------------------------------------------- timing
+
+def time_calls(call, budget, max_reps):
+    """One warm-up call, then repeats (as many as fit in ``budget`` seconds, 1..max_reps);
+    returns the median seconds and the number of timed calls. call(i) uses weight copy i."""
+    t0 = now()
+    call(0)
+    warm = now() - t0
+    reps = max(1, min(max_reps, int(budget / max(warm, 1e-6))))
+    times = []
+    for i in range(1, reps + 1):
+        t0 = now()
+        call(i)
+        times.append(now() - t0)
+    return statistics.median(times), reps
+
+
+class Estimator:
+    """Skips a measurement whose estimated duration per call exceeds a cap: the time at a smaller
+    M scaled by the ratio of M (an upper bound once compute-bound)."""
+
+    def __init__(self, cap):
+        self.cap, self.last = cap, {}
+
+    def too_slow(self, key, m):
+        if key not in self.last:
+            return None
+        m0, t0 = self.last[key]
+        est = t0 * max(1.0, m / m0)
+        return est if est > self.cap else None
+
+    def record(self, key, m, t):
+        self.last[key] = (m, t)
+
+
+# ---------------------------------------------------------------- one (shape, variant)
+
+def build_weights(w32, variant, found, notes):
+    """The dsv3 weight (QuantizedTensor, or a numpy array when dsv3.quant is missing) and the
+    seconds its quantisation took; None when the format cannot be built in this build."""
+    fmt, params, _, _ = VARIANTS[variant]
+    if found["quantize"] is not None:
+        t0 = now()
+        qt = found["quantize"](w32, fmt, **params)
+        return qt, now() - t0
+    if fmt == "f32":
+        return w32, 0.0
+    if fmt == "bf16":
+        t0 = now()
+        return w32.astype(ml_dtypes.bfloat16), now() - t0
+    notes.add(f"{fmt}: skipped, dsv3.quant.quantize is not in this build")
+    return None, 0.0
+
+
+def weight_arrays(w):
+    if isinstance(w, np.ndarray):
+        return {"weight": w}
+    return dict(w.arrays)
+
+
+def weight_nbytes(w):
+    return int(w.nbytes)
+
+
+def replicate(w, n, notes):
+    """n independent copies (distinct memory, same values) of a weight: deepcopy, else rebuilt
+    with dsv3.quant.from_checkpoint over copied arrays, else the one weight (noted)."""
+    if isinstance(w, np.ndarray):
+        return [w] + [w.copy() for _ in range(n - 1)]
+    try:
+        return [w] + [copy.deepcopy(w) for _ in range(n - 1)]
+    except Exception as e:  # noqa: BLE001 (any failure: try the next way)
+        first_error = e
+    try:
+        from dsv3.quant import from_checkpoint
+        a = w.arrays
+
+        def rebuild():
+            cp = {k: (np.array(v, copy=True) if v is not None else None) for k, v in a.items()}
+            scale = cp.get("weight_scale_inv", cp.get("weight_scale"))
+            return from_checkpoint(w.fmt, cp["weight"], scale=scale, scale2=cp.get("weight_scale_2"),
+                                   input_scale=cp.get("input_scale"), **dict(w.params))
+        return [w] + [rebuild() for _ in range(n - 1)]
+    except Exception as e:  # noqa: BLE001
+        notes.add(f"{w.fmt}: cannot copy weights ({first_error}; {e}): one copy, decode may be cache-served")
+        return [w]
+
+
+def dsv3_caller(found, mode):
+    linear = found["linear"]
+    if linear is not None:
+        if mode is None:
+            return (lambda x, w: linear(x, w)), "ops"
+        return (lambda x, w: linear(x, w, mode=mode)), "ops"
+
+    def ref(x, w):
+        return lib._linear_ref(x, w if isinstance(w, np.ndarray) else w.to_native())
+
+    return ref, "ref"
+
+
+def rel_err(y, ref):
+    y = np.asarray(y, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    return float(np.linalg.norm(y - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def bench_variant(shape_name, variant, w32, args, found, roof, est, notes, out_rows, torch_cache):
+    import torch
+    fmt, params, mode, peak_kind = VARIANTS[variant]
+    k, n = SHAPES[shape_name]
+    if mode == "dynamic" and found["linear"] is None:
+        notes.add(f"{variant}: skipped, dsv3.ops.linear (mode=dynamic) is not in this build")
+        return
+    w0, t_quant = build_weights(w32, variant, found, notes)
+    if w0 is None:
+        return
+    nbytes = weight_nbytes(w0)
+    ncopies = max(1, math.ceil(WORKING_SET / nbytes))
+    copies = replicate(w0, ncopies, notes)  # the format's arrays (the torch peer reads these)
+    ncopies = len(copies)
+    run_ws, t_pack = copies, None    # what dsv3 is given (packed when dsv3.quant.pack exists)
+    if found["pack"] is not None:
+        t0 = now()
+        first = found["pack"](copies[0])
+        t_pack = now() - t0
+        packed = [first] + [found["pack"](c) for c in copies[1:]]
+        run_ws = [p if p is not None else c for p, c in zip(packed, copies)]
+    elif fmt not in ("f32", "bf16"):
+        notes.add("packing cost: dsv3.quant.pack is not in this build")
+    call_dsv3, impl = dsv3_caller(found, mode)
+
+    tws = [torch_weight(weight_arrays(c), fmt) for c in copies]
+    int4_offset = False
+    onednn_ws = None
+    if fmt in ("f32", "bf16") and found["onednn"] is not None:
+        onednn_ws = [weight_arrays(c)["weight"] for c in copies]
+
+    rng = np.random.default_rng(1)
+    for m in args.m:
+        x = rng.standard_normal((m, k), dtype=np.float32)
+        xt = torch.from_numpy(x)
+        xt_b = xt.to(torch.bfloat16) if fmt != "f32" else xt
+        row = {"variant": variant, "format": fmt, "mode": mode or "-", "shape": shape_name, "K": k,
+               "N": n, "M": m, "weight_bytes": nbytes, "copies": ncopies, "impl": impl,
+               "peak_kind": peak_kind, "quantize_s": t_quant, "pack_s": t_pack}
+        flops = 2.0 * m * n * k
+
+        def peer_torch(i):
+            tw = tws[i % ncopies]
+            return torch.nn.functional.linear(xt_b, torch_dequantize(tw, fmt, (n, k), params, int4_offset))
+
+        # correctness of the comparison (cheap, at the first M): same result as the peer?
+        if m == args.m[0]:
+            try:
+                y = np.asarray(call_dsv3(x, run_ws[0]))
+            except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
+                notes.add(f"{variant}: skipped, dsv3 {impl} cannot run it: {e}")
+                return
+            errs = {}
+            for off in ([False, True] if fmt == "int4" else [False]):
+                int4_offset = off
+                errs[off] = rel_err(y, peer_torch(0).float().numpy())
+            int4_offset = min(errs, key=errs.get)
+            row["rel_err_vs_torch"] = errs[int4_offset]
+            if errs[int4_offset] > (0.1 if mode == "dynamic" else 0.05):
+                notes.add(f"{variant} {shape_name}: dsv3 and torch disagree (rel err {errs[int4_offset]:.3g})")
+
+        torch_key = (shape_name, fmt, m)  # weight-only and dynamic share the torch peer
+        if torch_key in torch_cache:
+            row["torch_s"], row["torch_reps"] = torch_cache[torch_key]
+        for who, fn in (("dsv3", lambda i: call_dsv3(x, run_ws[i % ncopies])),
+                        ("torch", peer_torch),
+                        ("onednn", (lambda i: found["onednn"](x, onednn_ws[i % ncopies]))
+                         if onednn_ws is not None else None)):
+            if fn is None:
+                row[f"{who}_s"] = None
+                continue
+            if who == "torch" and torch_key in torch_cache:
+                continue
+            key = (who, shape_name, fmt if who == "torch" else variant)
+            skip = est.too_slow(key, m)
+            if skip is not None:
+                row[f"{who}_s"] = None
+                row[f"{who}_skipped"] = f"estimated {skip:.1f} s/call > cap {est.cap:g} s"
+                notes.add(f"{who} {variant} {shape_name} M={m}: skipped, {row[f'{who}_skipped']} (--cap)")
+                continue
+            try:
+                t, reps = time_calls(fn, args.budget, args.max_reps)
+            except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
+                row[f"{who}_s"] = None
+                notes.add(f"{who} {variant}: failed: {e}")
+                continue
+            est.record(key, m, t)
+            row[f"{who}_s"], row[f"{who}_reps"] = t, reps
+            if who == "torch":
+                torch_cache[torch_key] = (t, reps)
+        t = row["dsv3_s"]
+        if t:
+            row["gbps"] = nbytes / t * 1e-9
+            row["frac_bw"] = row["gbps"] / roof["read_gbps"]
+            row["gflops"] = flops / t * 1e-9
+            peak = roof["peak_gflops"].get(peak_kind)
+            row["frac_peak"] = row["gflops"] / peak if peak else None
+            row["x_torch"] = row["torch_s"] / t if row.get("torch_s") else None
+            row["x_onednn"] = row["onednn_s"] / t if row.get("onednn_s") else None
+        out_rows.append(row)
+        print_row(row)
+        sys.stdout.flush()
+    del copies, run_ws, tws, onednn_ws
+
+
+# ---------------------------------------------------------------- table
+
+HEADER = ("variant", "shape", "M", "impl", "ms", "GB/s", "%BW", "GFLOP/s", "%peak", "torch ms", "x torch",
+          "oneDNN ms", "x oneDNN", "err", "pack ms")
+WIDTHS = (13, 14, 4, 4, 9, 7, 6, 8, 6, 9, 7, 9, 8, 7, 8)
+
+
+def fmt_num(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def print_header():
+    print(" ".join(h.rjust(w) for h, w in zip(HEADER, WIDTHS)))
+
+
+def print_row(r):
+    ms = lambda s: None if s is None else s * 1e3  # noqa: E731
+    pct = lambda f: None if f is None else 100 * f  # noqa: E731
+    t = "skip" if r.get("dsv3_skipped") else fmt_num(ms(r.get("dsv3_s")), ".3f")
+    cells = (r["variant"], r["shape"], str(r["M"]), r["impl"], t,
+             fmt_num(r.get("gbps"), ".1f"), fmt_num(pct(r.get("frac_bw")), ".0f"), fmt_num(r.get("gflops"), ".1f"),
+             fmt_num(pct(r.get("frac_peak")), ".0f"), fmt_num(ms(r.get("torch_s")), ".3f"),
+             fmt_num(r.get("x_torch"), ".2f"), fmt_num(ms(r.get("onednn_s")), ".3f"),
+             fmt_num(r.get("x_onednn"), ".2f"), fmt_num(r.get("rel_err_vs_torch"), ".0e"),
+             fmt_num(ms(r.get("pack_s")), ".1f"))
+    print(" ".join(str(c).rjust(w) for c, w in zip(cells, WIDTHS)))
+
+
+# ---------------------------------------------------------------- main
+
+def parse_list(text, allowed, what):
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        hits = [a for a in allowed if a == item or a.split("/")[0] == item]
+        if not hits:
+            raise SystemExit(f"bench_linear: unknown {what} {item!r}; choose from {', '.join(allowed)}")
+        out += [h for h in hits if h not in out]
+    return out
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--formats", default=None,
+                   help="comma list of variants or formats (a format selects all its modes): "
+                        + ", ".join(VARIANTS))
+    p.add_argument("--shapes", default=None, help="comma list of: " + ", ".join(SHAPES))
+    p.add_argument("--m", default=None, help="comma list of row counts M (default 1,4,16,128,512)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"small subset (~1 minute): shapes {','.join(QUICK['shapes'])}, M {QUICK['m']}")
+    p.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                  "bench_linear.json"), help="where to write the results")
+    p.add_argument("--threads", type=int, default=None, help="threads for dsv3, torch and oneDNN")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds of timed calls per measurement (default 0.5, quick 0.3)")
+    p.add_argument("--max-reps", type=int, default=10, help="most timed calls per measurement")
+    p.add_argument("--cap", type=float, default=None,
+                   help="skip a measurement estimated to take longer than this per call (s; default 20, quick 3)")
+    p.add_argument("--read-bytes", type=int, default=1 << 30, help="buffer of the bandwidth probe")
+    a = p.parse_args(argv)
+    a.variants = parse_list(a.formats, list(VARIANTS), "format") if a.formats else list(VARIANTS)
+    a.shapes = parse_list(a.shapes, list(SHAPES), "shape") if a.shapes else \
+        list(QUICK["shapes"] if a.quick else SHAPES)
+    try:
+        a.m = [int(v) for v in a.m.split(",") if v.strip()] if a.m else list(QUICK["m"] if a.quick else M_VALUES)
+    except ValueError:
+        raise SystemExit(f"bench_linear: --m must be a comma list of integers, got {a.m!r}")
+    if not a.m or min(a.m) < 1:
+        raise SystemExit("bench_linear: --m values must be >= 1")
+    a.m = sorted(set(a.m))
+    a.budget = a.budget if a.budget is not None else (0.3 if a.quick else 0.5)
+    a.cap = a.cap if a.cap is not None else (3.0 if a.quick else 20.0)
+    if a.threads is not None and a.threads < 1:
+        raise SystemExit("bench_linear: --threads must be >= 1")
+    return a
+
+
+def main(argv=None):
+    import torch
+    args = parse_args(argv)
+    start = now()
+    if args.threads:
+        dsv3.set_num_threads(args.threads)
+    threads = dsv3.get_num_threads()
+    torch.set_num_threads(threads)
+    found = api()
+    info = dsv3.cpu_info()
+    print(f"dsv3 bench_linear  {datetime.datetime.now().isoformat(timespec='seconds')}  "
+          f"path {info['isa']}  threads {threads}  torch {torch.__version__}")
+    print("available: " + ", ".join(f"{k}={'yes' if v is not None else 'no'}" for k, v in found.items()))
+
+    roof = probe.roofline(nbytes=args.read_bytes)
+    details = roof.pop("details")
+    pk = roof["peak_gflops"]
+    print(f"roofline: read {roof['read_gbps']:.1f} GB/s ({threads} threads), {roof['read_gbps_1t']:.1f} GB/s "
+          f"(1 thread); peaks f32 FMA {fmt_num(pk['f32_fma'], '.0f')} GFLOP/s, bf16 dot "
+          f"{fmt_num(pk['bf16_dot'], '.0f')} GFLOP/s, int8 dot {fmt_num(pk['int8_dot'], '.0f')} GOPS")
+
+    notes, rows, torch_cache = set(), [], {}
+    est = Estimator(args.cap)
+    print_header()
+    rng = np.random.default_rng(0)
+    for shape_name in args.shapes:
+        k, n = SHAPES[shape_name]
+        w32 = (rng.standard_normal((n, k), dtype=np.float32) * np.float32(0.02))
+        for variant in args.variants:
+            bench_variant(shape_name, variant, w32, args, found, roof, est, notes, rows, torch_cache)
+        del w32
+    elapsed = now() - start
+    for note in sorted(notes):
+        print("note: " + note)
+    print(f"done in {elapsed:.0f} s")
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
+              "seconds": elapsed, "machine": {"cpu": platform.processor() or platform.machine(),
+                                              "isa": info["isa"], "threads": threads,
+                                              "torch": torch.__version__, "onednn": info.get("onednn")},
+              "roofline": roof, "probes": details, "available": {k: v is not None for k, v in found.items()},
+              "args": {k: v for k, v in vars(args).items() if k not in ("formats",)},
+              "notes": sorted(notes), "rows": rows}
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"results: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

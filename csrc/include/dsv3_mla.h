@@ -1,0 +1,55 @@
+/* Multi-head latent attention (MLA), f32 activations (csrc/mla/). REFERENCE.md section 3.
+ *
+ * The latent cache of one layer holds, per token, [c (kv_lora_rank) | k_pe (rope dim)]: the
+ * normalised compressed KV and the rotated shared rope key, in the order transformers stores it
+ * (de-interleaved when rope_interleave). Both attention modes read the same cache:
+ *  - naive: expand K/V for every cached token with kv_b_proj (transformers' formulation);
+ *  - absorbed: fold W_UK into the query and W_UV after the weighted sum, per head, so attention
+ *    runs over the 576-wide latent rows (DeepSeek's decode formulation).
+ */
+#ifndef DSV3_MLA_H
+#define DSV3_MLA_H
+
+#include "dsv3_linear.h"
+
+typedef enum { DSV3_ATTN_ABSORBED = 0, DSV3_ATTN_NAIVE = 1 } dsv3_attn_mode;
+
+typedef struct {
+    int64_t hidden, heads, q_lora, kv_lora, nope, rope, v; /* q_lora 0: plain q_proj */
+    float softmax_scale;
+    int rope_interleave;
+    int attention_bias;
+} dsv3_mla_dims;
+
+/* A 1-D parameter: the source as given (f32 or bf16, shape [1, n]) and its f32 copy made at build. */
+typedef struct {
+    dsv3_weight src;
+    float *f32; /* owned */
+} dsv3_vec;
+
+typedef struct {
+    dsv3_weight q_proj;      /* [heads*(nope+rope), hidden] when q_lora == 0 */
+    dsv3_weight q_a_proj;    /* [q_lora, hidden] */
+    dsv3_vec q_a_layernorm;  /* [q_lora] */
+    dsv3_weight q_b_proj;    /* [heads*(nope+rope), q_lora] */
+    dsv3_weight kv_a_proj;   /* [kv_lora+rope, hidden] */
+    dsv3_vec kv_a_layernorm; /* [kv_lora] */
+    dsv3_weight kv_b_proj;   /* [heads*(nope+v), kv_lora] */
+    dsv3_weight o_proj;      /* [hidden, heads*v] */
+    dsv3_vec q_a_bias, kv_a_bias, o_bias; /* attention_bias only: [q_lora], [kv_lora+rope], [hidden] */
+    float *w_uk;             /* owned, absorbed mode: [heads, nope, kv_lora] */
+    float *w_uv;             /* owned, absorbed mode: [heads, v, kv_lora] */
+} dsv3_mla_weights;
+
+/* Derive per-head f32 W_UK / W_UV from kv_b_proj (any format dsv3_linear reads: x = identity). */
+dsv3_status dsv3_mla_absorb(const dsv3_mla_dims *d, dsv3_mla_weights *w, int isa, dsv3_error *err);
+
+/* One attention call over s new tokens.
+ * x [s, hidden]; cos/sin [s, rope/2] for the tokens' positions; cache [>= past+s, kv_lora+rope]:
+ * rows [0, past) hold earlier tokens, rows [past, past+s) are written here; token i attends to
+ * rows [0, past+i] (causal). out [s, hidden]. */
+dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
+                             const float *cos_j, const float *sin_j, float *cache, int64_t past,
+                             dsv3_attn_mode mode, float *out, int isa, dsv3_error *err);
+
+#endif

@@ -1,0 +1,114 @@
+/* The DeepSeek-V3-family causal LM (csrc/model/): config, weights, latent KV cache, forward,
+ * per-module probes and the sampler. REFERENCE.md sections 1-5.
+ *
+ * Life cycle (build/free in pairs):
+ *   dsv3_model_create(cfg, capacity, mode)    validates the config, allocates the weight slots;
+ *   dsv3_model_slots(m, ...)                  lists every tensor slot by canonical name and shape,
+ *                                             the loader fills slot->weight (no copies: the caller
+ *                                             keeps the memory alive for the model's lifetime);
+ *   dsv3_model_prepare(m)                     checks every slot, converts 1-D params to f32, derives
+ *                                             per-head W_UK/W_UV, allocates the latent cache;
+ *   dsv3_model_forward(m, ids, s, logits)     prefill or decode: appends s tokens to the cache;
+ *   dsv3_model_free(m).
+ */
+#ifndef DSV3_MODEL_H
+#define DSV3_MODEL_H
+
+#include "dsv3_mla.h"
+#include "dsv3_moe.h"
+
+typedef struct {
+    int64_t vocab_size, hidden_size, intermediate_size, moe_intermediate_size, num_hidden_layers,
+        num_attention_heads, q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim,
+        n_routed_experts, n_shared_experts, num_experts_per_tok, n_group, topk_group, first_k_dense_replace;
+    int norm_topk_prob, rope_interleave, attention_bias, tie_word_embeddings;
+    float routed_scaling_factor, rms_norm_eps, group_mask_value, softmax_scale, rope_attention_scaling;
+    dsv3_score_func scoring_func;
+    dsv3_topk_method topk_method;
+    const float *rope_inv_freq; /* [qk_rope_head_dim / 2]; copied by dsv3_model_create */
+} dsv3_model_config;
+
+typedef struct {
+    dsv3_vec input_layernorm, post_attention_layernorm; /* [hidden] */
+    dsv3_mla_weights attn;
+    int is_moe;
+    dsv3_mlp_weights mlp; /* dense layers */
+    dsv3_moe_weights moe; /* MoE layers */
+    float *cache;         /* owned: [capacity, kv_lora + rope] */
+    int64_t cache_rows;   /* rows written (run_module may write one layer alone) */
+} dsv3_layer;
+
+typedef struct {
+    dsv3_model_config cfg;
+    float *inv_freq;       /* owned copy of cfg.rope_inv_freq */
+    dsv3_mla_dims mla;
+    dsv3_router_spec router;
+    dsv3_attn_mode attn_mode;
+    dsv3_weight embed;     /* [vocab, hidden], f32 or bf16 */
+    dsv3_vec norm;         /* [hidden] */
+    dsv3_weight lm_head;   /* [vocab, hidden]; unused when tied */
+    dsv3_layer *layers;    /* [num_hidden_layers] */
+    int64_t capacity;      /* cache rows per layer */
+    int64_t cache_len;     /* tokens in the cache */
+    int prepared;
+} dsv3_model;
+
+dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, dsv3_attn_mode mode,
+                              dsv3_model **out, dsv3_error *err);
+void dsv3_model_free(dsv3_model *m);
+
+/* One tensor the model needs: canonical name, expected shape ([1, n] for 1-D params, which set
+ * is_vector), whether it may be absent, and the slot to fill. */
+typedef struct {
+    char name[112];
+    int64_t n, k;
+    int is_vector, optional;
+    dsv3_weight *weight;
+} dsv3_tensor_slot;
+
+/* Number of slots; fills out[0..count) when out is not NULL. */
+int64_t dsv3_model_slots(dsv3_model *m, dsv3_tensor_slot *out);
+
+dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err);
+
+/* Run s tokens (ids [s]) after the cached ones; logits [s, vocab]. */
+dsv3_status dsv3_model_forward(dsv3_model *m, const int64_t *ids, int64_t s, float *logits, int isa,
+                               dsv3_error *err);
+void dsv3_model_reset(dsv3_model *m);
+
+/* ---- per-module probes (parity checks against transformers' modules) ---- */
+typedef enum {
+    DSV3_MOD_INPUT_LAYERNORM = 0,
+    DSV3_MOD_POST_ATTENTION_LAYERNORM,
+    DSV3_MOD_ATTENTION,      /* start_pos, use_cache */
+    DSV3_MOD_MLP,            /* dense MLP, or whole MoE (routed + shared) */
+    DSV3_MOD_SHARED_EXPERTS,
+    DSV3_MOD_DECODER_LAYER,  /* start_pos, use_cache */
+    DSV3_MOD_FINAL_NORM,     /* layer ignored */
+    DSV3_MOD_COUNT
+} dsv3_module_kind;
+
+/* x, out [s, hidden]. With use_cache the layer's own cache rows [0, start_pos) are read and rows
+ * [start_pos, start_pos+s) written (start_pos <= rows already written); without it the s tokens
+ * attend only to each other, at positions start_pos.. */
+dsv3_status dsv3_model_run_module(dsv3_model *m, dsv3_module_kind kind, int64_t layer, const float *x,
+                                  int64_t s, int64_t start_pos, int use_cache, float *out, int isa,
+                                  dsv3_error *err);
+/* Router of MoE layer `layer`: weights [s, k], indices [s, k]. */
+dsv3_status dsv3_model_route(dsv3_model *m, int64_t layer, const float *x, int64_t s, float *weights,
+                             int64_t *indices, int isa, dsv3_error *err);
+/* Routed experts of MoE layer `layer` for given indices/weights [s, k]. */
+dsv3_status dsv3_model_experts(dsv3_model *m, int64_t layer, const float *x, int64_t s, const int64_t *indices,
+                               const float *weights, float *out, int isa, dsv3_error *err);
+/* cos, sin [n, rope_dim] exactly as transformers' rotary embedding returns them (cat(f, f)). */
+dsv3_status dsv3_model_rope(const dsv3_model *m, const int64_t *pos, int64_t n, float *cos_out, float *sin_out,
+                            dsv3_error *err);
+
+/* ---- sampling ---- */
+/* temperature <= 0: argmax (first maximum). Else softmax(logits / temperature) restricted to the
+ * top_k largest (top_k <= 0: all) and to the smallest set of most likely tokens whose probability
+ * reaches top_p (top_p >= 1: all), drawn with a splitmix64 stream whose state *rng is advanced. */
+dsv3_status dsv3_sample(const float *logits, int64_t vocab, float temperature, int64_t top_k, float top_p,
+                        uint64_t *rng, int64_t *token, dsv3_error *err);
+
+#endif

@@ -1,0 +1,71 @@
+/* Routers, dense MLP and mixture of experts, f32 activations (csrc/moe/). REFERENCE.md section 4.
+ *
+ * Routing is one function over a small spec: a scoring function turns logits into scores, a
+ * selection method picks top-k (optionally limited to the best groups, with the masked value taken
+ * from the config), then weights are gathered from the scores, optionally renormalised and scaled.
+ * New schemes (V4's sqrtsoftplus is here already; hash routing later) add an enum value and a case.
+ */
+#ifndef DSV3_MOE_H
+#define DSV3_MOE_H
+
+#include "dsv3_mla.h" /* dsv3_vec */
+
+typedef enum { DSV3_SCORE_SIGMOID = 0, DSV3_SCORE_SOFTMAX = 1, DSV3_SCORE_SQRTSOFTPLUS = 2 } dsv3_score_func;
+typedef enum {
+    DSV3_TOPK_NOAUX_TC = 0,             /* groups scored by the sum of their 2 best biased scores */
+    DSV3_TOPK_GREEDY = 1,               /* plain top-k of the scores */
+    DSV3_TOPK_GROUP_LIMITED_GREEDY = 2, /* groups scored by their max score */
+    DSV3_TOPK_NOAUX = 3                 /* top-k of score + bias, no groups (V4) */
+} dsv3_topk_method;
+
+typedef struct {
+    int64_t n_experts, top_k, n_group, topk_group;
+    dsv3_score_func scoring;
+    dsv3_topk_method method;
+    int norm_topk_prob;
+    float routed_scaling_factor;
+    float group_mask_value; /* value given to experts of dropped groups (-inf or 0.0) */
+} dsv3_router_spec;
+
+/* Check a spec; names the offending field. */
+dsv3_status dsv3_router_check(const dsv3_router_spec *r, dsv3_error *err);
+
+/* From router logits [s, E] (f32) and the optional correction bias [E] (selection only):
+ * weights [s, k] and indices [s, k] (descending by the selection value; ties: lower index first).
+ * Rows are routed in parallel, each by one thread. */
+dsv3_status dsv3_route(const dsv3_router_spec *r, const float *logits, int64_t s, const float *bias,
+                       float *weights, int64_t *indices, dsv3_error *err);
+
+/* One SwiGLU MLP: down(silu(gate x) * up x). */
+typedef struct {
+    dsv3_weight gate, up, down; /* [I, H], [I, H], [H, I] */
+} dsv3_mlp_weights;
+
+/* out [m, H] = mlp(x [m, H]). */
+dsv3_status dsv3_mlp_forward(const dsv3_mlp_weights *w, const float *x, int64_t m, float *out, int isa,
+                             dsv3_error *err);
+
+typedef struct {
+    dsv3_weight gate;     /* router [E, H] */
+    dsv3_vec bias;        /* e_score_correction_bias [E] (noaux_tc / noaux), else src.data NULL */
+    dsv3_mlp_weights *experts; /* [E] */
+    dsv3_mlp_weights shared;   /* n_shared * moe_intermediate wide; gate.data NULL when n_shared == 0 */
+    int has_shared;
+} dsv3_moe_weights;
+
+/* Router: logits = x gate^T (f32), then dsv3_route. */
+dsv3_status dsv3_moe_route(const dsv3_router_spec *r, const dsv3_moe_weights *w, const float *x, int64_t s,
+                           float *weights, int64_t *indices, int isa, dsv3_error *err);
+
+/* Routed experts only: out [s, H] = sum over each token's k choices, in ascending expert order, of
+ * weight * expert(x). Tokens are grouped per expert (count, prefix sum, gather), each expert runs
+ * once over its rows, and results are scatter-added in a fixed order. */
+dsv3_status dsv3_moe_experts(const dsv3_router_spec *r, const dsv3_moe_weights *w, int64_t hidden,
+                             const float *x, int64_t s, const int64_t *indices, const float *weights, float *out,
+                             int isa, dsv3_error *err);
+
+/* Whole MoE block: routed experts + shared experts. */
+dsv3_status dsv3_moe_forward(const dsv3_router_spec *r, const dsv3_moe_weights *w, int64_t hidden,
+                             const float *x, int64_t s, float *out, int isa, dsv3_error *err);
+
+#endif

@@ -1,0 +1,91 @@
+/* MLA attention: projections, latent cache write, then naive or absorbed attention (attend.c). */
+#include "dsv3_mla.h"
+#include "dsv3_ops.h"
+#include "mla_internal.h"
+
+#include <string.h>
+
+#define QA_NORM_EPS 1e-6f /* transformers fixes the q_a / kv_a layernorm eps at 1e-6 */
+
+static const float *bias_of(const dsv3_vec *v, int enabled) { return enabled ? v->f32 : NULL; }
+
+/* q [s, heads*(nope+rope)] with the rope part of every head rotated. */
+static dsv3_status project_q(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
+                             const float *cos_j, const float *sin_j, float *q, int isa, dsv3_error *err)
+{
+    dsv3_status st;
+    if (d->q_lora > 0) {
+        float *qa = dsv3_alloc((size_t)(s * d->q_lora) * sizeof(float));
+        if (!qa)
+            return dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory for q_a [%lld, %lld]", (long long)s,
+                             (long long)d->q_lora);
+        st = dsv3_linear(x, s, &w->q_a_proj, bias_of(&w->q_a_bias, d->attention_bias), qa, isa, err);
+        if (st == DSV3_OK) {
+            dsv3_rmsnorm_f32(qa, s, d->q_lora, w->q_a_layernorm.f32, QA_NORM_EPS, qa);
+            st = dsv3_linear(qa, s, &w->q_b_proj, NULL, q, isa, err);
+        }
+        dsv3_free(qa);
+    } else {
+        st = dsv3_linear(x, s, &w->q_proj, NULL, q, isa, err);
+    }
+    if (st != DSV3_OK)
+        return st;
+    const int64_t qk = d->nope + d->rope, half = d->rope / 2;
+    float tmp[512];
+    for (int64_t i = 0; i < s; i++)
+        for (int64_t h = 0; h < d->heads; h++)
+            dsv3_rope_apply(q + (i * d->heads + h) * qk + d->nope, half, cos_j + i * half, sin_j + i * half,
+                            d->rope_interleave, tmp);
+    return DSV3_OK;
+}
+
+/* Write rows [past, past+s) of the latent cache: c = kv_a_layernorm(ckv[:R]), k_pe = rope(ckv[R:]). */
+static dsv3_status write_latent(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
+                                const float *cos_j, const float *sin_j, float *cache, int64_t past, int isa,
+                                dsv3_error *err)
+{
+    const int64_t row = d->kv_lora + d->rope, half = d->rope / 2;
+    float *ckv = cache + past * row; /* the projection lands in place, then is normalised/rotated */
+    dsv3_status st = dsv3_linear(x, s, &w->kv_a_proj, bias_of(&w->kv_a_bias, d->attention_bias), ckv, isa, err);
+    if (st != DSV3_OK)
+        return st;
+    float tmp[512];
+    for (int64_t i = 0; i < s; i++) {
+        float *r = ckv + i * row;
+        dsv3_rmsnorm_f32(r, 1, d->kv_lora, w->kv_a_layernorm.f32, QA_NORM_EPS, r);
+        dsv3_rope_apply(r + d->kv_lora, half, cos_j + i * half, sin_j + i * half, d->rope_interleave, tmp);
+    }
+    return DSV3_OK;
+}
+
+dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
+                             const float *cos_j, const float *sin_j, float *cache, int64_t past,
+                             dsv3_attn_mode mode, float *out, int isa, dsv3_error *err)
+{
+    if (s <= 0 || past < 0)
+        return dsv3_fail(err, DSV3_E_VALUE, "attention: need at least one token (got %lld, past %lld)",
+                         (long long)s, (long long)past);
+    if (d->rope % 2 != 0 || d->rope > 512)
+        return dsv3_fail(err, DSV3_E_VALUE, "attention: qk_rope_head_dim must be even and <= 512, got %lld",
+                         (long long)d->rope);
+    if (mode == DSV3_ATTN_ABSORBED && (!w->w_uk || !w->w_uv))
+        return dsv3_fail(err, DSV3_E_VALUE, "attention: absorbed mode needs W_UK/W_UV (dsv3_mla_absorb)");
+    const int64_t qk = d->nope + d->rope;
+    float *q = dsv3_alloc((size_t)(s * d->heads * qk) * sizeof(float));
+    float *attn = dsv3_alloc((size_t)(s * d->heads * d->v) * sizeof(float));
+    dsv3_status st = DSV3_OK;
+    if (!q || !attn)
+        st = dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory for %lld tokens", (long long)s);
+    if (st == DSV3_OK)
+        st = project_q(d, w, x, s, cos_j, sin_j, q, isa, err);
+    if (st == DSV3_OK)
+        st = write_latent(d, w, x, s, cos_j, sin_j, cache, past, isa, err);
+    if (st == DSV3_OK)
+        st = mode == DSV3_ATTN_NAIVE ? dsv3_mla_attend_naive(d, w, q, s, cache, past, attn, isa, err)
+                                     : dsv3_mla_attend_absorbed(d, w, q, s, cache, past, attn, err);
+    if (st == DSV3_OK)
+        st = dsv3_linear(attn, s, &w->o_proj, bias_of(&w->o_bias, d->attention_bias), out, isa, err);
+    dsv3_free(q);
+    dsv3_free(attn);
+    return st;
+}

@@ -1,0 +1,254 @@
+/* The forward pass over all layers (one call: prefill or decode) and the per-module probes. */
+#include "dsv3_dtypes.h"
+#include "dsv3_model.h"
+#include "dsv3_ops.h"
+
+#include <string.h>
+
+static dsv3_status need_prepared(const dsv3_model *m, dsv3_error *err)
+{
+    return m->prepared ? DSV3_OK : dsv3_fail(err, DSV3_E_VALUE, "model is not prepared (missing weights)");
+}
+
+/* cos/sin [s, rope/2] for positions start.. */
+static dsv3_status rope_tables(const dsv3_model *m, int64_t start, int64_t s, float **cs, dsv3_error *err)
+{
+    const int64_t half = m->cfg.qk_rope_head_dim / 2;
+    *cs = dsv3_alloc((size_t)(2 * s * half) * sizeof(float) + (size_t)s * sizeof(int64_t));
+    if (!*cs)
+        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for rope tables");
+    int64_t *pos = (int64_t *)(void *)(*cs + 2 * s * half);
+    for (int64_t i = 0; i < s; i++)
+        pos[i] = start + i;
+    dsv3_rope_cos_sin(pos, s, m->inv_freq, half, m->cfg.rope_attention_scaling, *cs, *cs + s * half);
+    return DSV3_OK;
+}
+
+/* Attention over the layer cache (use_cache) or a scratch cache of s rows. */
+static dsv3_status attention(dsv3_model *m, dsv3_layer *ly, const float *x, int64_t s, int64_t start, int use_cache,
+                             float *out, int isa, dsv3_error *err)
+{
+    const int64_t half = m->cfg.qk_rope_head_dim / 2, row = m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim;
+    float *cs = NULL, *scratch = NULL;
+    dsv3_status st = rope_tables(m, start, s, &cs, err);
+    if (st != DSV3_OK)
+        return st;
+    float *cache = ly->cache;
+    int64_t past = start;
+    if (!use_cache) {
+        scratch = dsv3_alloc((size_t)(s * row) * sizeof(float));
+        if (!scratch) {
+            dsv3_free(cs);
+            return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for a %lld-token scratch cache", (long long)s);
+        }
+        cache = scratch;
+        past = 0;
+    }
+    st = dsv3_mla_forward(&m->mla, &ly->attn, x, s, cs, cs + s * half, cache, past, m->attn_mode, out, isa, err);
+    if (st == DSV3_OK && use_cache)
+        ly->cache_rows = start + s;
+    dsv3_free(cs);
+    dsv3_free(scratch);
+    return st;
+}
+
+static dsv3_status ffn(dsv3_model *m, dsv3_layer *ly, const float *x, int64_t s, float *out, int isa,
+                       dsv3_error *err)
+{
+    if (ly->is_moe)
+        return dsv3_moe_forward(&m->router, &ly->moe, m->cfg.hidden_size, x, s, out, isa, err);
+    return dsv3_mlp_forward(&ly->mlp, x, s, out, isa, err);
+}
+
+/* h [s, hidden] in place: h += attn(ln1(h)); h += ffn(ln2(h)). tmp: 2 * s * hidden floats. */
+static dsv3_status decoder_layer(dsv3_model *m, dsv3_layer *ly, float *h, int64_t s, int64_t start, int use_cache,
+                                 float *tmp, int isa, dsv3_error *err)
+{
+    const int64_t D = m->cfg.hidden_size, n = s * D;
+    float *a = tmp, *b = tmp + n;
+    dsv3_rmsnorm_f32(h, s, D, ly->input_layernorm.f32, m->cfg.rms_norm_eps, a);
+    dsv3_status st = attention(m, ly, a, s, start, use_cache, b, isa, err);
+    if (st != DSV3_OK)
+        return st;
+    for (int64_t i = 0; i < n; i++)
+        h[i] = h[i] + b[i];
+    dsv3_rmsnorm_f32(h, s, D, ly->post_attention_layernorm.f32, m->cfg.rms_norm_eps, a);
+    st = ffn(m, ly, a, s, b, isa, err);
+    for (int64_t i = 0; st == DSV3_OK && i < n; i++)
+        h[i] = h[i] + b[i];
+    return st;
+}
+
+static void embed_rows(const dsv3_model *m, const int64_t *ids, int64_t s, float *h)
+{
+    const int64_t D = m->cfg.hidden_size;
+    for (int64_t i = 0; i < s; i++) {
+        if (m->embed.fmt == DSV3_FMT_F32) {
+            memcpy(h + i * D, (const float *)m->embed.data + ids[i] * D, (size_t)D * sizeof(float));
+        } else {
+            const uint16_t *r = (const uint16_t *)m->embed.data + ids[i] * D;
+            for (int64_t j = 0; j < D; j++)
+                h[i * D + j] = dsv3_bf16_to_f32(r[j]);
+        }
+    }
+}
+
+dsv3_status dsv3_model_forward(dsv3_model *m, const int64_t *ids, int64_t s, float *logits, int isa,
+                               dsv3_error *err)
+{
+    dsv3_status st = need_prepared(m, err);
+    if (st != DSV3_OK)
+        return st;
+    const dsv3_model_config *c = &m->cfg;
+    if (s <= 0)
+        return dsv3_fail(err, DSV3_E_VALUE, "forward needs at least one token");
+    if (s > m->capacity - m->cache_len)
+        return dsv3_fail(err, DSV3_E_VALUE,
+                         "%lld tokens do not fit in the cache: %lld of %lld positions used (max_seq_len); "
+                         "call reset() or build the model with a larger max_seq_len",
+                         (long long)s, (long long)m->cache_len, (long long)m->capacity);
+    for (int64_t i = 0; i < s; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab_size)
+            return dsv3_fail(err, DSV3_E_VALUE, "token id %lld at position %lld is out of range [0, %lld)",
+                             (long long)ids[i], (long long)i, (long long)c->vocab_size);
+    for (int64_t l = 0; l < c->num_hidden_layers; l++)
+        if (m->layers[l].cache_rows != m->cache_len)
+            return dsv3_fail(err, DSV3_E_VALUE, "the cache of layer %lld was changed by run_module(use_cache=True); "
+                             "call reset() before forward", (long long)l);
+    const int64_t D = c->hidden_size;
+    float *h = dsv3_alloc((size_t)(3 * s * D) * sizeof(float));
+    if (!h)
+        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for %lld tokens", (long long)s);
+    embed_rows(m, ids, s, h);
+    for (int64_t l = 0; l < c->num_hidden_layers && st == DSV3_OK; l++)
+        st = decoder_layer(m, &m->layers[l], h, s, m->cache_len, 1, h + s * D, isa, err);
+    if (st == DSV3_OK) {
+        dsv3_rmsnorm_f32(h, s, D, m->norm.f32, c->rms_norm_eps, h + s * D);
+        st = dsv3_linear(h + s * D, s, c->tie_word_embeddings ? &m->embed : &m->lm_head, NULL, logits, isa, err);
+    }
+    dsv3_free(h);
+    if (st == DSV3_OK) {
+        m->cache_len += s;
+    } else { /* a failed step leaves the cache as it was */
+        for (int64_t l = 0; l < c->num_hidden_layers; l++)
+            m->layers[l].cache_rows = m->cache_len;
+    }
+    return st;
+}
+
+void dsv3_model_reset(dsv3_model *m)
+{
+    m->cache_len = 0;
+    for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++)
+        m->layers[l].cache_rows = 0;
+}
+
+/* ---- probes ---- */
+static dsv3_status probe_layer(dsv3_model *m, int64_t layer, int need_moe, dsv3_layer **out, dsv3_error *err)
+{
+    dsv3_status st = need_prepared(m, err);
+    if (st != DSV3_OK)
+        return st;
+    if (layer < 0 || layer >= m->cfg.num_hidden_layers)
+        return dsv3_fail(err, DSV3_E_VALUE, "layer %lld out of range [0, %lld)", (long long)layer,
+                         (long long)m->cfg.num_hidden_layers);
+    if (need_moe && !m->layers[layer].is_moe)
+        return dsv3_fail(err, DSV3_E_VALUE, "layer %lld is dense (first_k_dense_replace = %lld): no router or experts",
+                         (long long)layer, (long long)m->cfg.first_k_dense_replace);
+    *out = &m->layers[layer];
+    return DSV3_OK;
+}
+
+dsv3_status dsv3_model_run_module(dsv3_model *m, dsv3_module_kind kind, int64_t layer, const float *x,
+                                  int64_t s, int64_t start_pos, int use_cache, float *out, int isa,
+                                  dsv3_error *err)
+{
+    const int64_t D = m->cfg.hidden_size;
+    dsv3_layer *ly = NULL;
+    if (s <= 0)
+        return dsv3_fail(err, DSV3_E_VALUE, "run_module needs at least one token");
+    if (kind == DSV3_MOD_FINAL_NORM) {
+        dsv3_status st = need_prepared(m, err);
+        if (st == DSV3_OK)
+            dsv3_rmsnorm_f32(x, s, D, m->norm.f32, m->cfg.rms_norm_eps, out);
+        return st;
+    }
+    dsv3_status st = probe_layer(m, layer, kind == DSV3_MOD_SHARED_EXPERTS, &ly, err);
+    if (st != DSV3_OK)
+        return st;
+    if (kind == DSV3_MOD_ATTENTION || kind == DSV3_MOD_DECODER_LAYER) {
+        if (start_pos < 0 || (use_cache && start_pos > ly->cache_rows))
+            return dsv3_fail(err, DSV3_E_VALUE, "start_pos %lld: layer %lld has %lld cached tokens%s",
+                             (long long)start_pos, (long long)layer, (long long)ly->cache_rows,
+                             use_cache ? " (start_pos must not exceed them)" : "");
+        if (start_pos > m->capacity - s)
+            return dsv3_fail(err, DSV3_E_VALUE, "start_pos %lld + %lld tokens exceeds max_seq_len %lld",
+                             (long long)start_pos, (long long)s, (long long)m->capacity);
+    }
+    switch (kind) {
+    case DSV3_MOD_INPUT_LAYERNORM:
+        dsv3_rmsnorm_f32(x, s, D, ly->input_layernorm.f32, m->cfg.rms_norm_eps, out);
+        return DSV3_OK;
+    case DSV3_MOD_POST_ATTENTION_LAYERNORM:
+        dsv3_rmsnorm_f32(x, s, D, ly->post_attention_layernorm.f32, m->cfg.rms_norm_eps, out);
+        return DSV3_OK;
+    case DSV3_MOD_ATTENTION:
+        return attention(m, ly, x, s, start_pos, use_cache, out, isa, err);
+    case DSV3_MOD_MLP:
+        return ffn(m, ly, x, s, out, isa, err);
+    case DSV3_MOD_SHARED_EXPERTS:
+        if (!ly->moe.has_shared) {
+            memset(out, 0, (size_t)(s * D) * sizeof(float));
+            return DSV3_OK;
+        }
+        return dsv3_mlp_forward(&ly->moe.shared, x, s, out, isa, err);
+    case DSV3_MOD_DECODER_LAYER: {
+        float *tmp = dsv3_alloc((size_t)(2 * s * D) * sizeof(float));
+        if (!tmp)
+            return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for %lld tokens", (long long)s);
+        memcpy(out, x, (size_t)(s * D) * sizeof(float));
+        st = decoder_layer(m, ly, out, s, start_pos, use_cache, tmp, isa, err);
+        dsv3_free(tmp);
+        return st;
+    }
+    default:
+        return dsv3_fail(err, DSV3_E_VALUE, "unknown module kind %d", (int)kind);
+    }
+}
+
+dsv3_status dsv3_model_route(dsv3_model *m, int64_t layer, const float *x, int64_t s, float *weights,
+                             int64_t *indices, int isa, dsv3_error *err)
+{
+    dsv3_layer *ly = NULL;
+    dsv3_status st = probe_layer(m, layer, 1, &ly, err);
+    if (st != DSV3_OK)
+        return st;
+    return dsv3_moe_route(&m->router, &ly->moe, x, s, weights, indices, isa, err);
+}
+
+dsv3_status dsv3_model_experts(dsv3_model *m, int64_t layer, const float *x, int64_t s, const int64_t *indices,
+                               const float *weights, float *out, int isa, dsv3_error *err)
+{
+    dsv3_layer *ly = NULL;
+    dsv3_status st = probe_layer(m, layer, 1, &ly, err);
+    if (st != DSV3_OK)
+        return st;
+    return dsv3_moe_experts(&m->router, &ly->moe, m->cfg.hidden_size, x, s, indices, weights, out, isa, err);
+}
+
+dsv3_status dsv3_model_rope(const dsv3_model *m, const int64_t *pos, int64_t n, float *cos_out, float *sin_out,
+                            dsv3_error *err)
+{
+    const int64_t half = m->cfg.qk_rope_head_dim / 2, dim = 2 * half;
+    float *cs = dsv3_alloc((size_t)(2 * n * half + 1) * sizeof(float));
+    if (!cs)
+        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for rope tables");
+    dsv3_rope_cos_sin(pos, n, m->inv_freq, half, m->cfg.rope_attention_scaling, cs, cs + n * half);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < dim; j++) {
+            cos_out[i * dim + j] = cs[i * half + j % half];
+            sin_out[i * dim + j] = cs[n * half + i * half + j % half];
+        }
+    dsv3_free(cs);
+    return DSV3_OK;
+}

@@ -1,0 +1,268 @@
+/* Model construction: config checks, the table of tensor slots, preparation and teardown. */
+#include "dsv3_model.h"
+#include "dsv3_dtypes.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static dsv3_status check_config(const dsv3_model_config *c, dsv3_error *err)
+{
+#define POS(f) if (c->f <= 0) return dsv3_fail(err, DSV3_E_VALUE, #f " must be positive, got %lld", (long long)c->f)
+#define NONNEG(f) if (c->f < 0) return dsv3_fail(err, DSV3_E_VALUE, #f " must be >= 0, got %lld", (long long)c->f)
+    POS(vocab_size); POS(hidden_size); POS(num_hidden_layers); POS(num_attention_heads); POS(kv_lora_rank);
+    POS(qk_rope_head_dim); POS(v_head_dim); NONNEG(qk_nope_head_dim); NONNEG(q_lora_rank);
+    NONNEG(first_k_dense_replace); NONNEG(n_shared_experts);
+#undef POS
+#undef NONNEG
+    if (c->qk_rope_head_dim % 2 || c->qk_rope_head_dim > 512)
+        return dsv3_fail(err, DSV3_E_VALUE, "qk_rope_head_dim must be even and <= 512, got %lld",
+                         (long long)c->qk_rope_head_dim);
+    if (c->first_k_dense_replace > 0 && c->intermediate_size <= 0)
+        return dsv3_fail(err, DSV3_E_VALUE, "intermediate_size must be positive, got %lld",
+                         (long long)c->intermediate_size);
+    if (!c->rope_inv_freq)
+        return dsv3_fail(err, DSV3_E_VALUE, "rope_inv_freq is missing");
+    const int64_t big = (int64_t)1 << 40;
+    if (c->num_attention_heads * (c->qk_nope_head_dim + c->qk_rope_head_dim + c->v_head_dim) > big ||
+        c->vocab_size * c->hidden_size > big)
+        return dsv3_fail(err, DSV3_E_VALUE, "config dimensions overflow (heads * head dims or vocab * hidden)");
+    if (c->first_k_dense_replace < c->num_hidden_layers) {
+        if (c->moe_intermediate_size <= 0)
+            return dsv3_fail(err, DSV3_E_VALUE, "moe_intermediate_size must be positive, got %lld",
+                             (long long)c->moe_intermediate_size);
+        dsv3_router_spec r = {c->n_routed_experts, c->num_experts_per_tok, c->n_group, c->topk_group,
+                              c->scoring_func, c->topk_method, c->norm_topk_prob, c->routed_scaling_factor,
+                              c->group_mask_value};
+        return dsv3_router_check(&r, err);
+    }
+    return DSV3_OK;
+}
+
+dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, dsv3_attn_mode mode,
+                              dsv3_model **out, dsv3_error *err)
+{
+    *out = NULL;
+    dsv3_status st = check_config(cfg, err);
+    if (st != DSV3_OK)
+        return st;
+    if (capacity <= 0 || capacity > ((int64_t)1 << 32))
+        return dsv3_fail(err, DSV3_E_VALUE, "max_seq_len must be in 1..2^32, got %lld", (long long)capacity);
+    if (mode != DSV3_ATTN_ABSORBED && mode != DSV3_ATTN_NAIVE)
+        return dsv3_fail(err, DSV3_E_VALUE, "attention mode must be absorbed or naive");
+    dsv3_model *m = dsv3_alloc(sizeof *m);
+    if (!m)
+        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the model");
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    m->capacity = capacity;
+    m->attn_mode = mode;
+    const int64_t L = cfg->num_hidden_layers, half = cfg->qk_rope_head_dim / 2;
+    m->inv_freq = dsv3_alloc((size_t)half * sizeof(float));
+    m->layers = dsv3_alloc((size_t)L * sizeof(dsv3_layer));
+    if (!m->inv_freq || !m->layers)
+        goto nomem;
+    memcpy(m->inv_freq, cfg->rope_inv_freq, (size_t)half * sizeof(float));
+    m->cfg.rope_inv_freq = m->inv_freq;
+    memset(m->layers, 0, (size_t)L * sizeof(dsv3_layer));
+    for (int64_t l = 0; l < L; l++) {
+        dsv3_layer *ly = &m->layers[l];
+        ly->is_moe = l >= cfg->first_k_dense_replace;
+        if (ly->is_moe) {
+            ly->moe.experts = dsv3_alloc((size_t)cfg->n_routed_experts * sizeof(dsv3_mlp_weights));
+            if (!ly->moe.experts)
+                goto nomem;
+            memset(ly->moe.experts, 0, (size_t)cfg->n_routed_experts * sizeof(dsv3_mlp_weights));
+            ly->moe.has_shared = cfg->n_shared_experts > 0;
+        }
+    }
+    m->mla = (dsv3_mla_dims){cfg->hidden_size, cfg->num_attention_heads, cfg->q_lora_rank, cfg->kv_lora_rank,
+                             cfg->qk_nope_head_dim, cfg->qk_rope_head_dim, cfg->v_head_dim, cfg->softmax_scale,
+                             cfg->rope_interleave, cfg->attention_bias};
+    m->router = (dsv3_router_spec){cfg->n_routed_experts, cfg->num_experts_per_tok, cfg->n_group, cfg->topk_group,
+                                   cfg->scoring_func, cfg->topk_method, cfg->norm_topk_prob,
+                                   cfg->routed_scaling_factor, cfg->group_mask_value};
+    *out = m;
+    return DSV3_OK;
+nomem:
+    dsv3_model_free(m);
+    return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the model's layer table");
+}
+
+static void free_vec(dsv3_vec *v)
+{
+    dsv3_free(v->f32);
+    v->f32 = NULL;
+}
+
+void dsv3_model_free(dsv3_model *m)
+{
+    if (!m)
+        return;
+    for (int64_t l = 0; m->layers && l < m->cfg.num_hidden_layers; l++) {
+        dsv3_layer *ly = &m->layers[l];
+        dsv3_vec *vecs[] = {&ly->input_layernorm, &ly->post_attention_layernorm, &ly->attn.q_a_layernorm,
+                            &ly->attn.kv_a_layernorm, &ly->attn.q_a_bias, &ly->attn.kv_a_bias, &ly->attn.o_bias,
+                            &ly->moe.bias};
+        for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++)
+            free_vec(vecs[i]);
+        dsv3_free(ly->attn.w_uk);
+        dsv3_free(ly->attn.w_uv);
+        dsv3_free(ly->moe.experts);
+        dsv3_free(ly->cache);
+    }
+    free_vec(&m->norm);
+    dsv3_free(m->layers);
+    dsv3_free(m->inv_freq);
+    dsv3_free(m);
+}
+
+/* ---- the slot table ---- */
+typedef struct {
+    dsv3_tensor_slot *out;
+    int64_t n;
+} slot_list;
+
+static void add(slot_list *s, dsv3_weight *w, int64_t n, int64_t k, int is_vector, int optional, const char *fmt,
+                int64_t a, int64_t b)
+{
+    if (s->out) {
+        dsv3_tensor_slot *t = &s->out[s->n];
+        snprintf(t->name, sizeof t->name, fmt, (long long)a, (long long)b);
+        t->n = n;
+        t->k = k;
+        t->is_vector = is_vector;
+        t->optional = optional;
+        t->weight = w;
+    }
+    s->n++;
+}
+
+#define MAT(w, n, k, name) add(s, (w), (n), (k), 0, 0, "model.layers.%lld." name, l, 0)
+#define VEC(v, n, name) add(s, &(v)->src, 1, (n), 1, 0, "model.layers.%lld." name, l, 0)
+
+static void attention_slots(slot_list *s, const dsv3_model_config *c, dsv3_mla_weights *a, int64_t l)
+{
+    const int64_t H = c->num_attention_heads, qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    const int64_t R = c->kv_lora_rank, Q = c->q_lora_rank, D = c->hidden_size;
+    if (Q > 0) {
+        MAT(&a->q_a_proj, Q, D, "self_attn.q_a_proj.weight");
+        VEC(&a->q_a_layernorm, Q, "self_attn.q_a_layernorm.weight");
+        MAT(&a->q_b_proj, H * qk, Q, "self_attn.q_b_proj.weight");
+        if (c->attention_bias)
+            VEC(&a->q_a_bias, Q, "self_attn.q_a_proj.bias");
+    } else {
+        MAT(&a->q_proj, H * qk, D, "self_attn.q_proj.weight");
+    }
+    MAT(&a->kv_a_proj, R + c->qk_rope_head_dim, D, "self_attn.kv_a_proj_with_mqa.weight");
+    VEC(&a->kv_a_layernorm, R, "self_attn.kv_a_layernorm.weight");
+    MAT(&a->kv_b_proj, H * (c->qk_nope_head_dim + c->v_head_dim), R, "self_attn.kv_b_proj.weight");
+    MAT(&a->o_proj, D, H * c->v_head_dim, "self_attn.o_proj.weight");
+    if (c->attention_bias) {
+        VEC(&a->kv_a_bias, R + c->qk_rope_head_dim, "self_attn.kv_a_proj_with_mqa.bias");
+        VEC(&a->o_bias, D, "self_attn.o_proj.bias");
+    }
+}
+
+static void mlp_slots(slot_list *s, dsv3_mlp_weights *w, int64_t I, int64_t D, const char *prefix, int64_t l,
+                      int64_t e)
+{
+    char fmt[96];
+    const char *names[3] = {"gate_proj", "up_proj", "down_proj"};
+    dsv3_weight *ws[3] = {&w->gate, &w->up, &w->down};
+    for (int i = 0; i < 3; i++) {
+        snprintf(fmt, sizeof fmt, "model.layers.%%lld.%s.%s.weight", prefix, names[i]);
+        add(s, ws[i], i < 2 ? I : D, i < 2 ? D : I, 0, 0, fmt, l, e);
+    }
+}
+
+int64_t dsv3_model_slots(dsv3_model *m, dsv3_tensor_slot *out)
+{
+    const dsv3_model_config *c = &m->cfg;
+    const int64_t D = c->hidden_size, V = c->vocab_size, E = c->n_routed_experts;
+    slot_list list = {out, 0}, *s = &list;
+    add(s, &m->embed, V, D, 0, 0, "model.embed_tokens.weight", 0, 0);
+    add(s, &m->norm.src, 1, D, 1, 0, "model.norm.weight", 0, 0);
+    add(s, &m->lm_head, V, D, 0, c->tie_word_embeddings, "lm_head.weight", 0, 0);
+    for (int64_t l = 0; l < c->num_hidden_layers; l++) {
+        dsv3_layer *ly = &m->layers[l];
+        VEC(&ly->input_layernorm, D, "input_layernorm.weight");
+        VEC(&ly->post_attention_layernorm, D, "post_attention_layernorm.weight");
+        attention_slots(s, c, &ly->attn, l);
+        if (!ly->is_moe) {
+            mlp_slots(s, &ly->mlp, c->intermediate_size, D, "mlp", l, 0);
+            continue;
+        }
+        MAT(&ly->moe.gate, E, D, "mlp.gate.weight");
+        if (c->topk_method == DSV3_TOPK_NOAUX_TC || c->topk_method == DSV3_TOPK_NOAUX)
+            VEC(&ly->moe.bias, E, "mlp.gate.e_score_correction_bias");
+        for (int64_t e = 0; e < E; e++)
+            mlp_slots(s, &ly->moe.experts[e], c->moe_intermediate_size, D, "mlp.experts.%lld", l, e);
+        if (ly->moe.has_shared)
+            mlp_slots(s, &ly->moe.shared, c->moe_intermediate_size * c->n_shared_experts, D, "mlp.shared_experts",
+                      l, 0);
+    }
+    return list.n;
+}
+#undef MAT
+#undef VEC
+
+/* ---- preparation ---- */
+static dsv3_status vec_to_f32(dsv3_vec *v, dsv3_error *err)
+{
+    if (!v->src.data)
+        return DSV3_OK;
+    const int64_t n = v->src.k;
+    float *f = dsv3_alloc((size_t)n * sizeof(float));
+    if (!f)
+        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory converting a 1-D parameter");
+    for (int64_t i = 0; i < n; i++)
+        f[i] = v->src.fmt == DSV3_FMT_BF16 ? dsv3_bf16_to_f32(((const uint16_t *)v->src.data)[i])
+                                           : ((const float *)v->src.data)[i];
+    dsv3_free(v->f32);
+    v->f32 = f;
+    return DSV3_OK;
+}
+
+dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err)
+{
+    const int64_t count = dsv3_model_slots(m, NULL);
+    dsv3_tensor_slot *slots = dsv3_alloc((size_t)count * sizeof *slots);
+    if (!slots)
+        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory listing %lld tensors", (long long)count);
+    dsv3_model_slots(m, slots);
+    dsv3_status st = DSV3_OK;
+    for (int64_t i = 0; i < count && st == DSV3_OK; i++) {
+        const dsv3_tensor_slot *t = &slots[i];
+        const dsv3_weight *w = t->weight;
+        if (!w->data) {
+            if (!t->optional)
+                st = dsv3_fail(err, DSV3_E_VALUE, "missing tensor %s", t->name);
+        } else if (w->n != t->n || w->k != t->k) {
+            st = dsv3_fail(err, DSV3_E_VALUE, "tensor %s: expected shape [%lld, %lld], got [%lld, %lld]", t->name,
+                           (long long)t->n, (long long)t->k, (long long)w->n, (long long)w->k);
+        } else if ((t->is_vector || w == &m->embed) && w->fmt != DSV3_FMT_F32 && w->fmt != DSV3_FMT_BF16) {
+            st = dsv3_fail(err, DSV3_E_TYPE, "tensor %s must be float32 or bfloat16", t->name);
+        } else if (t->is_vector) {
+            st = vec_to_f32((dsv3_vec *)(void *)w, err); /* src is the first member of dsv3_vec */
+        }
+    }
+    dsv3_free(slots);
+    const int64_t row = m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim;
+    for (int64_t l = 0; l < m->cfg.num_hidden_layers && st == DSV3_OK; l++) {
+        dsv3_layer *ly = &m->layers[l];
+        if (m->attn_mode == DSV3_ATTN_ABSORBED)
+            st = dsv3_mla_absorb(&m->mla, &ly->attn, isa, err);
+        if (st != DSV3_OK)
+            break;
+        dsv3_free(ly->cache);
+        size_t bytes;
+        if (!dsv3_mul_size((size_t)m->capacity, (size_t)row * sizeof(float), &bytes) ||
+            !(ly->cache = dsv3_alloc(bytes)))
+            st = dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the latent cache (%lld tokens x %lld values)",
+                           (long long)m->capacity, (long long)row);
+        ly->cache_rows = 0;
+    }
+    m->cache_len = 0;
+    m->prepared = st == DSV3_OK;
+    return st;
+}

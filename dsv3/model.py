@@ -1,0 +1,251 @@
+"""The DeepSeek-V3-family causal LM on the C core: load, forward, generate, per-module probes.
+
+A forward pass (prefill or one decode step, all layers) is one C call with the GIL released; the
+KV cache is the compressed latent cache ([kv_lora_rank | qk_rope_head_dim] values per token and
+layer), so it costs 576 floats per token per layer for DeepSeek-V3.
+"""
+import os
+import warnings
+
+import ml_dtypes
+import numpy as np
+
+from ._native import lib
+
+__all__ = ["Model"]
+
+_KINDS = ("input_layernorm", "post_attention_layernorm", "attention", "mlp", "router", "experts",
+          "shared_experts", "decoder_layer", "final_norm")
+# transformers keeps the router in float32 whatever the model dtype (_keep_in_fp32_modules_strict)
+_KEEP_F32 = (".mlp.gate.weight", ".mlp.gate.e_score_correction_bias")
+_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+
+
+def _native_config(config):
+    if hasattr(config, "to_native"):
+        return dict(config.to_native())
+    if isinstance(config, dict):
+        return dict(config)
+    raise TypeError(f"config must be a DeepseekConfig (with .to_native()) or a native dict, "
+                    f"got {type(config).__name__}")
+
+
+def _config_attr(config, name, default=None):
+    if isinstance(config, dict):
+        return config.get(name, default)
+    return getattr(config, name, default)
+
+
+def _prepare_tensor(name, value, dtype):
+    """numpy array or QuantizedTensor -> what the binding accepts; returns (value, numel, nbytes, fmt)."""
+    if hasattr(value, "to_native") and hasattr(value, "fmt"):
+        shape = tuple(value.shape)
+        return value.to_native(), int(np.prod(shape)), int(value.nbytes), str(value.fmt)
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"tensor {name}: expected a numpy array or QuantizedTensor, got {type(value).__name__}")
+    target = None
+    if dtype is not None and not name.endswith(_KEEP_F32):
+        target = _DTYPES[dtype]
+    elif value.dtype not in (np.float32, ml_dtypes.bfloat16):
+        if value.dtype.kind != "f":
+            raise TypeError(f"tensor {name}: dtype {value.dtype} is not a floating type "
+                            "(expected float32 or bfloat16)")
+        target = np.float32
+    if name.endswith(_KEEP_F32) and value.dtype != np.float32:
+        target = np.float32
+    if target is not None and value.dtype != target:
+        value = value.astype(target)
+    value = np.ascontiguousarray(value)
+    return value, int(value.size), int(value.nbytes), str(value.dtype)
+
+
+class Model:
+    """A DeepSeek-V3-family model (V2, V3, R1, Kimi-K2, Moonlight) running on the C core.
+
+    Build it with :meth:`from_pretrained` (a checkpoint directory) or :meth:`from_tensors`
+    (a config and a dict of canonical tensors). ``forward`` appends tokens to the latent KV cache
+    and returns float32 logits; ``reset`` empties the cache; ``generate`` decodes greedily or by
+    seeded sampling. ``run_module`` and ``rope_cos_sin`` run single modules for parity checks.
+    """
+
+    def __init__(self, native, config, info):
+        self._native = native
+        self.config = config
+        self._info = info
+        self._eos = _config_attr(config, "eos_token_id")
+
+    # ---- construction ----
+    @classmethod
+    def from_tensors(cls, config, tensors, dtype=None, attention="absorbed", max_seq_len=4096):
+        """Build a model from a config and a dict ``canonical name -> tensor``.
+
+        config: a ``DeepseekConfig`` (anything with ``.to_native()``) or the native dict itself.
+        tensors: numpy float32 / bfloat16 arrays (other float dtypes are converted to float32) or
+        ``dsv3.quant.QuantizedTensor`` values, named as in COMMON.md's canonical list. The model
+        reads the arrays in place and keeps references to them.
+        dtype: None (keep), "float32" or "bfloat16": convert every numpy array at load (the
+        router's gate and correction bias stay float32, as in transformers; QuantizedTensor
+        values keep their format).
+        attention: "absorbed" (latent-space attention) or "naive" (expanded K/V, transformers' way).
+        max_seq_len: KV cache capacity in tokens.
+        """
+        if dtype is not None and dtype not in _DTYPES:
+            raise ValueError(f"dtype must be None, 'float32' or 'bfloat16', got {dtype!r}")
+        if attention not in ("absorbed", "naive"):
+            raise ValueError(f"attention must be 'absorbed' or 'naive', got {attention!r}")
+        if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, (int, np.integer)) or max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
+        if not isinstance(tensors, dict):
+            tensors = dict(tensors)
+        native_cfg = _native_config(config)
+        prepared, numel, nbytes, fmts = {}, 0, 0, {}
+        for name, value in tensors.items():
+            v, n, b, f = _prepare_tensor(name, value, dtype)
+            prepared[name] = v
+            numel += n
+            nbytes += b
+            fmts[f] = fmts.get(f, 0) + b
+        native = lib.Model(native_cfg, prepared, int(max_seq_len), attention)
+        info = {"params": numel, "bytes": nbytes, "formats": fmts, "attention": attention}
+        return cls(native, config, info)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None, attention="absorbed", max_seq_len=4096):
+        """Load a checkpoint directory (HF layouts, DeepSeek FP8, NVFP4 or converted dsv3)."""
+        from .checkpoint import open_checkpoint  # the io module; imported lazily
+
+        ckpt = open_checkpoint(path)
+        model = cls.from_tensors(ckpt.config, dict(ckpt.canonical_tensors()), dtype=dtype,
+                                 attention=attention, max_seq_len=max_seq_len)
+        model._checkpoint = ckpt  # keeps memory-mapped shards open
+        return model
+
+    # ---- running ----
+    @staticmethod
+    def _ids(input_ids):
+        ids = np.asarray(input_ids)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"input_ids must be integers, got dtype {ids.dtype}")
+        if ids.ndim != 1:
+            raise ValueError(f"input_ids must be 1-dimensional [S], got shape {ids.shape}")
+        return np.ascontiguousarray(ids, dtype=np.int64)
+
+    def forward(self, input_ids):
+        """Run tokens after the cached ones; returns float32 logits [S, vocab]. One C call."""
+        return self._native.forward(self._ids(input_ids))
+
+    __call__ = forward
+
+    def reset(self):
+        """Empty the KV cache."""
+        self._native.reset()
+
+    @property
+    def cache_len(self):
+        """Tokens currently in the KV cache."""
+        return self._native.cache_len
+
+    @property
+    def max_seq_len(self):
+        """KV cache capacity in tokens."""
+        return self._native.capacity
+
+    def generate(self, input_ids, max_new_tokens, temperature=0.0, top_k=None, top_p=None, seed=None,
+                 eos_token_id=None):
+        """Generate up to ``max_new_tokens`` tokens after ``input_ids``; returns the new ids (int64).
+
+        Starts from an empty cache (calls ``reset()``). temperature 0 is greedy (argmax, first
+        maximum); otherwise tokens are sampled in C from softmax(logits / temperature) limited to
+        ``top_k`` and ``top_p``, from a stream seeded by ``seed`` (random when None).
+        Stops after an end-of-sequence token (``eos_token_id``, default the config's; it is
+        included in the result). When the cache is full, generation stops early with a
+        ``RuntimeWarning``; a prompt that does not fit raises ``ValueError``.
+        """
+        ids = self._ids(input_ids)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+                or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        if not temperature >= 0.0:
+            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+        if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+            raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
+        if len(ids) == 0:
+            raise ValueError("input_ids must hold at least one token")
+        if len(ids) > self.max_seq_len:
+            raise ValueError(f"prompt of {len(ids)} tokens does not fit in max_seq_len {self.max_seq_len}")
+        eos = self._eos if eos_token_id is None else eos_token_id
+        eos = set() if eos is None else set([eos] if isinstance(eos, (int, np.integer)) else eos)
+        state = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed) & (2**64 - 1)
+        self.reset()
+        out = []
+        logits = self.forward(ids)[-1]
+        for step in range(max_new_tokens):
+            tok, state = lib.sample(np.ascontiguousarray(logits), float(temperature), int(top_k or 0),
+                                    float(1.0 if top_p is None else top_p), state)
+            out.append(tok)
+            if tok in eos or step == max_new_tokens - 1:
+                break
+            if self.cache_len >= self.max_seq_len:
+                warnings.warn(f"generate: KV cache full ({self.max_seq_len} tokens, max_seq_len); "
+                              f"stopped after {len(out)} new tokens", RuntimeWarning, stacklevel=2)
+                break
+            logits = self.forward(np.array([tok], dtype=np.int64))[-1]
+        return np.array(out, dtype=np.int64)
+
+    # ---- probes ----
+    def run_module(self, kind, layer, x, **kw):
+        """Run one module of one layer on hidden states x (float32 [S, hidden]).
+
+        kind: "input_layernorm", "post_attention_layernorm", "final_norm" (layer ignored),
+        "attention" and "decoder_layer" (kw start_pos=0: position of x[0]; use_cache=False: when
+        True, read the layer's cached rows [0, start_pos) and write rows for x — call reset()
+        before the next forward), "mlp" (dense MLP, or routed + shared experts in MoE layers),
+        "router" -> (weights float32 [S, k], indices int64 [S, k]), "experts" (kw indices,
+        weights [S, k]: routed experts only), "shared_experts".
+        """
+        if kind not in _KINDS:
+            raise ValueError(f"unknown module kind {kind!r}; expected one of {', '.join(_KINDS)}")
+        allowed = {"attention": {"start_pos", "use_cache"}, "decoder_layer": {"start_pos", "use_cache"},
+                   "experts": {"indices", "weights"}}.get(kind, set()) | {"isa"}
+        bad = set(kw) - allowed
+        if bad:
+            raise TypeError(f"run_module({kind!r}) got unexpected keyword(s) {sorted(bad)}")
+        if kind == "experts":
+            kw["indices"] = np.ascontiguousarray(kw.get("indices"), dtype=np.int64) \
+                if kw.get("indices") is not None else None
+            kw["weights"] = np.ascontiguousarray(kw.get("weights"), dtype=np.float32) \
+                if kw.get("weights") is not None else None
+        if layer is None:
+            layer = 0
+        return self._native.run_module(kind, int(layer), x, **kw)
+
+    def rope_cos_sin(self, positions):
+        """(cos, sin) float32 [n, qk_rope_head_dim] for positions, as transformers' rotary module."""
+        return self._native.rope_cos_sin(np.ascontiguousarray(positions, dtype=np.int64))
+
+    # ---- description ----
+    @property
+    def num_parameters(self):
+        return self._info["params"]
+
+    @property
+    def nbytes(self):
+        return self._info["bytes"]
+
+    def __repr__(self):
+        c = _native_config(self.config)
+        layers, dense = c["num_hidden_layers"], min(c["first_k_dense_replace"], c["num_hidden_layers"])
+        moe = layers - dense
+        arch = _config_attr(self.config, "model_type", None) or "deepseek"
+        fmts = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in
+                         sorted(self._info["formats"].items(), key=lambda kv: -kv[1]))
+        moe_txt = (f", {moe} MoE ({c['n_routed_experts']} experts, top-{c['num_experts_per_tok']}, "
+                   f"{c['n_shared_experts']} shared, {c['scoring_func']}/{c['topk_method']})") if moe else ""
+        p = self._info["params"]
+        ptxt = f"{p / 1e9:.2f}B" if p >= 1e9 else f"{p / 1e6:.2f}M"
+        return (f"dsv3.Model({arch}: {layers} layers ({dense} dense{moe_txt}), hidden {c['hidden_size']}, "
+                f"{c['num_attention_heads']} heads, vocab {c['vocab_size']}; {ptxt} params, "
+                f"{self._info['bytes'] / 2**20:.1f} MiB [{fmts}]; attention {self._info['attention']}, "
+                f"cache {self.cache_len}/{self.max_seq_len})")

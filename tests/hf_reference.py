@@ -1,0 +1,212 @@
+"""Test helper: tiny transformers DeepSeek models with seeded random weights, mapped to dsv3's
+canonical names, and an independent HF-config -> native-config conversion (cross-checks the io
+helper's DeepseekConfig.to_native() once both exist)."""
+import math
+
+import numpy as np
+import torch
+
+from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+# transformers' own tiny tester config (REFERENCE.md section 9)
+TINY = dict(vocab_size=99, hidden_size=32, intermediate_size=32, moe_intermediate_size=16, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=32,
+            v_head_dim=32, n_routed_experts=8, num_experts_per_tok=8, n_group=2, topk_group=1,
+            first_k_dense_replace=1, max_position_embeddings=512)
+
+YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "mscale": 1.0, "mscale_all_dim": 0.707,
+        "original_max_position_embeddings": 128, "beta_fast": 32.0, "beta_slow": 1.0}
+
+# name -> (model class, config overrides)
+CONFIGS = {
+    "tiny": ("v3", {}),
+    # group masking matters: 4 groups of 4, keep 2, top-3 of 16
+    "grouped": ("v3", dict(n_routed_experts=16, num_experts_per_tok=3, n_group=4, topk_group=2, n_shared_experts=2,
+                           num_hidden_layers=3, routed_scaling_factor=2.5)),
+    "yarn": ("v3", dict(rope_parameters=YARN, n_routed_experts=8, num_experts_per_tok=2)),
+    "no_q_lora": ("v3", dict(q_lora_rank=None, num_experts_per_tok=3)),
+    "half_split": ("v3", dict(rope_interleave=False, num_experts_per_tok=3)),
+    "kimi": ("v3", dict(n_group=1, topk_group=1, n_routed_experts=12, num_experts_per_tok=4,
+                        routed_scaling_factor=2.827, rope_parameters={"rope_type": "default", "rope_theta": 50000.0})),
+    "moonlight": ("v3", dict(q_lora_rank=None, n_group=1, topk_group=1, n_routed_experts=8, num_experts_per_tok=3,
+                             n_shared_experts=2, rms_norm_eps=1e-5, routed_scaling_factor=2.446,
+                             rope_parameters={"rope_type": "default", "rope_theta": 50000.0})),
+    "bias": ("v3", dict(attention_bias=True, num_experts_per_tok=3)),
+    "v2_lite": ("v2", dict(q_lora_rank=None, n_group=None, topk_group=None, topk_method="greedy", n_routed_experts=8,
+                           num_experts_per_tok=3, n_shared_experts=2, routed_scaling_factor=1.0, norm_topk_prob=False,
+                           rope_parameters=dict(YARN, mscale=0.707))),
+    "v2_grouped": ("v2", dict(n_group=4, topk_group=2, topk_method="group_limited_greedy", n_routed_experts=16,
+                              num_experts_per_tok=3, routed_scaling_factor=16.0)),
+}
+
+
+def hf_config(name):
+    kind, over = CONFIGS[name]
+    kw = dict(TINY)
+    kw.update(over)
+    cfg = (DeepseekV3Config if kind == "v3" else DeepseekV2Config)(**kw)
+    cfg._attn_implementation = "eager"
+    return cfg
+
+
+def build_hf(name, seed=0):
+    """A float32 transformers model with seeded random weights scaled so logits are not flat."""
+    cfg = hf_config(name)
+    torch.manual_seed(seed)
+    cls = DeepseekV3ForCausalLM if cfg.model_type == "deepseek_v3" else DeepseekV2ForCausalLM
+    model = cls(cfg).float().eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("norm.weight"):
+                p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
+            elif pname.endswith("embed_tokens.weight"):
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif pname.endswith("mlp.gate.weight"):
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+            elif pname.endswith(".bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                fan_in = p.shape[-1]
+                p.copy_(torch.randn(p.shape, generator=g) * (1.2 / math.sqrt(fan_in)))
+        for bname, b in model.named_buffers():
+            if bname.endswith("e_score_correction_bias"):
+                b.copy_(0.05 * torch.randn(b.shape, generator=g))
+    return model
+
+
+def canonical_tensors(model):
+    """state_dict -> canonical names (fused 5.x experts split into per-expert views)."""
+    out = {}
+    for name, t in model.state_dict().items():
+        a = t.detach().numpy()
+        if name.endswith("mlp.experts.gate_up_proj"):
+            base, inter = name[: -len("gate_up_proj")], a.shape[1] // 2
+            for e in range(a.shape[0]):
+                out[f"{base}{e}.gate_proj.weight"] = a[e, :inter]
+                out[f"{base}{e}.up_proj.weight"] = a[e, inter:]
+        elif name.endswith("mlp.experts.down_proj"):
+            base = name[: -len("down_proj")]
+            for e in range(a.shape[0]):
+                out[f"{base}{e}.down_proj.weight"] = a[e]
+        elif "rotary_emb" in name:
+            continue
+        else:
+            out[name] = a
+    if model.config.tie_word_embeddings:
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def yarn_get_mscale(scale, mscale=1.0):
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def native_config(cfg):
+    """HF config -> the native dict (keys of DeepseekConfig.to_native() in COMMON.md)."""
+    v3 = cfg.model_type == "deepseek_v3"
+    rp = dict(cfg.rope_parameters)
+    rope_type = rp.get("rope_type", "default")
+    if rope_type == "default":
+        dim = cfg.qk_rope_head_dim
+        inv_freq = 1.0 / (rp["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+        attn_scaling = 1.0
+    else:
+        inv_freq, attn_scaling = ROPE_INIT_FUNCTIONS[rope_type](cfg)
+    qk = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+    scale = qk ** -0.5
+    if rope_type != "default" and rp.get("mscale_all_dim"):
+        m = yarn_get_mscale(rp["factor"], rp["mscale_all_dim"])
+        scale = scale * m * m
+    return dict(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        moe_intermediate_size=cfg.moe_intermediate_size, num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads, q_lora_rank=cfg.q_lora_rank or 0,
+        kv_lora_rank=cfg.kv_lora_rank, qk_nope_head_dim=cfg.qk_nope_head_dim,
+        qk_rope_head_dim=cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim, n_routed_experts=cfg.n_routed_experts,
+        n_shared_experts=cfg.n_shared_experts, num_experts_per_tok=cfg.num_experts_per_tok,
+        n_group=cfg.n_group or 1, topk_group=cfg.topk_group or 1,
+        first_k_dense_replace=cfg.first_k_dense_replace,
+        norm_topk_prob=int(bool(cfg.norm_topk_prob)) if v3 else 0,  # V2 never renormalises
+        routed_scaling_factor=float(cfg.routed_scaling_factor), rms_norm_eps=float(cfg.rms_norm_eps),
+        rope_interleave=int(bool(cfg.rope_interleave)) if v3 else 1, attention_bias=int(bool(cfg.attention_bias)),
+        scoring_func="sigmoid" if v3 else "softmax", topk_method="noaux_tc" if v3 else cfg.topk_method,
+        group_mask_value=float("-inf") if v3 else 0.0, softmax_scale=float(scale),
+        rope_attention_scaling=float(attn_scaling),
+        rope_inv_freq=np.ascontiguousarray(inv_freq.numpy(), dtype=np.float32),
+        tie_word_embeddings=int(bool(cfg.tie_word_embeddings)),
+    )
+
+
+def build_pair(name, seed=0, attention="absorbed", max_seq_len=64):
+    """(transformers model, dsv3.Model) with the same weights."""
+    import dsv3
+
+    hf = build_hf(name, seed)
+    ours = dsv3.Model.from_tensors(native_config(hf.config), canonical_tensors(hf), attention=attention,
+                                   max_seq_len=max_seq_len)
+    return hf, ours
+
+
+def max_abs(a, b):
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+# ---- running single transformers modules ----
+def hf_rope(hf, start, n):
+    """What the HF decoder layers receive as position_embeddings for positions start..start+n-1."""
+    pos = torch.arange(start, start + n)[None]
+    dummy = torch.zeros(1, n, hf.config.hidden_size)
+    return hf.model.rotary_emb(dummy, pos)
+
+
+def causal_mask(s, past):
+    """Additive float mask [1, 1, s, past+s]: query i sees keys 0..past+i."""
+    t = past + s
+    allowed = torch.arange(t)[None, :] <= (past + torch.arange(s))[:, None]
+    mask = torch.zeros(s, t)
+    mask[~allowed] = torch.finfo(torch.float32).min
+    return mask[None, None]
+
+
+def hf_attention(hf, layer, x, start=0, cache=None):
+    """HF attention of `layer` on x [S, H] (numpy) at positions start..; cache: DynamicCache or None."""
+    s = x.shape[0]
+    past = start if cache is not None else 0
+    attn = hf.model.layers[layer].self_attn
+    with torch.no_grad():
+        out, _ = attn(hidden_states=torch.from_numpy(x)[None], position_embeddings=hf_rope(hf, start, s),
+                      attention_mask=causal_mask(s, past), cache=cache)
+    return out[0].numpy()
+
+
+def hf_decoder_layer(hf, layer, x, start=0, cache=None):
+    s = x.shape[0]
+    past = start if cache is not None else 0
+    with torch.no_grad():
+        out = hf.model.layers[layer](torch.from_numpy(x)[None], attention_mask=causal_mask(s, past),
+                                     position_ids=torch.arange(start, start + s)[None], cache=cache,
+                                     use_cache=cache is not None, position_embeddings=hf_rope(hf, start, s))
+    if isinstance(out, tuple):
+        out = out[0]
+    return out[0].numpy()
+
+
+def hf_logits(hf, ids):
+    with torch.no_grad():
+        return hf(torch.from_numpy(np.asarray(ids, dtype=np.int64))[None]).logits[0].numpy()
+
+
+def random_hidden(cfg, s, seed=0):
+    return np.random.default_rng(seed).standard_normal((s, cfg.hidden_size)).astype(np.float32)
+
+
+def assert_close(out, ref, rel=1e-5, what=""):
+    """|out - ref| <= rel * max(1, max|ref|) everywhere (f32 rounding level for these sizes)."""
+    ref = np.asarray(ref)
+    scale = max(1.0, float(np.max(np.abs(ref))))
+    err = max_abs(out, ref)
+    assert np.asarray(out).shape == ref.shape, (what, np.asarray(out).shape, ref.shape)
+    assert err <= rel * scale, f"{what}: max abs error {err:.3g} > {rel * scale:.3g}"
+    return err
