@@ -204,3 +204,21 @@ def test_demo_fails_on_broken_weights(monkeypatch):
     monkeypatch.setattr(parity, "run", broken)
     report = dsv3.demo.run(layout="hf", log=lambda *a: None)
     assert not report.passed
+
+
+def test_torch_is_imported_lazily_and_missing_torch_is_explained(python_run):
+    code = ("import sys\n"
+            "import dsv3.parity, dsv3.cli\n"
+            "dsv3.cli.build_parser()\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'imported eagerly'\n"
+            "sys.modules['torch'] = None  # as if not installed\n"
+            "try:\n"
+            "    dsv3.parity.run()\n"
+            "except ImportError as e:\n"
+            "    assert \"pip install 'dsv3[parity]'\" in str(e), e\n"
+            "else:\n"
+            "    raise SystemExit('no ImportError')\n"
+            "sys.exit(dsv3.cli.main(['parity']))\n")
+    p = python_run(code, env_extra={"PYTHONPATH": ROOT})
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "dsv3[parity]" in p.stderr
