@@ -9,11 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")  # the parity extra; the test extra installs it too
-import dsv3.cli  # noqa: E402
-import dsv3.parity as parity  # noqa: E402
-from dsv3 import parity_hf  # noqa: E402
-from dsv3.parity_report import tensor_metrics, tensor_row  # noqa: E402
+import dsv3.cli
+import dsv3.parity as parity
+from dsv3 import parity_hf
+from dsv3.parity_report import tensor_metrics, tensor_row
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
