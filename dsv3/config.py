@@ -248,7 +248,8 @@ class DeepseekConfig:
             "n_shared_experts": self.n_shared_experts, "num_experts_per_tok": self.num_experts_per_tok,
             "n_group": self.n_group, "topk_group": self.topk_group,
             "first_k_dense_replace": self.first_k_dense_replace,
-            "norm_topk_prob": int(self.norm_topk_prob),
+            # transformers' V2 router never renormalises, whatever the config says (parity target)
+            "norm_topk_prob": int(self.norm_topk_prob and self.model_type != "deepseek_v2"),
             "routed_scaling_factor": float(self.routed_scaling_factor),
             "rms_norm_eps": float(self.rms_norm_eps), "rope_interleave": int(self.rope_interleave),
             "attention_bias": int(self.attention_bias), "scoring_func": self.scoring_func,
