@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import ml_dtypes
 import numpy as np

@@ -17,6 +17,7 @@ from .writer import PARTIAL_SUFFIX, ShardWriter, hash_file_tensors, sha256_of
 log = logging.getLogger("dsv3.convert")
 FAIL_AFTER_ENV = "DSV3_CONVERT_FAIL_AFTER"  # test hook: exit abruptly after K written tensors
 QUANT_FORMATS = ("fp8_block", "nvfp4", "int8", "int4")
+CONVERTERS = 2  # items converted concurrently
 _NOT_COPIED = {"config.json", mf.INDEX, mf.MANIFEST, "hf_quant_config.json"}
 
 
@@ -111,9 +112,10 @@ def _shard_ok(dst, fname, m):
 
 
 class _Streamer:
-    """Pass 2: converts items as their sources arrive (this thread: dequantise / quantise / hash,
-    in C or hashlib, GIL released) and hands them to one writer thread (write, header, rename,
-    manifest), through a queue of at most two items so memory stays bounded."""
+    """Pass 2: converts items as their sources arrive (CONVERTERS threads: dequantise / quantise in
+    C, GIL released; one hasher thread: sha256) and hands them, in order, to one writer thread
+    (write; shard header, rename and manifest on a finisher thread), through a queue of at most two
+    items so memory stays bounded (a few tensors in flight)."""
 
     def __init__(self, dst, items, m, progress):
         self.dst, self.m, self.progress = dst, m, progress
@@ -131,6 +133,9 @@ class _Streamer:
         self.finisher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dsv3-convert-finish")
         self.finishing = []
         self.hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dsv3-convert-hash")
+        # two items convert at once (C code, GIL released): keeps both cores busy when one waits
+        # on a page fault or an OpenMP barrier; the writer commits them in submission order
+        self.converters = concurrent.futures.ThreadPoolExecutor(CONVERTERS, thread_name_prefix="dsv3-convert")
         self.error = None
         self.thread = threading.Thread(target=self._writer_loop, name="dsv3-convert-writer", daemon=True)
         self.thread.start()
@@ -148,7 +153,7 @@ class _Streamer:
         got[name] = value
         if len(got) == len(it.sources):
             del self.pending[it.name]
-            self._put(self._prepare(it, [got[s] for s in it.sources]))
+            self._put(self.converters.submit(self._prepare, it, [got[s] for s in it.sources]))
 
     def feed_raw(self, reader):
         for it in self.items.values():
@@ -157,7 +162,7 @@ class _Streamer:
             if self.m["shards"][it.shard]["complete"]:
                 self.progress.update(it.src_bytes)
             else:
-                self._put(self._prepare(it, [reader.get(it.name)]))
+                self._put(self.converters.submit(self._prepare, it, [reader.get(it.name)]))
 
     def _prepare(self, it, values):
         converted = [convert_value(v, it.fmt) for v in values]
@@ -189,6 +194,7 @@ class _Streamer:
         self.thread.join()
         if self.error is not None:
             raise self.error
+        self.converters.shutdown(wait=True)
         self.finisher.shutdown(wait=True)
         self.hasher.shutdown(wait=True)
         for f in self.finishing:
@@ -208,6 +214,7 @@ class _Streamer:
             except queue.Full:
                 pass
             self.thread.join(timeout=60)
+        self.converters.shutdown(wait=True, cancel_futures=True)
         self.finisher.shutdown(wait=True)
         self.hasher.shutdown(wait=True)
         for w in self.writers.values():
@@ -220,7 +227,7 @@ class _Streamer:
                 job = self.queue.get()
                 if job is None or self.error is not None:
                     return
-                self._commit(*job)
+                self._commit(*job.result())  # in submission order: the output is deterministic
         except BaseException as e:  # handed to the converting thread, which raises it
             self.error = e
 
