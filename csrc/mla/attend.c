@@ -101,45 +101,48 @@ dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weig
                        (long long)T);
         goto done;
     }
-    const int64_t tok_tiles = ceil_div(s, TOKEN_TILE);
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t it = 0; it < H * tok_tiles; it++) { /* qc: latent query and rope part per (head, token tile) */
-        const int64_t h = it % H, i0 = (it / H) * TOKEN_TILE, ni = s - i0 < TOKEN_TILE ? s - i0 : TOKEN_TILE;
-        K->wsum(q + (i0 * H + h) * qk, ni, H * qk, w->w_uk + h * nope * R, R, nope, R, qc + (i0 * H + h) * row,
-                H * row);
-        for (int64_t i = i0; i < i0 + ni; i++)
-            for (int64_t e = 0; e < rope; e++)
-                qc[(i * H + h) * row + R + e] = q[(i * H + h) * qk + nope + e];
-    }
-    for (int64_t b0 = 0; b0 < s; b0 += ib) {
-        const int64_t nb = s - b0 < ib ? s - b0 : ib, tiles = ceil_div(T, ROW_TILE);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-        for (int64_t it = 0; it < nb * tiles; it++) { /* scores: (token, block of cached rows) */
-            const int64_t i = b0 + it / tiles, t0 = (it % tiles) * ROW_TILE, n = past + i + 1;
-            if (t0 < n)
-                K->dots(qc + i * H * row, H, row, cache + t0 * row, n - t0 < ROW_TILE ? n - t0 : ROW_TILE, row,
-                        row, P + (i - b0) * H * T + t0, T);
+    const int64_t tok_tiles = ceil_div(s, TOKEN_TILE), tiles = ceil_div(T, ROW_TILE), ltiles = ceil_div(R, LAT_TILE);
+#pragma omp parallel num_threads(nt) /* one team for all passes (decode: one wake-up per layer, not five) */
+    {
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < H * tok_tiles; it++) { /* qc: latent query and rope part per (head, token tile) */
+            const int64_t h = it % H, i0 = (it / H) * TOKEN_TILE, ni = s - i0 < TOKEN_TILE ? s - i0 : TOKEN_TILE;
+            K->wsum(q + (i0 * H + h) * qk, ni, H * qk, w->w_uk + h * nope * R, R, nope, R,
+                    qc + (i0 * H + h) * row, H * row);
+            for (int64_t i = i0; i < i0 + ni; i++)
+                for (int64_t e = 0; e < rope; e++)
+                    qc[(i * H + h) * row + R + e] = q[(i * H + h) * qk + nope + e];
         }
-#pragma omp parallel for schedule(static) num_threads(nt)
-        for (int64_t ih = 0; ih < nb * H; ih++) { /* softmax over the causal prefix */
-            const int64_t n = past + b0 + ih / H + 1;
-            float *p = P + ih * T;
-            for (int64_t t = 0; t < n; t++)
-                p[t] = p[t] * d->softmax_scale;
-            dsv3_softmax_f32(p, n);
+        for (int64_t b0 = 0; b0 < s; b0 += ib) {
+            const int64_t nb = s - b0 < ib ? s - b0 : ib;
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t it = 0; it < nb * tiles; it++) { /* scores: (token, block of cached rows) */
+                const int64_t i = b0 + it / tiles, t0 = (it % tiles) * ROW_TILE, n = past + i + 1;
+                if (t0 < n)
+                    K->dots(qc + i * H * row, H, row, cache + t0 * row, n - t0 < ROW_TILE ? n - t0 : ROW_TILE, row,
+                            row, P + (i - b0) * H * T + t0, T);
+            }
+#pragma omp for schedule(dynamic, 4)
+            for (int64_t ih = 0; ih < nb * H; ih++) { /* softmax over the causal prefix */
+                const int64_t n = past + b0 + ih / H + 1;
+                float *p = P + ih * T;
+                for (int64_t t = 0; t < n; t++)
+                    p[t] = p[t] * d->softmax_scale;
+                dsv3_softmax_f32(p, n);
+            }
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t it = 0; it < nb * ltiles; it++) { /* lat: (token, block of latent columns) */
+                const int64_t i = b0 + it / ltiles, r0 = (it % ltiles) * LAT_TILE;
+                K->wsum(P + (i - b0) * H * T, H, T, cache + r0, row, past + i + 1,
+                        R - r0 < LAT_TILE ? R - r0 : LAT_TILE, lat + i * H * R + r0, R);
+            }
         }
-        const int64_t ltiles = ceil_div(R, LAT_TILE);
-#pragma omp parallel for schedule(static) num_threads(nt)
-        for (int64_t it = 0; it < nb * ltiles; it++) { /* lat: (token, block of latent columns) */
-            const int64_t i = b0 + it / ltiles, r0 = (it % ltiles) * LAT_TILE;
-            K->wsum(P + (i - b0) * H * T, H, T, cache + r0, row, past + i + 1, R - r0 < LAT_TILE ? R - r0 : LAT_TILE,
-                    lat + i * H * R + r0, R);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < H * tok_tiles; it++) { /* out: W_UV per (head, token tile) */
+            const int64_t h = it % H, i0 = (it / H) * TOKEN_TILE, ni = s - i0 < TOKEN_TILE ? s - i0 : TOKEN_TILE;
+            K->wsum(lat + (i0 * H + h) * R, ni, H * R, w->w_uv + h * R * V, V, R, V, attn + (i0 * H + h) * V,
+                    H * V);
         }
-    }
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t it = 0; it < H * tok_tiles; it++) { /* out: W_UV per (head, token tile) */
-        const int64_t h = it % H, i0 = (it / H) * TOKEN_TILE, ni = s - i0 < TOKEN_TILE ? s - i0 : TOKEN_TILE;
-        K->wsum(lat + (i0 * H + h) * R, ni, H * R, w->w_uv + h * R * V, V, R, V, attn + (i0 * H + h) * V, H * V);
     }
 done:
     dsv3_free(qc);
