@@ -8,6 +8,8 @@ import sys
 SUBCOMMANDS = {
     "info-cpu": ("dsv3.cli_cpu", "show CPU features, kernel path, threads and oneDNN"),
     "probe": ("dsv3.cli_probe", "measure read bandwidth and compute peaks (the roofline)"),
+    "parity": ("dsv3.cli_parity", "compare dsv3 with transformers module by module"),
+    "demo": ("dsv3.cli_demo", "main job: write a tiny checkpoint, run it, check parity"),
 }
 
 

@@ -32,4 +32,13 @@ typedef struct {
 dsv3_status dsv3_linear(const float *x, int64_t m, const dsv3_weight *w, const float *bias, float *y,
                         int isa, dsv3_error *err);
 
+/* Full entry point. x: float32 (x_bf16 = 0) or bf16 bits (x_bf16 = 1) [m, k].
+ * mode DSV3_LINEAR_WEIGHT_ONLY: weights decoded in registers, activations kept in f32 (large M on
+ * AVX-512: x and decoded weight tiles in bf16, vdpbf16ps, per-group scales in f32).
+ * mode DSV3_LINEAR_DYNAMIC (fp8_block, int8): per-token activation quantisation, DeepSeek act_quant
+ * + fp8_gemm for fp8_block (128-wide K groups), symmetric int8 per token with exact int32 dots for int8. */
+typedef enum { DSV3_LINEAR_WEIGHT_ONLY = 0, DSV3_LINEAR_DYNAMIC = 1 } dsv3_linear_mode;
+dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weight *w, const float *bias,
+                           float *y, dsv3_linear_mode mode, int isa, dsv3_error *err);
+
 #endif

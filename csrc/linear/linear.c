@@ -1,42 +1,179 @@
-/* Reference linear over f32 / bf16 weights (placeholder until the quantised-linear work lands its
- * format table and kernels): parallel over output columns, fixed-order sums. */
-#include "dsv3_linear.h"
-
+/* Linear dispatcher: validates the weight, prepares activations (bf16 -> f32, dynamic activation
+ * quantisation, bf16 hi/lo split for the AVX-512 small-M dot kernels, bf16 copy for the large-M
+ * path), picks the kernel from the format table for the ISA and splits output columns across
+ * threads (small M: 4 columns per work item; large M: 32). Every y element is computed by exactly one thread in a
+ * fixed order, so results do not depend on the thread count.
+ *
+ * Packing decision: kernels read the checkpoint layout directly (rows of codes are contiguous and
+ * streamable; scales are tiny). The large-M path decodes weight tiles into a per-thread bf16 buffer,
+ * which is its "packing", done on the fly and amortised over M rows. dsv3_weight.packed stays NULL. */
+#include <math.h>
 #include <string.h>
 
-static float bf16_to_f32(uint16_t h)
+#include "dsv3_dtypes.h"
+#include "linear/lin_kernels.h"
+
+/* Rows of x from which the large-M (bf16 dot) kernels are used when the ISA has them.
+ * HOOK(onednn): a per-shape choice of dsv3_onednn_linear (csrc/onednn/) belongs here, where measured faster. */
+#define GEMM_MIN_M 32
+#define GEMV_COLS 4 /* output columns per work item in the small-M kernels */
+
+static void act_quant_fp8(const float *x, int64_t m, int64_t k, float *xq, float *xs)
 {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    const int64_t ng = (k + 127) / 128;
+#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t g = 0; g < ng; g++) {
+            const int64_t c0 = g * 128, c1 = c0 + 128 < k ? c0 + 128 : k;
+            float amax = 0.0f;
+            for (int64_t j = c0; j < c1; j++) {
+                const float v = x[r * k + j] < 0 ? -x[r * k + j] : x[r * k + j];
+                amax = v > amax ? v : amax;
+            }
+            const float s = (amax > 1e-4f ? amax : 1e-4f) / 448.0f; /* DeepSeek act_quant */
+            xs[r * ng + g] = s;
+            for (int64_t j = c0; j < c1; j++)
+                xq[r * k + j] = dsv3_e4m3_to_f32(dsv3_f32_to_e4m3(x[r * k + j] / s));
+        }
 }
 
-dsv3_status dsv3_linear(const float *x, int64_t m, const dsv3_weight *w, const float *bias, float *y,
-                        int isa, dsv3_error *err)
+static void act_quant_int8(const float *x, int64_t m, int64_t k, int8_t *xq, uint8_t *xu, float *xs)
 {
-    (void)isa;
-    if (!w || !w->data || w->n <= 0 || w->k <= 0 || m < 0)
-        return dsv3_fail(err, DSV3_E_VALUE, "linear: empty weight or negative rows");
-    if (w->fmt != DSV3_FMT_F32 && w->fmt != DSV3_FMT_BF16)
-        return dsv3_fail(err, DSV3_E_UNSUPPORTED, "linear: format %d not implemented yet", (int)w->fmt);
-    const int64_t n = w->n, k = w->k;
 #pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
-    for (int64_t j = 0; j < n; j++) {
-        for (int64_t i = 0; i < m; i++) {
-            const float *xr = x + i * k;
-            float acc = 0.f;
-            if (w->fmt == DSV3_FMT_F32) {
-                const float *wr = (const float *)w->data + j * k;
-                for (int64_t t = 0; t < k; t++)
-                    acc += xr[t] * wr[t];
-            } else {
-                const uint16_t *wr = (const uint16_t *)w->data + j * k;
-                for (int64_t t = 0; t < k; t++)
-                    acc += xr[t] * bf16_to_f32(wr[t]);
-            }
-            y[i * n + j] = acc + (bias ? bias[j] : 0.f);
+    for (int64_t r = 0; r < m; r++) {
+        float amax = 0.0f;
+        for (int64_t j = 0; j < k; j++) {
+            const float v = x[r * k + j] < 0 ? -x[r * k + j] : x[r * k + j];
+            amax = v > amax ? v : amax;
+        }
+        const float s = amax == 0.0f ? 1.0f : amax / 127.0f;
+        xs[r] = s;
+        for (int64_t j = 0; j < k; j++) {
+            float q = nearbyintf(x[r * k + j] / s);
+            q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+            xq[r * k + j] = (int8_t)q;
+            xu[r * k + j] = (uint8_t)((int)q + 128);
         }
     }
+}
+
+/* x = hi + lo, both bf16 (hi = RNE(x), lo = RNE(x - hi): 16 significant bits, relative error
+ * <= 2^-17). p64: permute each full 64-block into the fp8 decoder's order (see dsv3_xlayout); the
+ * K tail beyond the last full block stays in natural order (kernels read it from x in f32). */
+static void split_bf16x2(const float *x, int64_t m, int64_t k, int p64, uint16_t *xh, uint16_t *xl)
+{
+    const int64_t kb = p64 ? k / 64 * 64 : 0;
+#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t j = 0; j < k; j++) {
+            int64_t d = j;
+            if (j < kb) { /* source j -> destination within its 64-block */
+                const int64_t b = j & ~(int64_t)63, o = j & 63, lane = o >> 4, half = (o >> 3) & 1;
+                d = b + half * 32 + lane * 8 + (o & 7);
+            }
+            const float v = x[r * k + j];
+            const uint16_t h = dsv3_f32_to_bf16(v);
+            xh[r * k + d] = h;
+            xl[r * k + d] = dsv3_f32_to_bf16(v - dsv3_bf16_to_f32(h));
+        }
+}
+
+dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weight *w, const float *bias,
+                           float *y, dsv3_linear_mode mode, int isa, dsv3_error *err)
+{
+    dsv3_status st = dsv3_weight_validate(w, err);
+    if (st != DSV3_OK)
+        return st;
+    if (m < 0 || (m > 0 && (!x || !y)))
+        return dsv3_fail(err, DSV3_E_VALUE, "linear: bad activations (m = %lld)", (long long)m);
+    if (mode != DSV3_LINEAR_WEIGHT_ONLY && mode != DSV3_LINEAR_DYNAMIC)
+        return dsv3_fail(err, DSV3_E_VALUE, "linear: unknown mode %d", (int)mode);
+    dsv3_isa id;
+    if ((st = dsv3_isa_resolve(isa, &id, err)) != DSV3_OK)
+        return st;
+    const dsv3_format_traits *t = &dsv3_formats[w->fmt];
+    if (mode == DSV3_LINEAR_DYNAMIC && !t->dynamic[id])
+        return dsv3_fail(err, DSV3_E_VALUE, "linear: mode 'dynamic' supports fp8_block and int8 weights, not %s",
+                         t->name);
+    if (m == 0)
+        return DSV3_OK;
+    const int64_t K = w->k, N = w->n, mk = m * K;
+    dsv3_lin_args a = {0};
+    a.m = m;
+    a.w = w;
+    a.bias = bias;
+    a.y = y;
+    float *xf = NULL, *xq = NULL, *xs = NULL;
+    int8_t *xi = NULL;
+    uint8_t *xu = NULL;
+    uint16_t *xb = NULL, *xh = NULL, *xl = NULL;
+    dsv3_lin_kernel kern = t->gemv[id];
+    int64_t cols = GEMV_COLS;
+    const int use_gemm = mode == DSV3_LINEAR_WEIGHT_ONLY && m >= GEMM_MIN_M && t->gemm[id];
+    if (x_bf16 && !(use_gemm)) {
+        if (!(xf = dsv3_alloc((size_t)mk * sizeof(float))))
+            goto nomem;
+        for (int64_t i = 0; i < mk; i++)
+            xf[i] = dsv3_bf16_to_f32(((const uint16_t *)x)[i]);
+    }
+    const float *x32 = x_bf16 ? xf : (const float *)x;
+    a.x = x32;
+    if (use_gemm) {
+        kern = t->gemm[id];
+        cols = DSV3_GEMM_NR;
+        if (x_bf16)
+            a.xb = (const uint16_t *)x;
+        else {
+            if (!(xb = dsv3_alloc((size_t)mk * 2)))
+                goto nomem;
+            for (int64_t i = 0; i < mk; i++)
+                xb[i] = dsv3_f32_to_bf16(x32[i]);
+            a.xb = xb;
+        }
+    } else if (mode == DSV3_LINEAR_DYNAMIC && w->fmt == DSV3_FMT_FP8_BLOCK) {
+        xq = dsv3_alloc((size_t)mk * sizeof(float));
+        xs = dsv3_alloc((size_t)(m * ((K + 127) / 128)) * sizeof(float));
+        if (!xq || !xs)
+            goto nomem;
+        act_quant_fp8(x32, m, K, xq, xs);
+        a.x = xq;
+        a.xs = xs;
+        kern = t->dynamic[id];
+    } else if (mode == DSV3_LINEAR_DYNAMIC) {
+        xi = dsv3_alloc((size_t)mk);
+        xu = dsv3_alloc((size_t)mk);
+        xs = dsv3_alloc((size_t)m * sizeof(float));
+        if (!xi || !xu || !xs)
+            goto nomem;
+        act_quant_int8(x32, m, K, xi, xu, xs);
+        a.xq = xi;
+        a.xu = xu;
+        a.xs_tok = xs;
+        kern = t->dynamic[id];
+    }
+    if (!use_gemm && t->gemv_x[id] != DSV3_X_F32) {
+        xh = dsv3_alloc((size_t)mk * 2);
+        xl = dsv3_alloc((size_t)mk * 2);
+        if (!xh || !xl)
+            goto nomem;
+        split_bf16x2(a.x, m, K, t->gemv_x[id] == DSV3_X_BF16X2_P64, xh, xl);
+        a.xh = xh;
+        a.xl = xl;
+    }
+    const int64_t chunks = (N + cols - 1) / cols;
+#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+    for (int64_t c = 0; c < chunks; c++)
+        kern(&a, c * cols, (c + 1) * cols < N ? (c + 1) * cols : N);
+    dsv3_free(xf); dsv3_free(xq); dsv3_free(xs); dsv3_free(xi); dsv3_free(xu); dsv3_free(xb); dsv3_free(xh); dsv3_free(xl);
     return DSV3_OK;
+nomem:
+    dsv3_free(xf); dsv3_free(xq); dsv3_free(xs); dsv3_free(xi); dsv3_free(xu); dsv3_free(xb); dsv3_free(xh); dsv3_free(xl);
+    return dsv3_fail(err, DSV3_E_NOMEM, "linear: out of memory for activations (m=%lld, k=%lld)", (long long)m,
+                     (long long)K);
+}
+
+dsv3_status dsv3_linear(const float *x, int64_t m, const dsv3_weight *w, const float *bias, float *y, int isa,
+                        dsv3_error *err)
+{
+    return dsv3_linear_ex(x, 0, m, w, bias, y, DSV3_LINEAR_WEIGHT_ONLY, isa, err);
 }

@@ -1,0 +1,99 @@
+/* Weight formats: ONE table of traits (block sizes, code width, scale kind, scalar decode,
+ * quantiser, and the linear kernels per ISA), plus quantise / dequantise entry points.
+ *
+ * Every format is described by the same decomposition, which every kernel follows:
+ *     W[n, k] = code(n, k) * group_scale(n, k / G)
+ * code = the unscaled value of the stored code (exact in f32), G = the format's K group
+ * (fp8_block 128, nvfp4 16, int4 `group`, f32/bf16/int8: the whole row). fp8_block additionally
+ * shares one scale per 128 rows. Kernels compute y[m, n] = sum_g s(n, g) * sum_{k in g} x[m,k] code(n,k).
+ *
+ * Stored layouts (exactly as checkpoints hold them; kernels read them directly, see linear.c):
+ *   f32       data float [n, k]
+ *   bf16      data uint16 (bf16 bits) [n, k]
+ *   fp8_block data e4m3fn [n, k]; scale f32 [ceil(n/128), ceil(k/128)] (DeepSeek weight_scale_inv)
+ *   nvfp4     data u8 [n, k/2], element 2i in the low nibble (e2m1); scale e4m3fn [n, k/16];
+ *             scale2 f32 (ModelOpt weight_scale_2). Requires k % 16 == 0.
+ *   int8      data int8 [n, k]; scale f32 [n] (symmetric per output channel)
+ *   int4      data u8 [n, k/2], element 2i in the low nibble, two's complement in [-8, 7]
+ *             (symmetric quantisation uses [-7, 7]); scale f32 [n, ceil(k/group)], group 32 or 128.
+ *             Requires k even.
+ */
+#ifndef DSV3_QUANT_H
+#define DSV3_QUANT_H
+
+#include "dsv3.h"
+#include "dsv3_linear.h"
+
+typedef enum { DSV3_SCALE_NONE = 0, DSV3_SCALE_F32 = 1, DSV3_SCALE_E4M3 = 2 } dsv3_scale_kind;
+
+/* Arguments of every linear kernel (one signature for every format). */
+typedef struct {
+    const float *x;        /* [m, k] f32 activations (weight-only) or dequantised act codes (fp8 dynamic) */
+    const float *xs;       /* fp8 dynamic: per-token per-128-group act scales [m, ceil(k/128)], else NULL */
+    const int8_t *xq;      /* int8 dynamic: per-token int8 activations [m, k], else NULL */
+    const uint8_t *xu;     /* int8 dynamic (VNNI): xq + 128 as u8 [m, k], else NULL */
+    const float *xs_tok;   /* int8 dynamic: per-token act scale [m] */
+    const uint16_t *xb;    /* large-M bf16 path: x as bf16 [m, k], else NULL */
+    const uint16_t *xh, *xl; /* bf16x2 small-M kernels: x = xh + xl (bf16 each), [m, k] in the
+                              * kernel's x layout (dsv3_xlayout), else NULL */
+    int64_t m;
+    const dsv3_weight *w;
+    const float *bias;     /* [n] or NULL */
+    float *y;              /* [m, n] */
+} dsv3_lin_args;
+
+/* Computes output columns [n0, n1) for all m rows. */
+typedef void (*dsv3_lin_kernel)(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+
+/* Activation layout a small-M kernel wants (prepared once per call by the dispatcher). */
+typedef enum {
+    DSV3_X_F32 = 0,       /* x as given (f32) */
+    DSV3_X_BF16X2 = 1,    /* x split into bf16 hi + lo (16 significant bits), natural order */
+    DSV3_X_BF16X2_P64 = 2 /* same, each 64-block in the in-lane byte-unpack order of the fp8 decoder:
+                           * [0-7, 16-23, 32-39, 48-55, 8-15, 24-31, 40-47, 56-63] */
+} dsv3_xlayout;
+
+typedef struct {
+    const char *name;          /* "f32", "bf16", "fp8_block", "nvfp4", "int8", "int4" */
+    int code_bits;             /* bits of one stored weight code */
+    int block_n;               /* rows sharing one scale (fp8_block 128, per-channel 1, none 0) */
+    int block_k;               /* K group of one scale: >0 fixed, -1 whole row, -2 w->group, 0 none */
+    dsv3_scale_kind scale_kind;
+    int has_scale2;            /* nvfp4 global scale */
+    /* scalar reference decode: unscaled codes of row n, columns [k0, k0+len) as f32 */
+    void (*code_row)(const dsv3_weight *w, int64_t n, int64_t k0, int64_t len, float *out);
+    /* scale of (row n, K group g) */
+    float (*group_scale)(const dsv3_weight *w, int64_t n, int64_t g);
+    /* weight-only kernels per ISA (small M, f32 FMA); large-M kernels (NULL: use gemv);
+     * dynamic-activation kernels (NULL: mode not supported for the format) */
+    dsv3_lin_kernel gemv[DSV3_ISA_COUNT];
+    dsv3_lin_kernel gemm[DSV3_ISA_COUNT];
+    dsv3_lin_kernel dynamic[DSV3_ISA_COUNT];
+    unsigned char gemv_x[DSV3_ISA_COUNT]; /* dsv3_xlayout of gemv / dynamic kernels per ISA */
+} dsv3_format_traits;
+
+extern const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT];
+
+/* Parse a format name; fails with a message listing the known names. */
+dsv3_status dsv3_format_parse(const char *name, dsv3_format *out, dsv3_error *err);
+/* K group of the format for this weight (whole row -> k). */
+int64_t dsv3_weight_kgroup(const dsv3_weight *w);
+
+/* Sizes of the stored arrays for a format and shape (validates k / group constraints).
+ * data_bytes: bytes of `data`; scale_rows x scale_cols: elements of `scale` (0 x 0 if none). */
+dsv3_status dsv3_quant_layout(dsv3_format fmt, int64_t n, int64_t k, int group, size_t *data_bytes,
+                              int64_t *scale_rows, int64_t *scale_cols, dsv3_error *err);
+/* Checks a dsv3_weight's fields (format, shape, pointers, group) before a kernel reads it. */
+dsv3_status dsv3_weight_validate(const dsv3_weight *w, dsv3_error *err);
+
+/* Quantise w f32 [n, k] into the caller's buffers sized by dsv3_quant_layout.
+ * fp8_block: S = amax/448 (1 if 0), ue8m0 rounds S up to a power of two, q = e4m3(w/S) RNE.
+ * nvfp4: ModelOpt (scale2 = amax/2688, block scale e4m3(max(amax_b/(6*scale2), 2^-9)), 0 -> 1,
+ *        codes by ModelOpt's thresholds). int8/int4: S = amax/127 (/7) per channel/group (1 if 0),
+ *        q = rint(w/S) clamped. f32/bf16: copy / RNE. scale2 receives the global scale (1 if none). */
+dsv3_status dsv3_quantize(dsv3_format fmt, const float *w, int64_t n, int64_t k, int group, int ue8m0,
+                          void *data, void *scale, float *scale2, dsv3_error *err);
+/* out f32 [n, k] = code * group_scale, exactly (the kernels' reference). */
+dsv3_status dsv3_dequantize(const dsv3_weight *w, float *out, dsv3_error *err);
+
+#endif /* DSV3_QUANT_H */

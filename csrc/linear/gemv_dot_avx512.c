@@ -1,0 +1,307 @@
+/* Small-M AVX-512 BF16 kernels (bf16 and fp8_block weights): weights become bf16 in registers and
+ * meet x through vdpbf16ps; x is split by the dispatcher into bf16 hi + lo (16 significant bits, so
+ * the result stays at f32-path accuracy) and laid out in the decoder's order (dsv3_xlayout).
+ *
+ * fp8 decode (exact, subnormals included): 64 codes -> two vpermi2b lookups over 128-entry tables of
+ * the high and low bytes of bf16(|code|), the sign bit OR-ed into the high byte, then in-lane byte
+ * unpacks give two vectors of 32 bf16 (codes 0-7,16-23,32-39,48-55 and 8-15,24-31,40-47,56-63 of
+ * the block; x is pre-permuted to match). Per 128-wide K group: fp32 partial sums, then
+ * acc += partial * scale (* activation scale in dynamic mode), DeepSeek fp8_gemm's order.
+ * K beyond the last full 64-block is done in f32 from a->x (scalar, fixed order). */
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "linear/decode_avx512.h"
+#include "linear/lin_common.h"
+
+#define DMR 2 /* rows of x per tile (register budget: 4 tables + 8 partials + 4 accumulators) */
+
+/* bf16 bits of e4m3fn magnitudes 0..127 (code 127 is NaN -> 0x7fc0), split into bytes. */
+static const uint8_t E4M3_BF16_HI[128] = {
+    0x00, 0x3b, 0x3b, 0x3b, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c,
+    0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d, 0x3d,
+    0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e, 0x3e,
+    0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f, 0x3f,
+    0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40,
+    0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41,
+    0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42,
+    0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x43, 0x7f};
+static const uint8_t E4M3_BF16_LO[128] = {
+    0x00, 0x00, 0x80, 0xc0, 0x00, 0x20, 0x40, 0x60, 0x80, 0x90, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0, 0xf0,
+    0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0, 0xf0,
+    0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0, 0xf0,
+    0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0, 0xf0,
+    0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0, 0xf0,
+    0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0, 0xf0,
+    0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0, 0xf0,
+    0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0, 0xc0};
+
+typedef struct {
+    __m512i hi0, hi1, lo0, lo1;
+} fp8_tables;
+
+/* 64 e4m3 codes -> two vectors of 32 bf16 (block order described above) */
+AI void dec_fp8_bf16(const uint8_t *p, const fp8_tables *t, __m512bh *A, __m512bh *B)
+{
+    const __m512i c = _mm512_loadu_si512(p);
+    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t->hi0, c, t->hi1), c,
+                                                 _mm512_set1_epi8((char)0x80), 0xF8); /* hi | (c & 0x80) */
+    const __m512i lo = _mm512_permutex2var_epi8(t->lo0, c, t->lo1);
+    *A = (__m512bh)_mm512_unpacklo_epi8(lo, hi);
+    *B = (__m512bh)_mm512_unpackhi_epi8(lo, hi);
+}
+
+#define DNR 4 /* rows of W per tile: each x vector loaded once serves DNR weight rows */
+
+/* Partial sums of K range [k0, kend) (whole 64-blocks) for an mr x nr tile (rows m0.., columns n0..).
+ * Per block: decode nr weight rows, then for each x row 4 vdpbf16ps per weight row (hi/lo x A/B). */
+AI void dot_group(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, const uint8_t *const *row,
+                  const fp8_tables *t, int64_t k0, int64_t kend, int64_t m0, __m512 part[DMR][DNR])
+{
+    const int64_t K = a->w->k;
+    __m512 pa[DMR][DNR], pb[DMR][DNR];
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++)
+            pa[i][j] = pb[i][j] = _mm512_setzero_ps();
+    for (int64_t k = k0; k < kend; k += 64) {
+        __m512bh A[DNR], B[DNR];
+        for (int j = 0; j < nr; j++) {
+            if (f == DSV3_FMT_FP8_BLOCK)
+                dec_fp8_bf16(row[j] + k, t, &A[j], &B[j]);
+            else {
+                A[j] = (__m512bh)_mm512_loadu_si512((const uint16_t *)row[j] + k);
+                B[j] = (__m512bh)_mm512_loadu_si512((const uint16_t *)row[j] + k + 32);
+            }
+        }
+        for (int i = 0; i < mr; i++) {
+            const uint16_t *xh = a->xh + (m0 + i) * K + k, *xl = a->xl + (m0 + i) * K + k;
+            const __m512bh hA = (__m512bh)_mm512_loadu_si512(xh), hB = (__m512bh)_mm512_loadu_si512(xh + 32);
+            const __m512bh lA = (__m512bh)_mm512_loadu_si512(xl), lB = (__m512bh)_mm512_loadu_si512(xl + 32);
+            for (int j = 0; j < nr; j++) {
+                pa[i][j] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(pa[i][j], hA, A[j]), lA, A[j]);
+                pb[i][j] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(pb[i][j], hB, B[j]), lB, B[j]);
+            }
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++)
+            part[i][j] = _mm512_add_ps(pa[i][j], pb[i][j]);
+}
+
+AI void dot_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, const fp8_tables *t,
+                 int64_t n0, int64_t m0, int64_t klo, int64_t khi)
+{
+    const dsv3_weight *w = a->w;
+    const int64_t K = w->k, Kb = K / 64 * 64, G = kgroup(f, w), ng = (K + G - 1) / G;
+    const int64_t kbh = khi < Kb ? khi : Kb; /* full 64-blocks of this chunk end here */
+    const uint8_t *row[DNR];
+    __m512 acc[DMR][DNR], part[DMR][DNR];
+    for (int j = 0; j < nr; j++)
+        row[j] = row_ptr(f, w, n0 + j);
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++)
+            acc[i][j] = _mm512_setzero_ps();
+    for (int64_t g = klo / G; g * G < kbh; g++) {
+        const int64_t kbeg = g * G > klo ? g * G : klo, kend = (g + 1) * G < kbh ? (g + 1) * G : kbh;
+        dot_group(f, mr, nr, a, row, t, kbeg, kend, m0, part);
+        for (int j = 0; j < nr; j++) {
+            const float s = gscale(f, w, n0 + j, g, ng);
+            for (int i = 0; i < mr; i++)
+                acc[i][j] = _mm512_fmadd_ps(part[i][j], _mm512_set1_ps(a->xs ? a->xs[(m0 + i) * ng + g] * s : s),
+                                            acc[i][j]);
+        }
+    }
+    for (int j = 0; j < nr; j++) {
+        const int64_t n = n0 + j;
+        float tail[DMR] = {0};
+        if (Kb < K && khi >= K) { /* within one group: Kb is a multiple of 64 and G of 128 or K */
+            float wt[64];
+            dsv3_formats[f].code_row(w, n, Kb, K - Kb, wt);
+            const int64_t gt = Kb / G;
+            const float s = gscale(f, w, n, gt, ng);
+            for (int i = 0; i < mr; i++) {
+                const float *x = a->x + (m0 + i) * K;
+                float p = 0.0f;
+                for (int64_t q = Kb; q < K; q++)
+                    p += x[q] * wt[q - Kb];
+                tail[i] = p * (a->xs ? a->xs[(m0 + i) * ng + gt] * s : s);
+            }
+        }
+        for (int i = 0; i < mr; i++) {
+            float *y = a->y + (m0 + i) * w->n + n;
+            const float v = _mm512_reduce_add_ps(acc[i][j]) + tail[i];
+            *y = klo == 0 ? v : *y + v;
+            if (khi >= K && a->bias)
+                *y += a->bias[n];
+        }
+    }
+}
+
+/* ---- 4-bit formats (nvfp4, int4): 16 packed bytes -> 32 bf16 codes in pair order with one
+ * zero-extension, one shift/or and one 32-entry word lookup (vpermw reads index bits [4:0]; the
+ * 16-entry table is stored twice so the stray bit 4 is harmless). Scales are per-lane vectors
+ * (nvfp4: lanes 0-7 one group, 8-15 the next), applied to each block's partial sums. */
+AI __m512bh dec_nib_bf16(const uint8_t *p, __m512i lut)
+{
+    const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    return (__m512bh)_mm512_permutexvar_epi16(_mm512_or_si512(d, _mm512_slli_epi32(d, 12)), lut);
+}
+
+/* scale vectors for the two halves (A: codes 0-31, B: 32-63) of the 64-block at k of row n */
+AI void nib_scales(dsv3_format f, const dsv3_weight *w, int64_t n, int64_t k, int64_t ng, const float *sb,
+                   __m512 *sA, __m512 *sB)
+{
+    if (f == DSV3_FMT_NVFP4) { /* sb: 16 decoded group scales starting at a multiple of 16 groups */
+        const __m512 v = _mm512_loadu_ps(sb);
+        const int g = (int)((k / 16) & 15);
+        const __m512i lo8 = _mm512_set1_epi32(g), hi8 = _mm512_set1_epi32(g + 1);
+        const __m512i ia = _mm512_mask_blend_epi32(0xff00, lo8, hi8);
+        *sA = _mm512_permutexvar_ps(ia, v);
+        *sB = _mm512_permutexvar_ps(_mm512_add_epi32(ia, _mm512_set1_epi32(2)), v);
+    } else {
+        const float *s = (const float *)w->scale + n * ng;
+        *sA = _mm512_set1_ps(s[k / w->group]);
+        *sB = _mm512_set1_ps(s[(k + 32) / w->group]);
+    }
+}
+
+AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, __m512i lut, int64_t n0,
+                 int64_t m0, int64_t klo, int64_t khi)
+{
+    const dsv3_weight *w = a->w;
+    const int64_t K = w->k, Kb = K / 64 * 64, G = kgroup(f, w), ng = (K + G - 1) / G;
+    const int64_t kbh = khi < Kb ? khi : Kb;
+    const uint8_t *row[DNR];
+    float sb[DNR][16];
+    __m512 acc[DMR][DNR];
+    for (int j = 0; j < nr; j++)
+        row[j] = row_ptr(f, w, n0 + j);
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++)
+            acc[i][j] = _mm512_setzero_ps();
+    for (int64_t k = klo; k < kbh; k += 64) {
+        if (f == DSV3_FMT_NVFP4 && (k % 256 == 0 || k == klo))
+            for (int j = 0; j < nr; j++) {
+                const int64_t g0 = k / 256 * 16;
+                if (g0 + 16 <= ng)
+                    _mm512_storeu_ps(sb[j], _mm512_mul_ps(dec_e4m3(w->scale + (n0 + j) * ng + g0),
+                                                          _mm512_set1_ps(w->scale2)));
+                else
+                    for (int64_t q = 0; q < 16; q++)
+                        sb[j][q] = g0 + q < ng ? gscale(f, w, n0 + j, g0 + q, ng) : 0.0f;
+            }
+        __m512bh A[DNR], B[DNR];
+        __m512 sA[DNR], sB[DNR];
+        for (int j = 0; j < nr; j++) {
+            A[j] = dec_nib_bf16(row[j] + k / 2, lut);
+            B[j] = dec_nib_bf16(row[j] + k / 2 + 16, lut);
+            nib_scales(f, w, n0 + j, k, ng, sb[j], &sA[j], &sB[j]);
+        }
+        for (int i = 0; i < mr; i++) {
+            const uint16_t *xh = a->xh + (m0 + i) * K + k, *xl = a->xl + (m0 + i) * K + k;
+            const __m512bh hA = (__m512bh)_mm512_loadu_si512(xh), hB = (__m512bh)_mm512_loadu_si512(xh + 32);
+            const __m512bh lA = (__m512bh)_mm512_loadu_si512(xl), lB = (__m512bh)_mm512_loadu_si512(xl + 32);
+            for (int j = 0; j < nr; j++) {
+                const __m512 z = _mm512_setzero_ps();
+                const __m512 pa = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, hA, A[j]), lA, A[j]);
+                const __m512 pb = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, hB, B[j]), lB, B[j]);
+                acc[i][j] = _mm512_fmadd_ps(pb, sB[j], _mm512_fmadd_ps(pa, sA[j], acc[i][j]));
+            }
+        }
+    }
+    for (int j = 0; j < nr; j++) {
+        const int64_t n = n0 + j;
+        float tail[DMR] = {0};
+        if (Kb < K && khi >= K) { /* scalar tail, per element group scale */
+            float wt[64];
+            dsv3_formats[f].code_row(w, n, Kb, K - Kb, wt);
+            for (int i = 0; i < mr; i++) {
+                const float *x = a->x + (m0 + i) * K;
+                float p = 0.0f;
+                for (int64_t q = Kb; q < K; q++)
+                    p += x[q] * (wt[q - Kb] * gscale(f, w, n, q / G, ng));
+                tail[i] = p;
+            }
+        }
+        for (int i = 0; i < mr; i++) {
+            float *y = a->y + (m0 + i) * w->n + n;
+            const float v = _mm512_reduce_add_ps(acc[i][j]) + tail[i];
+            *y = klo == 0 ? v : *y + v;
+            if (khi >= K && a->bias)
+                *y += a->bias[n];
+        }
+    }
+}
+
+#define NIB_TILE_NR(mr, nr_)                                                                        \
+    switch (nr_) {                                                                                  \
+    case 1: nib_tile(f, mr, 1, a, lut, n, m0, klo, khi); break;                                     \
+    case 2: nib_tile(f, mr, 2, a, lut, n, m0, klo, khi); break;                                     \
+    case 3: nib_tile(f, mr, 3, a, lut, n, m0, klo, khi); break;                                     \
+    default: nib_tile(f, mr, 4, a, lut, n, m0, klo, khi); break;                                    \
+    }
+
+AI void nib_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
+{
+    uint16_t tab[32];
+    for (int e = 0; e < 32; e++) { /* bf16 of every code, twice */
+        float v;
+        dsv3_formats[f].code_row(&(dsv3_weight){.fmt = f, .n = 1, .k = 2, .data = (const uint8_t[1]){(uint8_t)(e & 15)}},
+                                 0, 0, 1, &v);
+        tab[e] = dsv3_f32_to_bf16(v);
+    }
+    const __m512i lut = _mm512_loadu_si512(tab);
+    for (int64_t klo = 0; klo < a->w->k; klo += DSV3_GEMV_KC) {
+        const int64_t khi = klo + DSV3_GEMV_KC < a->w->k ? klo + DSV3_GEMV_KC : a->w->k;
+        for (int64_t n = n0; n < n1; n += DNR) {
+            const int64_t nr = n1 - n < DNR ? n1 - n : DNR;
+            for (int64_t m0 = 0; m0 < a->m; m0 += DMR) {
+                if (a->m - m0 >= 2) {
+                    NIB_TILE_NR(2, nr)
+                } else {
+                    NIB_TILE_NR(1, nr)
+                }
+            }
+        }
+    }
+}
+
+void dsv3_gemv_nvfp4_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { nib_rows(DSV3_FMT_NVFP4, a, n0, n1); }
+void dsv3_gemv_int4_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { nib_rows(DSV3_FMT_INT4, a, n0, n1); }
+
+#define DOT_TILE_NR(mr, nr_)                                                                        \
+    switch (nr_) {                                                                                  \
+    case 1: dot_tile(f, mr, 1, a, &t, n, m0, klo, khi); break;                                      \
+    case 2: dot_tile(f, mr, 2, a, &t, n, m0, klo, khi); break;                                      \
+    case 3: dot_tile(f, mr, 3, a, &t, n, m0, klo, khi); break;                                      \
+    default: dot_tile(f, mr, 4, a, &t, n, m0, klo, khi); break;                                     \
+    }
+
+AI void dot_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
+{
+    fp8_tables t;
+    t.hi0 = _mm512_loadu_si512(E4M3_BF16_HI);
+    t.hi1 = _mm512_loadu_si512(E4M3_BF16_HI + 64);
+    t.lo0 = _mm512_loadu_si512(E4M3_BF16_LO);
+    t.lo1 = _mm512_loadu_si512(E4M3_BF16_LO + 64);
+    for (int64_t klo = 0; klo < a->w->k; klo += DSV3_GEMV_KC) { /* K chunks: x stays in L1 */
+        const int64_t khi = klo + DSV3_GEMV_KC < a->w->k ? klo + DSV3_GEMV_KC : a->w->k;
+        for (int64_t n = n0; n < n1; n += DNR) {
+            const int64_t nr = n1 - n < DNR ? n1 - n : DNR;
+            for (int64_t m0 = 0; m0 < a->m; m0 += DMR) {
+                if (a->m - m0 >= 2) {
+                    DOT_TILE_NR(2, nr)
+                } else {
+                    DOT_TILE_NR(1, nr)
+                }
+            }
+        }
+    }
+}
+
+void dsv3_gemv_bf16_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { dot_rows(DSV3_FMT_BF16, a, n0, n1); }
+void dsv3_gemv_fp8_block_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1)
+{
+    dot_rows(DSV3_FMT_FP8_BLOCK, a, n0, n1);
+}

@@ -1,0 +1,226 @@
+/* Small-M (decode) weight-only f32-FMA kernel body shared by the AVX2 and AVX-512 files (on AVX-512
+ * the table routes bf16/fp8/nvfp4/int4 to the vdpbf16ps kernels of gemv_dot_avx512.c; this body
+ * serves f32 and int8 there, and every format on AVX2).
+ *
+ * The including file defines the vector vocabulary (V, VL, V_ZERO, V_LOADU, V_FMA, V_ADD, V_MUL,
+ * V_SET1, V_STOREU, V_REDUCE), the in-register decoder DEC(fmt, w, row, k) -> V of VL unscaled codes
+ * (optionally DECR/RAW_SCALE, a cheaper decode whose constant factor is folded into the scale), and
+ * ISA (name suffix). Structure (BLIS-like: the framework owns tiling, the decoder knows registers):
+ * threads own disjoint output columns n; for each n the weight row is streamed once from memory
+ * per tile of up to 4 rows of x (M <= 4 reads it once, larger M re-reads it from L1/L2).
+ * Two schemes, chosen per format at compile time:
+ *  - epilogue (f32, bf16, int8, fp8 dynamic): per K group an fp32 partial dot, then
+ *    acc += partial * scale (* activation scale), DeepSeek fp8_gemm's order;
+ *  - scaled decode (nvfp4, int4, fp8 weight-only): each decoded vector is multiplied by its group
+ *    scale and accumulated directly (no per-group epilogue: cheap for 16/32-wide groups).
+ * The K tail (K not a multiple of VL) is decoded once per row by the format table's scalar
+ * code_row, outside the hot loops. Horizontal sums have a fixed order. */
+#include <string.h>
+
+#include "dsv3_dtypes.h"
+#include "linear/lin_kernels.h"
+
+#include "linear/lin_common.h"
+
+#ifndef DECR /* ISAs without raw decoders: exact decode, no extra scale */
+#define DECR(f, w, row, k) DEC(f, w, row, k)
+#define RAW_SCALE(f) 1.0f
+#endif
+
+#define MR 4
+
+/* One K group of row n for mr rows of x: acc[i] += scale * (act scale) * sum_k x[i][k] code(n, k). */
+AI void gemv_group(dsv3_format f, const int mr, const dsv3_lin_args *a, const uint8_t *row, int64_t n,
+                   int64_t m0, const float *const *x, int64_t g, int64_t G, int64_t ng, int64_t klo,
+                   int64_t khi, V *acc)
+{
+    const dsv3_weight *w = a->w;
+    const int64_t k0 = g * G > klo ? g * G : klo, kv = g * G + G < khi ? g * G + G : khi;
+    V p0[MR], p1[MR];
+    (void)n;
+    int64_t k = k0;
+    for (int i = 0; i < mr; i++)
+        p0[i] = p1[i] = V_ZERO();
+    for (; k + 2 * VL <= kv; k += 2 * VL) {
+        const V w0 = DEC(f, w, row, k), w1 = DEC(f, w, row, k + VL);
+        for (int i = 0; i < mr; i++) {
+            p0[i] = V_FMA(V_LOADU(x[i] + k), w0, p0[i]);
+            p1[i] = V_FMA(V_LOADU(x[i] + k + VL), w1, p1[i]);
+        }
+    }
+    if (k < kv) {
+        const V w0 = DEC(f, w, row, k);
+        for (int i = 0; i < mr; i++)
+            p0[i] = V_FMA(V_LOADU(x[i] + k), w0, p0[i]);
+    }
+    const float s = gscale(f, w, n, g, ng);
+    for (int i = 0; i < mr; i++)
+        acc[i] = V_FMA(V_ADD(p0[i], p1[i]), V_SET1(a->xs ? a->xs[(m0 + i) * ng + g] * s : s), acc[i]);
+}
+
+/* Small-group formats (nvfp4 G=16, int4 G=32/128): scale the decoded vector (one multiply) and
+ * accumulate straight into acc: no per-group partial sums or epilogue. Vectors alternate between
+ * accA and accB. */
+AI void group_scaled_body(dsv3_format f, const int mr, const int raw, const dsv3_lin_args *a, const uint8_t *row,
+                          const float *const *x, int64_t k, int64_t kv, V sv, V *accA, V *accB)
+{
+    const dsv3_weight *w = a->w;
+    (void)w;
+    for (; k + 2 * VL <= kv; k += 2 * VL) {
+        const V w0 = V_MUL(raw ? DECR(f, w, row, k) : DEC(f, w, row, k), sv);
+        const V w1 = V_MUL(raw ? DECR(f, w, row, k + VL) : DEC(f, w, row, k + VL), sv);
+        for (int i = 0; i < mr; i++) {
+            accA[i] = V_FMA(V_LOADU(x[i] + k), w0, accA[i]);
+            accB[i] = V_FMA(V_LOADU(x[i] + k + VL), w1, accB[i]);
+        }
+    }
+    if (k < kv) {
+        const V w0 = V_MUL(raw ? DECR(f, w, row, k) : DEC(f, w, row, k), sv);
+        for (int i = 0; i < mr; i++)
+            accA[i] = V_FMA(V_LOADU(x[i] + k), w0, accA[i]);
+    }
+}
+
+AI void gemv_group_scaled(dsv3_format f, const int mr, const dsv3_lin_args *a, const uint8_t *row,
+                          const float *const *x, int64_t g, int64_t G, float s, int64_t klo, int64_t khi,
+                          V *accA, V *accB)
+{
+    const int64_t k0 = g * G > klo ? g * G : klo, kv = g * G + G < khi ? g * G + G : khi;
+    /* raw decode needs scale * 2^bias to stay finite; huge scales take the exact decoder */
+    if (s < 0x1p100f / RAW_SCALE(f) * 0x1p27f)
+        group_scaled_body(f, mr, 1, a, row, x, k0, kv, V_SET1(s * RAW_SCALE(f)), accA, accB);
+    else
+        group_scaled_body(f, mr, 0, a, row, x, k0, kv, V_SET1(s), accA, accB);
+}
+
+AI void nvfp4_group(dsv3_format f, const int mr, const dsv3_lin_args *a, const uint8_t *row,
+                    const float *const *x, int64_t g, float s, V *acc)
+{
+    const V sv = V_SET1(s);
+    (void)a;
+    for (int v = 0; v < 16 / VL; v++) {
+        const int64_t k = g * 16 + v * VL;
+        const V wv = V_MUL(DEC(f, a->w, row, k), sv);
+        for (int i = 0; i < mr; i++)
+            acc[i] = V_FMA(V_LOADU(x[i] + k), wv, acc[i]);
+    }
+}
+
+/* Scales of groups [g, g+VL) of row n (nvfp4: e4m3 decoded in a vector, times scale2). */
+AI void group_scales(dsv3_format f, const dsv3_weight *w, int64_t n, int64_t g, int64_t ng, float *out)
+{
+    if (f == DSV3_FMT_NVFP4 && g + VL <= ng) {
+        V_STOREU(out, V_MUL(DEC(DSV3_FMT_FP8_BLOCK, w, (const uint8_t *)w->scale + n * ng, g), V_SET1(w->scale2)));
+        return;
+    }
+    for (int64_t j = g; j < g + VL && j < ng; j++)
+        out[j - g] = gscale(f, w, n, j, ng);
+}
+
+/* Row n for rows [m0, m0+mr) of x. Two accumulator sets (even / odd K groups) and two partial sets
+ * (even / odd vectors) hide the FMA latency when mr is small; the group loop is unrolled by two so
+ * that every register array is indexed by constants. */
+AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0, int64_t klo,
+                  int64_t khi)
+{
+    const dsv3_weight *w = a->w;
+    const int64_t K = w->k, G = kgroup(f, w), ng = (K + G - 1) / G, Kv = K / VL * VL;
+    const int64_t kvh = khi < Kv ? khi : Kv, gend = (kvh + G - 1) / G; /* vector part of the chunk */
+    const uint8_t *row = row_ptr(f, w, n);
+    const float *x[MR];
+    V acc0[MR], acc1[MR];
+    for (int i = 0; i < mr; i++) {
+        x[i] = a->x + (m0 + i) * K;
+        acc0[i] = acc1[i] = V_ZERO();
+    }
+    int64_t g = klo / G;
+    if (f == DSV3_FMT_NVFP4) { /* 16-wide groups: two groups per step, scales from a decoded vector */
+        float sb[VL];
+        for (; g + 1 < gend; g += 2) {
+            if (g % VL == 0)
+                group_scales(f, w, n, g, ng, sb);
+            nvfp4_group(f, mr, a, row, x, g, sb[g % VL], acc0);
+            nvfp4_group(f, mr, a, row, x, g + 1, sb[(g + 1) % VL], acc1);
+        }
+        if (g < gend) {
+            group_scales(f, w, n, g - g % VL, ng, sb);
+            nvfp4_group(f, mr, a, row, x, g, sb[g % VL], acc0);
+        }
+        g = gend;
+    }
+    if (f == DSV3_FMT_INT4 || (f == DSV3_FMT_FP8_BLOCK && !a->xs)) {
+        float sb[VL];
+        for (; g < gend; g += 2) {
+            if (g % VL == 0 || g == klo / G)
+                group_scales(f, w, n, g - g % VL, ng, sb);
+            gemv_group_scaled(f, mr, a, row, x, g, G, sb[g % VL], klo, kvh, acc0, acc1);
+            if (g + 1 < gend) {
+                if ((g + 1) % VL == 0)
+                    group_scales(f, w, n, g + 1, ng, sb);
+                gemv_group_scaled(f, mr, a, row, x, g + 1, G, sb[(g + 1) % VL], klo, kvh, acc1, acc0);
+            }
+        }
+        g = gend;
+    }
+    for (; g + 1 < gend; g += 2) {
+        gemv_group(f, mr, a, row, n, m0, x, g, G, ng, klo, kvh, acc0);
+        gemv_group(f, mr, a, row, n, m0, x, g + 1, G, ng, klo, kvh, acc1);
+    }
+    if (g < gend)
+        gemv_group(f, mr, a, row, n, m0, x, g, G, ng, klo, kvh, acc0);
+    /* K tail (K not a multiple of VL): scalar decode once per row, outside the hot loops so no call
+     * clobbers the accumulators there; added after the vector sum in a fixed order. */
+    float tail[MR] = {0};
+    if (Kv < K && khi >= K) {
+        float wt[VL];
+        dsv3_formats[f].code_row(w, n, Kv, K - Kv, wt);
+        const int64_t gt = Kv / G;
+        const float s = gscale(f, w, n, gt, ng);
+        for (int i = 0; i < mr; i++) {
+            float p = 0.0f;
+            for (int64_t j = Kv; j < K; j++)
+                p += x[i][j] * wt[j - Kv];
+            tail[i] = p * (a->xs ? a->xs[(m0 + i) * ng + gt] * s : s);
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        float *y = a->y + (m0 + i) * w->n + n;
+        const float v = V_REDUCE(V_ADD(acc0[i], acc1[i])) + tail[i];
+        *y = klo == 0 ? v : *y + v;
+        if (khi >= K && a->bias)
+            *y += a->bias[n];
+    }
+}
+
+/* K is walked in chunks of GEMV_KC so the rows of x in use stay in L1 while weight rows stream
+ * past; per-chunk sums are added to y in chunk order (fixed). */
+AI void gemv_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
+{
+    for (int64_t klo = 0; klo < a->w->k; klo += DSV3_GEMV_KC) {
+        const int64_t khi = klo + DSV3_GEMV_KC < a->w->k ? klo + DSV3_GEMV_KC : a->w->k;
+        for (int64_t n = n0; n < n1; n++)
+            for (int64_t m0 = 0; m0 < a->m; m0 += MR) {
+                switch (a->m - m0 < MR ? a->m - m0 : MR) {
+                case 1: gemv_tile(f, 1, a, n, m0, klo, khi); break;
+                case 2: gemv_tile(f, 2, a, n, m0, klo, khi); break;
+                case 3: gemv_tile(f, 3, a, n, m0, klo, khi); break;
+                default: gemv_tile(f, 4, a, n, m0, klo, khi); break;
+                }
+            }
+    }
+}
+
+#define GEMV_CAT2(a, b) a##b
+#define GEMV_CAT(a, b) GEMV_CAT2(a, b)
+#define GEMV_DEFINE(fname, fmt)                                                                     \
+    void GEMV_CAT(dsv3_gemv_##fname##_, ISA)(const dsv3_lin_args *a, int64_t n0, int64_t n1)         \
+    {                                                                                               \
+        gemv_rows(fmt, a, n0, n1);                                                                  \
+    }
+
+GEMV_DEFINE(f32, DSV3_FMT_F32)
+GEMV_DEFINE(bf16, DSV3_FMT_BF16)
+GEMV_DEFINE(fp8_block, DSV3_FMT_FP8_BLOCK)
+GEMV_DEFINE(nvfp4, DSV3_FMT_NVFP4)
+GEMV_DEFINE(int8, DSV3_FMT_INT8)
+GEMV_DEFINE(int4, DSV3_FMT_INT4)

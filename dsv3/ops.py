@@ -1,0 +1,27 @@
+"""Single operations on numpy arrays (each one C call)."""
+import numpy as np
+
+from ._native import lib
+from .quant import QuantizedTensor
+
+
+def linear(x, w, bias=None, mode="weight_only", isa=None):
+    """y = x W^T (+ bias), float32.
+
+    x: float32 or bfloat16 [..., K] (C-contiguous); w: QuantizedTensor, or a float32/bfloat16 array
+    [N, K]; bias: float32 [N] or None. mode "weight_only" decodes weights in registers and keeps
+    activations in f32 (large M on AVX-512: bf16 dot); "dynamic" quantises activations per token like
+    DeepSeek's act_quant + fp8_gemm (fp8_block) or symmetric int8 per token (int8). isa forces a kernel
+    path ("scalar", "avx2", "avx512"); None uses the active one.
+    """
+    native = w.to_native() if isinstance(w, QuantizedTensor) else w
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
+    if x.ndim == 2:
+        return lib.linear(x, native, bias, mode, isa)
+    if x.ndim == 0:
+        raise ValueError("x must have at least one dimension [..., K]")
+    if not x.flags.c_contiguous:
+        raise ValueError("x must be C-contiguous (use numpy.ascontiguousarray)")
+    y = lib.linear(x.reshape(-1, x.shape[-1]), native, bias, mode, isa)
+    return y.reshape(x.shape[:-1] + (y.shape[-1],))

@@ -1,0 +1,270 @@
+"""The transformers side of `dsv3 parity`: the reference model, its weights and its module probes.
+
+Everything here runs transformers' own DeepSeek code (DeepseekV3ForCausalLM / DeepseekV2ForCausalLM)
+in float32 with ``attn_implementation="eager"`` and ``experts_implementation="eager"``; torch and
+transformers are imported lazily so that ``import dsv3`` never needs them.
+
+Weight names: transformers 5.x keeps routed experts fused (``mlp.experts.gate_up_proj`` [E, 2I, H],
+rows 0..I-1 gate, I..2I-1 up; ``mlp.experts.down_proj`` [E, H, I]). dsv3's canonical names are per
+expert (``mlp.experts.{e}.{gate,up,down}_proj.weight``); :func:`hf_to_canonical` and
+:func:`canonical_to_hf` translate between the two. Every other name is the same on both sides.
+"""
+import re
+import zlib
+
+import numpy as np
+
+INSTALL_HINT = "pip install 'dsv3[parity]'"
+
+
+def require_torch():
+    """Import torch and transformers, or raise ImportError saying how to install them."""
+    try:
+        import torch
+        import transformers
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"dsv3 parity needs torch and transformers ({e}); install them with: "
+                          f"{INSTALL_HINT}") from e
+    return torch, transformers
+
+
+def hf_config_from(config):
+    """A transformers config for a dsv3 DeepseekConfig (via its ``to_hf_config()``) or a config dict."""
+    _, transformers = require_torch()
+    if hasattr(config, "to_hf_config"):
+        config = config.to_hf_config()
+    if isinstance(config, transformers.PretrainedConfig):
+        return config
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a DeepseekConfig, a dict or a transformers config, "
+                        f"got {type(config).__name__}")
+    d = dict(config)
+    model_type = d.pop("model_type", "deepseek_v3")
+    if model_type not in ("deepseek_v3", "deepseek_v2", "kimi_k2"):
+        raise ValueError(f"config dicts with model_type deepseek_v3, kimi_k2 or deepseek_v2 only, got {model_type!r}")
+    cls = transformers.DeepseekV2Config if model_type == "deepseek_v2" else transformers.DeepseekV3Config
+    for k in ("architectures", "auto_map", "quantization_config", "torch_dtype", "dtype", "transformers_version"):
+        d.pop(k, None)
+    return cls(**d)
+
+
+def build_model(hf_config):
+    """An empty (uninitialised) float32 transformers causal LM for ``hf_config``, eager attention and experts."""
+    torch, transformers = require_torch()
+    name = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v32": "DeepseekV32ForCausalLM"}.get(
+        hf_config.model_type, "DeepseekV3ForCausalLM")
+    cls = getattr(transformers, name)
+    model = cls._from_config(hf_config, attn_implementation="eager", experts_implementation="eager",
+                             dtype=torch.float32)
+    model.eval()
+    return model
+
+
+def random_state_dict(model, seed):
+    """Seeded float32 weights for every tensor of ``model``'s state_dict, scaled so activations stay near
+    unit size and the logits are far from flat.
+
+    Rule (n = standard normal, K = the last dimension, the fan-in): norm weights 1 + 0.1 n; embeddings n;
+    lm_head 2 n / sqrt(K) (logits of std ~2); e_score_correction_bias 0.1 n; biases 0.1 n; every other
+    weight n / sqrt(K). Each tensor has its own generator seeded from (seed, crc32(name)), so a tensor's
+    values do not depend on which other tensors exist.
+    """
+    out = {}
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    for name, t in model.state_dict().items():
+        if tied and name == "lm_head.weight":
+            continue  # the same tensor as the embedding
+        rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
+        n = rng.standard_normal(tuple(t.shape), dtype=np.float32)
+        if name.endswith("norm.weight"):
+            v = 1.0 + 0.1 * n
+        elif name.endswith("embed_tokens.weight"):
+            v = n
+        elif name.endswith("e_score_correction_bias") or name.endswith(".bias"):
+            v = 0.1 * n
+        elif name == "lm_head.weight":
+            v = 2.0 * n / np.sqrt(t.shape[-1])
+        else:
+            v = n / np.sqrt(t.shape[-1])
+        out[name] = np.ascontiguousarray(v, dtype=np.float32)
+    return out
+
+
+_FUSED = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
+_PER_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+
+
+def hf_to_canonical(state_dict):
+    """transformers 5.x names -> dsv3 canonical names. Fused experts become per-expert views
+    (gate = gate_up_proj[e, :I], up = gate_up_proj[e, I:], down = down_proj[e]); the rest passes through."""
+    out = {}
+    for name, v in state_dict.items():
+        v = np.asarray(v)
+        m = _FUSED.match(name)
+        if not m:
+            out[name] = v
+            continue
+        prefix, kind = m.groups()
+        for e in range(v.shape[0]):
+            if kind == "gate_up_proj":
+                inter = v.shape[1] // 2
+                out[f"{prefix}.{e}.gate_proj.weight"] = v[e, :inter]
+                out[f"{prefix}.{e}.up_proj.weight"] = v[e, inter:]
+            else:
+                out[f"{prefix}.{e}.down_proj.weight"] = v[e]
+    return out
+
+
+def canonical_to_hf(tensors):
+    """dsv3 canonical names -> transformers 5.x names: per-expert weights are stacked into the fused
+    ``gate_up_proj`` [E, 2I, H] and ``down_proj`` [E, H, I]; everything else passes through (float32)."""
+    out, experts = {}, {}
+    for name, v in tensors.items():
+        m = _PER_EXPERT.match(name)
+        if m:
+            prefix, e, kind = m.groups()
+            experts.setdefault(prefix, {}).setdefault(int(e), {})[kind] = v
+        else:
+            out[name] = np.asarray(v, dtype=np.float32)
+    for prefix, per in experts.items():
+        ids = sorted(per)
+        if ids != list(range(len(ids))):
+            raise ValueError(f"{prefix}: expert indices are not 0..{len(ids) - 1}: {ids[:8]}...")
+        for e in ids:
+            missing = {"gate_proj", "up_proj", "down_proj"} - set(per[e])
+            if missing:
+                raise ValueError(f"{prefix}.{e}: missing {sorted(missing)}")
+        out[f"{prefix}.gate_up_proj"] = np.stack(
+            [np.concatenate([np.asarray(per[e]["gate_proj"], np.float32),
+                             np.asarray(per[e]["up_proj"], np.float32)], axis=0) for e in ids])
+        out[f"{prefix}.down_proj"] = np.stack([np.asarray(per[e]["down_proj"], np.float32) for e in ids])
+    return out
+
+
+def load_state_dict(model, state_dict):
+    """Copy numpy float32 tensors into ``model`` by name; every model tensor must be given, none extra."""
+    torch, _ = require_torch()
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    extra = sorted(set(state_dict) - set(own))
+    if model.config.tie_word_embeddings and "lm_head.weight" in missing:
+        missing.remove("lm_head.weight")
+    if missing or extra:
+        raise ValueError(f"weights do not match the transformers model: missing {missing[:6]}, "
+                         f"unexpected {extra[:6]}")
+    with torch.no_grad():
+        for name, v in state_dict.items():
+            if tuple(own[name].shape) != tuple(v.shape):
+                raise ValueError(f"{name}: shape {tuple(v.shape)} != transformers {tuple(own[name].shape)}")
+            own[name].copy_(torch.from_numpy(np.array(v, dtype=np.float32)))  # a writable copy
+
+
+class Reference:
+    """Module probes on a transformers DeepSeek model: inputs and outputs are numpy float32 [S, ...],
+    batch 1. Inputs are built the way the model's own forward builds them: positions -> the model's
+    rotary embedding, ``create_causal_mask`` for the mask, a ``DynamicCache`` for decode."""
+
+    def __init__(self, model):
+        self.torch, self.transformers = require_torch()
+        self.model = model
+        self.config = model.config
+        self.is_v2 = model.config.model_type == "deepseek_v2"
+
+    def _t(self, x):
+        return self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+    @staticmethod
+    def _np(t):
+        return t.detach().to("cpu").float().numpy()
+
+    def layer(self, i):
+        return self.model.model.layers[i]
+
+    def _rope(self, positions, x):
+        pos = self.torch.as_tensor(np.asarray(positions, np.int64))[None]
+        return self.model.model.rotary_emb(x, pos)
+
+    def rope_cos_sin(self, positions):
+        """(cos, sin) [P, rope_dim] as DeepseekV3RotaryEmbedding returns them (cat(freqs, freqs) layout,
+        times attention_scaling). For V2 (complex freqs_cis) the real/imaginary parts in the same layout."""
+        with self.torch.no_grad():
+            out = self._rope(positions, self.torch.zeros(1, dtype=self.torch.float32))
+            if self.is_v2:
+                cos, sin = out.real, out.imag
+                cos, sin = self.torch.cat([cos, cos], -1), self.torch.cat([sin, sin], -1)
+            else:
+                cos, sin = out
+        return self._np(cos[0]), self._np(sin[0])
+
+    def _mask_and_rope(self, x, start_pos, cache):
+        from transformers.masking_utils import create_causal_mask
+        positions = np.arange(start_pos, start_pos + x.shape[1])
+        pos = self.torch.as_tensor(positions)[None]
+        mask = create_causal_mask(config=self.config, inputs_embeds=x, attention_mask=None, cache=cache,
+                                  position_ids=pos)
+        return mask, self._rope(positions, x), pos
+
+    def new_cache(self):
+        from transformers import DynamicCache
+        return DynamicCache(config=self.config)
+
+    def attention(self, layer, x, start_pos=0, cache=None):
+        """Self-attention of ``layer`` on x [S, H] at positions start_pos.., optionally through ``cache``."""
+        with self.torch.no_grad():
+            h = self._t(x)[None]
+            mask, pe, _ = self._mask_and_rope(h, start_pos, cache)
+            out = self.layer(layer).self_attn(hidden_states=h, position_embeddings=pe, attention_mask=mask,
+                                              cache=cache)[0]
+        return self._np(out[0])
+
+    def decoder_layer(self, layer, x, start_pos=0, cache=None):
+        with self.torch.no_grad():
+            h = self._t(x)[None]
+            mask, pe, pos = self._mask_and_rope(h, start_pos, cache)
+            out = self.layer(layer)(h, attention_mask=mask, position_ids=pos, cache=cache,
+                                    position_embeddings=pe)
+            if isinstance(out, tuple):
+                out = out[0]
+        return self._np(out[0])
+
+    def norm(self, layer, which, x):
+        """RMSNorm: which in 'input_layernorm', 'post_attention_layernorm' (of ``layer``) or 'final_norm'."""
+        mod = self.model.model.norm if which == "final_norm" else getattr(self.layer(layer), which)
+        with self.torch.no_grad():
+            return self._np(mod(self._t(x)))
+
+    def mlp(self, layer, x):
+        """Dense MLP or the whole MoE block (routed + shared) of ``layer``."""
+        with self.torch.no_grad():
+            return self._np(self.layer(layer).mlp(self._t(x)[None])[0])
+
+    def router(self, layer, x):
+        """(weights [S, k] float32, indices [S, k] int64) as the router returns them (unsorted)."""
+        with self.torch.no_grad():
+            _, w, idx = self.layer(layer).mlp.gate(self._t(x))
+        return self._np(w), idx.numpy().astype(np.int64)
+
+    def experts(self, layer, x, indices, weights):
+        with self.torch.no_grad():
+            out = self.layer(layer).mlp.experts(self._t(x), self.torch.as_tensor(np.asarray(indices, np.int64)),
+                                                self._t(weights))
+        return self._np(out)
+
+    def shared_experts(self, layer, x):
+        with self.torch.no_grad():
+            return self._np(self.layer(layer).mlp.shared_experts(self._t(x)))
+
+    def logits(self, input_ids):
+        """Full-sequence logits [S, vocab] without a cache."""
+        with self.torch.no_grad():
+            ids = self.torch.as_tensor(np.asarray(input_ids, np.int64))[None]
+            return self._np(self.model(input_ids=ids, use_cache=False).logits[0])
+
+    def generate(self, input_ids, max_new_tokens):
+        """Greedy continuation (token ids of the new tokens only) with transformers' generate(); no eos stop."""
+        with self.torch.no_grad():
+            ids = self.torch.as_tensor(np.asarray(input_ids, np.int64))[None]
+            gc = self.transformers.GenerationConfig(do_sample=False, max_new_tokens=int(max_new_tokens),
+                                                    eos_token_id=None, pad_token_id=0)
+            out = self.model.generate(ids, generation_config=gc, attention_mask=self.torch.ones_like(ids))
+        return out[0, ids.shape[1]:].numpy().astype(np.int64)

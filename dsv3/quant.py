@@ -1,0 +1,169 @@
+"""Quantised weights: formats, quantisation, dequantisation, checkpoint wrapping.
+
+A :class:`QuantizedTensor` holds a weight ``W [N, K]`` in one storage format, with its arrays named
+as in a checkpoint (all math runs in C, see csrc/include/dsv3_quant.h for the exact layouts):
+
+============  ===============================================================================
+``f32``       ``weight`` float32 [N, K]
+``bf16``      ``weight`` bfloat16 [N, K]
+``fp8_block`` ``weight`` float8_e4m3fn [N, K], ``weight_scale_inv`` float32 [ceil(N/128), ceil(K/128)]
+              (DeepSeek; params ``ue8m0``: scales are powers of two, as V3.1 produces them)
+``nvfp4``     ``weight`` uint8 [N, K/2] (e2m1, element 2i in the low nibble), ``weight_scale``
+              float8_e4m3fn [N, K/16], ``weight_scale_2`` float32 scalar, optional ``input_scale``
+              (NVIDIA ModelOpt). K % 16 == 0.
+``int8``      ``weight`` int8 [N, K], ``weight_scale`` float32 [N] (symmetric per output channel)
+``int4``      ``weight`` uint8 [N, K/2] (two's complement nibbles, element 2i low), ``weight_scale``
+              float32 [N, ceil(K/group)], params ``group`` in {32, 128}
+============  ===============================================================================
+
+Packing: the kernels read these checkpoint layouts directly (rows of codes stream contiguously; the
+large-M path decodes bf16 tiles on the fly), so :func:`pack` is a zero-cost relabelling with layout
+version ``PACKED_LAYOUT``; a converted checkpoint stores the arrays unchanged.
+"""
+import numpy as np
+import ml_dtypes
+
+from ._native import lib
+
+FORMATS = ("f32", "bf16", "fp8_block", "nvfp4", "int8", "int4")
+PACKED_LAYOUT = "ckpt-1"
+_SCALE_NAME = {"fp8_block": "weight_scale_inv", "nvfp4": "weight_scale", "int8": "weight_scale",
+               "int4": "weight_scale"}
+_PARAMS = {"f32": {}, "bf16": {}, "fp8_block": {"ue8m0": False}, "nvfp4": {"group": 16},
+           "int8": {}, "int4": {"group": 128}}
+
+
+def _check_fmt(fmt):
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown weight format {fmt!r} (expected one of {', '.join(FORMATS)})")
+
+
+def _params(fmt, given):
+    params = dict(_PARAMS[fmt])
+    for key, value in given.items():
+        if key == "packed":
+            if value != PACKED_LAYOUT:
+                raise ValueError(f"unknown packed layout {value!r} (this build reads {PACKED_LAYOUT!r})")
+        elif key not in params:
+            raise TypeError(f"{fmt}: unexpected parameter {key!r} (allowed: {', '.join(params) or 'none'})")
+        params[key] = value
+    if fmt == "int4" and params["group"] not in (32, 128):
+        raise ValueError(f"int4: group must be 32 or 128, got {params['group']!r}")
+    if fmt == "nvfp4" and params["group"] != 16:
+        raise ValueError(f"nvfp4: group is fixed at 16, got {params['group']!r}")
+    if fmt == "fp8_block":
+        params["ue8m0"] = bool(params["ue8m0"])
+    return params
+
+
+class QuantizedTensor:
+    """A weight W [N, K] in a storage format; ``arrays`` are named as in a checkpoint.
+
+    Attributes: ``fmt`` (format name), ``shape`` (N, K), ``arrays`` (dict of numpy arrays, zero-copy
+    views when built by :func:`from_checkpoint`), ``params`` (format parameters).
+    """
+
+    __slots__ = ("fmt", "shape", "arrays", "params")
+
+    def __init__(self, fmt, shape, arrays, params=None):
+        _check_fmt(fmt)
+        self.fmt = fmt
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.arrays = dict(arrays)
+        self.params = _params(fmt, params or {})
+
+    @property
+    def nbytes(self):
+        """Bytes of all stored arrays."""
+        return int(sum(np.asarray(a).nbytes for a in self.arrays.values()))
+
+    def to_native(self):
+        """The dict the C binding accepts (dsv3_py_weight): format, shape, data, scale, scale2, group."""
+        d = {"format": self.fmt, "shape": self.shape, "data": self.arrays["weight"],
+             "scale": self.arrays.get(_SCALE_NAME.get(self.fmt, ""), None),
+             "group": int(self.params.get("group", 0)), "ue8m0": int(self.params.get("ue8m0", False))}
+        if self.fmt == "nvfp4":
+            d["scale2"] = float(np.asarray(self.arrays["weight_scale_2"], dtype=np.float32).reshape(-1)[0])
+        return d
+
+    def __repr__(self):
+        return f"QuantizedTensor({self.fmt!r}, shape={self.shape}, params={self.params}, nbytes={self.nbytes})"
+
+
+def _validate(qt):
+    """Checks every array against the format (dtype, shape, contiguity) in C without computing."""
+    lib.linear(np.zeros((0, qt.shape[1]), np.float32), qt.to_native())
+    return qt
+
+
+def quantize(w, fmt, **params):
+    """Quantise ``w`` (float32 [N, K]) to ``fmt``; returns a :class:`QuantizedTensor`.
+
+    params: fp8_block ``ue8m0=False``; int4 ``group=128`` (32 or 128). Rounding rules: fp8_block as
+    DeepSeek (S = amax/448, 1 if 0; ue8m0 rounds S up to a power of two; e4m3 RNE); nvfp4 as ModelOpt;
+    int8/int4 symmetric, S = amax/127 (/7), round half to even.
+    """
+    _check_fmt(fmt)
+    params = _params(fmt, params)
+    w = np.asarray(w)
+    if not np.issubdtype(w.dtype, np.floating) and w.dtype != ml_dtypes.bfloat16:
+        raise TypeError(f"quantize: w must be a float array, got dtype {w.dtype}")
+    if w.ndim != 2:
+        raise ValueError(f"quantize: w must be 2-D [N, K], got shape {w.shape}")
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    out = lib.quantize(w, fmt, group=int(params.get("group", 0)) if fmt == "int4" else 0,
+                       ue8m0=bool(params.get("ue8m0", False)))
+    arrays = {"weight": out["data"]}
+    if fmt in _SCALE_NAME:
+        arrays[_SCALE_NAME[fmt]] = out["scale"]
+    if fmt == "nvfp4":
+        arrays["weight_scale_2"] = np.array(out["scale2"], dtype=np.float32)
+    return QuantizedTensor(fmt, w.shape, arrays, params)
+
+
+def dequantize(qt):
+    """float32 [N, K] = code * scale, computed in C (the reference the kernels are tested against)."""
+    if not isinstance(qt, QuantizedTensor):
+        raise TypeError(f"dequantize expects a QuantizedTensor, got {type(qt).__name__}")
+    return lib.dequantize(qt.to_native())
+
+
+def from_checkpoint(fmt, weight, scale=None, scale2=None, input_scale=None, **params):
+    """Wrap arrays read from a checkpoint (e.g. safetensors) without copying.
+
+    fp8_block: weight [N, K] float8_e4m3fn, scale = weight_scale_inv; nvfp4: weight uint8 [N, K/2],
+    scale = weight_scale (float8_e4m3fn), scale2 = weight_scale_2, input_scale optional; int8/int4:
+    scale = weight_scale. Arrays are checked (dtype, shape, contiguity) and kept as given.
+    """
+    _check_fmt(fmt)
+    if not isinstance(weight, np.ndarray) or weight.ndim != 2:
+        raise ValueError(f"from_checkpoint: weight must be a 2-D numpy array, got {type(weight).__name__}"
+                         + (f" with shape {weight.shape}" if isinstance(weight, np.ndarray) else ""))
+    n, kk = weight.shape
+    shape = (n, 2 * kk) if fmt in ("nvfp4", "int4") else (n, kk)
+    arrays = {"weight": weight}
+    if fmt in _SCALE_NAME:
+        if scale is None:
+            raise ValueError(f"from_checkpoint: {fmt} needs scale ({_SCALE_NAME[fmt]})")
+        arrays[_SCALE_NAME[fmt]] = scale
+    elif scale is not None:
+        raise ValueError(f"from_checkpoint: {fmt} has no scale")
+    if fmt == "nvfp4":
+        if scale2 is None:
+            raise ValueError("from_checkpoint: nvfp4 needs scale2 (weight_scale_2)")
+        arrays["weight_scale_2"] = scale2
+        if input_scale is not None:
+            arrays["input_scale"] = input_scale
+    return _validate(QuantizedTensor(fmt, shape, arrays, params))
+
+
+def pack(qt):
+    """The kernel layout of ``qt``: version ``PACKED_LAYOUT`` ("ckpt-1") is the checkpoint layout
+    itself (measured: decoding in registers from it streams at the bandwidth limit), so this shares
+    the arrays and only records the layout in ``params['packed']``."""
+    if not isinstance(qt, QuantizedTensor):
+        raise TypeError(f"pack expects a QuantizedTensor, got {type(qt).__name__}")
+    params = dict(qt.params)
+    params["packed"] = PACKED_LAYOUT
+    out = QuantizedTensor(qt.fmt, qt.shape, qt.arrays, params)
+    return out
