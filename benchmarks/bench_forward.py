@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 import dsv3
+import dsv3._native
 import dsv3.probe as probe
 from dsv3.testing.checkpoints import tiny_config, write_checkpoint
 
@@ -160,19 +161,30 @@ def quant_api():
 
 
 def load_dsv3(fmt, dirs, cfg, max_seq_len):
-    """(model, canonical tensors) for one format, or (None, reason)."""
+    """(model, canonical tensors, how) for one format, or (None, reason, None). fp8_block and nvfp4
+    come from their checkpoint formats; if that load fails, the bf16 weights are quantised at load
+    with dsv3.quant.quantize (same kernels; noted in the output). int8 is always quantised at load."""
     from dsv3.checkpoint import open_checkpoint
-    if fmt in ("fp8_block", "nvfp4", "int8") and quant_api() is None:
-        return None, "needs dsv3.quant (not in this build)"
-    ck = open_checkpoint(dirs["bf16" if fmt == "int8" else fmt])
-    tensors = dict(ck.canonical_tensors())
-    if fmt == "int8":
-        q = quant_api()
-        tensors = {n: (q.quantize(np.asarray(v, np.float32), "int8") if _is_linear(n) else v)
-                   for n, v in tensors.items()}
+    q = quant_api()
+    if fmt != "bf16" and q is None:
+        return None, "needs dsv3.quant (not in this build)", None
+    how = "checkpoint"
+    try:
+        if fmt == "int8":
+            raise LookupError("no int8 checkpoint format")
+        ck = open_checkpoint(dirs[fmt])
+        tensors = dict(ck.canonical_tensors())
+    except Exception as e:  # noqa: BLE001 -- reported, then the quantise-at-load fallback
+        if fmt == "bf16":
+            raise
+        how = "quantised at load" + ("" if isinstance(e, LookupError) else f" (checkpoint load failed: {e})")
+        ck = open_checkpoint(dirs["bf16"])
+        pick = (lambda n: ".mlp." in n) if fmt == "nvfp4" else (lambda n: True)
+        tensors = {n: (q.quantize(np.asarray(v, np.float32), fmt) if _is_linear(n) and pick(n) else v)
+                   for n, v in ck.canonical_tensors()}
     model = dsv3.Model.from_tensors(ck.config, tensors, max_seq_len=max_seq_len)
     model._checkpoint = ck
-    return model, tensors
+    return model, tensors, how
 
 
 def _is_linear(name):
@@ -229,21 +241,25 @@ def main(argv=None):
           f"16 heads, 64 experts top-6, moe_intermediate 1408, vocab {args.vocab}")
 
     bw = probe.read_bandwidth(nbytes=1 << 29, repeats=3)["gbps"]
-    print(f"read bandwidth ({threads} threads): {bw:.1f} GB/s;  OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
-          f"  GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
+    policy = getattr(dsv3._native, "OMP_WAIT_POLICY_APPLIED", "libgomp default")
+    print(f"read bandwidth ({threads} threads): {bw:.1f} GB/s; OpenMP wait: {policy} "
+          f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')})")
 
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": platform.processor() or platform.machine(), "threads": threads, "read_gbps": bw,
+              "omp_wait": policy,
               "config": {"layers": layers, "vocab": args.vocab, "prefill": prefill, "contexts": contexts,
                          "steps": steps, "reps": reps}, "dsv3": {}, "torch": {}}
     for fmt in formats:
-        model, tensors = load_dsv3(fmt, dirs, cfg, max_seq)
+        model, tensors, how = load_dsv3(fmt, dirs, cfg, max_seq)
         if model is None:
             print(f"dsv3 {fmt}: skipped ({tensors})")
             continue
+        print(f"dsv3 {fmt}: weights {how}")
         wbytes = decode_weight_bytes(tensors, cfg)
         r = bench_dsv3(model, prefill, contexts, steps, reps, args.vocab)
         r["decode_weight_bytes"] = wbytes
+        r["weights"] = how
         r["roofline_fraction"] = {c: v * wbytes / (bw * 1e9) for c, v in r["decode"].items()}
         result["dsv3"][fmt] = r
         del model, tensors
