@@ -222,9 +222,9 @@ class Checkpoint:
             from . import quant
             w, s, bn, bk = d
             q = self.config.quantization
-            if bn != bk:
-                raise NotImplementedError(f"non-square FP8 blocks {bn}x{bk} ({w})")
-            return quant.from_checkpoint("fp8_block", r.get(w), scale=r.get(s), group=bk,
+            if (bn, bk) != (128, 128):  # DeepSeek's format; the kernels' scale grid is 128x128
+                raise NotImplementedError(f"FP8 weight_block_size {bn}x{bk} ({w}): only 128x128 is supported")
+            return quant.from_checkpoint("fp8_block", r.get(w), scale=r.get(s),
                                          ue8m0=bool(q is not None and q.scale_fmt == "ue8m0"))
         if kind == "nvfp4":
             from . import quant

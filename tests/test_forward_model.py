@@ -119,7 +119,8 @@ def test_bfloat16_weights():
     assert max_abs(m.forward(IDS), hf_logits(hf, IDS)) < 1e-4
     assert "bfloat16" in repr(m)
     # bf16 arrays given directly (no dtype=) read the same values
-    t_bf16 = {k: (v.astype(ml_dtypes.bfloat16) if not k.endswith("mlp.gate.weight") else v) for k, v in t.items()}
+    router = (".mlp.gate.weight", ".mlp.gate.e_score_correction_bias")  # kept f32, as dtype= does
+    t_bf16 = {k: (v if k.endswith(router) else v.astype(ml_dtypes.bfloat16)) for k, v in t.items()}
     m2 = dsv3.Model.from_tensors(native_config(hf.config), t_bf16)
     m.reset()
     assert np.array_equal(m2.forward(IDS), m.forward(IDS))
