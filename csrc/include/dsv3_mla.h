@@ -38,7 +38,7 @@ typedef struct {
     dsv3_weight o_proj;      /* [hidden, heads*v] */
     dsv3_vec q_a_bias, kv_a_bias, o_bias; /* attention_bias only: [q_lora], [kv_lora+rope], [hidden] */
     float *w_uk;             /* owned, absorbed mode: [heads, nope, kv_lora] */
-    float *w_uv;             /* owned, absorbed mode: [heads, v, kv_lora] */
+    float *w_uv;             /* owned, absorbed mode: [heads, kv_lora, v] (W_UV_h transposed) */
 } dsv3_mla_weights;
 
 /* Derive per-head f32 W_UK / W_UV from kv_b_proj (any format dsv3_linear reads: x = identity). */
@@ -51,5 +51,14 @@ dsv3_status dsv3_mla_absorb(const dsv3_mla_dims *d, dsv3_mla_weights *w, int isa
 dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
                              const float *cos_j, const float *sin_j, float *cache, int64_t past,
                              dsv3_attn_mode mode, float *out, int isa, dsv3_error *err);
+
+/* The attention leaf kernels on ISA `isa` (exposed for tests; summation order in
+ * csrc/mla/attend_kernels.h, identical on every ISA):
+ *   dots: out[i*ldo + j] = a[i*lda : +n] . b[j*ldb : +n]                 (i < na, j < nb)
+ *   wsum: out[i*ldo + r] = sum_{t<T} p[i*ldp + t] * x[t*ldx + r]         (i < np, r < n) */
+dsv3_status dsv3_mla_dots(const float *a, int64_t na, int64_t lda, const float *b, int64_t nb, int64_t ldb,
+                          int64_t n, float *out, int64_t ldo, int isa, dsv3_error *err);
+dsv3_status dsv3_mla_wsum(const float *p, int64_t np, int64_t ldp, const float *x, int64_t ldx, int64_t T,
+                          int64_t n, float *out, int64_t ldo, int isa, dsv3_error *err);
 
 #endif

@@ -2,6 +2,7 @@
  * every pair is computed by one thread in a fixed order, so results do not depend on threads. */
 #include "dsv3_dtypes.h"
 #include "dsv3_ops.h"
+#include "attend_kernels.h"
 #include "mla_internal.h"
 
 #include <omp.h>
@@ -64,46 +65,90 @@ done:
     return st;
 }
 
+/* Absorbed attention in four passes over latent space, every one split across threads by output
+ * (so the split never changes a result; the kernels fix each output's summation order):
+ *   qc[i,h]  = [W_UK_h^T q_nope[i,h] | q_pe[i,h]]          (576 wide: the cached row's layout)
+ *   P[i,h,t] = softmax_t(scale * qc[i,h] . cache[t])        (each cached row read once for all heads)
+ *   lat[i,h] = sum_t P[i,h,t] cache[t][:R]
+ *   out[i,h] = W_UV_h lat[i,h]                              (as lat[i,h] . W_UV_h^T rows)
+ * Tokens are processed in blocks so the probabilities P stay within a bounded buffer. */
+#define TOKEN_TILE 8  /* rows per wsum call over tokens (the kernel's register tile) */
+#define ROW_TILE 64   /* cached rows per scores task */
+#define LAT_TILE 128  /* latent columns per weighted-sum task */
+#define P_BUDGET ((int64_t)1 << 22) /* floats of probabilities per token block (16 MiB) */
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
-                                     int64_t s, const float *cache, int64_t past, float *attn, dsv3_error *err)
+                                     int64_t s, const float *cache, int64_t past, float *attn, int isa,
+                                     dsv3_error *err)
 {
+    dsv3_isa which;
+    dsv3_status st = dsv3_isa_resolve(isa, &which, err);
+    if (st != DSV3_OK)
+        return st;
+    const dsv3_attend_kernels *K = dsv3_attend_table(which);
     const int64_t T = past + s, R = d->kv_lora, row = R + d->rope, qk = d->nope + d->rope, H = d->heads;
-    const int64_t per = T + 2 * R;
-    int nt = 1;
-    float *scr = thread_scratch(per, &nt);
-    if (!scr)
-        return dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory for %lld cached tokens", (long long)T);
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t ih = 0; ih < s * H; ih++) {
-        const int64_t i = ih / H, h = ih % H, n = past + i + 1;
-        const float *qh = q + ih * qk, *uk = w->w_uk + h * d->nope * R, *uv = w->w_uv + h * d->v * R;
-        float *p = scr + (int64_t)omp_get_thread_num() * per, *qlat = p + T, *lat = qlat + R;
-        for (int64_t r = 0; r < R; r++) /* q_lat = W_UK_h^T q_nope */
-            qlat[r] = 0.f;
-        for (int64_t e = 0; e < d->nope; e++)
-            for (int64_t r = 0; r < R; r++)
-                qlat[r] += qh[e] * uk[e * R + r];
-        for (int64_t t = 0; t < n; t++) {
-            const float *c = cache + t * row;
-            float acc = dsv3_dot_f32(qlat, c, R);
-            for (int64_t e = 0; e < d->rope; e++)
-                acc += qh[d->nope + e] * c[R + e];
-            p[t] = acc * d->softmax_scale;
-        }
-        dsv3_softmax_f32(p, n);
-        for (int64_t r = 0; r < R; r++)
-            lat[r] = 0.f;
-        for (int64_t t = 0; t < n; t++) {
-            const float *c = cache + t * row;
-            for (int64_t r = 0; r < R; r++)
-                lat[r] += p[t] * c[r];
-        }
-        float *o = attn + ih * d->v;
-        for (int64_t j = 0; j < d->v; j++) /* out_h = W_UV_h lat */
-            o[j] = dsv3_dot_f32(uv + j * R, lat, R);
+    const int64_t V = d->v, nope = d->nope, rope = d->rope;
+    int64_t ib = P_BUDGET / (H * T);
+    ib = ib < 1 ? 1 : ib > s ? s : ib;
+    float *qc = dsv3_alloc((size_t)(s * H * row) * sizeof(float));
+    float *lat = dsv3_alloc((size_t)(s * H * R) * sizeof(float));
+    float *P = dsv3_alloc((size_t)(ib * H * T) * sizeof(float));
+    const int nt = dsv3_num_threads();
+    if (!qc || !lat || !P) {
+        st = dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory for %lld tokens over %lld cached", (long long)s,
+                       (long long)T);
+        goto done;
     }
-    dsv3_free(scr);
-    return DSV3_OK;
+    const int64_t tok_tiles = ceil_div(s, TOKEN_TILE), tiles = ceil_div(T, ROW_TILE), ltiles = ceil_div(R, LAT_TILE);
+#pragma omp parallel num_threads(nt) /* one team for all passes (decode: one wake-up per layer, not five) */
+    {
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < H * tok_tiles; it++) { /* qc: latent query and rope part per (head, token tile) */
+            const int64_t h = it % H, i0 = (it / H) * TOKEN_TILE, ni = s - i0 < TOKEN_TILE ? s - i0 : TOKEN_TILE;
+            K->wsum(q + (i0 * H + h) * qk, ni, H * qk, w->w_uk + h * nope * R, R, nope, R,
+                    qc + (i0 * H + h) * row, H * row);
+            for (int64_t i = i0; i < i0 + ni; i++)
+                for (int64_t e = 0; e < rope; e++)
+                    qc[(i * H + h) * row + R + e] = q[(i * H + h) * qk + nope + e];
+        }
+        for (int64_t b0 = 0; b0 < s; b0 += ib) {
+            const int64_t nb = s - b0 < ib ? s - b0 : ib;
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t it = 0; it < nb * tiles; it++) { /* scores: (token, block of cached rows) */
+                const int64_t i = b0 + it / tiles, t0 = (it % tiles) * ROW_TILE, n = past + i + 1;
+                if (t0 < n)
+                    K->dots(qc + i * H * row, H, row, cache + t0 * row, n - t0 < ROW_TILE ? n - t0 : ROW_TILE, row,
+                            row, P + (i - b0) * H * T + t0, T);
+            }
+#pragma omp for schedule(dynamic, 4)
+            for (int64_t ih = 0; ih < nb * H; ih++) { /* softmax over the causal prefix */
+                const int64_t n = past + b0 + ih / H + 1;
+                float *p = P + ih * T;
+                for (int64_t t = 0; t < n; t++)
+                    p[t] = p[t] * d->softmax_scale;
+                dsv3_softmax_f32(p, n);
+            }
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t it = 0; it < nb * ltiles; it++) { /* lat: (token, block of latent columns) */
+                const int64_t i = b0 + it / ltiles, r0 = (it % ltiles) * LAT_TILE;
+                K->wsum(P + (i - b0) * H * T, H, T, cache + r0, row, past + i + 1,
+                        R - r0 < LAT_TILE ? R - r0 : LAT_TILE, lat + i * H * R + r0, R);
+            }
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < H * tok_tiles; it++) { /* out: W_UV per (head, token tile) */
+            const int64_t h = it % H, i0 = (it / H) * TOKEN_TILE, ni = s - i0 < TOKEN_TILE ? s - i0 : TOKEN_TILE;
+            K->wsum(lat + (i0 * H + h) * R, ni, H * R, w->w_uv + h * R * V, V, R, V, attn + (i0 * H + h) * V,
+                    H * V);
+        }
+    }
+done:
+    dsv3_free(qc);
+    dsv3_free(lat);
+    dsv3_free(P);
+    return st;
 }
 
 /* W[n, r] of kv_b_proj as f32: read directly for f32/bf16, otherwise dequantised once through
@@ -157,9 +202,12 @@ dsv3_status dsv3_mla_absorb(const dsv3_mla_dims *d, dsv3_mla_weights *w, int isa
     }
     for (int64_t h = 0; h < H; h++)
         for (int64_t e = 0; e < kvw; e++) {
-            float *dst = e < d->nope ? uk + (h * d->nope + e) * R : uv + (h * d->v + e - d->nope) * R;
-            for (int64_t r = 0; r < R; r++)
-                dst[r] = kv_b_at(&w->kv_b_proj, wt, h * kvw + e, r);
+            if (e < d->nope)
+                for (int64_t r = 0; r < R; r++)
+                    uk[(h * d->nope + e) * R + r] = kv_b_at(&w->kv_b_proj, wt, h * kvw + e, r);
+            else /* transposed: out = lat . rows of W_UV_h^T */
+                for (int64_t r = 0; r < R; r++)
+                    uv[(h * R + r) * d->v + e - d->nope] = kv_b_at(&w->kv_b_proj, wt, h * kvw + e, r);
         }
     dsv3_free(wt);
     dsv3_free(w->w_uk);
@@ -167,4 +215,28 @@ dsv3_status dsv3_mla_absorb(const dsv3_mla_dims *d, dsv3_mla_weights *w, int isa
     w->w_uk = uk;
     w->w_uv = uv;
     return DSV3_OK;
+}
+
+dsv3_status dsv3_mla_dots(const float *a, int64_t na, int64_t lda, const float *b, int64_t nb, int64_t ldb,
+                          int64_t n, float *out, int64_t ldo, int isa, dsv3_error *err)
+{
+    dsv3_isa which;
+    dsv3_status st = dsv3_isa_resolve(isa, &which, err);
+    if (st == DSV3_OK && (na < 0 || nb < 0 || n < 0 || lda < n || ldb < n || ldo < nb))
+        st = dsv3_fail(err, DSV3_E_VALUE, "mla dots: bad sizes");
+    if (st == DSV3_OK)
+        dsv3_attend_table(which)->dots(a, na, lda, b, nb, ldb, n, out, ldo);
+    return st;
+}
+
+dsv3_status dsv3_mla_wsum(const float *p, int64_t np, int64_t ldp, const float *x, int64_t ldx, int64_t T,
+                          int64_t n, float *out, int64_t ldo, int isa, dsv3_error *err)
+{
+    dsv3_isa which;
+    dsv3_status st = dsv3_isa_resolve(isa, &which, err);
+    if (st == DSV3_OK && (np < 0 || T < 0 || n < 0 || ldp < T || ldx < n || ldo < n))
+        st = dsv3_fail(err, DSV3_E_VALUE, "mla wsum: bad sizes");
+    if (st == DSV3_OK)
+        dsv3_attend_table(which)->wsum(p, np, ldp, x, ldx, T, n, out, ldo);
+    return st;
 }

@@ -82,7 +82,7 @@ dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, 
         st = write_latent(d, w, x, s, cos_j, sin_j, cache, past, isa, err);
     if (st == DSV3_OK)
         st = mode == DSV3_ATTN_NAIVE ? dsv3_mla_attend_naive(d, w, q, s, cache, past, attn, isa, err)
-                                     : dsv3_mla_attend_absorbed(d, w, q, s, cache, past, attn, err);
+                                     : dsv3_mla_attend_absorbed(d, w, q, s, cache, past, attn, isa, err);
     if (st == DSV3_OK)
         st = dsv3_linear(attn, s, &w->o_proj, bias_of(&w->o_bias, d->attention_bias), out, isa, err);
     dsv3_free(q);

@@ -8,6 +8,7 @@
 dsv3_status dsv3_mla_attend_naive(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q, int64_t s,
                                   const float *cache, int64_t past, float *attn, int isa, dsv3_error *err);
 dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
-                                     int64_t s, const float *cache, int64_t past, float *attn, dsv3_error *err);
+                                     int64_t s, const float *cache, int64_t past, float *attn, int isa,
+                                     dsv3_error *err);
 
 #endif

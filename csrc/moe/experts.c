@@ -70,16 +70,68 @@ static void scatter_rows(const int64_t *idx, const float *wts, int64_t s, int64_
     }
 }
 
-dsv3_status dsv3_moe_experts(const dsv3_router_spec *r, const dsv3_moe_weights *w, int64_t hidden,
-                             const float *x, int64_t s, const int64_t *indices, const float *weights, float *out,
-                             int isa, dsv3_error *err)
+/* One SwiGLU MLP over a block of rows: the unit of work of the MoE block. */
+typedef struct {
+    const dsv3_mlp_weights *w;
+    const float *x;
+    int64_t m;
+    float *y;
+} mlp_task;
+
+/* Expert-parallel when every task is small (decode: one row each) or there are many tasks: each
+ * thread runs whole MLPs, taking the next task when it finishes one (dynamic), and the linear layers
+ * inside run on that thread alone. This replaces 3 parallel regions per expert by one per MoE block
+ * and keeps the other thread busy when one is preempted. Otherwise experts run one after another,
+ * each with all threads. Either way every row has the same result (dsv3_linear does not depend
+ * on the thread count). */
+#define SMALL_TASK_ROWS 8
+
+static dsv3_status run_mlps(const mlp_task *tasks, int64_t n, int isa, dsv3_error *err)
+{
+    const int nt = dsv3_num_threads();
+    int64_t biggest = 0;
+    for (int64_t i = 0; i < n; i++)
+        biggest = tasks[i].m > biggest ? tasks[i].m : biggest;
+    if (nt == 1 || n < 2 || (biggest > SMALL_TASK_ROWS && n < 4 * (int64_t)nt)) {
+        dsv3_status st = DSV3_OK;
+        for (int64_t i = 0; i < n && st == DSV3_OK; i++)
+            st = dsv3_mlp_forward(tasks[i].w, tasks[i].x, tasks[i].m, tasks[i].y, isa, err);
+        return st;
+    }
+    dsv3_error *errs = dsv3_alloc((size_t)n * sizeof(dsv3_error));
+    dsv3_status *sts = dsv3_alloc((size_t)n * sizeof(dsv3_status));
+    if (!errs || !sts) {
+        dsv3_free(errs);
+        dsv3_free(sts);
+        return dsv3_fail(err, DSV3_E_NOMEM, "experts: out of memory for %lld tasks", (long long)n);
+    }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (int64_t i = 0; i < n; i++)
+        sts[i] = dsv3_mlp_forward(tasks[i].w, tasks[i].x, tasks[i].m, tasks[i].y, isa, &errs[i]);
+    dsv3_status st = DSV3_OK;
+    for (int64_t i = 0; i < n && st == DSV3_OK; i++)
+        if (sts[i] != DSV3_OK) {
+            st = sts[i];
+            *err = errs[i];
+        }
+    dsv3_free(errs);
+    dsv3_free(sts);
+    return st;
+}
+
+/* Routed experts (+ the shared MLP over all s rows when shared is not NULL, into shared_out). */
+static dsv3_status experts_and_shared(const dsv3_router_spec *r, const dsv3_moe_weights *w, int64_t hidden,
+                                      const float *x, int64_t s, const int64_t *indices, const float *weights,
+                                      float *out, const dsv3_mlp_weights *shared, float *shared_out, int isa,
+                                      dsv3_error *err)
 {
     const int64_t E = r->n_experts, k = r->top_k, n = s * k;
     expert_plan p;
     p.offset = dsv3_alloc((size_t)(2 * E + 1 + 2 * n) * sizeof(int64_t));
     float *xg = dsv3_alloc((size_t)(2 * n * hidden) * sizeof(float));
+    mlp_task *tasks = dsv3_alloc((size_t)(E + 1) * sizeof(mlp_task));
     dsv3_status st = DSV3_OK;
-    if (!p.offset || !xg) {
+    if (!p.offset || !xg || !tasks) {
         st = dsv3_fail(err, DSV3_E_NOMEM, "experts: out of memory for %lld tokens", (long long)s);
         goto done;
     }
@@ -91,18 +143,29 @@ dsv3_status dsv3_moe_experts(const dsv3_router_spec *r, const dsv3_moe_weights *
     float *yg = xg + n * hidden;
     for (int64_t row = 0; row < n; row++) /* gather */
         memcpy(xg + row * hidden, x + (p.slot[row] / k) * hidden, (size_t)hidden * sizeof(float));
-    for (int64_t e = 0; e < E && st == DSV3_OK; e++) {
+    int64_t nt = 0;
+    if (shared)
+        tasks[nt++] = (mlp_task){shared, x, s, shared_out};
+    for (int64_t e = 0; e < E; e++) {
         const int64_t m = p.offset[e + 1] - p.offset[e];
         if (m > 0)
-            st = dsv3_mlp_forward(&w->experts[e], xg + p.offset[e] * hidden, m, yg + p.offset[e] * hidden, isa,
-                                  err);
+            tasks[nt++] = (mlp_task){&w->experts[e], xg + p.offset[e] * hidden, m, yg + p.offset[e] * hidden};
     }
+    st = run_mlps(tasks, nt, isa, err);
     if (st == DSV3_OK)
         scatter_rows(indices, weights, s, k, hidden, yg, p.row_of, out);
 done:
     dsv3_free(p.offset);
     dsv3_free(xg);
+    dsv3_free(tasks);
     return st;
+}
+
+dsv3_status dsv3_moe_experts(const dsv3_router_spec *r, const dsv3_moe_weights *w, int64_t hidden,
+                             const float *x, int64_t s, const int64_t *indices, const float *weights, float *out,
+                             int isa, dsv3_error *err)
+{
+    return experts_and_shared(r, w, hidden, x, s, indices, weights, out, NULL, NULL, isa, err);
 }
 
 dsv3_status dsv3_moe_forward(const dsv3_router_spec *r, const dsv3_moe_weights *w, int64_t hidden,
@@ -118,13 +181,11 @@ dsv3_status dsv3_moe_forward(const dsv3_router_spec *r, const dsv3_moe_weights *
     }
     float *shared = wts + s * k;
     st = dsv3_moe_route(r, w, x, s, wts, idx, isa, err);
-    if (st == DSV3_OK)
-        st = dsv3_moe_experts(r, w, hidden, x, s, idx, wts, out, isa, err);
-    if (st == DSV3_OK && w->has_shared) {
-        st = dsv3_mlp_forward(&w->shared, x, s, shared, isa, err);
-        for (int64_t i = 0; st == DSV3_OK && i < s * hidden; i++)
-            out[i] = out[i] + shared[i];
-    }
+    if (st == DSV3_OK) /* the shared MLP is one more task beside the routed experts */
+        st = experts_and_shared(r, w, hidden, x, s, idx, wts, out, w->has_shared ? &w->shared : NULL, shared, isa,
+                                err);
+    for (int64_t i = 0; st == DSV3_OK && w->has_shared && i < s * hidden; i++)
+        out[i] = out[i] + shared[i];
 done:
     dsv3_free(wts);
     dsv3_free(idx);

@@ -6,6 +6,7 @@
  *   the tensors dict, so every array outlives the C model, which reads them in place.
  */
 #include "bind.h"
+#include "bind_mla.h"
 #include "dsv3_model.h"
 
 #include <string.h>
@@ -564,6 +565,10 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
 PyMethodDef dsv3_model_methods[] = {
     {"sample", py_sample, METH_VARARGS,
      "sample(logits float32 [V], temperature, top_k, top_p, rng_state) -> (token, rng_state)"},
+    {"mla_dots", (PyCFunction)(void (*)(void))dsv3_py_mla_dots, METH_VARARGS | METH_KEYWORDS,
+     "mla_dots(a float32 [na, n], b float32 [nb, n], isa=None) -> a @ b.T in the attention kernels' order"},
+    {"mla_wsum", (PyCFunction)(void (*)(void))dsv3_py_mla_wsum, METH_VARARGS | METH_KEYWORDS,
+     "mla_wsum(p float32 [np, T], x float32 [T, n], isa=None) -> p @ x in the attention kernels' order"},
     {NULL, NULL, 0, NULL},
 };
 

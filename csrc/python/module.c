@@ -13,15 +13,22 @@ static struct PyModuleDef moduledef = {
 
 static int add_table(PyObject *m, PyMethodDef *t)
 {
+    PyObject *modname = PyModule_GetNameObject(m);
+    if (!modname)
+        return -1;
     for (; t->ml_name; t++) {
-        PyObject *f = PyCFunction_NewEx(t, NULL, PyModule_GetNameObject(m));
-        if (!f)
+        PyObject *f = PyCFunction_NewEx(t, NULL, modname);
+        if (!f) {
+            Py_DECREF(modname);
             return -1;
+        }
         if (PyModule_AddObject(m, t->ml_name, f) < 0) {
             Py_DECREF(f);
+            Py_DECREF(modname);
             return -1;
         }
     }
+    Py_DECREF(modname);
     return 0;
 }
 

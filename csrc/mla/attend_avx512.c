@@ -1,0 +1,118 @@
+/* AVX-512 attention kernels: the exact order of attend_scalar.c (see attend_kernels.h), with
+ * register tiles (dots: 4 queries x 2 rows; wsum: 8 rows x 32 columns) so every loaded cache row
+ * or weight row serves several outputs. Tails use masked loads; masked lanes keep their value. */
+#include "attend_kernels.h"
+
+#include <immintrin.h>
+
+#define AI static inline __attribute__((always_inline))
+
+AI float hsum16(__m512 v)
+{
+    const __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    const __m128 a4 = _mm_add_ps(_mm256_castps256_ps128(a8), _mm256_extractf128_ps(a8, 1));
+    const __m128 a2 = _mm_add_ps(a4, _mm_movehl_ps(a4, a4));
+    return _mm_cvtss_f32(_mm_add_ss(a2, _mm_shuffle_ps(a2, a2, 1)));
+}
+
+AI void dots_tile(const float *a, int64_t lda, const float *b, int64_t ldb, int64_t n, float *out, int64_t ldo,
+                  const int MA, const int NB)
+{
+    __m512 acc[4][2], bv[2];
+    for (int i = 0; i < MA; i++)
+        for (int j = 0; j < NB; j++)
+            acc[i][j] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        for (int j = 0; j < NB; j++)
+            bv[j] = _mm512_loadu_ps(b + j * ldb + k);
+        for (int i = 0; i < MA; i++) {
+            const __m512 av = _mm512_loadu_ps(a + i * lda + k);
+            for (int j = 0; j < NB; j++)
+                acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
+        }
+    }
+    if (k < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - k)) - 1u);
+        for (int j = 0; j < NB; j++)
+            bv[j] = _mm512_maskz_loadu_ps(m, b + j * ldb + k);
+        for (int i = 0; i < MA; i++) {
+            const __m512 av = _mm512_maskz_loadu_ps(m, a + i * lda + k);
+            for (int j = 0; j < NB; j++)
+                acc[i][j] = _mm512_mask3_fmadd_ps(av, bv[j], acc[i][j], m);
+        }
+    }
+    for (int i = 0; i < MA; i++)
+        for (int j = 0; j < NB; j++)
+            out[i * ldo + j] = hsum16(acc[i][j]);
+}
+
+#define DOTS_CASE(ma, nb) \
+    case (ma) * 4 + (nb): dots_tile(a + i * lda, lda, b + j * ldb, ldb, n, out + i * ldo + j, ldo, ma, nb); break;
+
+static void dots_avx512(const float *a, int64_t na, int64_t lda, const float *b, int64_t nb, int64_t ldb,
+                        int64_t n, float *out, int64_t ldo)
+{
+    for (int64_t i = 0; i < na; i += 4)
+        for (int64_t j = 0; j < nb; j += 2) {
+            const int ma = na - i < 4 ? (int)(na - i) : 4, nbb = nb - j < 2 ? (int)(nb - j) : 2;
+            switch (ma * 4 + nbb) {
+                DOTS_CASE(1, 1) DOTS_CASE(1, 2) DOTS_CASE(2, 1) DOTS_CASE(2, 2)
+                DOTS_CASE(3, 1) DOTS_CASE(3, 2) DOTS_CASE(4, 1) DOTS_CASE(4, 2)
+            default: break;
+            }
+        }
+}
+
+AI void wsum_tile(const float *p, int64_t ldp, const float *x, int64_t ldx, int64_t T, float *out, int64_t ldo,
+                  __mmask16 m0, __mmask16 m1, const int MR, const int NC)
+{
+    __m512 acc[8][2];
+    for (int i = 0; i < MR; i++)
+        for (int c = 0; c < NC; c++)
+            acc[i][c] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < T; t++) {
+        const float *xt = x + t * ldx;
+        const __m512 x0 = _mm512_maskz_loadu_ps(m0, xt);
+        const __m512 x1 = NC > 1 ? _mm512_maskz_loadu_ps(m1, xt + 16) : x0;
+        for (int i = 0; i < MR; i++) {
+            const __m512 pv = _mm512_set1_ps(p[i * ldp + t]);
+            acc[i][0] = _mm512_fmadd_ps(pv, x0, acc[i][0]);
+            if (NC > 1)
+                acc[i][1] = _mm512_fmadd_ps(pv, x1, acc[i][1]);
+        }
+    }
+    for (int i = 0; i < MR; i++) {
+        _mm512_mask_storeu_ps(out + i * ldo, m0, acc[i][0]);
+        if (NC > 1)
+            _mm512_mask_storeu_ps(out + i * ldo + 16, m1, acc[i][1]);
+    }
+}
+
+#define WSUM_CASE(mr) \
+    case mr: \
+        if (nc == 2) \
+            wsum_tile(p + i * ldp, ldp, x + r, ldx, T, out + i * ldo + r, ldo, m0, m1, mr, 2); \
+        else \
+            wsum_tile(p + i * ldp, ldp, x + r, ldx, T, out + i * ldo + r, ldo, m0, m1, mr, 1); \
+        break;
+
+static __mmask16 lanes(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u); }
+
+static void wsum_avx512(const float *p, int64_t np, int64_t ldp, const float *x, int64_t ldx, int64_t T, int64_t n,
+                        float *out, int64_t ldo)
+{
+    for (int64_t r = 0; r < n; r += 32) {
+        const __mmask16 m0 = lanes(n - r), m1 = n - r > 16 ? lanes(n - r - 16) : 0;
+        const int nc = n - r > 16 ? 2 : 1;
+        for (int64_t i = 0; i < np; i += 8) {
+            switch (np - i < 8 ? (int)(np - i) : 8) {
+                WSUM_CASE(1) WSUM_CASE(2) WSUM_CASE(3) WSUM_CASE(4)
+                WSUM_CASE(5) WSUM_CASE(6) WSUM_CASE(7) WSUM_CASE(8)
+            default: break;
+            }
+        }
+    }
+}
+
+const dsv3_attend_kernels dsv3_attend_avx512 = {dots_avx512, wsum_avx512};

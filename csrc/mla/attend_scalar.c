@@ -1,0 +1,45 @@
+/* Reference attention kernels (the order every SIMD twin reproduces; see attend_kernels.h). */
+#include "attend_kernels.h"
+
+#include <math.h>
+
+static float dot16(const float *a, const float *b, int64_t n)
+{
+    float acc[16] = {0.f};
+    for (int64_t k = 0; k < n; k++)
+        acc[k & 15] = fmaf(a[k], b[k], acc[k & 15]);
+    for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++)
+            acc[l] = acc[l] + acc[l + w];
+    return acc[0];
+}
+
+static void dots_scalar(const float *a, int64_t na, int64_t lda, const float *b, int64_t nb, int64_t ldb,
+                        int64_t n, float *out, int64_t ldo)
+{
+    for (int64_t i = 0; i < na; i++)
+        for (int64_t j = 0; j < nb; j++)
+            out[i * ldo + j] = dot16(a + i * lda, b + j * ldb, n);
+}
+
+static void wsum_scalar(const float *p, int64_t np, int64_t ldp, const float *x, int64_t ldx, int64_t T, int64_t n,
+                        float *out, int64_t ldo)
+{
+    for (int64_t i = 0; i < np; i++) {
+        float *o = out + i * ldo;
+        for (int64_t r = 0; r < n; r++)
+            o[r] = 0.f;
+        for (int64_t t = 0; t < T; t++) {
+            const float pt = p[i * ldp + t], *xt = x + t * ldx;
+            for (int64_t r = 0; r < n; r++)
+                o[r] = fmaf(pt, xt[r], o[r]);
+        }
+    }
+}
+
+const dsv3_attend_kernels dsv3_attend_scalar = {dots_scalar, wsum_scalar};
+
+const dsv3_attend_kernels *dsv3_attend_table(dsv3_isa isa)
+{
+    return isa == DSV3_ISA_AVX512 ? &dsv3_attend_avx512 : &dsv3_attend_scalar;
+}
