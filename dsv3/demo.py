@@ -2,7 +2,8 @@
 with dsv3, generate a few tokens, then check it module by module against transformers.
 
 Steps: 1. write (dsv3.testing.checkpoints.write_checkpoint; default DeepSeek's FP8 hub layout, sharded,
-with MTP tensors); 2. convert (issue 5: not yet, see CONVERT_STEP); 3. load with dsv3.Model.from_pretrained;
+with MTP tensors); 2. convert it with dsv3.convert into the dsv3 layout (FP8 stays FP8, codes and scales
+copied bit-exactly; the other layouts become bf16) and verify every checksum; 3. load with dsv3.Model.from_pretrained;
 4. generate greedily; 5. parity on the same config and weights (transformers gets the canonical tensors,
 FP8 ones dequantised to float32).
 """
@@ -15,10 +16,16 @@ import numpy as np
 LAYOUTS = ("fp8_block", "hf", "hf_fused")
 
 
-def _convert(src_dir, work_dir, log):
-    """CONVERT_STEP: the place for the conversion of issue 5 (e.g. to the "dsv3" layout). Returns the
-    directory to load. Today the written checkpoint is loaded as it is."""
-    return src_dir
+def _convert(src_dir, work_dir, fmt, log):
+    """Convert the written checkpoint into the dsv3 layout and verify it; returns the directory to load."""
+    from .convert import convert, verify
+    dst = os.path.join(work_dir, f"converted-{fmt}")
+    manifest = convert(src_dir, dst, format=fmt, quiet=True)
+    problems = verify(dst)
+    if problems:
+        raise RuntimeError(f"dsv3 verify {dst}: " + "; ".join(map(str, problems)))
+    log(f"      {len(manifest['tensors'])} tensors written to {dst}, every checksum verified")
+    return dst
 
 
 def run(layout="fp8_block", keep=None, seed=0, new_tokens=8, log=print):
@@ -44,8 +51,9 @@ def run(layout="fp8_block", keep=None, seed=0, new_tokens=8, log=print):
         for name in sorted(os.listdir(ckpt_dir)):
             log(f"      {name}  ({os.path.getsize(os.path.join(ckpt_dir, name))} bytes)")
 
-        log("[2/5] conversion: none yet (issue 5 inserts it here)")
-        load_dir = _convert(ckpt_dir, work, log)
+        fmt = "fp8_block" if layout == "fp8_block" else "bf16"
+        log(f"[2/5] converting to the dsv3 layout ({fmt}) with dsv3.convert, then dsv3 verify")
+        load_dir = _convert(ckpt_dir, work, fmt, log)
 
         log(f"[3/5] loading with dsv3.Model.from_pretrained({load_dir!r})")
         model = dsv3.Model.from_pretrained(load_dir)
