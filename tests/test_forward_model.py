@@ -177,6 +177,13 @@ def test_load_validation():
         dsv3.Model.from_tensors(dict(cfg, n_group=3), t)
     with pytest.raises(ValueError, match="num_experts_per_tok"):
         dsv3.Model.from_tensors(dict(cfg, num_experts_per_tok=9), t)
+    with pytest.raises(ValueError, match=r"hidden_size must be <= 2\^24, got 33554432"):
+        dsv3.Model.from_tensors(dict(cfg, hidden_size=2**25), t)
+    width = 2**24 * (cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"] + cfg["v_head_dim"])
+    with pytest.raises(ValueError, match=rf"num_attention_heads \* \(.*\) = {width} \(max 2\^28\)"):
+        dsv3.Model.from_tensors(dict(cfg, num_attention_heads=2**24), t)
+    with pytest.raises(ValueError, match=rf"vocab_size \* hidden_size = {2**24 * 2**17} \(max 2\^40\)"):
+        dsv3.Model.from_tensors(dict(cfg, vocab_size=2**24, hidden_size=2**17), t)
     with pytest.raises(ValueError, match="missing key 'kv_lora_rank'"):
         dsv3.Model.from_tensors({k: v for k, v in cfg.items() if k != "kv_lora_rank"}, t)
     with pytest.raises(ValueError, match="scoring_func"):
