@@ -173,6 +173,10 @@ def test_load_validation():
         dsv3.Model.from_tensors(cfg, extra)
     with pytest.raises(TypeError, match="int32"):
         dsv3.Model.from_tensors(cfg, dict(t, **{"model.norm.weight": np.zeros(32, np.int32)}))
+    with pytest.raises(TypeError, match="model.norm.weight: dtype int32 is not a floating type"):
+        dsv3.Model.from_tensors(cfg, dict(t, **{"model.norm.weight": np.zeros(32, np.int32)}), dtype="bfloat16")
+    with pytest.raises(TypeError, match="complex64 is not a floating type"):
+        dsv3.Model.from_tensors(cfg, dict(t, **{"model.norm.weight": np.zeros(32, np.complex64)}))
     with pytest.raises(ValueError, match="n_group"):
         dsv3.Model.from_tensors(dict(cfg, n_group=3), t)
     with pytest.raises(ValueError, match="num_experts_per_tok"):
