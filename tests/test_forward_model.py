@@ -96,6 +96,17 @@ def test_sampler_distribution():
     assert counts[2] == 0 and abs(counts[0] / 2000 - 0.625) < 0.04
 
 
+def test_sampler_rejects_nan_and_inf():
+    bad = np.array([0.5, np.nan, 0.1], dtype=np.float32)
+    for temperature in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"logits\[1\] is nan"):
+            dsv3._lib.sample(bad, temperature, 0, 1.0, 1)
+    inf = np.array([0.5, 0.1, np.inf], dtype=np.float32)
+    assert dsv3._lib.sample(inf, 0.0, 0, 1.0, 1)[0] == 2  # greedy: +inf is the maximum
+    with pytest.raises(ValueError, match=r"logits\[2\] is inf"):
+        dsv3._lib.sample(inf, 1.0, 0, 1.0, 1)
+
+
 def test_generation_stops_at_eos_and_capacity():
     hf, m = build_pair("tiny", max_seq_len=10)
     greedy = manual_greedy(hf, IDS[:4], 3)
