@@ -176,10 +176,12 @@ class DeepseekConfig:
     # ---- derived values ----
     @property
     def qk_head_dim(self):
+        """qk_nope_head_dim + qk_rope_head_dim (192 for DeepSeek-V3)."""
         return self.qk_nope_head_dim + self.qk_rope_head_dim
 
     @property
     def rope_theta(self):
+        """RoPE base (``rope.rope_theta``)."""
         return self.rope.rope_theta
 
     @property
@@ -535,15 +537,13 @@ def _parse_rope(src, max_pos):
     if params is None:
         params = src.get("rope_scaling")
         where = "rope_scaling"
-        params = dict(params) if params else {}
-        if "rope_theta" in src:
-            params.setdefault("rope_theta", src["rope_theta"])
-    else:
-        params = dict(params)
-        if "rope_theta" in src:  # transformers: the dict's own value wins
-            params.setdefault("rope_theta", src["rope_theta"])
+    if params is None:
+        params = {}
     if not isinstance(params, dict):
-        _fail(where, params, "must be an object")
+        _fail(where, params, "must be an object (or null)")
+    params = dict(params)
+    if "rope_theta" in src:  # transformers: the dict's own value wins
+        params.setdefault("rope_theta", src["rope_theta"])
     rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
     params.pop("type", None)
     if rope_type not in ROPE_TYPES:

@@ -36,6 +36,19 @@ def _config_attr(config, name, default=None):
     return getattr(config, name, default)
 
 
+def _is_float_dtype(dt):
+    """numpy floating types and ml_dtypes' (bfloat16, float8_*), which numpy reports as kind 'V'."""
+    if dt.kind == "f":
+        return True
+    if dt.kind != "V":
+        return False
+    try:
+        ml_dtypes.finfo(dt)
+    except ValueError:
+        return False
+    return True
+
+
 def _prepare_tensor(name, value, dtype):
     """numpy array or QuantizedTensor -> what the binding accepts; returns (value, numel, nbytes, fmt)."""
     if hasattr(value, "to_native") and hasattr(value, "fmt"):
@@ -43,13 +56,12 @@ def _prepare_tensor(name, value, dtype):
         return value.to_native(), int(np.prod(shape)), int(value.nbytes), str(value.fmt)
     if not isinstance(value, np.ndarray):
         raise TypeError(f"tensor {name}: expected a numpy array or QuantizedTensor, got {type(value).__name__}")
+    if not _is_float_dtype(value.dtype):  # checked before any dtype= conversion, which would hide it
+        raise TypeError(f"tensor {name}: dtype {value.dtype} is not a floating type (expected float32 or bfloat16)")
     target = None
     if dtype is not None and not name.endswith(_KEEP_F32):
         target = _DTYPES[dtype]
     elif value.dtype not in (np.float32, ml_dtypes.bfloat16):
-        if value.dtype.kind != "f":
-            raise TypeError(f"tensor {name}: dtype {value.dtype} is not a floating type "
-                            "(expected float32 or bfloat16)")
         target = np.float32
     if name.endswith(_KEEP_F32) and value.dtype != np.float32:
         target = np.float32
@@ -228,10 +240,12 @@ class Model:
     # ---- description ----
     @property
     def num_parameters(self):
+        """Number of weight values given at load (every tensor, quantised ones counted by their shape)."""
         return self._info["params"]
 
     @property
     def nbytes(self):
+        """Bytes of weights the model reads (as stored: quantised formats count their packed size)."""
         return self._info["bytes"]
 
     def __repr__(self):

@@ -176,9 +176,11 @@ class SafetensorsReader:
         return self._info(name)[1][0]
 
     def shape(self, name):
+        """Shape tuple of tensor ``name``."""
         return self._info(name)[1][1]
 
     def nbytes(self, name):
+        """Bytes of tensor ``name``'s data."""
         _, (_, _, b, e) = self._info(name)
         return e - b
 
@@ -200,10 +202,12 @@ class SafetensorsReader:
 
     @property
     def files(self):
+        """Paths of the open files (one, or every shard)."""
         return list(self._files)
 
     # ---- lifetime ----
     def close(self):
+        """Release the file mappings (arrays already handed out keep theirs alive)."""
         for f in self._files.values():
             f.close()
 

@@ -1,12 +1,13 @@
-"""Test helper: tiny transformers DeepSeek models with seeded random weights, mapped to dsv3's
-canonical names, and an independent HF-config -> native-config conversion (cross-checks the io
-helper's DeepseekConfig.to_native() once both exist)."""
+"""Test helper: the test configs (tiny transformers DeepSeek models), built with the package's own
+reference machinery (dsv3.parity_hf: model construction, seeded weights, canonical names, module probes),
+and an independent HF-config -> native-config conversion (native_config)."""
 import math
 
 import numpy as np
 import torch
 
-from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
+from dsv3 import parity_hf
+from transformers import DeepseekV2Config, DeepseekV3Config
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 # transformers' own tiny tester config (REFERENCE.md section 9)
@@ -42,69 +43,38 @@ CONFIGS = {
 
 
 def hf_config(name):
+    """The transformers config of test config ``name`` (TINY updated by CONFIGS[name])."""
     kind, over = CONFIGS[name]
-    kw = dict(TINY)
-    kw.update(over)
-    cfg = (DeepseekV3Config if kind == "v3" else DeepseekV2Config)(**kw)
-    cfg._attn_implementation = "eager"
-    return cfg
+    return (DeepseekV3Config if kind == "v3" else DeepseekV2Config)(**dict(TINY, **over))
 
 
 def build_hf(name, seed=0):
-    """A float32 transformers model with seeded random weights scaled so logits are not flat."""
-    cfg = hf_config(name)
-    torch.manual_seed(seed)
-    cls = DeepseekV3ForCausalLM if cfg.model_type == "deepseek_v3" else DeepseekV2ForCausalLM
-    model = cls(cfg).float().eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if pname.endswith("norm.weight"):
-                p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
-            elif pname.endswith("embed_tokens.weight"):
-                p.copy_(torch.randn(p.shape, generator=g))
-            elif pname.endswith("mlp.gate.weight"):
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
-            elif pname.endswith(".bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                fan_in = p.shape[-1]
-                p.copy_(torch.randn(p.shape, generator=g) * (1.2 / math.sqrt(fan_in)))
-        for bname, b in model.named_buffers():
-            if bname.endswith("e_score_correction_bias"):
-                b.copy_(0.05 * torch.randn(b.shape, generator=g))
+    """The float32 transformers model of config ``name`` with dsv3.parity_hf's seeded random weights."""
+    model = parity_hf.build_model(hf_config(name))
+    parity_hf.load_state_dict(model, parity_hf.random_state_dict(model, seed))
     return model
 
 
 def canonical_tensors(model):
-    """state_dict -> canonical names (fused 5.x experts split into per-expert views)."""
-    out = {}
-    for name, t in model.state_dict().items():
-        a = t.detach().numpy()
-        if name.endswith("mlp.experts.gate_up_proj"):
-            base, inter = name[: -len("gate_up_proj")], a.shape[1] // 2
-            for e in range(a.shape[0]):
-                out[f"{base}{e}.gate_proj.weight"] = a[e, :inter]
-                out[f"{base}{e}.up_proj.weight"] = a[e, inter:]
-        elif name.endswith("mlp.experts.down_proj"):
-            base = name[: -len("down_proj")]
-            for e in range(a.shape[0]):
-                out[f"{base}{e}.down_proj.weight"] = a[e]
-        elif "rotary_emb" in name:
-            continue
-        else:
-            out[name] = a
+    """The model's weights under dsv3's canonical names (zero-copy views of its parameters)."""
+    out = parity_hf.hf_to_canonical({k: t.detach().numpy() for k, t in model.state_dict().items()})
     if model.config.tie_word_embeddings:
         out.pop("lm_head.weight", None)
     return out
 
 
 def yarn_get_mscale(scale, mscale=1.0):
+    """DeepSeek's yarn mscale: 1 for scale <= 1, else 0.1 * mscale * ln(scale) + 1."""
     return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
 def native_config(cfg):
-    """HF config -> the native dict (keys of DeepseekConfig.to_native() in COMMON.md)."""
+    """HF config -> the native dict (keys of DeepseekConfig.to_native() in COMMON.md).
+
+    Written independently of dsv3.config on purpose: it takes inv_freq and the attention scaling from
+    transformers' own ROPE_INIT_FUNCTIONS, so test_forward_integration can cross-check
+    DeepseekConfig.to_native() against it, and the forward tests do not depend on dsv3.config.
+    """
     v3 = cfg.model_type == "deepseek_v3"
     rp = dict(cfg.rope_parameters)
     rope_type = rp.get("rope_type", "default")
@@ -150,55 +120,28 @@ def build_pair(name, seed=0, attention="absorbed", max_seq_len=64):
 
 
 def max_abs(a, b):
+    """max |a - b| in float64."""
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
 
 
-# ---- running single transformers modules ----
-def hf_rope(hf, start, n):
-    """What the HF decoder layers receive as position_embeddings for positions start..start+n-1."""
-    pos = torch.arange(start, start + n)[None]
-    dummy = torch.zeros(1, n, hf.config.hidden_size)
-    return hf.model.rotary_emb(dummy, pos)
-
-
-def causal_mask(s, past):
-    """Additive float mask [1, 1, s, past+s]: query i sees keys 0..past+i."""
-    t = past + s
-    allowed = torch.arange(t)[None, :] <= (past + torch.arange(s))[:, None]
-    mask = torch.zeros(s, t)
-    mask[~allowed] = torch.finfo(torch.float32).min
-    return mask[None, None]
-
-
+# ---- running single transformers modules (through dsv3.parity_hf.Reference) ----
 def hf_attention(hf, layer, x, start=0, cache=None):
-    """HF attention of `layer` on x [S, H] (numpy) at positions start..; cache: DynamicCache or None."""
-    s = x.shape[0]
-    past = start if cache is not None else 0
-    attn = hf.model.layers[layer].self_attn
-    with torch.no_grad():
-        out, _ = attn(hidden_states=torch.from_numpy(x)[None], position_embeddings=hf_rope(hf, start, s),
-                      attention_mask=causal_mask(s, past), cache=cache)
-    return out[0].numpy()
+    """HF attention of ``layer`` on x [S, H] (numpy) at positions start..; cache: DynamicCache or None."""
+    return parity_hf.Reference(hf).attention(layer, x, start_pos=start, cache=cache)
 
 
 def hf_decoder_layer(hf, layer, x, start=0, cache=None):
-    s = x.shape[0]
-    past = start if cache is not None else 0
-    with torch.no_grad():
-        out = hf.model.layers[layer](torch.from_numpy(x)[None], attention_mask=causal_mask(s, past),
-                                     position_ids=torch.arange(start, start + s)[None], cache=cache,
-                                     use_cache=cache is not None, position_embeddings=hf_rope(hf, start, s))
-    if isinstance(out, tuple):
-        out = out[0]
-    return out[0].numpy()
+    """HF decoder layer ``layer`` on x [S, H] at positions start..; cache: DynamicCache or None."""
+    return parity_hf.Reference(hf).decoder_layer(layer, x, start_pos=start, cache=cache)
 
 
 def hf_logits(hf, ids):
-    with torch.no_grad():
-        return hf(torch.from_numpy(np.asarray(ids, dtype=np.int64))[None]).logits[0].numpy()
+    """transformers' logits [S, vocab] for token ids ``ids`` (no cache)."""
+    return parity_hf.Reference(hf).logits(ids)
 
 
 def random_hidden(cfg, s, seed=0):
+    """Seeded standard-normal hidden states [s, hidden_size] (float32)."""
     return np.random.default_rng(seed).standard_normal((s, cfg.hidden_size)).astype(np.float32)
 
 

@@ -187,6 +187,8 @@ BAD = [
     ({"rope_scaling": {"type": "yarn", "factor": 0}}, "factor"),
     ({"hidden_act": "gelu"}, "hidden_act"),
     ({"n_group": 256, "topk_group": 4}, "n_group"),
+    ({"rope_scaling": 5}, "rope_scaling=5: must be an object"),
+    ({"rope_parameters": "yarn"}, "rope_parameters='yarn': must be an object"),
 ]
 
 

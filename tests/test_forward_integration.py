@@ -1,4 +1,4 @@
-"""Cross-checks with the io layer (dsv3.load_config / dsv3.checkpoint), skipped until it is merged:
+"""Cross-checks with the io layer (dsv3.load_config / dsv3.checkpoint):
 DeepseekConfig.to_native() must equal this suite's independent conversion, and
 Model.from_pretrained on a checkpoint saved by transformers must give transformers' logits."""
 import numpy as np
@@ -7,10 +7,7 @@ import pytest
 import dsv3
 from hf_reference import CONFIGS, build_hf, hf_logits, max_abs, native_config
 
-needs_io = pytest.mark.skipif(not hasattr(dsv3, "load_config"), reason="dsv3.load_config (io layer) not merged yet")
 
-
-@needs_io
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_to_native_matches_independent_conversion(name):
     hf = build_hf(name)
@@ -26,7 +23,6 @@ def test_to_native_matches_independent_conversion(name):
             assert theirs[key] == value, key
 
 
-@needs_io
 @pytest.mark.parametrize("name", ["tiny", "v2_lite"])
 def test_from_pretrained_matches_transformers(name, tmp_path):
     hf = build_hf(name)

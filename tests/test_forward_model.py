@@ -96,6 +96,17 @@ def test_sampler_distribution():
     assert counts[2] == 0 and abs(counts[0] / 2000 - 0.625) < 0.04
 
 
+def test_sampler_rejects_nan_and_inf():
+    bad = np.array([0.5, np.nan, 0.1], dtype=np.float32)
+    for temperature in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"logits\[1\] is nan"):
+            dsv3._lib.sample(bad, temperature, 0, 1.0, 1)
+    inf = np.array([0.5, 0.1, np.inf], dtype=np.float32)
+    assert dsv3._lib.sample(inf, 0.0, 0, 1.0, 1)[0] == 2  # greedy: +inf is the maximum
+    with pytest.raises(ValueError, match=r"logits\[2\] is inf"):
+        dsv3._lib.sample(inf, 1.0, 0, 1.0, 1)
+
+
 def test_generation_stops_at_eos_and_capacity():
     hf, m = build_pair("tiny", max_seq_len=10)
     greedy = manual_greedy(hf, IDS[:4], 3)
@@ -173,10 +184,21 @@ def test_load_validation():
         dsv3.Model.from_tensors(cfg, extra)
     with pytest.raises(TypeError, match="int32"):
         dsv3.Model.from_tensors(cfg, dict(t, **{"model.norm.weight": np.zeros(32, np.int32)}))
+    with pytest.raises(TypeError, match="model.norm.weight: dtype int32 is not a floating type"):
+        dsv3.Model.from_tensors(cfg, dict(t, **{"model.norm.weight": np.zeros(32, np.int32)}), dtype="bfloat16")
+    with pytest.raises(TypeError, match="complex64 is not a floating type"):
+        dsv3.Model.from_tensors(cfg, dict(t, **{"model.norm.weight": np.zeros(32, np.complex64)}))
     with pytest.raises(ValueError, match="n_group"):
         dsv3.Model.from_tensors(dict(cfg, n_group=3), t)
     with pytest.raises(ValueError, match="num_experts_per_tok"):
         dsv3.Model.from_tensors(dict(cfg, num_experts_per_tok=9), t)
+    with pytest.raises(ValueError, match=r"hidden_size must be <= 2\^24, got 33554432"):
+        dsv3.Model.from_tensors(dict(cfg, hidden_size=2**25), t)
+    width = 2**24 * (cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"] + cfg["v_head_dim"])
+    with pytest.raises(ValueError, match=rf"num_attention_heads \* \(.*\) = {width} \(max 2\^28\)"):
+        dsv3.Model.from_tensors(dict(cfg, num_attention_heads=2**24), t)
+    with pytest.raises(ValueError, match=rf"vocab_size \* hidden_size = {2**24 * 2**17} \(max 2\^40\)"):
+        dsv3.Model.from_tensors(dict(cfg, vocab_size=2**24, hidden_size=2**17), t)
     with pytest.raises(ValueError, match="missing key 'kv_lora_rank'"):
         dsv3.Model.from_tensors({k: v for k, v in cfg.items() if k != "kv_lora_rank"}, t)
     with pytest.raises(ValueError, match="scoring_func"):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from hf_reference import CONFIGS, assert_close, canonical_tensors, build_pair, hf_rope, random_hidden
+from dsv3 import parity_hf
+from hf_reference import CONFIGS, assert_close, canonical_tensors, build_pair, random_hidden
 
 
 @pytest.fixture(scope="module", params=["tiny", "yarn", "moonlight", "kimi", "v2_lite"])
@@ -27,15 +28,10 @@ def test_norms(pair):
 
 def test_rope_cos_sin(pair):
     hf, m = pair
-    cos, sin = m.rope_cos_sin(np.arange(0, 300, 7))
-    ref = hf_rope(hf, 0, 300)
-    half = hf.config.qk_rope_head_dim // 2
-    if isinstance(ref, tuple):  # deepseek_v3: (cos, sin) = cat(freqs, freqs)
-        rc, rs = ref[0][0, ::7].numpy(), ref[1][0, ::7].numpy()
-    else:  # deepseek_v2: complex freqs_cis [1, n, half]
-        f = ref[0, ::7]
-        rc, rs = np.tile(f.real.numpy(), 2), np.tile(f.imag.numpy(), 2)
-    assert cos.shape == (len(range(0, 300, 7)), 2 * half)
+    pos = np.arange(0, 300, 7)
+    cos, sin = m.rope_cos_sin(pos)
+    rc, rs = parity_hf.Reference(hf).rope_cos_sin(pos)  # V2's complex freqs_cis in the same layout
+    assert cos.shape == (len(pos), hf.config.qk_rope_head_dim)
     assert_close(cos, rc, rel=2e-6, what="cos")
     assert_close(sin, rs, rel=2e-6, what="sin")
 

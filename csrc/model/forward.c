@@ -24,31 +24,37 @@ static dsv3_status rope_tables(const dsv3_model *m, int64_t start, int64_t s, fl
     return DSV3_OK;
 }
 
-/* Attention over the layer cache (use_cache) or a scratch cache of s rows. */
+/* Attention over the layer cache (use_cache) or a scratch cache of s rows; cs: rope_tables of the s positions. */
 static dsv3_status attention(dsv3_model *m, dsv3_layer *ly, const float *x, int64_t s, int64_t start, int use_cache,
-                             float *out, int isa, dsv3_error *err)
+                             const float *cs, float *out, int isa, dsv3_error *err)
 {
     const int64_t half = m->cfg.qk_rope_head_dim / 2, row = m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim;
-    float *cs = NULL, *scratch = NULL;
-    dsv3_status st = rope_tables(m, start, s, &cs, err);
-    if (st != DSV3_OK)
-        return st;
-    float *cache = ly->cache;
+    float *cache = ly->cache, *scratch = NULL;
     int64_t past = start;
     if (!use_cache) {
         scratch = dsv3_alloc((size_t)(s * row) * sizeof(float));
-        if (!scratch) {
-            dsv3_free(cs);
+        if (!scratch)
             return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for a %lld-token scratch cache", (long long)s);
-        }
         cache = scratch;
         past = 0;
     }
-    st = dsv3_mla_forward(&m->mla, &ly->attn, x, s, cs, cs + s * half, cache, past, m->attn_mode, out, isa, err);
+    dsv3_status st = dsv3_mla_forward(&m->mla, &ly->attn, x, s, cs, cs + s * half, cache, past, m->attn_mode, out,
+                                      isa, err);
     if (st == DSV3_OK && use_cache)
         ly->cache_rows = start + s;
-    dsv3_free(cs);
     dsv3_free(scratch);
+    return st;
+}
+
+/* attention() for a probe: builds the rope tables of positions start.. itself. */
+static dsv3_status attention_at(dsv3_model *m, dsv3_layer *ly, const float *x, int64_t s, int64_t start,
+                                int use_cache, float *out, int isa, dsv3_error *err)
+{
+    float *cs = NULL;
+    dsv3_status st = rope_tables(m, start, s, &cs, err);
+    if (st == DSV3_OK)
+        st = attention(m, ly, x, s, start, use_cache, cs, out, isa, err);
+    dsv3_free(cs);
     return st;
 }
 
@@ -60,14 +66,14 @@ static dsv3_status ffn(dsv3_model *m, dsv3_layer *ly, const float *x, int64_t s,
     return dsv3_mlp_forward(&ly->mlp, x, s, out, isa, err);
 }
 
-/* h [s, hidden] in place: h += attn(ln1(h)); h += ffn(ln2(h)). tmp: 2 * s * hidden floats. */
+/* h [s, hidden] in place: h += attn(ln1(h)); h += ffn(ln2(h)). tmp: 2 * s * hidden floats; cs: rope_tables. */
 static dsv3_status decoder_layer(dsv3_model *m, dsv3_layer *ly, float *h, int64_t s, int64_t start, int use_cache,
-                                 float *tmp, int isa, dsv3_error *err)
+                                 const float *cs, float *tmp, int isa, dsv3_error *err)
 {
     const int64_t D = m->cfg.hidden_size, n = s * D;
     float *a = tmp, *b = tmp + n;
     dsv3_rmsnorm_f32(h, s, D, ly->input_layernorm.f32, m->cfg.rms_norm_eps, a);
-    dsv3_status st = attention(m, ly, a, s, start, use_cache, b, isa, err);
+    dsv3_status st = attention(m, ly, a, s, start, use_cache, cs, b, isa, err);
     if (st != DSV3_OK)
         return st;
     for (int64_t i = 0; i < n; i++)
@@ -116,17 +122,24 @@ dsv3_status dsv3_model_forward(dsv3_model *m, const int64_t *ids, int64_t s, flo
             return dsv3_fail(err, DSV3_E_VALUE, "the cache of layer %lld was changed by run_module(use_cache=True); "
                              "call reset() before forward", (long long)l);
     const int64_t D = c->hidden_size;
+    float *cs = NULL; /* the positions are the same in every layer: one rope table per forward */
+    st = rope_tables(m, m->cache_len, s, &cs, err);
+    if (st != DSV3_OK)
+        return st;
     float *h = dsv3_alloc((size_t)(3 * s * D) * sizeof(float));
-    if (!h)
+    if (!h) {
+        dsv3_free(cs);
         return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for %lld tokens", (long long)s);
+    }
     embed_rows(m, ids, s, h);
     for (int64_t l = 0; l < c->num_hidden_layers && st == DSV3_OK; l++)
-        st = decoder_layer(m, &m->layers[l], h, s, m->cache_len, 1, h + s * D, isa, err);
+        st = decoder_layer(m, &m->layers[l], h, s, m->cache_len, 1, cs, h + s * D, isa, err);
     if (st == DSV3_OK) {
         dsv3_rmsnorm_f32(h, s, D, m->norm.f32, c->rms_norm_eps, h + s * D);
         st = dsv3_linear(h + s * D, s, c->tie_word_embeddings ? &m->embed : &m->lm_head, NULL, logits, isa, err);
     }
     dsv3_free(h);
+    dsv3_free(cs);
     if (st == DSV3_OK) {
         m->cache_len += s;
     } else { /* a failed step leaves the cache as it was */
@@ -193,7 +206,7 @@ dsv3_status dsv3_model_run_module(dsv3_model *m, dsv3_module_kind kind, int64_t 
         dsv3_rmsnorm_f32(x, s, D, ly->post_attention_layernorm.f32, m->cfg.rms_norm_eps, out);
         return DSV3_OK;
     case DSV3_MOD_ATTENTION:
-        return attention(m, ly, x, s, start_pos, use_cache, out, isa, err);
+        return attention_at(m, ly, x, s, start_pos, use_cache, out, isa, err);
     case DSV3_MOD_MLP:
         return ffn(m, ly, x, s, out, isa, err);
     case DSV3_MOD_SHARED_EXPERTS:
@@ -203,11 +216,15 @@ dsv3_status dsv3_model_run_module(dsv3_model *m, dsv3_module_kind kind, int64_t 
         }
         return dsv3_mlp_forward(&ly->moe.shared, x, s, out, isa, err);
     case DSV3_MOD_DECODER_LAYER: {
-        float *tmp = dsv3_alloc((size_t)(2 * s * D) * sizeof(float));
+        float *cs = NULL, *tmp = dsv3_alloc((size_t)(2 * s * D) * sizeof(float));
         if (!tmp)
             return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for %lld tokens", (long long)s);
-        memcpy(out, x, (size_t)(s * D) * sizeof(float));
-        st = decoder_layer(m, ly, out, s, start_pos, use_cache, tmp, isa, err);
+        st = rope_tables(m, start_pos, s, &cs, err);
+        if (st == DSV3_OK) {
+            memcpy(out, x, (size_t)(s * D) * sizeof(float));
+            st = decoder_layer(m, ly, out, s, start_pos, use_cache, cs, tmp, isa, err);
+        }
+        dsv3_free(cs);
         dsv3_free(tmp);
         return st;
     }

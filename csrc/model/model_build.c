@@ -22,10 +22,23 @@ static dsv3_status check_config(const dsv3_model_config *c, dsv3_error *err)
                          (long long)c->intermediate_size);
     if (!c->rope_inv_freq)
         return dsv3_fail(err, DSV3_E_VALUE, "rope_inv_freq is missing");
-    const int64_t big = (int64_t)1 << 40;
-    if (c->num_attention_heads * (c->qk_nope_head_dim + c->qk_rope_head_dim + c->v_head_dim) > big ||
-        c->vocab_size * c->hidden_size > big)
-        return dsv3_fail(err, DSV3_E_VALUE, "config dimensions overflow (heads * head dims or vocab * hidden)");
+    /* Bounds that keep every size computed from the config (and s <= max_seq_len <= 2^32 tokens) in int64:
+     * each dimension <= 2^24, per-token widths <= 2^28 values, weight matrices <= 2^40 values. */
+    const int64_t max_dim = (int64_t)1 << 24;
+#define DIM(f) if (c->f > max_dim) return dsv3_fail(err, DSV3_E_VALUE, #f " must be <= 2^24, got %lld", (long long)c->f)
+    DIM(vocab_size); DIM(hidden_size); DIM(intermediate_size); DIM(moe_intermediate_size); DIM(num_hidden_layers);
+    DIM(num_attention_heads); DIM(q_lora_rank); DIM(kv_lora_rank); DIM(qk_nope_head_dim); DIM(v_head_dim);
+    DIM(n_routed_experts); DIM(n_shared_experts); DIM(num_experts_per_tok); DIM(n_group); DIM(topk_group);
+#undef DIM
+    const int64_t heads_width = c->num_attention_heads * (c->qk_nope_head_dim + c->qk_rope_head_dim + c->v_head_dim);
+    if (heads_width > ((int64_t)1 << 28) || c->moe_intermediate_size * c->n_shared_experts > max_dim)
+        return dsv3_fail(err, DSV3_E_VALUE, "config dimensions too large: num_attention_heads * (qk_nope_head_dim + "
+                         "qk_rope_head_dim + v_head_dim) = %lld (max 2^28) or moe_intermediate_size * "
+                         "n_shared_experts = %lld (max 2^24)", (long long)heads_width,
+                         (long long)(c->moe_intermediate_size * c->n_shared_experts));
+    if (c->vocab_size * c->hidden_size > ((int64_t)1 << 40))
+        return dsv3_fail(err, DSV3_E_VALUE, "config dimensions too large: vocab_size * hidden_size = %lld (max 2^40)",
+                         (long long)(c->vocab_size * c->hidden_size));
     if (c->first_k_dense_replace < c->num_hidden_layers) {
         if (c->moe_intermediate_size <= 0)
             return dsv3_fail(err, DSV3_E_VALUE, "moe_intermediate_size must be positive, got %lld",

@@ -2,7 +2,7 @@
 #include "dsv3_model.h"
 
 #include <math.h>
-#include <stdlib.h>
+#include <stdlib.h> /* qsort */
 
 static uint64_t splitmix64(uint64_t *state)
 {
@@ -36,6 +36,10 @@ dsv3_status dsv3_sample(const float *logits, int64_t vocab, float temperature, i
         if (!isfinite(temperature))
             return dsv3_fail(err, DSV3_E_VALUE, "temperature must be finite, got %g", (double)temperature);
     }
+    /* NaN would make the argmax depend on its position and the sort order undefined; +-inf breaks softmax */
+    for (int64_t i = 0; i < vocab; i++)
+        if (isnan(logits[i]) || (temperature > 0.f && !isfinite(logits[i])))
+            return dsv3_fail(err, DSV3_E_VALUE, "sample: logits[%lld] is %g", (long long)i, (double)logits[i]);
     int64_t best = 0;
     for (int64_t i = 1; i < vocab; i++)
         if (logits[i] > logits[best])
@@ -44,7 +48,7 @@ dsv3_status dsv3_sample(const float *logits, int64_t vocab, float temperature, i
         *token = best;
         return DSV3_OK;
     }
-    cand *c = malloc((size_t)vocab * sizeof *c);
+    cand *c = dsv3_alloc((size_t)vocab * sizeof *c);
     if (!c)
         return dsv3_fail(err, DSV3_E_NOMEM, "sample: out of memory for %lld candidates", (long long)vocab);
     for (int64_t i = 0; i < vocab; i++)
@@ -80,6 +84,6 @@ dsv3_status dsv3_sample(const float *logits, int64_t vocab, float temperature, i
             break;
         }
     }
-    free(c);
+    dsv3_free(c);
     return DSV3_OK;
 }

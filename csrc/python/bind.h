@@ -49,8 +49,6 @@ extern PyMethodDef dsv3_quant_methods[];
 int dsv3_model_init_types(PyObject *module);
 int dsv3_quant_init_types(PyObject *module);
 
-#endif
-
 /* ---- weights (bind_weight.c, owned by the quantised-linear work) ----
  * Accepts a weight for dsv3_linear from Python:
  *   - a numpy float32 or bfloat16 array [n, k];
@@ -61,3 +59,5 @@ int dsv3_quant_init_types(PyObject *module);
  * reference to obj. Returns 1 on success, 0 with a Python exception naming `what`. */
 #include "dsv3_linear.h"
 int dsv3_py_weight(PyObject *obj, const char *what, int64_t n, int64_t k, dsv3_weight *out);
+
+#endif
