@@ -44,13 +44,38 @@ typedef struct {
 /* Derive per-head f32 W_UK / W_UV from kv_b_proj (any format dsv3_linear reads: x = identity). */
 dsv3_status dsv3_mla_absorb(const dsv3_mla_dims *d, dsv3_mla_weights *w, int isa, dsv3_error *err);
 
+/* Scratch of dsv3_mla_forward, reserved for up to `tokens` new tokens over up to `rows` cached rows
+ * (past + s) on `threads` threads in one mode. All buffers live in one owned block; reserving grows
+ * it (never shrinks), so a caller that reserves ahead (the model, once per forward) makes every
+ * attention call of that forward allocation-free. Zero-initialise before the first reserve. */
+typedef struct {
+    int64_t tokens, rows;
+    int threads;
+    dsv3_attn_mode mode;
+    float *q;     /* [tokens, heads*(nope+rope)]: queries, rope part rotated */
+    float *qa;    /* [tokens, q_lora]: compressed queries (q_lora > 0) */
+    float *attn;  /* [tokens, heads*v]: per-head attention outputs before o_proj */
+    float *qc;    /* absorbed: [tokens, heads, kv_lora+rope] latent queries */
+    float *lat;   /* absorbed: [tokens, heads, kv_lora] weighted latent sums; naive: [rows, kv_lora] */
+    float *probs; /* absorbed: [token block, heads, rows] (bounded block); naive: [threads, rows] */
+    float *kv;    /* naive: [rows, heads, nope+v] expanded K | V */
+    void *block;  /* owned */
+} dsv3_mla_scratch;
+
+/* Make `ws` hold at least (tokens, rows, dsv3_num_threads()) for `mode`; on failure (DSV3_E_NOMEM)
+ * `ws` is left as it was. */
+dsv3_status dsv3_mla_scratch_reserve(dsv3_mla_scratch *ws, const dsv3_mla_dims *d, dsv3_attn_mode mode,
+                                     int64_t tokens, int64_t rows, dsv3_error *err);
+void dsv3_mla_scratch_free(dsv3_mla_scratch *ws);
+
 /* One attention call over s new tokens.
  * x [s, hidden]; cos/sin [s, rope/2] for the tokens' positions; cache [>= past+s, kv_lora+rope]:
  * rows [0, past) hold earlier tokens, rows [past, past+s) are written here; token i attends to
- * rows [0, past+i] (causal). out [s, hidden]. */
+ * rows [0, past+i] (causal). out [s, hidden]. ws: scratch, reserved here for (s, past+s) when it is
+ * smaller (no allocation when already large enough); NULL: a temporary one is made and freed. */
 dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
                              const float *cos_j, const float *sin_j, float *cache, int64_t past,
-                             dsv3_attn_mode mode, float *out, int isa, dsv3_error *err);
+                             dsv3_attn_mode mode, float *out, dsv3_mla_scratch *ws, int isa, dsv3_error *err);
 
 /* The attention leaf kernels on ISA `isa` (exposed for tests; summation order in
  * csrc/mla/attend_kernels.h, identical on every ISA):

@@ -7,8 +7,10 @@
  *                                             the loader fills slot->weight (no copies: the caller
  *                                             keeps the memory alive for the model's lifetime);
  *   dsv3_model_prepare(m)                     checks every slot, converts 1-D params to f32, derives
- *                                             per-head W_UK/W_UV, allocates the latent cache;
- *   dsv3_model_forward(m, ids, s, logits)     prefill or decode: appends s tokens to the cache;
+ *                                             per-head W_UK/W_UV, allocates the latent cache and
+ *                                             the workspace for decode;
+ *   dsv3_model_forward(m, ids, s, logits)     prefill or decode: appends s tokens to the cache
+ *                                             (a decode step allocates nothing);
  *   dsv3_model_free(m).
  */
 #ifndef DSV3_MODEL_H
@@ -38,7 +40,27 @@ typedef struct {
     int64_t cache_rows;   /* rows written (run_module may write one layer alone) */
 } dsv3_layer;
 
+/* Scratch of the forward pass and the probes, owned by the model: sized for decode (one token) by
+ * dsv3_model_prepare and grown (once per call, before the first layer, never per layer) when a
+ * longer prefill or probe arrives, so a decode step allocates nothing. Freed by dsv3_model_free. */
 typedef struct {
+    int64_t tokens;   /* capacity of the buffers below, in tokens */
+    float *h;         /* [3, tokens, hidden]: residual stream and two temporaries */
+    float *rope;      /* [2, tokens, rope/2]: cos | sin of the tokens' positions, then int64 positions [tokens] */
+    float *mlp;       /* [tokens, 2 * max(intermediate, shared experts' width)]: dense / shared gate | up */
+    float *cache;     /* [tokens, kv_lora + rope]: the latent rows of a probe without the cache */
+    void *block;      /* owned: the four above */
+    dsv3_mla_scratch mla;
+    dsv3_moe_scratch moe;
+} dsv3_workspace;
+
+/* Grow m->ws to hold `tokens` new tokens attending to `rows` cached rows (past + tokens); no-op when
+ * it already does. On failure (DSV3_E_NOMEM) the workspace keeps its previous buffers. */
+typedef struct dsv3_model dsv3_model;
+dsv3_status dsv3_model_reserve(dsv3_model *m, int64_t tokens, int64_t rows, dsv3_error *err);
+void dsv3_model_workspace_free(dsv3_workspace *ws);
+
+struct dsv3_model {
     dsv3_model_config cfg;
     float *inv_freq;       /* owned copy of cfg.rope_inv_freq */
     dsv3_mla_dims mla;
@@ -51,7 +73,8 @@ typedef struct {
     int64_t capacity;      /* cache rows per layer */
     int64_t cache_len;     /* tokens in the cache */
     int prepared;
-} dsv3_model;
+    dsv3_workspace ws;     /* scratch of forward and the probes */
+};
 
 dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, dsv3_attn_mode mode,
                               dsv3_model **out, dsv3_error *err);

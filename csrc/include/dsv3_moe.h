@@ -30,20 +30,24 @@ typedef struct {
 /* Check a spec; names the offending field. */
 dsv3_status dsv3_router_check(const dsv3_router_spec *r, dsv3_error *err);
 
+/* Bytes of dsv3_route's scratch for `threads` threads. */
+size_t dsv3_route_scratch_bytes(const dsv3_router_spec *r, int threads);
+
 /* From router logits [s, E] (f32) and the optional correction bias [E] (selection only):
  * weights [s, k] and indices [s, k] (descending by the selection value; ties: lower index first).
- * Rows are routed in parallel, each by one thread. */
+ * Rows are routed in parallel, each by one thread. scratch: dsv3_route_scratch_bytes(r,
+ * dsv3_num_threads()) bytes, 64-byte aligned, or NULL (allocated and freed here). */
 dsv3_status dsv3_route(const dsv3_router_spec *r, const float *logits, int64_t s, const float *bias,
-                       float *weights, int64_t *indices, dsv3_error *err);
+                       float *weights, int64_t *indices, void *scratch, dsv3_error *err);
 
 /* One SwiGLU MLP: down(silu(gate x) * up x). */
 typedef struct {
     dsv3_weight gate, up, down; /* [I, H], [I, H], [H, I] */
 } dsv3_mlp_weights;
 
-/* out [m, H] = mlp(x [m, H]). */
-dsv3_status dsv3_mlp_forward(const dsv3_mlp_weights *w, const float *x, int64_t m, float *out, int isa,
-                             dsv3_error *err);
+/* out [m, H] = mlp(x [m, H]). gate_up: [m, 2*I] floats of scratch, or NULL (allocated and freed here). */
+dsv3_status dsv3_mlp_forward(const dsv3_mlp_weights *w, const float *x, int64_t m, float *out, float *gate_up,
+                             int isa, dsv3_error *err);
 
 typedef struct {
     dsv3_weight gate;     /* router [E, H] */
@@ -53,19 +57,51 @@ typedef struct {
     int has_shared;
 } dsv3_moe_weights;
 
+/* Scratch of the MoE entry points below, reserved for up to `tokens` tokens on `threads` threads.
+ * One owned block carved into named buffers; reserving grows it (never shrinks), so a caller that
+ * reserves ahead (the model, once per forward) makes every MoE call of that forward allocation-free.
+ * Zero-initialise before the first reserve. */
+typedef struct {
+    int64_t tokens, experts, top_k, hidden, inter, shared_inter; /* reserved sizes */
+    int threads;
+    float *logits;       /* [tokens, E] router logits */
+    float *weights;      /* [tokens, k] routing weights */
+    int64_t *indices;    /* [tokens, k] chosen experts */
+    int64_t *plan;       /* [2E + 1 + 2*tokens*k]: per-expert offsets and fill, row <-> choice maps */
+    float *xg, *yg;      /* [tokens*k, hidden]: rows gathered per expert, their outputs */
+    float *gate_up;      /* [tokens*k, 2*inter]: routed experts' SwiGLU scratch, by row */
+    float *shared_gu;    /* [tokens, 2*shared_inter]: the shared experts' SwiGLU scratch */
+    float *shared_out;   /* [tokens, hidden]: the shared experts' output */
+    void *tasks;         /* [E + 1] units of work (experts.c) */
+    dsv3_error *errs;    /* [E + 1] per-task errors */
+    dsv3_status *sts;    /* [E + 1] per-task status */
+    unsigned char *route; /* dsv3_route_scratch_bytes(r, threads) */
+    void *block;         /* owned */
+} dsv3_moe_scratch;
+
+/* Make `ws` hold at least `tokens` tokens on dsv3_num_threads() threads for this router and these
+ * weights; on failure (DSV3_E_NOMEM) `ws` is left as it was. */
+dsv3_status dsv3_moe_scratch_reserve(dsv3_moe_scratch *ws, const dsv3_router_spec *r, const dsv3_moe_weights *w,
+                                     int64_t hidden, int64_t tokens, dsv3_error *err);
+void dsv3_moe_scratch_free(dsv3_moe_scratch *ws);
+
+/* In the three calls below, ws is reserved for s tokens when it is smaller (no allocation when it is
+ * already large enough); NULL: a temporary scratch is made and freed. */
+
 /* Router: logits = x gate^T (f32), then dsv3_route. */
 dsv3_status dsv3_moe_route(const dsv3_router_spec *r, const dsv3_moe_weights *w, const float *x, int64_t s,
-                           float *weights, int64_t *indices, int isa, dsv3_error *err);
+                           float *weights, int64_t *indices, dsv3_moe_scratch *ws, int isa, dsv3_error *err);
 
 /* Routed experts only: out [s, H] = sum over each token's k choices, in ascending expert order, of
  * weight * expert(x). Tokens are grouped per expert (count, prefix sum, gather), each expert runs
  * once over its rows, and results are scatter-added in a fixed order. */
 dsv3_status dsv3_moe_experts(const dsv3_router_spec *r, const dsv3_moe_weights *w, int64_t hidden,
                              const float *x, int64_t s, const int64_t *indices, const float *weights, float *out,
-                             int isa, dsv3_error *err);
+                             dsv3_moe_scratch *ws, int isa, dsv3_error *err);
 
 /* Whole MoE block: routed experts + shared experts. */
 dsv3_status dsv3_moe_forward(const dsv3_router_spec *r, const dsv3_moe_weights *w, int64_t hidden,
-                             const float *x, int64_t s, float *out, int isa, dsv3_error *err);
+                             const float *x, int64_t s, float *out, dsv3_moe_scratch *ws, int isa,
+                             dsv3_error *err);
 
 #endif

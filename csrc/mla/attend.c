@@ -8,32 +8,20 @@
 #include <omp.h>
 #include <string.h>
 
-/* Per-thread scratch: nthreads blocks of `per` floats. */
-static float *thread_scratch(int64_t per, int *nthreads)
-{
-    *nthreads = dsv3_num_threads();
-    return dsv3_alloc((size_t)(*nthreads) * (size_t)per * sizeof(float));
-}
-
 dsv3_status dsv3_mla_attend_naive(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q, int64_t s,
-                                  const float *cache, int64_t past, float *attn, int isa, dsv3_error *err)
+                                  const float *cache, int64_t past, float *attn, dsv3_mla_scratch *ws, int isa,
+                                  dsv3_error *err)
 {
     const int64_t T = past + s, row = d->kv_lora + d->rope, qk = d->nope + d->rope, kvw = d->nope + d->v;
     const int64_t H = d->heads;
-    float *lat = dsv3_alloc((size_t)(T * d->kv_lora) * sizeof(float));
-    float *kv = dsv3_alloc((size_t)(T * H * kvw) * sizeof(float));
-    int nt = 1;
-    float *scr = thread_scratch(T, &nt);
-    dsv3_status st = DSV3_OK;
-    if (!lat || !kv || !scr) {
-        st = dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory expanding %lld cached tokens", (long long)T);
-        goto done;
-    }
+    float *lat = ws->lat, *kv = ws->kv, *scr = ws->probs; /* scr: one row of T per thread */
+    const int nt = dsv3_num_threads();                    /* <= ws->threads (reserved by the caller) */
+    dsv3_status st;
     for (int64_t t = 0; t < T; t++)
         memcpy(lat + t * d->kv_lora, cache + t * row, (size_t)d->kv_lora * sizeof(float));
     st = dsv3_linear(lat, T, &w->kv_b_proj, NULL, kv, isa, err); /* [T, H, nope | v] */
     if (st != DSV3_OK)
-        goto done;
+        return st;
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t ih = 0; ih < s * H; ih++) {
         const int64_t i = ih / H, h = ih % H, n = past + i + 1;
@@ -58,11 +46,7 @@ dsv3_status dsv3_mla_attend_naive(const dsv3_mla_dims *d, const dsv3_mla_weights
                 o[j] += p[t] * vv[j];
         }
     }
-done:
-    dsv3_free(lat);
-    dsv3_free(kv);
-    dsv3_free(scr);
-    return st;
+    return DSV3_OK;
 }
 
 /* Absorbed attention in four passes over latent space, every one split across threads by output
@@ -71,17 +55,17 @@ done:
  *   P[i,h,t] = softmax_t(scale * qc[i,h] . cache[t])        (each cached row read once for all heads)
  *   lat[i,h] = sum_t P[i,h,t] cache[t][:R]
  *   out[i,h] = W_UV_h lat[i,h]                              (as lat[i,h] . W_UV_h^T rows)
- * Tokens are processed in blocks so the probabilities P stay within a bounded buffer. */
+ * Tokens are processed in blocks so the probabilities P stay within a bounded buffer
+ * (dsv3_mla_token_block). */
 #define TOKEN_TILE 8  /* rows per wsum call over tokens (the kernel's register tile) */
 #define ROW_TILE 64   /* cached rows per scores task */
 #define LAT_TILE 128  /* latent columns per weighted-sum task */
-#define P_BUDGET ((int64_t)1 << 22) /* floats of probabilities per token block (16 MiB) */
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
-                                     int64_t s, const float *cache, int64_t past, float *attn, int isa,
-                                     dsv3_error *err)
+                                     int64_t s, const float *cache, int64_t past, float *attn,
+                                     dsv3_mla_scratch *ws, int isa, dsv3_error *err)
 {
     dsv3_isa which;
     dsv3_status st = dsv3_isa_resolve(isa, &which, err);
@@ -90,17 +74,9 @@ dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weig
     const dsv3_attend_kernels *K = dsv3_attend_table(which);
     const int64_t T = past + s, R = d->kv_lora, row = R + d->rope, qk = d->nope + d->rope, H = d->heads;
     const int64_t V = d->v, nope = d->nope, rope = d->rope;
-    int64_t ib = P_BUDGET / (H * T);
-    ib = ib < 1 ? 1 : ib > s ? s : ib;
-    float *qc = dsv3_alloc((size_t)(s * H * row) * sizeof(float));
-    float *lat = dsv3_alloc((size_t)(s * H * R) * sizeof(float));
-    float *P = dsv3_alloc((size_t)(ib * H * T) * sizeof(float));
+    const int64_t ib = dsv3_mla_token_block(H, s, T);
+    float *qc = ws->qc, *lat = ws->lat, *P = ws->probs;
     const int nt = dsv3_num_threads();
-    if (!qc || !lat || !P) {
-        st = dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory for %lld tokens over %lld cached", (long long)s,
-                       (long long)T);
-        goto done;
-    }
     const int64_t tok_tiles = ceil_div(s, TOKEN_TILE), tiles = ceil_div(T, ROW_TILE), ltiles = ceil_div(R, LAT_TILE);
 #pragma omp parallel num_threads(nt) /* one team for all passes (decode: one wake-up per layer, not five) */
     {
@@ -144,11 +120,7 @@ dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weig
                     H * V);
         }
     }
-done:
-    dsv3_free(qc);
-    dsv3_free(lat);
-    dsv3_free(P);
-    return st;
+    return DSV3_OK;
 }
 
 /* W[n, r] of kv_b_proj as f32: read directly for f32/bf16, otherwise dequantised once through

@@ -9,22 +9,17 @@
 
 static const float *bias_of(const dsv3_vec *v, int enabled) { return enabled ? v->f32 : NULL; }
 
-/* q [s, heads*(nope+rope)] with the rope part of every head rotated. */
+/* q [s, heads*(nope+rope)] with the rope part of every head rotated; qa: [s, q_lora] scratch. */
 static dsv3_status project_q(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
-                             const float *cos_j, const float *sin_j, float *q, int isa, dsv3_error *err)
+                             const float *cos_j, const float *sin_j, float *q, float *qa, int isa, dsv3_error *err)
 {
     dsv3_status st;
     if (d->q_lora > 0) {
-        float *qa = dsv3_alloc((size_t)(s * d->q_lora) * sizeof(float));
-        if (!qa)
-            return dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory for q_a [%lld, %lld]", (long long)s,
-                             (long long)d->q_lora);
         st = dsv3_linear(x, s, &w->q_a_proj, bias_of(&w->q_a_bias, d->attention_bias), qa, isa, err);
         if (st == DSV3_OK) {
             dsv3_rmsnorm_f32(qa, s, d->q_lora, w->q_a_layernorm.f32, QA_NORM_EPS, qa);
             st = dsv3_linear(qa, s, &w->q_b_proj, NULL, q, isa, err);
         }
-        dsv3_free(qa);
     } else {
         st = dsv3_linear(x, s, &w->q_proj, NULL, q, isa, err);
     }
@@ -60,7 +55,7 @@ static dsv3_status write_latent(const dsv3_mla_dims *d, const dsv3_mla_weights *
 
 dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
                              const float *cos_j, const float *sin_j, float *cache, int64_t past,
-                             dsv3_attn_mode mode, float *out, int isa, dsv3_error *err)
+                             dsv3_attn_mode mode, float *out, dsv3_mla_scratch *ws, int isa, dsv3_error *err)
 {
     if (s <= 0 || past < 0)
         return dsv3_fail(err, DSV3_E_VALUE, "attention: need at least one token (got %lld, past %lld)",
@@ -70,22 +65,18 @@ dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, 
                          (long long)d->rope);
     if (mode == DSV3_ATTN_ABSORBED && (!w->w_uk || !w->w_uv))
         return dsv3_fail(err, DSV3_E_VALUE, "attention: absorbed mode needs W_UK/W_UV (dsv3_mla_absorb)");
-    const int64_t qk = d->nope + d->rope;
-    float *q = dsv3_alloc((size_t)(s * d->heads * qk) * sizeof(float));
-    float *attn = dsv3_alloc((size_t)(s * d->heads * d->v) * sizeof(float));
-    dsv3_status st = DSV3_OK;
-    if (!q || !attn)
-        st = dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory for %lld tokens", (long long)s);
+    dsv3_mla_scratch local = {0}; /* no caller scratch: a temporary one for this call */
+    dsv3_mla_scratch *sc = ws ? ws : &local;
+    dsv3_status st = dsv3_mla_scratch_reserve(sc, d, mode, s, past + s, err);
     if (st == DSV3_OK)
-        st = project_q(d, w, x, s, cos_j, sin_j, q, isa, err);
+        st = project_q(d, w, x, s, cos_j, sin_j, sc->q, sc->qa, isa, err);
     if (st == DSV3_OK)
         st = write_latent(d, w, x, s, cos_j, sin_j, cache, past, isa, err);
     if (st == DSV3_OK)
-        st = mode == DSV3_ATTN_NAIVE ? dsv3_mla_attend_naive(d, w, q, s, cache, past, attn, isa, err)
-                                     : dsv3_mla_attend_absorbed(d, w, q, s, cache, past, attn, isa, err);
+        st = mode == DSV3_ATTN_NAIVE ? dsv3_mla_attend_naive(d, w, sc->q, s, cache, past, sc->attn, sc, isa, err)
+                                     : dsv3_mla_attend_absorbed(d, w, sc->q, s, cache, past, sc->attn, sc, isa, err);
     if (st == DSV3_OK)
-        st = dsv3_linear(attn, s, &w->o_proj, bias_of(&w->o_bias, d->attention_bias), out, isa, err);
-    dsv3_free(q);
-    dsv3_free(attn);
+        st = dsv3_linear(sc->attn, s, &w->o_proj, bias_of(&w->o_bias, d->attention_bias), out, isa, err);
+    dsv3_mla_scratch_free(&local);
     return st;
 }

@@ -4,11 +4,23 @@
 
 #include "dsv3_mla.h"
 
-/* q [s, heads, nope+rope]; cache rows [0, past+s); attn out [s, heads*v]. */
+/* Absorbed attention computes the probabilities of a block of tokens at a time so that they stay
+ * within this many floats (16 MiB), or one token's [heads, rows] when that alone is larger. */
+#define DSV3_MLA_P_BUDGET ((int64_t)1 << 22)
+
+/* Tokens per probability block for s tokens over T cached rows. */
+static inline int64_t dsv3_mla_token_block(int64_t heads, int64_t s, int64_t T)
+{
+    int64_t ib = DSV3_MLA_P_BUDGET / (heads * T);
+    return ib < 1 ? 1 : ib > s ? s : ib;
+}
+
+/* q [s, heads, nope+rope]; cache rows [0, past+s); attn out [s, heads*v]; ws reserved for (s, past+s). */
 dsv3_status dsv3_mla_attend_naive(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q, int64_t s,
-                                  const float *cache, int64_t past, float *attn, int isa, dsv3_error *err);
+                                  const float *cache, int64_t past, float *attn, dsv3_mla_scratch *ws, int isa,
+                                  dsv3_error *err);
 dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
-                                     int64_t s, const float *cache, int64_t past, float *attn, int isa,
-                                     dsv3_error *err);
+                                     int64_t s, const float *cache, int64_t past, float *attn,
+                                     dsv3_mla_scratch *ws, int isa, dsv3_error *err);
 
 #endif

@@ -10,39 +10,29 @@ static dsv3_status need_prepared(const dsv3_model *m, dsv3_error *err)
     return m->prepared ? DSV3_OK : dsv3_fail(err, DSV3_E_VALUE, "model is not prepared (missing weights)");
 }
 
-/* cos/sin [s, rope/2] for positions start.. */
-static dsv3_status rope_tables(const dsv3_model *m, int64_t start, int64_t s, float **cs, dsv3_error *err)
+/* cos/sin [s, rope/2] for positions start.., in the workspace (reserved for s tokens). */
+static const float *rope_tables(dsv3_model *m, int64_t start, int64_t s)
 {
     const int64_t half = m->cfg.qk_rope_head_dim / 2;
-    *cs = dsv3_alloc((size_t)(2 * s * half) * sizeof(float) + (size_t)s * sizeof(int64_t));
-    if (!*cs)
-        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for rope tables");
-    int64_t *pos = (int64_t *)(void *)(*cs + 2 * s * half);
+    float *cs = m->ws.rope;
+    int64_t *pos = (int64_t *)(void *)(cs + 2 * s * half);
     for (int64_t i = 0; i < s; i++)
         pos[i] = start + i;
-    dsv3_rope_cos_sin(pos, s, m->inv_freq, half, m->cfg.rope_attention_scaling, *cs, *cs + s * half);
-    return DSV3_OK;
+    dsv3_rope_cos_sin(pos, s, m->inv_freq, half, m->cfg.rope_attention_scaling, cs, cs + s * half);
+    return cs;
 }
 
 /* Attention over the layer cache (use_cache) or a scratch cache of s rows; cs: rope_tables of the s positions. */
 static dsv3_status attention(dsv3_model *m, dsv3_layer *ly, const float *x, int64_t s, int64_t start, int use_cache,
                              const float *cs, float *out, int isa, dsv3_error *err)
 {
-    const int64_t half = m->cfg.qk_rope_head_dim / 2, row = m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim;
-    float *cache = ly->cache, *scratch = NULL;
-    int64_t past = start;
-    if (!use_cache) {
-        scratch = dsv3_alloc((size_t)(s * row) * sizeof(float));
-        if (!scratch)
-            return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for a %lld-token scratch cache", (long long)s);
-        cache = scratch;
-        past = 0;
-    }
+    const int64_t half = m->cfg.qk_rope_head_dim / 2;
+    float *cache = use_cache ? ly->cache : m->ws.cache; /* without the cache: s workspace rows */
+    const int64_t past = use_cache ? start : 0;
     dsv3_status st = dsv3_mla_forward(&m->mla, &ly->attn, x, s, cs, cs + s * half, cache, past, m->attn_mode, out,
-                                      isa, err);
+                                      &m->ws.mla, isa, err);
     if (st == DSV3_OK && use_cache)
         ly->cache_rows = start + s;
-    dsv3_free(scratch);
     return st;
 }
 
@@ -50,20 +40,15 @@ static dsv3_status attention(dsv3_model *m, dsv3_layer *ly, const float *x, int6
 static dsv3_status attention_at(dsv3_model *m, dsv3_layer *ly, const float *x, int64_t s, int64_t start,
                                 int use_cache, float *out, int isa, dsv3_error *err)
 {
-    float *cs = NULL;
-    dsv3_status st = rope_tables(m, start, s, &cs, err);
-    if (st == DSV3_OK)
-        st = attention(m, ly, x, s, start, use_cache, cs, out, isa, err);
-    dsv3_free(cs);
-    return st;
+    return attention(m, ly, x, s, start, use_cache, rope_tables(m, start, s), out, isa, err);
 }
 
 static dsv3_status ffn(dsv3_model *m, dsv3_layer *ly, const float *x, int64_t s, float *out, int isa,
                        dsv3_error *err)
 {
     if (ly->is_moe)
-        return dsv3_moe_forward(&m->router, &ly->moe, m->cfg.hidden_size, x, s, out, isa, err);
-    return dsv3_mlp_forward(&ly->mlp, x, s, out, isa, err);
+        return dsv3_moe_forward(&m->router, &ly->moe, m->cfg.hidden_size, x, s, out, &m->ws.moe, isa, err);
+    return dsv3_mlp_forward(&ly->mlp, x, s, out, m->ws.mlp, isa, err);
 }
 
 /* h [s, hidden] in place: h += attn(ln1(h)); h += ffn(ln2(h)). tmp: 2 * s * hidden floats; cs: rope_tables. */
@@ -122,15 +107,11 @@ dsv3_status dsv3_model_forward(dsv3_model *m, const int64_t *ids, int64_t s, flo
             return dsv3_fail(err, DSV3_E_VALUE, "the cache of layer %lld was changed by run_module(use_cache=True); "
                              "call reset() before forward", (long long)l);
     const int64_t D = c->hidden_size;
-    float *cs = NULL; /* the positions are the same in every layer: one rope table per forward */
-    st = rope_tables(m, m->cache_len, s, &cs, err);
+    st = dsv3_model_reserve(m, s, m->cache_len + s, err); /* grown here, once, for a longer prefill */
     if (st != DSV3_OK)
         return st;
-    float *h = dsv3_alloc((size_t)(3 * s * D) * sizeof(float));
-    if (!h) {
-        dsv3_free(cs);
-        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for %lld tokens", (long long)s);
-    }
+    const float *cs = rope_tables(m, m->cache_len, s); /* the same positions in every layer */
+    float *h = m->ws.h;
     embed_rows(m, ids, s, h);
     for (int64_t l = 0; l < c->num_hidden_layers && st == DSV3_OK; l++)
         st = decoder_layer(m, &m->layers[l], h, s, m->cache_len, 1, cs, h + s * D, isa, err);
@@ -138,8 +119,6 @@ dsv3_status dsv3_model_forward(dsv3_model *m, const int64_t *ids, int64_t s, flo
         dsv3_rmsnorm_f32(h, s, D, m->norm.f32, c->rms_norm_eps, h + s * D);
         st = dsv3_linear(h + s * D, s, c->tie_word_embeddings ? &m->embed : &m->lm_head, NULL, logits, isa, err);
     }
-    dsv3_free(h);
-    dsv3_free(cs);
     if (st == DSV3_OK) {
         m->cache_len += s;
     } else { /* a failed step leaves the cache as it was */
@@ -198,6 +177,12 @@ dsv3_status dsv3_model_run_module(dsv3_model *m, dsv3_module_kind kind, int64_t 
             return dsv3_fail(err, DSV3_E_VALUE, "start_pos %lld + %lld tokens exceeds max_seq_len %lld",
                              (long long)start_pos, (long long)s, (long long)m->capacity);
     }
+    if (kind != DSV3_MOD_INPUT_LAYERNORM && kind != DSV3_MOD_POST_ATTENTION_LAYERNORM) {
+        const int attends = kind == DSV3_MOD_ATTENTION || kind == DSV3_MOD_DECODER_LAYER;
+        st = dsv3_model_reserve(m, s, attends ? (use_cache ? start_pos : 0) + s : 1, err); /* shared with forward */
+        if (st != DSV3_OK)
+            return st;
+    }
     switch (kind) {
     case DSV3_MOD_INPUT_LAYERNORM:
         dsv3_rmsnorm_f32(x, s, D, ly->input_layernorm.f32, m->cfg.rms_norm_eps, out);
@@ -214,20 +199,10 @@ dsv3_status dsv3_model_run_module(dsv3_model *m, dsv3_module_kind kind, int64_t 
             memset(out, 0, (size_t)(s * D) * sizeof(float));
             return DSV3_OK;
         }
-        return dsv3_mlp_forward(&ly->moe.shared, x, s, out, isa, err);
-    case DSV3_MOD_DECODER_LAYER: {
-        float *cs = NULL, *tmp = dsv3_alloc((size_t)(2 * s * D) * sizeof(float));
-        if (!tmp)
-            return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for %lld tokens", (long long)s);
-        st = rope_tables(m, start_pos, s, &cs, err);
-        if (st == DSV3_OK) {
-            memcpy(out, x, (size_t)(s * D) * sizeof(float));
-            st = decoder_layer(m, ly, out, s, start_pos, use_cache, cs, tmp, isa, err);
-        }
-        dsv3_free(cs);
-        dsv3_free(tmp);
-        return st;
-    }
+        return dsv3_mlp_forward(&ly->moe.shared, x, s, out, m->ws.mlp, isa, err);
+    case DSV3_MOD_DECODER_LAYER:
+        memcpy(out, x, (size_t)(s * D) * sizeof(float));
+        return decoder_layer(m, ly, out, s, start_pos, use_cache, rope_tables(m, start_pos, s), m->ws.h, isa, err);
     default:
         return dsv3_fail(err, DSV3_E_VALUE, "unknown module kind %d", (int)kind);
     }
@@ -240,7 +215,7 @@ dsv3_status dsv3_model_route(dsv3_model *m, int64_t layer, const float *x, int64
     dsv3_status st = probe_layer(m, layer, 1, &ly, err);
     if (st != DSV3_OK)
         return st;
-    return dsv3_moe_route(&m->router, &ly->moe, x, s, weights, indices, isa, err);
+    return dsv3_moe_route(&m->router, &ly->moe, x, s, weights, indices, &m->ws.moe, isa, err);
 }
 
 dsv3_status dsv3_model_experts(dsv3_model *m, int64_t layer, const float *x, int64_t s, const int64_t *indices,
@@ -250,7 +225,8 @@ dsv3_status dsv3_model_experts(dsv3_model *m, int64_t layer, const float *x, int
     dsv3_status st = probe_layer(m, layer, 1, &ly, err);
     if (st != DSV3_OK)
         return st;
-    return dsv3_moe_experts(&m->router, &ly->moe, m->cfg.hidden_size, x, s, indices, weights, out, isa, err);
+    return dsv3_moe_experts(&m->router, &ly->moe, m->cfg.hidden_size, x, s, indices, weights, out, &m->ws.moe, isa,
+                            err);
 }
 
 dsv3_status dsv3_model_rope(const dsv3_model *m, const int64_t *pos, int64_t n, float *cos_out, float *sin_out,

@@ -124,6 +124,7 @@ void dsv3_model_free(dsv3_model *m)
         dsv3_free(ly->cache);
     }
     free_vec(&m->norm);
+    dsv3_model_workspace_free(&m->ws);
     dsv3_free(m->layers);
     dsv3_free(m->inv_freq);
     dsv3_free(m);
@@ -275,6 +276,8 @@ dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err)
                            (long long)m->capacity, (long long)row);
         ly->cache_rows = 0;
     }
+    if (st == DSV3_OK) /* a decode step (one token over up to the whole cache) allocates nothing */
+        st = dsv3_model_reserve(m, 1, 1, err);
     m->cache_len = 0;
     m->prepared = st == DSV3_OK;
     return st;

@@ -2,11 +2,11 @@
 #include "dsv3_moe.h"
 #include "dsv3_ops.h"
 
-dsv3_status dsv3_mlp_forward(const dsv3_mlp_weights *w, const float *x, int64_t m, float *out, int isa,
-                             dsv3_error *err)
+dsv3_status dsv3_mlp_forward(const dsv3_mlp_weights *w, const float *x, int64_t m, float *out, float *gate_up,
+                             int isa, dsv3_error *err)
 {
     const int64_t I = w->gate.n;
-    float *g = dsv3_alloc((size_t)(2 * m * I) * sizeof(float));
+    float *g = gate_up ? gate_up : dsv3_alloc((size_t)(2 * m * I) * sizeof(float));
     if (!g)
         return dsv3_fail(err, DSV3_E_NOMEM, "mlp: out of memory for [%lld, %lld]", (long long)m, (long long)I);
     float *u = g + m * I;
@@ -17,6 +17,7 @@ dsv3_status dsv3_mlp_forward(const dsv3_mlp_weights *w, const float *x, int64_t 
         dsv3_silu_mul_f32(g, u, m * I);
         st = dsv3_linear(g, m, &w->down, NULL, out, isa, err);
     }
-    dsv3_free(g);
+    if (!gate_up)
+        dsv3_free(g);
     return st;
 }

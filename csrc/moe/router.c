@@ -107,21 +107,30 @@ static void route_row(const dsv3_router_spec *r, const float *logits, const floa
     }
 }
 
+/* Per thread: scores, selection values, group scores [E] floats each, taken flags [E] bytes; 64-byte blocks. */
+static size_t route_thread_bytes(int64_t E) { return ((size_t)(3 * E) * sizeof(float) + (size_t)E + 63) & ~(size_t)63; }
+
+size_t dsv3_route_scratch_bytes(const dsv3_router_spec *r, int threads)
+{
+    return (size_t)threads * route_thread_bytes(r->n_experts);
+}
+
 dsv3_status dsv3_route(const dsv3_router_spec *r, const float *logits, int64_t s, const float *bias,
-                       float *weights, int64_t *indices, dsv3_error *err)
+                       float *weights, int64_t *indices, void *scratch, dsv3_error *err)
 {
     const int64_t E = r->n_experts, k = r->top_k;
     const int nt = dsv3_num_threads();
-    const size_t per = (size_t)(3 * E) * sizeof(float) + (size_t)E;
-    unsigned char *scr = dsv3_alloc((size_t)nt * ((per + 63) & ~(size_t)63));
+    const size_t per = route_thread_bytes(E);
+    unsigned char *scr = scratch ? scratch : dsv3_alloc(dsv3_route_scratch_bytes(r, nt));
     if (!scr)
         return dsv3_fail(err, DSV3_E_NOMEM, "router: out of memory for %lld experts", (long long)E);
 #pragma omp parallel for schedule(static) num_threads(nt) if (s > 1)
     for (int64_t i = 0; i < s; i++) {
-        float *buf = (float *)(void *)(scr + (size_t)omp_get_thread_num() * ((per + 63) & ~(size_t)63));
+        float *buf = (float *)(void *)(scr + (size_t)omp_get_thread_num() * per);
         route_row(r, logits + i * E, bias, weights + i * k, indices + i * k, buf, buf + E, buf + 2 * E,
                   (unsigned char *)(buf + 3 * E));
     }
-    dsv3_free(scr);
+    if (!scratch)
+        dsv3_free(scr);
     return DSV3_OK;
 }

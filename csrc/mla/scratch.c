@@ -1,0 +1,76 @@
+/* The attention scratch (dsv3_mla_scratch): one block carved into named buffers, grown on demand. */
+#include "mla_internal.h"
+
+#include <string.h>
+
+/* Floats of each buffer of a scratch for (tokens, rows, threads, mode), in the struct's order. */
+enum { BUF_Q, BUF_QA, BUF_ATTN, BUF_QC, BUF_LAT, BUF_PROBS, BUF_KV, BUF_COUNT };
+
+static void buffer_sizes(const dsv3_mla_dims *d, dsv3_attn_mode mode, int64_t tokens, int64_t rows, int threads,
+                         int64_t n[BUF_COUNT])
+{
+    const int64_t H = d->heads, R = d->kv_lora;
+    memset(n, 0, BUF_COUNT * sizeof n[0]);
+    n[BUF_Q] = tokens * H * (d->nope + d->rope);
+    n[BUF_QA] = tokens * d->q_lora;
+    n[BUF_ATTN] = tokens * H * d->v;
+    if (mode == DSV3_ATTN_NAIVE) {
+        n[BUF_LAT] = rows * R;
+        n[BUF_PROBS] = (int64_t)threads * rows;
+        n[BUF_KV] = rows * H * (d->nope + d->v);
+    } else {
+        /* the largest block the attention takes for any s <= tokens, T <= rows: one token's
+         * [H, T] when that exceeds the budget, else at most the budget (or all tokens' rows) */
+        const int64_t all = tokens * H * rows, one = H * rows;
+        const int64_t cap = one > DSV3_MLA_P_BUDGET ? one : DSV3_MLA_P_BUDGET;
+        n[BUF_QC] = tokens * H * (R + d->rope);
+        n[BUF_LAT] = tokens * H * R;
+        n[BUF_PROBS] = all < cap ? all : cap;
+    }
+}
+
+static int64_t round16(int64_t n) { return (n + 15) & ~(int64_t)15; } /* 64-byte aligned buffers */
+
+dsv3_status dsv3_mla_scratch_reserve(dsv3_mla_scratch *ws, const dsv3_mla_dims *d, dsv3_attn_mode mode,
+                                     int64_t tokens, int64_t rows, dsv3_error *err)
+{
+    const int threads = dsv3_num_threads();
+    if (ws->block && ws->mode == mode && tokens <= ws->tokens && rows <= ws->rows && threads <= ws->threads)
+        return DSV3_OK;
+    if (ws->block && ws->mode == mode) { /* grow every dimension to cover both the old and new needs */
+        tokens = tokens > ws->tokens ? tokens : ws->tokens;
+        rows = rows > ws->rows ? rows : ws->rows;
+    }
+    const int keep_threads = ws->block && ws->mode == mode && ws->threads > threads;
+    const int nt = keep_threads ? ws->threads : threads;
+    int64_t n[BUF_COUNT], total = 0;
+    buffer_sizes(d, mode, tokens, rows, nt, n);
+    for (int i = 0; i < BUF_COUNT; i++)
+        total += round16(n[i]);
+    size_t bytes = 0;
+    float *block = NULL;
+    if (total >= 0 && dsv3_mul_size((size_t)total, sizeof(float), &bytes))
+        block = dsv3_alloc(bytes);
+    if (!block)
+        return dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory for the scratch of %lld tokens over %lld "
+                         "cached rows", (long long)tokens, (long long)rows);
+    dsv3_free(ws->block);
+    float **bufs[BUF_COUNT] = {&ws->q, &ws->qa, &ws->attn, &ws->qc, &ws->lat, &ws->probs, &ws->kv};
+    float *p = block;
+    for (int i = 0; i < BUF_COUNT; i++) {
+        *bufs[i] = n[i] > 0 ? p : NULL;
+        p += round16(n[i]);
+    }
+    ws->block = block;
+    ws->tokens = tokens;
+    ws->rows = rows;
+    ws->threads = nt;
+    ws->mode = mode;
+    return DSV3_OK;
+}
+
+void dsv3_mla_scratch_free(dsv3_mla_scratch *ws)
+{
+    dsv3_free(ws->block);
+    memset(ws, 0, sizeof *ws);
+}
