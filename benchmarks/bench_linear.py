@@ -9,10 +9,8 @@ matmul) and against oneDNN (f32/bf16), both run in the same process on the same 
 Decode is memory-bound: every timed call reads a different copy of the weight, and there are enough
 copies that the working set is >= 8x the last-level cache (so nothing is served from cache).
 
-Pieces that are not merged yet are skipped with a printed note (the benchmark lights up when they
-land): dsv3.quant.quantize / pack, dsv3.ops.linear, dsv3._dsv3.onednn_linear. Until dsv3.ops.linear
-exists, f32/bf16 run through the reference dsv3_linear (a temporary binding, ``_linear_ref``): those
-rows are marked ``ref`` and are a pre-kernel baseline.
+Times are the best of the timed calls (the machine probes are best-of too, so the ratios compare
+like with like on a shared, noisy machine); the median is kept in the JSON (``*_median_s``).
 
     PYTHONPATH=$PWD python benchmarks/bench_linear.py --quick
     PYTHONPATH=$PWD python benchmarks/bench_linear.py --formats bf16,int8 --shapes q_a_proj --m 1,16
@@ -140,7 +138,7 @@ def torch_dequantize(tw, fmt, shape, params, int4_offset=False):
 
 def time_calls(call, budget, max_reps):
     """One warm-up call, then repeats (as many as fit in ``budget`` seconds, 1..max_reps);
-    returns the median seconds and the number of timed calls. call(i) uses weight copy i."""
+    returns the best and the median seconds and the number of timed calls. call(i) uses weight copy i."""
     t0 = now()
     call(0)
     warm = now() - t0
@@ -150,7 +148,7 @@ def time_calls(call, budget, max_reps):
         t0 = now()
         call(i)
         times.append(now() - t0)
-    return statistics.median(times), reps
+    return min(times), statistics.median(times), reps
 
 
 class Estimator:
@@ -226,15 +224,9 @@ def replicate(w, n, notes):
 
 def dsv3_caller(found, mode):
     linear = found["linear"]
-    if linear is not None:
-        if mode is None:
-            return (lambda x, w: linear(x, w)), "ops"
-        return (lambda x, w: linear(x, w, mode=mode)), "ops"
-
-    def ref(x, w):
-        return lib._linear_ref(x, w if isinstance(w, np.ndarray) else w.to_native())
-
-    return ref, "ref"
+    if mode is None:
+        return (lambda x, w: linear(x, w)), "ops"
+    return (lambda x, w: linear(x, w, mode=mode)), "ops"
 
 
 def rel_err(y, ref):
@@ -247,8 +239,8 @@ def bench_variant(shape_name, variant, w32, args, found, roof, est, notes, out_r
     import torch
     fmt, params, mode, peak_kind = VARIANTS[variant]
     k, n = SHAPES[shape_name]
-    if mode == "dynamic" and found["linear"] is None:
-        notes.add(f"{variant}: skipped, dsv3.ops.linear (mode=dynamic) is not in this build")
+    if found["linear"] is None:
+        notes.add(f"{variant}: skipped, dsv3.ops.linear is not in this build")
         return
     w0, t_quant = build_weights(w32, variant, found, notes)
     if w0 is None:
@@ -306,7 +298,7 @@ def bench_variant(shape_name, variant, w32, args, found, roof, est, notes, out_r
 
         torch_key = (shape_name, fmt, m)  # weight-only and dynamic share the torch peer
         if torch_key in torch_cache:
-            row["torch_s"], row["torch_reps"] = torch_cache[torch_key]
+            row["torch_s"], row["torch_median_s"], row["torch_reps"] = torch_cache[torch_key]
         for who, fn in (("dsv3", lambda i: call_dsv3(x, run_ws[i % ncopies])),
                         ("torch", peer_torch),
                         ("onednn", (lambda i: found["onednn"](x, onednn_ws[i % ncopies]))
@@ -324,15 +316,15 @@ def bench_variant(shape_name, variant, w32, args, found, roof, est, notes, out_r
                 notes.add(f"{who} {variant} {shape_name} M={m}: skipped, {row[f'{who}_skipped']} (--cap)")
                 continue
             try:
-                t, reps = time_calls(fn, args.budget, args.max_reps)
+                t, tmed, reps = time_calls(fn, args.budget, args.max_reps)
             except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
                 row[f"{who}_s"] = None
                 notes.add(f"{who} {variant}: failed: {e}")
                 continue
             est.record(key, m, t)
-            row[f"{who}_s"], row[f"{who}_reps"] = t, reps
+            row[f"{who}_s"], row[f"{who}_median_s"], row[f"{who}_reps"] = t, tmed, reps
             if who == "torch":
-                torch_cache[torch_key] = (t, reps)
+                torch_cache[torch_key] = (t, tmed, reps)
         t = row["dsv3_s"]
         if t:
             row["gbps"] = nbytes / t * 1e-9
@@ -405,7 +397,7 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=None, help="threads for dsv3, torch and oneDNN")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds of timed calls per measurement (default 0.5, quick 0.3)")
-    p.add_argument("--max-reps", type=int, default=10, help="most timed calls per measurement")
+    p.add_argument("--max-reps", type=int, default=30, help="most timed calls per measurement")
     p.add_argument("--cap", type=float, default=None,
                    help="skip a measurement estimated to take longer than this per call (s; default 20, quick 3)")
     p.add_argument("--read-bytes", type=int, default=1 << 30, help="buffer of the bandwidth probe")

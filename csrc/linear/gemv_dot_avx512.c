@@ -138,83 +138,106 @@ AI void dot_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args 
     }
 }
 
-/* ---- 4-bit formats (nvfp4, int4): 16 packed bytes -> 32 bf16 codes in pair order with one
- * zero-extension, one shift/or and one 32-entry word lookup (vpermw reads index bits [4:0]; the
- * 16-entry table is stored twice so the stray bit 4 is harmless). Scales are per-lane vectors
- * (nvfp4: lanes 0-7 one group, 8-15 the next), applied to each block's partial sums. */
-AI __m512bh dec_nib_bf16(const uint8_t *p, __m512i lut)
+/* ---- 4-bit formats (nvfp4, int4): 64 packed bytes -> 128 bf16 codes with two in-lane vpshufb
+ * lookups per nibble half (the high and low bytes of bf16(code)) and two byte unpacks:
+ *   L = bytes & 15 (elements 2b), H = (bytes >> 4) & 15 (elements 2b+1);
+ *   A0/A1 = unpacklo/hi(lut_lo[L], lut_hi[L]), B0/B1 = the same for H.
+ * Word p of 128-bit lane l of A0 is element 2(16l+p) of the block (p < 8), of A1 element
+ * 2(16l+8+p), of B0/B1 the next odd elements; x is pre-permuted to match (DSV3_X_BF16X2_N128).
+ * Every vdpbf16ps lane of A0 and B0 then holds codes of group 8b+2l (nvfp4: 16-wide groups), of A1
+ * and B1 group 8b+2l+1; int4 (groups of 32 / 128): group 4b+l / b for the whole 128-bit lane. So
+ * per block: P0 = dots(A0, B0), P1 = dots(A1, B1) (x hi and lo, 8 vdpbf16ps), then
+ * acc += P0 * S0 + P1 * S1 with per-lane scale vectors (f32). 11 decode instructions per 128 codes. */
+typedef struct {
+    __m512i lo, hi; /* bf16 bytes of the 16 codes, replicated in every 128-bit lane */
+} nib_luts;
+
+AI void dec_nib128(const uint8_t *p, const nib_luts *t, __m512bh v[4])
 {
-    const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-    return (__m512bh)_mm512_permutexvar_epi16(_mm512_or_si512(d, _mm512_slli_epi32(d, 12)), lut);
+    const __m512i c = _mm512_loadu_si512(p), m15 = _mm512_set1_epi8(15);
+    const __m512i L = _mm512_and_si512(c, m15), H = _mm512_and_si512(_mm512_srli_epi16(c, 4), m15);
+    const __m512i llo = _mm512_shuffle_epi8(t->lo, L), lhi = _mm512_shuffle_epi8(t->hi, L);
+    const __m512i hlo = _mm512_shuffle_epi8(t->lo, H), hhi = _mm512_shuffle_epi8(t->hi, H);
+    v[0] = (__m512bh)_mm512_unpacklo_epi8(llo, lhi);
+    v[1] = (__m512bh)_mm512_unpackhi_epi8(llo, lhi);
+    v[2] = (__m512bh)_mm512_unpacklo_epi8(hlo, hhi);
+    v[3] = (__m512bh)_mm512_unpackhi_epi8(hlo, hhi);
 }
 
-/* scale vectors for the two halves (A: codes 0-31, B: 32-63) of the 64-block at k of row n */
-AI void nib_scales(dsv3_format f, const dsv3_weight *w, int64_t n, int64_t k, int64_t ng, const float *sb,
-                   __m512 *sA, __m512 *sB)
+/* Per-lane scales S0 (A0, B0) and S1 (A1, B1) of the 128-block at k of row n. nvfp4: sb holds the
+ * 16 decoded scales (times scale2) of the 256 columns starting at k - k % 256. */
+AI void nib128_scales(dsv3_format f, const dsv3_weight *w, int64_t n, int64_t k, int64_t ng, __m512 sb,
+                      __m512 *S0, __m512 *S1)
 {
-    if (f == DSV3_FMT_NVFP4) { /* sb: 16 decoded group scales starting at a multiple of 16 groups */
-        const __m512 v = _mm512_loadu_ps(sb);
-        const int g = (int)((k / 16) & 15);
-        const __m512i lo8 = _mm512_set1_epi32(g), hi8 = _mm512_set1_epi32(g + 1);
-        const __m512i ia = _mm512_mask_blend_epi32(0xff00, lo8, hi8);
-        *sA = _mm512_permutexvar_ps(ia, v);
-        *sB = _mm512_permutexvar_ps(_mm512_add_epi32(ia, _mm512_set1_epi32(2)), v);
-    } else {
-        const float *s = (const float *)w->scale + n * ng;
-        *sA = _mm512_set1_ps(s[k / w->group]);
-        *sB = _mm512_set1_ps(s[(k + 32) / w->group]);
+    if (f == DSV3_FMT_NVFP4) {
+        const int o = (int)((k / 128) & 1) * 8;
+        const __m512i i0 = _mm512_add_epi32(_mm512_set1_epi32(o),
+                                            _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6));
+        *S0 = _mm512_permutexvar_ps(i0, sb);
+        *S1 = _mm512_permutexvar_ps(_mm512_add_epi32(i0, _mm512_set1_epi32(1)), sb);
+    } else if (w->group == 128) {
+        *S0 = *S1 = _mm512_set1_ps(((const float *)w->scale)[n * ng + k / 128]);
+    } else { /* group 32: lane l -> group k/32 + l */
+        const __m512 s4 = _mm512_castps128_ps512(_mm_loadu_ps((const float *)w->scale + n * ng + k / 32));
+        *S0 = *S1 = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), s4);
     }
 }
 
-AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, __m512i lut, int64_t n0,
+AI __m512 nvfp4_scales16(const dsv3_weight *w, int64_t n, int64_t g0, int64_t ng)
+{
+    const uint8_t *s = (const uint8_t *)w->scale + n * ng + g0;
+    __m512 v;
+    if (g0 + 16 <= ng)
+        v = dec_e4m3(s);
+    else {
+        uint8_t b[16] = {0};
+        memcpy(b, s, (size_t)(ng - g0));
+        v = dec_e4m3(b);
+    }
+    return _mm512_mul_ps(v, _mm512_set1_ps(w->scale2));
+}
+
+AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, const nib_luts *t, int64_t n0,
                  int64_t m0, int64_t klo, int64_t khi)
 {
     const dsv3_weight *w = a->w;
-    const int64_t K = w->k, Kb = K / 64 * 64, G = kgroup(f, w), ng = (K + G - 1) / G;
+    const int64_t K = w->k, Kb = K / 128 * 128, G = kgroup(f, w), ng = (K + G - 1) / G;
     const int64_t kbh = khi < Kb ? khi : Kb;
     const uint8_t *row[DNR];
-    float sb[DNR][16];
-    __m512 acc[DMR][DNR];
-    for (int j = 0; j < nr; j++)
+    __m512 acc[DMR][DNR], sb[DNR];
+    for (int j = 0; j < nr; j++) {
         row[j] = row_ptr(f, w, n0 + j);
+        sb[j] = _mm512_setzero_ps();
+    }
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < nr; j++)
             acc[i][j] = _mm512_setzero_ps();
-    for (int64_t k = klo; k < kbh; k += 64) {
-        if (f == DSV3_FMT_NVFP4 && (k % 256 == 0 || k == klo))
-            for (int j = 0; j < nr; j++) {
-                const int64_t g0 = k / 256 * 16;
-                if (g0 + 16 <= ng)
-                    _mm512_storeu_ps(sb[j], _mm512_mul_ps(dec_e4m3(w->scale + (n0 + j) * ng + g0),
-                                                          _mm512_set1_ps(w->scale2)));
-                else
-                    for (int64_t q = 0; q < 16; q++)
-                        sb[j][q] = g0 + q < ng ? gscale(f, w, n0 + j, g0 + q, ng) : 0.0f;
-            }
-        __m512bh A[DNR], B[DNR];
-        __m512 sA[DNR], sB[DNR];
+    for (int64_t k = klo; k < kbh; k += 128) {
         for (int j = 0; j < nr; j++) {
-            A[j] = dec_nib_bf16(row[j] + k / 2, lut);
-            B[j] = dec_nib_bf16(row[j] + k / 2 + 16, lut);
-            nib_scales(f, w, n0 + j, k, ng, sb[j], &sA[j], &sB[j]);
-        }
-        for (int i = 0; i < mr; i++) {
-            const uint16_t *xh = a->xh + (m0 + i) * K + k, *xl = a->xl + (m0 + i) * K + k;
-            const __m512bh hA = (__m512bh)_mm512_loadu_si512(xh), hB = (__m512bh)_mm512_loadu_si512(xh + 32);
-            const __m512bh lA = (__m512bh)_mm512_loadu_si512(xl), lB = (__m512bh)_mm512_loadu_si512(xl + 32);
-            for (int j = 0; j < nr; j++) {
+            if (f == DSV3_FMT_NVFP4 && (k % 256 == 0 || k == klo))
+                sb[j] = nvfp4_scales16(w, n0 + j, k / 256 * 16, ng);
+            __m512bh v[4];
+            __m512 S0, S1;
+            dec_nib128(row[j] + k / 2, t, v);
+            nib128_scales(f, w, n0 + j, k, ng, sb[j], &S0, &S1);
+            for (int i = 0; i < mr; i++) {
+                const uint16_t *xh = a->xh + (m0 + i) * K + k, *xl = a->xl + (m0 + i) * K + k;
                 const __m512 z = _mm512_setzero_ps();
-                const __m512 pa = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, hA, A[j]), lA, A[j]);
-                const __m512 pb = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, hB, B[j]), lB, B[j]);
-                acc[i][j] = _mm512_fmadd_ps(pb, sB[j], _mm512_fmadd_ps(pa, sA[j], acc[i][j]));
+#define XV(p, o) ((__m512bh)_mm512_loadu_si512((p) + (o)))
+                const __m512 p0 = _mm512_add_ps(_mm512_dpbf16_ps(_mm512_dpbf16_ps(z, XV(xh, 0), v[0]), XV(xl, 0), v[0]),
+                                                _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, XV(xh, 64), v[2]), XV(xl, 64), v[2]));
+                const __m512 p1 = _mm512_add_ps(_mm512_dpbf16_ps(_mm512_dpbf16_ps(z, XV(xh, 32), v[1]), XV(xl, 32), v[1]),
+                                                _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, XV(xh, 96), v[3]), XV(xl, 96), v[3]));
+#undef XV
+                acc[i][j] = _mm512_fmadd_ps(p1, S1, _mm512_fmadd_ps(p0, S0, acc[i][j]));
             }
         }
     }
     for (int j = 0; j < nr; j++) {
         const int64_t n = n0 + j;
         float tail[DMR] = {0};
-        if (Kb < K && khi >= K) { /* scalar tail, per element group scale */
-            float wt[64];
+        if (Kb < K && khi >= K) { /* scalar tail (< 128 columns, natural x order), per element group scale */
+            float wt[128];
             dsv3_formats[f].code_row(w, n, Kb, K - Kb, wt);
             for (int i = 0; i < mr; i++) {
                 const float *x = a->x + (m0 + i) * K;
@@ -236,22 +259,28 @@ AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args 
 
 #define NIB_TILE_NR(mr, nr_)                                                                        \
     switch (nr_) {                                                                                  \
-    case 1: nib_tile(f, mr, 1, a, lut, n, m0, klo, khi); break;                                     \
-    case 2: nib_tile(f, mr, 2, a, lut, n, m0, klo, khi); break;                                     \
-    case 3: nib_tile(f, mr, 3, a, lut, n, m0, klo, khi); break;                                     \
-    default: nib_tile(f, mr, 4, a, lut, n, m0, klo, khi); break;                                    \
+    case 1: nib_tile(f, mr, 1, a, &t, n, m0, klo, khi); break;                                      \
+    case 2: nib_tile(f, mr, 2, a, &t, n, m0, klo, khi); break;                                      \
+    case 3: nib_tile(f, mr, 3, a, &t, n, m0, klo, khi); break;                                      \
+    default: nib_tile(f, mr, 4, a, &t, n, m0, klo, khi); break;                                     \
     }
 
 AI void nib_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
-    uint16_t tab[32];
-    for (int e = 0; e < 32; e++) { /* bf16 of every code, twice */
+    uint8_t lo[64], hi[64];
+    for (int e = 0; e < 16; e++) { /* bf16 of every code, split into bytes, in every 128-bit lane */
         float v;
-        dsv3_formats[f].code_row(&(dsv3_weight){.fmt = f, .n = 1, .k = 2, .data = (const uint8_t[1]){(uint8_t)(e & 15)}},
+        dsv3_formats[f].code_row(&(dsv3_weight){.fmt = f, .n = 1, .k = 2, .data = (const uint8_t[1]){(uint8_t)e}},
                                  0, 0, 1, &v);
-        tab[e] = dsv3_f32_to_bf16(v);
+        const uint16_t b = dsv3_f32_to_bf16(v);
+        for (int l = 0; l < 4; l++) {
+            lo[16 * l + e] = (uint8_t)(b & 0xff);
+            hi[16 * l + e] = (uint8_t)(b >> 8);
+        }
     }
-    const __m512i lut = _mm512_loadu_si512(tab);
+    nib_luts t;
+    t.lo = _mm512_loadu_si512(lo);
+    t.hi = _mm512_loadu_si512(hi);
     for (int64_t klo = 0; klo < a->w->k; klo += DSV3_GEMV_KC) {
         const int64_t khi = klo + DSV3_GEMV_KC < a->w->k ? klo + DSV3_GEMV_KC : a->w->k;
         for (int64_t n = n0; n < n1; n += DNR) {

@@ -58,24 +58,46 @@ static void act_quant_int8(const float *x, int64_t m, int64_t k, int8_t *xq, uin
 }
 
 /* x = hi + lo, both bf16 (hi = RNE(x), lo = RNE(x - hi): 16 significant bits, relative error
- * <= 2^-17). p64: permute each full 64-block into the fp8 decoder's order (see dsv3_xlayout); the
- * K tail beyond the last full block stays in natural order (kernels read it from x in f32). */
-static void split_bf16x2(const float *x, int64_t m, int64_t k, int p64, uint16_t *xh, uint16_t *xl)
+ * <= 2^-17), in the kernel's layout (dsv3_xlayout): every full block (64 for P64, 128 for N128) is
+ * permuted into its decoder's order; the K tail beyond the last full block stays in natural order
+ * (kernels read it from x in f32). Parallel over (row, 1024-column chunk) so that M = 1 uses every
+ * thread; each element is written once, so the result does not depend on the split. */
+static int64_t xpos(int layout, int64_t o) /* destination of column o within its block */
 {
-    const int64_t kb = p64 ? k / 64 * 64 : 0;
+    if (layout == DSV3_X_BF16X2_P64)
+        return ((o >> 3) & 1) * 32 + (o >> 4) * 8 + (o & 7);
+    return (o & 1) * 64 + ((o >> 4) & 1) * 32 + (o >> 5) * 8 + ((o >> 1) & 7); /* N128 */
+}
+
+static void split_bf16x2(const float *x, int64_t m, int64_t k, int layout, uint16_t *xh, uint16_t *xl)
+{
+    const int64_t bs = layout == DSV3_X_BF16X2_P64 ? 64 : layout == DSV3_X_BF16X2_N128 ? 128 : 1;
+    const int64_t kb = k / bs * bs, nc = (k + 1023) / 1024;
+    int16_t perm[128];
+    for (int64_t o = 0; o < bs; o++)
+        perm[o] = (int16_t)(bs == 1 ? 0 : xpos(layout, o));
 #pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
-    for (int64_t r = 0; r < m; r++)
-        for (int64_t j = 0; j < k; j++) {
-            int64_t d = j;
-            if (j < kb) { /* source j -> destination within its 64-block */
-                const int64_t b = j & ~(int64_t)63, o = j & 63, lane = o >> 4, half = (o >> 3) & 1;
-                d = b + half * 32 + lane * 8 + (o & 7);
+    for (int64_t t = 0; t < m * nc; t++) {
+        const int64_t r = t / nc, j0 = t % nc * 1024, j1 = j0 + 1024 < k ? j0 + 1024 : k;
+        const float *xr = x + r * k;
+        uint16_t *hr = xh + r * k, *lr = xl + r * k;
+        uint16_t h[128], l[128];
+        int64_t j = j0;
+        for (; j + bs <= j1 && j + bs <= kb; j += bs) { /* full blocks (1024 is a multiple of bs) */
+            for (int64_t o = 0; o < bs; o++) {
+                h[o] = dsv3_f32_to_bf16(xr[j + o]);
+                l[o] = dsv3_f32_to_bf16(xr[j + o] - dsv3_bf16_to_f32(h[o]));
             }
-            const float v = x[r * k + j];
-            const uint16_t h = dsv3_f32_to_bf16(v);
-            xh[r * k + d] = h;
-            xl[r * k + d] = dsv3_f32_to_bf16(v - dsv3_bf16_to_f32(h));
+            for (int64_t o = 0; o < bs; o++) {
+                hr[j + perm[o]] = h[o];
+                lr[j + perm[o]] = l[o];
+            }
         }
+        for (; j < j1; j++) { /* K tail: natural order */
+            hr[j] = dsv3_f32_to_bf16(xr[j]);
+            lr[j] = dsv3_f32_to_bf16(xr[j] - dsv3_bf16_to_f32(hr[j]));
+        }
+    }
 }
 
 dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weight *w, const float *bias,
@@ -156,7 +178,7 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
         xl = dsv3_alloc((size_t)mk * 2);
         if (!xh || !xl)
             goto nomem;
-        split_bf16x2(a.x, m, K, t->gemv_x[id] == DSV3_X_BF16X2_P64, xh, xl);
+        split_bf16x2(a.x, m, K, t->gemv_x[id], xh, xl);
         a.xh = xh;
         a.xl = xl;
     }
