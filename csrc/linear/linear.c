@@ -11,11 +11,24 @@
 #include <string.h>
 
 #include "dsv3_dtypes.h"
+#include "dsv3_onednn.h"
 #include "linear/lin_kernels.h"
 
-/* Rows of x from which the large-M (bf16 dot) kernels are used when the ISA has them.
- * HOOK(onednn): a per-shape choice of dsv3_onednn_linear (csrc/onednn/) belongs here, where measured faster. */
+#include <stdlib.h>
+
+/* Rows of x from which the large-M (bf16 dot) kernels are used when the ISA has them. */
 #define GEMM_MIN_M 32
+/* oneDNN rule (measured 2026-11-25, best of 15 calls, 2 threads, weights from DRAM; BENCHMARKS.md):
+ *  - f32 weights: dsv3 has no f32 GEMM (its FMA gemv re-reads W per 4 rows); oneDNN's f32 matmul
+ *    took 0.79x (M=8) .. 0.37x (M=64) and 0.2-0.4x (M=128/512) of our time on 7168->2048,
+ *    2048->7168 and 7168->576, and 0.9-1.3x at M=4. So f32 weights with M >= ONEDNN_F32_MIN_M go
+ *    to dsv3_onednn_linear when it is loaded, the caller asked for the active path (isa = -1, not
+ *    scalar) and DSV3_LINEAR_ONEDNN is not "0". Its results were bitwise identical with 1 and 2
+ *    threads on every shape measured (tests/test_linear.py checks it); it differs from our kernel at
+ *    f32 rounding level, so set DSV3_LINEAR_ONEDNN=0 for results independent of oneDNN's presence.
+ *  - bf16 weights: our vdpbf16ps GEMM ran at 0.93-1.07x oneDNN's time at M = 128 / 512 on four
+ *    DeepSeek shapes, so we keep ours (deterministic by construction, no dependency). */
+#define ONEDNN_F32_MIN_M 8
 #define GEMV_COLS 4 /* output columns per work item in the small-M kernels */
 
 static void act_quant_fp8(const float *x, int64_t m, int64_t k, float *xq, float *xs)
@@ -131,6 +144,26 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
     uint16_t *xb = NULL, *xh = NULL, *xl = NULL;
     dsv3_lin_kernel kern = t->gemv[id];
     int64_t cols = GEMV_COLS;
+    if (w->fmt == DSV3_FMT_F32 && mode == DSV3_LINEAR_WEIGHT_ONLY && m >= ONEDNN_F32_MIN_M && isa < 0 &&
+        id != DSV3_ISA_SCALAR && dsv3_onednn_available()) {
+        const char *env = getenv("DSV3_LINEAR_ONEDNN");
+        if (!env || strcmp(env, "0") != 0) {
+            if (x_bf16) {
+                if (!(xf = dsv3_alloc((size_t)mk * sizeof(float))))
+                    goto nomem;
+                for (int64_t i = 0; i < mk; i++)
+                    xf[i] = dsv3_bf16_to_f32(((const uint16_t *)x)[i]);
+            }
+            /* bias added here, not by oneDNN: y = (x W^T) + bias exactly as the other paths round it */
+            st = dsv3_onednn_linear(x_bf16 ? xf : (const float *)x, m, w->data, 0, N, K, NULL, y, err);
+            dsv3_free(xf);
+            if (st == DSV3_OK && bias)
+                for (int64_t r = 0; r < m; r++)
+                    for (int64_t c = 0; c < N; c++)
+                        y[r * N + c] += bias[c];
+            return st;
+        }
+    }
     const int use_gemm = mode == DSV3_LINEAR_WEIGHT_ONLY && m >= GEMM_MIN_M && t->gemm[id];
     if (x_bf16 && !(use_gemm)) {
         if (!(xf = dsv3_alloc((size_t)mk * sizeof(float))))
