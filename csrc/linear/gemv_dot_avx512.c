@@ -149,19 +149,25 @@ AI void dot_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args 
  * per block: P0 = dots(A0, B0), P1 = dots(A1, B1) (x hi and lo, 8 vdpbf16ps), then
  * acc += P0 * S0 + P1 * S1 with per-lane scale vectors (f32). 11 decode instructions per 128 codes. */
 typedef struct {
-    __m512i lo, hi; /* bf16 bytes of the 16 codes, replicated in every 128-bit lane */
+    __m512i w; /* bf16 of the 16 codes, twice (vpermw reads index bits [4:0]) */
 } nib_luts;
+
+/* bf16 bits of the 16 codes, twice (tests/test_linear.py checks every code column by column) */
+static const uint16_t E2M1_BF16[32] = {
+    0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0,
+    0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0};
+static const uint16_t INT4_BF16[32] = {
+    0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80,
+    0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80};
 
 AI void dec_nib128(const uint8_t *p, const nib_luts *t, __m512bh v[4])
 {
-    const __m512i c = _mm512_loadu_si512(p), m15 = _mm512_set1_epi8(15);
-    const __m512i L = _mm512_and_si512(c, m15), H = _mm512_and_si512(_mm512_srli_epi16(c, 4), m15);
-    const __m512i llo = _mm512_shuffle_epi8(t->lo, L), lhi = _mm512_shuffle_epi8(t->hi, L);
-    const __m512i hlo = _mm512_shuffle_epi8(t->lo, H), hhi = _mm512_shuffle_epi8(t->hi, H);
-    v[0] = (__m512bh)_mm512_unpacklo_epi8(llo, lhi);
-    v[1] = (__m512bh)_mm512_unpackhi_epi8(llo, lhi);
-    v[2] = (__m512bh)_mm512_unpacklo_epi8(hlo, hhi);
-    v[3] = (__m512bh)_mm512_unpackhi_epi8(hlo, hhi);
+    const __m512i c0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
+    const __m512i c1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + 32)));
+    v[0] = (__m512bh)_mm512_permutexvar_epi16(c0, t->w);
+    v[1] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c0, 4), t->w);
+    v[2] = (__m512bh)_mm512_permutexvar_epi16(c1, t->w);
+    v[3] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c1, 4), t->w);
 }
 
 /* Per-lane scales S0 (A0, B0) and S1 (A1, B1) of the 128-block at k of row n. nvfp4: sb holds the
@@ -169,17 +175,18 @@ AI void dec_nib128(const uint8_t *p, const nib_luts *t, __m512bh v[4])
 AI void nib128_scales(dsv3_format f, const dsv3_weight *w, int64_t n, int64_t k, int64_t ng, __m512 sb,
                       __m512 *S0, __m512 *S1)
 {
-    if (f == DSV3_FMT_NVFP4) {
+    if (f == DSV3_FMT_NVFP4) { /* lane l of v0/v1: group 8b + l, of v2/v3: 8b + 4 + l */
         const int o = (int)((k / 128) & 1) * 8;
         const __m512i i0 = _mm512_add_epi32(_mm512_set1_epi32(o),
-                                            _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6));
+                                            _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
         *S0 = _mm512_permutexvar_ps(i0, sb);
-        *S1 = _mm512_permutexvar_ps(_mm512_add_epi32(i0, _mm512_set1_epi32(1)), sb);
+        *S1 = _mm512_permutexvar_ps(_mm512_add_epi32(i0, _mm512_set1_epi32(4)), sb);
     } else if (w->group == 128) {
         *S0 = *S1 = _mm512_set1_ps(((const float *)w->scale)[n * ng + k / 128]);
-    } else { /* group 32: lane l -> group k/32 + l */
+    } else { /* group 32: lane l of v0/v1 -> group k/32 + l/2, of v2/v3 -> k/32 + 2 + l/2 */
         const __m512 s4 = _mm512_castps128_ps512(_mm_loadu_ps((const float *)w->scale + n * ng + k / 32));
-        *S0 = *S1 = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), s4);
+        *S0 = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), s4);
+        *S1 = _mm512_permutexvar_ps(_mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3), s4);
     }
 }
 
@@ -213,6 +220,12 @@ AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args 
         for (int j = 0; j < nr; j++)
             acc[i][j] = _mm512_setzero_ps();
     for (int64_t k = klo; k < kbh; k += 128) {
+        __m512bh xv[DMR][8]; /* x hi (0-3) and lo (4-7) of this block, loaded once for all nr rows */
+        for (int i = 0; i < mr; i++)
+            for (int q = 0; q < 4; q++) {
+                xv[i][q] = (__m512bh)_mm512_loadu_si512(a->xh + (m0 + i) * K + k + 32 * q);
+                xv[i][4 + q] = (__m512bh)_mm512_loadu_si512(a->xl + (m0 + i) * K + k + 32 * q);
+            }
         for (int j = 0; j < nr; j++) {
             if (f == DSV3_FMT_NVFP4 && (k % 256 == 0 || k == klo))
                 sb[j] = nvfp4_scales16(w, n0 + j, k / 256 * 16, ng);
@@ -221,14 +234,11 @@ AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args 
             dec_nib128(row[j] + k / 2, t, v);
             nib128_scales(f, w, n0 + j, k, ng, sb[j], &S0, &S1);
             for (int i = 0; i < mr; i++) {
-                const uint16_t *xh = a->xh + (m0 + i) * K + k, *xl = a->xl + (m0 + i) * K + k;
                 const __m512 z = _mm512_setzero_ps();
-#define XV(p, o) ((__m512bh)_mm512_loadu_si512((p) + (o)))
-                const __m512 p0 = _mm512_add_ps(_mm512_dpbf16_ps(_mm512_dpbf16_ps(z, XV(xh, 0), v[0]), XV(xl, 0), v[0]),
-                                                _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, XV(xh, 64), v[2]), XV(xl, 64), v[2]));
-                const __m512 p1 = _mm512_add_ps(_mm512_dpbf16_ps(_mm512_dpbf16_ps(z, XV(xh, 32), v[1]), XV(xl, 32), v[1]),
-                                                _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, XV(xh, 96), v[3]), XV(xl, 96), v[3]));
-#undef XV
+                const __m512 p0 = _mm512_add_ps(_mm512_dpbf16_ps(_mm512_dpbf16_ps(z, xv[i][0], v[0]), xv[i][4], v[0]),
+                                                _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, xv[i][1], v[1]), xv[i][5], v[1]));
+                const __m512 p1 = _mm512_add_ps(_mm512_dpbf16_ps(_mm512_dpbf16_ps(z, xv[i][2], v[2]), xv[i][6], v[2]),
+                                                _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, xv[i][3], v[3]), xv[i][7], v[3]));
                 acc[i][j] = _mm512_fmadd_ps(p1, S1, _mm512_fmadd_ps(p0, S0, acc[i][j]));
             }
         }
@@ -267,20 +277,8 @@ AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args 
 
 AI void nib_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
-    uint8_t lo[64], hi[64];
-    for (int e = 0; e < 16; e++) { /* bf16 of every code, split into bytes, in every 128-bit lane */
-        float v;
-        dsv3_formats[f].code_row(&(dsv3_weight){.fmt = f, .n = 1, .k = 2, .data = (const uint8_t[1]){(uint8_t)e}},
-                                 0, 0, 1, &v);
-        const uint16_t b = dsv3_f32_to_bf16(v);
-        for (int l = 0; l < 4; l++) {
-            lo[16 * l + e] = (uint8_t)(b & 0xff);
-            hi[16 * l + e] = (uint8_t)(b >> 8);
-        }
-    }
     nib_luts t;
-    t.lo = _mm512_loadu_si512(lo);
-    t.hi = _mm512_loadu_si512(hi);
+    t.w = _mm512_loadu_si512(f == DSV3_FMT_NVFP4 ? E2M1_BF16 : INT4_BF16);
     for (int64_t klo = 0; klo < a->w->k; klo += DSV3_GEMV_KC) {
         const int64_t khi = klo + DSV3_GEMV_KC < a->w->k ? klo + DSV3_GEMV_KC : a->w->k;
         for (int64_t n = n0; n < n1; n += DNR) {

@@ -79,7 +79,7 @@ static int64_t xpos(int layout, int64_t o) /* destination of column o within its
 {
     if (layout == DSV3_X_BF16X2_P64)
         return ((o >> 3) & 1) * 32 + (o >> 4) * 8 + (o & 7);
-    return (o & 1) * 64 + ((o >> 4) & 1) * 32 + (o >> 5) * 8 + ((o >> 1) & 7); /* N128 */
+    return (o >> 6) * 64 + (o & 1) * 32 + ((o & 63) >> 1); /* N128 */
 }
 
 static void split_bf16x2(const float *x, int64_t m, int64_t k, int layout, uint16_t *xh, uint16_t *xl)
