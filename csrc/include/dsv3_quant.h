@@ -31,7 +31,7 @@ typedef struct {
     const float *x;        /* [m, k] f32 activations (weight-only) or dequantised act codes (fp8 dynamic) */
     const float *xs;       /* fp8 dynamic: per-token per-128-group act scales [m, ceil(k/128)], else NULL */
     const int8_t *xq;      /* int8 dynamic: per-token int8 activations [m, k], else NULL */
-    const uint8_t *xu;     /* int8 dynamic (VNNI): xq + 128 as u8 [m, k], else NULL */
+    const uint8_t *xu;     /* int8 dynamic (VNNI): |xq| as u8 [m, k], else NULL */
     const float *xs_tok;   /* int8 dynamic: per-token act scale [m] */
     const uint16_t *xb;    /* large-M bf16 path: x as bf16 [m, k], else NULL */
     const uint16_t *xh, *xl; /* bf16x2 small-M kernels: x = xh + xl (bf16 each), [m, k] in the

@@ -65,7 +65,7 @@ static void act_quant_int8(const float *x, int64_t m, int64_t k, int8_t *xq, uin
             float q = nearbyintf(x[r * k + j] / s);
             q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
             xq[r * k + j] = (int8_t)q;
-            xu[r * k + j] = (uint8_t)((int)q + 128);
+            xu[r * k + j] = (uint8_t)(q < 0 ? -(int)q : (int)q); /* |q| for the VNNI kernel */
         }
     }
 }
