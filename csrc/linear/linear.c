@@ -206,7 +206,7 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
         a.xs_tok = xs;
         kern = t->dynamic[id];
     }
-    if (!use_gemm && t->gemv_x[id] != DSV3_X_F32) {
+    if (!use_gemm && t->gemv_x[id] != DSV3_X_F32 && !(mode == DSV3_LINEAR_DYNAMIC && w->fmt == DSV3_FMT_INT8)) {
         xh = dsv3_alloc((size_t)mk * 2);
         xl = dsv3_alloc((size_t)mk * 2);
         if (!xh || !xl)
