@@ -56,7 +56,12 @@ VARIANTS = {
     "int8/dyn": ("int8", {}, "dynamic", "int8_dot"),
     "int4": ("int4", {"group": 128}, "weight_only", "bf16_dot"),
     "f32": ("f32", {}, None, "f32_fma"),
+    "bf16/own": ("bf16", {}, None, "bf16_dot"),
+    "f32/own": ("f32", {}, None, "f32_fma"),
 }
+# variants that keep dsv3's own kernels where dsv3.ops.linear would route to oneDNN (f32 M >= 8,
+# bf16 M >= 32): the call runs with DSV3_LINEAR_ONEDNN=0
+OWN = ("bf16/own", "f32/own")
 M_VALUES = (1, 4, 16, 128, 512)
 QUICK = {"shapes": ("q_a_proj", "expert_down"), "m": (1, 16, 128)}
 
@@ -222,8 +227,16 @@ def replicate(w, n, notes):
         return [w]
 
 
-def dsv3_caller(found, mode):
+def dsv3_caller(found, mode, own=False):
     linear = found["linear"]
+    if own:
+        def call_own(x, w):
+            os.environ["DSV3_LINEAR_ONEDNN"] = "0"
+            try:
+                return linear(x, w)
+            finally:
+                del os.environ["DSV3_LINEAR_ONEDNN"]
+        return call_own, "own"
     if mode is None:
         return (lambda x, w: linear(x, w)), "ops"
     return (lambda x, w: linear(x, w, mode=mode)), "ops"
@@ -246,6 +259,25 @@ def derive(row, roof):
         row["frac_peak"] = row["gflops"] / peak if peak else None
         row["x_torch"] = row["torch_s"] / t if row.get("torch_s") else None
         row["x_onednn"] = row["onednn_s"] / t if row.get("onednn_s") else None
+
+
+def merge_rounds(rows, new):
+    """Per (variant, shape, M), the best time of each implementation over the rounds so far."""
+    if not rows:
+        return new
+    by_key = {(r["variant"], r["shape"], r["M"]): r for r in rows}
+    for r in new:
+        old = by_key.get((r["variant"], r["shape"], r["M"]))
+        if old is None:
+            rows.append(r)
+            continue
+        for who in ("dsv3", "torch", "onednn"):
+            t = r.get(f"{who}_s")
+            if t and (not old.get(f"{who}_s") or t < old[f"{who}_s"]):
+                old[f"{who}_s"], old[f"{who}_median_s"] = t, r.get(f"{who}_median_s")
+                old.pop(f"{who}_skipped", None)
+            old[f"{who}_reps"] = (old.get(f"{who}_reps") or 0) + (r.get(f"{who}_reps") or 0)
+    return rows
 
 
 def read_ref(roof):
@@ -289,7 +321,7 @@ def bench_variant(shape_name, variant, w32, args, found, roof, est, notes, out_r
         run_ws = [p if p is not None else c for p, c in zip(packed, copies)]
     elif fmt not in ("f32", "bf16"):
         notes.add("packing cost: dsv3.quant.pack is not in this build")
-    call_dsv3, impl = dsv3_caller(found, mode)
+    call_dsv3, impl = dsv3_caller(found, mode, variant in OWN)
 
     tws = [torch_weight(weight_arrays(c), fmt) for c in copies]
     int4_offset = False
@@ -422,6 +454,9 @@ def parse_args(argv):
     p.add_argument("--max-reps", type=int, default=50, help="most timed calls per measurement")
     p.add_argument("--cap", type=float, default=None,
                    help="skip a measurement estimated to take longer than this per call (s; default 20, quick 3)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the whole sweep this many times and keep each row's best time (and the best "
+                        "roofline, re-measured after every round): spreads measurements over time on a shared machine")
     p.add_argument("--read-bytes", type=int, default=WORKING_SET,
                    help="buffer of the bandwidth probe (default: the weights' working set, 256 MB)")
     a = p.parse_args(argv)
@@ -437,6 +472,8 @@ def parse_args(argv):
     a.m = sorted(set(a.m))
     a.budget = a.budget if a.budget is not None else (0.3 if a.quick else 0.5)
     a.cap = a.cap if a.cap is not None else (3.0 if a.quick else 20.0)
+    if a.rounds < 1:
+        raise SystemExit("bench_linear: --rounds must be >= 1")
     if a.threads is not None and a.threads < 1:
         raise SystemExit("bench_linear: --threads must be >= 1")
     return a
@@ -463,19 +500,26 @@ def main(argv=None):
           f"(1 thread); peaks f32 FMA {fmt_num(pk['f32_fma'], '.0f')} GFLOP/s, bf16 dot "
           f"{fmt_num(pk['bf16_dot'], '.0f')} GFLOP/s, int8 dot {fmt_num(pk['int8_dot'], '.0f')} GOPS")
 
-    notes, rows, torch_cache = set(), [], {}
+    notes, rows = set(), []
     est = Estimator(args.cap)
-    print_header()
-    rng = np.random.default_rng(0)
-    for shape_name in args.shapes:
-        k, n = SHAPES[shape_name]
-        w32 = (rng.standard_normal((n, k), dtype=np.float32) * np.float32(0.02))
-        for variant in args.variants:
-            bench_variant(shape_name, variant, w32, args, found, roof, est, notes, rows, torch_cache)
-        del w32
-    roof_end = probe.roofline(nbytes=args.read_bytes)
-    details = {"start": details, "end": roof_end.pop("details")}
-    roof_start, roof = roof, best_roofline(roof, roof_end)
+    roof_start = roof
+    details = {"round0": details}
+    for rnd in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {rnd + 1} of {args.rounds}")
+        print_header()
+        round_rows, torch_cache = [], {}
+        rng = np.random.default_rng(0)
+        for shape_name in args.shapes:
+            k, n = SHAPES[shape_name]
+            w32 = (rng.standard_normal((n, k), dtype=np.float32) * np.float32(0.02))
+            for variant in args.variants:
+                bench_variant(shape_name, variant, w32, args, found, roof, est, notes, round_rows, torch_cache)
+            del w32
+        rows = merge_rounds(rows, round_rows)
+        roof_end = probe.roofline(nbytes=args.read_bytes)
+        details[f"end_of_round{rnd + 1}"] = roof_end.pop("details")
+        roof = best_roofline(roof, roof_end)
     print(f"roofline again at the end: read {roof_end['read_gbps']:.1f} GB/s, bf16 dot "
           f"{fmt_num(roof_end['peak_gflops']['bf16_dot'], '.0f')} GFLOP/s; final table against the best of both: "
           f"read {read_ref(roof):.1f} GB/s (%BW reference), f32 FMA {fmt_num(roof['peak_gflops']['f32_fma'], '.0f')}, bf16 dot "

@@ -1,4 +1,5 @@
 """Single operations on numpy arrays (each one C call)."""
+import ml_dtypes
 import numpy as np
 
 from ._native import lib
@@ -15,15 +16,16 @@ def linear(x, w, bias=None, mode="weight_only", isa=None):
     DeepSeek's act_quant + fp8_gemm (fp8_block) or symmetric int8 per token (int8). isa forces a kernel
     path ("scalar", "avx2", "avx512"); None uses the active one.
 
-    float32 weights with >= 8 rows of x on the active path run on oneDNN's f32 matmul when oneDNN is
-    available (loaded here on first use; measured 1.3-5x faster, see csrc/linear/linear.c); set
-    DSV3_LINEAR_ONEDNN=0 to keep dsv3's own kernel.
+    On the active path (isa None), float32 weights with >= 8 rows of x and bfloat16 weights with >= 32
+    rows run on oneDNN's matmul when oneDNN is available (loaded here on first use; measured faster
+    for those shapes, see csrc/linear/linear.c; thread-count independent); set DSV3_LINEAR_ONEDNN=0
+    to keep dsv3's own kernels.
     """
     native = w.to_native() if isinstance(w, QuantizedTensor) else w
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
-    if (isa is None and isinstance(native, np.ndarray) and native.dtype == np.float32 and x.ndim >= 1
-            and x.size >= 8 * max(x.shape[-1], 1)):
+    if (isa is None and isinstance(native, np.ndarray) and native.dtype in (np.float32, ml_dtypes.bfloat16)
+            and x.ndim >= 1 and x.size >= 8 * max(x.shape[-1], 1)):
         onednn.status()  # loads oneDNN once (no-op afterwards; its absence is fine)
     if x.ndim == 2:
         return lib.linear(x, native, bias, mode, isa)

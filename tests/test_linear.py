@@ -225,23 +225,27 @@ def test_huge_and_tiny_scales(fmt, params):
             assert np.all(np.abs(y - ref) <= bound(x, wd, isa, 2)), (mag, isa)
 
 
-def test_f32_large_m_onednn_route(monkeypatch):
-    """f32 weights with M >= 8 on the active path go to oneDNN when it loads: same accuracy bound as
-    the f32 kernels, thread count never changes a bit, bias added exactly as elsewhere, and
-    DSV3_LINEAR_ONEDNN=0 gives dsv3's own kernel (bitwise equal to isa='avx512'/'avx2' forced)."""
+@pytest.mark.parametrize("wdt,ms,rel", [(np.float32, (8, 40, 130), 1e-5), (BF16, (32, 130), 8e-3)],
+                         ids=["f32", "bf16"])
+def test_large_m_onednn_route(monkeypatch, wdt, ms, rel):
+    """f32 weights with M >= 8 and bf16 weights with M >= 32 on the active path go to oneDNN when it
+    loads: same accuracy bound as our kernels for that M, thread count never changes a bit, bias
+    added exactly as elsewhere, and DSV3_LINEAR_ONEDNN=0 gives dsv3's own kernel (bitwise equal to
+    the forced-ISA result)."""
     from dsv3 import onednn
-    w, bias = rnd((300, 1100), 21, 0.05), rnd((300,), 22)
+    w, bias = rnd((300, 1100), 21, 0.05).astype(wdt), rnd((300,), 22)
+    wd = w.astype(np.float32)
     old = dsv3.get_num_threads()
     try:
-        for m in (8, 40, 130):
+        for m in ms:
             x = rnd((m, 1100), 23 + m)
-            ref = x.astype(np.float64) @ w.astype(np.float64).T
+            ref = x.astype(np.float64) @ wd.astype(np.float64).T
             dsv3.set_num_threads(1)
             y1 = dsv3.ops.linear(x, w)
             dsv3.set_num_threads(2)
             y2 = dsv3.ops.linear(x, w)
             np.testing.assert_array_equal(y1, y2)
-            assert np.all(np.abs(y2 - ref) <= 1e-5 * (np.abs(x) @ np.abs(w).T))
+            assert np.all(np.abs(y2 - ref) <= rel * (np.abs(x) @ np.abs(wd).T))
             np.testing.assert_array_equal(dsv3.ops.linear(x, w, bias=bias), (y2 + bias).astype(np.float32))
             np.testing.assert_array_equal(dsv3.ops.linear(x.astype(BF16), w),
                                           dsv3.ops.linear(x.astype(BF16).astype(np.float32), w))
@@ -251,6 +255,7 @@ def test_f32_large_m_onednn_route(monkeypatch):
             np.testing.assert_array_equal(own, dsv3.ops.linear(x, w, isa=ISAS[-1]))
             if onednn.available():
                 np.testing.assert_array_equal(y2, lib.onednn_linear(x, w))
+                assert not np.array_equal(y2, own)  # the route is really taken
     finally:
         dsv3.set_num_threads(old)
 

@@ -18,18 +18,37 @@
 
 /* Rows of x from which the large-M (bf16 dot) kernels are used when the ISA has them. */
 #define GEMM_MIN_M 32
-/* oneDNN rule (measured 2026-11-25, best of 15 calls, 2 threads, weights from DRAM; BENCHMARKS.md):
- *  - f32 weights: dsv3 has no f32 GEMM (its FMA gemv re-reads W per 4 rows); oneDNN's f32 matmul
- *    took 0.79x (M=8) .. 0.37x (M=64) and 0.2-0.4x (M=128/512) of our time on 7168->2048,
- *    2048->7168 and 7168->576, and 0.9-1.3x at M=4. So f32 weights with M >= ONEDNN_F32_MIN_M go
- *    to dsv3_onednn_linear when it is loaded, the caller asked for the active path (isa = -1, not
- *    scalar) and DSV3_LINEAR_ONEDNN is not "0". Its results were bitwise identical with 1 and 2
- *    threads on every shape measured (tests/test_linear.py checks it); it differs from our kernel at
- *    f32 rounding level, so set DSV3_LINEAR_ONEDNN=0 for results independent of oneDNN's presence.
- *  - bf16 weights: our vdpbf16ps GEMM ran at 0.93-1.07x oneDNN's time at M = 128 / 512 on four
- *    DeepSeek shapes, so we keep ours (deterministic by construction, no dependency). */
+/* oneDNN rule (measured 2026-11-25 on this 2-core Zen 4, best of 12-15 alternating calls, 2 threads;
+ * data in BENCHMARKS.md, "oneDNN routing"):
+ *  - f32 weights: dsv3 has no f32 GEMM (its FMA gemv re-reads W per 4 rows of x); oneDNN's f32
+ *    matmul took 0.79x (M=8) .. 0.37x (M=64) of our time on 7168->2048, 2048->7168 and 7168->576
+ *    (0.9-1.3x at M=4). So f32 weights with M >= ONEDNN_F32_MIN_M go to oneDNN.
+ *  - bf16 weights, M >= GEMM_MIN_M (where our path also rounds x to bf16, so accuracy is the same):
+ *    our vdpbf16ps GEMM took 1.25-1.34x oneDNN's time at M=128 and 1.01-1.09x at M=512 on
+ *    7168->2048, 2048->7168 and 1536->24576 (0.94-1.10x on 7168->576). So bf16 goes to oneDNN too.
+ *    (M < 32 stays on our small-M kernels: x in bf16 hi+lo there, f32-level accuracy.)
+ * Conditions: oneDNN loaded (dsv3.ops.linear loads it), the caller asked for the active path
+ * (isa = -1, not scalar: an explicit isa always runs our kernels) and DSV3_LINEAR_ONEDNN is not "0".
+ * oneDNN's results were bitwise identical with 1 and 2 threads on every shape measured
+ * (tests/test_linear.py checks it); they differ from our kernels at rounding level, so set
+ * DSV3_LINEAR_ONEDNN=0 for results that do not depend on whether oneDNN is present. */
 #define ONEDNN_F32_MIN_M 8
 #define GEMV_COLS 4 /* output columns per work item in the small-M kernels */
+
+/* Element-wise activation conversions, split across threads (each element written once). */
+static void bf16_to_f32_par(const uint16_t *in, int64_t n, float *out)
+{
+#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+    for (int64_t i = 0; i < n; i++)
+        out[i] = dsv3_bf16_to_f32(in[i]);
+}
+
+static void f32_to_bf16_par(const float *in, int64_t n, uint16_t *out)
+{
+#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+    for (int64_t i = 0; i < n; i++)
+        out[i] = dsv3_f32_to_bf16(in[i]);
+}
 
 static void act_quant_fp8(const float *x, int64_t m, int64_t k, float *xq, float *xs)
 {
@@ -144,18 +163,20 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
     uint16_t *xb = NULL, *xh = NULL, *xl = NULL;
     dsv3_lin_kernel kern = t->gemv[id];
     int64_t cols = GEMV_COLS;
-    if (w->fmt == DSV3_FMT_F32 && mode == DSV3_LINEAR_WEIGHT_ONLY && m >= ONEDNN_F32_MIN_M && isa < 0 &&
-        id != DSV3_ISA_SCALAR && dsv3_onednn_available()) {
+    const int onednn_shape = (w->fmt == DSV3_FMT_F32 && m >= ONEDNN_F32_MIN_M) ||
+                             (w->fmt == DSV3_FMT_BF16 && m >= GEMM_MIN_M);
+    if (onednn_shape && mode == DSV3_LINEAR_WEIGHT_ONLY && isa < 0 && id != DSV3_ISA_SCALAR &&
+        dsv3_onednn_available()) {
         const char *env = getenv("DSV3_LINEAR_ONEDNN");
         if (!env || strcmp(env, "0") != 0) {
             if (x_bf16) {
                 if (!(xf = dsv3_alloc((size_t)mk * sizeof(float))))
                     goto nomem;
-                for (int64_t i = 0; i < mk; i++)
-                    xf[i] = dsv3_bf16_to_f32(((const uint16_t *)x)[i]);
+                bf16_to_f32_par((const uint16_t *)x, mk, xf);
             }
             /* bias added here, not by oneDNN: y = (x W^T) + bias exactly as the other paths round it */
-            st = dsv3_onednn_linear(x_bf16 ? xf : (const float *)x, m, w->data, 0, N, K, NULL, y, err);
+            st = dsv3_onednn_linear(x_bf16 ? xf : (const float *)x, m, w->data, w->fmt == DSV3_FMT_BF16, N, K, NULL,
+                                    y, err);
             dsv3_free(xf);
             if (st == DSV3_OK && bias)
                 for (int64_t r = 0; r < m; r++)
@@ -168,8 +189,7 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
     if (x_bf16 && !(use_gemm)) {
         if (!(xf = dsv3_alloc((size_t)mk * sizeof(float))))
             goto nomem;
-        for (int64_t i = 0; i < mk; i++)
-            xf[i] = dsv3_bf16_to_f32(((const uint16_t *)x)[i]);
+        bf16_to_f32_par((const uint16_t *)x, mk, xf);
     }
     const float *x32 = x_bf16 ? xf : (const float *)x;
     a.x = x32;
@@ -181,8 +201,7 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
         else {
             if (!(xb = dsv3_alloc((size_t)mk * 2)))
                 goto nomem;
-            for (int64_t i = 0; i < mk; i++)
-                xb[i] = dsv3_f32_to_bf16(x32[i]);
+            f32_to_bf16_par(x32, mk, xb);
             a.xb = xb;
         }
     } else if (mode == DSV3_LINEAR_DYNAMIC && w->fmt == DSV3_FMT_FP8_BLOCK) {
