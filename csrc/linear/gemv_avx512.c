@@ -36,8 +36,11 @@ AI void dyn_int8_tile(const int mr, const int nc, const dsv3_lin_args *a, int64_
     for (int64_t k = 0; k < K; k += 64) {
         const __mmask64 mk = K - k >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (K - k)) - 1);
         __m512i wv[DNC];
-        for (int j = 0; j < nc; j++)
-            wv[j] = _mm512_maskz_loadu_epi8(mk, (const int8_t *)w->data + (n0 + j) * K + k);
+        for (int j = 0; j < nc; j++) { /* prefetch the same bytes of the next tile's rows (short rows) */
+            const int8_t *wp = (const int8_t *)w->data + (n0 + j) * K + k;
+            _mm_prefetch((const char *)(uintptr_t)((uintptr_t)wp + (uintptr_t)(DNC * K)), _MM_HINT_T0);
+            wv[j] = _mm512_maskz_loadu_epi8(mk, wp);
+        }
         for (int i = 0; i < mr; i++) {
             const __m512i xa = _mm512_maskz_loadu_epi8(mk, a->xu + (m0 + i) * K + k);
             const __mmask64 neg = _mm512_movepi8_mask(_mm512_maskz_loadu_epi8(mk, a->xq + (m0 + i) * K + k));

@@ -15,6 +15,14 @@
 #include "linear/decode_avx512.h"
 #include "linear/lin_common.h"
 
+/* Software prefetch of the next tile's rows: rows n..n+DNR-1 are contiguous, so the bytes at the
+ * same offset DNR rows further on belong to the next tile; prefetching them while this tile
+ * decodes keeps DRAM busy across tile boundaries (short rows, e.g. K = 2048, otherwise restart the
+ * hardware prefetch streams at every tile). Address arithmetic via uintptr_t: past the end of the
+ * weight it is only a hint, never dereferenced. */
+#define PF_NEXT(p, rowbytes) \
+    _mm_prefetch((const char *)(uintptr_t)((uintptr_t)(p) + (uintptr_t)(DNR * (rowbytes))), _MM_HINT_T0)
+
 #define DMR 2 /* rows of x per tile (register budget: 4 tables + 8 partials + 4 accumulators) */
 
 /* bf16 bits of e4m3fn magnitudes 0..127 (code 127 is NaN -> 0x7fc0), split into bytes. */
@@ -88,6 +96,8 @@ AI void dot_group(dsv3_format f, const int mr, const int nr, const dsv3_lin_args
             pa[i][j] = pb[i][j] = _mm512_setzero_ps();
     for (int64_t k = k0; k < kend; k += 64) {
         __m512bh A[DNR], B[DNR];
+        for (int j = 0; j < nr; j++) /* the same bytes of the next tile's rows (see PF_NEXT) */
+            PF_NEXT(row[j] + k * (f == DSV3_FMT_BF16 ? 2 : 1), a->w->k * (f == DSV3_FMT_BF16 ? 2 : 1));
         for (int j = 0; j < nr; j++) {
             if (f == DSV3_FMT_FP8_BLOCK || f == DSV3_FMT_INT8)
                 dec_fp8_bf16(row[j] + k, t, f == DSV3_FMT_INT8, &A[j], &B[j]);
@@ -253,6 +263,7 @@ AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args 
                 sb[j] = nvfp4_scales16(w, n0 + j, k / 256 * 16, ng);
             __m512bh v[4];
             __m512 S0, S1;
+            PF_NEXT(row[j] + k / 2, K / 2);
             dec_nib128(row[j] + k / 2, t, v);
             nib128_scales(f, w, n0 + j, k, ng, sb[j], &S0, &S1);
             for (int i = 0; i < mr; i++) {
