@@ -457,8 +457,8 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat the whole sweep this many times and keep each row's best time (and the best "
                         "roofline, re-measured after every round): spreads measurements over time on a shared machine")
-    p.add_argument("--read-bytes", type=int, default=WORKING_SET,
-                   help="buffer of the bandwidth probe (default: the weights' working set, 256 MB)")
+    p.add_argument("--read-bytes", type=int, default=1 << 30,
+                   help="buffer of the bandwidth probe (default 1 GiB, as dsv3.probe)")
     a = p.parse_args(argv)
     a.variants = parse_list(a.formats, list(VARIANTS), "format") if a.formats else list(VARIANTS)
     a.shapes = parse_list(a.shapes, list(SHAPES), "shape") if a.shapes else \
