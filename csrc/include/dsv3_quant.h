@@ -51,8 +51,8 @@ typedef enum {
     DSV3_X_BF16X2 = 1,    /* x split into bf16 hi + lo (16 significant bits), natural order */
     DSV3_X_BF16X2_P64 = 2 /* same, each 64-block in the in-lane byte-unpack order of the fp8 decoder:
                            * [0-7, 16-23, 32-39, 48-55, 8-15, 24-31, 40-47, 56-63] */,
-    DSV3_X_BF16X2_N128 = 3 /* same, each 128-block in the order of the 4-bit (vpshufb) decoder: source o
-                            * -> (o & 1) * 64 + ((o >> 4) & 1) * 32 + (o >> 5) * 8 + ((o >> 1) & 7) */
+    DSV3_X_BF16X2_N128 = 3 /* same, each 128-block in the order of the 4-bit (vpmovzxbw + vpermw) decoder:
+                            * source o -> (o >> 6) * 64 + (o & 1) * 32 + ((o & 63) >> 1) */
 } dsv3_xlayout;
 
 typedef struct {

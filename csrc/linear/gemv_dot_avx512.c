@@ -1,9 +1,9 @@
-/* Small-M AVX-512 BF16 kernels (bf16 and fp8_block weights): weights become bf16 in registers and
- * meet x through vdpbf16ps; x is split by the dispatcher into bf16 hi + lo (16 significant bits, so
+/* Small-M AVX-512 BF16 kernels (bf16, fp8_block and int8 weights; nvfp4 and int4 further down):
+ * weights become bf16 in registers and meet x through vdpbf16ps; x is split by the dispatcher into bf16 hi + lo (16 significant bits, so
  * the result stays at f32-path accuracy) and laid out in the decoder's order (dsv3_xlayout).
  *
- * fp8 decode (exact, subnormals included): 64 codes -> two vpermi2b lookups over 128-entry tables of
- * the high and low bytes of bf16(|code|), the sign bit OR-ed into the high byte, then in-lane byte
+ * fp8 decode (exact, subnormals included; int8 the same after |q| + sign): 64 codes -> two
+ * vpermi2b lookups over 128-entry tables of the high and low bytes of bf16(|code|), the sign bit OR-ed into the high byte, then in-lane byte
  * unpacks give two vectors of 32 bf16 (codes 0-7,16-23,32-39,48-55 and 8-15,24-31,40-47,56-63 of
  * the block; x is pre-permuted to match). Per 128-wide K group: fp32 partial sums, then
  * acc += partial * scale (* activation scale in dynamic mode), DeepSeek fp8_gemm's order.
@@ -170,16 +170,15 @@ AI void dot_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args 
     }
 }
 
-/* ---- 4-bit formats (nvfp4, int4): 64 packed bytes -> 128 bf16 codes with two in-lane vpshufb
- * lookups per nibble half (the high and low bytes of bf16(code)) and two byte unpacks:
- *   L = bytes & 15 (elements 2b), H = (bytes >> 4) & 15 (elements 2b+1);
- *   A0/A1 = unpacklo/hi(lut_lo[L], lut_hi[L]), B0/B1 = the same for H.
- * Word p of 128-bit lane l of A0 is element 2(16l+p) of the block (p < 8), of A1 element
- * 2(16l+8+p), of B0/B1 the next odd elements; x is pre-permuted to match (DSV3_X_BF16X2_N128).
- * Every vdpbf16ps lane of A0 and B0 then holds codes of group 8b+2l (nvfp4: 16-wide groups), of A1
- * and B1 group 8b+2l+1; int4 (groups of 32 / 128): group 4b+l / b for the whole 128-bit lane. So
- * per block: P0 = dots(A0, B0), P1 = dots(A1, B1) (x hi and lo, 8 vdpbf16ps), then
- * acc += P0 * S0 + P1 * S1 with per-lane scale vectors (f32). 11 decode instructions per 128 codes. */
+/* ---- 4-bit formats (nvfp4, int4): 64 packed bytes -> 128 bf16 codes with two zero-extensions
+ * (vpmovzxbw: word w holds byte w, i.e. codes 2w and 2w+1), two 16-bit shifts and four vpermw
+ * lookups (vpermw reads index bits [4:0]; the 16-entry table is stored twice so the stray bit 4 is
+ * harmless): v0 = even codes 0..62, v1 = odd codes 1..63, v2/v3 the same for 64..127. x is
+ * pre-permuted to match (DSV3_X_BF16X2_N128). Every vdpbf16ps lane l (128-bit lane L = l / 4) of v0
+ * and v1 then holds codes of nvfp4 group 8b + L (16-wide groups) or int4 group (32-wide) 4b + L/2,
+ * of v2/v3 group 8b + 4 + L / 4b + 2 + L/2. Per block: P0 = dots(v0, v1), P1 = dots(v2, v3) (x hi
+ * and lo, 8 vdpbf16ps), then acc += P0 * S0 + P1 * S1 with per-lane scale vectors (f32). The x
+ * block is loaded once per 4 weight rows; the next tile's rows are prefetched (PF_NEXT). */
 typedef struct {
     __m512i w; /* bf16 of the 16 codes, twice (vpermw reads index bits [4:0]) */
 } nib_luts;
