@@ -1,12 +1,14 @@
 /* Small-M AVX-512 BF16 kernels (bf16, fp8_block and int8 weights; nvfp4 and int4 further down):
- * weights become bf16 in registers and meet x through vdpbf16ps; x is split by the dispatcher into bf16 hi + lo (16 significant bits, so
- * the result stays at f32-path accuracy) and laid out in the decoder's order (dsv3_xlayout).
+ * weights become bf16 in registers and meet x through vdpbf16ps; x is split by the dispatcher into
+ * bf16 hi + lo (16 significant bits, so the result stays at f32-path accuracy) and laid out in the
+ * decoder's order (dsv3_xlayout).
  *
  * fp8 decode (exact, subnormals included; int8 the same after |q| + sign): 64 codes -> two
- * vpermi2b lookups over 128-entry tables of the high and low bytes of bf16(|code|), the sign bit OR-ed into the high byte, then in-lane byte
- * unpacks give two vectors of 32 bf16 (codes 0-7,16-23,32-39,48-55 and 8-15,24-31,40-47,56-63 of
- * the block; x is pre-permuted to match). Per 128-wide K group: fp32 partial sums, then
- * acc += partial * scale (* activation scale in dynamic mode), DeepSeek fp8_gemm's order.
+ * vpermi2b lookups over 128-entry tables of the high and low bytes of bf16(|code|), the sign bit
+ * OR-ed into the high byte, then in-lane byte unpacks give two vectors of 32 bf16 (codes
+ * 0-7,16-23,32-39,48-55 and 8-15,24-31,40-47,56-63 of the block; x is pre-permuted to match).
+ * Per 128-wide K group (int8: the whole row): fp32 partial sums, then acc += partial * scale
+ * (* activation scale in dynamic mode), DeepSeek fp8_gemm's order.
  * K beyond the last full 64-block is done in f32 from a->x (scalar, fixed order). */
 #include <immintrin.h>
 #include <stdint.h>
@@ -183,13 +185,17 @@ typedef struct {
     __m512i w; /* bf16 of the 16 codes, twice (vpermw reads index bits [4:0]) */
 } nib_luts;
 
-/* bf16 bits of the 16 codes, twice (tests/test_linear.py checks every code column by column) */
+/* bf16 bits of the 16 codes, twice (a wrong entry fails tests/test_linear.py against dequantize) */
 static const uint16_t E2M1_BF16[32] = {
-    0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0,
-    0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0, 0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0};
+    0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0,
+    0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0,
+    0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0,
+    0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0};
 static const uint16_t INT4_BF16[32] = {
-    0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80,
-    0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0, 0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80};
+    0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0,
+    0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80,
+    0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0,
+    0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80};
 
 AI void dec_nib128(const uint8_t *p, const nib_luts *t, __m512bh v[4])
 {
@@ -340,7 +346,8 @@ void dsv3_gemv_int4_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) {
 AI void dot_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
     fp8_tables t;
-    const uint8_t *hi = f == DSV3_FMT_INT8 ? I8_BF16_HI : E4M3_BF16_HI, *lo = f == DSV3_FMT_INT8 ? I8_BF16_LO : E4M3_BF16_LO;
+    const uint8_t *hi = f == DSV3_FMT_INT8 ? I8_BF16_HI : E4M3_BF16_HI;
+    const uint8_t *lo = f == DSV3_FMT_INT8 ? I8_BF16_LO : E4M3_BF16_LO;
     t.hi0 = _mm512_loadu_si512(hi);
     t.hi1 = _mm512_loadu_si512(hi + 64);
     t.lo0 = _mm512_loadu_si512(lo);
