@@ -9,10 +9,8 @@ matmul) and against oneDNN (f32/bf16), both run in the same process on the same 
 Decode is memory-bound: every timed call reads a different copy of the weight, and there are enough
 copies that the working set is >= 8x the last-level cache (so nothing is served from cache).
 
-Pieces that are not merged yet are skipped with a printed note (the benchmark lights up when they
-land): dsv3.quant.quantize / pack, dsv3.ops.linear, dsv3._dsv3.onednn_linear. Until dsv3.ops.linear
-exists, f32/bf16 run through the reference dsv3_linear (a temporary binding, ``_linear_ref``): those
-rows are marked ``ref`` and are a pre-kernel baseline.
+Times are the best of the timed calls (the machine probes are best-of too, so the ratios compare
+like with like on a shared, noisy machine); the median is kept in the JSON (``*_median_s``).
 
     PYTHONPATH=$PWD python benchmarks/bench_linear.py --quick
     PYTHONPATH=$PWD python benchmarks/bench_linear.py --formats bf16,int8 --shapes q_a_proj --m 1,16
@@ -58,7 +56,12 @@ VARIANTS = {
     "int8/dyn": ("int8", {}, "dynamic", "int8_dot"),
     "int4": ("int4", {"group": 128}, "weight_only", "bf16_dot"),
     "f32": ("f32", {}, None, "f32_fma"),
+    "bf16/own": ("bf16", {}, None, "bf16_dot"),
+    "f32/own": ("f32", {}, None, "f32_fma"),
 }
+# variants that keep dsv3's own kernels where dsv3.ops.linear would route to oneDNN (f32 M >= 8,
+# bf16 M >= 32): the call runs with DSV3_LINEAR_ONEDNN=0
+OWN = ("bf16/own", "f32/own")
 M_VALUES = (1, 4, 16, 128, 512)
 QUICK = {"shapes": ("q_a_proj", "expert_down"), "m": (1, 16, 128)}
 
@@ -140,7 +143,7 @@ def torch_dequantize(tw, fmt, shape, params, int4_offset=False):
 
 def time_calls(call, budget, max_reps):
     """One warm-up call, then repeats (as many as fit in ``budget`` seconds, 1..max_reps);
-    returns the median seconds and the number of timed calls. call(i) uses weight copy i."""
+    returns the best and the median seconds and the number of timed calls. call(i) uses weight copy i."""
     t0 = now()
     call(0)
     warm = now() - t0
@@ -150,7 +153,7 @@ def time_calls(call, budget, max_reps):
         t0 = now()
         call(i)
         times.append(now() - t0)
-    return statistics.median(times), reps
+    return min(times), statistics.median(times), reps
 
 
 class Estimator:
@@ -224,17 +227,19 @@ def replicate(w, n, notes):
         return [w]
 
 
-def dsv3_caller(found, mode):
+def dsv3_caller(found, mode, own=False):
     linear = found["linear"]
-    if linear is not None:
-        if mode is None:
-            return (lambda x, w: linear(x, w)), "ops"
-        return (lambda x, w: linear(x, w, mode=mode)), "ops"
-
-    def ref(x, w):
-        return lib._linear_ref(x, w if isinstance(w, np.ndarray) else w.to_native())
-
-    return ref, "ref"
+    if own:
+        def call_own(x, w):
+            os.environ["DSV3_LINEAR_ONEDNN"] = "0"
+            try:
+                return linear(x, w)
+            finally:
+                del os.environ["DSV3_LINEAR_ONEDNN"]
+        return call_own, "own"
+    if mode is None:
+        return (lambda x, w: linear(x, w)), "ops"
+    return (lambda x, w: linear(x, w, mode=mode)), "ops"
 
 
 def rel_err(y, ref):
@@ -243,12 +248,62 @@ def rel_err(y, ref):
     return float(np.linalg.norm(y - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
+def derive(row, roof):
+    """Rates and ratios of one row against the roofline ``roof``."""
+    t = row.get("dsv3_s")
+    if t:
+        row["gbps"] = row["weight_bytes"] / t * 1e-9
+        row["frac_bw"] = row["gbps"] / read_ref(roof)
+        row["gflops"] = 2.0 * row["M"] * row["N"] * row["K"] / t * 1e-9
+        peak = roof["peak_gflops"].get(row["peak_kind"])
+        row["frac_peak"] = row["gflops"] / peak if peak else None
+        row["x_torch"] = row["torch_s"] / t if row.get("torch_s") else None
+        row["x_onednn"] = row["onednn_s"] / t if row.get("onednn_s") else None
+
+
+def merge_rounds(rows, new):
+    """Per (variant, shape, M), the best time of each implementation over the rounds so far."""
+    if not rows:
+        return new
+    by_key = {(r["variant"], r["shape"], r["M"]): r for r in rows}
+    for r in new:
+        old = by_key.get((r["variant"], r["shape"], r["M"]))
+        if old is None:
+            rows.append(r)
+            continue
+        for who in ("dsv3", "torch", "onednn"):
+            t = r.get(f"{who}_s")
+            if t and (not old.get(f"{who}_s") or t < old[f"{who}_s"]):
+                old[f"{who}_s"], old[f"{who}_median_s"] = t, r.get(f"{who}_median_s")
+                old.pop(f"{who}_skipped", None)
+            old[f"{who}_reps"] = (old.get(f"{who}_reps") or 0) + (r.get(f"{who}_reps") or 0)
+    return rows
+
+
+def read_ref(roof):
+    """The read bandwidth %BW divides by: the higher of the all-threads and the one-thread probe
+    (idle, all threads read more; on a loaded machine a thread of the all-threads probe is often
+    descheduled and one thread reads more, so the higher figure is the conservative reference)."""
+    return max(roof["read_gbps"], roof["read_gbps_1t"])
+
+
+def best_roofline(a, b):
+    """Figure by figure, the higher of two roofline measurements (both are best-of, so the higher
+    one is the less disturbed by other jobs)."""
+    out = dict(a)
+    out["read_gbps"] = max(a["read_gbps"], b["read_gbps"])
+    out["read_gbps_1t"] = max(a["read_gbps_1t"], b["read_gbps_1t"])
+    out["peak_gflops"] = {k: (max(v, b["peak_gflops"][k]) if v is not None else None)
+                          for k, v in a["peak_gflops"].items()}
+    return out
+
+
 def bench_variant(shape_name, variant, w32, args, found, roof, est, notes, out_rows, torch_cache):
     import torch
     fmt, params, mode, peak_kind = VARIANTS[variant]
     k, n = SHAPES[shape_name]
-    if mode == "dynamic" and found["linear"] is None:
-        notes.add(f"{variant}: skipped, dsv3.ops.linear (mode=dynamic) is not in this build")
+    if found["linear"] is None:
+        notes.add(f"{variant}: skipped, dsv3.ops.linear is not in this build")
         return
     w0, t_quant = build_weights(w32, variant, found, notes)
     if w0 is None:
@@ -266,7 +321,7 @@ def bench_variant(shape_name, variant, w32, args, found, roof, est, notes, out_r
         run_ws = [p if p is not None else c for p, c in zip(packed, copies)]
     elif fmt not in ("f32", "bf16"):
         notes.add("packing cost: dsv3.quant.pack is not in this build")
-    call_dsv3, impl = dsv3_caller(found, mode)
+    call_dsv3, impl = dsv3_caller(found, mode, variant in OWN)
 
     tws = [torch_weight(weight_arrays(c), fmt) for c in copies]
     int4_offset = False
@@ -282,7 +337,6 @@ def bench_variant(shape_name, variant, w32, args, found, roof, est, notes, out_r
         row = {"variant": variant, "format": fmt, "mode": mode or "-", "shape": shape_name, "K": k,
                "N": n, "M": m, "weight_bytes": nbytes, "copies": ncopies, "impl": impl,
                "peak_kind": peak_kind, "quantize_s": t_quant, "pack_s": t_pack}
-        flops = 2.0 * m * n * k
 
         def peer_torch(i):
             tw = tws[i % ncopies]
@@ -306,7 +360,7 @@ def bench_variant(shape_name, variant, w32, args, found, roof, est, notes, out_r
 
         torch_key = (shape_name, fmt, m)  # weight-only and dynamic share the torch peer
         if torch_key in torch_cache:
-            row["torch_s"], row["torch_reps"] = torch_cache[torch_key]
+            row["torch_s"], row["torch_median_s"], row["torch_reps"] = torch_cache[torch_key]
         for who, fn in (("dsv3", lambda i: call_dsv3(x, run_ws[i % ncopies])),
                         ("torch", peer_torch),
                         ("onednn", (lambda i: found["onednn"](x, onednn_ws[i % ncopies]))
@@ -324,24 +378,16 @@ def bench_variant(shape_name, variant, w32, args, found, roof, est, notes, out_r
                 notes.add(f"{who} {variant} {shape_name} M={m}: skipped, {row[f'{who}_skipped']} (--cap)")
                 continue
             try:
-                t, reps = time_calls(fn, args.budget, args.max_reps)
+                t, tmed, reps = time_calls(fn, args.budget, args.max_reps)
             except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
                 row[f"{who}_s"] = None
                 notes.add(f"{who} {variant}: failed: {e}")
                 continue
             est.record(key, m, t)
-            row[f"{who}_s"], row[f"{who}_reps"] = t, reps
+            row[f"{who}_s"], row[f"{who}_median_s"], row[f"{who}_reps"] = t, tmed, reps
             if who == "torch":
-                torch_cache[torch_key] = (t, reps)
-        t = row["dsv3_s"]
-        if t:
-            row["gbps"] = nbytes / t * 1e-9
-            row["frac_bw"] = row["gbps"] / roof["read_gbps"]
-            row["gflops"] = flops / t * 1e-9
-            peak = roof["peak_gflops"].get(peak_kind)
-            row["frac_peak"] = row["gflops"] / peak if peak else None
-            row["x_torch"] = row["torch_s"] / t if row.get("torch_s") else None
-            row["x_onednn"] = row["onednn_s"] / t if row.get("onednn_s") else None
+                torch_cache[torch_key] = (t, tmed, reps)
+        derive(row, roof)
         out_rows.append(row)
         print_row(row)
         sys.stdout.flush()
@@ -405,10 +451,14 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=None, help="threads for dsv3, torch and oneDNN")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds of timed calls per measurement (default 0.5, quick 0.3)")
-    p.add_argument("--max-reps", type=int, default=10, help="most timed calls per measurement")
+    p.add_argument("--max-reps", type=int, default=50, help="most timed calls per measurement")
     p.add_argument("--cap", type=float, default=None,
                    help="skip a measurement estimated to take longer than this per call (s; default 20, quick 3)")
-    p.add_argument("--read-bytes", type=int, default=1 << 30, help="buffer of the bandwidth probe")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the whole sweep this many times and keep each row's best time (and the best "
+                        "roofline, re-measured after every round): spreads measurements over time on a shared machine")
+    p.add_argument("--read-bytes", type=int, default=1 << 30,
+                   help="buffer of the bandwidth probe (default 1 GiB, as dsv3.probe)")
     a = p.parse_args(argv)
     a.variants = parse_list(a.formats, list(VARIANTS), "format") if a.formats else list(VARIANTS)
     a.shapes = parse_list(a.shapes, list(SHAPES), "shape") if a.shapes else \
@@ -422,6 +472,8 @@ def parse_args(argv):
     a.m = sorted(set(a.m))
     a.budget = a.budget if a.budget is not None else (0.3 if a.quick else 0.5)
     a.cap = a.cap if a.cap is not None else (3.0 if a.quick else 20.0)
+    if a.rounds < 1:
+        raise SystemExit("bench_linear: --rounds must be >= 1")
     if a.threads is not None and a.threads < 1:
         raise SystemExit("bench_linear: --threads must be >= 1")
     return a
@@ -448,16 +500,34 @@ def main(argv=None):
           f"(1 thread); peaks f32 FMA {fmt_num(pk['f32_fma'], '.0f')} GFLOP/s, bf16 dot "
           f"{fmt_num(pk['bf16_dot'], '.0f')} GFLOP/s, int8 dot {fmt_num(pk['int8_dot'], '.0f')} GOPS")
 
-    notes, rows, torch_cache = set(), [], {}
+    notes, rows = set(), []
     est = Estimator(args.cap)
+    roof_start = roof
+    details = {"round0": details}
+    for rnd in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {rnd + 1} of {args.rounds}")
+        print_header()
+        round_rows, torch_cache = [], {}
+        rng = np.random.default_rng(0)
+        for shape_name in args.shapes:
+            k, n = SHAPES[shape_name]
+            w32 = (rng.standard_normal((n, k), dtype=np.float32) * np.float32(0.02))
+            for variant in args.variants:
+                bench_variant(shape_name, variant, w32, args, found, roof, est, notes, round_rows, torch_cache)
+            del w32
+        rows = merge_rounds(rows, round_rows)
+        roof_end = probe.roofline(nbytes=args.read_bytes)
+        details[f"end_of_round{rnd + 1}"] = roof_end.pop("details")
+        roof = best_roofline(roof, roof_end)
+    print(f"roofline again at the end: read {roof_end['read_gbps']:.1f} GB/s, bf16 dot "
+          f"{fmt_num(roof_end['peak_gflops']['bf16_dot'], '.0f')} GFLOP/s; final table against the best of both: "
+          f"read {read_ref(roof):.1f} GB/s (%BW reference), f32 FMA {fmt_num(roof['peak_gflops']['f32_fma'], '.0f')}, bf16 dot "
+          f"{fmt_num(roof['peak_gflops']['bf16_dot'], '.0f')}, int8 dot {fmt_num(roof['peak_gflops']['int8_dot'], '.0f')}")
     print_header()
-    rng = np.random.default_rng(0)
-    for shape_name in args.shapes:
-        k, n = SHAPES[shape_name]
-        w32 = (rng.standard_normal((n, k), dtype=np.float32) * np.float32(0.02))
-        for variant in args.variants:
-            bench_variant(shape_name, variant, w32, args, found, roof, est, notes, rows, torch_cache)
-        del w32
+    for row in rows:
+        derive(row, roof)
+        print_row(row)
     elapsed = now() - start
     for note in sorted(notes):
         print("note: " + note)
@@ -468,7 +538,7 @@ def main(argv=None):
               "seconds": elapsed, "machine": {"cpu": platform.processor() or platform.machine(),
                                               "isa": info["isa"], "threads": threads,
                                               "torch": torch.__version__, "onednn": info.get("onednn")},
-              "roofline": roof, "probes": details, "available": {k: v is not None for k, v in found.items()},
+              "roofline": roof, "roofline_start": roof_start, "roofline_end": roof_end, "probes": details, "available": {k: v is not None for k, v in found.items()},
               "args": {k: v for k, v in vars(args).items() if k not in ("formats",)},
               "notes": sorted(notes), "rows": rows}
     with open(args.json, "w") as f:

@@ -1,7 +1,9 @@
 """Single operations on numpy arrays (each one C call)."""
+import ml_dtypes
 import numpy as np
 
 from ._native import lib
+from . import onednn
 from .quant import QuantizedTensor
 
 
@@ -13,10 +15,18 @@ def linear(x, w, bias=None, mode="weight_only", isa=None):
     activations in f32 (large M on AVX-512: bf16 dot); "dynamic" quantises activations per token like
     DeepSeek's act_quant + fp8_gemm (fp8_block) or symmetric int8 per token (int8). isa forces a kernel
     path ("scalar", "avx2", "avx512"); None uses the active one.
+
+    On the active path (isa None), float32 weights with >= 8 rows of x and bfloat16 weights with >= 32
+    rows run on oneDNN's matmul when oneDNN is available (loaded here on first use; measured faster
+    for those shapes, see csrc/linear/linear.c; thread-count independent); set DSV3_LINEAR_ONEDNN=0
+    to keep dsv3's own kernels.
     """
     native = w.to_native() if isinstance(w, QuantizedTensor) else w
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
+    if (isa is None and isinstance(native, np.ndarray) and native.dtype in (np.float32, ml_dtypes.bfloat16)
+            and x.ndim >= 1 and x.size >= 8 * max(x.shape[-1], 1)):
+        onednn.status()  # loads oneDNN once (no-op afterwards; its absence is fine)
     if x.ndim == 2:
         return lib.linear(x, native, bias, mode, isa)
     if x.ndim == 0:

@@ -223,3 +223,55 @@ def test_huge_and_tiny_scales(fmt, params):
             y = dsv3.ops.linear(x, qt, isa=isa)
             assert np.all(np.isfinite(y))
             assert np.all(np.abs(y - ref) <= bound(x, wd, isa, 2)), (mag, isa)
+
+
+@pytest.mark.parametrize("wdt,ms,rel", [(np.float32, (8, 40, 130), 1e-5), (BF16, (32, 130), 8e-3)],
+                         ids=["f32", "bf16"])
+def test_large_m_onednn_route(monkeypatch, wdt, ms, rel):
+    """f32 weights with M >= 8 and bf16 weights with M >= 32 on the active path go to oneDNN when it
+    loads: same accuracy bound as our kernels for that M, thread count never changes a bit, bias
+    added exactly as elsewhere, and DSV3_LINEAR_ONEDNN=0 gives dsv3's own kernel (bitwise equal to
+    the forced-ISA result)."""
+    from dsv3 import onednn
+    w, bias = rnd((300, 1100), 21, 0.05).astype(wdt), rnd((300,), 22)
+    wd = w.astype(np.float32)
+    old = dsv3.get_num_threads()
+    try:
+        for m in ms:
+            x = rnd((m, 1100), 23 + m)
+            ref = x.astype(np.float64) @ wd.astype(np.float64).T
+            dsv3.set_num_threads(1)
+            y1 = dsv3.ops.linear(x, w)
+            dsv3.set_num_threads(2)
+            y2 = dsv3.ops.linear(x, w)
+            np.testing.assert_array_equal(y1, y2)
+            assert np.all(np.abs(y2 - ref) <= rel * (np.abs(x) @ np.abs(wd).T))
+            np.testing.assert_array_equal(dsv3.ops.linear(x, w, bias=bias), (y2 + bias).astype(np.float32))
+            np.testing.assert_array_equal(dsv3.ops.linear(x.astype(BF16), w),
+                                          dsv3.ops.linear(x.astype(BF16).astype(np.float32), w))
+            monkeypatch.setenv("DSV3_LINEAR_ONEDNN", "0")
+            own = dsv3.ops.linear(x, w)
+            monkeypatch.delenv("DSV3_LINEAR_ONEDNN")
+            np.testing.assert_array_equal(own, dsv3.ops.linear(x, w, isa=ISAS[-1]))
+            if onednn.available():
+                np.testing.assert_array_equal(y2, lib.onednn_linear(x, w))
+                assert not np.array_equal(y2, own)  # the route is really taken
+    finally:
+        dsv3.set_num_threads(old)
+
+
+@pytest.mark.parametrize("fmt,group", [("nvfp4", 16), ("int4", 32), ("int4", 128)])
+def test_nibble_kernel_block_layout(fmt, group):
+    """4-bit kernels (128-code vpshufb blocks, x permuted per block): one non-zero x column at a
+    time must pick exactly that column of the dequantised weight, on every ISA and for columns
+    in the full blocks and in the K tail."""
+    k = 272  # two 128-blocks + a 16-column tail
+    params = {} if fmt == "nvfp4" else {"group": group}
+    qt = quant.quantize(rnd((9, k), 31, 0.05), fmt, **params)
+    wd = quant.dequantize(qt)
+    for col in (0, 1, 15, 16, 17, 31, 32, 33, 63, 64, 100, 127, 128, 129, 200, 255, 256, 271):
+        x = np.zeros((1, k), np.float32)
+        x[0, col] = 2.0
+        for isa in ISAS:
+            np.testing.assert_array_equal(dsv3.ops.linear(x, qt, isa=isa)[0], (2.0 * wd[:, col]).astype(np.float32),
+                                          err_msg=f"{fmt} col {col} {isa}")

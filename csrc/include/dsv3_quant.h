@@ -31,7 +31,7 @@ typedef struct {
     const float *x;        /* [m, k] f32 activations (weight-only) or dequantised act codes (fp8 dynamic) */
     const float *xs;       /* fp8 dynamic: per-token per-128-group act scales [m, ceil(k/128)], else NULL */
     const int8_t *xq;      /* int8 dynamic: per-token int8 activations [m, k], else NULL */
-    const uint8_t *xu;     /* int8 dynamic (VNNI): xq + 128 as u8 [m, k], else NULL */
+    const uint8_t *xu;     /* int8 dynamic (VNNI): |xq| as u8 [m, k], else NULL */
     const float *xs_tok;   /* int8 dynamic: per-token act scale [m] */
     const uint16_t *xb;    /* large-M bf16 path: x as bf16 [m, k], else NULL */
     const uint16_t *xh, *xl; /* bf16x2 small-M kernels: x = xh + xl (bf16 each), [m, k] in the
@@ -50,7 +50,9 @@ typedef enum {
     DSV3_X_F32 = 0,       /* x as given (f32) */
     DSV3_X_BF16X2 = 1,    /* x split into bf16 hi + lo (16 significant bits), natural order */
     DSV3_X_BF16X2_P64 = 2 /* same, each 64-block in the in-lane byte-unpack order of the fp8 decoder:
-                           * [0-7, 16-23, 32-39, 48-55, 8-15, 24-31, 40-47, 56-63] */
+                           * [0-7, 16-23, 32-39, 48-55, 8-15, 24-31, 40-47, 56-63] */,
+    DSV3_X_BF16X2_N128 = 3 /* same, each 128-block in the order of the 4-bit (vpmovzxbw + vpermw) decoder:
+                            * source o -> (o >> 6) * 64 + (o & 1) * 32 + ((o & 63) >> 1) */
 } dsv3_xlayout;
 
 typedef struct {

@@ -34,8 +34,11 @@ AI void decode_tile(dsv3_format f, const dsv3_weight *w, int64_t n0, int nc, uin
         }
         const int64_t n = n0 + c, kv = K / 16 * 16;
         const uint8_t *row = row_ptr(f, w, n);
-        for (int64_t k = 0; k < kv; k += 16)
-            _mm256_storeu_si256((__m256i *)(tmp + k), (__m256i)_mm512_cvtneps_pbh(DEC(f, w, row, k)));
+        if (f == DSV3_FMT_BF16) /* already bf16 codes */
+            memcpy(tmp, row, (size_t)kv * 2);
+        else
+            for (int64_t k = 0; k < kv; k += 16)
+                _mm256_storeu_si256((__m256i *)(tmp + k), (__m256i)_mm512_cvtneps_pbh(DEC(f, w, row, k)));
         if (kv < K) {
             float t[16];
             dsv3_formats[f].code_row(w, n, kv, K - kv, t);
@@ -75,7 +78,20 @@ AI void micro(const int mr, const dsv3_lin_args *a, int64_t m0, int64_t n0, int 
         const int64_t p0 = g * G / 2, p1 = ((g + 1) * G < K ? (g + 1) * G : K + 1) / 2;
         for (int i = 0; i < mr; i++)
             part[i][0] = part[i][1] = _mm512_setzero_ps();
-        for (int64_t p = p0; p < p1; p++) {
+        const int64_t pf = p1 < K / 2 ? p1 : K / 2; /* full pairs: no bounds check in the hot loop */
+        int64_t p = p0;
+        for (; p < pf; p++) {
+            const __m512bh b0 = (__m512bh)_mm512_loadu_si512(tile + p * NR);
+            const __m512bh b1 = (__m512bh)_mm512_loadu_si512(tile + p * NR + 16);
+            for (int i = 0; i < mr; i++) {
+                int32_t xv;
+                memcpy(&xv, x[i] + 2 * p, 4);
+                const __m512bh av = (__m512bh)_mm512_set1_epi32(xv);
+                part[i][0] = _mm512_dpbf16_ps(part[i][0], av, b0);
+                part[i][1] = _mm512_dpbf16_ps(part[i][1], av, b1);
+            }
+        }
+        for (; p < p1; p++) { /* odd K: the last pair is (x[K-1], 0) */
             const __m512bh b0 = (__m512bh)_mm512_loadu_si512(tile + p * NR);
             const __m512bh b1 = (__m512bh)_mm512_loadu_si512(tile + p * NR + 16);
             for (int i = 0; i < mr; i++) {

@@ -1,12 +1,14 @@
-/* Small-M AVX-512 BF16 kernels (bf16 and fp8_block weights): weights become bf16 in registers and
- * meet x through vdpbf16ps; x is split by the dispatcher into bf16 hi + lo (16 significant bits, so
- * the result stays at f32-path accuracy) and laid out in the decoder's order (dsv3_xlayout).
+/* Small-M AVX-512 BF16 kernels (bf16, fp8_block and int8 weights; nvfp4 and int4 further down):
+ * weights become bf16 in registers and meet x through vdpbf16ps; x is split by the dispatcher into
+ * bf16 hi + lo (16 significant bits, so the result stays at f32-path accuracy) and laid out in the
+ * decoder's order (dsv3_xlayout).
  *
- * fp8 decode (exact, subnormals included): 64 codes -> two vpermi2b lookups over 128-entry tables of
- * the high and low bytes of bf16(|code|), the sign bit OR-ed into the high byte, then in-lane byte
- * unpacks give two vectors of 32 bf16 (codes 0-7,16-23,32-39,48-55 and 8-15,24-31,40-47,56-63 of
- * the block; x is pre-permuted to match). Per 128-wide K group: fp32 partial sums, then
- * acc += partial * scale (* activation scale in dynamic mode), DeepSeek fp8_gemm's order.
+ * fp8 decode (exact, subnormals included; int8 the same after |q| + sign): 64 codes -> two
+ * vpermi2b lookups over 128-entry tables of the high and low bytes of bf16(|code|), the sign bit
+ * OR-ed into the high byte, then in-lane byte unpacks give two vectors of 32 bf16 (codes
+ * 0-7,16-23,32-39,48-55 and 8-15,24-31,40-47,56-63 of the block; x is pre-permuted to match).
+ * Per 128-wide K group (int8: the whole row): fp32 partial sums, then acc += partial * scale
+ * (* activation scale in dynamic mode), DeepSeek fp8_gemm's order.
  * K beyond the last full 64-block is done in f32 from a->x (scalar, fixed order). */
 #include <immintrin.h>
 #include <stdint.h>
@@ -14,6 +16,14 @@
 
 #include "linear/decode_avx512.h"
 #include "linear/lin_common.h"
+
+/* Software prefetch of the next tile's rows: rows n..n+DNR-1 are contiguous, so the bytes at the
+ * same offset DNR rows further on belong to the next tile; prefetching them while this tile
+ * decodes keeps DRAM busy across tile boundaries (short rows, e.g. K = 2048, otherwise restart the
+ * hardware prefetch streams at every tile). Address arithmetic via uintptr_t: past the end of the
+ * weight it is only a hint, never dereferenced. */
+#define PF_NEXT(p, rowbytes) \
+    _mm_prefetch((const char *)(uintptr_t)((uintptr_t)(p) + (uintptr_t)(DNR * (rowbytes))), _MM_HINT_T0)
 
 #define DMR 2 /* rows of x per tile (register budget: 4 tables + 8 partials + 4 accumulators) */
 
@@ -37,14 +47,36 @@ static const uint8_t E4M3_BF16_LO[128] = {
     0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0, 0xf0,
     0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0, 0xc0};
 
+/* bf16 bits of the integers 0..127 (int8 magnitudes), split into bytes. */
+static const uint8_t I8_BF16_HI[128] = {
+    0x00, 0x3f, 0x40, 0x40, 0x40, 0x40, 0x40, 0x40, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41,
+    0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41,
+    0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42,
+    0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42,
+    0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42,
+    0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42,
+    0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42,
+    0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42, 0x42};
+static const uint8_t I8_BF16_LO[128] = {
+    0x00, 0x80, 0x00, 0x40, 0x80, 0xa0, 0xc0, 0xe0, 0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70,
+    0x80, 0x88, 0x90, 0x98, 0xa0, 0xa8, 0xb0, 0xb8, 0xc0, 0xc8, 0xd0, 0xd8, 0xe0, 0xe8, 0xf0, 0xf8,
+    0x00, 0x04, 0x08, 0x0c, 0x10, 0x14, 0x18, 0x1c, 0x20, 0x24, 0x28, 0x2c, 0x30, 0x34, 0x38, 0x3c,
+    0x40, 0x44, 0x48, 0x4c, 0x50, 0x54, 0x58, 0x5c, 0x60, 0x64, 0x68, 0x6c, 0x70, 0x74, 0x78, 0x7c,
+    0x80, 0x82, 0x84, 0x86, 0x88, 0x8a, 0x8c, 0x8e, 0x90, 0x92, 0x94, 0x96, 0x98, 0x9a, 0x9c, 0x9e,
+    0xa0, 0xa2, 0xa4, 0xa6, 0xa8, 0xaa, 0xac, 0xae, 0xb0, 0xb2, 0xb4, 0xb6, 0xb8, 0xba, 0xbc, 0xbe,
+    0xc0, 0xc2, 0xc4, 0xc6, 0xc8, 0xca, 0xcc, 0xce, 0xd0, 0xd2, 0xd4, 0xd6, 0xd8, 0xda, 0xdc, 0xde,
+    0xe0, 0xe2, 0xe4, 0xe6, 0xe8, 0xea, 0xec, 0xee, 0xf0, 0xf2, 0xf4, 0xf6, 0xf8, 0xfa, 0xfc, 0xfe};
+
 typedef struct {
     __m512i hi0, hi1, lo0, lo1;
 } fp8_tables;
 
 /* 64 e4m3 codes -> two vectors of 32 bf16 (block order described above) */
-AI void dec_fp8_bf16(const uint8_t *p, const fp8_tables *t, __m512bh *A, __m512bh *B)
+AI void dec_fp8_bf16(const uint8_t *p, const fp8_tables *t, const int is_int8, __m512bh *A, __m512bh *B)
 {
-    const __m512i c = _mm512_loadu_si512(p);
+    const __m512i r = _mm512_loadu_si512(p); /* int8: two's complement -> sign | magnitude (|q| <= 127) */
+    const __m512i c = is_int8 ? _mm512_or_si512(_mm512_abs_epi8(r), _mm512_and_si512(r, _mm512_set1_epi8((char)0x80)))
+                              : r;
     const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t->hi0, c, t->hi1), c,
                                                  _mm512_set1_epi8((char)0x80), 0xF8); /* hi | (c & 0x80) */
     const __m512i lo = _mm512_permutex2var_epi8(t->lo0, c, t->lo1);
@@ -66,9 +98,11 @@ AI void dot_group(dsv3_format f, const int mr, const int nr, const dsv3_lin_args
             pa[i][j] = pb[i][j] = _mm512_setzero_ps();
     for (int64_t k = k0; k < kend; k += 64) {
         __m512bh A[DNR], B[DNR];
+        for (int j = 0; j < nr; j++) /* the same bytes of the next tile's rows (see PF_NEXT) */
+            PF_NEXT(row[j] + k * (f == DSV3_FMT_BF16 ? 2 : 1), a->w->k * (f == DSV3_FMT_BF16 ? 2 : 1));
         for (int j = 0; j < nr; j++) {
-            if (f == DSV3_FMT_FP8_BLOCK)
-                dec_fp8_bf16(row[j] + k, t, &A[j], &B[j]);
+            if (f == DSV3_FMT_FP8_BLOCK || f == DSV3_FMT_INT8)
+                dec_fp8_bf16(row[j] + k, t, f == DSV3_FMT_INT8, &A[j], &B[j]);
             else {
                 A[j] = (__m512bh)_mm512_loadu_si512((const uint16_t *)row[j] + k);
                 B[j] = (__m512bh)_mm512_loadu_si512((const uint16_t *)row[j] + k + 32);
@@ -138,83 +172,120 @@ AI void dot_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args 
     }
 }
 
-/* ---- 4-bit formats (nvfp4, int4): 16 packed bytes -> 32 bf16 codes in pair order with one
- * zero-extension, one shift/or and one 32-entry word lookup (vpermw reads index bits [4:0]; the
- * 16-entry table is stored twice so the stray bit 4 is harmless). Scales are per-lane vectors
- * (nvfp4: lanes 0-7 one group, 8-15 the next), applied to each block's partial sums. */
-AI __m512bh dec_nib_bf16(const uint8_t *p, __m512i lut)
+/* ---- 4-bit formats (nvfp4, int4): 64 packed bytes -> 128 bf16 codes with two zero-extensions
+ * (vpmovzxbw: word w holds byte w, i.e. codes 2w and 2w+1), two 16-bit shifts and four vpermw
+ * lookups (vpermw reads index bits [4:0]; the 16-entry table is stored twice so the stray bit 4 is
+ * harmless): v0 = even codes 0..62, v1 = odd codes 1..63, v2/v3 the same for 64..127. x is
+ * pre-permuted to match (DSV3_X_BF16X2_N128). Every vdpbf16ps lane l (128-bit lane L = l / 4) of v0
+ * and v1 then holds codes of nvfp4 group 8b + L (16-wide groups) or int4 group (32-wide) 4b + L/2,
+ * of v2/v3 group 8b + 4 + L / 4b + 2 + L/2. Per block: P0 = dots(v0, v1), P1 = dots(v2, v3) (x hi
+ * and lo, 8 vdpbf16ps), then acc += P0 * S0 + P1 * S1 with per-lane scale vectors (f32). The x
+ * block is loaded once per 4 weight rows; the next tile's rows are prefetched (PF_NEXT). */
+typedef struct {
+    __m512i w; /* bf16 of the 16 codes, twice (vpermw reads index bits [4:0]) */
+} nib_luts;
+
+/* bf16 bits of the 16 codes, twice (a wrong entry fails tests/test_linear.py against dequantize) */
+static const uint16_t E2M1_BF16[32] = {
+    0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0,
+    0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0,
+    0x0000, 0x3f00, 0x3f80, 0x3fc0, 0x4000, 0x4040, 0x4080, 0x40c0,
+    0x8000, 0xbf00, 0xbf80, 0xbfc0, 0xc000, 0xc040, 0xc080, 0xc0c0};
+static const uint16_t INT4_BF16[32] = {
+    0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0,
+    0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80,
+    0x0000, 0x3f80, 0x4000, 0x4040, 0x4080, 0x40a0, 0x40c0, 0x40e0,
+    0xc100, 0xc0e0, 0xc0c0, 0xc0a0, 0xc080, 0xc040, 0xc000, 0xbf80};
+
+AI void dec_nib128(const uint8_t *p, const nib_luts *t, __m512bh v[4])
 {
-    const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-    return (__m512bh)_mm512_permutexvar_epi16(_mm512_or_si512(d, _mm512_slli_epi32(d, 12)), lut);
+    const __m512i c0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
+    const __m512i c1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(p + 32)));
+    v[0] = (__m512bh)_mm512_permutexvar_epi16(c0, t->w);
+    v[1] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c0, 4), t->w);
+    v[2] = (__m512bh)_mm512_permutexvar_epi16(c1, t->w);
+    v[3] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(c1, 4), t->w);
 }
 
-/* scale vectors for the two halves (A: codes 0-31, B: 32-63) of the 64-block at k of row n */
-AI void nib_scales(dsv3_format f, const dsv3_weight *w, int64_t n, int64_t k, int64_t ng, const float *sb,
-                   __m512 *sA, __m512 *sB)
+/* Per-lane scales S0 (A0, B0) and S1 (A1, B1) of the 128-block at k of row n. nvfp4: sb holds the
+ * 16 decoded scales (times scale2) of the 256 columns starting at k - k % 256. */
+AI void nib128_scales(dsv3_format f, const dsv3_weight *w, int64_t n, int64_t k, int64_t ng, __m512 sb,
+                      __m512 *S0, __m512 *S1)
 {
-    if (f == DSV3_FMT_NVFP4) { /* sb: 16 decoded group scales starting at a multiple of 16 groups */
-        const __m512 v = _mm512_loadu_ps(sb);
-        const int g = (int)((k / 16) & 15);
-        const __m512i lo8 = _mm512_set1_epi32(g), hi8 = _mm512_set1_epi32(g + 1);
-        const __m512i ia = _mm512_mask_blend_epi32(0xff00, lo8, hi8);
-        *sA = _mm512_permutexvar_ps(ia, v);
-        *sB = _mm512_permutexvar_ps(_mm512_add_epi32(ia, _mm512_set1_epi32(2)), v);
-    } else {
-        const float *s = (const float *)w->scale + n * ng;
-        *sA = _mm512_set1_ps(s[k / w->group]);
-        *sB = _mm512_set1_ps(s[(k + 32) / w->group]);
+    if (f == DSV3_FMT_NVFP4) { /* lane l of v0/v1: group 8b + l, of v2/v3: 8b + 4 + l */
+        const int o = (int)((k / 128) & 1) * 8;
+        const __m512i i0 = _mm512_add_epi32(_mm512_set1_epi32(o),
+                                            _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+        *S0 = _mm512_permutexvar_ps(i0, sb);
+        *S1 = _mm512_permutexvar_ps(_mm512_add_epi32(i0, _mm512_set1_epi32(4)), sb);
+    } else if (w->group == 128) {
+        *S0 = *S1 = _mm512_set1_ps(((const float *)w->scale)[n * ng + k / 128]);
+    } else { /* group 32: lane l of v0/v1 -> group k/32 + l/2, of v2/v3 -> k/32 + 2 + l/2 */
+        const __m512 s4 = _mm512_castps128_ps512(_mm_loadu_ps((const float *)w->scale + n * ng + k / 32));
+        *S0 = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), s4);
+        *S1 = _mm512_permutexvar_ps(_mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3), s4);
     }
 }
 
-AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, __m512i lut, int64_t n0,
+AI __m512 nvfp4_scales16(const dsv3_weight *w, int64_t n, int64_t g0, int64_t ng)
+{
+    const uint8_t *s = (const uint8_t *)w->scale + n * ng + g0;
+    __m512 v;
+    if (g0 + 16 <= ng)
+        v = dec_e4m3(s);
+    else {
+        uint8_t b[16] = {0};
+        memcpy(b, s, (size_t)(ng - g0));
+        v = dec_e4m3(b);
+    }
+    return _mm512_mul_ps(v, _mm512_set1_ps(w->scale2));
+}
+
+AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, const nib_luts *t, int64_t n0,
                  int64_t m0, int64_t klo, int64_t khi)
 {
     const dsv3_weight *w = a->w;
-    const int64_t K = w->k, Kb = K / 64 * 64, G = kgroup(f, w), ng = (K + G - 1) / G;
+    const int64_t K = w->k, Kb = K / 128 * 128, G = kgroup(f, w), ng = (K + G - 1) / G;
     const int64_t kbh = khi < Kb ? khi : Kb;
     const uint8_t *row[DNR];
-    float sb[DNR][16];
-    __m512 acc[DMR][DNR];
-    for (int j = 0; j < nr; j++)
+    __m512 acc[DMR][DNR], sb[DNR];
+    for (int j = 0; j < nr; j++) {
         row[j] = row_ptr(f, w, n0 + j);
+        sb[j] = _mm512_setzero_ps();
+    }
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < nr; j++)
             acc[i][j] = _mm512_setzero_ps();
-    for (int64_t k = klo; k < kbh; k += 64) {
-        if (f == DSV3_FMT_NVFP4 && (k % 256 == 0 || k == klo))
-            for (int j = 0; j < nr; j++) {
-                const int64_t g0 = k / 256 * 16;
-                if (g0 + 16 <= ng)
-                    _mm512_storeu_ps(sb[j], _mm512_mul_ps(dec_e4m3(w->scale + (n0 + j) * ng + g0),
-                                                          _mm512_set1_ps(w->scale2)));
-                else
-                    for (int64_t q = 0; q < 16; q++)
-                        sb[j][q] = g0 + q < ng ? gscale(f, w, n0 + j, g0 + q, ng) : 0.0f;
+    for (int64_t k = klo; k < kbh; k += 128) {
+        __m512bh xv[DMR][8]; /* x hi (0-3) and lo (4-7) of this block, loaded once for all nr rows */
+        for (int i = 0; i < mr; i++)
+            for (int q = 0; q < 4; q++) {
+                xv[i][q] = (__m512bh)_mm512_loadu_si512(a->xh + (m0 + i) * K + k + 32 * q);
+                xv[i][4 + q] = (__m512bh)_mm512_loadu_si512(a->xl + (m0 + i) * K + k + 32 * q);
             }
-        __m512bh A[DNR], B[DNR];
-        __m512 sA[DNR], sB[DNR];
         for (int j = 0; j < nr; j++) {
-            A[j] = dec_nib_bf16(row[j] + k / 2, lut);
-            B[j] = dec_nib_bf16(row[j] + k / 2 + 16, lut);
-            nib_scales(f, w, n0 + j, k, ng, sb[j], &sA[j], &sB[j]);
-        }
-        for (int i = 0; i < mr; i++) {
-            const uint16_t *xh = a->xh + (m0 + i) * K + k, *xl = a->xl + (m0 + i) * K + k;
-            const __m512bh hA = (__m512bh)_mm512_loadu_si512(xh), hB = (__m512bh)_mm512_loadu_si512(xh + 32);
-            const __m512bh lA = (__m512bh)_mm512_loadu_si512(xl), lB = (__m512bh)_mm512_loadu_si512(xl + 32);
-            for (int j = 0; j < nr; j++) {
+            if (f == DSV3_FMT_NVFP4 && (k % 256 == 0 || k == klo))
+                sb[j] = nvfp4_scales16(w, n0 + j, k / 256 * 16, ng);
+            __m512bh v[4];
+            __m512 S0, S1;
+            PF_NEXT(row[j] + k / 2, K / 2);
+            dec_nib128(row[j] + k / 2, t, v);
+            nib128_scales(f, w, n0 + j, k, ng, sb[j], &S0, &S1);
+            for (int i = 0; i < mr; i++) {
                 const __m512 z = _mm512_setzero_ps();
-                const __m512 pa = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, hA, A[j]), lA, A[j]);
-                const __m512 pb = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, hB, B[j]), lB, B[j]);
-                acc[i][j] = _mm512_fmadd_ps(pb, sB[j], _mm512_fmadd_ps(pa, sA[j], acc[i][j]));
+                const __m512 p0 = _mm512_add_ps(_mm512_dpbf16_ps(_mm512_dpbf16_ps(z, xv[i][0], v[0]), xv[i][4], v[0]),
+                                                _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, xv[i][1], v[1]), xv[i][5], v[1]));
+                const __m512 p1 = _mm512_add_ps(_mm512_dpbf16_ps(_mm512_dpbf16_ps(z, xv[i][2], v[2]), xv[i][6], v[2]),
+                                                _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, xv[i][3], v[3]), xv[i][7], v[3]));
+                acc[i][j] = _mm512_fmadd_ps(p1, S1, _mm512_fmadd_ps(p0, S0, acc[i][j]));
             }
         }
     }
     for (int j = 0; j < nr; j++) {
         const int64_t n = n0 + j;
         float tail[DMR] = {0};
-        if (Kb < K && khi >= K) { /* scalar tail, per element group scale */
-            float wt[64];
+        if (Kb < K && khi >= K) { /* scalar tail (< 128 columns, natural x order), per element group scale */
+            float wt[128];
             dsv3_formats[f].code_row(w, n, Kb, K - Kb, wt);
             for (int i = 0; i < mr; i++) {
                 const float *x = a->x + (m0 + i) * K;
@@ -236,22 +307,16 @@ AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args 
 
 #define NIB_TILE_NR(mr, nr_)                                                                        \
     switch (nr_) {                                                                                  \
-    case 1: nib_tile(f, mr, 1, a, lut, n, m0, klo, khi); break;                                     \
-    case 2: nib_tile(f, mr, 2, a, lut, n, m0, klo, khi); break;                                     \
-    case 3: nib_tile(f, mr, 3, a, lut, n, m0, klo, khi); break;                                     \
-    default: nib_tile(f, mr, 4, a, lut, n, m0, klo, khi); break;                                    \
+    case 1: nib_tile(f, mr, 1, a, &t, n, m0, klo, khi); break;                                      \
+    case 2: nib_tile(f, mr, 2, a, &t, n, m0, klo, khi); break;                                      \
+    case 3: nib_tile(f, mr, 3, a, &t, n, m0, klo, khi); break;                                      \
+    default: nib_tile(f, mr, 4, a, &t, n, m0, klo, khi); break;                                     \
     }
 
 AI void nib_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
-    uint16_t tab[32];
-    for (int e = 0; e < 32; e++) { /* bf16 of every code, twice */
-        float v;
-        dsv3_formats[f].code_row(&(dsv3_weight){.fmt = f, .n = 1, .k = 2, .data = (const uint8_t[1]){(uint8_t)(e & 15)}},
-                                 0, 0, 1, &v);
-        tab[e] = dsv3_f32_to_bf16(v);
-    }
-    const __m512i lut = _mm512_loadu_si512(tab);
+    nib_luts t;
+    t.w = _mm512_loadu_si512(f == DSV3_FMT_NVFP4 ? E2M1_BF16 : INT4_BF16);
     for (int64_t klo = 0; klo < a->w->k; klo += DSV3_GEMV_KC) {
         const int64_t khi = klo + DSV3_GEMV_KC < a->w->k ? klo + DSV3_GEMV_KC : a->w->k;
         for (int64_t n = n0; n < n1; n += DNR) {
@@ -281,10 +346,12 @@ void dsv3_gemv_int4_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) {
 AI void dot_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
     fp8_tables t;
-    t.hi0 = _mm512_loadu_si512(E4M3_BF16_HI);
-    t.hi1 = _mm512_loadu_si512(E4M3_BF16_HI + 64);
-    t.lo0 = _mm512_loadu_si512(E4M3_BF16_LO);
-    t.lo1 = _mm512_loadu_si512(E4M3_BF16_LO + 64);
+    const uint8_t *hi = f == DSV3_FMT_INT8 ? I8_BF16_HI : E4M3_BF16_HI;
+    const uint8_t *lo = f == DSV3_FMT_INT8 ? I8_BF16_LO : E4M3_BF16_LO;
+    t.hi0 = _mm512_loadu_si512(hi);
+    t.hi1 = _mm512_loadu_si512(hi + 64);
+    t.lo0 = _mm512_loadu_si512(lo);
+    t.lo1 = _mm512_loadu_si512(lo + 64);
     for (int64_t klo = 0; klo < a->w->k; klo += DSV3_GEMV_KC) { /* K chunks: x stays in L1 */
         const int64_t khi = klo + DSV3_GEMV_KC < a->w->k ? klo + DSV3_GEMV_KC : a->w->k;
         for (int64_t n = n0; n < n1; n += DNR) {
@@ -301,6 +368,7 @@ AI void dot_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 }
 
 void dsv3_gemv_bf16_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { dot_rows(DSV3_FMT_BF16, a, n0, n1); }
+void dsv3_gemv_int8_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { dot_rows(DSV3_FMT_INT8, a, n0, n1); }
 void dsv3_gemv_fp8_block_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
     dot_rows(DSV3_FMT_FP8_BLOCK, a, n0, n1);

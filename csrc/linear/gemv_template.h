@@ -1,6 +1,6 @@
 /* Small-M (decode) weight-only f32-FMA kernel body shared by the AVX2 and AVX-512 files (on AVX-512
- * the table routes bf16/fp8/nvfp4/int4 to the vdpbf16ps kernels of gemv_dot_avx512.c; this body
- * serves f32 and int8 there, and every format on AVX2).
+ * the table routes bf16/fp8/nvfp4/int8/int4 to the vdpbf16ps kernels of gemv_dot_avx512.c; this
+ * body serves f32 there, and every format on AVX2).
  *
  * The including file defines the vector vocabulary (V, VL, V_ZERO, V_LOADU, V_FMA, V_ADD, V_MUL,
  * V_SET1, V_STOREU, V_REDUCE), the in-register decoder DEC(fmt, w, row, k) -> V of VL unscaled codes

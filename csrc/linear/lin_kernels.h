@@ -21,6 +21,7 @@ DSV3_DECLARE_KERNELS(avx512)
 /* Small-M AVX-512 BF16 kernels: weights decoded to bf16 in registers (fp8: two vpermi2b lookups +
  * sign), x as bf16 hi + lo (dsv3_xlayout), vdpbf16ps. */
 void dsv3_gemv_bf16_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+void dsv3_gemv_int8_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1); /* int8: fp8 decoder after |q|, sign */
 void dsv3_gemv_fp8_block_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_gemv_nvfp4_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_gemv_int4_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);

@@ -11,12 +11,44 @@
 #include <string.h>
 
 #include "dsv3_dtypes.h"
+#include "dsv3_onednn.h"
 #include "linear/lin_kernels.h"
 
-/* Rows of x from which the large-M (bf16 dot) kernels are used when the ISA has them.
- * HOOK(onednn): a per-shape choice of dsv3_onednn_linear (csrc/onednn/) belongs here, where measured faster. */
+#include <stdlib.h>
+
+/* Rows of x from which the large-M (bf16 dot) kernels are used when the ISA has them. */
 #define GEMM_MIN_M 32
+/* oneDNN rule (measured 2026-11-25 on this 2-core Zen 4, best of 12-15 alternating calls, 2 threads;
+ * data in BENCHMARKS.md, "oneDNN routing"):
+ *  - f32 weights: dsv3 has no f32 GEMM (its FMA gemv re-reads W per 4 rows of x); oneDNN's f32
+ *    matmul took 0.79x (M=8) .. 0.37x (M=64) of our time on 7168->2048, 2048->7168 and 7168->576
+ *    (0.9-1.3x at M=4). So f32 weights with M >= ONEDNN_F32_MIN_M go to oneDNN.
+ *  - bf16 weights, M >= GEMM_MIN_M (where our path also rounds x to bf16, so accuracy is the same):
+ *    our vdpbf16ps GEMM took 1.25-1.34x oneDNN's time at M=128 and 1.01-1.09x at M=512 on
+ *    7168->2048, 2048->7168 and 1536->24576 (0.94-1.10x on 7168->576). So bf16 goes to oneDNN too.
+ *    (M < 32 stays on our small-M kernels: x in bf16 hi+lo there, f32-level accuracy.)
+ * Conditions: oneDNN loaded (dsv3.ops.linear loads it), the caller asked for the active path
+ * (isa = -1, not scalar: an explicit isa always runs our kernels) and DSV3_LINEAR_ONEDNN is not "0".
+ * oneDNN's results were bitwise identical with 1 and 2 threads on every shape measured
+ * (tests/test_linear.py checks it); they differ from our kernels at rounding level, so set
+ * DSV3_LINEAR_ONEDNN=0 for results that do not depend on whether oneDNN is present. */
+#define ONEDNN_F32_MIN_M 8
 #define GEMV_COLS 4 /* output columns per work item in the small-M kernels */
+
+/* Element-wise activation conversions, split across threads (each element written once). */
+static void bf16_to_f32_par(const uint16_t *in, int64_t n, float *out)
+{
+#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+    for (int64_t i = 0; i < n; i++)
+        out[i] = dsv3_bf16_to_f32(in[i]);
+}
+
+static void f32_to_bf16_par(const float *in, int64_t n, uint16_t *out)
+{
+#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+    for (int64_t i = 0; i < n; i++)
+        out[i] = dsv3_f32_to_bf16(in[i]);
+}
 
 static void act_quant_fp8(const float *x, int64_t m, int64_t k, float *xq, float *xs)
 {
@@ -52,30 +84,52 @@ static void act_quant_int8(const float *x, int64_t m, int64_t k, int8_t *xq, uin
             float q = nearbyintf(x[r * k + j] / s);
             q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
             xq[r * k + j] = (int8_t)q;
-            xu[r * k + j] = (uint8_t)((int)q + 128);
+            xu[r * k + j] = (uint8_t)(q < 0 ? -(int)q : (int)q); /* |q| for the VNNI kernel */
         }
     }
 }
 
 /* x = hi + lo, both bf16 (hi = RNE(x), lo = RNE(x - hi): 16 significant bits, relative error
- * <= 2^-17). p64: permute each full 64-block into the fp8 decoder's order (see dsv3_xlayout); the
- * K tail beyond the last full block stays in natural order (kernels read it from x in f32). */
-static void split_bf16x2(const float *x, int64_t m, int64_t k, int p64, uint16_t *xh, uint16_t *xl)
+ * <= 2^-17), in the kernel's layout (dsv3_xlayout): every full block (64 for P64, 128 for N128) is
+ * permuted into its decoder's order; the K tail beyond the last full block stays in natural order
+ * (kernels read it from x in f32). Parallel over (row, 1024-column chunk) so that M = 1 uses every
+ * thread; each element is written once, so the result does not depend on the split. */
+static int64_t xpos(int layout, int64_t o) /* destination of column o within its block */
 {
-    const int64_t kb = p64 ? k / 64 * 64 : 0;
+    if (layout == DSV3_X_BF16X2_P64)
+        return ((o >> 3) & 1) * 32 + (o >> 4) * 8 + (o & 7);
+    return (o >> 6) * 64 + (o & 1) * 32 + ((o & 63) >> 1); /* N128 */
+}
+
+static void split_bf16x2(const float *x, int64_t m, int64_t k, int layout, uint16_t *xh, uint16_t *xl)
+{
+    const int64_t bs = layout == DSV3_X_BF16X2_P64 ? 64 : layout == DSV3_X_BF16X2_N128 ? 128 : 1;
+    const int64_t kb = k / bs * bs, nc = (k + 1023) / 1024;
+    int16_t perm[128];
+    for (int64_t o = 0; o < bs; o++)
+        perm[o] = (int16_t)(bs == 1 ? 0 : xpos(layout, o));
 #pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
-    for (int64_t r = 0; r < m; r++)
-        for (int64_t j = 0; j < k; j++) {
-            int64_t d = j;
-            if (j < kb) { /* source j -> destination within its 64-block */
-                const int64_t b = j & ~(int64_t)63, o = j & 63, lane = o >> 4, half = (o >> 3) & 1;
-                d = b + half * 32 + lane * 8 + (o & 7);
+    for (int64_t t = 0; t < m * nc; t++) {
+        const int64_t r = t / nc, j0 = t % nc * 1024, j1 = j0 + 1024 < k ? j0 + 1024 : k;
+        const float *xr = x + r * k;
+        uint16_t *hr = xh + r * k, *lr = xl + r * k;
+        uint16_t h[128], l[128];
+        int64_t j = j0;
+        for (; j + bs <= j1 && j + bs <= kb; j += bs) { /* full blocks (1024 is a multiple of bs) */
+            for (int64_t o = 0; o < bs; o++) {
+                h[o] = dsv3_f32_to_bf16(xr[j + o]);
+                l[o] = dsv3_f32_to_bf16(xr[j + o] - dsv3_bf16_to_f32(h[o]));
             }
-            const float v = x[r * k + j];
-            const uint16_t h = dsv3_f32_to_bf16(v);
-            xh[r * k + d] = h;
-            xl[r * k + d] = dsv3_f32_to_bf16(v - dsv3_bf16_to_f32(h));
+            for (int64_t o = 0; o < bs; o++) {
+                hr[j + perm[o]] = h[o];
+                lr[j + perm[o]] = l[o];
+            }
         }
+        for (; j < j1; j++) { /* K tail: natural order */
+            hr[j] = dsv3_f32_to_bf16(xr[j]);
+            lr[j] = dsv3_f32_to_bf16(xr[j] - dsv3_bf16_to_f32(hr[j]));
+        }
+    }
 }
 
 dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weight *w, const float *bias,
@@ -109,12 +163,33 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
     uint16_t *xb = NULL, *xh = NULL, *xl = NULL;
     dsv3_lin_kernel kern = t->gemv[id];
     int64_t cols = GEMV_COLS;
+    const int onednn_shape = (w->fmt == DSV3_FMT_F32 && m >= ONEDNN_F32_MIN_M) ||
+                             (w->fmt == DSV3_FMT_BF16 && m >= GEMM_MIN_M);
+    if (onednn_shape && mode == DSV3_LINEAR_WEIGHT_ONLY && isa < 0 && id != DSV3_ISA_SCALAR &&
+        dsv3_onednn_available()) {
+        const char *env = getenv("DSV3_LINEAR_ONEDNN");
+        if (!env || strcmp(env, "0") != 0) {
+            if (x_bf16) {
+                if (!(xf = dsv3_alloc((size_t)mk * sizeof(float))))
+                    goto nomem;
+                bf16_to_f32_par((const uint16_t *)x, mk, xf);
+            }
+            /* bias added here, not by oneDNN: y = (x W^T) + bias exactly as the other paths round it */
+            st = dsv3_onednn_linear(x_bf16 ? xf : (const float *)x, m, w->data, w->fmt == DSV3_FMT_BF16, N, K, NULL,
+                                    y, err);
+            dsv3_free(xf);
+            if (st == DSV3_OK && bias)
+                for (int64_t r = 0; r < m; r++)
+                    for (int64_t c = 0; c < N; c++)
+                        y[r * N + c] += bias[c];
+            return st;
+        }
+    }
     const int use_gemm = mode == DSV3_LINEAR_WEIGHT_ONLY && m >= GEMM_MIN_M && t->gemm[id];
     if (x_bf16 && !(use_gemm)) {
         if (!(xf = dsv3_alloc((size_t)mk * sizeof(float))))
             goto nomem;
-        for (int64_t i = 0; i < mk; i++)
-            xf[i] = dsv3_bf16_to_f32(((const uint16_t *)x)[i]);
+        bf16_to_f32_par((const uint16_t *)x, mk, xf);
     }
     const float *x32 = x_bf16 ? xf : (const float *)x;
     a.x = x32;
@@ -126,8 +201,7 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
         else {
             if (!(xb = dsv3_alloc((size_t)mk * 2)))
                 goto nomem;
-            for (int64_t i = 0; i < mk; i++)
-                xb[i] = dsv3_f32_to_bf16(x32[i]);
+            f32_to_bf16_par(x32, mk, xb);
             a.xb = xb;
         }
     } else if (mode == DSV3_LINEAR_DYNAMIC && w->fmt == DSV3_FMT_FP8_BLOCK) {
@@ -151,12 +225,12 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
         a.xs_tok = xs;
         kern = t->dynamic[id];
     }
-    if (!use_gemm && t->gemv_x[id] != DSV3_X_F32) {
+    if (!use_gemm && t->gemv_x[id] != DSV3_X_F32 && !(mode == DSV3_LINEAR_DYNAMIC && w->fmt == DSV3_FMT_INT8)) {
         xh = dsv3_alloc((size_t)mk * 2);
         xl = dsv3_alloc((size_t)mk * 2);
         if (!xh || !xl)
             goto nomem;
-        split_bf16x2(a.x, m, K, t->gemv_x[id] == DSV3_X_BF16X2_P64, xh, xl);
+        split_bf16x2(a.x, m, K, t->gemv_x[id], xh, xl);
         a.xh = xh;
         a.xl = xl;
     }

@@ -92,39 +92,7 @@ static PyObject *probe_constants(PyObject *self, PyObject *noargs)
                          (double)DSV3_PROBE_BF16, "u8", DSV3_PROBE_U8, "s8", DSV3_PROBE_S8);
 }
 
-/* _linear_ref(x, w): TEMPORARY, for benchmarks/bench_linear.py only until dsv3.ops.linear lands:
- * y = x W^T through dsv3_linear, with w anything dsv3_py_weight accepts. */
-static PyObject *linear_ref(PyObject *self, PyObject *args)
-{
-    (void)self;
-    PyObject *xo, *wo;
-    if (!PyArg_ParseTuple(args, "OO", &xo, &wo))
-        return NULL;
-    PyArrayObject *x = dsv3_py_check_array(xo, "x", DSV3_DT_F32, 2);
-    if (!x)
-        return NULL;
-    dsv3_weight w;
-    if (!dsv3_py_weight(wo, "w", -1, PyArray_DIM(x, 1), &w))
-        return NULL;
-    npy_intp dims[2] = {PyArray_DIM(x, 0), (npy_intp)w.n};
-    PyObject *y = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
-    if (!y)
-        return NULL;
-    dsv3_error err = {0};
-    dsv3_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = dsv3_linear(PyArray_DATA(x), dims[0], &w, NULL, PyArray_DATA((PyArrayObject *)y), -1, &err);
-    Py_END_ALLOW_THREADS
-    if (st != DSV3_OK) {
-        Py_DECREF(y);
-        return dsv3_py_raise(st, &err);
-    }
-    return y;
-}
-
 PyMethodDef dsv3_probe_methods[] = {
-    {"_linear_ref", linear_ref, METH_VARARGS,
-     "TEMPORARY benchmark fallback: _linear_ref(x, w) -> x @ w.T via dsv3_linear (use dsv3.ops.linear)."},
     {"probe_read_bw", (PyCFunction)(void (*)(void))probe_read_bw, METH_VARARGS | METH_KEYWORDS,
      "probe_read_bw(bytes, repeats=5, threads=0, isa=None) -> dict(gbps, seconds, bytes, checksum, threads, isa)"},
     {"probe_peak", (PyCFunction)(void (*)(void))probe_peak, METH_VARARGS | METH_KEYWORDS,

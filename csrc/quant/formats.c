@@ -99,12 +99,13 @@ const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT] = {
                             {0, 0, DSV3_X_BF16X2_P64}},
     [DSV3_FMT_NVFP4] = {"nvfp4", 4, 1, 16, DSV3_SCALE_E4M3, 1, code_row_nvfp4, scale_nvfp4,
                         {dsv3_gemv_nvfp4_scalar, dsv3_gemv_nvfp4_avx2, dsv3_gemv_nvfp4_dot_avx512},
-                        {NULL, NULL, dsv3_gemm_nvfp4_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2}},
+                        {NULL, NULL, dsv3_gemm_nvfp4_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2_N128}},
     [DSV3_FMT_INT8] = {"int8", 8, 1, -1, DSV3_SCALE_F32, 0, code_row_int8, scale_int8,
-                       KERNELS(gemv, int8), {NULL, NULL, dsv3_gemm_int8_avx512}, KERNELS(dyn, int8)},
+                       {dsv3_gemv_int8_scalar, dsv3_gemv_int8_avx2, dsv3_gemv_int8_dot_avx512},
+                       {NULL, NULL, dsv3_gemm_int8_avx512}, KERNELS(dyn, int8), {0, 0, DSV3_X_BF16X2_P64}},
     [DSV3_FMT_INT4] = {"int4", 4, 1, -2, DSV3_SCALE_F32, 0, code_row_int4, scale_int4,
                        {dsv3_gemv_int4_scalar, dsv3_gemv_int4_avx2, dsv3_gemv_int4_dot_avx512},
-                       {NULL, NULL, dsv3_gemm_int4_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2}},
+                       {NULL, NULL, dsv3_gemm_int4_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2_N128}},
 };
 
 dsv3_status dsv3_format_parse(const char *name, dsv3_format *out, dsv3_error *err)
