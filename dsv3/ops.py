@@ -16,10 +16,11 @@ def linear(x, w, bias=None, mode="weight_only", isa=None):
     DeepSeek's act_quant + fp8_gemm (fp8_block) or symmetric int8 per token (int8). isa forces a kernel
     path ("scalar", "avx2", "avx512"); None uses the active one.
 
-    On the active path (isa None), float32 weights with >= 8 rows of x and bfloat16 weights with >= 32
-    rows run on oneDNN's matmul when oneDNN is available (loaded here on first use; measured faster
-    for those shapes, see csrc/linear/linear.c; thread-count independent); set DSV3_LINEAR_ONEDNN=0
-    to keep dsv3's own kernels.
+    With DSV3_LINEAR_ONEDNN=1 (opt-in), on the active path (isa None), float32 weights with >= 8 rows
+    of x and bfloat16 weights with >= 32 rows run on oneDNN's matmul when oneDNN is available (loaded
+    here on first use; measured faster for those shapes, see csrc/linear/linear.c). It is off by
+    default because oneDNN's results can change with the thread count on small shapes; dsv3's own
+    kernels never do.
     """
     native = w.to_native() if isinstance(w, QuantizedTensor) else w
     if not isinstance(x, np.ndarray):

@@ -19,6 +19,7 @@ typedef struct {
 } mm_entry;
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_exec_lock = PTHREAD_MUTEX_INITIALIZER; /* see run() */
 static mm_entry g_cache[CACHE_SLOTS];
 static unsigned long g_clock;
 
@@ -131,12 +132,16 @@ static dsv3_status run(const dsv3_dnnl_api *a, dnnl_engine_t eng, const mm_entry
         s = a->stream_create(&stream, eng, dnnl_stream_default_flags);
     if (s == dnnl_success) {
         /* oneDNN's parallel regions use this thread's OpenMP setting: match dsv3's thread count */
+        /* The PyPI oneDNN is built without ONEDNN_ENABLE_CONCURRENT_EXEC: primitives share one
+         * scratchpad, so executions from several caller threads are serialised here. */
         const int prev = omp_get_max_threads();
+        pthread_mutex_lock(&g_exec_lock);
         omp_set_num_threads(dsv3_num_threads());
         s = a->primitive_execute(e->prim, stream, nargs, args);
         if (s == dnnl_success)
             s = a->stream_wait(stream);
         omp_set_num_threads(prev);
+        pthread_mutex_unlock(&g_exec_lock);
     }
     if (stream)
         a->stream_destroy(stream);
