@@ -233,6 +233,8 @@ dsv3_status dsv3_model_rope(const dsv3_model *m, const int64_t *pos, int64_t n, 
                             dsv3_error *err)
 {
     const int64_t half = m->cfg.qk_rope_head_dim / 2, dim = 2 * half;
+    if (n < 0 || n > ((int64_t)1 << 32) || (n > 0 && (!pos || !cos_out || !sin_out))) /* sizes below stay in int64 */
+        return dsv3_fail(err, DSV3_E_VALUE, "rope: bad positions (n = %lld, pointers must not be NULL)", (long long)n);
     float *cs = dsv3_alloc((size_t)(2 * n * half + 1) * sizeof(float));
     if (!cs)
         return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for rope tables");

@@ -1,0 +1,62 @@
+/* A minimal test harness for the C core (no Python): check macros, a counter of failures, a
+ * deterministic random stream, and the list of ISAs this CPU runs. Each test_*.c file exports one
+ * `void test_<concern>(void)` that main() (test_core.c) calls. */
+#ifndef DSV3_CTEST_H
+#define DSV3_CTEST_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "dsv3.h"
+
+extern int ctest_failures, ctest_checks;
+
+/* Records one check; prints file:line and the message of a failing one (the first 50 per run). */
+void ctest_check(int ok, const char *file, int line, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+#define CHECK(cond, ...) ctest_check(!!(cond), __FILE__, __LINE__, __VA_ARGS__)
+/* A call expected to succeed: prints the core's message when it does not. */
+#define CHECK_OK(call, err)                                                                          \
+    do {                                                                                             \
+        dsv3_status st_ = (call);                                                                    \
+        ctest_check(st_ == DSV3_OK, __FILE__, __LINE__, "%s -> status %d: %s", #call, (int)st_,     \
+                    (err)->msg);                                                                     \
+    } while (0)
+/* A call expected to fail with `want` and a non-empty message. */
+#define CHECK_FAIL(call, want, err)                                                                  \
+    do {                                                                                             \
+        (err)->msg[0] = 0;                                                                           \
+        dsv3_status st_ = (call);                                                                    \
+        ctest_check(st_ == (want) && (err)->msg[0], __FILE__, __LINE__,                              \
+                    "%s -> status %d (want %d), message '%s'", #call, (int)st_, (int)(want),          \
+                    (err)->msg);                                                                     \
+    } while (0)
+
+/* A call expected to fail with any status and a message (e.g. DSV3_E_VALUE or DSV3_E_NOMEM for sizes
+ * beyond any machine), the point being that it returns. */
+#define CHECK_ERR(call, err)                                                                         \
+    do {                                                                                             \
+        (err)->msg[0] = 0;                                                                           \
+        dsv3_status st_ = (call);                                                                    \
+        ctest_check(st_ != DSV3_OK && (err)->msg[0], __FILE__, __LINE__, "%s -> status %d, message '%s'", \
+                    #call, (int)st_, (err)->msg);                                                    \
+    } while (0)
+
+/* splitmix64 stream: uniform floats in [-1, 1). */
+uint64_t ctest_next(uint64_t *s);
+float ctest_uniform(uint64_t *s);
+void ctest_fill(float *a, int64_t n, float scale, uint64_t *s);
+
+/* ISAs this CPU supports, scalar first; returns the count. */
+int ctest_isas(dsv3_isa out[DSV3_ISA_COUNT]);
+
+void test_dtypes(void);
+void test_linear(void);
+void test_errors(void);
+void test_model(void);
+void test_overflow(void);
+
+#endif
