@@ -4,7 +4,8 @@ and run; any failed check or sanitizer report fails this test with the program's
 
 The per-file ISA flags come from setup.py's ISA_FLAGS table (read with ast, setup() is not run), so
 the kernels are built exactly as in the extension. The Python binding (csrc/python) and oneDNN
-(csrc/onednn, dlopened at run time and needing its headers) are not part of the program.
+(csrc/onednn, dlopened at run time and needing its headers) are not part of the program:
+csrc/tests/onednn_absent.c stands for a oneDNN that is not loaded.
 """
 import ast
 import concurrent.futures
@@ -70,11 +71,7 @@ def runner(tmp_path_factory):
     return exe
 
 
-KNOWN_BUG = pytest.mark.xfail(strict=True, reason="reported: csrc/linear/linear.c dsv3_linear_ex computes "
-                               "mk = m * K in int64 before checking m (UBSan: signed overflow for m = 2^58)")
-
-
-@pytest.mark.parametrize("concern", ["dtypes", "linear", "errors", "model", pytest.param("overflow", marks=KNOWN_BUG)])
+@pytest.mark.parametrize("concern", ["dtypes", "linear", "errors", "model", "overflow"])
 def test_c_core(runner, concern):
     """Runs one concern of the C runner under ASan/UBSan/LSan; its output is the failure message."""
     env = dict(os.environ)

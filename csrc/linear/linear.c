@@ -153,6 +153,10 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
                          t->name);
     if (m == 0)
         return DSV3_OK;
+    /* every buffer below is at most m * max(K, N) elements of <= 8 bytes: bound m before any product */
+    if (m > INT64_MAX / 8 / (w->k > w->n ? w->k : w->n))
+        return dsv3_fail(err, DSV3_E_VALUE, "linear: %lld rows of %lld x %lld overflow the address space",
+                         (long long)m, (long long)w->k, (long long)w->n);
     const int64_t K = w->k, N = w->n, mk = m * K;
     dsv3_lin_args a = {0};
     a.m = m;
