@@ -37,3 +37,19 @@ void *dsv3_alloc(size_t bytes)
 }
 
 void dsv3_free(void *p) { free(p); }
+
+void *dsv3_alloc_carved(const int64_t *bytes, int count, void **out)
+{
+    size_t total = 0;
+    for (int i = 0; i < count; i++) {
+        if (bytes[i] < 0 || (uint64_t)bytes[i] > SIZE_MAX - 63 - total)
+            return NULL;
+        total += ((size_t)bytes[i] + 63) & ~(size_t)63;
+    }
+    unsigned char *block = dsv3_alloc(total), *p = block;
+    for (int i = 0; block && i < count; i++) {
+        out[i] = p;
+        p += ((size_t)bytes[i] + 63) & ~(size_t)63;
+    }
+    return block;
+}

@@ -50,6 +50,10 @@ int dsv3_mul_size(size_t a, size_t b, size_t *out);
 /* Aligned allocation (64 bytes) for kernels; NULL on failure. */
 void *dsv3_alloc(size_t bytes);
 void dsv3_free(void *p);
+/* One aligned allocation carved into count buffers: out[i] receives bytes[i] bytes, each buffer
+ * 64-byte aligned (a zero size still gets a valid, empty position). Returns the block (free it with
+ * dsv3_free), or NULL when a size is negative, the total overflows, or memory is short. */
+void *dsv3_alloc_carved(const int64_t *bytes, int count, void **out);
 
 /* ---- CPU features and dispatch ---- */
 typedef enum { DSV3_ISA_SCALAR = 0, DSV3_ISA_AVX2 = 1, DSV3_ISA_AVX512 = 2, DSV3_ISA_COUNT = 3 } dsv3_isa;

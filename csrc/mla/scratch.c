@@ -29,8 +29,6 @@ static void buffer_sizes(const dsv3_mla_dims *d, dsv3_attn_mode mode, int64_t to
     }
 }
 
-static int64_t round16(int64_t n) { return (n + 15) & ~(int64_t)15; } /* 64-byte aligned buffers */
-
 dsv3_status dsv3_mla_scratch_reserve(dsv3_mla_scratch *ws, const dsv3_mla_dims *d, dsv3_attn_mode mode,
                                      int64_t tokens, int64_t rows, dsv3_error *err)
 {
@@ -43,24 +41,19 @@ dsv3_status dsv3_mla_scratch_reserve(dsv3_mla_scratch *ws, const dsv3_mla_dims *
     }
     const int keep_threads = ws->block && ws->mode == mode && ws->threads > threads;
     const int nt = keep_threads ? ws->threads : threads;
-    int64_t n[BUF_COUNT], total = 0;
+    int64_t n[BUF_COUNT], bytes[BUF_COUNT];
     buffer_sizes(d, mode, tokens, rows, nt, n);
     for (int i = 0; i < BUF_COUNT; i++)
-        total += round16(n[i]);
-    size_t bytes = 0;
-    float *block = NULL;
-    if (total >= 0 && dsv3_mul_size((size_t)total, sizeof(float), &bytes))
-        block = dsv3_alloc(bytes);
+        bytes[i] = n[i] <= INT64_MAX / (int64_t)sizeof(float) ? n[i] * (int64_t)sizeof(float) : -1;
+    void *at[BUF_COUNT];
+    float *block = dsv3_alloc_carved(bytes, BUF_COUNT, at);
     if (!block)
         return dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory for the scratch of %lld tokens over %lld "
                          "cached rows", (long long)tokens, (long long)rows);
     dsv3_free(ws->block);
     float **bufs[BUF_COUNT] = {&ws->q, &ws->qa, &ws->attn, &ws->qc, &ws->lat, &ws->probs, &ws->kv};
-    float *p = block;
-    for (int i = 0; i < BUF_COUNT; i++) {
-        *bufs[i] = n[i] > 0 ? p : NULL;
-        p += round16(n[i]);
-    }
+    for (int i = 0; i < BUF_COUNT; i++)
+        *bufs[i] = n[i] > 0 ? at[i] : NULL;
     ws->block = block;
     ws->tokens = tokens;
     ws->rows = rows;

@@ -4,7 +4,6 @@
 
 #include <string.h>
 
-static int64_t round16(int64_t n) { return (n + 15) & ~(int64_t)15; } /* 64-byte aligned buffers */
 
 /* Cached rows the attention scratch is reserved for. Absorbed attention needs [heads, rows]
  * probabilities per decoded token: reserve the whole capacity at once (smaller than one layer's
@@ -33,21 +32,19 @@ static dsv3_status reserve_own(dsv3_model *m, int64_t tokens, dsv3_error *err)
     const int64_t inter = c->intermediate_size > shared ? c->intermediate_size : shared;
     const int64_t n_h = 3 * tokens * c->hidden_size, n_rope = tokens * c->qk_rope_head_dim + tokens * 2,
                   n_mlp = tokens * 2 * inter, n_cache = tokens * (c->kv_lora_rank + c->qk_rope_head_dim);
-    const int64_t total = round16(n_h) + round16(n_rope) + round16(n_mlp) + round16(n_cache);
-    size_t bytes = 0;
-    float *block = NULL;
-    if (dsv3_mul_size((size_t)total, sizeof(float), &bytes))
-        block = dsv3_alloc(bytes);
+    const int64_t f = (int64_t)sizeof(float), bytes[4] = {n_h * f, n_rope * f, n_mlp * f, n_cache * f};
+    void *at[4];
+    float *block = dsv3_alloc_carved(bytes, 4, at);
     if (!block)
         return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the forward workspace of %lld tokens",
                          (long long)tokens);
     dsv3_free(ws->block);
     ws->block = block;
     ws->tokens = tokens;
-    ws->h = block;
-    ws->rope = ws->h + round16(n_h);
-    ws->mlp = ws->rope + round16(n_rope);
-    ws->cache = ws->mlp + round16(n_mlp);
+    ws->h = at[0];
+    ws->rope = at[1];
+    ws->mlp = at[2];
+    ws->cache = at[3];
     return DSV3_OK;
 }
 

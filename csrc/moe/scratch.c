@@ -3,7 +3,6 @@
 
 #include <string.h>
 
-static int64_t round64(int64_t bytes) { return (bytes + 63) & ~(int64_t)63; } /* 64-byte aligned buffers */
 
 /* Widest gate (intermediate size) over the routed experts. */
 static int64_t widest_expert(const dsv3_router_spec *r, const dsv3_moe_weights *w)
@@ -46,19 +45,11 @@ dsv3_status dsv3_moe_scratch_reserve(dsv3_moe_scratch *ws, const dsv3_router_spe
         (int64_t)dsv3_route_scratch_bytes(r, nt),       /* route */
     };
     enum { COUNT = sizeof bytes / sizeof bytes[0] };
-    int64_t total = 0;
-    for (int i = 0; i < COUNT; i++)
-        total += round64(bytes[i]);
-    unsigned char *block = total > 0 ? dsv3_alloc((size_t)total) : NULL;
+    void *at[COUNT];
+    void *block = dsv3_alloc_carved(bytes, COUNT, at);
     if (!block)
         return dsv3_fail(err, DSV3_E_NOMEM, "moe: out of memory for the scratch of %lld tokens", (long long)tokens);
     dsv3_free(ws->block);
-    void *at[COUNT];
-    unsigned char *p = block;
-    for (int i = 0; i < COUNT; i++) {
-        at[i] = p;
-        p += round64(bytes[i]);
-    }
     ws->logits = at[0];
     ws->weights = at[1];
     ws->indices = at[2];
