@@ -20,6 +20,11 @@
 
 /* Rows of x from which the large-M (bf16 dot) kernels are used when the ISA has them. */
 #define GEMM_MIN_M 32
+/* fp8_block from 24 rows: its small-M kernels decode e4m3 per pair of x rows, so at M = 24..31 they are
+ * compute-bound; measured 2026-11-25 (2 threads, best of 5, 7168->2048 and 2048->7168): GEMM / small-M time
+ * 0.83-0.88x at M=24, 0.72-0.76x at M=31, but 1.17-1.19x at M=16. bf16 weights gain nothing there (small-M won
+ * on 7168->2048 up to M=31), so they keep 32. Same accuracy class as M >= 32 (x rounded to bf16). */
+#define GEMM_MIN_M_FP8 24
 /* oneDNN rule (measured 2026-11-25 on this 2-core Zen 4, best of 12-15 alternating calls, 2 threads;
  * data in BENCHMARKS.md, "oneDNN routing"):
  *  - f32 weights: dsv3 has no f32 GEMM (its FMA gemv re-reads W per 4 rows of x); oneDNN's f32
@@ -193,7 +198,8 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
             return st;
         }
     }
-    const int use_gemm = mode == DSV3_LINEAR_WEIGHT_ONLY && m >= GEMM_MIN_M && t->gemm[id];
+    const int use_gemm = mode == DSV3_LINEAR_WEIGHT_ONLY && t->gemm[id] &&
+                         m >= (w->fmt == DSV3_FMT_FP8_BLOCK ? GEMM_MIN_M_FP8 : GEMM_MIN_M);
     if (x_bf16 && !(use_gemm)) {
         if (!(xf = dsv3_alloc((size_t)mk * sizeof(float))))
             goto nomem;
