@@ -12,10 +12,9 @@
 
 #include "dsv3_dtypes.h"
 #include "dsv3_onednn.h"
-
-#include <omp.h>
 #include "linear/lin_kernels.h"
 
+#include <omp.h>
 #include <stdlib.h>
 
 /* Rows of x from which the large-M (bf16 dot) kernels are used when the ISA has them. */
