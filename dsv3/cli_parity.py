@@ -15,6 +15,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
     parser.add_argument("--layer", type=int, default=None,
                         help="decoder layer to probe (default: the first MoE layer)")
+    parser.add_argument("--layers", default=None, metavar="all|L[,L...]",
+                        help="also check these decoder layers (or 'all') and print the per-layer drift table")
     parser.add_argument("--attention", choices=("absorbed", "naive"), default="absorbed",
                         help="dsv3 attention path (default absorbed)")
     parser.add_argument("--seq-len", type=int, default=8, help="tokens in the module inputs (default 8)")
@@ -35,7 +37,8 @@ def run(args):
     try:
         from . import parity
         report = parity.run(config=args.config, modules=args.modules, seed=args.seed, layer=args.layer,
-                            attention=args.attention, seq_len=args.seq_len, new_tokens=args.new_tokens)
+                            attention=args.attention, seq_len=args.seq_len, new_tokens=args.new_tokens,
+                            layers=args.layers)
     except ImportError as e:
         print(f"dsv3 parity: {e}", file=sys.stderr)
         return 1

@@ -151,6 +151,30 @@ def _apply_corruption(corrupt, tensors, cfg):
 
 # ---- the dsv3 side ----
 
+def _rel_l2(got, ref):
+    """||got - ref|| / ||ref|| in float64 (0 when both are zero)."""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    den = float(np.linalg.norm(ref))
+    num = float(np.linalg.norm(got - ref))
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+
+
+def _select_layers(layers, n_layers):
+    """None -> []; "all" -> every layer; an int or iterable of ints (or "0,2") -> those, validated."""
+    if layers is None:
+        return []
+    if isinstance(layers, str):
+        if layers.strip() == "all":
+            return list(range(n_layers))
+        layers = [int(v) for v in layers.replace(",", " ").split()]
+    elif isinstance(layers, (int, np.integer)):
+        layers = [int(layers)]
+    out = sorted({int(v) for v in layers})
+    if not out or out[0] < 0 or out[-1] >= n_layers:
+        raise ValueError(f"layers must be 'all' or layer numbers in [0, {n_layers}), got {layers!r}")
+    return out
+
+
 def _dsv3_generate(model, input_ids, n):
     """Greedy continuation of ``input_ids`` by ``n`` tokens with dsv3 (new token ids only)."""
     model.reset()
@@ -287,6 +311,27 @@ class _Checks:
         got = self.model.run_module("decoder_layer", L, self.x, start_pos=0, use_cache=False)
         self.rows.append(tensor_row(f"decoder layer[{L}]", got, self.ref.decoder_layer(L, self.x)))
 
+    def check_layers(self, layers):
+        """Every decoder layer in ``layers``: a tolerance row per layer (dsv3 fed transformers' input to the
+        layer) and the drift entry: relative L2 error after the layer, isolated and chained (each side
+        fed its own previous output, from the same embedded prompt)."""
+        emb = self.ref.model.model.embed_tokens.weight.detach().numpy()
+        h_ref = np.ascontiguousarray(emb[self.input_ids], np.float32)
+        h_own = h_ref.copy()
+        drift = []
+        for L in range(max(layers) + 1):
+            self.model.reset()
+            out_ref = self.ref.decoder_layer(L, h_ref)
+            iso = self.model.run_module("decoder_layer", L, h_ref, start_pos=0, use_cache=False)
+            h_own = self.model.run_module("decoder_layer", L, h_own, start_pos=0, use_cache=False)
+            if L in layers:
+                self.rows.append(tensor_row(f"decoder layer[{L}] (all layers)", iso, out_ref,
+                                            note="input: transformers' hidden state entering the layer"))
+                drift.append({"layer": L, "isolated": _rel_l2(iso, out_ref), "chained": _rel_l2(h_own, out_ref)})
+            h_ref = out_ref
+        self.model.reset()
+        return drift
+
     def _both_logits(self):
         if self._logits is None:
             self.model.reset()
@@ -329,7 +374,7 @@ class _Checks:
 
 
 def run(config=None, modules=None, seed=0, layer=None, attention="absorbed", seq_len=8, new_tokens=16,
-        tensors=None, model=None, corrupt=None):
+        tensors=None, model=None, corrupt=None, layers=None):
     """Compare dsv3 with transformers module by module; returns a :class:`ParityReport`.
 
     config: None (embedded default, :data:`DEFAULT_CONFIG`), a config.json path or directory, a dict of
@@ -345,6 +390,10 @@ def run(config=None, modules=None, seed=0, layer=None, attention="absorbed", seq
     model: an already built dsv3.Model holding those weights (default: Model.from_tensors).
     corrupt: test-only: a callable ``(tensors_dict, config)`` that replaces entries of dsv3's copy of the
       weights, or "swap_experts" (experts 0 and 1 of every MoE layer), or "perturb:<canonical name>".
+    layers: None, "all" or layer numbers: adds a decoder-layer row per listed layer and the report's
+      per-layer drift table (``report.drift``, ``report.plot_drift()``): the relative L2 error of the
+      hidden state after each layer on the embedded prompt, isolated (dsv3 fed transformers' input)
+      and chained (each implementation fed its own output, so errors accumulate as in a forward pass).
     """
     torch, transformers = require_torch()
     if attention not in ("absorbed", "naive"):
@@ -356,6 +405,7 @@ def run(config=None, modules=None, seed=0, layer=None, attention="absorbed", seq
     which = _select(modules)
     cfg = _load_dsv3_config(config)
     hf_cfg = hf_config_from(cfg)
+    layer_list = _select_layers(layers, hf_cfg.num_hidden_layers)
     hf_model = build_model(hf_cfg)
     if tensors is None:
         sd = random_state_dict(hf_model, seed)
@@ -374,10 +424,16 @@ def run(config=None, modules=None, seed=0, layer=None, attention="absorbed", seq
         raise ValueError("corrupt= needs dsv3 to build the model (model= must be None)")
     checks = _Checks(model, Reference(hf_model), cfg, hf_cfg, seed, layer, int(seq_len), int(new_tokens))
     checks.run(which)
+    drift = []
+    if layer_list:
+        try:
+            drift = checks.check_layers(layer_list)
+        except Exception as e:  # a failed probe is a failing row, as for every other check
+            checks.rows.append(error_row("decoder layers (all)", e))
     info = {"model_type": hf_cfg.model_type, "layers": hf_cfg.num_hidden_layers, "hidden": hf_cfg.hidden_size,
             "experts": f"{hf_cfg.n_routed_experts}/top{hf_cfg.num_experts_per_tok}",
             "groups": f"{hf_cfg.n_group}/{hf_cfg.topk_group}", "layer": checks.layer, "attention": attention,
             "seed": seed, "weights": "random" if tensors is None else "given",
             "transformers": transformers.__version__, "torch": torch.__version__.split("+")[0]}
-    return ParityReport(rows=checks.rows, info=info)
+    return ParityReport(rows=checks.rows, info=info, drift=drift)
 

@@ -82,6 +82,10 @@ def _fmt(v, kind):
     return f"{v:.3e}"
 
 
+# Translucent row backgrounds: readable under the theme's own text colour, light or dark.
+_PASS_BG = "rgba(40, 167, 69, 0.16)"
+_FAIL_BG = "rgba(220, 53, 69, 0.22)"
+
 _HEAD = ("module", "max abs err", "max rel err", "cosine", "tolerance", "result")
 
 
@@ -102,6 +106,7 @@ class ParityReport:
     summary, seed, versions). ``str(report)`` is a plain-text table; in a notebook it renders as HTML."""
     rows: list = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    drift: list = field(default_factory=list)  # [{"layer", "isolated", "chained"}] with run(layers="all")
 
     @property
     def passed(self):
@@ -123,7 +128,8 @@ class ParityReport:
             for k in ("max_abs", "max_rel", "cosine"):
                 d[k] = _json_float(d[k])
             rows.append(d)
-        return {"passed": self.passed, "info": dict(self.info), "tolerance_rule": TOLERANCE_RULE, "rows": rows}
+        return {"passed": self.passed, "info": dict(self.info), "tolerance_rule": TOLERANCE_RULE, "rows": rows,
+                "drift": [dict(d) for d in self.drift]}
 
     def __str__(self):
         cells = [_HEAD] + [_cells(r) for r in self.rows]
@@ -137,21 +143,77 @@ class ParityReport:
             out.append(line(c))
             if r.note:
                 out.append("    " + r.note)
+        if self.drift:
+            out += self._drift_lines()
         n_fail = len(self.failed)
         out.append(f"{len(self.rows) - n_fail}/{len(self.rows)} passed"
                    + ("" if self.passed else f", {n_fail} FAILED: " + ", ".join(r.module for r in self.failed)))
         return "\n".join(out)
 
+    def __repr__(self):
+        n_fail = len(self.failed)
+        where = ", ".join(f"{k}={self.info[k]}" for k in ("model_type", "layer") if k in self.info)
+        verdict = f"{len(self.rows) - n_fail}/{len(self.rows)} passed" + (f", {n_fail} FAILED" if n_fail else "")
+        return f"ParityReport({verdict}{', ' + where if where else ''})"
+
     def _repr_html_(self):
+        """Theme-safe HTML: text colour inherited from the notebook theme, pass/fail shown by a mark and a
+        word (not by colour alone) on translucent backgrounds that read on light and dark themes, numbers
+        never wrapped."""
         esc = html.escape
-        head = "".join(f"<th>{esc(h)}</th>" for h in _HEAD + ("note",))
+        cell = "padding:2px 8px;text-align:left;white-space:nowrap;color:inherit"
+        head = "".join(f'<th style="{cell}">{esc(h)}</th>' for h in _HEAD + ("note",))
         body = []
         for r in self.rows:
-            color = "#dfd" if r.passed else "#fdd"
-            tds = "".join(f"<td>{esc(c)}</td>" for c in _cells(r) + (r.note,))
-            body.append(f'<tr style="background:{color}">{tds}</tr>')
+            bg = _PASS_BG if r.passed else _FAIL_BG
+            cells = _cells(r)[:-1] + (("\u2713 PASS" if r.passed else "\u2717 FAIL"),)
+            tds = "".join(f'<td style="{cell}">{esc(c)}</td>' for c in cells)
+            tds += f'<td style="padding:2px 8px;text-align:left;color:inherit">{esc(r.note)}</td>'
+            body.append(f'<tr style="background:{bg};color:inherit" class="dsv3-{"pass" if r.passed else "fail"}">'
+                        f"{tds}</tr>")
         info = esc(", ".join(f"{k}={v}" for k, v in self.info.items()))
-        verdict = "PASSED" if self.passed else f"FAILED ({len(self.failed)} rows)"
-        return (f"<div><p><b>dsv3 parity: {verdict}</b> <small>{info}</small></p>"
-                f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        verdict = "\u2713 PASSED" if self.passed else f"\u2717 FAILED ({len(self.failed)} rows)"
+        drift = self._drift_html(cell) if self.drift else ""
+        return (f'<div style="color:inherit"><p><b>dsv3 parity: {verdict}</b> <small>{info}</small></p>'
+                f'<table style="border-collapse:collapse;color:inherit;background:transparent">'
+                f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{drift}"
                 f"<p><small>{esc(TOLERANCE_RULE)}</small></p></div>")
+
+    # ---- per-layer drift (run(layers="all")) ----
+    def _drift_lines(self):
+        out = ["per-layer drift (relative L2 error of the hidden state after each layer):",
+               "  layer  isolated    chained"]
+        for d in self.drift:
+            out.append(f"  {d['layer']:>5}  {d['isolated']:.3e}  {d['chained']:.3e}")
+        return out
+
+    def _drift_html(self, cell):
+        esc = html.escape
+        rows = "".join(f'<tr><td style="{cell}">{d["layer"]}</td><td style="{cell}">{d["isolated"]:.3e}</td>'
+                       f'<td style="{cell}">{d["chained"]:.3e}</td></tr>' for d in self.drift)
+        head = "".join(f'<th style="{cell}">{esc(h)}</th>' for h in ("layer", "isolated", "chained"))
+        return (f"<p><b>per-layer drift</b> <small>relative L2 error of the hidden state after each layer: "
+                f"isolated (both fed transformers' input) and chained (each fed its own output)</small></p>"
+                f'<table style="border-collapse:collapse;color:inherit;background:transparent"><thead><tr>{head}'
+                f"</tr></thead><tbody>{rows}</tbody></table>")
+
+    def plot_drift(self, ax=None):
+        """Plot the per-layer drift (needs matplotlib: ``pip install 'dsv3[plot]'``); returns the axes."""
+        if not self.drift:
+            raise ValueError("this report has no per-layer drift: run dsv3.parity.run(layers='all')")
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError as e:
+            raise ImportError("plot_drift needs matplotlib: pip install 'dsv3[plot]'") from e
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 3.2))
+        layers = [d["layer"] for d in self.drift]
+        ax.semilogy(layers, [max(d["isolated"], 1e-12) for d in self.drift], "o-", label="isolated")
+        ax.semilogy(layers, [max(d["chained"], 1e-12) for d in self.drift], "s--", label="chained")
+        ax.axhline(MODULE_RTOL, color="gray", lw=0.8, ls=":", label=f"{MODULE_RTOL:g} (f32 tolerance)")
+        ax.set_xlabel("decoder layer")
+        ax.set_ylabel("relative L2 error")
+        ax.set_xticks(layers)
+        ax.set_title("dsv3 vs transformers: hidden-state drift per layer")
+        ax.legend(fontsize="small")
+        return ax

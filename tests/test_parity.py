@@ -221,3 +221,54 @@ def test_torch_is_imported_lazily_and_missing_torch_is_explained(python_run):
     p = python_run(code, env_extra={"PYTHONPATH": ROOT})
     assert p.returncode == 1, p.stdout + p.stderr
     assert "dsv3[parity]" in p.stderr
+
+
+# ---- per-layer parity and drift (run(layers=...)), notebook rendering ----
+
+def test_layers_all_adds_a_row_and_a_drift_entry_per_layer():
+    report = parity.run(modules=["rmsnorm"], layers="all")
+    n = parity.default_config()["num_hidden_layers"]
+    assert report.passed, str(report)
+    assert [d["layer"] for d in report.drift] == list(range(n))
+    assert sum(r.module.startswith("decoder layer[") for r in report.rows) == n
+    for d in report.drift:
+        assert 0 <= d["isolated"] < 1e-5 and 0 <= d["chained"] < 1e-5, d
+    assert "per-layer drift" in str(report)
+    assert report.to_dict()["drift"] == report.drift
+
+
+def test_layer_drift_locates_a_perturbed_layer():
+    report = parity.run(modules=["rmsnorm"], layers="all",
+                        corrupt="perturb:model.layers.2.self_attn.o_proj.weight")
+    by_layer = {d["layer"]: d for d in report.drift}
+    assert by_layer[0]["isolated"] < 1e-5 and by_layer[1]["isolated"] < 1e-5
+    assert by_layer[2]["isolated"] > 1e-4  # 10x the f32 tolerance
+    assert not report.passed and [r.module for r in report.failed] == ["decoder layer[2] (all layers)"]
+
+
+@pytest.mark.parametrize("layers", ["9", [-1], "x", []])
+def test_layers_are_validated(layers):
+    with pytest.raises(ValueError):
+        parity.run(modules=["rmsnorm"], layers=layers)
+
+
+def test_report_html_is_theme_safe_and_repr_is_short():
+    report = parity.run(modules=["rmsnorm", "router"], layers=[1])
+    html = report._repr_html_()
+    assert "color:inherit" in html and "white-space:nowrap" in html
+    for pale in ("#dfd", "#fdd", "#fff", "background:white"):  # backgrounds that vanish or glare in one theme
+        assert pale not in html.lower()
+    assert "\u2713 PASS" in html and "per-layer drift" in html
+    r = repr(report)
+    assert r.startswith("ParityReport(") and len(r) < 120, r
+
+
+def test_plot_drift():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    report = parity.run(modules=["rmsnorm"], layers="all")
+    ax = report.plot_drift()
+    assert len(ax.get_lines()) >= 2
+    with pytest.raises(ValueError, match="layers='all'"):
+        parity.run(modules=["rmsnorm"]).plot_drift()
