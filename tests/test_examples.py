@@ -26,3 +26,24 @@ def test_example_runs(script, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "examples" / script), str(tmp_path)], cwd=str(tmp_path),
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{script} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+
+
+NOTEBOOKS = sorted(p.name for p in (ROOT / "examples" / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs(name, tmp_path, monkeypatch):
+    """Each notebook executes top to bottom in a real Jupyter kernel (nbclient) without an error cell."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    if name == "parity.ipynb":
+        pytest.importorskip("transformers")
+        pytest.importorskip("matplotlib")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    nb = nbformat.read(str(ROOT / "examples" / "notebooks" / name), as_version=4)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("text/html" in o.get("data", {}) for o in outputs) or name != "parity.ipynb"
