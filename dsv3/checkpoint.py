@@ -273,11 +273,11 @@ class Checkpoint:
 
 
 def open_checkpoint(path, config=None):
-    """Open a checkpoint directory (config.json + safetensors). ``config`` overrides config.json.
+    """Open a checkpoint directory (config.json + safetensors), or a hub id ("org/name[@rev]") already in
+    the local Hugging Face cache (never downloaded). ``config`` overrides config.json.
     Raises CheckpointError (ValueError) naming the tensor for missing or mis-shaped tensors."""
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    from .paths import resolve_checkpoint_dir
+    path = resolve_checkpoint_dir(path)  # a directory, or a hub id in the local Hugging Face cache
     cfg = load_config(path if config is None else config)
     if os.path.isfile(os.path.join(path, DSV3_MANIFEST)):
         from .convert.layout import open_dsv3
