@@ -1,0 +1,47 @@
+"""Notebook display: theme-safe HTML for dsv3's objects and summaries.
+
+Every table inherits the notebook's text colour (no hard-coded foreground or pale background, so it
+reads in light and dark themes), keeps numbers on one line, and marks pass/fail with a symbol and a word
+rather than colour alone. ``Summary`` is a dict (so code keeps indexing it) that renders as a table.
+"""
+import html
+
+CELL = "padding:2px 8px;text-align:left;vertical-align:top;white-space:nowrap;color:inherit"
+TABLE = "border-collapse:collapse;color:inherit;background:transparent"
+
+
+def _value_html(v):
+    if isinstance(v, dict):
+        return html_table(v.items())
+    if isinstance(v, bool):
+        return "\u2713 yes" if v else "\u2717 no"
+    if isinstance(v, float):
+        return html.escape(f"{v:.6g}")
+    if isinstance(v, (list, tuple)) and len(v) > 12:
+        v = list(v[:12]) + [f"... ({len(v)} in all)"]
+    return html.escape(str(v))
+
+
+def html_table(items, headers=None, title=None):
+    """HTML table of ``items`` (pairs key -> value, or rows of cells); nested dicts become nested tables."""
+    rows = []
+    for it in items:
+        cells = it if isinstance(it, (list, tuple)) else (it,)
+        rows.append("<tr>" + "".join(
+            f'<td style="{CELL}">{_value_html(c) if i else "<b>" + html.escape(str(c)) + "</b>"}</td>'
+            for i, c in enumerate(cells)) + "</tr>")
+    head = ("<thead><tr>" + "".join(f'<th style="{CELL}">{html.escape(h)}</th>' for h in headers)
+            + "</tr></thead>") if headers else ""
+    cap = f'<p style="color:inherit"><b>{html.escape(title)}</b></p>' if title else ""
+    return f'<div style="color:inherit">{cap}<table style="{TABLE}">{head}<tbody>{"".join(rows)}</tbody></table></div>'
+
+
+class Summary(dict):
+    """A dict that renders as a table in notebooks (``_repr_html_``); plain ``repr`` is the dict's."""
+
+    def __init__(self, data=(), title=None):
+        super().__init__(data)
+        self.title = title
+
+    def _repr_html_(self):
+        return html_table(self.items(), title=self.title)
