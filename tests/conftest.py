@@ -7,6 +7,18 @@ import pytest
 
 def pytest_report_header(config):
     """Which kernel path and oneDNN the run uses: CI logs must say which ISA the suite ran on."""
+    return _platform_lines()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """With -q (the README's command) pytest prints no header: say it at the end instead."""
+    if terminalreporter.verbosity < 0:
+        terminalreporter.section("dsv3 platform")
+        for line in _platform_lines():
+            terminalreporter.write_line(line)
+
+
+def _platform_lines():
     try:
         import dsv3
         info = dsv3.cpu_info()
