@@ -6,8 +6,10 @@ def cpu_info():
     """Detected CPU features, the kernel path in use, the thread count and the oneDNN version.
 
     Returns a dict: ``isa`` (active path), ``supported_isas``, ``features`` (CPUID flags),
-    ``num_threads`` and ``onednn`` (version string, or None when oneDNN could not be loaded,
-    with ``onednn_error`` saying why).
+    ``num_threads``, and oneDNN's state (:func:`dsv3.onednn.status`): ``onednn`` (version string,
+    or None when oneDNN could not be loaded, with ``onednn_error`` saying why), ``onednn_isa`` and
+    ``onednn_matmul`` ({"float32": bool, "bfloat16": bool}: whether oneDNN has that matmul here;
+    dsv3 routes to oneDNN only where it has). Tests that need an ISA or a oneDNN primitive ask here.
     """
     active, supported = lib.isa_info()
     info = {"isa": active, "supported_isas": supported, "features": lib.cpu_features(),

@@ -102,6 +102,10 @@ def quantize(w, fmt, **params):
     params: fp8_block ``ue8m0=False``; int4 ``group=128`` (32 or 128). Rounding rules: fp8_block as
     DeepSeek (S = amax/448, 1 if 0; ue8m0 rounds S up to a power of two; e4m3 RNE); nvfp4 as ModelOpt;
     int8/int4 symmetric, S = amax/127 (/7), round half to even.
+
+    Non-finite weights: the scaled formats (fp8_block, nvfp4, int8, int4) raise ValueError naming the
+    first NaN/inf as ``weight[row, col]`` (a NaN would be stored as a finite code, an inf would turn
+    its whole scale block into NaN); f32 and bf16 store NaN/inf as they are.
     """
     _check_fmt(fmt)
     params = _params(fmt, params)

@@ -92,7 +92,9 @@ dsv3_status dsv3_weight_validate(const dsv3_weight *w, dsv3_error *err);
  * fp8_block: S = amax/448 (1 if 0), ue8m0 rounds S up to a power of two, q = e4m3(w/S) RNE.
  * nvfp4: ModelOpt (scale2 = amax/2688, block scale e4m3(max(amax_b/(6*scale2), 2^-9)), 0 -> 1,
  *        codes by ModelOpt's thresholds). int8/int4: S = amax/127 (/7) per channel/group (1 if 0),
- *        q = rint(w/S) clamped. f32/bf16: copy / RNE. scale2 receives the global scale (1 if none). */
+ *        q = rint(w/S) clamped. f32/bf16: copy / RNE. scale2 receives the global scale (1 if none).
+ * The scaled formats (fp8_block, nvfp4, int8, int4) refuse a NaN or inf weight with DSV3_E_VALUE
+ * naming its [row, col]; f32/bf16 store it as it is. */
 dsv3_status dsv3_quantize(dsv3_format fmt, const float *w, int64_t n, int64_t k, int group, int ue8m0,
                           void *data, void *scale, float *scale2, dsv3_error *err);
 /* out f32 [n, k] = code * group_scale, exactly (the kernels' reference). */

@@ -33,7 +33,8 @@
  *    our vdpbf16ps GEMM took 1.25-1.34x oneDNN's time at M=128 and 1.01-1.09x at M=512 on
  *    7168->2048, 2048->7168 and 1536->24576 (0.94-1.10x on 7168->576). So bf16 goes to oneDNN too.
  *    (M < 32 stays on our small-M kernels: x in bf16 hi+lo there, f32-level accuracy.)
- * Conditions: oneDNN loaded (dsv3.ops.linear loads it), the caller asked for the active path
+ * Conditions: oneDNN loaded (dsv3.ops.linear loads it) with a matmul for this dtype on this CPU
+ * (dsv3_onednn_supports: none for bf16 below AVX-512), the caller asked for the active path
  * (isa = -1, not scalar: an explicit isa always runs our kernels) and DSV3_LINEAR_ONEDNN=1: the route
  * is OPT-IN. oneDNN's results were bitwise identical with 1 and 2 threads on the large shapes above,
  * but not on small ones (a 13x32 -> 99 lm_head in the forward tests changed with the thread count),
@@ -178,7 +179,7 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
     /* Not from inside a parallel region (e.g. the MoE's expert-parallel tasks): the oneDNN wheel is
      * built without concurrent-execution support, so its primitives must not run on two threads. */
     if (onednn_shape && mode == DSV3_LINEAR_WEIGHT_ONLY && isa < 0 && id != DSV3_ISA_SCALAR &&
-        !omp_in_parallel() && dsv3_onednn_available()) {
+        !omp_in_parallel() && dsv3_onednn_supports(w->fmt == DSV3_FMT_BF16)) {
         const char *env = getenv("DSV3_LINEAR_ONEDNN");
         if (env && strcmp(env, "1") == 0) {
             if (x_bf16) {

@@ -23,6 +23,8 @@ typedef struct {
     dnnl_status_t (*primitive_create)(dnnl_primitive_t *, const_dnnl_primitive_desc_t);
     dnnl_status_t (*primitive_destroy)(dnnl_primitive_t);
     dnnl_status_t (*primitive_execute)(const_dnnl_primitive_t, dnnl_stream_t, int, const dnnl_exec_arg_t *);
+    dnnl_status_t (*set_max_cpu_isa)(dnnl_cpu_isa_t);
+    dnnl_cpu_isa_t (*get_effective_cpu_isa)(void);
 } dsv3_dnnl_api;
 
 /* The loaded API and the CPU engine, or NULL when oneDNN is not loaded. */

@@ -151,6 +151,34 @@ static dsv3_status run(const dsv3_dnnl_api *a, dnnl_engine_t eng, const mm_entry
     return s == dnnl_success ? DSV3_OK : dnnl_fail(err, s, "matmul execution");
 }
 
+/* Probe shape: the GEMM sizes linear.c routes (M >= 32); oneDNN's matmul implementations are
+ * chosen per ISA and data type, not per size. */
+#define PROBE_DIM 64
+
+static int g_supports[2] = {-1, -1}; /* per w_is_bf16: -1 unknown, else the answer (under g_lock) */
+
+int dsv3_onednn_supports(int w_is_bf16)
+{
+    dnnl_engine_t eng;
+    const dsv3_dnnl_api *a = dsv3_dnnl(&eng);
+    if (!a)
+        return 0;
+    const int kind = w_is_bf16 != 0;
+    pthread_mutex_lock(&g_lock);
+    if (g_supports[kind] < 0) {
+        mm_entry e;
+        memset(&e, 0, sizeof e);
+        e.m = e.n = e.k = PROBE_DIM;
+        e.bf16 = kind;
+        /* any failure (unimplemented, or out of memory) means: do not route there */
+        g_supports[kind] = entry_build(a, eng, &e, NULL) == DSV3_OK;
+        entry_clear(a, &e);
+    }
+    const int yes = g_supports[kind];
+    pthread_mutex_unlock(&g_lock);
+    return yes;
+}
+
 dsv3_status dsv3_onednn_linear(const float *x, int64_t m, const void *w, int w_is_bf16, int64_t n, int64_t k,
                                const float *bias, float *y, dsv3_error *err)
 {
@@ -163,6 +191,11 @@ dsv3_status dsv3_onednn_linear(const float *x, int64_t m, const void *w, int w_i
                          (long long)n, (long long)k);
     if (m == 0)
         return DSV3_OK;
+    if (!dsv3_onednn_supports(w_is_bf16))
+        return dsv3_fail(err, DSV3_E_UNSUPPORTED,
+                         "oneDNN: no %s matmul implementation for this CPU (oneDNN ISA %s; oneDNN 3.2 needs "
+                         "AVX-512 for bf16): dsv3.ops.linear runs dsv3's own kernels instead",
+                         w_is_bf16 ? "bf16" : "f32", dsv3_onednn_isa());
     if (!x || !w || !y)
         return dsv3_fail(err, DSV3_E_VALUE, "onednn_linear: NULL buffer");
     size_t mk;

@@ -6,6 +6,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "dsv3_onednn.h"
@@ -39,6 +40,8 @@ static int resolve(void *h, dsv3_dnnl_api *api, dsv3_error *err)
         SYM(primitive_create, "dnnl_primitive_create"),
         SYM(primitive_destroy, "dnnl_primitive_destroy"),
         SYM(primitive_execute, "dnnl_primitive_execute"),
+        SYM(set_max_cpu_isa, "dnnl_set_max_cpu_isa"),
+        SYM(get_effective_cpu_isa, "dnnl_get_effective_cpu_isa"),
     };
     for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
         void *p = dlsym(h, syms[i].name);
@@ -49,6 +52,21 @@ static int resolve(void *h, dsv3_dnnl_api *api, dsv3_error *err)
         *syms[i].slot = p; /* POSIX guarantees object/function pointer conversion for dlsym */
     }
     return 1;
+}
+
+/* A forced DSV3_ISA below the CPU's best (e.g. DSV3_ISA=avx2 on an AVX-512 machine) stands for a CPU
+ * without the missing instructions: oneDNN is limited to the same level, so it refuses what it
+ * refuses on such a CPU (oneDNN 3.2 has no bf16 matmul below AVX-512, as on AMD Zen 3). oneDNN fixes
+ * its limit at its first ISA query: this runs before the engine exists. ONEDNN_MAX_CPU_ISA (or the
+ * older DNNL_MAX_CPU_ISA), when the user set it, is left to oneDNN. */
+static void limit_isa_to_dsv3(const dsv3_dnnl_api *api)
+{
+    if (getenv("ONEDNN_MAX_CPU_ISA") || getenv("DNNL_MAX_CPU_ISA"))
+        return;
+    const dsv3_isa active = dsv3_isa_active();
+    if (active == DSV3_ISA_AVX512 || (active == DSV3_ISA_AVX2 && !dsv3_isa_supported(DSV3_ISA_AVX512)))
+        return; /* not forced below the CPU's best: oneDNN picks its own best */
+    api->set_max_cpu_isa(active == DSV3_ISA_AVX2 ? dnnl_cpu_isa_avx2 : dnnl_cpu_isa_sse41);
 }
 
 static dsv3_status load_locked(const char *path, dsv3_error *err)
@@ -72,6 +90,7 @@ static dsv3_status load_locked(const char *path, dsv3_error *err)
         dlclose(h);
         return dsv3_fail(err, DSV3_E_UNSUPPORTED, "oneDNN: '%s' is version %d, need 3.x", path, v ? v->major : -1);
     }
+    limit_isa_to_dsv3(&api);
     dnnl_engine_t engine;
     if (api.engine_create(&engine, dnnl_cpu, 0) != dnnl_success) {
         dlclose(h);
@@ -104,6 +123,32 @@ const dsv3_dnnl_api *dsv3_dnnl(dnnl_engine_t *engine)
     __sync_synchronize();
     *engine = g_engine;
     return &g_api;
+}
+
+const char *dsv3_onednn_isa(void)
+{
+    dnnl_engine_t e;
+    const dsv3_dnnl_api *api = dsv3_dnnl(&e);
+    if (!api)
+        return "";
+    /* the dnnl_cpu_isa_t values of oneDNN 3.2, best first (each value includes the bits of the
+     * levels below it) */
+    static const struct {
+        dnnl_cpu_isa_t isa;
+        const char *name;
+    } names[] = {
+        {dnnl_cpu_isa_avx512_core_amx_fp16, "avx512_core_amx_fp16"}, {dnnl_cpu_isa_avx512_core_amx, "avx512_core_amx"},
+        {dnnl_cpu_isa_avx512_core_fp16, "avx512_core_fp16"},         {dnnl_cpu_isa_avx512_core_bf16, "avx512_core_bf16"},
+        {dnnl_cpu_isa_avx512_core_vnni, "avx512_core_vnni"},         {dnnl_cpu_isa_avx512_core, "avx512_core"},
+        {dnnl_cpu_isa_avx2_vnni_2, "avx2_vnni_2"},                   {dnnl_cpu_isa_avx2_vnni, "avx2_vnni"},
+        {dnnl_cpu_isa_avx2, "avx2"},                                 {dnnl_cpu_isa_avx, "avx"},
+        {dnnl_cpu_isa_sse41, "sse41"},
+    };
+    const dnnl_cpu_isa_t isa = api->get_effective_cpu_isa();
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (isa == names[i].isa)
+            return names[i].name;
+    return "other";
 }
 
 void dsv3_onednn_version(char *buf, size_t size)

@@ -308,17 +308,23 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw)
     if (!ids || !claim(self))
         return NULL;
     const npy_intp s = PyArray_DIM(ids, 0);
-    PyObject *out = new_f32(2, s, (npy_intp)self->model->cfg.vocab_size);
+    /* The ids are copied while the GIL is held: the caller's array may change (another thread) once
+     * it is released, and the core checks the ids before it reads them again (embedding rows). */
+    int64_t *ids_copy = (int64_t *)PyMem_Malloc(s > 0 ? (size_t)s * sizeof(int64_t) : 1);
+    PyObject *out = ids_copy ? new_f32(2, s, (npy_intp)self->model->cfg.vocab_size) : PyErr_NoMemory();
     if (!out) {
+        PyMem_Free(ids_copy);
         self->busy = 0;
         return NULL;
     }
+    if (s > 0)
+        memcpy(ids_copy, PyArray_DATA(ids), (size_t)s * sizeof(int64_t));
     dsv3_error err = {0};
     dsv3_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = dsv3_model_forward(self->model, (const int64_t *)PyArray_DATA(ids), s,
-                            (float *)PyArray_DATA((PyArrayObject *)out), isa, &err);
+    st = dsv3_model_forward(self->model, ids_copy, s, (float *)PyArray_DATA((PyArrayObject *)out), isa, &err);
     Py_END_ALLOW_THREADS
+    PyMem_Free(ids_copy);
     self->busy = 0;
     if (st != DSV3_OK) {
         Py_DECREF(out);

@@ -33,6 +33,40 @@ static PyObject *onednn_version(PyObject *self, PyObject *noargs)
     return PyUnicode_FromString(ver);
 }
 
+/* onednn_supports("float32" | "bfloat16") -> bool: does the loaded oneDNN have that matmul here? */
+static PyObject *onednn_supports(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    const char *name = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : NULL;
+    if (!name) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_TypeError, "onednn_supports: dtype must be 'float32' or 'bfloat16', got %s",
+                         Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    int bf16;
+    if (strcmp(name, "float32") == 0)
+        bf16 = 0;
+    else if (strcmp(name, "bfloat16") == 0)
+        bf16 = 1;
+    else
+        return PyErr_Format(PyExc_ValueError, "onednn_supports: dtype must be 'float32' or 'bfloat16', got '%s'",
+                            name);
+    int yes;
+    Py_BEGIN_ALLOW_THREADS
+    yes = dsv3_onednn_supports(bf16);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(yes);
+}
+
+static PyObject *onednn_isa(PyObject *self, PyObject *noargs)
+{
+    (void)self; (void)noargs;
+    if (!dsv3_onednn_available())
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(dsv3_onednn_isa());
+}
+
 /* onednn_linear(x [m, k] f32, w [n, k] f32|bf16, bias [n] f32 or None) -> y [m, n] f32 */
 static PyObject *onednn_linear(PyObject *self, PyObject *args, PyObject *kw)
 {
@@ -85,6 +119,10 @@ static PyObject *onednn_linear(PyObject *self, PyObject *args, PyObject *kw)
 PyMethodDef dsv3_onednn_methods[] = {
     {"onednn_load", onednn_load, METH_O, "onednn_load(path) -> version: dlopen libdnnl.so.3 (once)."},
     {"onednn_version", onednn_version, METH_NOARGS, "Loaded oneDNN version string, or None."},
+    {"onednn_supports", onednn_supports, METH_O,
+     "onednn_supports(dtype) -> bool: the loaded oneDNN has a matmul for 'float32' / 'bfloat16' weights on this "
+     "CPU (False when not loaded)."},
+    {"onednn_isa", onednn_isa, METH_NOARGS, "The ISA oneDNN's kernels use ('avx2', 'avx512_core_bf16', ...), or None."},
     {"onednn_linear", (PyCFunction)(void (*)(void))onednn_linear, METH_VARARGS | METH_KEYWORDS,
      "onednn_linear(x, w, bias=None) -> x @ w.T (+ bias) through oneDNN (w float32 or bfloat16)."},
     {NULL, NULL, 0, NULL},

@@ -2,31 +2,55 @@
  * The rounding rules follow the producers of real checkpoints (see dsv3_quant.h). */
 #include "dsv3_quant.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
 #include "dsv3_dtypes.h"
 
-static float amax_of(const float *w, int64_t ld, int64_t rows, int64_t cols)
+/* Largest |w| of a block; *bad is set when the block holds a NaN or an infinity. Every element a
+ * scaled format stores passes through here, so non-finite input is seen without a second pass
+ * (unchecked, a NaN was skipped by the max and stored as a finite code, an inf made its block's
+ * scale inf and every other value in the block NaN). */
+static float amax_of(const float *w, int64_t ld, int64_t rows, int64_t cols, int *bad)
 {
     float a = 0.0f;
+    int finite = 1;
     for (int64_t i = 0; i < rows; i++)
         for (int64_t j = 0; j < cols; j++) {
             const float v = fabsf(w[i * ld + j]);
             a = v > a ? v : a;
+            finite &= v <= FLT_MAX; /* false for inf and NaN */
         }
+    if (!finite)
+        *bad = 1;
     return a;
 }
 
+/* The error for a weight with a non-finite value: names the first one in row-major order. */
+static dsv3_status nonfinite_error(const char *fmt_name, const float *w, int64_t n, int64_t k, dsv3_error *err)
+{
+    for (int64_t i = 0; i < n * k; i++)
+        if (!(fabsf(w[i]) <= FLT_MAX))
+            return dsv3_fail(err, DSV3_E_VALUE,
+                             "quantize to %s: weight[%lld, %lld] is %s; a scaled format cannot store a non-finite "
+                             "value (it would ruin the scale of its block): fix the weight, or keep this tensor in "
+                             "bf16/f32",
+                             fmt_name, (long long)(i / k), (long long)(i % k),
+                             w[i] != w[i] ? "nan" : (w[i] > 0 ? "inf" : "-inf"));
+    return dsv3_fail(err, DSV3_E_INTERNAL, "quantize to %s: a non-finite value was seen but not found", fmt_name);
+}
+
 /* DeepSeek weight quantisation: S = amax/448 (1 if 0); ue8m0: S = 2^ceil(log2 S); q = e4m3(w/S). */
-static void quant_fp8_block(const float *w, int64_t n, int64_t k, int ue8m0, uint8_t *q, float *s)
+static void quant_fp8_block(const float *w, int64_t n, int64_t k, int ue8m0, uint8_t *q, float *s, int *bad)
 {
     const int64_t nb = (n + 127) / 128, kb = (k + 127) / 128;
-#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+    int nonfinite = 0;
+#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads()) reduction(| : nonfinite)
     for (int64_t b = 0; b < nb * kb; b++) {
         const int64_t r0 = (b / kb) * 128, c0 = (b % kb) * 128;
         const int64_t rows = n - r0 < 128 ? n - r0 : 128, cols = k - c0 < 128 ? k - c0 : 128;
-        const float amax = amax_of(w + r0 * k + c0, k, rows, cols);
+        const float amax = amax_of(w + r0 * k + c0, k, rows, cols, &nonfinite);
         float S = amax == 0.0f ? 1.0f : amax / 448.0f;
         if (ue8m0) {
             int e;
@@ -38,6 +62,7 @@ static void quant_fp8_block(const float *w, int64_t n, int64_t k, int ue8m0, uin
             for (int64_t j = c0; j < c0 + cols; j++)
                 q[i * k + j] = dsv3_f32_to_e4m3(w[i * k + j] / S);
     }
+    *bad = nonfinite;
 }
 
 /* ModelOpt _cast_fp4: index = #bounds strictly below |x| (searchsorted, left), +1 when |x| equals
@@ -57,16 +82,19 @@ static uint8_t modelopt_e2m1(float x)
     return (uint8_t)((x < 0.0f ? 8u : 0u) | ord);
 }
 
-static void quant_nvfp4(const float *w, int64_t n, int64_t k, uint8_t *q, uint8_t *sc, float *scale2)
+static void quant_nvfp4(const float *w, int64_t n, int64_t k, uint8_t *q, uint8_t *sc, float *scale2, int *bad)
 {
-    const float s2 = amax_of(w, k, n, k) / 2688.0f; /* amax / (6 * 448) */
+    const float s2 = amax_of(w, k, n, k, bad) / 2688.0f; /* amax / (6 * 448) */
     *scale2 = s2;
+    if (*bad)
+        return;
+    int unused = 0; /* every element was checked above */
     const int64_t kb = k / 16;
 #pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
     for (int64_t r = 0; r < n; r++)
         for (int64_t b = 0; b < kb; b++) {
             const float *blk = w + r * k + b * 16;
-            float bs = amax_of(blk, 16, 1, 16) / (6.0f * s2);
+            float bs = amax_of(blk, 16, 1, 16, &unused) / (6.0f * s2);
             if (s2 == 0.0f) /* all-zero weight (ModelOpt would produce NaN scales): scale 1, codes 0 */
                 bs = 1.0f;
             if (bs == 0.0f)
@@ -92,27 +120,30 @@ static int8_t quant_int(float v, float S, int qmax)
     return (int8_t)r;
 }
 
-static void quant_int8(const float *w, int64_t n, int64_t k, int8_t *q, float *s)
+static void quant_int8(const float *w, int64_t n, int64_t k, int8_t *q, float *s, int *bad)
 {
-#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+    int nonfinite = 0;
+#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads()) reduction(| : nonfinite)
     for (int64_t r = 0; r < n; r++) {
-        const float amax = amax_of(w + r * k, k, 1, k);
+        const float amax = amax_of(w + r * k, k, 1, k, &nonfinite);
         const float S = amax == 0.0f ? 1.0f : amax / 127.0f;
         s[r] = S;
         for (int64_t j = 0; j < k; j++)
             q[r * k + j] = quant_int(w[r * k + j], S, 127);
     }
+    *bad = nonfinite;
 }
 
-static void quant_int4(const float *w, int64_t n, int64_t k, int group, uint8_t *q, float *s)
+static void quant_int4(const float *w, int64_t n, int64_t k, int group, uint8_t *q, float *s, int *bad)
 {
     const int64_t ng = (k + group - 1) / group;
-#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+    int nonfinite = 0;
+#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads()) reduction(| : nonfinite)
     for (int64_t r = 0; r < n; r++) {
         memset(q + r * (k / 2), 0, (size_t)(k / 2));
         for (int64_t g = 0; g < ng; g++) {
             const int64_t c0 = g * group, cols = k - c0 < group ? k - c0 : group;
-            const float amax = amax_of(w + r * k + c0, k, 1, cols);
+            const float amax = amax_of(w + r * k + c0, k, 1, cols, &nonfinite);
             const float S = amax == 0.0f ? 1.0f : amax / 7.0f;
             s[r * ng + g] = S;
             for (int64_t j = c0; j < c0 + cols; j++) {
@@ -121,6 +152,7 @@ static void quant_int4(const float *w, int64_t n, int64_t k, int group, uint8_t 
             }
         }
     }
+    *bad = nonfinite;
 }
 
 dsv3_status dsv3_quantize(dsv3_format fmt, const float *w, int64_t n, int64_t k, int group, int ue8m0,
@@ -134,18 +166,21 @@ dsv3_status dsv3_quantize(dsv3_format fmt, const float *w, int64_t n, int64_t k,
     if (!w || !data || (sr && !scale))
         return dsv3_fail(err, DSV3_E_VALUE, "quantize: NULL buffer");
     *scale2 = 1.0f;
+    int bad = 0; /* the scaled formats refuse NaN / inf (f32 and bf16 keep them, as stored) */
     switch (fmt) {
     case DSV3_FMT_F32: memcpy(data, w, bytes); break;
     case DSV3_FMT_BF16:
         for (int64_t i = 0; i < n * k; i++)
             ((uint16_t *)data)[i] = dsv3_f32_to_bf16(w[i]);
         break;
-    case DSV3_FMT_FP8_BLOCK: quant_fp8_block(w, n, k, ue8m0, data, scale); break;
-    case DSV3_FMT_NVFP4: quant_nvfp4(w, n, k, data, scale, scale2); break;
-    case DSV3_FMT_INT8: quant_int8(w, n, k, data, scale); break;
-    case DSV3_FMT_INT4: quant_int4(w, n, k, group, data, scale); break;
+    case DSV3_FMT_FP8_BLOCK: quant_fp8_block(w, n, k, ue8m0, data, scale, &bad); break;
+    case DSV3_FMT_NVFP4: quant_nvfp4(w, n, k, data, scale, scale2, &bad); break;
+    case DSV3_FMT_INT8: quant_int8(w, n, k, data, scale, &bad); break;
+    case DSV3_FMT_INT4: quant_int4(w, n, k, group, data, scale, &bad); break;
     default: return dsv3_fail(err, DSV3_E_VALUE, "quantize: unknown format %d", (int)fmt);
     }
+    if (bad)
+        return nonfinite_error(dsv3_formats[fmt].name, w, n, k, err);
     return DSV3_OK;
 }
 

@@ -10,6 +10,14 @@ dsv3_status dsv3_onednn_load(const char *path, dsv3_error *err)
 
 int dsv3_onednn_available(void) { return 0; }
 
+int dsv3_onednn_supports(int w_is_bf16)
+{
+    (void)w_is_bf16;
+    return 0;
+}
+
+const char *dsv3_onednn_isa(void) { return ""; }
+
 void dsv3_onednn_version(char *buf, size_t size)
 {
     if (buf && size)

@@ -165,7 +165,12 @@ class _Streamer:
                 self._put(self.converters.submit(self._prepare, it, [reader.get(it.name)]))
 
     def _prepare(self, it, values):
-        converted = [convert_value(v, it.fmt) for v in values]
+        converted = []
+        for src, v in zip(it.sources, values):
+            try:
+                converted.append(convert_value(v, it.fmt))
+            except ValueError as e:  # e.g. a NaN weight quantize refuses: say which tensor
+                raise ValueError(f"{src}: {e}") from e
         if len(converted) == 1:
             arrays, params = converted[0]
         else:
