@@ -56,7 +56,10 @@ _QUANT_KEYS = ("quantization_config",)
 
 
 def _fail(name, value, why):
-    raise ValueError(f"config field {name}={value!r}: {why}")
+    r = repr(value)
+    if len(r) > 120:  # a hostile value (400 digits, a huge list) must not flood the message
+        r = f"{r[:60]}...({len(r)} characters)...{r[-20:]}"
+    raise ValueError(f"config field {name}={r}: {why}")
 
 
 def _freeze_json(d):

@@ -137,6 +137,13 @@ BAD = [
     ("reversed_offsets", lambda p: raw_file(p, {"w": ent("U8", [0], 4, 0)}, b"\0" * 4), "begin <= end", "w"),
     ("missing_key", lambda p: raw_file(p, {"w": {"dtype": "F32", "shape": [1]}}, b"\0" * 4), "needs dtype", "w"),
     ("bad_metadata", lambda p: raw_file(p, {"__metadata__": {"a": 1}}), "__metadata__", None),
+    ("deep_nesting", lambda p: raw_file(p, b"[" * 100_000 + b"]" * 100_000), "nested", None),
+    ("deep_in_entry", lambda p: raw_file(p, b'{"w":{"dtype":"U8","shape":' + b"[" * 5000 + b"]" * 5000
+                                         + b',"data_offsets":[0,0]}}'), "nested", None),
+    ("dtype_list", lambda p: raw_file(p, {"w": ent(["F32"], [1], 0, 4)}, b"\0" * 4), "unknown dtype", "w"),
+    ("dtype_object", lambda p: raw_file(p, {"w": ent({"a": 1}, [1], 0, 4)}, b"\0" * 4), "unknown dtype", "w"),
+    ("empty_huge_dim", lambda p: raw_file(p, {"w": ent("F32", [0, 2**64], 0, 0)}), "too large", "w"),
+    ("empty_huge_dims", lambda p: raw_file(p, {"w": ent("U8", [2**32, 0, 2**32], 0, 0)}), "too large", "w"),
     ("duplicate_key", lambda p: raw_file(p, b'{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},'
                                          b'"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', b"\0"),
      "duplicate", None),
@@ -228,3 +235,60 @@ def test_corrupted_headers_never_crash(tmp_path):
                     r.get(k).sum()
         except SafetensorsError as e:
             assert q in str(e)
+
+
+def test_index_nested_too_deeply_or_too_large(tmp_path):
+    idx = _sharded(tmp_path)
+    idx.write_text('{"weight_map": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    with pytest.raises(SafetensorsError, match="nested") as e:
+        open_safetensors(idx)
+    assert str(idx) in str(e.value)
+    from dsv3 import jsonio
+    with open(idx, "wb") as f:
+        f.truncate(jsonio.MAX_INDEX_BYTES + 1)  # sparse: the cap is checked before reading
+    with pytest.raises(SafetensorsError, match="cap"):
+        open_safetensors(idx)
+
+
+def _unaligned_copy(src, dst, extra=1):
+    """Rewrite safetensors file src with a header whose length is 8k + extra (spec-valid)."""
+    with open(src, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        head = f.read(n).rstrip(b" ")
+        data = f.read()
+    head += b" " * ((extra - len(head)) % 8)
+    assert len(head) % 8 == extra
+    with open(dst, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + data)
+
+
+def test_unaligned_header_is_read_with_copies_and_one_warning(tmp_path, caplog):
+    import logging
+    from safetensors.numpy import load_file
+    tensors = {"f32": RNG.standard_normal((3, 5)).astype(np.float32), "u8": np.arange(7, dtype=np.uint8),
+               "bf16": RNG.standard_normal(9).astype(ml_dtypes.bfloat16), "i64": np.arange(4, dtype=np.int64)}
+    save_safetensors(tmp_path / "a.safetensors", tensors)
+    _unaligned_copy(tmp_path / "a.safetensors", tmp_path / "b.safetensors", extra=3)
+    lib = load_file(str(tmp_path / "b.safetensors"))  # the safetensors library reads it (spec-valid)
+    with caplog.at_level(logging.WARNING, logger="dsv3.safetensors_io"):
+        with open_safetensors(tmp_path / "b.safetensors") as r:
+            for _ in range(2):
+                got = {k: r.get(k) for k in r.keys()}
+    for k, a in tensors.items():
+        assert bits(got[k]).tobytes() == bits(a).tobytes() == np.ascontiguousarray(lib[k]).tobytes()
+        assert got[k].flags.aligned and not got[k].flags.writeable
+    assert got["u8"].base is not None and not got["u8"].flags.owndata  # an aligned tensor stays zero-copy
+    warned = [r for r in caplog.records if "not a multiple of 8" in r.getMessage()]
+    assert len(warned) == 1 and "b.safetensors" in warned[0].getMessage()
+
+
+def test_model_loads_a_checkpoint_with_an_unaligned_header(tmp_path):
+    import dsv3
+    from dsv3.testing.checkpoints import tiny_config, write_checkpoint
+    src = write_checkpoint(str(tmp_path / "a"), tiny_config(), layout="fp8_block", shards=1)
+    ids = np.array([3, 1, 4, 1, 5])
+    want = dsv3.Model.from_pretrained(src, max_seq_len=8).forward(ids)
+    _unaligned_copy(os.path.join(src, "model.safetensors"), tmp_path / "m.safetensors", extra=5)
+    os.replace(tmp_path / "m.safetensors", os.path.join(src, "model.safetensors"))
+    got = dsv3.Model.from_pretrained(src, max_seq_len=8).forward(ids)  # was: "... is not aligned"
+    assert np.array_equal(got, want)
