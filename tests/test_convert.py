@@ -443,52 +443,54 @@ def _load_all(path):
         return dict(ck.canonical_tensors())
 
 
-def test_damaged_converted_checkpoint_gives_value_errors_naming_the_tensor_or_field(sources, tmp_path):
-    base = str(tmp_path / "base")
-    convert(sources["hf"], base, format="int4", quiet=True)
-    w = "model.layers.0.self_attn.o_proj."
-    gu = "model.layers.1.mlp.experts.0.gate_up_proj.weight"
+_W = "model.layers.0.self_attn.o_proj."
+_GU = "model.layers.1.mlp.experts.0.gate_up_proj.weight"
+# name -> (damage to the tensors, damage to config.json, error expected); the old errors in comments
+DAMAGE = {
+    "scale_without_weight": (lambda t: {k: v for k, v in t.items() if k != _W + "weight"}, None,
+                             repr(_W + "weight")),  # KeyError('weight')
+    "fused_scalar": (lambda t: dict(t, **{_GU: np.array(1, np.uint8)}), None, repr(_GU)),  # IndexError
+    "quantization_not_object": (None, lambda c: c["dsv3"].__setitem__("quantization", ["int4"]),
+                                r"dsv3\.quantization must be an object"),  # AttributeError
+    "tensors_not_object": (None, lambda c: c["dsv3"]["quantization"].__setitem__("tensors", [_W + "weight"]),
+                           r"dsv3\.quantization\.tensors"),  # AttributeError
+    "no_num_hidden_layers": (None, lambda c: c.pop("num_hidden_layers"), "num_hidden_layers"),  # KeyError
+    "bad_params": (None, lambda c: c["dsv3"]["quantization"]["formats"]["int4"].__setitem__("scale", 3),
+                   r"tensor '.*' \(int4\)"),  # TypeError
+    "norm_as_int": (lambda t: dict(t, **{"model.norm.weight": np.zeros(32, np.int16)}), None,
+                    "'model.norm.weight' has dtype int16"),  # TypeError from Model.from_tensors
+}
 
-    def case(name):
-        import shutil
-        d = str(tmp_path / name)
-        shutil.copytree(base, d)
-        return d
 
-    d = case("no_weight")  # a scale without its weight: was KeyError('weight')
-    _rewrite_tensors(d, lambda t: {k: v for k, v in t.items() if k != w + "weight"})
-    with pytest.raises(ValueError, match=repr(w + "weight")):
-        _load_all(d)
+@pytest.fixture(scope="module")
+def converted_int4(sources, tmp_path_factory):
+    dst = str(tmp_path_factory.mktemp("int4") / "out")
+    convert(sources["hf"], dst, format="int4", quiet=True)
+    return dst
 
-    d = case("fused_scalar")  # a fused gate_up of shape []: was IndexError
-    _rewrite_tensors(d, lambda t: dict(t, **{gu: np.array(1, np.uint8)}))
-    with pytest.raises(ValueError, match=repr(gu)):
-        _load_all(d)
 
-    d = case("quant_list")  # dsv3.quantization not an object: was AttributeError
-    _edit_config(d, lambda c: c["dsv3"].__setitem__("quantization", ["int4"]))
-    with pytest.raises(ValueError, match=r"dsv3\.quantization must be an object"):
-        _load_all(d)
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_damaged_converted_checkpoint_gives_value_errors_naming_the_tensor_or_field(converted_int4, tmp_path, case):
+    import shutil
+    tensors, config, msg = DAMAGE[case]
+    d = str(tmp_path / case)
+    shutil.copytree(converted_int4, d)
+    if tensors:
+        _rewrite_tensors(d, tensors)
+    if config:
+        _edit_config(d, config)
+    with pytest.raises(ValueError, match=msg):
+        dsv3.Model.from_pretrained(d, max_seq_len=4)
+    r = run_cli("info", d)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
 
-    d = case("tensors_list")
-    _edit_config(d, lambda c: c["dsv3"]["quantization"].__setitem__("tensors", [w + "weight"]))
-    with pytest.raises(ValueError, match=r"dsv3\.quantization\.tensors"):
-        _load_all(d)
 
-    d = case("no_layers")  # num_hidden_layers missing: was KeyError('num_hidden_layers')
-    _edit_config(d, lambda c: c.pop("num_hidden_layers"))
-    with pytest.raises(ValueError, match="num_hidden_layers"):
-        _load_all(d)
-    assert len(list(read_dsv3_checkpoint(d))) == len(_load_all(base))  # the default (61) skips nothing
-
-    d = case("bad_params")  # params that from_checkpoint cannot take: was TypeError
-    _edit_config(d, lambda c: c["dsv3"]["quantization"]["formats"]["int4"].__setitem__("scale", 3))
-    with pytest.raises(ValueError, match=r"tensor '.*' \(int4\)"):
-        _load_all(d)
-
-    for name in ("no_weight", "quant_list", "no_layers"):
-        r = run_cli("info", str(tmp_path / name))
-        assert r.returncode == 1 and "Traceback" not in r.stderr, (name, r.stdout, r.stderr)
+def test_read_dsv3_checkpoint_without_num_hidden_layers(converted_int4, tmp_path):
+    import shutil
+    d = str(tmp_path / "x")
+    shutil.copytree(converted_int4, d)
+    _edit_config(d, lambda c: c.pop("num_hidden_layers"))  # was KeyError; the default (61) skips nothing
+    assert len(list(read_dsv3_checkpoint(d))) == len(list(read_dsv3_checkpoint(converted_int4)))
 
 
 def test_second_conversion_into_one_destination_is_refused(sources, tmp_path):
