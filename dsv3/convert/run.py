@@ -3,7 +3,6 @@ import collections
 import concurrent.futures
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import queue
@@ -348,8 +347,8 @@ def _finish(src, dst, m, opts, cfg):
     weight_map = {k: v["shard"] for k, v in m["tensors"].items()}
     total = sum(v["nbytes"] for v in m["tensors"].values())
     mf.write_json_atomic(os.path.join(dst, mf.INDEX), {"metadata": {"total_size": total}, "weight_map": weight_map})
-    with open(os.path.join(src, "config.json")) as f:
-        config = json.load(f)
+    from ..jsonio import MAX_CONFIG_BYTES, read_json
+    config = read_json(os.path.join(src, "config.json"), MAX_CONFIG_BYTES)
     config.pop("quantization_config", None)
     config["dsv3"] = _dsv3_section(m, opts, cfg, list(m["shards"]))
     mf.write_json_atomic(os.path.join(dst, "config.json"), config)
