@@ -190,8 +190,10 @@ def open_dsv3(path, config):
         raise ValueError(f"{path}: has a dsv3 manifest but config.json has no dsv3 section "
                          f"(an interrupted conversion? re-run dsv3 convert to finish it)")
     from ..safetensors_io import open_safetensors
+    from ..checkpoint import check_config_fits
     reader = open_safetensors(path)
     try:
+        check_config_fits(config, reader, path)
         return Dsv3Checkpoint(path, config, reader)
     except BaseException:
         reader.close()
