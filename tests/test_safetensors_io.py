@@ -292,3 +292,21 @@ def test_model_loads_a_checkpoint_with_an_unaligned_header(tmp_path):
     os.replace(tmp_path / "m.safetensors", os.path.join(src, "model.safetensors"))
     got = dsv3.Model.from_pretrained(src, max_seq_len=8).forward(ids)  # was: "... is not aligned"
     assert np.array_equal(got, want)
+
+
+def test_json_nesting_depth_ignores_brackets_in_strings():
+    from dsv3.jsonio import JSONInputError, nesting_depth, parse_json
+    assert nesting_depth(b'{"a": [1, {"b": []}]}') == 4
+    assert nesting_depth(b'{"a": "[[[[{{{{", "b": "\\\\\\"[[[["}') == 1  # escaped quote inside a string
+    assert nesting_depth(b"12") == 0
+    deep = b"[" * 65 + b"]" * 65
+    assert nesting_depth(deep) == 65
+    with pytest.raises(JSONInputError, match="nested 65 levels"):
+        parse_json(deep, "x", 1 << 20)
+    assert parse_json(b"[" * 64 + b"]" * 64, "x", 1 << 20) is not None
+    assert parse_json(b'["' + b"[" * 1000 + b'"]', "x", 1 << 20) == ["[" * 1000]
+    with pytest.raises(JSONInputError, match="cap"):
+        parse_json(b"[1]", "x", 2)
+    with pytest.raises(JSONInputError, match="duplicate key 'a'"):
+        parse_json(b'{"a": 1, "a": 2}', "x", 100, unique_keys=True)
+    assert parse_json(b'{"a": 1, "a": 2}', "x", 100) == {"a": 2}  # json's rule where duplicates are allowed
