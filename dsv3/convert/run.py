@@ -372,7 +372,8 @@ def convert(src, dst, format="bf16", experts=None, attention=None, lm_head=None,
     (lm_head stays as stored unless given); keep_mtp: copy the MTP layer verbatim; ep: split the
     routed experts into `ep` expert-parallel file sets; threads: dsv3.set_num_threads for the C
     quantisers; shard_bytes: target shard size. Re-running on an interrupted `dst` resumes it.
-    Returns the manifest (dict)."""
+    Returns the manifest (dict). Raises DestinationLocked (OSError) while another conversion
+    writes to `dst`."""
     src, dst = _check_paths(src, dst)
     opts = Options(format=format, experts=experts, attention=attention, lm_head=lm_head,
                    keep_mtp=bool(keep_mtp), ep=ep,

@@ -8,8 +8,10 @@ from .writer import hash_file_tensors
 def verify(path):
     """Check every shard's tensors (presence, dtype, shape, sha256) against dsv3-manifest.json.
 
-    Returns a list of problems, one string per bad tensor or file (empty: all good). Raises
-    OSError / ValueError if `path` has no readable manifest."""
+    Returns a list of problems, one string per bad tensor or file (empty: all good); a damaged
+    header entry is reported with its shard and tensor, and the shard's other tensors are still
+    checked. Raises OSError / ValueError if `path` has no readable manifest, or a malformed one
+    (e.g. a shard name that is not a plain file name)."""
     m = mf.load(path)
     if m is None:
         raise FileNotFoundError(f"{path} has no {mf.MANIFEST}: not a dsv3-converted checkpoint")
