@@ -3,8 +3,9 @@
 Targets (each takes one ``bytes`` input):
 - ``safetensors``: the bytes are a .safetensors file; open it, read every tensor.
 - ``config``: the bytes are a config.json; load_config it and derive every value the C core gets.
-- ``checkpoint``: the bytes pack a checkpoint directory (see :func:`pack_files`); open_checkpoint
-  it, read every canonical tensor, build a dsv3.Model and run one forward step.
+- ``checkpoint``: the bytes pack a checkpoint directory (see :func:`pack_files`); verify it (when
+  it has a dsv3 manifest), open_checkpoint it, read every canonical tensor, build a dsv3.Model and
+  run one forward step (``dsv3 info`` when the checkpoint is refused).
 
 An input may only fail with one of :data:`CLEAN_ERRORS` (the documented errors for bad files:
 ValueError, which SafetensorsError / CheckpointError / JSONInputError are, OSError, and
@@ -144,10 +145,7 @@ def run_config(data, tmp):
 
 
 def run_checkpoint(data, tmp):
-    import numpy as np
-    import dsv3
-    from dsv3 import quant
-    from dsv3.checkpoint import open_checkpoint
+    from dsv3.checkpoint import CheckpointError
     d = os.path.join(tmp, "ckpt")
     if os.path.isdir(d):
         for n in os.listdir(d):
@@ -157,6 +155,26 @@ def run_checkpoint(data, tmp):
     for name, blob in unpack_files(data).items():
         with open(os.path.join(d, name), "wb") as f:
             f.write(blob)
+    if os.path.isfile(os.path.join(d, "dsv3-manifest.json")):  # `dsv3 verify`
+        from dsv3.convert import verify
+        try:
+            problems = verify(d)
+            assert isinstance(problems, list) and all(isinstance(p, str) for p in problems)
+        except CLEAN_ERRORS:
+            pass
+    try:
+        _load_and_run(d)
+    except CheckpointError:  # `dsv3 info` then reports from the headers alone
+        from dsv3.convert import info
+        info(d)
+        raise
+
+
+def _load_and_run(d):
+    import numpy as np
+    import dsv3
+    from dsv3 import quant
+    from dsv3.checkpoint import open_checkpoint
     with open_checkpoint(d) as ck:
         tensors = {}
         for name, v in ck.canonical_tensors():
