@@ -96,12 +96,10 @@ def source_files(path):
 
 
 def largest_tensor(path):
-    from dsv3.convert.writer import read_header
+    from dsv3.safetensors_io import read_header
     biggest = 0
     for p in source_files(path):
-        header, _ = read_header(p)
-        biggest = max([biggest] + [b - a for k, v in header.items() if k != "__metadata__"
-                                   for a, b in [v["data_offsets"]]])
+        biggest = max([biggest] + [e - b for _, _, b, e in read_header(p).tensors.values()])
     return biggest
 
 

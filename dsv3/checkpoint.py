@@ -30,10 +30,17 @@ _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
 def canonical_shapes(cfg):
     """Ordered list of (canonical_name, shape, kind) for a config; kind is 'linear' (a matmul
     weight, may be quantised), 'router' (kept float32) or 'vector' (norms, biases, embeddings)."""
+    return list(iter_canonical_shapes(cfg))
+
+
+def iter_canonical_shapes(cfg):
+    """canonical_shapes(cfg) one entry at a time (a config can ask for billions of tensors: see
+    check_config_fits)."""
     H, Hh = cfg.hidden_size, cfg.num_attention_heads
     R, rope, nope, v = cfg.kv_lora_rank, cfg.qk_rope_head_dim, cfg.qk_nope_head_dim, cfg.v_head_dim
-    out = [("model.embed_tokens.weight", (cfg.vocab_size, H), "vector")]
+    yield "model.embed_tokens.weight", (cfg.vocab_size, H), "vector"
     for i in range(cfg.num_hidden_layers):
+        out = []
         p = f"model.layers.{i}."
         a = p + "self_attn."
         out += [(p + "input_layernorm.weight", (H,), "vector"),
@@ -57,24 +64,43 @@ def canonical_shapes(cfg):
             I_ = cfg.intermediate_size
             out += [(m + "gate_proj.weight", (I_, H), "linear"), (m + "up_proj.weight", (I_, H), "linear"),
                     (m + "down_proj.weight", (H, I_), "linear")]
+            yield from out
             continue
         E, I_ = cfg.n_routed_experts, cfg.moe_intermediate_size
         out.append((m + "gate.weight", (E, H), "router"))
         if cfg.has_correction_bias:
             out.append((m + "gate.e_score_correction_bias", (E,), "router"))
+        yield from out
         for e in range(E):
             x = f"{m}experts.{e}."
-            out += [(x + "gate_proj.weight", (I_, H), "linear"), (x + "up_proj.weight", (I_, H), "linear"),
-                    (x + "down_proj.weight", (H, I_), "linear")]
+            yield x + "gate_proj.weight", (I_, H), "linear"
+            yield x + "up_proj.weight", (I_, H), "linear"
+            yield x + "down_proj.weight", (H, I_), "linear"
         if cfg.n_shared_experts:
             S = I_ * cfg.n_shared_experts
-            out += [(m + "shared_experts.gate_proj.weight", (S, H), "linear"),
-                    (m + "shared_experts.up_proj.weight", (S, H), "linear"),
-                    (m + "shared_experts.down_proj.weight", (H, S), "linear")]
-    out.append(("model.norm.weight", (H,), "vector"))
+            yield m + "shared_experts.gate_proj.weight", (S, H), "linear"
+            yield m + "shared_experts.up_proj.weight", (S, H), "linear"
+            yield m + "shared_experts.down_proj.weight", (H, S), "linear"
+    yield "model.norm.weight", (H,), "vector"
     if not cfg.tie_word_embeddings:
-        out.append(("lm_head.weight", (cfg.vocab_size, H), "vector"))
-    return out
+        yield "lm_head.weight", (cfg.vocab_size, H), "vector"
+
+
+def check_config_fits(cfg, reader, path):
+    """Raise CheckpointError unless the tensors in ``reader`` could hold the parameters ``cfg``
+    calls for (at 4 bits each, the smallest format): a config.json that does not belong to its
+    tensors (say num_hidden_layers 2**31 - 1) is refused at once, before anything enumerates its
+    tensors (which would take hours and all memory)."""
+    have = sum(reader.nbytes(n) for n in reader.keys())
+    need = 0
+    for name, shape, _ in iter_canonical_shapes(cfg):
+        need += math.prod(shape)
+        if need > 2 * have:
+            raise CheckpointError(
+                f"{path}: the config calls for more parameters than its {have} bytes of tensors can hold "
+                f"(counted up to {name!r}; num_hidden_layers={cfg.num_hidden_layers}, hidden_size={cfg.hidden_size}, "
+                f"n_routed_experts={cfg.n_routed_experts}, vocab_size={cfg.vocab_size}): config.json does not "
+                f"describe these tensors")
 
 
 def detect_layout(path, names, dtypes=None):
@@ -284,6 +310,7 @@ def open_checkpoint(path, config=None):
         return open_dsv3(path, cfg)
     reader = open_safetensors(path)
     try:
+        check_config_fits(cfg, reader, path)
         layout = detect_layout(path, reader.keys())
         q = cfg.quantization
         if q is not None and {"fp8_block": "fp8_block", "nvfp4": "nvfp4"}[q.method] != layout:

@@ -1,8 +1,14 @@
 """The `dsv3` command line. Each subcommand lives in its own module exposing
-``add_arguments(parser)`` and ``run(args) -> int`` (exit code); they are imported lazily."""
+``add_arguments(parser)`` and ``run(args) -> int`` (exit code); they are imported lazily.
+
+Errors end a command with one line on stderr (``dsv3 CMD: error: ...``) and exit code 1; with
+``--debug`` (or DSV3_DEBUG=1 in the environment) the traceback is printed instead."""
 import argparse
 import importlib
+import os
 import sys
+
+DEBUG_ENV = "DSV3_DEBUG"
 
 # name -> (module, help)
 SUBCOMMANDS = {
@@ -18,6 +24,8 @@ SUBCOMMANDS = {
 
 def build_parser():
     p = argparse.ArgumentParser(prog="dsv3", description=__doc__.split("\n")[0])
+    p.add_argument("--debug", action="store_true",
+                   help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (mod, help_) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=help_)
@@ -32,10 +40,22 @@ def main(argv=None):
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
-    except (ValueError, TypeError, OSError, KeyError) as e:
-        print(f"dsv3 {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"dsv3 {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line, not a traceback (unless --debug)
+        if debug:
+            raise
+        expected = isinstance(e, (ValueError, TypeError, OSError, KeyError))
+        what = str(e) if expected else f"{type(e).__name__}: {e}"
+        print(f"dsv3 {args.command}: error: {what}" + ("" if expected else f" (run with --debug or {DEBUG_ENV}=1 "
+                                                                              f"for the traceback)"),
+              file=sys.stderr)
         return 1
 
 

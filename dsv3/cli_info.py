@@ -15,11 +15,14 @@ def _size(n):
 
 
 def run(args):
+    """Print the summary; exit code 1 when the checkpoint could not be read as a whole (its
+    problem is printed, with what the headers alone tell)."""
     from .convert import info
     out = info(args.path)
+    status = 1 if out.get("error") else 0
     if args.json:
         print(json.dumps(out, indent=2, default=str))
-        return 0
+        return status
     print(f"path        : {out['path']}")
     print(f"layout      : {out['layout']}")
     if out.get("error"):
@@ -34,4 +37,4 @@ def run(args):
         print(f"{key:<12}: {shown or 'none'}")
     if out["skipped"]:
         print("skipped     : " + ", ".join(f"{n} {why}" for why, n in sorted(out["skipped"].items())))
-    return 0
+    return status

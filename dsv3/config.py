@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .jsonio import MAX_CONFIG_BYTES, MAX_DEPTH, nesting_depth, read_json
+
 MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "kimi_k2")
 ROPE_TYPES = ("default", "linear", "yarn")
 SCORING_FUNCS = ("sigmoid", "softmax", "sqrtsoftplus")
@@ -54,7 +56,10 @@ _QUANT_KEYS = ("quantization_config",)
 
 
 def _fail(name, value, why):
-    raise ValueError(f"config field {name}={value!r}: {why}")
+    r = repr(value)
+    if len(r) > 120:  # a hostile value (400 digits, a huge list) must not flood the message
+        r = f"{r[:60]}...({len(r)} characters)...{r[-20:]}"
+    raise ValueError(f"config field {name}={r}: {why}")
 
 
 def _freeze_json(d):
@@ -326,21 +331,7 @@ def _rope_inv_freq(cfg):
         return (one / pos_freqs) / np.float32(r.factor)
     # yarn
     factor = cfg._yarn_factor
-    orig = r.original_max_position_embeddings
-    beta_fast = r.beta_fast or 32
-    beta_slow = r.beta_slow or 1
-    truncate = True if r.truncate is None else r.truncate
-    theta = float(r.rope_theta)
-
-    def corr_dim(rot):
-        return (dim * math.log(orig / (rot * 2 * math.pi))) / (2 * math.log(theta))
-
-    low, high = corr_dim(beta_fast), corr_dim(beta_slow)
-    if truncate:
-        low, high = math.floor(low), math.ceil(high)
-    low, high = max(low, 0), min(high, dim - 1)
-    if low == high:
-        high += 0.001
+    low, high = _yarn_ramp(cfg)
     ramp = (np.arange(dim // 2, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
     ramp = np.clip(ramp, np.float32(0), np.float32(1))
     extra_f = one - ramp
@@ -349,16 +340,37 @@ def _rope_inv_freq(cfg):
     return (inv_inter * (one - extra_f) + inv_extra * extra_f).astype(np.float32)
 
 
+def _yarn_ramp(cfg):
+    """(low, high) dimension bounds of yarn's linear ramp (transformers' find_correction_range).
+    Raises ValueError naming the rope field whose value makes them non-finite."""
+    r, dim = cfg.rope, cfg.qk_rope_head_dim
+    where = "rope_parameters"
+    orig = r.original_max_position_embeddings
+    theta = float(r.rope_theta)
+    truncate = True if r.truncate is None else r.truncate
+
+    def corr_dim(key, rot):
+        try:
+            d = (dim * math.log(orig / (rot * 2 * math.pi))) / (2 * math.log(theta))
+        except (ValueError, ZeroDivisionError, OverflowError):
+            d = math.nan
+        if not math.isfinite(d):
+            _fail(f"{where}.{key}", rot, f"gives a non-finite yarn correction dimension (with rope_theta={theta}, "
+                                         f"original_max_position_embeddings={orig})")
+        return d
+
+    low, high = corr_dim("beta_fast", r.beta_fast or 32), corr_dim("beta_slow", r.beta_slow or 1)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    return low, high
+
+
 # ---------------------------------------------------------------- parsing
 def _read_json(path):
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            d = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
-    return d
+    return read_json(path, MAX_CONFIG_BYTES)
 
 
 def load_config(src):
@@ -373,7 +385,13 @@ def load_config(src):
     if isinstance(src, DeepseekConfig):
         return src
     if isinstance(src, dict):
-        raw = json.loads(json.dumps(src))  # deep copy, JSON types only
+        try:
+            text = json.dumps(src)  # deep copy, JSON types only
+        except RecursionError:
+            raise ValueError("config dict is nested too deeply") from None
+        if nesting_depth(text.encode()) > MAX_DEPTH:
+            raise ValueError(f"config dict is nested more than {MAX_DEPTH} levels deep")
+        raw = json.loads(text)
     elif isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
         if os.path.isdir(path):
@@ -442,11 +460,24 @@ def _bool(vals, name):
     _fail(name, v, "must be true or false")
 
 
+def _finite(v):
+    """float(v) for a JSON number that is finite as a float, else None (bools, strings, NaN, inf, and
+    integers too large for a float, which would raise OverflowError)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
 def _pos_float(vals, name):
     v = vals[name]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+    f = _finite(v)
+    if f is None or f <= 0:
         _fail(name, v, "must be a finite number > 0")
-    vals[name] = float(v)
+    vals[name] = f
 
 
 def _check_fields(model_type, vals):
@@ -516,6 +547,25 @@ def _check_relations(c):
             _fail(what, n, f"overflows a 32-bit row count ({INT32_MAX})")
     if c.model_type == "deepseek_v32" and c.q_lora_rank is None:
         _fail("q_lora_rank", None, "deepseek_v32's indexer needs q LoRA")
+    _check_rope_derived(c)
+
+
+def _check_rope_derived(c):
+    """The derived RoPE values must be finite: extreme (but individually valid) rope parameters can
+    overflow them (e.g. a denormal factor)."""
+    if c.rope.rope_type == "yarn":
+        _yarn_ramp(c)  # names beta_fast / beta_slow
+    with np.errstate(all="ignore"):
+        inv = _rope_inv_freq(c)
+    derived = {"rope_inv_freq": bool(np.isfinite(inv).all()) and bool((inv > 0).all())}
+    try:
+        derived["softmax_scale"] = math.isfinite(c.softmax_scale) and c.softmax_scale > 0
+        derived["rope_attention_scaling"] = math.isfinite(c.rope_attention_scaling)
+    except (OverflowError, ValueError, ZeroDivisionError):
+        derived["softmax_scale"] = False
+    for what, ok in derived.items():
+        if not ok:
+            _fail("rope_parameters", c.rope.to_dict(), f"gives a non-finite or zero {what}")
 
 
 def _num(d, key, where, optional=True, minimum=None, strict_min=False):
@@ -524,19 +574,23 @@ def _num(d, key, where, optional=True, minimum=None, strict_min=False):
         if optional:
             return None
         _fail(f"{where}.{key}", v, "required")
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        _fail(f"{where}.{key}", v, "must be a finite number")
+    if _finite(v) is None:
+        _fail(f"{where}.{key}", v, "must be a finite number (within the range of a float)")
+    v = float(v) if isinstance(v, float) else v
     if minimum is not None and (v <= minimum if strict_min else v < minimum):
         _fail(f"{where}.{key}", v, f"must be {'>' if strict_min else '>='} {minimum}")
     return v
 
 
 def _parse_rope(src, max_pos):
-    params = src.get("rope_parameters")
-    where = "rope_parameters"
-    if params is None:
-        params = src.get("rope_scaling")
-        where = "rope_scaling"
+    # transformers 5.24 (convert_rope_params_to_dict): `rope_scaling or rope_parameters`, so a
+    # non-empty legacy rope_scaling wins over rope_parameters when both are given
+    for key in ("rope_scaling", "rope_parameters"):
+        if not isinstance(src.get(key), (dict, type(None))):
+            _fail(key, src[key], "must be an object (or null)")
+    params, where = src.get("rope_scaling"), "rope_scaling"
+    if not params:
+        params, where = src.get("rope_parameters"), "rope_parameters"
     if params is None:
         params = {}
     if not isinstance(params, dict):
@@ -549,6 +603,9 @@ def _parse_rope(src, max_pos):
     if rope_type not in ROPE_TYPES:
         _fail(f"{where}.rope_type", rope_type, f"unsupported (expected one of {', '.join(ROPE_TYPES)})")
     theta = _num(params, "rope_theta", where, minimum=0, strict_min=True)
+    if rope_type == "yarn" and theta is not None and theta <= 1:
+        _fail(f"{where}.rope_theta", theta, "yarn needs rope_theta > 1 (its correction range divides by "
+                                             "log(rope_theta))")
     kw = dict(rope_type=rope_type, rope_theta=float(10000.0 if theta is None else theta))
     if rope_type in ("yarn", "linear"):
         factor = _num(params, "factor", where, optional=rope_type == "yarn", minimum=0, strict_min=True)
@@ -559,7 +616,7 @@ def _parse_rope(src, max_pos):
             _fail(f"{where}.original_max_position_embeddings", orig, "must be a positive integer")
         kw["original_max_position_embeddings"] = orig
         for k in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor"):
-            v = _num(params, k, where, minimum=0)
+            v = _num(params, k, where, minimum=0)  # beta 0: transformers' `or` default, as here
             kw[k] = None if v is None else float(v)
         t = params.get("truncate")
         if t is not None and not isinstance(t, bool):
@@ -601,8 +658,16 @@ def _parse_quant(qc, hf_quant):
             _fail("quantization_config.quant_algo", algo, "only ModelOpt 'NVFP4' is supported")
         gs = qc.pop("group_size", None)
         if gs is None:  # newer exports: config_groups.*.weights.group_size
-            for g in (qc.get("config_groups") or {}).values():
-                gs = ((g or {}).get("weights") or {}).get("group_size", gs)
+            groups = qc.get("config_groups") or {}
+            if not isinstance(groups, dict):
+                _fail("quantization_config.config_groups", groups, "must be an object of objects")
+            for gname, g in groups.items():
+                if not isinstance(g, (dict, type(None))):
+                    _fail(f"quantization_config.config_groups.{gname}", g, "must be an object")
+                w = (g or {}).get("weights") or {}
+                if not isinstance(w, dict):
+                    _fail(f"quantization_config.config_groups.{gname}.weights", w, "must be an object")
+                gs = w.get("group_size", gs)
         gs = 16 if gs is None else gs
         if gs != 16:
             _fail("quantization_config.group_size", gs, "NVFP4 blocks are 16 wide")

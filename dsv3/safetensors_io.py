@@ -10,6 +10,7 @@ file. They stay valid while the reader is open; an array keeps its file's mappin
 when the last array goes away) but the reader itself can no longer hand out tensors.
 """
 import json
+import logging
 import mmap
 import os
 import struct
@@ -17,7 +18,11 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from .jsonio import MAX_INDEX_BYTES, parse_json, read_json
+
+log = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_ARRAY_BYTES = 2**63 - 1  # numpy's limit on an array's size (empty arrays included)
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
@@ -47,96 +52,139 @@ def dtype_name(dtype):
         raise SafetensorsError(f"dtype {dt} has no safetensors equivalent") from None
 
 
-def _no_duplicates(pairs):
-    d = dict(pairs)
-    if len(d) != len(pairs):
-        seen = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise json.JSONDecodeError(f"duplicate key {dup!r}", "", 0)
-    return d
+class SafetensorsHeader:
+    """A validated safetensors header: ``path``, ``metadata`` (str -> str), ``tensors`` (name ->
+    (dtype name, shape tuple, begin, end), offsets relative to the data area), ``data_start``
+    (absolute offset of the data area) and ``data_len``."""
+
+    def __init__(self, path, metadata, tensors, data_start, data_len):
+        self.path, self.metadata, self.tensors = path, metadata, tensors
+        self.data_start, self.data_len = data_start, data_len
+
+
+def _err(path, msg, name=None):
+    where = f"{path}" + (f": tensor {name!r}" if name is not None else "")
+    return SafetensorsError(f"{where}: {msg}")
+
+
+def read_header(path, f=None, bad=None):
+    """Read and validate the header of safetensors file ``path`` (``f``: the file, already open
+    for binary reading). Returns a :class:`SafetensorsHeader`.
+
+    Raises SafetensorsError (ValueError) naming the file (and tensor) for any malformed header.
+    With ``bad`` (a list), a malformed *entry* is not fatal: ``(name, message)`` is appended to
+    it and the entry left out (for ``dsv3 verify``, which reports every problem of a file)."""
+    if f is None:
+        with open(path, "rb") as fh:
+            return read_header(path, fh, bad)
+    size = os.fstat(f.fileno()).st_size
+    if size < 8:
+        raise _err(path, f"file too short for a safetensors header ({size} bytes)")
+    f.seek(0)
+    (hlen,) = struct.unpack("<Q", f.read(8))
+    if hlen > MAX_HEADER_BYTES:
+        raise _err(path, f"header length {hlen} exceeds the {MAX_HEADER_BYTES}-byte cap")
+    if 8 + hlen > size:
+        raise _err(path, f"header length {hlen} runs past the end of the file ({size} bytes)")
+    data_start, data_len = 8 + hlen, size - 8 - hlen
+    try:
+        hdr = parse_json(f.read(hlen), f"{path}: header", MAX_HEADER_BYTES, unique_keys=True)
+    except ValueError as e:
+        raise SafetensorsError(str(e)) from None
+    if not isinstance(hdr, dict):
+        raise _err(path, f"header must be a JSON object, got {type(hdr).__name__}")
+    meta = hdr.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise _err(path, "__metadata__ must map strings to strings")
+    tensors = {}
+    for name, info in hdr.items():
+        try:
+            tensors[name] = _entry(path, name, info, data_len)
+        except SafetensorsError as e:
+            if bad is None:
+                raise
+            bad.append((name, str(e)))
+    spans = sorted((t[2], t[3], n) for n, t in tensors.items() if t[3] > t[2])
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            e = _err(path, f"data [{b1}, {e1}) overlaps tensor {n0!r} [{b0}, {e0})", n1)
+            if bad is None:
+                raise e
+            bad.append((n1, str(e)))
+            tensors.pop(n1, None)
+    return SafetensorsHeader(path, meta, tensors, data_start, data_len)
+
+
+def _entry(path, name, info, data_len):
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise _err(path, "entry needs dtype, shape and data_offsets", name)
+    dt = info["dtype"]
+    if not isinstance(dt, str) or dt not in DTYPES:
+        raise _err(path, f"unknown dtype {dt!r}", name)
+    shape = info["shape"]
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise _err(path, f"shape must be a list of non-negative integers, got {shape!r}", name)
+    offs = info["data_offsets"]
+    if (not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs)
+            or not 0 <= offs[0] <= offs[1]):
+        raise _err(path, f"data_offsets must be [begin, end] with 0 <= begin <= end, got {offs!r}", name)
+    if offs[1] > data_len:
+        raise _err(path, f"data_offsets {offs} run past the data area ({data_len} bytes; file truncated?)", name)
+    n, bound = 1, DTYPES[dt].itemsize
+    for d in shape:  # Python ints: no overflow
+        n *= d
+        bound *= max(d, 1)  # numpy refuses shapes whose non-zero dims overflow, even when empty
+    if bound > MAX_ARRAY_BYTES:
+        raise _err(path, f"shape {shape} x {dt} is too large for an array (dimensions multiply to more than "
+                         f"{MAX_ARRAY_BYTES} bytes)", name)
+    nbytes = n * DTYPES[dt].itemsize
+    if nbytes != offs[1] - offs[0]:
+        raise _err(path, f"shape {shape} x {dt} = {nbytes} bytes but data_offsets span {offs[1] - offs[0]}", name)
+    return dt, tuple(shape), offs[0], offs[1]
 
 
 class _File:
-    """One mapped .safetensors file with its validated header."""
+    """One mapped .safetensors file with its validated header.
+
+    Tensors are zero-copy views of the mapping when their offset in the file is a multiple of
+    their element size. A file whose header length is not a multiple of 8 (the format recommends
+    it, the safetensors library does not require it) can leave tensors unaligned: those are
+    copied into aligned memory, and a warning says so once per file."""
 
     def __init__(self, path):
         self.path = path
+        self.mm = None
+        self._warned = False
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < 8:
-                raise SafetensorsError(f"{path}: file too short for a safetensors header ({size} bytes)")
-            (hlen,) = struct.unpack("<Q", f.read(8))
-            if hlen > MAX_HEADER_BYTES:
-                raise SafetensorsError(f"{path}: header length {hlen} exceeds the {MAX_HEADER_BYTES}-byte cap")
-            if 8 + hlen > size:
-                raise SafetensorsError(f"{path}: header length {hlen} runs past the end of the file ({size} bytes)")
-            head = f.read(hlen)
-            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        self.data_start = 8 + hlen
-        self.data_len = size - self.data_start
-        try:
-            self.metadata, self.tensors = self._parse(head)
-        except BaseException:
-            self.close()
-            raise
-
-    def _err(self, msg, name=None):
-        where = f"{self.path}" + (f": tensor {name!r}" if name is not None else "")
-        return SafetensorsError(f"{where}: {msg}")
-
-    def _parse(self, head):
-        try:
-            hdr = json.loads(head.decode("utf-8"), object_pairs_hook=_no_duplicates)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise self._err(f"header is not valid JSON ({e})") from None
-        if not isinstance(hdr, dict):
-            raise self._err(f"header must be a JSON object, got {type(hdr).__name__}")
-        meta = hdr.pop("__metadata__", None) or {}
-        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-            raise self._err("__metadata__ must map strings to strings")
-        tensors = {}
-        for name, info in hdr.items():
-            tensors[name] = self._entry(name, info)
-        spans = sorted((t[2], t[3], n) for n, t in tensors.items() if t[3] > t[2])
-        for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
-            if b1 < e0:
-                raise self._err(f"data [{b1}, {e1}) overlaps tensor {n0!r} [{b0}, {e0})", n1)
-        return meta, tensors
-
-    def _entry(self, name, info):
-        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
-            raise self._err("entry needs dtype, shape and data_offsets", name)
-        dt = info["dtype"]
-        if dt not in DTYPES:
-            raise self._err(f"unknown dtype {dt!r}", name)
-        shape = info["shape"]
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise self._err(f"shape must be a list of non-negative integers, got {shape!r}", name)
-        offs = info["data_offsets"]
-        if (not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs)
-                or not 0 <= offs[0] <= offs[1]):
-            raise self._err(f"data_offsets must be [begin, end] with 0 <= begin <= end, got {offs!r}", name)
-        if offs[1] > self.data_len:
-            raise self._err(f"data_offsets {offs} run past the data area ({self.data_len} bytes; file truncated?)",
-                            name)
-        n = 1
-        for d in shape:  # Python ints: no overflow
-            n *= d
-        nbytes = n * DTYPES[dt].itemsize
-        if nbytes != offs[1] - offs[0]:
-            raise self._err(f"shape {shape} x {dt} = {nbytes} bytes but data_offsets span {offs[1] - offs[0]}",
-                            name)
-        return dt, tuple(shape), offs[0], offs[1]
+            h = read_header(path, f)
+            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # size >= 8: never empty
+        self.metadata, self.tensors = h.metadata, h.tensors
+        self.data_start, self.data_len = h.data_start, h.data_len
+        self._closed = False
 
     def array(self, name):
         dt, shape, b, e = self.tensors[name]
-        if self.mm is None:
+        if self._closed:
             raise SafetensorsError(f"{self.path}: reader is closed")
-        count = (e - b) // DTYPES[dt].itemsize
-        a = np.frombuffer(self.mm, dtype=DTYPES[dt], count=count, offset=self.data_start + b)
-        return a.reshape(shape)
+        dtype = DTYPES[dt]
+        if e == b:
+            a = np.empty(shape, dtype)
+            a.flags.writeable = False
+            return a
+        off = self.data_start + b
+        if off % dtype.itemsize == 0:
+            return np.frombuffer(self.mm, dtype=dtype, count=(e - b) // dtype.itemsize, offset=off).reshape(shape)
+        if not self._warned:
+            self._warned = True
+            log.warning("%s: header length %d is not a multiple of 8, so tensors are not aligned to their "
+                        "element size: unaligned tensors are copied into memory instead of mapped (re-save "
+                        "the file to read it zero-copy)", self.path, self.data_start - 8)
+        a = np.frombuffer(self.mm, dtype=np.uint8, count=e - b, offset=off).copy().view(dtype).reshape(shape)
+        a.flags.writeable = False
+        return a
 
     def close(self):
+        self._closed = True
         mm, self.mm = self.mm, None
         if mm is not None:
             try:
@@ -234,21 +282,28 @@ def _open_files(paths, source):
     return files, where
 
 
+def shard_path(directory, name, where):
+    """Path of shard file ``name`` listed by ``where`` (an index or manifest) in ``directory``.
+    Raises SafetensorsError unless ``name`` is a plain file name (no directory part, not absolute,
+    not '.' or '..', no NUL): a listing must not reach files outside its checkpoint directory."""
+    if (not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", "..")
+            or "\0" in name or "/" in name):
+        raise SafetensorsError(f"{where}: shard name {name!r} must be a plain file name")
+    return os.path.join(directory, name)
+
+
 def _open_index(index_path):
     d = os.path.dirname(index_path)
     try:
-        with open(index_path, "r", encoding="utf-8") as fh:
-            idx = json.load(fh)
-    except json.JSONDecodeError as e:
-        raise SafetensorsError(f"{index_path}: not valid JSON ({e})") from None
+        idx = read_json(index_path, MAX_INDEX_BYTES, expect=None)
+    except ValueError as e:
+        raise SafetensorsError(str(e)) from None
     wm = idx.get("weight_map") if isinstance(idx, dict) else None
     if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
         raise SafetensorsError(f"{index_path}: needs a 'weight_map' object mapping tensor names to file names")
     shards = sorted(set(wm.values()))
     for s in shards:
-        if os.path.basename(s) != s or s in ("", ".", ".."):
-            raise SafetensorsError(f"{index_path}: shard name {s!r} must be a plain file name")
-        if not os.path.isfile(os.path.join(d, s)):
+        if not os.path.isfile(shard_path(d, s, index_path)):
             bad = next(k for k, v in wm.items() if v == s)
             raise SafetensorsError(f"{index_path}: shard {s!r} (holding tensor {bad!r}) does not exist")
     files, where = _open_files([os.path.join(d, s) for s in shards], index_path)

@@ -269,3 +269,23 @@ def test_transformers_loads_written_checkpoint(tmp_path, layout):
     for n, v in t.items():
         if ".mlp.experts." not in n:
             assert np.array_equal(sd[n], np.asarray(v, np.float32)), n
+
+
+@pytest.mark.parametrize("field", ["num_hidden_layers", "n_routed_experts", "vocab_size"])
+def test_config_far_larger_than_its_tensors_is_refused_at_once(tmp_path, field):
+    # found by fuzzing (issue 9): num_hidden_layers 2**31 - 1 made open_checkpoint enumerate
+    # billions of tensor names (minutes, GBs) before noticing that they were missing
+    from dsv3.convert import info
+    path = write_checkpoint(str(tmp_path / "c"), tiny_config(), layout="hf", shards=1)
+    with open(os.path.join(path, "config.json")) as f:
+        c = json.load(f)
+    c[field] = 2**31 - 1 if field != "n_routed_experts" else 2**24
+    if field == "n_routed_experts":
+        c["n_group"] = 1
+        c["topk_group"] = 1
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(c, f)
+    with pytest.raises(CheckpointError, match="calls for more parameters than its"):
+        open_checkpoint(path)
+    out = info(path)
+    assert "calls for more parameters" in out["error"] and out["missing"] == []

@@ -218,3 +218,79 @@ def test_to_hf_config_kimi_and_v2():
     assert type(k).__name__ == "DeepseekV3Config" and k.n_routed_experts == 384
     v2 = load_config(os.path.join(FIX, "DeepSeek-V2")).to_hf_config()
     assert type(v2).__name__ == "DeepseekV2Config" and v2.topk_method == "group_limited_greedy"
+
+
+# ---------------------------------------------------------------- hostile values (issue 9)
+BAD_VALUES = [
+    ({"rope_theta": 1.0}, "rope_scaling.rope_theta"),  # yarn divides by log(theta): was ZeroDivisionError
+    ({"rope_theta": 0.5}, "rope_scaling.rope_theta"),
+    ({"rope_scaling": {"type": "yarn", "factor": 40, "beta_fast": 5e-324, "original_max_position_embeddings": 4096}},
+     "rope_parameters.beta_fast"),  # was OverflowError
+    ({"rope_scaling": {"type": "yarn", "factor": 40, "beta_slow": 1e308, "original_max_position_embeddings": 4096}},
+     "rope_parameters.beta_slow"),
+    ({"rope_scaling": {"type": "yarn", "factor": 5e-324, "original_max_position_embeddings": 4096}},
+     "rope_parameters"),
+    ({"rope_theta": 10**400}, "rope_theta"),  # 400 digits: was OverflowError
+    ({"routed_scaling_factor": 10**400}, "routed_scaling_factor"),
+    ({"rms_norm_eps": -10**400}, "rms_norm_eps"),
+    ({"rope_scaling": {"type": "yarn", "factor": 10**400}}, "rope_scaling.factor"),
+    ({"rope_scaling": {"type": "yarn", "factor": 4, "mscale": 10**400}}, "rope_scaling.mscale"),
+    ({"rope_scaling": {"type": "yarn", "factor": 4, "mscale_all_dim": 1e308}}, "rope_parameters"),
+    ({"quantization_config": {"quant_method": "modelopt", "quant_algo": "NVFP4", "config_groups": [1]}},
+     "config_groups"),  # was AttributeError
+    ({"quantization_config": {"quant_method": "modelopt", "quant_algo": "NVFP4", "config_groups": {"g": 5}}},
+     "config_groups.g"),
+    ({"quantization_config": {"quant_method": "modelopt", "quant_algo": "NVFP4",
+                              "config_groups": {"g": {"weights": "w"}}}}, "config_groups.g.weights"),
+    ({"rope_parameters": ["yarn"]}, "rope_parameters"),
+]
+
+
+@pytest.mark.parametrize("change,field", BAD_VALUES, ids=[f"{b[1]}{i}" for i, b in enumerate(BAD_VALUES)])
+def test_hostile_values_give_value_errors_naming_the_field(change, field):
+    d = dict(raw("DeepSeek-V3"), **change)
+    with pytest.raises(ValueError) as e:
+        load_config(d)
+    assert str(e.value).startswith("config field ") and field in str(e.value) and len(str(e.value)) < 400
+
+
+def test_deep_and_huge_config_files(tmp_path):
+    p = tmp_path / "config.json"
+    p.write_text('{"extra": ' + "[" * 100_000 + "]" * 100_000 + "}")  # was RecursionError
+    with pytest.raises(ValueError, match="nested") as e:
+        load_config(tmp_path)
+    assert str(p) in str(e.value)
+    with pytest.raises(ValueError, match="nested"):
+        load_config({"extra": json.loads("[" * 200 + "]" * 200)})
+    deep = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nested"):
+        load_config({"extra": deep})
+    with open(p, "wb") as f:  # sparse; was parsed for minutes at 1 GB
+        f.truncate(20 << 20)  # over the cap, jsonio.MAX_CONFIG_BYTES (16 MiB)
+    with pytest.raises(ValueError, match="cap") as e:
+        load_config(tmp_path)
+    assert str(p) in str(e.value)
+
+
+def test_rope_scaling_wins_over_rope_parameters_as_in_transformers():
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3RotaryEmbedding
+    d = raw("DeepSeek-V3")  # yarn factor 40 in rope_scaling
+    d["rope_parameters"] = {"rope_type": "default", "rope_theta": 50000.0}
+    for both in (d, dict(d, rope_theta=20000.0), dict(d, rope_parameters={"rope_type": "linear", "factor": 2.0})):
+        c = load_config(both)
+        hf_dict = {k: v for k, v in both.items() if k not in ("model_type", "quantization_config", "architectures",
+                                                                "auto_map")}
+        hf = transformers.DeepseekV3Config(**hf_dict)
+        r = DeepseekV3RotaryEmbedding(hf)
+        assert c.rope.rope_type == hf.rope_parameters["rope_type"] == "yarn"
+        assert c.rope.rope_theta == hf.rope_parameters["rope_theta"]
+        ulp = np.abs(r.inv_freq.numpy().view(np.int32).astype(np.int64) - c.rope_inv_freq.view(np.int32))
+        assert ulp.max() <= 1
+        assert c.rope_attention_scaling == pytest.approx(r.attention_scaling, rel=1e-15)
+    # an empty or null rope_scaling leaves rope_parameters in force (transformers: `rope_scaling or ...`)
+    for empty in ({}, None):
+        c = load_config(dict(d, rope_scaling=empty))
+        assert (c.rope.rope_type, c.rope.rope_theta) == ("default", 50000.0)

@@ -301,7 +301,7 @@ def test_info_reports_missing_tensors_of_a_broken_source(tmp_path):
     assert out["missing"] == ["model.layers.1.mlp.experts.2.up_proj.weight"]
     assert "error" in out and out["layout"] == "hf"
     r = run_cli("info", src)
-    assert r.returncode == 0 and "experts.2.up_proj" in r.stdout
+    assert r.returncode == 1 and "experts.2.up_proj" in r.stdout  # a broken checkpoint is an error (issue 9)
 
 
 @pytest.mark.parametrize("layout,fmt", [("hf", "bf16"), ("hf_fused", "bf16"), ("fp8_block", "fp8_block")])
@@ -360,3 +360,187 @@ print(largest, total, hwm() - before)
     largest, total, growth = map(int, r.stdout.split())
     assert total > 40 << 20 and largest <= 1 << 20
     assert growth < 3 * largest + (24 << 20), (growth, total)
+
+
+# ---------------------------------------------------------------- damaged / hostile inputs (issue 9)
+def _shard_of(dst, name):
+    with open(os.path.join(dst, "dsv3-manifest.json")) as f:
+        return json.load(f)["tensors"][name]["shard"]
+
+
+def test_verify_names_a_damaged_header_entry_and_checks_the_rest(sources, tmp_path):
+    # a flipped bit turns "data_offsets" into "data_offsetr" (same length): verify used to raise
+    # KeyError('data_offsets') without naming the shard, and stop
+    dst = str(tmp_path / "out")
+    convert(sources["hf"], dst, format="int8", quiet=True, shard_bytes=20_000)
+    a, b = "model.layers.0.self_attn.o_proj.weight", "model.layers.2.mlp.experts.3.down_proj.weight"
+    sa, sb = _shard_of(dst, a), _shard_of(dst, b)
+    assert sa != sb
+    with open(os.path.join(dst, sa), "r+b") as f:
+        head = f.read(8 + int.from_bytes(f.read(8), "little"))
+        at = head.index(json.dumps(a).encode() + b':{"dtype":')
+        at = head.index(b'"data_offsets"', at)
+        f.seek(at + len('"data_offset'))
+        f.write(b"r")
+    with open(os.path.join(dst, sb), "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        start = 8 + n + json.loads(f.read(n))[b]["data_offsets"][0]
+    with open(os.path.join(dst, sb), "r+b") as f:
+        f.seek(start)
+        byte = f.read(1)
+        f.seek(start)
+        f.write(bytes([byte[0] ^ 0x10]))
+    problems = verify(dst)
+    assert any(p.startswith(f"{a}: bad header entry in {sa}") and "data_offsets" in p for p in problems), problems
+    assert f"{b}: sha256 mismatch in {sb}" in problems
+    assert len(problems) == 2, problems  # the other tensors of the damaged shard still verify
+    r = run_cli("verify", dst)
+    assert r.returncode == 1 and a in r.stdout and sa in r.stdout and b in r.stdout and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("bad", ["../outside.safetensors", "/tmp/abs.safetensors", "sub/x.safetensors", ".."])
+def test_verify_refuses_manifest_shard_names_outside_the_checkpoint(sources, tmp_path, bad):
+    dst = str(tmp_path / "out")
+    convert(sources["hf"], dst, format="bf16", quiet=True)
+    (tmp_path / "outside.safetensors").write_bytes(b"\0" * 16)
+    mpath = os.path.join(dst, "dsv3-manifest.json")
+    with open(mpath) as f:
+        m = json.load(f)
+    name = sorted(m["tensors"])[0]
+    m["tensors"][name]["shard"] = bad
+    m["shards"][bad] = {"items": [], "complete": True, "size": 16}
+    with open(mpath, "w") as f:
+        json.dump(m, f)
+    with pytest.raises(ValueError, match="must be a plain file name") as e:
+        verify(dst)
+    assert repr(bad) in str(e.value)
+    r = run_cli("verify", dst)
+    assert r.returncode == 1 and "plain file name" in r.stderr and "Traceback" not in r.stderr
+
+
+def _rewrite_tensors(dst, change):
+    """Replace a converted checkpoint's shards by one shard holding change(tensors)."""
+    from dsv3.safetensors_io import open_safetensors, save_sharded
+    with open_safetensors(dst) as r:
+        tensors = {k: np.array(r.get(k)) for k in r.keys()}
+    for n in os.listdir(dst):
+        if n.endswith(".safetensors") or n == "model.safetensors.index.json":
+            os.remove(os.path.join(dst, n))
+    save_sharded(dst, iter(change(tensors).items()), 1 << 30)
+
+
+def _edit_config(dst, change):
+    p = os.path.join(dst, "config.json")
+    with open(p) as f:
+        c = json.load(f)
+    change(c)
+    with open(p, "w") as f:
+        json.dump(c, f)
+
+
+def _load_all(path):
+    with open_checkpoint(path) as ck:
+        return dict(ck.canonical_tensors())
+
+
+_W = "model.layers.0.self_attn.o_proj."
+_GU = "model.layers.1.mlp.experts.0.gate_up_proj.weight"
+# name -> (damage to the tensors, damage to config.json, error expected); the old errors in comments
+DAMAGE = {
+    "scale_without_weight": (lambda t: {k: v for k, v in t.items() if k != _W + "weight"}, None,
+                             repr(_W + "weight")),  # KeyError('weight')
+    "fused_scalar": (lambda t: dict(t, **{_GU: np.array(1, np.uint8)}), None, repr(_GU)),  # IndexError
+    "quantization_not_object": (None, lambda c: c["dsv3"].__setitem__("quantization", ["int4"]),
+                                r"dsv3\.quantization must be an object"),  # AttributeError
+    "tensors_not_object": (None, lambda c: c["dsv3"]["quantization"].__setitem__("tensors", [_W + "weight"]),
+                           r"dsv3\.quantization\.tensors"),  # AttributeError
+    "no_num_hidden_layers": (None, lambda c: c.pop("num_hidden_layers"), "num_hidden_layers"),  # KeyError
+    "bad_params": (None, lambda c: c["dsv3"]["quantization"]["formats"]["int4"].__setitem__("scale", 3),
+                   r"tensor '.*' \(int4\)"),  # TypeError
+    "norm_as_int": (lambda t: dict(t, **{"model.norm.weight": np.zeros(32, np.int16)}), None,
+                    "'model.norm.weight' has dtype int16"),  # TypeError from Model.from_tensors
+}
+
+
+@pytest.fixture(scope="module")
+def converted_int4(sources, tmp_path_factory):
+    dst = str(tmp_path_factory.mktemp("int4") / "out")
+    convert(sources["hf"], dst, format="int4", quiet=True)
+    return dst
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_damaged_converted_checkpoint_gives_value_errors_naming_the_tensor_or_field(converted_int4, tmp_path, case):
+    import shutil
+    tensors, config, msg = DAMAGE[case]
+    d = str(tmp_path / case)
+    shutil.copytree(converted_int4, d)
+    if tensors:
+        _rewrite_tensors(d, tensors)
+    if config:
+        _edit_config(d, config)
+    with pytest.raises(ValueError, match=msg):
+        dsv3.Model.from_pretrained(d, max_seq_len=4)
+    r = run_cli("info", d)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+
+
+def test_read_dsv3_checkpoint_without_num_hidden_layers(converted_int4, tmp_path):
+    import shutil
+    d = str(tmp_path / "x")
+    shutil.copytree(converted_int4, d)
+    _edit_config(d, lambda c: c.pop("num_hidden_layers"))  # was KeyError; the default (61) skips nothing
+    assert len(list(read_dsv3_checkpoint(d))) == len(list(read_dsv3_checkpoint(converted_int4)))
+
+
+def test_second_conversion_into_one_destination_is_refused(sources, tmp_path):
+    import fcntl
+    dst = tmp_path / "out"
+    dst.mkdir()
+    lock = dst / ".dsv3-convert.lock"
+    with open(lock, "w") as holder:  # what a running conversion holds
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write("4242\n")
+        holder.flush()
+        with pytest.raises(OSError, match=f"another conversion is writing to {dst} \\(pid 4242\\)"):
+            convert(sources["hf"], str(dst), format="bf16", quiet=True)
+        r = run_cli("convert", sources["hf"], str(dst), "--format", "bf16", "--quiet")
+        assert r.returncode == 1 and "another conversion is writing to" in r.stderr and "(pid 4242)" in r.stderr
+        assert os.listdir(dst) == [lock.name]  # nothing written, nothing removed
+    # a lock file left by a killed conversion (nobody holds it) does not block, and goes away
+    convert(sources["hf"], str(dst), format="bf16", quiet=True)
+    assert not lock.exists() and verify(str(dst)) == []
+
+
+def test_concurrent_conversions_one_wins_one_is_refused(sources, tmp_path):
+    dst = str(tmp_path / "out")
+    procs = [subprocess.Popen([sys.executable, "-m", "dsv3", "convert", sources["nvfp4"], dst, "--format", "int4",
+                               "--quiet"], env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    errs = " ".join(e for _, e in outs)
+    # both may succeed one after the other (the second then resumes a complete conversion), but
+    # never a confusing failure: a refusal names the other writer
+    assert codes in ([0, 0], [0, 1]), (codes, errs)
+    if codes == [0, 1]:
+        assert "another conversion is writing to" in errs and "Traceback" not in errs
+    assert verify(dst) == []
+
+
+def test_cli_unexpected_error_is_one_line_unless_debug(sources, monkeypatch, capsys):
+    import dsv3.cli
+    import dsv3.convert
+
+    def boom(path):
+        raise RuntimeError("boom in info")
+    monkeypatch.setattr(dsv3.convert, "info", boom)
+    monkeypatch.delenv("DSV3_DEBUG", raising=False)
+    assert dsv3.cli.main(["info", sources["hf"]]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dsv3 info: error: RuntimeError: boom in info" in err and "Traceback" not in err
+    with pytest.raises(RuntimeError, match="boom in info"):
+        dsv3.cli.main(["--debug", "info", sources["hf"]])
+    monkeypatch.setenv("DSV3_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom in info"):
+        dsv3.cli.main(["info", sources["hf"]])

@@ -132,11 +132,18 @@ BAD = [
     ("overlap", lambda p: raw_file(p, {"a": ent("F32", [4], 0, 16), "b": ent("F32", [4], 8, 24)}, b"\0" * 24),
      "overlaps", "b"),
     ("span_mismatch", lambda p: raw_file(p, {"w": ent("F32", [3], 0, 16)}, b"\0" * 16), "bytes but", "w"),
-    ("huge_dims", lambda p: raw_file(p, {"w": ent("BF16", [2**62, 2**62], 0, 0)}), "bytes but", "w"),
+    ("huge_dims", lambda p: raw_file(p, {"w": ent("BF16", [2**62, 2**62], 0, 0)}), "too large", "w"),
     ("truncated_data", lambda p: raw_file(p, {"w": ent("BF16", [64], 0, 128)}, b"\0" * 100), "past the data", "w"),
     ("reversed_offsets", lambda p: raw_file(p, {"w": ent("U8", [0], 4, 0)}, b"\0" * 4), "begin <= end", "w"),
     ("missing_key", lambda p: raw_file(p, {"w": {"dtype": "F32", "shape": [1]}}, b"\0" * 4), "needs dtype", "w"),
     ("bad_metadata", lambda p: raw_file(p, {"__metadata__": {"a": 1}}), "__metadata__", None),
+    ("deep_nesting", lambda p: raw_file(p, b"[" * 100_000 + b"]" * 100_000), "nested", None),
+    ("deep_in_entry", lambda p: raw_file(p, b'{"w":{"dtype":"U8","shape":' + b"[" * 5000 + b"]" * 5000
+                                         + b',"data_offsets":[0,0]}}'), "nested", None),
+    ("dtype_list", lambda p: raw_file(p, {"w": ent(["F32"], [1], 0, 4)}, b"\0" * 4), "unknown dtype", "w"),
+    ("dtype_object", lambda p: raw_file(p, {"w": ent({"a": 1}, [1], 0, 4)}, b"\0" * 4), "unknown dtype", "w"),
+    ("empty_huge_dim", lambda p: raw_file(p, {"w": ent("F32", [0, 2**64], 0, 0)}), "too large", "w"),
+    ("empty_huge_dims", lambda p: raw_file(p, {"w": ent("U8", [2**32, 0, 2**32], 0, 0)}), "too large", "w"),
     ("duplicate_key", lambda p: raw_file(p, b'{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},'
                                          b'"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', b"\0"),
      "duplicate", None),
@@ -228,3 +235,78 @@ def test_corrupted_headers_never_crash(tmp_path):
                     r.get(k).sum()
         except SafetensorsError as e:
             assert q in str(e)
+
+
+def test_index_nested_too_deeply_or_too_large(tmp_path):
+    idx = _sharded(tmp_path)
+    idx.write_text('{"weight_map": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    with pytest.raises(SafetensorsError, match="nested") as e:
+        open_safetensors(idx)
+    assert str(idx) in str(e.value)
+    from dsv3 import jsonio
+    with open(idx, "wb") as f:
+        f.truncate(jsonio.MAX_INDEX_BYTES + 1)  # sparse: the cap is checked before reading
+    with pytest.raises(SafetensorsError, match="cap"):
+        open_safetensors(idx)
+
+
+def _unaligned_copy(src, dst, extra=1):
+    """Rewrite safetensors file src with a header whose length is 8k + extra (spec-valid)."""
+    with open(src, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        head = f.read(n).rstrip(b" ")
+        data = f.read()
+    head += b" " * ((extra - len(head)) % 8)
+    assert len(head) % 8 == extra
+    with open(dst, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + data)
+
+
+def test_unaligned_header_is_read_with_copies_and_one_warning(tmp_path, caplog):
+    import logging
+    from safetensors.numpy import load_file
+    tensors = {"f32": RNG.standard_normal((3, 5)).astype(np.float32), "u8": np.arange(7, dtype=np.uint8),
+               "bf16": RNG.standard_normal(9).astype(ml_dtypes.bfloat16), "i64": np.arange(4, dtype=np.int64)}
+    save_safetensors(tmp_path / "a.safetensors", tensors)
+    _unaligned_copy(tmp_path / "a.safetensors", tmp_path / "b.safetensors", extra=3)
+    lib = load_file(str(tmp_path / "b.safetensors"))  # the safetensors library reads it (spec-valid)
+    with caplog.at_level(logging.WARNING, logger="dsv3.safetensors_io"):
+        with open_safetensors(tmp_path / "b.safetensors") as r:
+            for _ in range(2):
+                got = {k: r.get(k) for k in r.keys()}
+    for k, a in tensors.items():
+        assert bits(got[k]).tobytes() == bits(a).tobytes() == np.ascontiguousarray(lib[k]).tobytes()
+        assert got[k].flags.aligned and not got[k].flags.writeable
+    assert got["u8"].base is not None and not got["u8"].flags.owndata  # an aligned tensor stays zero-copy
+    warned = [r for r in caplog.records if "not a multiple of 8" in r.getMessage()]
+    assert len(warned) == 1 and "b.safetensors" in warned[0].getMessage()
+
+
+def test_model_loads_a_checkpoint_with_an_unaligned_header(tmp_path):
+    import dsv3
+    from dsv3.testing.checkpoints import tiny_config, write_checkpoint
+    src = write_checkpoint(str(tmp_path / "a"), tiny_config(), layout="fp8_block", shards=1)
+    ids = np.array([3, 1, 4, 1, 5])
+    want = dsv3.Model.from_pretrained(src, max_seq_len=8).forward(ids)
+    _unaligned_copy(os.path.join(src, "model.safetensors"), tmp_path / "m.safetensors", extra=5)
+    os.replace(tmp_path / "m.safetensors", os.path.join(src, "model.safetensors"))
+    got = dsv3.Model.from_pretrained(src, max_seq_len=8).forward(ids)  # was: "... is not aligned"
+    assert np.array_equal(got, want)
+
+
+def test_json_nesting_depth_ignores_brackets_in_strings():
+    from dsv3.jsonio import JSONInputError, nesting_depth, parse_json
+    assert nesting_depth(b'{"a": [1, {"b": []}]}') == 4
+    assert nesting_depth(b'{"a": "[[[[{{{{", "b": "\\\\\\"[[[["}') == 1  # escaped quote inside a string
+    assert nesting_depth(b"12") == 0
+    deep = b"[" * 65 + b"]" * 65
+    assert nesting_depth(deep) == 65
+    with pytest.raises(JSONInputError, match="nested 65 levels"):
+        parse_json(deep, "x", 1 << 20)
+    assert parse_json(b"[" * 64 + b"]" * 64, "x", 1 << 20) is not None
+    assert parse_json(b'["' + b"[" * 1000 + b'"]', "x", 1 << 20) == ["[" * 1000]
+    with pytest.raises(JSONInputError, match="cap"):
+        parse_json(b"[1]", "x", 2)
+    with pytest.raises(JSONInputError, match="duplicate key 'a'"):
+        parse_json(b'{"a": 1, "a": 2}', "x", 100, unique_keys=True)
+    assert parse_json(b'{"a": 1, "a": 2}', "x", 100) == {"a": 2}  # json's rule where duplicates are allowed

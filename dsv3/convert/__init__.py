@@ -21,6 +21,8 @@ On-disk dsv3 layout (DST):
   always, and with --keep-mtp the MTP layer's; the reader skips both, as open_checkpoint does.
 - dsv3-manifest.json: source identity, options, per-shard state and per-tensor shard, dtype,
   shape, format and sha256 (see manifest.py).
+- .dsv3-convert.lock: exists while a conversion writes DST (it holds an flock on it and its pid in
+  it); a second conversion into DST is refused, naming that pid. Removed when the conversion ends.
 """
 import sys
 import types

@@ -5,34 +5,9 @@ from .tensors import value_format
 
 
 def expected_names(cfg):
-    """Canonical names a model with config `cfg` needs (see COMMON.md's canonical names)."""
-    names = ["model.embed_tokens.weight", "model.norm.weight"]
-    if not cfg.tie_word_embeddings:
-        names.append("lm_head.weight")
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
-        a = p + "self_attn."
-        if cfg.q_lora_rank:
-            names += [a + "q_a_proj.weight", a + "q_a_layernorm.weight", a + "q_b_proj.weight"]
-        else:
-            names.append(a + "q_proj.weight")
-        names += [a + "kv_a_proj_with_mqa.weight", a + "kv_a_layernorm.weight", a + "kv_b_proj.weight",
-                  a + "o_proj.weight"]
-        if cfg.attention_bias:
-            names += [a + "q_a_proj.bias", a + "kv_a_proj_with_mqa.bias", a + "o_proj.bias"]
-        mlp = p + "mlp."
-        if cfg.is_moe_layer(i):
-            names.append(mlp + "gate.weight")
-            if cfg.topk_method == "noaux_tc":
-                names.append(mlp + "gate.e_score_correction_bias")
-            for e in range(cfg.n_routed_experts):
-                names += [f"{mlp}experts.{e}.{w}.weight" for w in ("gate_proj", "up_proj", "down_proj")]
-            if cfg.n_shared_experts:
-                names += [f"{mlp}shared_experts.{w}.weight" for w in ("gate_proj", "up_proj", "down_proj")]
-        else:
-            names += [f"{mlp}{w}.weight" for w in ("gate_proj", "up_proj", "down_proj")]
-    return names
+    """Canonical names a model with config `cfg` needs (dsv3.checkpoint.canonical_shapes' names)."""
+    from ..checkpoint import canonical_shapes
+    return [n for n, _, _ in canonical_shapes(cfg)]
 
 
 def info(path):
@@ -71,7 +46,7 @@ def _arch(cfg):
 
 def _info_from_headers(path, error):
     """info() for a checkpoint the reader refuses: names and dtypes from the safetensors headers."""
-    from ..checkpoint import detect_layout
+    from ..checkpoint import CheckpointError, check_config_fits, detect_layout
     from ..config import load_config
     from ..safetensors_io import open_safetensors
     cfg = load_config(path)
@@ -81,11 +56,16 @@ def _info_from_headers(path, error):
         for k in keys:
             f = formats.setdefault(r.dtype(k), [0, 0])
             f[0] += 1
-            f[1] += int(r.get(k).nbytes)
+            f[1] += r.nbytes(k)
+        try:
+            check_config_fits(cfg, r, path)
+            fits = True
+        except CheckpointError:  # the config does not describe these tensors: no list of missing names
+            fits = False
     layout = detect_layout(path, keys)
     have = set(keys)
     fused = {k.rsplit(".", 1)[0] for k in keys if k.endswith((".gate_up_proj", ".down_proj"))}
-    missing = [n for n in expected_names(cfg) if n not in have and not (
+    missing = [] if not fits else [n for n in expected_names(cfg) if n not in have and not (
         layout == "hf_fused" and ".mlp.experts." in n and n.split(".experts.")[0] + ".experts" in fused)]
     return {"path": os.path.abspath(path), "layout": layout, "architecture": _arch(cfg), "tensors": len(keys),
             "formats": formats, "missing": missing, "unexpected": [], "skipped": {}, "error": error}

@@ -1,5 +1,7 @@
-"""Reader of the dsv3 (converted) layout: canonical (name, value) pairs, zero copy."""
-import json
+"""Reader of the dsv3 (converted) layout: canonical (name, value) pairs, zero copy.
+
+A damaged checkpoint (config.json's "dsv3" section or the stored arrays) raises ValueError naming
+the field or tensor."""
 import logging
 import os
 import re
@@ -14,12 +16,28 @@ _GATE_UP = re.compile(r"^(.*\.experts\.\d+\.)gate_up_proj\.weight$")
 
 def dsv3_section(path):
     """The "dsv3" section of a directory's config.json, or None if it is not a dsv3 checkpoint."""
+    from ..jsonio import MAX_CONFIG_BYTES, read_json
     cfg = os.path.join(path, "config.json")
     if not os.path.isfile(cfg):
         return None
-    with open(cfg) as f:
-        sec = json.load(f).get("dsv3")
+    sec = read_json(cfg, MAX_CONFIG_BYTES).get("dsv3")
     return sec if isinstance(sec, dict) and sec.get("layout") == "dsv3" else None
+
+
+def _quant_section(sec, path):
+    """(tensors {base: fmt}, formats {fmt: params}, tensor_params {base: params}) of a dsv3
+    section, checked: ValueError naming the field of config.json that is malformed."""
+    where = f"{os.path.join(path, 'config.json')}: dsv3.quantization"
+    q = sec.get("quantization", {})
+    if not isinstance(q, dict):
+        raise ValueError(f"{where} must be an object, got {type(q).__name__}")
+    out = []
+    for key, kind in (("tensors", str), ("formats", dict), ("tensor_params", dict)):
+        v = q.get(key, {})
+        if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, kind) for k, x in v.items()):
+            raise ValueError(f"{where}.{key} must map names to {'strings' if kind is str else 'objects'}")
+        out.append(v)
+    return tuple(out)
 
 
 def _group_arrays(keys):
@@ -35,18 +53,33 @@ def _group_arrays(keys):
     return groups
 
 
-def read_dsv3_checkpoint(path, reader=None):
+def _value(path, base, parts, arrays, fmt, params):
+    """make_value for one stored tensor; ValueError naming it when its arrays do not fit."""
+    if "weight" not in arrays:
+        raise ValueError(f"{path}: tensor {base!r} is missing; only {sorted(parts.values())} are stored")
+    if fmt is None and set(arrays) != {"weight"}:
+        raise ValueError(f"{path}: tensor {base!r} is stored with {sorted(parts.values())} but config.json's "
+                         f"dsv3.quantization.tensors gives it no format")
+    try:
+        return make_value(arrays, fmt, params)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: tensor {base!r} ({fmt}): {e}") from None
+
+
+def read_dsv3_checkpoint(path, reader=None, config=None):
     """Yield (canonical name, value) for a dsv3 checkpoint directory: numpy arrays (zero-copy
     views of the mmapped shards) or dsv3.quant.QuantizedTensor built with from_checkpoint (zero
     copy). Fused gate_up tensors are yielded as their gate_proj and up_proj row views. Layers >=
-    num_hidden_layers (a kept MTP layer) are skipped with a log line."""
+    num_hidden_layers (a kept MTP layer) are skipped with a log line. ``config``: the loaded config
+    (default: load_config(path))."""
     sec = dsv3_section(path)
     if sec is None:
         raise ValueError(f"{path} is not a dsv3 checkpoint (config.json has no dsv3 layout section)")
-    with open(os.path.join(path, "config.json")) as f:
-        n_layers = json.load(f)["num_hidden_layers"]
-    q = sec.get("quantization", {})
-    fmts, formats, tparams = q.get("tensors", {}), q.get("formats", {}), q.get("tensor_params", {})
+    if config is None:
+        from ..config import load_config
+        config = load_config(path)
+    n_layers = config.num_hidden_layers
+    fmts, formats, tparams = _quant_section(sec, path)
     if reader is None:
         from ..safetensors_io import open_safetensors
         reader = open_safetensors(path)
@@ -66,12 +99,15 @@ def read_dsv3_checkpoint(path, reader=None):
         arrays = {suf: reader.get(key) for suf, key in parts.items()}
         m = _GATE_UP.match(base)
         if m:
-            rows = arrays["weight"].shape[0] // 2
-            gate, up = split_rows(arrays, fmt, rows)
-            yield m.group(1) + "gate_proj.weight", make_value(gate, fmt, params)
-            yield m.group(1) + "up_proj.weight", make_value(up, fmt, params)
+            w = arrays.get("weight")
+            if w is None or w.ndim == 0 or w.shape[0] % 2:
+                raise ValueError(f"{path}: tensor {base!r} (gate and up rows, fused) needs an even number of rows, "
+                                 f"got shape {None if w is None else list(w.shape)}")
+            gate, up = split_rows(arrays, fmt, w.shape[0] // 2)
+            yield m.group(1) + "gate_proj.weight", _value(path, base, parts, gate, fmt, params)
+            yield m.group(1) + "up_proj.weight", _value(path, base, parts, up, fmt, params)
         else:
-            yield base, make_value(arrays, fmt, params)
+            yield base, _value(path, base, parts, arrays, fmt, params)
     for layer in sorted(skipped):
         log.info("skipping MTP layer %d of %s (kept verbatim by --keep-mtp)", layer, path)
 
@@ -84,10 +120,36 @@ class Dsv3Checkpoint:
 
     def __init__(self, path, config, reader):
         self.path, self.config, self.reader = path, config, reader
+        self._check()
+
+    def _check(self):
+        """Every canonical tensor of the config is there, with its shape and a float (or quantised)
+        type: CheckpointError (ValueError) naming the tensor otherwise. Reads headers only."""
+        import ml_dtypes
+        import numpy as np
+        from ..checkpoint import CheckpointError, canonical_shapes
+        want = {n: s for n, s, _ in canonical_shapes(self.config)}
+        floats = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
+        seen = set()
+        for name, v in self.canonical_tensors():
+            if name not in want:
+                raise CheckpointError(f"{self.path}: tensor {name!r} is not one the config calls for")
+            if tuple(v.shape) != tuple(want[name]):
+                raise CheckpointError(f"{self.path}: tensor {name!r} has shape {list(v.shape)}, expected "
+                                      f"{list(want[name])} from the config")
+            if isinstance(v, np.ndarray) and v.dtype not in floats:
+                raise CheckpointError(f"{self.path}: tensor {name!r} has dtype {v.dtype}, expected a float type "
+                                      f"or a quantised format")
+            seen.add(name)
+        missing = [n for n in want if n not in seen]
+        if missing:
+            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+            raise CheckpointError(f"{self.path}: missing tensors for the config (num_hidden_layers="
+                                  f"{self.config.num_hidden_layers}): {', '.join(missing[:5])}{more}")
 
     def canonical_tensors(self):
         """Yield (canonical_name, value); values are zero-copy, valid while the checkpoint is open."""
-        return read_dsv3_checkpoint(self.path, self.reader)
+        return read_dsv3_checkpoint(self.path, self.reader, self.config)
 
     def summary(self):
         """Counts and bytes per stored dtype and per format (for ``dsv3 info``)."""
@@ -97,7 +159,7 @@ class Dsv3Checkpoint:
             d["count"] += 1
             d["bytes"] += int(r.get(n).nbytes)
         sec = dsv3_section(self.path)
-        for base, fmt in sec.get("quantization", {}).get("tensors", {}).items():
+        for base, fmt in _quant_section(sec, self.path)[0].items():
             by_format[fmt] = by_format.get(fmt, 0) + 1
         skipped = {}
         for n in r.keys():
@@ -128,4 +190,11 @@ def open_dsv3(path, config):
         raise ValueError(f"{path}: has a dsv3 manifest but config.json has no dsv3 section "
                          f"(an interrupted conversion? re-run dsv3 convert to finish it)")
     from ..safetensors_io import open_safetensors
-    return Dsv3Checkpoint(path, config, open_safetensors(path))
+    from ..checkpoint import check_config_fits
+    reader = open_safetensors(path)
+    try:
+        check_config_fits(config, reader, path)
+        return Dsv3Checkpoint(path, config, reader)
+    except BaseException:
+        reader.close()
+        raise

@@ -48,14 +48,30 @@ def write_json_atomic(path, obj):
 
 
 def load(dst):
-    """The manifest of `dst`, or None if there is none."""
+    """The manifest of `dst`, or None if there is none. Raises ValueError naming the field when it
+    is malformed: wrong version, a shard name that is not a plain file name (the check the index
+    reader applies), or a tensor record without its shard, dtype, shape and sha256."""
+    from ..jsonio import MAX_INDEX_BYTES, read_json
+    from ..safetensors_io import shard_path
     path = os.path.join(dst, MANIFEST)
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        m = json.load(f)
+    m = read_json(path, MAX_INDEX_BYTES)
     if m.get("manifest_version") != MANIFEST_VERSION:
         raise ValueError(f"{path}: unsupported manifest version {m.get('manifest_version')!r}")
+    shards, tensors = m.get("shards"), m.get("tensors")
+    if not isinstance(shards, dict) or not all(isinstance(v, dict) for v in shards.values()):
+        raise ValueError(f"{path}: 'shards' must be an object of objects")
+    if not isinstance(tensors, dict):
+        raise ValueError(f"{path}: 'tensors' must be an object")
+    for name in shards:
+        shard_path(dst, name, path)
+    for name, rec in tensors.items():
+        if not (isinstance(rec, dict) and isinstance(rec.get("shard"), str) and isinstance(rec.get("dtype"), str)
+                and isinstance(rec.get("sha256"), str) and isinstance(rec.get("shape"), list)):
+            raise ValueError(f"{path}: record of tensor {name!r} needs shard, dtype, sha256 (strings) and shape "
+                             f"(a list), got {rec!r}"[:500])
+        shard_path(dst, rec["shard"], f"{path}: tensor {name!r}")
     return m
 
 

@@ -1,7 +1,8 @@
 """dsv3.convert(): streaming, resumable, verified checkpoint conversion."""
 import collections
 import concurrent.futures
-import json
+import contextlib
+import fcntl
 import logging
 import os
 import queue
@@ -19,6 +20,46 @@ FAIL_AFTER_ENV = "DSV3_CONVERT_FAIL_AFTER"  # test hook: exit abruptly after K w
 QUANT_FORMATS = ("fp8_block", "nvfp4", "int8", "int4")
 CONVERTERS = 2  # items converted concurrently
 _NOT_COPIED = {"config.json", mf.INDEX, mf.MANIFEST, "hf_quant_config.json"}
+LOCK_NAME = ".dsv3-convert.lock"  # in DST while a conversion writes there (holds the writer's pid)
+
+
+class DestinationLocked(OSError):
+    """Another conversion is writing to the destination directory."""
+
+
+@contextlib.contextmanager
+def _dst_lock(dst):
+    """Hold an exclusive flock on DST/LOCK_NAME (its content: our pid) for the conversion; raise
+    DestinationLocked naming the other writer's pid if one holds it. The file is removed on exit;
+    a lock taken on a file that was unlinked meanwhile is retried on the new one."""
+    path = os.path.join(dst, LOCK_NAME)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise DestinationLocked(f"another conversion is writing to {dst} (pid {pid}); wait for it to finish, "
+                                    f"or stop it (an interrupted conversion resumes when re-run)") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed the file between our open and flock: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        finally:
+            os.close(fd)
 
 
 def _check_paths(src, dst):
@@ -75,7 +116,7 @@ def _prepare_dst(dst, src_id, opts, shards):
     os.makedirs(dst, exist_ok=True)
     old = mf.load(dst)
     if old is None:
-        leftovers = [n for n in os.listdir(dst) if not n.endswith(PARTIAL_SUFFIX)]
+        leftovers = [n for n in os.listdir(dst) if not n.endswith(PARTIAL_SUFFIX) and n != LOCK_NAME]
         if leftovers:
             raise ValueError(f"destination {dst} is not empty and has no {mf.MANIFEST} "
                              f"(found {', '.join(sorted(leftovers)[:3])}); choose an empty directory")
@@ -311,8 +352,8 @@ def _finish(src, dst, m, opts, cfg):
     weight_map = {k: v["shard"] for k, v in m["tensors"].items()}
     total = sum(v["nbytes"] for v in m["tensors"].values())
     mf.write_json_atomic(os.path.join(dst, mf.INDEX), {"metadata": {"total_size": total}, "weight_map": weight_map})
-    with open(os.path.join(src, "config.json")) as f:
-        config = json.load(f)
+    from ..jsonio import MAX_CONFIG_BYTES, read_json
+    config = read_json(os.path.join(src, "config.json"), MAX_CONFIG_BYTES)
     config.pop("quantization_config", None)
     config["dsv3"] = _dsv3_section(m, opts, cfg, list(m["shards"]))
     mf.write_json_atomic(os.path.join(dst, "config.json"), config)
@@ -336,7 +377,8 @@ def convert(src, dst, format="bf16", experts=None, attention=None, lm_head=None,
     (lm_head stays as stored unless given); keep_mtp: copy the MTP layer verbatim; ep: split the
     routed experts into `ep` expert-parallel file sets; threads: dsv3.set_num_threads for the C
     quantisers; shard_bytes: target shard size. Re-running on an interrupted `dst` resumes it.
-    Returns the manifest (dict)."""
+    Returns the manifest (dict). Raises DestinationLocked (OSError) while another conversion
+    writes to `dst`."""
     src, dst = _check_paths(src, dst)
     opts = Options(format=format, experts=experts, attention=attention, lm_head=lm_head,
                    keep_mtp=bool(keep_mtp), ep=ep,
@@ -347,6 +389,12 @@ def convert(src, dst, format="bf16", experts=None, attention=None, lm_head=None,
     from ..checkpoint import open_checkpoint
     ckpt = open_checkpoint(src)
     items, shards = _plan(ckpt, src, opts)
+    os.makedirs(dst, exist_ok=True)
+    with _dst_lock(dst):
+        return _convert_locked(src, dst, ckpt, opts, items, shards, quiet)
+
+
+def _convert_locked(src, dst, ckpt, opts, items, shards, quiet):
     m = _prepare_dst(dst, mf.source_identity(src, ckpt.layout), opts, shards)
     mf.save(dst, m)
     for name in os.listdir(dst):

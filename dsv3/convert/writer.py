@@ -131,32 +131,25 @@ class ShardWriter:
                 os.remove(self.tmp)
 
 
-def read_header(path):
-    """(header dict, data start offset) of a safetensors file."""
+def hash_file_tensors(path, bad=None):
+    """({name: sha256}, {name: {"dtype", "shape"}}) of every tensor in a safetensors file
+    (streamed, bounded memory). The header is validated by safetensors_io.read_header (a malformed
+    one raises ValueError naming the file and tensor); with ``bad`` (a list), malformed entries are
+    appended to it as (name, message) and the other tensors are still hashed."""
+    from ..safetensors_io import read_header
+    out, header = {}, {}
     with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if n <= 0 or n > 100 << 20:
-            raise ValueError(f"{path}: not a safetensors file (header size {n})")
-        return json.loads(f.read(n)), 8 + n
-
-
-def hash_file_tensors(path):
-    """{name: sha256} of every tensor in a safetensors file (streamed, bounded memory)."""
-    header, start = read_header(path)
-    out = {}
-    with open(path, "rb") as f:
-        for name, e in header.items():
-            if name == "__metadata__":
-                continue
-            a, b = e["data_offsets"]
-            f.seek(start + a)
-            h = hashlib.sha256()
+        h = read_header(path, f, bad)
+        for name, (dtype, shape, a, b) in h.tensors.items():
+            f.seek(h.data_start + a)
+            digest = hashlib.sha256()
             left = b - a
             while left:
                 chunk = f.read(min(left, 16 << 20))
                 if not chunk:
-                    raise ValueError(f"{path}: truncated in tensor {name}")
-                h.update(chunk)
+                    raise ValueError(f"{path}: truncated in tensor {name!r}")
+                digest.update(chunk)
                 left -= len(chunk)
-            out[name] = h.hexdigest()
+            out[name] = digest.hexdigest()
+            header[name] = {"dtype": dtype, "shape": list(shape)}
     return out, header
