@@ -91,15 +91,16 @@ class Engine:
         self.waiting = collections.deque()
         self.running = []
         self.steps = 0
+        self.cancelled = 0  # requests cancelled before they finished
 
     @property
     def max_batch(self):
         return self.batch.slots
 
-    def submit(self, inputs, **kw):
-        """Queue a sequence: ``inputs`` and keyword arguments as ``Model.generate`` (stream, return_dict
-        and tokenizer aside); returns its :class:`Request`. Raises ValueError for a bad argument or a
-        prompt that cannot fit."""
+    def make_request(self, inputs, **kw):
+        """Check and tokenise a request without touching the engine's state (any thread may call it):
+        ``inputs`` and keyword arguments as ``Model.generate`` (stream, return_dict and tokenizer aside).
+        Raises ValueError / TypeError for a bad argument or a prompt that cannot fit."""
         eos_token_id = kw.pop("eos_token_id", None)
         ids, kind = prompt_ids(inputs, self.tokenizer)
         params = GenerationParams(**kw)
@@ -111,15 +112,24 @@ class Engine:
         if ids.min() < 0 or ids.max() >= self.vocab_size:
             raise ValueError(f"token ids must be in [0, {self.vocab_size})")
         state = SequenceState(ids, params, self.tokenizer, self.model.eos_token_ids(eos_token_id, self.tokenizer))
-        req = Request(state, kind)
-        if params.max_new_tokens == 0:
-            state.finish_reason = "length"
+        return Request(state, kind)
+
+    def add(self, req):
+        """Queue a request made by :meth:`make_request`; returns it."""
+        if req.state.params.max_new_tokens == 0:
+            req.state.finish_reason = "length"
         else:
             self.waiting.append(req)
         return req
 
+    def submit(self, inputs, **kw):
+        """:meth:`make_request` then :meth:`add`; returns the :class:`Request`."""
+        return self.add(self.make_request(inputs, **kw))
+
     def cancel(self, req):
         """Stop a request (a client went away); its slot is freed at once."""
+        if not req.finished:
+            self.cancelled += 1
         req.state.cancelled = True
         if req in self.waiting:
             self.waiting.remove(req)
