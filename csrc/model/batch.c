@@ -1,8 +1,9 @@
 /* The batched engine: a pool of sequence slots, each with its own latent cache, and one forward
- * call over a ragged batch (see dsv3_batch.h). Attention runs per sequence; norms, MLP/MoE and the
- * head run over all the step's tokens at once. */
+ * call over a ragged batch (see dsv3_batch.h). The attention projections, norms, MLP/MoE and the head
+ * run over all the step's tokens at once; only the attention core runs per sequence (its own cache). */
 #include "dsv3_batch.h"
 #include "dsv3_ops.h"
+#include "mla/mla_internal.h"
 #include "model/model_internal.h"
 
 #include <string.h>
@@ -145,19 +146,47 @@ static const float *step_rope(dsv3_batch *b, const dsv3_batch_seq *seqs, int64_t
     return cs;
 }
 
+/* Attention of every sequence: dsv3_mla_forward's steps (csrc/mla/mla.c) with the projections over all
+ * t tokens at once. x, out [t, hidden]; cs: step_rope. Per token the same operations as dsv3_mla_forward. */
+static dsv3_status attention_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq *seqs, int64_t nseq, const float *x,
+                                  int64_t t, const float *cs, float *out, int isa, dsv3_error *err)
+{
+    dsv3_model *m = b->m;
+    const dsv3_mla_dims *d = &m->mla;
+    const dsv3_mla_weights *w = &m->layers[l].attn;
+    dsv3_mla_scratch *ws = &m->ws.mla;
+    const int64_t half = d->rope / 2, qk = d->nope + d->rope, row = b->row;
+    const float *cos_j = cs, *sin_j = cs + t * half;
+    if (m->attn_mode == DSV3_ATTN_ABSORBED && (!w->w_uk || !w->w_uv))
+        return dsv3_fail(err, DSV3_E_VALUE, "attention: absorbed mode needs W_UK/W_UV (dsv3_mla_absorb)");
+    dsv3_status st = dsv3_mla_project_q(d, w, x, t, cos_j, sin_j, ws->q, ws->qa, isa, err);
+    float *ckv = m->ws.cache; /* [t, row]: kv_a_proj of every token, then copied into each slot's cache */
+    if (st == DSV3_OK)
+        st = dsv3_linear(x, t, &w->kv_a_proj, d->attention_bias ? w->kv_a_bias.f32 : NULL, ckv, isa, err);
+    for (int64_t i = 0, off = 0; i < nseq && st == DSV3_OK; off += seqs[i].n, i++) {
+        const int64_t n = seqs[i].n, past = b->len[seqs[i].slot];
+        float *cache = slot_cache(b, seqs[i].slot, l);
+        memcpy(cache + past * row, ckv + off * row, (size_t)(n * row) * sizeof(float));
+        dsv3_mla_finish_latent(d, w, cache + past * row, n, cos_j + off * half, sin_j + off * half);
+        const float *q = ws->q + off * d->heads * qk;
+        float *attn = ws->attn + off * d->heads * d->v;
+        st = m->attn_mode == DSV3_ATTN_NAIVE ? dsv3_mla_attend_naive(d, w, q, n, cache, past, attn, ws, isa, err)
+                                             : dsv3_mla_attend_absorbed(d, w, q, n, cache, past, attn, ws, isa, err);
+    }
+    if (st == DSV3_OK)
+        st = dsv3_linear(ws->attn, t, &w->o_proj, d->attention_bias ? w->o_bias.f32 : NULL, out, isa, err);
+    return st;
+}
+
 /* h [t, hidden] in place through one layer; a, o: [t, hidden] temporaries. */
 static dsv3_status layer_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq *seqs, int64_t nseq, float *h,
                               int64_t t, const float *cs, float *a, float *o, int isa, dsv3_error *err)
 {
     dsv3_model *m = b->m;
     dsv3_layer *ly = &m->layers[l];
-    const int64_t D = m->cfg.hidden_size, half = m->cfg.qk_rope_head_dim / 2, n = t * D;
-    dsv3_status st = DSV3_OK;
+    const int64_t D = m->cfg.hidden_size, n = t * D;
     dsv3_rmsnorm_f32(h, t, D, ly->input_layernorm.f32, m->cfg.rms_norm_eps, a);
-    for (int64_t i = 0, off = 0; i < nseq && st == DSV3_OK; off += seqs[i].n, i++)
-        st = dsv3_mla_forward(&m->mla, &ly->attn, a + off * D, seqs[i].n, cs + off * half, cs + t * half + off * half,
-                              slot_cache(b, seqs[i].slot, l), b->len[seqs[i].slot], m->attn_mode, o + off * D,
-                              &m->ws.mla, isa, err);
+    dsv3_status st = attention_step(b, l, seqs, nseq, a, t, cs, o, isa, err);
     if (st != DSV3_OK)
         return st;
     for (int64_t i = 0; i < n; i++)
