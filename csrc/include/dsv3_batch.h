@@ -7,11 +7,13 @@
  * in the ids array. Sequences join (a free slot's first step is its prefill, possibly in chunks) and
  * leave (dsv3_batch_release) between steps, so prefill chunks and decode tokens share a step.
  *
- * Per layer: RMSNorm, attention per sequence (dsv3_mla_forward over that slot's cache and past),
- * then the dense MLP / MoE over all the step's tokens at once (each expert's weights read once for
- * every sequence). Every operation works row by row in a fixed order, so a sequence's results do not
- * depend on the other sequences of the step (bitwise, where dsv3_linear's kernel choice does not
- * change with the row count: f32 weights, or fewer rows than its GEMM threshold).
+ * Per layer: RMSNorm and the attention projections (q_a, q_b, kv_a, o_proj) over all the step's
+ * tokens at once, the attention core per sequence over its slot's cache and past (the steps of
+ * dsv3_mla_forward, csrc/mla/mla_internal.h), then the dense MLP / MoE over all the step's tokens
+ * (each expert's weights read once for every sequence). Every operation works row by row in a fixed
+ * order, so a sequence's results do not depend on the other sequences of the step: bitwise equal to
+ * dsv3_model_forward where dsv3_linear's kernel choice does not change with the row count (f32
+ * weights, or fewer rows than its GEMM threshold: 32 for bf16, 24 for fp8_block).
  */
 #ifndef DSV3_BATCH_H
 #define DSV3_BATCH_H
