@@ -107,3 +107,28 @@ def test_cancel_budget_and_errors(model):
         e.submit("x", top_p=2)
     with pytest.raises(ValueError, match="holds no slot"):
         Engine(model, kv_budget_bytes=10)
+
+
+def test_engine_naive_attention_equals_single():
+    """The expanded-K/V attention path in the engine: same tokens as the single-sequence model."""
+    from serve_helpers import checkpoint_dir
+    m = dsv3.Model.from_pretrained(checkpoint_dir(), attention="naive", max_seq_len=64)
+    e = Engine(m, max_batch=3, prefill_chunk=3)
+    outs = e.generate(PROMPTS[:4], max_new_tokens=6, do_sample=True, seed=3)
+    for p, out in zip(PROMPTS[:4], outs):
+        assert np.array_equal(m.generate(p, 6, do_sample=True, seed=3, return_dict=True).token_ids, out.token_ids)
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_batch_forward_equals_single_on_other_isas(model, isa):
+    if isa not in dsv3.cpu_info()["supported_isas"]:
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(0, 512, n) for n in (4, 6)]
+    refs = []
+    for p in prompts:
+        model.reset()
+        refs.append(model._native.forward(p, isa=isa))
+    b = dsv3._lib.Batch(model._native, 2, 32)
+    lo = b.forward(np.concatenate(prompts), np.array([[1, 4, 2], [0, 6, 2]], np.int64), isa=isa)
+    assert np.array_equal(lo[:4], refs[0]) and np.array_equal(lo[4:], refs[1])
