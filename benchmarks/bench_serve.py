@@ -10,7 +10,7 @@ weights from memory as a real model does.
 1. decode: the engine (dsv3.engine.Engine, one C forward per step over every running sequence) decoding
    `--decode-steps` tokens per sequence for 1 and for 8 concurrent sequences after a short prompt;
    tokens/s of each, rounds interleaved, best of `--rounds`; the ratio is the batching gain.
-2. server: `dsv3.server` on 127.0.0.1 (uvicorn in a thread), `--clients` streaming chat clients at once
+2. server: `dsv3 serve` on 127.0.0.1 (its own process), `--clients` streaming chat clients at once
    vs the same requests one after another, through the `openai` client: total generated tokens/s and
    the mean time to first token.
 
@@ -72,23 +72,29 @@ def bench_decode(model, steps, rounds, batch):
 
 
 def bench_server(path, clients, max_tokens, max_batch):
+    """`dsv3 serve` in its own process (clients here do not share its GIL), on a free loopback port."""
+    import subprocess
+
+    import httpx
     import openai
-    import uvicorn
 
-    from dsv3.engine import Engine
-    from dsv3.server import create_app, run_server
-
-    model = dsv3.Model.from_pretrained(path, max_seq_len=max_tokens + 64)
-    engine = Engine(model, max_batch=max_batch, max_seq_len=max_tokens + 64)
-    app = create_app(engine, "bench")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
-    ready = threading.Event()
-    th = threading.Thread(target=run_server, args=(srv,), kwargs={"sock": sock, "ready": ready}, daemon=True)
-    th.start()
-    ready.wait(60)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "dsv3", "serve", path, "--port", str(port), "--model-name", "bench",
+                             "--max-batch", str(max_batch), "--max-seq-len", str(max_tokens + 64)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(1200):  # up to 2 minutes to load
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            raise RuntimeError("dsv3 serve exited")
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
 
     def one(i, out):
@@ -97,11 +103,10 @@ def bench_server(path, clients, max_tokens, max_batch):
         stream = client.chat.completions.create(
             model="bench", messages=[{"role": "user", "content": f"Tell me story number {i}."}],
             max_tokens=max_tokens, temperature=0.8, seed=i, stream=True, stream_options={"include_usage": False})
-        for ev in stream:
-            if ev.choices and ev.choices[0].delta.content is not None and first is None:
+        for k, ev in enumerate(stream):  # event 0 carries the role; then one event per generated token
+            if k == 1:
                 first = time.perf_counter() - t0
-            if ev.choices and (ev.choices[0].delta.content or ev.choices[0].finish_reason):
-                n += 1
+            n += k > 0
         out[i] = (first if first is not None else time.perf_counter() - t0, n)
 
     one(-1, {})  # warm-up
@@ -117,12 +122,13 @@ def bench_server(path, clients, max_tokens, max_batch):
             [x.start() for x in ts]
             [x.join() for x in ts]
         dt = time.perf_counter() - t
-        res[mode] = {"seconds": dt, "tokens": max_tokens * clients, "tokens_per_s": max_tokens * clients / dt,
+        tokens = sum(v[1] for v in out.values())  # fewer than max_tokens when a sequence drew the EOS id
+        res[mode] = {"seconds": dt, "tokens": tokens, "tokens_per_s": tokens / dt,
                      "ttft_mean_s": float(np.mean([v[0] for v in out.values()]))}
     res["throughput_ratio"] = res["concurrent"]["tokens_per_s"] / res["sequential"]["tokens_per_s"]
     res["clients"], res["max_tokens"] = clients, max_tokens
-    srv.should_exit = True
-    th.join(10)
+    proc.terminate()
+    proc.wait(30)
     return res
 
 
