@@ -106,9 +106,8 @@ class Engine:
         params = GenerationParams(**kw)
         if len(ids) == 0:
             raise ValueError("the prompt must hold at least one token")
-        if len(ids) >= self.max_seq_len:
-            raise ValueError(f"prompt of {len(ids)} tokens does not fit in max_seq_len {self.max_seq_len} "
-                             f"(with room for one new token)")
+        if len(ids) > self.max_seq_len:
+            raise ValueError(f"prompt of {len(ids)} tokens does not fit in max_seq_len {self.max_seq_len}")
         if ids.min() < 0 or ids.max() >= self.vocab_size:
             raise ValueError(f"token ids must be in [0, {self.vocab_size})")
         state = SequenceState(ids, params, self.tokenizer, self.model.eos_token_ids(eos_token_id, self.tokenizer))

@@ -100,7 +100,12 @@ def test_cancel_budget_and_errors(model):
         e.step()
     assert b.output().finish_reason == "length" and len(b.output().token_ids) < 32  # the slot filled up
     with pytest.raises(ValueError, match="does not fit"):
-        e.submit(np.arange(40) % 500)
+        e.submit(np.arange(33) % 500)
+    full = e.submit(np.arange(32) % 500, max_new_tokens=5)  # a prompt that fills the slot still gets one token
+    while not full.finished:
+        e.step()
+    ref = model.generate(np.arange(32) % 500, 5, return_dict=True)  # model max_seq_len 128: not full there
+    assert full.output().token_ids.tolist() == ref.token_ids[:1].tolist() and full.output().finish_reason == "length"
     with pytest.raises(ValueError, match=r"\[0, 512\)"):
         e.submit(np.array([1, 999]))
     with pytest.raises(ValueError, match="top_p"):
