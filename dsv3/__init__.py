@@ -5,8 +5,9 @@ from .checkpoint import open_checkpoint
 from .config import DeepseekConfig, load_config
 from .cpu import cpu_info, get_num_threads, set_isa, set_num_threads
 from .model import Model
+from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 __all__ = ["cpu_info", "set_num_threads", "get_num_threads", "set_isa", "DeepseekConfig", "load_config",
-           "open_checkpoint", "Model", "ops", "quant"]
+           "open_checkpoint", "Model", "Tokenizer", "ops", "quant"]
 from . import convert  # noqa: E402,F401  (dsv3.convert(src, dst, format=...) is callable)

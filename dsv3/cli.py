@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "convert": ("dsv3.cli_convert", "convert a checkpoint (streaming, resumable, verified)"),
     "verify": ("dsv3.cli_verify", "check a converted checkpoint against its manifest"),
     "info": ("dsv3.cli_info", "architecture, formats and tensors of a checkpoint"),
+    "serve": ("dsv3.cli_serve", "OpenAI-compatible HTTP server over the batched engine"),
+    "chat": ("dsv3.cli_chat", "interactive chat in the terminal (streams tokens, shows tokens/s)"),
 }
 
 

@@ -1,5 +1,6 @@
-"""`dsv3 demo`: the main job. Writes a tiny DeepSeek-V3 checkpoint, loads and runs it with dsv3, then
-prints the parity table against transformers for the same weights (non-zero exit on failure)."""
+"""`dsv3 demo`: the main job. Writes a tiny DeepSeek-V3 checkpoint (with a tokenizer), loads it with dsv3,
+turns a text prompt into text (tokenise, generate, stream back), then prints the parity table against
+transformers for the same weights (non-zero exit on failure)."""
 import sys
 
 
@@ -9,7 +10,7 @@ def add_arguments(parser):
                              "layout)")
     parser.add_argument("--keep", metavar="DIR", help="write the checkpoint into DIR and keep it")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default 0)")
-    parser.add_argument("--new-tokens", type=int, default=8, help="greedy tokens to generate (default 8)")
+    parser.add_argument("--new-tokens", type=int, default=8, help="greedy tokens to generate from the text prompt (default 8)")
     parser.add_argument("--json", action="store_true", help="print the parity report as JSON at the end")
 
 

@@ -1,11 +1,13 @@
 """The main job (`dsv3 demo`): write a tiny DeepSeek-V3 checkpoint in a real on-disk layout, load it
-with dsv3, generate a few tokens, then check it module by module against transformers.
+with dsv3, generate text from a text prompt, then check it module by module against transformers.
 
 Steps: 1. write (dsv3.testing.checkpoints.write_checkpoint; default DeepSeek's FP8 hub layout, sharded,
-with MTP tensors); 2. convert it with dsv3.convert into the dsv3 layout (FP8 stays FP8, codes and scales
-copied bit-exactly; the other layouts become bf16) and verify every checksum; 3. load with dsv3.Model.from_pretrained;
-4. generate greedily; 5. parity on the same config and weights (transformers gets the canonical tensors,
-FP8 ones dequantised to float32).
+with MTP tensors, and a small byte-level BPE tokenizer with a DeepSeek chat template); 2. convert it with
+dsv3.convert into the dsv3 layout (FP8 stays FP8, codes and scales copied bit-exactly; the other layouts
+become bf16; the tokenizer files are copied) and verify every checksum; 3. load with
+dsv3.Model.from_pretrained; 4. text in, text out: the prompt is tokenised, decoded greedily and streamed
+back as text (random weights: the words are noise, the path is the real one); 5. parity on the same
+config and weights (transformers gets the canonical tensors, FP8 ones dequantised to float32).
 """
 import os
 import shutil
@@ -14,6 +16,7 @@ import tempfile
 import numpy as np
 
 LAYOUTS = ("fp8_block", "hf", "hf_fused")
+PROMPT = "Hello! Tell me a story about a robot."
 
 
 def _convert(src_dir, work_dir, fmt, log):
@@ -47,7 +50,7 @@ def run(layout="fp8_block", keep=None, seed=0, new_tokens=8, log=print):
         log(f"[1/5] writing a tiny DeepSeek-V3 checkpoint ({layout}, sharded, with MTP) to {ckpt_dir}")
         # weights ~ N(0, 1/hidden): activations stay near unit size and the logits are far from flat
         write_checkpoint(ckpt_dir, config, layout=layout, seed=seed, shards=3, mtp=True,
-                         scale=float(config.hidden_size) ** -0.5)
+                         scale=float(config.hidden_size) ** -0.5, tokenizer=True)
         for name in sorted(os.listdir(ckpt_dir)):
             log(f"      {name}  ({os.path.getsize(os.path.join(ckpt_dir, name))} bytes)")
 
@@ -59,11 +62,20 @@ def run(layout="fp8_block", keep=None, seed=0, new_tokens=8, log=print):
         model = dsv3.Model.from_pretrained(load_dir)
         log(repr(model))
 
-        prompt = np.random.default_rng([seed, 3]).integers(2, config.vocab_size, size=6).astype(np.int64)
-        log(f"[4/5] greedy generation of {new_tokens} tokens after prompt {prompt.tolist()}")
-        model.reset()
-        tokens = parity._dsv3_generate(model, prompt, new_tokens)
-        log(f"      -> {np.asarray(tokens).tolist()}")
+        tok = model.tokenizer
+        prompt = PROMPT
+        ids = tok.encode(prompt)
+        log(f"[4/5] text in, text out: {tok!r}")
+        log(f"      prompt {prompt!r} -> {len(ids)} tokens {ids}")
+        pieces, new_ids = [], []
+        for chunk in model.generate(prompt, new_tokens, stream=True):  # greedy, streamed piece by piece
+            pieces.append(chunk.text)
+            new_ids.append(chunk.token_id)
+        tokens = parity._dsv3_generate(model, np.asarray(ids, np.int64), new_tokens)
+        if np.asarray(tokens).tolist()[:len(new_ids)] != new_ids:  # generate(text) may stop earlier, at EOS
+            raise RuntimeError(f"generate(text) gave ids {new_ids}, the greedy loop on the same prompt ids {tokens}")
+        log(f"      -> {len(new_ids)} new tokens {new_ids}")
+        log(f"      -> text {''.join(pieces)!r} (random weights: noise words, real tokenizer path)")
 
         log("[5/5] parity against transformers on the same config and weights")
         ckpt = open_checkpoint(load_dir)

@@ -130,6 +130,7 @@ class Model:
         model = cls.from_tensors(ckpt.config, dict(ckpt.canonical_tensors()), dtype=dtype,
                                  attention=attention, max_seq_len=max_seq_len)
         model._checkpoint = ckpt  # keeps memory-mapped shards open
+        model._path = os.fspath(path)  # the tokenizer is loaded from here on first use
         return model
 
     # ---- running ----
@@ -162,49 +163,91 @@ class Model:
         """KV cache capacity in tokens."""
         return self._native.capacity
 
-    def generate(self, input_ids, max_new_tokens, temperature=0.0, top_k=None, top_p=None, seed=None,
-                 eos_token_id=None):
-        """Generate up to ``max_new_tokens`` tokens after ``input_ids``; returns the new ids (int64).
+    def generate(self, inputs, max_new_tokens=16, *, do_sample=None, temperature=None, top_k=None, top_p=None,
+                 min_p=None, repetition_penalty=None, stop=None, seed=None, eos_token_id=None, stream=False,
+                 logprobs=None, return_dict=False, tokenizer=None):
+        """Generate up to ``max_new_tokens`` tokens after ``inputs``, transformers-style.
 
-        Starts from an empty cache (calls ``reset()``). temperature 0 is greedy (argmax, first
-        maximum); otherwise tokens are sampled in C from softmax(logits / temperature) limited to
-        ``top_k`` and ``top_p``, from a stream seeded by ``seed`` (random when None).
-        Stops after an end-of-sequence token (``eos_token_id``, default the config's; it is
-        included in the result). When the cache is full, generation stops early with a
-        ``RuntimeWarning``; a prompt that does not fit raises ``ValueError``.
+        inputs: token ids (returns the new ids, int64), a str or a list of chat messages
+        ({"role", "content"} dicts, rendered with the chat template; returns the new text). Both need
+        the model's ``tokenizer`` (loaded by ``from_pretrained`` when the checkpoint has tokenizer.json)
+        or ``tokenizer=``. Starts from an empty cache (calls ``reset()``).
+        Sampling (in C): ``do_sample`` (None: sample iff a temperature > 0 is given), ``temperature``,
+        ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``, seeded by ``seed`` (random when None);
+        greedy is the argmax (first maximum). Stops after an end-of-sequence id (``eos_token_id``,
+        default the config's and the tokenizer's; it is included in the ids), a ``stop`` id (included)
+        or string (cut from the text), or when the cache is full (``RuntimeWarning``); a prompt that does
+        not fit raises ``ValueError``.
+        stream=True returns an iterator of :class:`dsv3.generation.GenerationChunk` (text piece, id,
+        logprob); ``logprobs`` (True, or n for the n most likely alternatives) or ``return_dict``
+        return a :class:`dsv3.generation.GenerationOutput`.
         """
-        ids = self._ids(input_ids)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
-                or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-        if not temperature >= 0.0:
-            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
-            raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
+        from .generation import GenerationParams, SequenceState, prompt_ids
+
+        tok = tokenizer if tokenizer is not None else self.tokenizer
+        ids, kind = prompt_ids(inputs, tok)
+        params = GenerationParams(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+                                  stop=stop, seed=seed, logprobs=logprobs)
         if len(ids) == 0:
             raise ValueError("input_ids must hold at least one token")
         if len(ids) > self.max_seq_len:
             raise ValueError(f"prompt of {len(ids)} tokens does not fit in max_seq_len {self.max_seq_len}")
-        eos = self._eos if eos_token_id is None else eos_token_id
-        eos = set() if eos is None else set([eos] if isinstance(eos, (int, np.integer)) else eos)
-        state = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed) & (2**64 - 1)
+        state = SequenceState(ids, params, tok, self.eos_token_ids(eos_token_id, tok))
+        chunks = self._generate_chunks(state)
+        if stream:
+            return chunks
+        for _ in chunks:
+            pass
+        if return_dict or params.logprobs is not None:
+            return state.output()
+        return state.text if kind == "text" else np.asarray(state.ids, np.int64)
+
+    def eos_token_ids(self, eos_token_id=None, tokenizer=None):
+        """The ids that end a generation: ``eos_token_id`` when given, else the config's and the tokenizer's."""
+        if eos_token_id is not None:
+            return set([eos_token_id] if isinstance(eos_token_id, (int, np.integer)) else eos_token_id)
+        eos = self._eos
+        out = set() if eos is None else set([eos] if isinstance(eos, (int, np.integer)) else eos)
+        if tokenizer is not None:
+            out |= set(tokenizer.eos_token_ids)
+        return out
+
+    def _generate_chunks(self, state):
+        """Decode one sequence on this model's own cache; yields GenerationChunk per token."""
+        from .generation import sample_states
+
         self.reset()
-        out = []
-        logits = self.forward(ids)[-1]
-        for step in range(max_new_tokens):
-            tok, state = lib.sample(np.ascontiguousarray(logits), float(temperature), int(top_k or 0),
-                                    float(1.0 if top_p is None else top_p), state)
-            out.append(tok)
-            if tok in eos or step == max_new_tokens - 1:
-                break
-            if self.cache_len >= self.max_seq_len:
+        if state.params.max_new_tokens == 0:
+            state.finish_reason = "length"
+            return
+        logits = self.forward(state.prompt)[-1:]
+        while True:
+            tokens, lps, tops = sample_states(logits, [state])
+            full = self.cache_len >= self.max_seq_len
+            chunk = state.append(tokens[0], lps[0], tops[0], capacity_left=0 if full else None)
+            if full and chunk.finish_reason == "length" and len(state.ids) < state.params.max_new_tokens:
                 warnings.warn(f"generate: KV cache full ({self.max_seq_len} tokens, max_seq_len); "
-                              f"stopped after {len(out)} new tokens", RuntimeWarning, stacklevel=2)
-                break
-            logits = self.forward(np.array([tok], dtype=np.int64))[-1]
-        return np.array(out, dtype=np.int64)
+                              f"stopped after {len(state.ids)} new tokens", RuntimeWarning, stacklevel=3)
+            yield chunk
+            if state.finished or state.cancelled:
+                return
+            logits = self.forward(np.array([tokens[0]], dtype=np.int64))
+
+    @property
+    def tokenizer(self):
+        """The checkpoint's :class:`dsv3.Tokenizer` (None when it has no tokenizer.json); settable."""
+        if getattr(self, "_tokenizer", False) is False:
+            self._tokenizer = None
+            path = getattr(self, "_path", None)
+            if path is not None and os.path.isfile(os.path.join(path, "tokenizer.json")):
+                from .tokenizer import Tokenizer
+                self._tokenizer = Tokenizer.from_pretrained(path)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value):
+        self._tokenizer = value
 
     # ---- probes ----
     def run_module(self, kind, layer, x, **kw):

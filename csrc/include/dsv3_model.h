@@ -134,4 +134,30 @@ dsv3_status dsv3_model_rope(const dsv3_model *m, const int64_t *pos, int64_t n, 
 dsv3_status dsv3_sample(const float *logits, int64_t vocab, float temperature, int64_t top_k, float top_p,
                         uint64_t *rng, int64_t *token, dsv3_error *err);
 
+/* Sampling parameters of one sequence (transformers' generate arguments). */
+typedef struct {
+    float temperature;        /* <= 0: greedy (argmax of the penalised logits, first maximum) */
+    int64_t top_k;            /* <= 0 or >= vocab: all */
+    float top_p;              /* in (0, 1]; 1: all */
+    float min_p;              /* in [0, 1]; 0: off */
+    float repetition_penalty; /* > 0; 1: off */
+} dsv3_sampling;
+
+/* One token from logits [vocab] (not modified). seen [n_seen]: the ids the repetition penalty applies
+ * to (prompt and generated; ids outside the vocabulary are ignored). Order as transformers: penalty,
+ * temperature, top-k (the first k by (value desc, id asc)), top-p, min-p; the draw walks the kept
+ * tokens in id order (no top-k/top-p) or sorted order. logprob (may be NULL): log-softmax of the raw
+ * logits at *token; n_top > 0: top_ids / top_logprobs [n_top] get the n_top most likely raw tokens. */
+dsv3_status dsv3_sample_ex(const float *logits, int64_t vocab, const dsv3_sampling *p, const int64_t *seen,
+                           int64_t n_seen, uint64_t *rng, int64_t *token, float *logprob, int64_t n_top,
+                           int64_t *top_ids, float *top_logprobs, dsv3_error *err);
+
+/* dsv3_sample_ex over rows: logits [rows, vocab], params/rngs/tokens/logprobs [rows], the seen ids of row
+ * r are seen[seen_off[r] .. seen_off[r+1]) (seen_off NULL: none), top_* [rows, n_top]. Each row is
+ * sampled alone, so a row's token does not depend on the other rows. */
+dsv3_status dsv3_sample_rows(const float *logits, int64_t rows, int64_t vocab, const dsv3_sampling *params,
+                             const int64_t *seen, const int64_t *seen_off, uint64_t *rngs, int64_t *tokens,
+                             float *logprobs, int64_t n_top, int64_t *top_ids, float *top_logprobs,
+                             dsv3_error *err);
+
 #endif

@@ -9,9 +9,8 @@
 
 static const float *bias_of(const dsv3_vec *v, int enabled) { return enabled ? v->f32 : NULL; }
 
-/* q [s, heads*(nope+rope)] with the rope part of every head rotated; qa: [s, q_lora] scratch. */
-static dsv3_status project_q(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
-                             const float *cos_j, const float *sin_j, float *q, float *qa, int isa, dsv3_error *err)
+dsv3_status dsv3_mla_project_q(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
+                               const float *cos_j, const float *sin_j, float *q, float *qa, int isa, dsv3_error *err)
 {
     dsv3_status st;
     if (d->q_lora > 0) {
@@ -39,18 +38,24 @@ static dsv3_status write_latent(const dsv3_mla_dims *d, const dsv3_mla_weights *
                                 const float *cos_j, const float *sin_j, float *cache, int64_t past, int isa,
                                 dsv3_error *err)
 {
-    const int64_t row = d->kv_lora + d->rope, half = d->rope / 2;
+    const int64_t row = d->kv_lora + d->rope;
     float *ckv = cache + past * row; /* the projection lands in place, then is normalised/rotated */
     dsv3_status st = dsv3_linear(x, s, &w->kv_a_proj, bias_of(&w->kv_a_bias, d->attention_bias), ckv, isa, err);
-    if (st != DSV3_OK)
-        return st;
+    if (st == DSV3_OK)
+        dsv3_mla_finish_latent(d, w, ckv, s, cos_j, sin_j);
+    return st;
+}
+
+void dsv3_mla_finish_latent(const dsv3_mla_dims *d, const dsv3_mla_weights *w, float *rows, int64_t s,
+                            const float *cos_j, const float *sin_j)
+{
+    const int64_t row = d->kv_lora + d->rope, half = d->rope / 2;
     float tmp[512];
     for (int64_t i = 0; i < s; i++) {
-        float *r = ckv + i * row;
+        float *r = rows + i * row;
         dsv3_rmsnorm_f32(r, 1, d->kv_lora, w->kv_a_layernorm.f32, QA_NORM_EPS, r);
         dsv3_rope_apply(r + d->kv_lora, half, cos_j + i * half, sin_j + i * half, d->rope_interleave, tmp);
     }
-    return DSV3_OK;
 }
 
 dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
@@ -69,7 +74,7 @@ dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, 
     dsv3_mla_scratch *sc = ws ? ws : &local;
     dsv3_status st = dsv3_mla_scratch_reserve(sc, d, mode, s, past + s, err);
     if (st == DSV3_OK)
-        st = project_q(d, w, x, s, cos_j, sin_j, sc->q, sc->qa, isa, err);
+        st = dsv3_mla_project_q(d, w, x, s, cos_j, sin_j, sc->q, sc->qa, isa, err);
     if (st == DSV3_OK)
         st = write_latent(d, w, x, s, cos_j, sin_j, cache, past, isa, err);
     if (st == DSV3_OK)

@@ -23,4 +23,14 @@ dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weig
                                      int64_t s, const float *cache, int64_t past, float *attn,
                                      dsv3_mla_scratch *ws, int isa, dsv3_error *err);
 
+/* The pieces of dsv3_mla_forward, for callers that project many sequences' tokens at once (the
+ * batched engine, csrc/model/batch.c):
+ *   project_q: q [s, heads*(nope+rope)] with the rope part of every head rotated; qa: [s, q_lora] scratch;
+ *   finish_latent: rows [s, kv_lora+rope] holding kv_a_proj(x) (+ bias) become cache rows in place
+ *   (kv_a_layernorm on c, rope on k_pe). */
+dsv3_status dsv3_mla_project_q(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
+                               const float *cos_j, const float *sin_j, float *q, float *qa, int isa, dsv3_error *err);
+void dsv3_mla_finish_latent(const dsv3_mla_dims *d, const dsv3_mla_weights *w, float *rows, int64_t s,
+                            const float *cos_j, const float *sin_j);
+
 #endif

@@ -2,6 +2,7 @@
 #include "dsv3_dtypes.h"
 #include "dsv3_model.h"
 #include "dsv3_ops.h"
+#include "model/model_internal.h"
 
 #include <string.h>
 
@@ -70,7 +71,7 @@ static dsv3_status decoder_layer(dsv3_model *m, dsv3_layer *ly, float *h, int64_
     return st;
 }
 
-static void embed_rows(const dsv3_model *m, const int64_t *ids, int64_t s, float *h)
+void dsv3_model_embed_rows(const dsv3_model *m, const int64_t *ids, int64_t s, float *h)
 {
     const int64_t D = m->cfg.hidden_size;
     for (int64_t i = 0; i < s; i++) {
@@ -112,7 +113,7 @@ dsv3_status dsv3_model_forward(dsv3_model *m, const int64_t *ids, int64_t s, flo
         return st;
     const float *cs = rope_tables(m, m->cache_len, s); /* the same positions in every layer */
     float *h = m->ws.h;
-    embed_rows(m, ids, s, h);
+    dsv3_model_embed_rows(m, ids, s, h);
     for (int64_t l = 0; l < c->num_hidden_layers && st == DSV3_OK; l++)
         st = decoder_layer(m, &m->layers[l], h, s, m->cache_len, 1, cs, h + s * D, isa, err);
     if (st == DSV3_OK) {

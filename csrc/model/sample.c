@@ -1,8 +1,14 @@
-/* Token sampling: greedy, or temperature / top-k / top-p over a seeded splitmix64 stream. */
+/* Token sampling, transformers' order of processing: repetition penalty on the raw logits, then
+ * greedy, or temperature -> top-k -> top-p -> min-p, drawn from a seeded splitmix64 stream.
+ * Log-probabilities are those of the raw logits (the model's distribution), as OpenAI reports them.
+ *
+ * Probabilities are exp((l - max) / T) in double: the numerator is <= 0, so a tiny temperature gives
+ * 0 or 1 (greedy in the limit) instead of overflowing l / T to inf and then inf - inf to NaN. */
 #include "dsv3_model.h"
 
 #include <math.h>
 #include <stdlib.h> /* qsort */
+#include <string.h>
 
 static uint64_t splitmix64(uint64_t *state)
 {
@@ -13,11 +19,12 @@ static uint64_t splitmix64(uint64_t *state)
 }
 
 typedef struct {
-    float p;
+    double p; /* the (penalised) logit while sorting, then the unnormalised probability */
     int64_t id;
 } cand;
 
-static int by_prob_desc(const void *a, const void *b)
+/* descending value, ties by ascending id: a total order, so the draw is reproducible */
+static int by_value_desc(const void *a, const void *b)
 {
     const cand *x = a, *y = b;
     if (x->p != y->p)
@@ -25,65 +32,162 @@ static int by_prob_desc(const void *a, const void *b)
     return x->id < y->id ? -1 : (x->id > y->id);
 }
 
-dsv3_status dsv3_sample(const float *logits, int64_t vocab, float temperature, int64_t top_k, float top_p,
-                        uint64_t *rng, int64_t *token, dsv3_error *err)
+static dsv3_status check_params(const dsv3_sampling *p, dsv3_error *err)
+{
+    if (isnan(p->temperature) || isinf(p->temperature))
+        return dsv3_fail(err, DSV3_E_VALUE, "temperature must be finite, got %g", (double)p->temperature);
+    if (!(p->repetition_penalty > 0.f) || isinf(p->repetition_penalty))
+        return dsv3_fail(err, DSV3_E_VALUE, "repetition_penalty must be a finite number > 0, got %g",
+                         (double)p->repetition_penalty);
+    if (p->temperature > 0.f) {
+        if (!(p->top_p > 0.f))
+            return dsv3_fail(err, DSV3_E_VALUE, "top_p must be in (0, 1], got %g", (double)p->top_p);
+        if (!(p->min_p >= 0.f && p->min_p <= 1.f))
+            return dsv3_fail(err, DSV3_E_VALUE, "min_p must be in [0, 1], got %g", (double)p->min_p);
+    }
+    return DSV3_OK;
+}
+
+/* transformers' RepetitionPenaltyLogitsProcessor: every token seen gets l < 0 ? l * r : l / r. */
+static void penalise(const float *logits, double *v, const int64_t *seen, int64_t n_seen, int64_t vocab, float r)
+{
+    for (int64_t i = 0; i < n_seen; i++) {
+        const int64_t t = seen[i];
+        if (t < 0 || t >= vocab)
+            continue;
+        const float l = logits[t], pl = l < 0.f ? l * r : l / r;
+        v[t] = pl; /* a token seen twice is penalised once: the value is recomputed from the raw logit */
+    }
+}
+
+/* log-softmax of the raw logits at the requested ids (double accumulation). */
+static void raw_logprobs(const float *logits, int64_t vocab, int64_t token, float *logprob, int64_t n_top,
+                         int64_t *top_ids, float *top_lp, cand *work)
+{
+    float mx = logits[0];
+    for (int64_t i = 1; i < vocab; i++)
+        mx = logits[i] > mx ? logits[i] : mx;
+    double sum = 0.0;
+    for (int64_t i = 0; i < vocab; i++)
+        sum += exp((double)logits[i] - (double)mx);
+    const double lse = (double)mx + log(sum);
+    if (logprob)
+        *logprob = (float)((double)logits[token] - lse);
+    if (n_top <= 0)
+        return;
+    for (int64_t i = 0; i < vocab; i++)
+        work[i] = (cand){(double)logits[i], i};
+    qsort(work, (size_t)vocab, sizeof *work, by_value_desc);
+    for (int64_t i = 0; i < n_top; i++) {
+        top_ids[i] = i < vocab ? work[i].id : -1;
+        top_lp[i] = i < vocab ? (float)(work[i].p - lse) : -INFINITY;
+    }
+}
+
+dsv3_status dsv3_sample_ex(const float *logits, int64_t vocab, const dsv3_sampling *p, const int64_t *seen,
+                           int64_t n_seen, uint64_t *rng, int64_t *token, float *logprob, int64_t n_top,
+                           int64_t *top_ids, float *top_logprobs, dsv3_error *err)
 {
     if (vocab <= 0)
         return dsv3_fail(err, DSV3_E_VALUE, "sample: empty logits");
-    if (!(temperature <= 0.f)) {
-        if (!(top_p > 0.f))
-            return dsv3_fail(err, DSV3_E_VALUE, "top_p must be in (0, 1], got %g", (double)top_p);
-        if (!isfinite(temperature))
-            return dsv3_fail(err, DSV3_E_VALUE, "temperature must be finite, got %g", (double)temperature);
-    }
+    if (n_seen < 0 || n_top < 0)
+        return dsv3_fail(err, DSV3_E_VALUE, "sample: negative count");
+    dsv3_status st = check_params(p, err);
+    if (st != DSV3_OK)
+        return st;
+    const int greedy = p->temperature <= 0.f;
     /* NaN would make the argmax depend on its position and the sort order undefined; +-inf breaks softmax */
     for (int64_t i = 0; i < vocab; i++)
-        if (isnan(logits[i]) || (temperature > 0.f && !isfinite(logits[i])))
+        if (isnan(logits[i]) || ((!greedy || logprob || n_top > 0) && !isfinite(logits[i])))
             return dsv3_fail(err, DSV3_E_VALUE, "sample: logits[%lld] is %g", (long long)i, (double)logits[i]);
+    cand *c = dsv3_alloc((size_t)vocab * sizeof *c);
+    double *v = dsv3_alloc((size_t)vocab * sizeof *v);
+    if (!c || !v) {
+        dsv3_free(c);
+        dsv3_free(v);
+        return dsv3_fail(err, DSV3_E_NOMEM, "sample: out of memory for %lld candidates", (long long)vocab);
+    }
+    for (int64_t i = 0; i < vocab; i++)
+        v[i] = logits[i];
+    if (p->repetition_penalty != 1.f)
+        penalise(logits, v, seen, n_seen, vocab, p->repetition_penalty);
     int64_t best = 0;
     for (int64_t i = 1; i < vocab; i++)
-        if (logits[i] > logits[best])
+        if (v[i] > v[best])
             best = i;
-    if (temperature <= 0.f) {
+    if (greedy) {
         *token = best;
-        return DSV3_OK;
-    }
-    cand *c = dsv3_alloc((size_t)vocab * sizeof *c);
-    if (!c)
-        return dsv3_fail(err, DSV3_E_NOMEM, "sample: out of memory for %lld candidates", (long long)vocab);
-    for (int64_t i = 0; i < vocab; i++)
-        c[i] = (cand){logits[i] / temperature, i};
-    qsort(c, (size_t)vocab, sizeof *c, by_prob_desc);
-    int64_t n = (top_k > 0 && top_k < vocab) ? top_k : vocab;
-    const float mx = c[0].p;
-    double sum = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        c[i].p = expf(c[i].p - mx);
-        sum += c[i].p;
-    }
-    if (top_p < 1.f) { /* keep the smallest prefix whose probability reaches top_p */
-        double cum = 0.0;
+    } else {
+        for (int64_t i = 0; i < vocab; i++)
+            c[i] = (cand){v[i], i};
+        int64_t n = vocab;
+        const int need_sort = (p->top_k > 0 && p->top_k < vocab) || p->top_p < 1.f;
+        if (need_sort) {
+            qsort(c, (size_t)vocab, sizeof *c, by_value_desc);
+            if (p->top_k > 0 && p->top_k < vocab)
+                n = p->top_k;
+        }
+        const double mx = v[best], t = (double)p->temperature;
+        double sum = 0.0;
         for (int64_t i = 0; i < n; i++) {
-            cum += c[i].p / sum;
-            if (cum >= top_p) {
-                n = i + 1;
-                break;
+            c[i].p = exp((c[i].p - mx) / t);
+            sum += c[i].p;
+        }
+        if (p->top_p < 1.f) { /* keep the smallest (sorted) prefix whose probability reaches top_p */
+            double cum = 0.0;
+            for (int64_t i = 0; i < n; i++) {
+                cum += c[i].p / sum;
+                if (cum >= p->top_p) {
+                    n = i + 1;
+                    break;
+                }
             }
         }
+        if (p->min_p > 0.f) /* drop tokens below min_p times the most likely one (whose p is 1) */
+            for (int64_t i = 0; i < n; i++)
+                if (c[i].p < (double)p->min_p)
+                    c[i].p = 0.0;
         sum = 0.0;
         for (int64_t i = 0; i < n; i++)
             sum += c[i].p;
-    }
-    const double u = (double)(splitmix64(rng) >> 11) * (1.0 / 9007199254740992.0) * sum;
-    double acc = 0.0;
-    *token = c[n - 1].id;
-    for (int64_t i = 0; i < n; i++) {
-        acc += c[i].p;
-        if (u < acc) {
-            *token = c[i].id;
-            break;
+        const double u = (double)(splitmix64(rng) >> 11) * (1.0 / 9007199254740992.0) * sum;
+        double acc = 0.0;
+        *token = best; /* rounding can leave u == sum: the most likely token, never one that was cut */
+        for (int64_t i = 0; i < n; i++) {
+            acc += c[i].p;
+            if (c[i].p > 0.0 && u < acc) {
+                *token = c[i].id;
+                break;
+            }
         }
     }
+    if (logprob || n_top > 0)
+        raw_logprobs(logits, vocab, *token, logprob, n_top, top_ids, top_logprobs, c);
     dsv3_free(c);
+    dsv3_free(v);
     return DSV3_OK;
+}
+
+dsv3_status dsv3_sample(const float *logits, int64_t vocab, float temperature, int64_t top_k, float top_p,
+                        uint64_t *rng, int64_t *token, dsv3_error *err)
+{
+    const dsv3_sampling p = {temperature, top_k, top_p, 0.f, 1.f};
+    return dsv3_sample_ex(logits, vocab, &p, NULL, 0, rng, token, NULL, 0, NULL, NULL, err);
+}
+
+dsv3_status dsv3_sample_rows(const float *logits, int64_t rows, int64_t vocab, const dsv3_sampling *params,
+                             const int64_t *seen, const int64_t *seen_off, uint64_t *rngs, int64_t *tokens,
+                             float *logprobs, int64_t n_top, int64_t *top_ids, float *top_logprobs,
+                             dsv3_error *err)
+{
+    if (rows < 0)
+        return dsv3_fail(err, DSV3_E_VALUE, "sample: negative row count");
+    dsv3_status st = DSV3_OK;
+    for (int64_t r = 0; r < rows && st == DSV3_OK; r++) { /* each row alone: batch-independent results */
+        const int64_t a = seen_off ? seen_off[r] : 0, b = seen_off ? seen_off[r + 1] : 0;
+        st = dsv3_sample_ex(logits + r * vocab, vocab, &params[r], seen ? seen + a : NULL, b - a, &rngs[r],
+                            &tokens[r], logprobs ? &logprobs[r] : NULL, n_top, top_ids ? top_ids + r * n_top : NULL,
+                            top_logprobs ? top_logprobs + r * n_top : NULL, err);
+    }
+    return st;
 }

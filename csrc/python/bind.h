@@ -47,6 +47,13 @@ extern PyMethodDef dsv3_ops_methods[];
 extern PyMethodDef dsv3_model_methods[];
 extern PyMethodDef dsv3_quant_methods[];
 int dsv3_model_init_types(PyObject *module);
+extern PyMethodDef dsv3_batch_methods[];
+int dsv3_batch_init_types(PyObject *module);
+/* bind_model.c: the dsv3_model of a dsv3._dsv3.Model, claimed for a GIL-free call (TypeError or
+ * RuntimeError "in use" and NULL otherwise); release with dsv3_py_model_release. */
+struct dsv3_model;
+struct dsv3_model *dsv3_py_model_claim(PyObject *obj);
+void dsv3_py_model_release(PyObject *obj);
 int dsv3_quant_init_types(PyObject *module);
 
 /* ---- weights (bind_weight.c, owned by the quantised-linear work) ----

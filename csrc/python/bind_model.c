@@ -291,6 +291,21 @@ static int claim(ModelObject *self)
     return 1;
 }
 
+/* For the batched engine (bind_batch.c): the native model of a Model object, claimed like a forward. */
+static PyTypeObject ModelType;
+
+dsv3_model *dsv3_py_model_claim(PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, &ModelType)) {
+        PyErr_Format(PyExc_TypeError, "expected a dsv3._dsv3.Model, got %s", Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    ModelObject *self = (ModelObject *)obj;
+    return claim(self) ? self->model : NULL;
+}
+
+void dsv3_py_model_release(PyObject *obj) { ((ModelObject *)obj)->busy = 0; }
+
 static PyObject *new_f32(int nd, npy_intp d0, npy_intp d1)
 {
     npy_intp dims[2] = {d0, d1};

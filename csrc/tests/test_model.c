@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ctest.h"
+#include "dsv3_batch.h"
 #include "dsv3_dtypes.h"
 #include "dsv3_model.h"
 #include "dsv3_quant.h"
@@ -292,6 +293,57 @@ static void model_probes(dsv3_model *m, uint64_t *rng)
         }
 }
 
+/* The batched engine over m (csrc/model/batch.c): a ragged step of two prefills then a step of two decode
+ * tokens give, for the sequence fed ids[0..7), the bits of run_sequence's logits ref [7, V]; errors. */
+static void model_batch(dsv3_model *m, const int64_t *ids, const float *ref, const char *name)
+{
+    dsv3_error err = {0};
+    const int64_t V = m->cfg.vocab_size;
+    dsv3_batch *b = NULL;
+    float *lo = malloc((size_t)(8 * V) * sizeof(float)), *hid = malloc((size_t)(8 * m->cfg.hidden_size) * sizeof(float));
+    CHECK_OK(dsv3_batch_create(m, 3, CAP, &b, &err), &err);
+    if (!b || !lo || !hid) {
+        CHECK(0, "%s: batch setup failed", name);
+        goto done;
+    }
+    const int64_t step1[8] = {ids[0], ids[1], ids[2], ids[3], ids[4], 3, 4, 5};
+    const dsv3_batch_seq s1[2] = {{2, 5, DSV3_LOGITS_ALL}, {0, 3, DSV3_LOGITS_LAST}};
+    CHECK(dsv3_batch_out_rows(s1, 2) == 6, "%s: out rows", name);
+    CHECK_OK(dsv3_batch_forward(b, step1, s1, 2, lo, NULL, -1, &err), &err);
+    CHECK(memcmp(lo, ref, (size_t)(5 * V) * sizeof(float)) == 0, "%s: batched prefill differs from forward", name);
+    const int64_t step2[2] = {7, ids[5]};
+    const dsv3_batch_seq s2[2] = {{0, 1, DSV3_LOGITS_NONE}, {2, 1, DSV3_LOGITS_LAST}};
+    CHECK_OK(dsv3_batch_forward(b, step2, s2, 2, lo, hid, -1, &err), &err);
+    CHECK(memcmp(lo, ref + 5 * V, (size_t)V * sizeof(float)) == 0, "%s: batched decode differs from forward", name);
+    CHECK(dsv3_batch_length(b, 0) == 4 && dsv3_batch_length(b, 2) == 6 && dsv3_batch_length(b, 1) == 0 &&
+              dsv3_batch_length(b, 3) == -1,
+          "%s: slot lengths", name);
+    const dsv3_batch_seq dup[2] = {{1, 1, 1}, {1, 1, 1}}, big[1] = {{2, CAP, 1}}, bad_slot[1] = {{3, 1, 1}};
+    const int64_t bad_ids[2] = {V, 0};
+    CHECK_FAIL(dsv3_batch_forward(b, step2, dup, 2, lo, NULL, -1, &err), DSV3_E_VALUE, &err);
+    CHECK_FAIL(dsv3_batch_forward(b, step1, big, 1, lo, NULL, -1, &err), DSV3_E_VALUE, &err);
+    CHECK_FAIL(dsv3_batch_forward(b, step2, bad_slot, 1, lo, NULL, -1, &err), DSV3_E_VALUE, &err);
+    CHECK_FAIL(dsv3_batch_forward(b, bad_ids, s2 + 1, 1, lo, NULL, -1, &err), DSV3_E_VALUE, &err);
+    CHECK_FAIL(dsv3_batch_forward(b, step2, s2 + 1, 1, NULL, NULL, -1, &err), DSV3_E_VALUE, &err);
+    CHECK(dsv3_batch_length(b, 2) == 6, "%s: a failed step changed a length", name);
+    CHECK_OK(dsv3_batch_release(b, 2, &err), &err);
+    CHECK_FAIL(dsv3_batch_release(b, -1, &err), DSV3_E_VALUE, &err);
+    CHECK_OK(dsv3_batch_forward(b, step1, s1, 1, lo, NULL, -1, &err), &err); /* the slot is reused */
+    CHECK(memcmp(lo, ref, (size_t)(5 * V) * sizeof(float)) == 0, "%s: reused slot differs", name);
+    /* sampling: a tiny temperature is greedy (was inf - inf = NaN), logprobs of the raw logits */
+    const float l[4] = {0.3f, 2.5f, -1.0f, 2.4f};
+    const dsv3_sampling sp = {1e-40f, 0, 1.f, 0.f, 1.f};
+    uint64_t rng = 5;
+    int64_t tok = -1, top[2];
+    float lp = 0.f, tlp[2];
+    CHECK_OK(dsv3_sample_ex(l, 4, &sp, NULL, 0, &rng, &tok, &lp, 2, top, tlp, &err), &err);
+    CHECK(tok == 1 && top[0] == 1 && top[1] == 3 && lp == tlp[0] && lp < 0.f, "%s: sample_ex tiny temperature", name);
+done:
+    dsv3_batch_free(b);
+    free(lo);
+    free(hid);
+}
+
 static void model_case(const dsv3_model_config *c, const char *name)
 {
     arena a;
@@ -338,6 +390,7 @@ static void model_case(const dsv3_model_config *c, const char *name)
     CHECK_OK(dsv3_model_prepare(ab, -1, &err), &err);
     run_sequence(ab, ids, got, -1);
     CHECK(memcmp(got, ref, (size_t)(7 * V) * sizeof(float)) == 0, "%s: results changed after prepare again", name);
+    model_batch(ab, ids, ref, name);
     model_probes(ab, &a.rng);
     model_errors(ab, ids);
 done:

@@ -129,14 +129,16 @@ def _layer_key(name):
 
 
 def write_checkpoint(path, config, layout="hf", dtype="bfloat16", seed=0, shards=2, mtp=False, indexer=False,
-                     scale=0.02):
+                     scale=0.02, tokenizer=False):
     """Write a random checkpoint for ``config`` (dict or DeepseekConfig) into directory ``path``.
 
     layout: 'hf' (per-expert, ``dtype`` float32 or bfloat16), 'hf_fused' (transformers 5.x experts),
     'fp8_block' (e4m3 + F32 weight_scale_inv, block size from quantization_config or 128; embeddings,
     norms, lm_head, gate BF16; correction bias F32), 'nvfp4' (ModelOpt: MLP linears NVFP4, attention,
     lm_head, gate unquantised; hf_quant_config.json). ``shards`` = 1 writes model.safetensors, more
-    writes model-0000K-of-0000N.safetensors + model.safetensors.index.json. Returns ``path``.
+    writes model-0000K-of-0000N.safetensors + model.safetensors.index.json. ``tokenizer``: also write
+    tokenizer.json and tokenizer_config.json (dsv3.testing.tokenizer_files; a byte-level BPE of the
+    config's vocab_size, which must be at least 269). Returns ``path``.
     """
     if layout not in ("hf", "hf_fused", "fp8_block", "nvfp4"):
         raise ValueError(f"layout must be hf, hf_fused, fp8_block or nvfp4, got {layout!r}")
@@ -184,6 +186,9 @@ def write_checkpoint(path, config, layout="hf", dtype="bfloat16", seed=0, shards
         with open(os.path.join(path, "hf_quant_config.json"), "w") as f:
             json.dump(hq, f, indent=4)
     _write_shards(path, out, shards)
+    if tokenizer:
+        from .tokenizer_files import write_tokenizer
+        write_tokenizer(path, vocab_size=cfg.vocab_size)
     return path
 
 

@@ -1,0 +1,56 @@
+/* The batched engine (csrc/model/batch.c): one forward call over a ragged batch of sequences.
+ *
+ * A dsv3_batch is a pool of sequence slots over one prepared dsv3_model (it borrows the weights
+ * and the model's workspace: do not run the model and its batch at the same time). Each slot owns a
+ * latent KV cache of `slot_capacity` rows per layer and its length (the position of its next token).
+ * A step lists sequences (slot, n new tokens, which logits to return); their tokens are concatenated
+ * in the ids array. Sequences join (a free slot's first step is its prefill, possibly in chunks) and
+ * leave (dsv3_batch_release) between steps, so prefill chunks and decode tokens share a step.
+ *
+ * Per layer: RMSNorm and the attention projections (q_a, q_b, kv_a, o_proj) over all the step's
+ * tokens at once, the attention core per sequence over its slot's cache and past (the steps of
+ * dsv3_mla_forward, csrc/mla/mla_internal.h), then the dense MLP / MoE over all the step's tokens
+ * (each expert's weights read once for every sequence). Every operation works row by row in a fixed
+ * order, so a sequence's results do not depend on the other sequences of the step: bitwise equal to
+ * dsv3_model_forward where dsv3_linear's kernel choice does not change with the row count (f32
+ * weights, or fewer rows than its GEMM threshold: 32 for bf16, 24 for fp8_block).
+ */
+#ifndef DSV3_BATCH_H
+#define DSV3_BATCH_H
+
+#include "dsv3_model.h"
+
+typedef enum { DSV3_LOGITS_NONE = 0, DSV3_LOGITS_LAST = 1, DSV3_LOGITS_ALL = 2 } dsv3_logits_mode;
+
+typedef struct {
+    int64_t slot;    /* in [0, slots) */
+    int64_t n;       /* new tokens (>= 1), appended at the slot's length */
+    int64_t logits;  /* dsv3_logits_mode: output rows for none / the last / every new token */
+} dsv3_batch_seq;
+
+typedef struct dsv3_batch dsv3_batch;
+
+/* A pool of `slots` sequences of up to `slot_capacity` tokens each over prepared model m (which
+ * must outlive the batch). Allocates slots * layers * slot_capacity * (kv_lora + rope) floats. */
+dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacity, dsv3_batch **out,
+                              dsv3_error *err);
+void dsv3_batch_free(dsv3_batch *b);
+
+int64_t dsv3_batch_slots(const dsv3_batch *b);
+int64_t dsv3_batch_capacity(const dsv3_batch *b);
+/* Tokens cached in a slot (-1 for a bad slot). */
+int64_t dsv3_batch_length(const dsv3_batch *b, int64_t slot);
+/* Forget a slot's tokens (the sequence left); its cache rows are reused by the next one. */
+dsv3_status dsv3_batch_release(dsv3_batch *b, int64_t slot, dsv3_error *err);
+
+/* Output rows of a step: sum over sequences of 0 / 1 / n by their logits mode. */
+int64_t dsv3_batch_out_rows(const dsv3_batch_seq *seqs, int64_t nseq);
+
+/* One step. ids [sum n]: the sequences' new tokens in order. logits [out_rows, vocab] (NULL when
+ * out_rows is 0); hidden (NULL: not asked) [out_rows, hidden]: the final-norm hidden states of the
+ * same rows. Slots must be distinct; each slot's length + n must fit in slot_capacity. On failure no
+ * slot's length changes (cache rows past a length are never read). */
+dsv3_status dsv3_batch_forward(dsv3_batch *b, const int64_t *ids, const dsv3_batch_seq *seqs, int64_t nseq,
+                               float *logits, float *hidden, int isa, dsv3_error *err);
+
+#endif

@@ -1,0 +1,268 @@
+/* The batched engine: a pool of sequence slots, each with its own latent cache, and one forward
+ * call over a ragged batch (see dsv3_batch.h). The attention projections, norms, MLP/MoE and the head
+ * run over all the step's tokens at once; only the attention core runs per sequence (its own cache). */
+#include "dsv3_batch.h"
+#include "dsv3_ops.h"
+#include "mla/mla_internal.h"
+#include "model/model_internal.h"
+
+#include <string.h>
+
+struct dsv3_batch {
+    dsv3_model *m;      /* borrowed: weights and workspace */
+    int64_t slots, cap; /* slot count, rows per slot and layer */
+    int64_t row;        /* floats per cache row: kv_lora + rope */
+    float *cache;       /* owned: [slots, layers, cap, row] */
+    int64_t *len;       /* owned: [slots] tokens cached */
+    int64_t *rows;      /* owned: [tokens] output row selection scratch, grown per step */
+    int64_t rows_cap;
+    float *sel;         /* owned: [rows_cap, hidden] normed hidden states of the output rows */
+};
+
+dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacity, dsv3_batch **out,
+                              dsv3_error *err)
+{
+    *out = NULL;
+    if (!m || !m->prepared)
+        return dsv3_fail(err, DSV3_E_VALUE, "batch: the model is not prepared");
+    if (slots < 1 || slot_capacity < 1)
+        return dsv3_fail(err, DSV3_E_VALUE, "batch: need at least one slot of at least one token (got %lld x %lld)",
+                         (long long)slots, (long long)slot_capacity);
+    const int64_t row = m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim, L = m->cfg.num_hidden_layers;
+    size_t n = 0;
+    if (!dsv3_mul_size((size_t)slots, (size_t)L, &n) || !dsv3_mul_size(n, (size_t)slot_capacity, &n) ||
+        !dsv3_mul_size(n, (size_t)row * sizeof(float), &n))
+        return dsv3_fail(err, DSV3_E_VALUE, "batch: %lld slots of %lld tokens overflow the address space",
+                         (long long)slots, (long long)slot_capacity);
+    dsv3_batch *b = dsv3_alloc(sizeof *b);
+    if (!b)
+        return dsv3_fail(err, DSV3_E_NOMEM, "batch: out of memory");
+    memset(b, 0, sizeof *b);
+    b->m = m;
+    b->slots = slots;
+    b->cap = slot_capacity;
+    b->row = row;
+    b->cache = dsv3_alloc(n);
+    b->len = dsv3_alloc((size_t)slots * sizeof(int64_t));
+    if (!b->cache || !b->len) {
+        dsv3_batch_free(b);
+        return dsv3_fail(err, DSV3_E_NOMEM, "batch: out of memory for the KV cache of %lld slots x %lld tokens "
+                         "(%.1f MiB)", (long long)slots, (long long)slot_capacity, (double)n / (1 << 20));
+    }
+    memset(b->len, 0, (size_t)slots * sizeof(int64_t));
+    *out = b;
+    return DSV3_OK;
+}
+
+void dsv3_batch_free(dsv3_batch *b)
+{
+    if (!b)
+        return;
+    dsv3_free(b->cache);
+    dsv3_free(b->len);
+    dsv3_free(b->rows);
+    dsv3_free(b->sel);
+    dsv3_free(b);
+}
+
+int64_t dsv3_batch_slots(const dsv3_batch *b) { return b->slots; }
+int64_t dsv3_batch_capacity(const dsv3_batch *b) { return b->cap; }
+
+int64_t dsv3_batch_length(const dsv3_batch *b, int64_t slot)
+{
+    return slot >= 0 && slot < b->slots ? b->len[slot] : -1;
+}
+
+dsv3_status dsv3_batch_release(dsv3_batch *b, int64_t slot, dsv3_error *err)
+{
+    if (slot < 0 || slot >= b->slots)
+        return dsv3_fail(err, DSV3_E_VALUE, "batch: slot %lld out of range [0, %lld)", (long long)slot,
+                         (long long)b->slots);
+    b->len[slot] = 0;
+    return DSV3_OK;
+}
+
+int64_t dsv3_batch_out_rows(const dsv3_batch_seq *seqs, int64_t nseq)
+{
+    int64_t r = 0;
+    for (int64_t i = 0; i < nseq; i++)
+        r += seqs[i].logits == DSV3_LOGITS_ALL ? seqs[i].n : seqs[i].logits == DSV3_LOGITS_LAST;
+    return r;
+}
+
+static float *slot_cache(const dsv3_batch *b, int64_t slot, int64_t layer)
+{
+    return b->cache + ((slot * b->m->cfg.num_hidden_layers + layer) * b->cap) * b->row;
+}
+
+/* Every argument is checked before anything runs; returns the total tokens in *total. */
+static dsv3_status check_step(const dsv3_batch *b, const int64_t *ids, const dsv3_batch_seq *seqs, int64_t nseq,
+                              int64_t *total, int64_t *max_rows, dsv3_error *err)
+{
+    if (nseq < 1 || nseq > b->slots)
+        return dsv3_fail(err, DSV3_E_VALUE, "batch: a step needs 1..%lld sequences, got %lld", (long long)b->slots,
+                         (long long)nseq);
+    int64_t t = 0, mr = 0;
+    for (int64_t i = 0; i < nseq; i++) {
+        const dsv3_batch_seq *q = &seqs[i];
+        if (q->slot < 0 || q->slot >= b->slots)
+            return dsv3_fail(err, DSV3_E_VALUE, "batch: sequence %lld: slot %lld out of range [0, %lld)",
+                             (long long)i, (long long)q->slot, (long long)b->slots);
+        for (int64_t j = 0; j < i; j++)
+            if (seqs[j].slot == q->slot)
+                return dsv3_fail(err, DSV3_E_VALUE, "batch: slot %lld appears twice in one step", (long long)q->slot);
+        if (q->n < 1 || q->n > b->cap - b->len[q->slot])
+            return dsv3_fail(err, DSV3_E_VALUE,
+                             "batch: sequence %lld (slot %lld): %lld new tokens do not fit (%lld of %lld positions used)",
+                             (long long)i, (long long)q->slot, (long long)q->n, (long long)b->len[q->slot],
+                             (long long)b->cap);
+        if (q->logits < DSV3_LOGITS_NONE || q->logits > DSV3_LOGITS_ALL)
+            return dsv3_fail(err, DSV3_E_VALUE, "batch: sequence %lld: logits mode %lld is not none/last/all",
+                             (long long)i, (long long)q->logits);
+        t += q->n;
+        mr = b->len[q->slot] + q->n > mr ? b->len[q->slot] + q->n : mr;
+    }
+    const int64_t V = b->m->cfg.vocab_size;
+    for (int64_t i = 0; i < t; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            return dsv3_fail(err, DSV3_E_VALUE, "token id %lld at position %lld is out of range [0, %lld)",
+                             (long long)ids[i], (long long)i, (long long)V);
+    *total = t;
+    *max_rows = mr;
+    return DSV3_OK;
+}
+
+/* cos | sin [t, rope/2] of each token's own position (its slot's length + index), then the positions. */
+static const float *step_rope(dsv3_batch *b, const dsv3_batch_seq *seqs, int64_t nseq, int64_t t)
+{
+    dsv3_model *m = b->m;
+    const int64_t half = m->cfg.qk_rope_head_dim / 2;
+    float *cs = m->ws.rope;
+    int64_t *pos = (int64_t *)(void *)(cs + 2 * t * half);
+    for (int64_t i = 0, k = 0; i < nseq; i++)
+        for (int64_t j = 0; j < seqs[i].n; j++)
+            pos[k++] = b->len[seqs[i].slot] + j;
+    dsv3_rope_cos_sin(pos, t, m->inv_freq, half, m->cfg.rope_attention_scaling, cs, cs + t * half);
+    return cs;
+}
+
+/* Attention of every sequence: dsv3_mla_forward's steps (csrc/mla/mla.c) with the projections over all
+ * t tokens at once. x, out [t, hidden]; cs: step_rope. Per token the same operations as dsv3_mla_forward. */
+static dsv3_status attention_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq *seqs, int64_t nseq, const float *x,
+                                  int64_t t, const float *cs, float *out, int isa, dsv3_error *err)
+{
+    dsv3_model *m = b->m;
+    const dsv3_mla_dims *d = &m->mla;
+    const dsv3_mla_weights *w = &m->layers[l].attn;
+    dsv3_mla_scratch *ws = &m->ws.mla;
+    const int64_t half = d->rope / 2, qk = d->nope + d->rope, row = b->row;
+    const float *cos_j = cs, *sin_j = cs + t * half;
+    if (m->attn_mode == DSV3_ATTN_ABSORBED && (!w->w_uk || !w->w_uv))
+        return dsv3_fail(err, DSV3_E_VALUE, "attention: absorbed mode needs W_UK/W_UV (dsv3_mla_absorb)");
+    dsv3_status st = dsv3_mla_project_q(d, w, x, t, cos_j, sin_j, ws->q, ws->qa, isa, err);
+    float *ckv = m->ws.cache; /* [t, row]: kv_a_proj of every token, then copied into each slot's cache */
+    if (st == DSV3_OK)
+        st = dsv3_linear(x, t, &w->kv_a_proj, d->attention_bias ? w->kv_a_bias.f32 : NULL, ckv, isa, err);
+    for (int64_t i = 0, off = 0; i < nseq && st == DSV3_OK; off += seqs[i].n, i++) {
+        const int64_t n = seqs[i].n, past = b->len[seqs[i].slot];
+        float *cache = slot_cache(b, seqs[i].slot, l);
+        memcpy(cache + past * row, ckv + off * row, (size_t)(n * row) * sizeof(float));
+        dsv3_mla_finish_latent(d, w, cache + past * row, n, cos_j + off * half, sin_j + off * half);
+        const float *q = ws->q + off * d->heads * qk;
+        float *attn = ws->attn + off * d->heads * d->v;
+        st = m->attn_mode == DSV3_ATTN_NAIVE ? dsv3_mla_attend_naive(d, w, q, n, cache, past, attn, ws, isa, err)
+                                             : dsv3_mla_attend_absorbed(d, w, q, n, cache, past, attn, ws, isa, err);
+    }
+    if (st == DSV3_OK)
+        st = dsv3_linear(ws->attn, t, &w->o_proj, d->attention_bias ? w->o_bias.f32 : NULL, out, isa, err);
+    return st;
+}
+
+/* h [t, hidden] in place through one layer; a, o: [t, hidden] temporaries. */
+static dsv3_status layer_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq *seqs, int64_t nseq, float *h,
+                              int64_t t, const float *cs, float *a, float *o, int isa, dsv3_error *err)
+{
+    dsv3_model *m = b->m;
+    dsv3_layer *ly = &m->layers[l];
+    const int64_t D = m->cfg.hidden_size, n = t * D;
+    dsv3_rmsnorm_f32(h, t, D, ly->input_layernorm.f32, m->cfg.rms_norm_eps, a);
+    dsv3_status st = attention_step(b, l, seqs, nseq, a, t, cs, o, isa, err);
+    if (st != DSV3_OK)
+        return st;
+    for (int64_t i = 0; i < n; i++)
+        h[i] = h[i] + o[i];
+    dsv3_rmsnorm_f32(h, t, D, ly->post_attention_layernorm.f32, m->cfg.rms_norm_eps, a);
+    if (ly->is_moe)
+        st = dsv3_moe_forward(&m->router, &ly->moe, D, a, t, o, &m->ws.moe, isa, err);
+    else
+        st = dsv3_mlp_forward(&ly->mlp, a, t, o, m->ws.mlp, isa, err);
+    for (int64_t i = 0; st == DSV3_OK && i < n; i++)
+        h[i] = h[i] + o[i];
+    return st;
+}
+
+/* Indices (into the step's tokens) of the output rows, in order; grows b->rows / b->sel. */
+static dsv3_status select_rows(dsv3_batch *b, const dsv3_batch_seq *seqs, int64_t nseq, int64_t r, dsv3_error *err)
+{
+    if (r > b->rows_cap) {
+        int64_t *rows = dsv3_alloc((size_t)r * sizeof(int64_t));
+        float *sel = dsv3_alloc((size_t)(r * b->m->cfg.hidden_size) * sizeof(float));
+        if (!rows || !sel) {
+            dsv3_free(rows);
+            dsv3_free(sel);
+            return dsv3_fail(err, DSV3_E_NOMEM, "batch: out of memory for %lld output rows", (long long)r);
+        }
+        dsv3_free(b->rows);
+        dsv3_free(b->sel);
+        b->rows = rows;
+        b->sel = sel;
+        b->rows_cap = r;
+    }
+    for (int64_t i = 0, off = 0, k = 0; i < nseq; off += seqs[i].n, i++) {
+        if (seqs[i].logits == DSV3_LOGITS_ALL)
+            for (int64_t j = 0; j < seqs[i].n; j++)
+                b->rows[k++] = off + j;
+        else if (seqs[i].logits == DSV3_LOGITS_LAST)
+            b->rows[k++] = off + seqs[i].n - 1;
+    }
+    return DSV3_OK;
+}
+
+dsv3_status dsv3_batch_forward(dsv3_batch *b, const int64_t *ids, const dsv3_batch_seq *seqs, int64_t nseq,
+                               float *logits, float *hidden, int isa, dsv3_error *err)
+{
+    int64_t t = 0, max_rows = 0;
+    dsv3_status st = check_step(b, ids, seqs, nseq, &t, &max_rows, err);
+    if (st != DSV3_OK)
+        return st;
+    dsv3_model *m = b->m;
+    const dsv3_model_config *c = &m->cfg;
+    const int64_t D = c->hidden_size, r = dsv3_batch_out_rows(seqs, nseq);
+    if (r > 0 && !logits)
+        return dsv3_fail(err, DSV3_E_VALUE, "batch: %lld logits rows asked but no output buffer", (long long)r);
+    st = dsv3_model_reserve(m, t, max_rows, err); /* the model's workspace, grown once for this step */
+    if (st == DSV3_OK)
+        st = select_rows(b, seqs, nseq, r, err);
+    if (st != DSV3_OK)
+        return st;
+    const float *cs = step_rope(b, seqs, nseq, t);
+    float *h = m->ws.h, *a = h + t * D, *o = a + t * D;
+    dsv3_model_embed_rows(m, ids, t, h);
+    for (int64_t l = 0; l < c->num_hidden_layers && st == DSV3_OK; l++)
+        st = layer_step(b, l, seqs, nseq, h, t, cs, a, o, isa, err);
+    if (st != DSV3_OK || r == 0) {
+        if (st == DSV3_OK)
+            for (int64_t i = 0; i < nseq; i++)
+                b->len[seqs[i].slot] += seqs[i].n;
+        return st;
+    }
+    for (int64_t k = 0; k < r; k++) /* only the rows asked go through the final norm and the head */
+        dsv3_rmsnorm_f32(h + b->rows[k] * D, 1, D, m->norm.f32, c->rms_norm_eps, b->sel + k * D);
+    st = dsv3_linear(b->sel, r, c->tie_word_embeddings ? &m->embed : &m->lm_head, NULL, logits, isa, err);
+    if (st == DSV3_OK && hidden)
+        memcpy(hidden, b->sel, (size_t)(r * D) * sizeof(float));
+    if (st == DSV3_OK)
+        for (int64_t i = 0; i < nseq; i++)
+            b->len[seqs[i].slot] += seqs[i].n;
+    return st;
+}

@@ -1,0 +1,27 @@
+"""`dsv3 serve CHECKPOINT`: an OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions with
+streaming, /v1/models, /health) over the batched engine. Needs the `serve` extra (FastAPI, uvicorn)."""
+import sys
+
+
+def add_arguments(parser):
+    parser.add_argument("checkpoint", help="checkpoint directory (with tokenizer.json for text)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (default 8)")
+    parser.add_argument("--max-seq-len", type=int, default=4096, help="tokens per sequence (default 4096)")
+    parser.add_argument("--model-name", help="name clients pass as 'model' (default: the directory's name)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="convert unquantised weights at load")
+
+
+def run(args):
+    try:
+        from .server import serve
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        print(f"dsv3 serve: {e}; install the server extra: pip install 'dsv3[serve]'", file=sys.stderr)
+        return 1
+    print(f"dsv3 serve: loading {args.checkpoint}; OpenAI API at http://{args.host}:{args.port}/v1", file=sys.stderr)
+    serve(args.checkpoint, host=args.host, port=args.port, max_batch=args.max_batch, max_seq_len=args.max_seq_len,
+          model_name=args.model_name, dtype=args.dtype)
+    return 0

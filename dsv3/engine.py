@@ -1,0 +1,200 @@
+"""The batched engine: many sequences decoded together on one model (continuous batching).
+
+    engine = dsv3.engine.Engine(model, max_batch=8)
+    outs = engine.generate(["Hello", "Tell me a story"], max_new_tokens=32)   # list of GenerationOutput
+    req = engine.submit("Hi", max_new_tokens=8); while not req.finished: engine.step()
+
+Each step is one C call (``_dsv3.Batch.forward``) over a ragged batch: every active sequence adds its
+next prefill chunk or its one decode token, with its own positions and its own latent KV cache slot;
+the MLP/MoE linears run over all the step's tokens at once. Logits are computed only for the rows
+that are sampled (a prompt's last token, each decode token) and sampled in one C call. Sequences join
+when a slot is free and leave when they finish or are cancelled, between steps. A sequence's tokens do
+not depend on what else is in the batch (tests/test_engine.py checks batched == one at a time).
+
+The engine is not thread-safe: one thread calls submit/cancel/step (the server's scheduler thread).
+"""
+import collections
+import itertools
+
+import numpy as np
+
+from ._native import lib
+from .model import _native_config
+from .generation import GenerationParams, SequenceState, prompt_ids, sample_states
+
+__all__ = ["Engine", "Request"]
+
+_NONE, _LAST = 0, 1
+
+
+class Request:
+    """One sequence in the engine: its :class:`SequenceState` (``state``), the chunks produced by the
+    last step (``new_chunks``), its slot while it runs, and ``finished``."""
+
+    _ids = itertools.count()
+
+    def __init__(self, state, kind):
+        self.id = next(Request._ids)
+        self.state = state
+        self.kind = kind
+        self.slot = None
+        self.fed = 0  # prompt tokens already in the cache
+        self.next_token = None  # sampled, not yet fed
+        self.new_chunks = []
+        self.error = None
+
+    @property
+    def finished(self):
+        return self.state.finished or self.state.cancelled or self.error is not None
+
+    def output(self):
+        """The GenerationOutput (call when finished)."""
+        return self.state.output()
+
+
+class Engine:
+    """Continuous batching over a :class:`dsv3.Model`.
+
+    max_batch: sequence slots (at most this many run in one step). max_seq_len: tokens per slot
+    (default the model's). kv_budget_bytes: if given, the slots are limited so that their latent caches
+    fit in it. prefill_chunk: prompt tokens a sequence feeds per step (long prompts are chunked, so
+    running sequences keep decoding meanwhile). max_step_tokens: tokens per step over all sequences.
+    """
+
+    def __init__(self, model, max_batch=8, max_seq_len=None, kv_budget_bytes=None, prefill_chunk=256,
+                 max_step_tokens=1024, tokenizer=None):
+        cfg = _native_config(model.config)
+        cap = int(max_seq_len or model.max_seq_len)
+        if cap < 1:
+            raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len!r}")
+        slots = int(max_batch)
+        if slots < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
+        per_slot = cfg["num_hidden_layers"] * cap * (cfg["kv_lora_rank"] + cfg["qk_rope_head_dim"]) * 4
+        if kv_budget_bytes is not None:
+            fit = int(kv_budget_bytes) // per_slot
+            if fit < 1:
+                raise ValueError(f"kv_budget_bytes {kv_budget_bytes} holds no slot of {cap} tokens "
+                                 f"({per_slot} bytes each)")
+            slots = min(slots, fit)
+        if prefill_chunk < 1 or max_step_tokens < 1:
+            raise ValueError("prefill_chunk and max_step_tokens must be >= 1")
+        self.model = model
+        self.tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+        self.vocab_size = cfg["vocab_size"]
+        self.batch = lib.Batch(model._native, slots, cap)
+        self.max_seq_len = cap
+        self.kv_cache_bytes = slots * per_slot
+        self.prefill_chunk = int(prefill_chunk)
+        self.max_step_tokens = int(max(max_step_tokens, slots))
+        self.free = list(range(slots))[::-1]
+        self.waiting = collections.deque()
+        self.running = []
+        self.steps = 0
+        self.cancelled = 0  # requests cancelled before they finished
+
+    @property
+    def max_batch(self):
+        return self.batch.slots
+
+    def make_request(self, inputs, **kw):
+        """Check and tokenise a request without touching the engine's state (any thread may call it):
+        ``inputs`` and keyword arguments as ``Model.generate`` (stream, return_dict and tokenizer aside).
+        Raises ValueError / TypeError for a bad argument or a prompt that cannot fit."""
+        eos_token_id = kw.pop("eos_token_id", None)
+        ids, kind = prompt_ids(inputs, self.tokenizer)
+        params = GenerationParams(**kw)
+        if len(ids) == 0:
+            raise ValueError("the prompt must hold at least one token")
+        if len(ids) > self.max_seq_len:
+            raise ValueError(f"prompt of {len(ids)} tokens does not fit in max_seq_len {self.max_seq_len}")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+        state = SequenceState(ids, params, self.tokenizer, self.model.eos_token_ids(eos_token_id, self.tokenizer))
+        return Request(state, kind)
+
+    def add(self, req):
+        """Queue a request made by :meth:`make_request`; returns it."""
+        if req.state.params.max_new_tokens == 0:
+            req.state.finish_reason = "length"
+        else:
+            self.waiting.append(req)
+        return req
+
+    def submit(self, inputs, **kw):
+        """:meth:`make_request` then :meth:`add`; returns the :class:`Request`."""
+        return self.add(self.make_request(inputs, **kw))
+
+    def cancel(self, req):
+        """Stop a request (a client went away); its slot is freed at once."""
+        if not req.finished:
+            self.cancelled += 1
+        req.state.cancelled = True
+        if req in self.waiting:
+            self.waiting.remove(req)
+        self._leave(req)
+
+    def _leave(self, req):
+        if req in self.running:
+            self.running.remove(req)
+        if req.slot is not None:
+            self.batch.release(req.slot)
+            self.free.append(req.slot)
+            req.slot = None
+
+    @property
+    def idle(self):
+        return not self.waiting and not self.running
+
+    def step(self):
+        """Admit waiting sequences into free slots, run one batched forward and sample; returns the
+        requests that received chunks (in ``req.new_chunks``)."""
+        while self.waiting and self.free:
+            req = self.waiting.popleft()
+            req.slot = self.free.pop()
+            self.running.append(req)
+        if not self.running:
+            return []
+        budget = self.max_step_tokens
+        plan, ids = [], []
+        for req in self.running:  # decode tokens first: they are cheap and keep latency low
+            if req.next_token is not None:
+                plan.append((req, 1, _LAST))
+                ids.append([req.next_token])
+                budget -= 1
+        for req in self.running:
+            if req.next_token is None and budget > 0:
+                left = len(req.state.prompt) - req.fed
+                n = min(left, self.prefill_chunk, budget)
+                plan.append((req, n, _LAST if n == left else _NONE))
+                ids.append(req.state.prompt[req.fed:req.fed + n])
+                budget -= n
+        seqs = np.array([[r.slot, n, mode] for r, n, mode in plan], np.int64)
+        logits = self.batch.forward(np.concatenate([np.asarray(x, np.int64) for x in ids]), seqs)
+        self.steps += 1
+        sampled = []
+        for req, n, mode in plan:
+            req.new_chunks = []
+            if req.next_token is None:
+                req.fed += n
+            req.next_token = None
+            if mode == _LAST:
+                sampled.append(req)
+        if sampled:
+            tokens, lps, tops = sample_states(logits, [r.state for r in sampled])
+            for i, req in enumerate(sampled):
+                left = self.max_seq_len - self.batch.length(req.slot)
+                chunk = req.state.append(tokens[i], lps[i], tops[i], capacity_left=left)
+                req.new_chunks.append(chunk)
+                if req.finished:
+                    self._leave(req)
+                else:
+                    req.next_token = int(tokens[i])
+        return sampled
+
+    def generate(self, prompts, **kw):
+        """Run every prompt to completion together; returns their GenerationOutput in order."""
+        reqs = [self.submit(p, **kw) for p in prompts]
+        while not all(r.finished for r in reqs):
+            self.step()
+        return [r.output() for r in reqs]

@@ -1,0 +1,325 @@
+"""An OpenAI-compatible HTTP server over the batched engine (FastAPI + uvicorn; ``pip install 'dsv3[serve]'``).
+
+Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with ``"stream": true`` as
+server-sent events), ``GET /v1/models``, ``GET /health``.
+
+One scheduler thread owns the :class:`dsv3.engine.Engine`: HTTP handlers check and tokenise a request
+(a bad one gets a 400/404 with an OpenAI-style error body), hand it to the scheduler and read its
+chunks from an asyncio queue. The scheduler admits requests into free slots between steps, so
+concurrent clients decode in the same batched forward call. A client that disconnects (mid-stream or
+while waiting) cancels its request and frees its slot at the next step.
+
+    dsv3 serve path/to/checkpoint --port 8000
+    openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none").chat.completions.create(...)
+"""
+import asyncio
+import json
+import queue
+import threading
+import time
+import traceback
+import uuid
+
+from .openai_protocol import (BadRequest, chat_logprobs, completion_logprobs, messages_of, prompt_of,
+                              sampling_args)
+
+__all__ = ["Scheduler", "create_app", "serve"]
+
+_DONE = object()
+
+
+class Scheduler:
+    """The thread that runs the engine: takes requests and cancellations from an inbox, steps the
+    engine while anything runs, and delivers each request's chunks to its asyncio queue."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.inbox = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dsv3-scheduler", daemon=True)
+        self.steps = 0
+        self.error = None
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self.inbox.put(None)
+        self._thread.join(timeout=10)
+
+    def submit(self, req, loop):
+        """Queue a request made by ``engine.make_request``; returns the asyncio.Queue of its chunks
+        (``_DONE`` last, or an Exception)."""
+        q = asyncio.Queue()
+        req.sink = (loop, q)
+        self.inbox.put(("add", req))
+        return q
+
+    def cancel(self, req):
+        self.inbox.put(("cancel", req))
+
+    @staticmethod
+    def _send(req, item):
+        loop, q = req.sink
+        try:
+            loop.call_soon_threadsafe(q.put_nowait, item)
+        except RuntimeError:  # the event loop is closed (server shutting down)
+            pass
+
+    def _take(self, block):
+        try:
+            msg = self.inbox.get(timeout=0.2) if block else self.inbox.get_nowait()
+        except queue.Empty:
+            return False
+        if msg is None:
+            return False
+        op, req = msg
+        if op == "add":
+            if req.state.cancelled:
+                return True
+            self.engine.add(req)
+            if req.finished:  # max_new_tokens 0
+                self._send(req, _DONE)
+        else:
+            if not req.finished:
+                self.engine.cancel(req)
+        return True
+
+    def _run(self):
+        eng = self.engine
+        while not self._stop.is_set():
+            while self._take(block=False):
+                pass
+            if eng.idle:
+                self._take(block=True)
+                continue
+            try:
+                done = eng.step()
+            except Exception as e:  # a bug or memory: fail the running requests, keep serving
+                self.error = traceback.format_exc()
+                for req in list(eng.running) + list(eng.waiting):
+                    eng.cancel(req)
+                    self._send(req, RuntimeError(f"engine step failed: {e}"))
+                continue
+            self.steps += 1
+            for req in done:
+                for chunk in req.new_chunks:
+                    self._send(req, chunk)
+                if req.finished:
+                    self._send(req, _DONE)
+
+
+# ---------------------------------------------------------------- responses
+def _error(status, message, param=None):
+    from fastapi.responses import JSONResponse
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status)
+
+
+def create_app(engine, model_name="dsv3", scheduler=None):
+    """The FastAPI app serving ``engine`` under ``model_name``; starts its scheduler thread (stopped
+    at the app's shutdown). ``app.state.scheduler`` is the :class:`Scheduler`."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    sched = scheduler or Scheduler(engine)
+    created = int(time.time())
+    tok = engine.tokenizer
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if not sched._thread.is_alive():
+            sched.start()
+        yield
+        sched.stop()
+
+    app = FastAPI(title="dsv3", lifespan=lifespan)
+    app.state.scheduler = sched
+
+    @app.exception_handler(BadRequest)
+    async def _bad(request, e):
+        return _error(e.status, str(e), e.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e):
+        return _error(400, "invalid request: " + "; ".join(str(x.get("msg")) for x in e.errors()[:3]))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, e):
+        return _error(e.status_code, str(e.detail))
+
+    @app.exception_handler(Exception)
+    async def _any(request, e):
+        return _error(500, f"internal error: {type(e).__name__}: {e}")
+
+    @app.get("/health")
+    async def health():
+        eng = sched.engine
+        return {"status": "ok" if sched._thread.is_alive() else "stopped", "running": len(eng.running),
+                "waiting": len(eng.waiting), "free_slots": len(eng.free), "steps": sched.steps}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
+                                            "owned_by": "dsv3", "max_model_len": engine.max_seq_len}]}
+
+    async def body_of(request):
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BadRequest(f"the body is not valid JSON ({e})")
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        m = body.get("model")
+        if m is not None and m != model_name:
+            raise BadRequest(f"model {m!r} not found; this server serves {model_name!r}", status=404, param="model")
+        return body
+
+    def make(inputs, kw):
+        try:
+            return engine.make_request(inputs, **kw)
+        except (ValueError, TypeError) as e:
+            raise BadRequest(str(e)) from None
+
+    async def run_to_end(request, req, q):
+        chunks = []
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(q.get(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        sched.cancel(req)
+                        return None
+                    continue
+                if item is _DONE:
+                    return chunks
+                if isinstance(item, Exception):
+                    raise item
+                chunks.append(item)
+        except asyncio.CancelledError:
+            sched.cancel(req)
+            raise
+
+    def stream(req, q, render):
+        async def gen():
+            try:
+                async for part in _iterate(q, render):
+                    yield part
+                yield "data: [DONE]\n\n"
+            finally:  # finished, or the client went away (the generator is closed / cancelled)
+                if not req.finished:
+                    sched.cancel(req)
+        return StreamingResponse(gen(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _iterate(q, render):
+        first = True
+        while True:
+            item = await q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, Exception):
+                yield "data: " + json.dumps({"error": {"message": str(item), "type": "server_error"}}) + "\n\n"
+                return
+            for part in render(item, first):
+                yield "data: " + json.dumps(part, ensure_ascii=False) + "\n\n"
+            first = False
+
+    def usage(req):
+        p, c = len(req.state.prompt), len(req.state.ids)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await body_of(request)
+        kw = sampling_args(body, chat=False)
+        req = make(prompt_of(body), kw)
+        rid, now = "cmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        q = sched.submit(req, asyncio.get_running_loop())
+        want_lp = kw.get("logprobs") is not None
+        if body.get("stream"):
+            def render(c, first):
+                choice = {"index": 0, "text": c.text, "finish_reason": c.finish_reason,
+                          "logprobs": completion_logprobs(tok, [c]) if want_lp else None}
+                yield {"id": rid, "object": "text_completion", "created": now, "model": model_name,
+                       "choices": [choice]}
+            return stream(req, q, render)
+        chunks = await run_to_end(request, req, q)
+        if chunks is None:
+            return _error(499, "client closed the request")
+        choice = {"index": 0, "text": req.state.text, "finish_reason": req.state.finish_reason or "length",
+                  "logprobs": completion_logprobs(tok, chunks) if want_lp else None}
+        return {"id": rid, "object": "text_completion", "created": now, "model": model_name, "choices": [choice],
+                "usage": usage(req)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await body_of(request)
+        kw = sampling_args(body, chat=True)
+        msgs = messages_of(body)
+        if tok is None or not tok.chat_template:
+            raise BadRequest("this model has no chat template (tokenizer_config.json); use /v1/completions")
+        req = make(msgs, kw)
+        rid, now = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        q = sched.submit(req, asyncio.get_running_loop())
+        want_lp = kw.get("logprobs") is not None
+        if body.get("stream"):
+            def render(c, first):
+                base = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_name}
+                if first:
+                    yield dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                               "finish_reason": None, "logprobs": None}])
+                delta = {"content": c.text} if c.text else {}
+                yield dict(base, choices=[{"index": 0, "delta": delta, "finish_reason": c.finish_reason,
+                                           "logprobs": chat_logprobs(tok, [c]) if want_lp else None}])
+            return stream(req, q, render)
+        chunks = await run_to_end(request, req, q)
+        if chunks is None:
+            return _error(499, "client closed the request")
+        choice = {"index": 0, "message": {"role": "assistant", "content": req.state.text},
+                  "finish_reason": req.state.finish_reason or "length",
+                  "logprobs": chat_logprobs(tok, chunks) if want_lp else None}
+        return {"id": rid, "object": "chat.completion", "created": now, "model": model_name, "choices": [choice],
+                "usage": usage(req)}
+
+    return app
+
+
+def serve(path, host="127.0.0.1", port=8000, max_batch=8, max_seq_len=4096, model_name=None, dtype=None,
+          log_level="info", sock=None, ready=None):
+    """Load the checkpoint at ``path`` and serve it until interrupted. ``sock``: an already bound socket
+    (tests bind port 0); ``ready``: a threading.Event set once the server accepts connections."""
+    import os
+
+    import uvicorn
+
+    from .engine import Engine
+    from .model import Model
+
+    model = Model.from_pretrained(path, dtype=dtype, max_seq_len=max_seq_len)
+    engine = Engine(model, max_batch=max_batch, max_seq_len=max_seq_len)
+    name = model_name or os.path.basename(os.path.normpath(path))
+    app = create_app(engine, name)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    return run_server(server, sock=sock, ready=ready)
+
+
+def run_server(server, sock=None, ready=None):
+    """Run a uvicorn.Server (in the calling thread) and set ``ready`` when it has started."""
+    async def main():
+        task = asyncio.create_task(server.serve(sockets=[sock] if sock is not None else None))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if ready is not None:
+            ready.set()
+        await task
+    asyncio.run(main())
+    return server
