@@ -20,7 +20,7 @@ ISAS = [i for i in ("scalar", "avx2", "avx512") if i in lib.isa_info()[1]]
 HAS_AVX2 = "avx2" in ISAS
 FORMATS = [("f32", {}), ("bf16", {}), ("fp8_block", {}), ("fp8_block", {"ue8m0": True}), ("nvfp4", {}),
            ("int8", {}), ("int4", {"group": 32}), ("int4", {"group": 128})]
-AVX2_GEMM_MIN_M = 16  # csrc/linear/linear.c: GEMM_MIN_M_AVX2
+AVX2_GEMM_MIN_M = 12  # csrc/linear/linear.c: GEMM_MIN_M_AVX2
 # M values on the AVX2 GEMM path: micro-kernel tails 1..5 rows after full 6-row tiles, and one exact multiple
 GEMM_MS = (AVX2_GEMM_MIN_M, 17, 40, 67, 72)
 
@@ -131,3 +131,24 @@ def test_e4m3_nan_codes_are_nan_on_every_isa(case):
                 assert np.array_equal(np.isnan(y), np.isnan(ys)), (name, m, mode, isa)
                 rel = 8e-3 if isa == "avx512" and mode == "weight_only" and m >= 24 else 1e-5
                 assert np.all(np.abs(y[:, ~bad] - ys[:, ~bad]) <= 2 * tol(x, wfin, rel)[:, ~bad]), (name, m, isa)
+
+
+@pytest.mark.parametrize("fmt,params", [("fp8_block", {}), ("nvfp4", {}), ("int4", {"group": 32})],
+                         ids=lambda v: str(v))
+def test_extreme_scales_every_path(fmt, params):
+    """Scales near the ends of the f32 range: the raw decoders (value / RAW_SCALE, the factor folded into
+    the scale) must hand over to the exact decoders wherever folding would overflow or lose bits to a
+    subnormal, on the small-M (M = 1 with its extra FMA chains, M = 3) and GEMM paths."""
+    for mag in (1e-36, 1e-30, 1e30):
+        w = rnd((40, 512), 5, mag)
+        qt = quant.quantize(w, fmt, **params)
+        wd = quant.dequantize(qt)
+        assert np.all(np.isfinite(wd))
+        for m in (1, 3, 40):
+            x = rnd((m, 512), 6 + m, 1e-6 if mag > 1 else 1.0)
+            ref = x.astype(np.float64) @ wd.astype(np.float64).T
+            for isa in ISAS:
+                y = dsv3.ops.linear(x, qt, isa=isa)
+                rel = 8e-3 if isa == "avx512" and m >= 24 else 1e-5
+                # absolute slack for results in the f32 subnormal range (products below 2^-126 round there)
+                assert np.all(np.abs(y - ref) <= tol(x, wd, rel) + 1e-43), (fmt, mag, m, isa, np.abs(y - ref).max())
