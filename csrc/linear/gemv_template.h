@@ -4,8 +4,9 @@
  *
  * The including file defines the vector vocabulary (V, VL, V_ZERO, V_LOADU, V_FMA, V_ADD, V_MUL,
  * V_SET1, V_STOREU, V_REDUCE), the in-register decoder DEC(fmt, w, row, k) -> V of VL unscaled codes
- * (optionally DECR/RAW_SCALE, a cheaper decode whose constant factor is folded into the scale), and
- * ISA (name suffix). Structure (BLIS-like: the framework owns tiling, the decoder knows registers):
+ * (optionally DECR/RAW_SCALE, a cheaper decode whose constant factor is folded into the scale, and
+ * DEC2/DEC2R, 2 * VL codes per call where an ISA decodes them together more cheaply), and ISA (name
+ * suffix). Structure (BLIS-like: the framework owns tiling, the decoder knows registers):
  * threads own disjoint output columns n; for each n the weight row is streamed once from memory
  * per tile of up to 4 rows of x (M <= 4 reads it once, larger M re-reads it from L1/L2).
  * Two schemes, chosen per format at compile time:
