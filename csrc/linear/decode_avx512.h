@@ -19,15 +19,6 @@ static inline __attribute__((always_inline)) __m512 dec_nibbles(const uint8_t *p
     return _mm512_permutexvar_ps(idx, lut);
 }
 
-static inline __attribute__((always_inline)) __m512 dec_e4m3(const uint8_t *p)
-{
-    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-    const __m512i mag = _mm512_and_si512(_mm512_slli_epi32(v, 20), _mm512_set1_epi32(0x07f00000));
-    const __m512i bits = _mm512_ternarylogic_epi32(_mm512_slli_epi32(v, 24), mag,
-                                                   _mm512_set1_epi32((int)0x80000000u), 0xE4);
-    return _mm512_mul_ps(_mm512_castsi512_ps(bits), _mm512_set1_ps(0x1p120f));
-}
-
 /* int4: the same byte duplication, then place each nibble in bits 28..31 (sllv by 28 / 24) and
  * sign-extend with an arithmetic shift: no table lookup (one cross-lane shuffle per 16 codes). */
 static inline __attribute__((always_inline)) __m512i nibbles_top(const uint8_t *p)
@@ -49,9 +40,18 @@ static inline __attribute__((always_inline)) __m512 dec_int4(const uint8_t *p)
 static inline __attribute__((always_inline)) __m512 dec_e4m3_raw(const uint8_t *p) /* code * 2^-120 */
 {
     const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-    const __m512i mag = _mm512_and_si512(_mm512_slli_epi32(v, 20), _mm512_set1_epi32(0x07f00000));
+    __m512i mag = _mm512_and_si512(_mm512_slli_epi32(v, 20), _mm512_set1_epi32(0x07f00000));
+    /* NaN codes S.1111.111 would land on 480 * 2^-120: make them the quiet NaN (kept by the multiply) */
+    mag = _mm512_mask_mov_epi32(mag, _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x07f00000)),
+                                _mm512_set1_epi32(0x7fc00000));
     return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_slli_epi32(v, 24), mag,
                                                          _mm512_set1_epi32((int)0x80000000u), 0xE4));
+}
+
+/* Exact e4m3fn -> f32 (subnormals included; NaN codes give sign | 0x7fc00000 as dsv3_e4m3_to_f32). */
+static inline __attribute__((always_inline)) __m512 dec_e4m3(const uint8_t *p)
+{
+    return _mm512_mul_ps(dec_e4m3_raw(p), _mm512_set1_ps(0x1p120f));
 }
 
 #define DECR(f, w, row, k)                                                                          \

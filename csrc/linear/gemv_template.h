@@ -4,8 +4,9 @@
  *
  * The including file defines the vector vocabulary (V, VL, V_ZERO, V_LOADU, V_FMA, V_ADD, V_MUL,
  * V_SET1, V_STOREU, V_REDUCE), the in-register decoder DEC(fmt, w, row, k) -> V of VL unscaled codes
- * (optionally DECR/RAW_SCALE, a cheaper decode whose constant factor is folded into the scale), and
- * ISA (name suffix). Structure (BLIS-like: the framework owns tiling, the decoder knows registers):
+ * (optionally DECR/RAW_SCALE, a cheaper decode whose constant factor is folded into the scale, and
+ * DEC2/DEC2R, 2 * VL codes per call where an ISA decodes them together more cheaply), and ISA (name
+ * suffix). Structure (BLIS-like: the framework owns tiling, the decoder knows registers):
  * threads own disjoint output columns n; for each n the weight row is streamed once from memory
  * per tile of up to 4 rows of x (M <= 4 reads it once, larger M re-reads it from L1/L2).
  * Two schemes, chosen per format at compile time:
@@ -24,7 +25,16 @@
 
 #ifndef DECR /* ISAs without raw decoders: exact decode, no extra scale */
 #define DECR(f, w, row, k) DEC(f, w, row, k)
+#endif
+#ifndef RAW_SCALE
 #define RAW_SCALE(f) 1.0f
+#endif
+/* 2 * VL codes per call into *p0, *p1 (an ISA may decode them together more cheaply) */
+#ifndef DEC2
+#define DEC2(f, w, row, k, p0, p1) (void)(*(p0) = DEC(f, w, row, k), *(p1) = DEC(f, w, row, (k) + VL))
+#endif
+#ifndef DEC2R
+#define DEC2R(f, w, row, k, p0, p1) (void)(*(p0) = DECR(f, w, row, k), *(p1) = DECR(f, w, row, (k) + VL))
 #endif
 
 #define MR 4
@@ -60,15 +70,36 @@ AI void gemv_group(dsv3_format f, const int mr, const dsv3_lin_args *a, const ui
 
 /* Small-group formats (nvfp4 G=16, int4 G=32/128): scale the decoded vector (one multiply) and
  * accumulate straight into acc: no per-group partial sums or epilogue. Vectors alternate between
- * accA and accB. */
+ * accA and accB; with one row of x (decode, M = 1) also between accA[1] and accB[1], so that four
+ * FMA chains are in flight (two would bound a row at 2 * VL codes per FMA latency). */
 AI void group_scaled_body(dsv3_format f, const int mr, const int raw, const dsv3_lin_args *a, const uint8_t *row,
                           const float *const *x, int64_t k, int64_t kv, V sv, V *accA, V *accB)
 {
     const dsv3_weight *w = a->w;
     (void)w;
+    if (mr == 1)
+        for (; k + 4 * VL <= kv; k += 4 * VL) {
+            V w0, w1, w2, w3;
+            if (raw) {
+                DEC2R(f, w, row, k, &w0, &w1);
+                DEC2R(f, w, row, k + 2 * VL, &w2, &w3);
+            } else {
+                DEC2(f, w, row, k, &w0, &w1);
+                DEC2(f, w, row, k + 2 * VL, &w2, &w3);
+            }
+            accA[0] = V_FMA(V_LOADU(x[0] + k), V_MUL(w0, sv), accA[0]);
+            accB[0] = V_FMA(V_LOADU(x[0] + k + VL), V_MUL(w1, sv), accB[0]);
+            accA[1] = V_FMA(V_LOADU(x[0] + k + 2 * VL), V_MUL(w2, sv), accA[1]);
+            accB[1] = V_FMA(V_LOADU(x[0] + k + 3 * VL), V_MUL(w3, sv), accB[1]);
+        }
     for (; k + 2 * VL <= kv; k += 2 * VL) {
-        const V w0 = V_MUL(raw ? DECR(f, w, row, k) : DEC(f, w, row, k), sv);
-        const V w1 = V_MUL(raw ? DECR(f, w, row, k + VL) : DEC(f, w, row, k + VL), sv);
+        V w0, w1;
+        if (raw)
+            DEC2R(f, w, row, k, &w0, &w1);
+        else
+            DEC2(f, w, row, k, &w0, &w1);
+        w0 = V_MUL(w0, sv);
+        w1 = V_MUL(w1, sv);
         for (int i = 0; i < mr; i++) {
             accA[i] = V_FMA(V_LOADU(x[i] + k), w0, accA[i]);
             accB[i] = V_FMA(V_LOADU(x[i] + k + VL), w1, accB[i]);
@@ -93,17 +124,37 @@ AI void gemv_group_scaled(dsv3_format f, const int mr, const dsv3_lin_args *a, c
         group_scaled_body(f, mr, 0, a, row, x, k0, kv, V_SET1(s), accA, accB);
 }
 
+/* One 16-code nvfp4 group: the raw decoder (value / RAW_SCALE) when s * RAW_SCALE is exact (a power of
+ * two: only overflow or a subnormal result could lose bits), else the exact one. With VL = 8 the two
+ * vectors go to accA and accB (two FMA chains). */
 AI void nvfp4_group(dsv3_format f, const int mr, const dsv3_lin_args *a, const uint8_t *row,
-                    const float *const *x, int64_t g, float s, V *acc)
+                    const float *const *x, int64_t g, float s, V *accA, V *accB)
 {
-    const V sv = V_SET1(s);
+    const float sr = s * RAW_SCALE(f);
+    const int raw = sr * (1.0f / RAW_SCALE(f)) == s;
+    const V sv = V_SET1(raw ? sr : s);
     (void)a;
+    (void)accB;
+#if VL == 8
+    V w0, w1;
+    if (raw)
+        DEC2R(f, a->w, row, g * 16, &w0, &w1);
+    else
+        DEC2(f, a->w, row, g * 16, &w0, &w1);
+    w0 = V_MUL(w0, sv);
+    w1 = V_MUL(w1, sv);
+    for (int i = 0; i < mr; i++) {
+        accA[i] = V_FMA(V_LOADU(x[i] + g * 16), w0, accA[i]);
+        accB[i] = V_FMA(V_LOADU(x[i] + g * 16 + 8), w1, accB[i]);
+    }
+#else
     for (int v = 0; v < 16 / VL; v++) {
         const int64_t k = g * 16 + v * VL;
-        const V wv = V_MUL(DEC(f, a->w, row, k), sv);
+        const V wv = V_MUL(raw ? DECR(f, a->w, row, k) : DEC(f, a->w, row, k), sv);
         for (int i = 0; i < mr; i++)
-            acc[i] = V_FMA(V_LOADU(x[i] + k), wv, acc[i]);
+            accA[i] = V_FMA(V_LOADU(x[i] + k), wv, accA[i]);
     }
+#endif
 }
 
 /* Scales of groups [g, g+VL) of row n (nvfp4: e4m3 decoded in a vector, times scale2). */
@@ -128,23 +179,53 @@ AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n
     const int64_t kvh = khi < Kv ? khi : Kv, gend = (kvh + G - 1) / G; /* vector part of the chunk */
     const uint8_t *row = row_ptr(f, w, n);
     const float *x[MR];
-    V acc0[MR], acc1[MR];
-    for (int i = 0; i < mr; i++) {
-        x[i] = a->x + (m0 + i) * K;
+    V acc0[MR], acc1[MR]; /* mr == 1 also uses acc0[1], acc1[1] (more FMA chains) */
+    for (int i = 0; i < MR; i++)
         acc0[i] = acc1[i] = V_ZERO();
-    }
+    for (int i = 0; i < mr; i++)
+        x[i] = a->x + (m0 + i) * K;
     int64_t g = klo / G;
     if (f == DSV3_FMT_NVFP4) { /* 16-wide groups: two groups per step, scales from a decoded vector */
         float sb[VL];
+#if VL == 8
+        /* VL = 8 groups per step: one scale vector and one raw-decode check (no per-group scalar work) */
+        for (; g % VL == 0 && g + VL <= gend; g += VL) {
+            group_scales(f, w, n, g, ng, sb);
+            const V s8 = V_LOADU(sb), r8 = V_MUL(s8, V_SET1(RAW_SCALE(f)));
+            const int raw = _mm256_movemask_ps(
+                                _mm256_cmp_ps(V_MUL(r8, V_SET1(1.0f / RAW_SCALE(f))), s8, _CMP_EQ_OQ)) == 0xff;
+            V_STOREU(sb, raw ? r8 : s8);
+            /* pairs of groups with a run-time j: the scales are broadcast from memory (a load, not two
+             * shuffles on the shuffle ports the decoder already saturates) */
+#pragma GCC unroll 1
+            for (int j = 0; j < VL; j += 2)
+                for (int o = 0; o < 2; o++) { /* group g + j + o; decode (mr = 1): odd groups, second slot */
+                    const int64_t k = (g + j + o) * 16, sl = o && mr == 1;
+                    V w0, w1;
+                    if (raw)
+                        DEC2R(f, w, row, k, &w0, &w1);
+                    else
+                        DEC2(f, w, row, k, &w0, &w1);
+                    const V sv = _mm256_broadcast_ss(sb + j + o);
+                    w0 = V_MUL(w0, sv);
+                    w1 = V_MUL(w1, sv);
+                    for (int i = 0; i < mr; i++) {
+                        acc0[i + sl] = V_FMA(V_LOADU(x[i] + k), w0, acc0[i + sl]);
+                        acc1[i + sl] = V_FMA(V_LOADU(x[i] + k + 8), w1, acc1[i + sl]);
+                    }
+                }
+        }
+#endif
         for (; g + 1 < gend; g += 2) {
             if (g % VL == 0)
                 group_scales(f, w, n, g, ng, sb);
-            nvfp4_group(f, mr, a, row, x, g, sb[g % VL], acc0);
-            nvfp4_group(f, mr, a, row, x, g + 1, sb[(g + 1) % VL], acc1);
+            nvfp4_group(f, mr, a, row, x, g, sb[g % VL], acc0, acc1);
+            nvfp4_group(f, mr, a, row, x, g + 1, sb[(g + 1) % VL], mr == 1 ? acc0 + 1 : acc0,
+                        mr == 1 ? acc1 + 1 : acc1);
         }
         if (g < gend) {
             group_scales(f, w, n, g - g % VL, ng, sb);
-            nvfp4_group(f, mr, a, row, x, g, sb[g % VL], acc0);
+            nvfp4_group(f, mr, a, row, x, g, sb[g % VL], acc0, acc1);
         }
         g = gend;
     }
@@ -185,7 +266,8 @@ AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n
     }
     for (int i = 0; i < mr; i++) {
         float *y = a->y + (m0 + i) * w->n + n;
-        const float v = V_REDUCE(V_ADD(acc0[i], acc1[i])) + tail[i];
+        const V sum = mr == 1 ? V_ADD(V_ADD(acc0[0], acc0[1]), V_ADD(acc1[0], acc1[1])) : V_ADD(acc0[i], acc1[i]);
+        const float v = V_REDUCE(sum) + tail[i];
         *y = klo == 0 ? v : *y + v;
         if (khi >= K && a->bias)
             *y += a->bias[n];

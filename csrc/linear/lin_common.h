@@ -8,10 +8,13 @@
 
 #define AI static inline __attribute__((always_inline))
 
-/* Exact e4m3fn -> f32 for finite codes (subnormals included): move exponent/mantissa under the
- * f32 fields and multiply by 2^(127-7). NaN codes are never produced by the quantisers. */
+/* Exact e4m3fn -> f32 (subnormals included): move exponent/mantissa under the f32 fields and
+ * multiply by 2^(127-7). The NaN codes (S.1111.111) would give 480: they take the reference decoder,
+ * so every ISA reads them as NaN (the quantisers never write them, but a checkpoint may hold them). */
 AI float e4m3_fast(uint8_t c)
 {
+    if ((c & 0x7fu) == 0x7fu)
+        return dsv3_e4m3_to_f32(c);
     return dsv3_bits_f32(((uint32_t)(c & 0x7fu) << 20) | ((uint32_t)(c & 0x80u) << 24)) * 0x1p120f;
 }
 

@@ -24,6 +24,11 @@
  * 0.83-0.88x at M=24, 0.72-0.76x at M=31, but 1.17-1.19x at M=16. bf16 weights gain nothing there (small-M won
  * on 7168->2048 up to M=31), so they keep 32. Same accuracy class as M >= 32 (x rounded to bf16). */
 #define GEMM_MIN_M_FP8 24
+/* AVX2: the f32-FMA GEMM on f32 x (gemm_avx2.c; same accuracy class as the small-M kernels), every format,
+ * from 12 rows. Measured 2026-11-29 (2 threads, best of >= 3, expert 7168->2048 and 2048->7168, 6 formats):
+ * GEMM / small-M time 0.31-0.90 at M=12, 0.11-0.88 at M=16, but up to 2.4x (int8) / 1.5x (nvfp4) at M=8 and
+ * up to 3.8x at M=4. */
+#define GEMM_MIN_M_AVX2 12
 /* oneDNN rule (measured 2026-11-25 on this 2-core Zen 4, best of 12-15 alternating calls, 2 threads;
  * data in BENCHMARKS.md, "oneDNN routing"):
  *  - f32 weights: dsv3 has no f32 GEMM (its FMA gemv re-reads W per 4 rows of x); oneDNN's f32
@@ -199,8 +204,10 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
         }
     }
     const int use_gemm = mode == DSV3_LINEAR_WEIGHT_ONLY && t->gemm[id] &&
-                         m >= (w->fmt == DSV3_FMT_FP8_BLOCK ? GEMM_MIN_M_FP8 : GEMM_MIN_M);
-    if (x_bf16 && !(use_gemm)) {
+                         m >= (id == DSV3_ISA_AVX2 ? GEMM_MIN_M_AVX2
+                               : w->fmt == DSV3_FMT_FP8_BLOCK ? GEMM_MIN_M_FP8 : GEMM_MIN_M);
+    const int gemm_bf16_x = use_gemm && id == DSV3_ISA_AVX512; /* vdpbf16ps GEMM; AVX2's reads f32 x */
+    if (x_bf16 && !gemm_bf16_x) {
         if (!(xf = dsv3_alloc((size_t)mk * sizeof(float))))
             goto nomem;
         bf16_to_f32_par((const uint16_t *)x, mk, xf);
@@ -210,9 +217,9 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
     if (use_gemm) {
         kern = t->gemm[id];
         cols = DSV3_GEMM_NR;
-        if (x_bf16)
+        if (gemm_bf16_x && x_bf16)
             a.xb = (const uint16_t *)x;
-        else {
+        else if (gemm_bf16_x) {
             if (!(xb = dsv3_alloc((size_t)mk * 2)))
                 goto nomem;
             f32_to_bf16_par(x32, mk, xb);

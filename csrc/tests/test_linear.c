@@ -249,8 +249,64 @@ done:
     free(w); free(x); free(bias); free(y); free(xb); free(xd); free(ref); free(mag);
 }
 
+/* e4m3 NaN codes (0x7F, 0xFF) in fp8_block weights and nvfp4 block scales: every ISA and every M path
+ * (small-M kernels, the GEMMs) gives NaN in exactly the output columns whose weight row holds one, and
+ * finite values elsewhere (issue 9: the AVX2 decoders used to read them as +-480). */
+static void linear_nan_codes(dsv3_format fmt, uint64_t *rng)
+{
+    static const int64_t MS[] = {1, 5, 17, 40};
+    const int64_t n = 40, k = 272, mmax = 40;
+    dsv3_isa isas[DSV3_ISA_COUNT];
+    const int n_isa = ctest_isas(isas);
+    dsv3_error err = {0};
+    float *w = malloc((size_t)(n * k) * sizeof(float)), *x = malloc((size_t)(mmax * k) * sizeof(float));
+    float *y = malloc((size_t)(mmax * n) * sizeof(float));
+    qweight q;
+    int nan_row[40] = {0};
+    if (!w || !x || !y) {
+        CHECK(0, "out of memory");
+        goto done;
+    }
+    ctest_fill(w, n * k, 0.5f, rng);
+    ctest_fill(x, mmax * k, 1.0f, rng);
+    if (!qweight_make(&q, fmt, w, n, k, 128, 0)) {
+        CHECK(0, "%s: layout rejected [40, 272]", dsv3_formats[fmt].name);
+        goto done;
+    }
+    if (fmt == DSV3_FMT_FP8_BLOCK) { /* a vector column, a K-tail column, the second 128-group */
+        ((uint8_t *)q.data)[3 * k + 5] = 0x7F;
+        ((uint8_t *)q.data)[17 * k + k - 1] = 0xFF;
+        ((uint8_t *)q.data)[30 * k + 130] = 0xFF;
+        nan_row[3] = nan_row[17] = nan_row[30] = 1;
+    } else { /* block scales: first, last, middle group */
+        ((uint8_t *)q.scale)[5 * (k / 16)] = 0x7F;
+        ((uint8_t *)q.scale)[20 * (k / 16) + k / 16 - 1] = 0xFF;
+        ((uint8_t *)q.scale)[33 * (k / 16) + 9] = 0x7F;
+        nan_row[5] = nan_row[20] = nan_row[33] = 1;
+    }
+    for (size_t mi = 0; mi < sizeof MS / sizeof MS[0]; mi++)
+        for (int i = 0; i < n_isa; i++) {
+            const int64_t m = MS[mi];
+            CHECK_OK(dsv3_linear(x, m, &q.w, NULL, y, (int)isas[i], &err), &err);
+            int64_t bad = -1;
+            for (int64_t j = 0; j < m * n && bad < 0; j++)
+                if ((isnan(y[j]) != 0) != nan_row[j % n] || (!nan_row[j % n] && !isfinite(y[j])))
+                    bad = j;
+            CHECK(bad < 0, "%s NaN codes m=%lld %s: y[%lld, %lld] = %g", dsv3_formats[fmt].name, (long long)m,
+                  dsv3_isa_name(isas[i]), (long long)(bad / n), (long long)(bad % n), bad < 0 ? 0.0 : (double)y[bad]);
+        }
+    qweight_free(&q);
+done:
+    free(w); free(x); free(y);
+}
+
 void test_linear(void)
 {
+    {
+        uint64_t rng = 7;
+        linear_nan_codes(DSV3_FMT_FP8_BLOCK, &rng);
+        linear_nan_codes(DSV3_FMT_NVFP4, &rng);
+    }
     static const int64_t NS[] = {1, 7, 130}, KS[] = {300, 576, 32};
     uint64_t rng = 42;
     for (int f = 0; f < DSV3_FMT_COUNT; f++)
