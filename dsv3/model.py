@@ -142,9 +142,16 @@ class Model:
             raise ValueError(f"input_ids must be 1-dimensional [S], got shape {ids.shape}")
         return np.ascontiguousarray(ids, dtype=np.int64)
 
-    def forward(self, input_ids):
-        """Run tokens after the cached ones; returns float32 logits [S, vocab]. One C call."""
-        return self._native.forward(self._ids(input_ids))
+    def forward(self, input_ids, logits="all"):
+        """Run tokens after the cached ones; returns float32 logits. One C call.
+
+        logits: "all" (default) returns [S, vocab], one row per position; "last" returns [1, vocab] for
+        the last position only (the lm_head runs on one row: what generation needs); "none" returns an
+        empty [0, vocab] array (the tokens only enter the cache).
+        """
+        if logits not in ("all", "last", "none"):
+            raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+        return self._native.forward(self._ids(input_ids), logits=logits)
 
     __call__ = forward
 
@@ -192,7 +199,7 @@ class Model:
         state = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed) & (2**64 - 1)
         self.reset()
         out = []
-        logits = self.forward(ids)[-1]
+        logits = self.forward(ids, logits="last")[0]
         for step in range(max_new_tokens):
             tok, state = lib.sample(np.ascontiguousarray(logits), float(temperature), int(top_k or 0),
                                     float(1.0 if top_p is None else top_p), state)
@@ -203,7 +210,7 @@ class Model:
                 warnings.warn(f"generate: KV cache full ({self.max_seq_len} tokens, max_seq_len); "
                               f"stopped after {len(out)} new tokens", RuntimeWarning, stacklevel=2)
                 break
-            logits = self.forward(np.array([tok], dtype=np.int64))[-1]
+            logits = self.forward(np.array([tok], dtype=np.int64), logits="last")[0]
         return np.array(out, dtype=np.int64)
 
     # ---- probes ----

@@ -1,9 +1,14 @@
 /* Routed experts and the MoE block. Tokens are grouped per expert ("align": count, prefix sum,
  * gather), each expert runs once over its rows, and each token's results are summed in ascending
  * expert order (as transformers' index_add loop does), so results do not depend on threads.
- * All scratch comes from a dsv3_moe_scratch (the caller's, or a temporary one per call). */
+ * Decode (s <= DSV3_MOE_COLS_TOKENS) runs the whole block in one parallel region with every expert's
+ * output columns split over all threads (experts_cols); prefill runs experts over their grouped rows
+ * (run_mlps). All scratch comes from a dsv3_moe_scratch (the caller's, or a temporary one per call). */
 #include "moe_internal.h"
+#include "dsv3_linear_plan.h"
+#include "dsv3_ops.h"
 
+#include <omp.h>
 #include <string.h>
 
 /* The caller's scratch reserved for s tokens, or `local` (freed by the caller) when ws is NULL. */
@@ -28,10 +33,12 @@ dsv3_status dsv3_moe_route(const dsv3_router_spec *r, const dsv3_moe_weights *w,
                            float *weights, int64_t *indices, dsv3_moe_scratch *ws, int isa, dsv3_error *err)
 {
     dsv3_moe_scratch local = {0}, *sc;
+    const int pin = dsv3_threads_pin(); /* scratch sized for the thread count the regions use */
     dsv3_status st = scratch_for(ws, &local, r, w, w->gate.k, s, &sc, err);
     if (st == DSV3_OK)
         st = route_with(r, w, x, s, weights, indices, sc, isa, err);
     dsv3_moe_scratch_free(&local);
+    dsv3_threads_unpin(pin);
     return st;
 }
 
@@ -72,22 +79,32 @@ static dsv3_status plan_rows(int64_t E, const int64_t *idx, int64_t s, int64_t k
     return DSV3_OK;
 }
 
-/* out[t] = sum over the token's choices in ascending (expert, choice) order of w * y[row]. */
+/* out[t, h0:h1] = sum over the token's choices in ascending (expert, choice) order of w * y[row]
+ * (+ shared[t, h0:h1] after the sum when shared is not NULL). */
+static void scatter_token(const expert_plan *p, const float *wts, int64_t t, int64_t k, int64_t H, int64_t h0,
+                          int64_t h1, const float *y, const float *shared, float *out)
+{
+    float *o = out + t * H;
+    for (int64_t h = h0; h < h1; h++)
+        o[h] = 0.0f;
+    for (int64_t j = 0; j < k; j++) {
+        const int64_t row = p->by_token[t * k + j];
+        const float *yr = y + row * H;
+        const float wj = wts[p->slot[row]];
+        for (int64_t h = h0; h < h1; h++)
+            o[h] += yr[h] * wj;
+    }
+    if (shared)
+        for (int64_t h = h0; h < h1; h++)
+            o[h] = o[h] + shared[t * H + h];
+}
+
 static void scatter_rows(const expert_plan *p, const float *wts, int64_t s, int64_t k, int64_t H, const float *y,
                          float *out)
 {
 #pragma omp parallel for schedule(static) num_threads(dsv3_num_threads()) if (s > 1)
-    for (int64_t t = 0; t < s; t++) {
-        float *o = out + t * H;
-        memset(o, 0, (size_t)H * sizeof(float));
-        for (int64_t j = 0; j < k; j++) {
-            const int64_t row = p->by_token[t * k + j];
-            const float *yr = y + row * H;
-            const float wj = wts[p->slot[row]];
-            for (int64_t h = 0; h < H; h++)
-                o[h] += yr[h] * wj;
-        }
-    }
+    for (int64_t t = 0; t < s; t++)
+        scatter_token(p, wts, t, k, H, 0, H, y, NULL, out);
 }
 
 /* Expert-parallel when every task is small (decode: one row each) or there are many tasks: each
@@ -123,7 +140,82 @@ static dsv3_status run_mlps(const dsv3_mlp_task *tasks, int64_t n, dsv3_error *e
     return st;
 }
 
-/* Routed experts (+ the shared MLP over all s rows into sc->shared_out when with_shared). */
+#define SCATTER_COLS 256 /* hidden columns per scatter item of the decode path */
+
+/* The decode path: ONE parallel region for the block. Phase 1: the gate and up projections of every
+ * task (routed experts and the shared MLP) as one list of linear plans, their output columns split in
+ * a fixed partition over all threads (so with fewer experts than threads every thread still works);
+ * barrier; SiLU * up; phase 2: the down projections the same way; barrier; the weighted scatter (+ the
+ * shared output) split over (token, column block). Every element is computed by the same kernel call
+ * as on any other thread count, so results are bitwise independent of it. */
+static dsv3_status experts_cols(const expert_plan *p, const dsv3_mlp_task *tasks, int64_t n, const float *wts,
+                                int64_t s, int64_t k, int64_t H, const float *shared, float *out,
+                                dsv3_moe_scratch *sc, int isa, dsv3_error *err)
+{
+    dsv3_lin_plan *gu = sc->plans, *dn = gu + 2 * n;
+    dsv3_lin_arena arena = {sc->arena, sc->arena_bytes, 0};
+    dsv3_status st = DSV3_OK;
+    int64_t made = 0;
+    for (int64_t i = 0; i < n && st == DSV3_OK; i++, made++) {
+        const dsv3_mlp_task *t = &tasks[i];
+        float *g = t->gate_up, *u = g + t->m * t->w->gate.n;
+        st = dsv3_linear_plan(&gu[2 * i], t->x, 0, t->m, &t->w->gate, NULL, g, DSV3_LINEAR_WEIGHT_ONLY, isa, &arena,
+                              err);
+        if (st == DSV3_OK)
+            st = dsv3_linear_plan(&gu[2 * i + 1], t->x, 0, t->m, &t->w->up, NULL, u, DSV3_LINEAR_WEIGHT_ONLY, isa,
+                                  &arena, err);
+        else
+            memset(&gu[2 * i + 1], 0, sizeof gu[0]);
+        if (st == DSV3_OK)
+            dsv3_linear_plan_share_x(&gu[2 * i + 1], &gu[2 * i]); /* gate and up read the same prepared x */
+        if (st == DSV3_OK)
+            st = dsv3_linear_plan(&dn[i], g, 0, t->m, &t->w->down, NULL, t->y, DSV3_LINEAR_WEIGHT_ONLY, isa, &arena,
+                                  err);
+        else
+            memset(&dn[i], 0, sizeof dn[0]);
+        if (st == DSV3_OK && t->w->up.n != t->w->gate.n)
+            st = dsv3_fail(err, DSV3_E_VALUE, "mlp: gate has %lld rows, up %lld", (long long)t->w->gate.n,
+                           (long long)t->w->up.n);
+    }
+    if (st == DSV3_OK) {
+        const int nt = dsv3_num_threads() < sc->threads ? dsv3_num_threads() : sc->threads;
+        const int64_t hb = (H + SCATTER_COLS - 1) / SCATTER_COLS;
+        int64_t *work = sc->work;
+        memset(work, 0, (size_t)nt * sizeof(int64_t));
+#pragma omp parallel num_threads(nt)
+        {
+            dsv3_linear_prepare_team(gu, (int)(2 * n)); /* ends with a barrier */
+            dsv3_linear_run_team(gu, (int)(2 * n), work);
+#pragma omp barrier
+            for (int64_t i = 0; i < n; i++) {
+                const int64_t mi = tasks[i].m * tasks[i].w->gate.n;
+                float *g = tasks[i].gate_up, *u = g + mi;
+#pragma omp for schedule(static) nowait
+                for (int64_t j = 0; j < mi; j++)
+                    g[j] = dsv3_silu_f32(g[j]) * u[j];
+            }
+#pragma omp barrier
+            dsv3_linear_prepare_team(dn, (int)n);
+            dsv3_linear_run_team(dn, (int)n, work);
+#pragma omp barrier
+#pragma omp for schedule(static)
+            for (int64_t c = 0; c < s * hb; c++) {
+                const int64_t h0 = c % hb * SCATTER_COLS;
+                scatter_token(p, wts, c / hb, k, H, h0, h0 + SCATTER_COLS < H ? h0 + SCATTER_COLS : H, sc->yg,
+                              shared, out);
+            }
+        }
+        sc->work_team = nt;
+    }
+    for (int64_t i = 0; i < made; i++) {
+        dsv3_linear_plan_release(&gu[2 * i]);
+        dsv3_linear_plan_release(&gu[2 * i + 1]);
+        dsv3_linear_plan_release(&dn[i]);
+    }
+    return st;
+}
+
+/* Routed experts (+ the shared MLP over all s rows, added to out, when with_shared). */
 static dsv3_status experts_and_shared(const dsv3_router_spec *r, const dsv3_moe_weights *w, int64_t hidden,
                                       const float *x, int64_t s, const int64_t *indices, const float *weights,
                                       float *out, int with_shared, dsv3_moe_scratch *sc, int isa, dsv3_error *err)
@@ -146,9 +238,14 @@ static dsv3_status experts_and_shared(const dsv3_router_spec *r, const dsv3_moe_
                                           sc->yg + p.offset[e] * hidden,
                                           sc->gate_up + p.offset[e] * 2 * sc->inter};
     }
+    if (s <= DSV3_MOE_COLS_TOKENS && s <= sc->tokens)
+        return experts_cols(&p, tasks, nt, weights, s, k, hidden, with_shared ? sc->shared_out : NULL, out, sc, isa,
+                            err);
     st = run_mlps(tasks, nt, sc->errs, sc->sts, isa, err);
     if (st == DSV3_OK)
         scatter_rows(&p, weights, s, k, hidden, sc->yg, out);
+    for (int64_t i = 0; st == DSV3_OK && with_shared && i < s * hidden; i++)
+        out[i] = out[i] + sc->shared_out[i];
     return st;
 }
 
@@ -157,10 +254,12 @@ dsv3_status dsv3_moe_experts(const dsv3_router_spec *r, const dsv3_moe_weights *
                              dsv3_moe_scratch *ws, int isa, dsv3_error *err)
 {
     dsv3_moe_scratch local = {0}, *sc;
+    const int pin = dsv3_threads_pin(); /* scratch sized for the thread count the regions use */
     dsv3_status st = scratch_for(ws, &local, r, w, hidden, s, &sc, err);
     if (st == DSV3_OK)
         st = experts_and_shared(r, w, hidden, x, s, indices, weights, out, 0, sc, isa, err);
     dsv3_moe_scratch_free(&local);
+    dsv3_threads_unpin(pin);
     return st;
 }
 
@@ -169,13 +268,13 @@ dsv3_status dsv3_moe_forward(const dsv3_router_spec *r, const dsv3_moe_weights *
                              dsv3_error *err)
 {
     dsv3_moe_scratch local = {0}, *sc;
+    const int pin = dsv3_threads_pin(); /* scratch sized for the thread count the regions use */
     dsv3_status st = scratch_for(ws, &local, r, w, hidden, s, &sc, err);
     if (st == DSV3_OK)
         st = route_with(r, w, x, s, sc->weights, sc->indices, sc, isa, err);
     if (st == DSV3_OK) /* the shared MLP is one more task beside the routed experts */
         st = experts_and_shared(r, w, hidden, x, s, sc->indices, sc->weights, out, w->has_shared, sc, isa, err);
-    for (int64_t i = 0; st == DSV3_OK && w->has_shared && i < s * hidden; i++)
-        out[i] = out[i] + sc->shared_out[i];
     dsv3_moe_scratch_free(&local);
+    dsv3_threads_unpin(pin);
     return st;
 }
