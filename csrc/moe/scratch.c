@@ -30,11 +30,12 @@ dsv3_status dsv3_moe_scratch_reserve(dsv3_moe_scratch *ws, const dsv3_router_spe
     }
     const int nt = ws->block && ws->threads > threads ? ws->threads : threads;
     const int64_t n = tokens * k, fsz = (int64_t)sizeof(float), isz = (int64_t)sizeof(int64_t);
-    /* decode path: gate, up (K = hidden) and down (K = widest) plans of every task; bound_bytes is
+    /* decode path: the router, gate, up (K = hidden) and down (K = widest) plans of every task; bound_bytes is
      * affine in the rows, so the tasks' rows (ct * k routed + ct shared) bound the sum */
     const int64_t ct = tokens < DSV3_MOE_COLS_TOKENS ? tokens : DSV3_MOE_COLS_TOKENS, rows = ct * (k + 1);
     const int64_t Iw = I > Is ? I : Is;
-    const int64_t arena = 2 * (int64_t)(dsv3_linear_bound_bytes(hidden, rows) +
+    const int64_t arena = (int64_t)dsv3_linear_bound_bytes(hidden, ct) + /* the router's linear */
+                          2 * (int64_t)(dsv3_linear_bound_bytes(hidden, rows) +
                                         (size_t)(E + 1) * dsv3_linear_bound_bytes(hidden, 0)) +
                           (int64_t)(dsv3_linear_bound_bytes(Iw, rows) + (size_t)(E + 1) * dsv3_linear_bound_bytes(Iw, 0));
     const int64_t bytes[] = {
