@@ -81,6 +81,10 @@ void dsv3_linear_run_items(const dsv3_lin_plan *p, int64_t i0, int64_t i1);
 /* Frees what the plan allocated (not arena memory). */
 void dsv3_linear_plan_release(dsv3_lin_plan *p);
 
+/* Plans (of any thread) that allocated their activation buffers because no arena had room (a debug
+ * counter: tests check that a decode step adds none). */
+size_t dsv3_linear_fallback_allocs(void);
+
 /* The arena dsv3_linear / dsv3_linear_ex use on the calling thread when called outside a parallel
  * region (e.g. the model binds its workspace for the forward so attention's linears allocate nothing);
  * NULL unbinds. Returns the previous binding. */

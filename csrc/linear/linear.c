@@ -337,6 +337,10 @@ size_t dsv3_linear_bound_bytes(int64_t k, int64_t m)
     return (size_t)m * ((size_t)k * 12 + (size_t)((k + 127) / 128) * 4 + 4) + 6 * 64;
 }
 
+static size_t fallback_allocs;
+
+size_t dsv3_linear_fallback_allocs(void) { return __atomic_load_n(&fallback_allocs, __ATOMIC_RELAXED); }
+
 dsv3_status dsv3_linear_plan(dsv3_lin_plan *p, const void *x, int x_bf16, int64_t m, const dsv3_weight *w,
                              const float *bias, float *y, dsv3_linear_mode mode, int isa, dsv3_lin_arena *arena,
                              dsv3_error *err)
@@ -367,6 +371,7 @@ dsv3_status dsv3_linear_plan(dsv3_lin_plan *p, const void *x, int x_bf16, int64_
         cur = arena->base + arena->used;
         arena->used += need;
     } else if (need) {
+        __atomic_add_fetch(&fallback_allocs, 1, __ATOMIC_RELAXED);
         if (!(cur = p->owned = dsv3_alloc(need)))
             return dsv3_fail(err, DSV3_E_NOMEM, "linear: out of memory for activations (m=%lld, k=%lld)",
                              (long long)m, (long long)K);
