@@ -143,9 +143,16 @@ class Model:
             raise ValueError(f"input_ids must be 1-dimensional [S], got shape {ids.shape}")
         return np.ascontiguousarray(ids, dtype=np.int64)
 
-    def forward(self, input_ids):
-        """Run tokens after the cached ones; returns float32 logits [S, vocab]. One C call."""
-        return self._native.forward(self._ids(input_ids))
+    def forward(self, input_ids, logits="all"):
+        """Run tokens after the cached ones; returns float32 logits. One C call.
+
+        logits: "all" (default) returns [S, vocab], one row per position; "last" returns [1, vocab] for
+        the last position only (the lm_head runs on one row: what generation needs); "none" returns an
+        empty [0, vocab] array (the tokens only enter the cache).
+        """
+        if logits not in ("all", "last", "none"):
+            raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+        return self._native.forward(self._ids(input_ids), logits=logits)
 
     __call__ = forward
 
@@ -221,7 +228,7 @@ class Model:
         if state.params.max_new_tokens == 0:
             state.finish_reason = "length"
             return
-        logits = self.forward(state.prompt)[-1:]
+        logits = self.forward(state.prompt, logits="last")
         while True:
             tokens, lps, tops = sample_states(logits, [state])
             full = self.cache_len >= self.max_seq_len
@@ -232,7 +239,7 @@ class Model:
             yield chunk
             if state.finished or state.cancelled:
                 return
-            logits = self.forward(np.array([tokens[0]], dtype=np.int64))
+            logits = self.forward(np.array([tokens[0]], dtype=np.int64), logits="last")
 
     @property
     def tokenizer(self):

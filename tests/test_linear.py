@@ -236,7 +236,8 @@ def test_large_m_onednn_route(monkeypatch, wdt, ms, rel):
     """With DSV3_LINEAR_ONEDNN=1, f32 weights with M >= 8 and bf16 weights with M >= 32 on the active
     path go to oneDNN when it loads: same accuracy bound as our kernels for that M, the thread count
     changes no bit on this shape, bias added exactly as elsewhere; without it (the default) dsv3's own
-    kernel runs (bitwise equal to the forced-ISA result)."""
+    kernel runs (bitwise equal to the result with the active ISA named, which DSV3_ISA may force below the
+    CPU's best)."""
     from dsv3 import onednn
     w, bias = rnd((300, 1100), 21, 0.05).astype(wdt), rnd((300,), 22)
     wd = w.astype(np.float32)

@@ -83,8 +83,15 @@ dsv3_status dsv3_isa_resolve(int requested, dsv3_isa *out, dsv3_error *err);
 dsv3_status dsv3_init(dsv3_error *err);
 
 /* ---- threads ---- */
+/* Threads of the next parallel region: the calling thread's pinned count (dsv3_threads_pin) when it
+ * has one, else the global setting (dsv3_set_num_threads; OpenMP's default when unset). */
 int dsv3_num_threads(void);
 dsv3_status dsv3_set_num_threads(int n, dsv3_error *err);
+/* Snapshot the thread count for the rest of a call on the calling thread: until the matching unpin,
+ * dsv3_num_threads() on this thread returns the count read here, whatever another thread sets
+ * meanwhile (scratch sized for it stays valid). Nests: pass the returned value to dsv3_threads_unpin. */
+int dsv3_threads_pin(void);
+void dsv3_threads_unpin(int previous);
 
 #ifdef __cplusplus
 }

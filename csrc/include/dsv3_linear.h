@@ -1,5 +1,6 @@
 /* Linear layers y = x W^T over weights in any supported storage format.
- * Owned by the quantised-linear work; other modules only call dsv3_linear().
+ * Owned by the quantised-linear work; other modules only call dsv3_linear(), or plan several linears
+ * and run them inside one parallel region with dsv3_linear_plan.h.
  * Fields may be added, existing ones are not renamed. */
 #ifndef DSV3_LINEAR_H
 #define DSV3_LINEAR_H

@@ -16,6 +16,7 @@
 #ifndef DSV3_MODEL_H
 #define DSV3_MODEL_H
 
+#include "dsv3_linear_plan.h"
 #include "dsv3_mla.h"
 #include "dsv3_moe.h"
 
@@ -50,6 +51,9 @@ typedef struct {
     float *mlp;       /* [tokens, 2 * max(intermediate, shared experts' width)]: dense / shared gate | up */
     float *cache;     /* [tokens, kv_lora + rope]: the latent rows of a probe without the cache */
     void *block;      /* owned: the four above */
+    dsv3_lin_arena lin; /* owned base: prepared activations of the linears of a decode-sized call (bound to the
+                         * calling thread during forward / probes, dsv3_linear_bind_arena) */
+    int64_t lin_tokens, lin_rows; /* what `lin` was sized for */
     dsv3_mla_scratch mla;
     dsv3_moe_scratch moe;
 } dsv3_workspace;
@@ -97,6 +101,11 @@ dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err);
 /* Run s tokens (ids [s]) after the cached ones; logits [s, vocab]. */
 dsv3_status dsv3_model_forward(dsv3_model *m, const int64_t *ids, int64_t s, float *logits, int isa,
                                dsv3_error *err);
+/* Which positions get logits: all s ([s, vocab]), the last one ([1, vocab]: lm_head on one row), none
+ * (logits may be NULL: the call only fills the cache, e.g. a prompt before decoding). */
+typedef enum { DSV3_LOGITS_ALL = 0, DSV3_LOGITS_LAST = 1, DSV3_LOGITS_NONE = 2 } dsv3_logits_mode;
+dsv3_status dsv3_model_forward_ex(dsv3_model *m, const int64_t *ids, int64_t s, float *logits, dsv3_logits_mode which,
+                                  int isa, dsv3_error *err);
 void dsv3_model_reset(dsv3_model *m);
 
 /* ---- per-module probes (parity checks against transformers' modules) ---- */

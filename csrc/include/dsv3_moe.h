@@ -77,7 +77,18 @@ typedef struct {
     dsv3_status *sts;    /* [E + 1] per-task status */
     unsigned char *route; /* dsv3_route_scratch_bytes(r, threads) */
     void *block;         /* owned */
+    /* the decode path (s <= DSV3_MOE_COLS_TOKENS: every expert's columns split over all threads) */
+    void *plans;         /* [3 * (E + 1)] dsv3_lin_plan: gate, up, down of every task */
+    unsigned char *arena; /* their prepared activations (dsv3_linear_plan arena) */
+    size_t arena_bytes;
+    int64_t *work;       /* [threads]: linear work items each thread ran in the last decode-path call */
+    int work_team;       /* threads of that call (0: none yet) */
 } dsv3_moe_scratch;
+
+/* Up to this many tokens the MoE block runs as one parallel region: the gate|up columns of every routed
+ * expert and the shared expert split over all threads, a barrier, SiLU * up, the down columns the same
+ * way, then the weighted scatter. More tokens: experts run over their grouped rows (prefill). */
+#define DSV3_MOE_COLS_TOKENS 8
 
 /* Make `ws` hold at least `tokens` tokens on dsv3_num_threads() threads for this router and these
  * weights; on failure (DSV3_E_NOMEM) `ws` is left as it was. */

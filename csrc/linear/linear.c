@@ -1,21 +1,26 @@
-/* Linear dispatcher: validates the weight, prepares activations (bf16 -> f32, dynamic activation
- * quantisation, bf16 hi/lo split for the AVX-512 small-M dot kernels, bf16 copy for the large-M
- * path), picks the kernel from the format table for the ISA and splits output columns across
- * threads (small M: 4 columns per work item; large M: 32). Every y element is computed by exactly one thread in a
- * fixed order, so results do not depend on the thread count.
+/* Linear dispatcher as a plan (dsv3_linear_plan.h): validates the weight, picks the kernel from the
+ * format table for (format, ISA, M, mode), the activation layout it reads (act_layouts: bf16 -> f32,
+ * dynamic activation quantisation, bf16 hi/lo split for the AVX-512 small-M dot kernels, bf16 copy
+ * for the large-M path) and the work split (small M: 4 columns per work item; large M: 32), and takes
+ * the activation buffers from the caller's arena. Preparation and the kernels run inside the caller's
+ * parallel region (dsv3_linear_prepare_team / dsv3_linear_run_team), so several linears share one
+ * region; dsv3_linear_ex opens one region per call. Every y element is computed by exactly one
+ * kernel call over the same aligned column group in a fixed order, so results do not depend on the
+ * thread count.
  *
  * Packing decision: kernels read the checkpoint layout directly (rows of codes are contiguous and
  * streamable; scales are tiny). The large-M path decodes weight tiles into a per-thread bf16 buffer,
  * which is its "packing", done on the fly and amortised over M rows. dsv3_weight.packed stays NULL. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include <omp.h>
+
 #include "dsv3_dtypes.h"
+#include "dsv3_linear_plan.h"
 #include "dsv3_onednn.h"
 #include "linear/lin_kernels.h"
-
-#include <omp.h>
-#include <stdlib.h>
 
 /* Rows of x from which the large-M (bf16 dot) kernels are used when the ISA has them. */
 #define GEMM_MIN_M 32
@@ -47,25 +52,26 @@
 #define ONEDNN_F32_MIN_M 8
 #define GEMV_COLS 4 /* output columns per work item in the small-M kernels */
 
-/* Element-wise activation conversions, split across threads (each element written once). */
-static void bf16_to_f32_par(const uint16_t *in, int64_t n, float *out)
+/* ---- activation preparation: team-callable pieces (orphaned worksharing, no barrier) ---- */
+
+static void bf16_to_f32_team(const uint16_t *in, int64_t n, float *out)
 {
-#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+#pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < n; i++)
         out[i] = dsv3_bf16_to_f32(in[i]);
 }
 
-static void f32_to_bf16_par(const float *in, int64_t n, uint16_t *out)
+static void f32_to_bf16_team(const float *in, int64_t n, uint16_t *out)
 {
-#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+#pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < n; i++)
         out[i] = dsv3_f32_to_bf16(in[i]);
 }
 
-static void act_quant_fp8(const float *x, int64_t m, int64_t k, float *xq, float *xs)
+static void act_quant_fp8_team(const float *x, int64_t m, int64_t k, float *xq, float *xs)
 {
     const int64_t ng = (k + 127) / 128;
-#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+#pragma omp for schedule(static) nowait
     for (int64_t r = 0; r < m; r++)
         for (int64_t g = 0; g < ng; g++) {
             const int64_t c0 = g * 128, c1 = c0 + 128 < k ? c0 + 128 : k;
@@ -81,9 +87,9 @@ static void act_quant_fp8(const float *x, int64_t m, int64_t k, float *xq, float
         }
 }
 
-static void act_quant_int8(const float *x, int64_t m, int64_t k, int8_t *xq, uint8_t *xu, float *xs)
+static void act_quant_int8_team(const float *x, int64_t m, int64_t k, int8_t *xq, uint8_t *xu, float *xs)
 {
-#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+#pragma omp for schedule(static) nowait
     for (int64_t r = 0; r < m; r++) {
         float amax = 0.0f;
         for (int64_t j = 0; j < k; j++) {
@@ -104,7 +110,7 @@ static void act_quant_int8(const float *x, int64_t m, int64_t k, int8_t *xq, uin
 /* x = hi + lo, both bf16 (hi = RNE(x), lo = RNE(x - hi): 16 significant bits, relative error
  * <= 2^-17), in the kernel's layout (dsv3_xlayout): every full block (64 for P64, 128 for N128) is
  * permuted into its decoder's order; the K tail beyond the last full block stays in natural order
- * (kernels read it from x in f32). Parallel over (row, 1024-column chunk) so that M = 1 uses every
+ * (kernels read it from x in f32). Split over (row, 1024-column chunk) so that M = 1 uses every
  * thread; each element is written once, so the result does not depend on the split. */
 static int64_t xpos(int layout, int64_t o) /* destination of column o within its block */
 {
@@ -113,14 +119,14 @@ static int64_t xpos(int layout, int64_t o) /* destination of column o within its
     return (o >> 6) * 64 + (o & 1) * 32 + ((o & 63) >> 1); /* N128 */
 }
 
-static void split_bf16x2(const float *x, int64_t m, int64_t k, int layout, uint16_t *xh, uint16_t *xl)
+static void split_bf16x2_team(const float *x, int64_t m, int64_t k, int layout, uint16_t *xh, uint16_t *xl)
 {
     const int64_t bs = layout == DSV3_X_BF16X2_P64 ? 64 : layout == DSV3_X_BF16X2_N128 ? 128 : 1;
     const int64_t kb = k / bs * bs, nc = (k + 1023) / 1024;
     int16_t perm[128];
     for (int64_t o = 0; o < bs; o++)
         perm[o] = (int16_t)(bs == 1 ? 0 : xpos(layout, o));
-#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
+#pragma omp for schedule(static) nowait
     for (int64_t t = 0; t < m * nc; t++) {
         const int64_t r = t / nc, j0 = t % nc * 1024, j1 = j0 + 1024 < k ? j0 + 1024 : k;
         const float *xr = x + r * k;
@@ -144,8 +150,156 @@ static void split_bf16x2(const float *x, int64_t m, int64_t k, int layout, uint1
     }
 }
 
-dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weight *w, const float *bias,
-                           float *y, dsv3_linear_mode mode, int isa, dsv3_error *err)
+/* ---- the activation layouts: ONE table (buffer sizes, carving, preparation) ---- */
+
+static size_t round64(size_t b) { return (b + 63) & ~(size_t)63; }
+
+/* Takes `bytes` (64-aligned) from *cur. */
+static void *take(unsigned char **cur, size_t bytes)
+{
+    void *p = *cur;
+    *cur += round64(bytes);
+    return p;
+}
+
+typedef struct {
+    /* bytes of the layout's buffers for m rows of k (each piece rounded to 64) */
+    size_t (*bytes)(int64_t m, int64_t k);
+    /* point the plan's args at its buffers, carved from cur */
+    void (*carve)(dsv3_lin_plan *p, unsigned char **cur);
+    /* team-callable preparation from the f32 x in p->a.x (or the bf16 x for DSV3_ACT_BF16); no barrier */
+    void (*prep)(const dsv3_lin_plan *p);
+} act_layout;
+
+static size_t none_bytes(int64_t m, int64_t k) { (void)m; (void)k; return 0; }
+static void none_carve(dsv3_lin_plan *p, unsigned char **cur) { (void)p; (void)cur; }
+static void none_prep(const dsv3_lin_plan *p) { (void)p; }
+
+static size_t bf16_bytes(int64_t m, int64_t k) { return round64((size_t)(m * k) * 2); }
+static void bf16_carve(dsv3_lin_plan *p, unsigned char **cur)
+{
+    if (p->x_bf16)
+        p->a.xb = (const uint16_t *)p->xin; /* the GEMM reads the caller's bf16 directly */
+    else
+        p->a.xb = take(cur, (size_t)(p->a.m * p->a.w->k) * 2);
+}
+static void bf16_prep(const dsv3_lin_plan *p)
+{
+    if (!p->x_bf16)
+        f32_to_bf16_team(p->a.x, p->a.m * p->a.w->k, (uint16_t *)(void *)p->a.xb);
+}
+
+static size_t bf16x2_bytes(int64_t m, int64_t k) { return 2 * round64((size_t)(m * k) * 2); }
+static void bf16x2_carve(dsv3_lin_plan *p, unsigned char **cur)
+{
+    const size_t b = (size_t)(p->a.m * p->a.w->k) * 2;
+    p->a.xh = take(cur, b);
+    p->a.xl = take(cur, b);
+}
+static void bf16x2_prep(const dsv3_lin_plan *p)
+{
+    split_bf16x2_team(p->a.x, p->a.m, p->a.w->k, p->xlayout, (uint16_t *)(void *)p->a.xh,
+                      (uint16_t *)(void *)p->a.xl);
+}
+
+static size_t fp8q_bytes(int64_t m, int64_t k)
+{
+    return round64((size_t)(m * k) * 4) + round64((size_t)(m * ((k + 127) / 128)) * 4);
+}
+static void fp8q_carve(dsv3_lin_plan *p, unsigned char **cur)
+{
+    const int64_t m = p->a.m, k = p->a.w->k;
+    p->a.x = take(cur, (size_t)(m * k) * 4); /* the kernels read the dequantised codes as x */
+    p->a.xs = take(cur, (size_t)(m * ((k + 127) / 128)) * 4);
+}
+static void fp8q_prep(const dsv3_lin_plan *p)
+{
+    const float *x32 = p->x_bf16 ? p->xf : (const float *)p->xin;
+    act_quant_fp8_team(x32, p->a.m, p->a.w->k, (float *)(void *)p->a.x, (float *)(void *)p->a.xs);
+}
+
+static size_t int8q_bytes(int64_t m, int64_t k) { return 2 * round64((size_t)(m * k)) + round64((size_t)m * 4); }
+static void int8q_carve(dsv3_lin_plan *p, unsigned char **cur)
+{
+    const int64_t m = p->a.m, k = p->a.w->k;
+    p->a.xq = take(cur, (size_t)(m * k));
+    p->a.xu = take(cur, (size_t)(m * k));
+    p->a.xs_tok = take(cur, (size_t)m * 4);
+}
+static void int8q_prep(const dsv3_lin_plan *p)
+{
+    act_quant_int8_team(p->a.x, p->a.m, p->a.w->k, (int8_t *)(void *)p->a.xq, (uint8_t *)(void *)p->a.xu,
+                        (float *)(void *)p->a.xs_tok);
+}
+
+static const act_layout act_layouts[DSV3_ACT_COUNT] = {
+    [DSV3_ACT_F32] = {none_bytes, none_carve, none_prep},
+    [DSV3_ACT_BF16] = {bf16_bytes, bf16_carve, bf16_prep},
+    [DSV3_ACT_BF16X2] = {bf16x2_bytes, bf16x2_carve, bf16x2_prep},
+    [DSV3_ACT_FP8Q] = {fp8q_bytes, fp8q_carve, fp8q_prep},
+    [DSV3_ACT_INT8Q] = {int8q_bytes, int8q_carve, int8q_prep},
+};
+
+/* Whether the layout needs x in f32 first (bf16 input converted into p->xf before its own preparation). */
+static int needs_f32(int act, int x_bf16) { return x_bf16 && act != DSV3_ACT_BF16; }
+
+/* ---- the plan ---- */
+
+/* Rows of x from which the ISA's GEMM (if any) replaces the small-M kernels. */
+static int64_t gemm_min_m(const dsv3_weight *w, dsv3_isa id)
+{
+    if (id == DSV3_ISA_AVX2)
+        return GEMM_MIN_M_AVX2;
+    return w->fmt == DSV3_FMT_FP8_BLOCK ? GEMM_MIN_M_FP8 : GEMM_MIN_M;
+}
+
+/* The choice for (format, ISA, M, mode): kernel, columns per item, activation layout. */
+typedef struct {
+    dsv3_lin_kernel kern;
+    int64_t cols;
+    int act, xlayout;
+} choice;
+
+static choice choose(const dsv3_weight *w, int64_t m, dsv3_linear_mode mode, dsv3_isa id)
+{
+    const dsv3_format_traits *t = &dsv3_formats[w->fmt];
+    choice c = {t->gemv[id], GEMV_COLS, DSV3_ACT_F32, DSV3_X_F32};
+    if (mode == DSV3_LINEAR_WEIGHT_ONLY && t->gemm[id] && m >= gemm_min_m(w, id)) {
+        c.kern = t->gemm[id];
+        c.cols = DSV3_GEMM_NR;
+        c.act = id == DSV3_ISA_AVX2 ? DSV3_ACT_F32 : DSV3_ACT_BF16; /* AVX2's f32-FMA GEMM reads f32 x */
+        return c;
+    }
+    if (mode == DSV3_LINEAR_DYNAMIC) {
+        c.kern = t->dynamic[id];
+        if (w->fmt == DSV3_FMT_INT8) {
+            c.act = DSV3_ACT_INT8Q;
+            return c;
+        }
+        c.act = DSV3_ACT_FP8Q; /* fp8_block: act_quant, then the kernel's own x layout below */
+    }
+    if (t->gemv_x[id] != DSV3_X_F32) {
+        c.xlayout = t->gemv_x[id];
+        c.act = c.act == DSV3_ACT_FP8Q ? c.act : DSV3_ACT_BF16X2;
+    }
+    return c;
+}
+
+/* fp8 dynamic activations on a bf16x2 kernel: act_quant output, then split (two layouts in a row). */
+static int fp8q_split(const dsv3_lin_plan *p) { return p->act == DSV3_ACT_FP8Q && p->xlayout != DSV3_X_F32; }
+
+static size_t bytes_of(int act, int xlayout, int x_bf16, int64_t m, int64_t k)
+{
+    size_t b = act_layouts[act].bytes(m, k);
+    if (needs_f32(act, x_bf16))
+        b += round64((size_t)(m * k) * 4);
+    if (act == DSV3_ACT_FP8Q && xlayout != DSV3_X_F32)
+        b += act_layouts[DSV3_ACT_BF16X2].bytes(m, k);
+    return b;
+}
+
+static dsv3_status check_args(const void *x, int64_t m, const dsv3_weight *w, const float *y, dsv3_linear_mode mode,
+                              int isa, dsv3_isa *id, dsv3_error *err)
 {
     dsv3_status st = dsv3_weight_validate(w, err);
     if (st != DSV3_OK)
@@ -154,117 +308,252 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
         return dsv3_fail(err, DSV3_E_VALUE, "linear: bad activations (m = %lld)", (long long)m);
     if (mode != DSV3_LINEAR_WEIGHT_ONLY && mode != DSV3_LINEAR_DYNAMIC)
         return dsv3_fail(err, DSV3_E_VALUE, "linear: unknown mode %d", (int)mode);
-    dsv3_isa id;
-    if ((st = dsv3_isa_resolve(isa, &id, err)) != DSV3_OK)
+    if ((st = dsv3_isa_resolve(isa, id, err)) != DSV3_OK)
         return st;
     const dsv3_format_traits *t = &dsv3_formats[w->fmt];
-    if (mode == DSV3_LINEAR_DYNAMIC && !t->dynamic[id])
+    if (mode == DSV3_LINEAR_DYNAMIC && !t->dynamic[*id])
         return dsv3_fail(err, DSV3_E_VALUE, "linear: mode 'dynamic' supports fp8_block and int8 weights, not %s",
                          t->name);
-    if (m == 0)
-        return DSV3_OK;
-    /* every buffer below is at most m * max(K, N) elements of <= 8 bytes: bound m before any product */
-    if (m > INT64_MAX / 8 / (w->k > w->n ? w->k : w->n))
+    /* every buffer is at most m * max(K, N) elements of <= 8 bytes: bound m before any product */
+    if (m > 0 && m > INT64_MAX / 16 / (w->k > w->n ? w->k : w->n))
         return dsv3_fail(err, DSV3_E_VALUE, "linear: %lld rows of %lld x %lld overflow the address space",
                          (long long)m, (long long)w->k, (long long)w->n);
-    const int64_t K = w->k, N = w->n, mk = m * K;
-    dsv3_lin_args a = {0};
-    a.m = m;
-    a.w = w;
-    a.bias = bias;
-    a.y = y;
-    float *xf = NULL, *xq = NULL, *xs = NULL;
-    int8_t *xi = NULL;
-    uint8_t *xu = NULL;
-    uint16_t *xb = NULL, *xh = NULL, *xl = NULL;
-    dsv3_lin_kernel kern = t->gemv[id];
-    int64_t cols = GEMV_COLS;
+    return DSV3_OK;
+}
+
+size_t dsv3_linear_plan_bytes(const dsv3_weight *w, int64_t m, int x_bf16, dsv3_linear_mode mode, int isa)
+{
+    dsv3_isa id;
+    dsv3_error e;
+    if (m <= 0 || check_args(w, m, w, (const float *)w, mode, isa, &id, &e) != DSV3_OK)
+        return 0;
+    const choice c = choose(w, m, mode, id);
+    return bytes_of(c.act, c.xlayout, x_bf16, m, w->k);
+}
+
+size_t dsv3_linear_plan_bytes_upto(const dsv3_weight *w, int64_t m)
+{
+    /* bytes grow with m within a layout; the layout changes only at the GEMM thresholds */
+    const int64_t at[4] = {m, m < GEMM_MIN_M ? m : GEMM_MIN_M - 1, m < GEMM_MIN_M_FP8 ? m : GEMM_MIN_M_FP8 - 1,
+                           m < GEMM_MIN_M_AVX2 ? m : GEMM_MIN_M_AVX2 - 1};
+    size_t most = 0;
+    for (int isa = 0; isa < DSV3_ISA_COUNT; isa++)
+        for (int i = 0; i < 4; i++) {
+            const size_t b = dsv3_linear_plan_bytes(w, at[i], 0, DSV3_LINEAR_WEIGHT_ONLY, isa);
+            most = b > most ? b : most;
+        }
+    return most;
+}
+
+size_t dsv3_linear_bound_bytes(int64_t k, int64_t m)
+{
+    /* worst layout: f32 copy of a bf16 x (4 B) + act_quant codes (4 B) + hi/lo (4 B), + scales; 6 pieces */
+    return (size_t)m * ((size_t)k * 12 + (size_t)((k + 127) / 128) * 4 + 4) + 6 * 64;
+}
+
+static size_t fallback_allocs;
+
+size_t dsv3_linear_fallback_allocs(void) { return __atomic_load_n(&fallback_allocs, __ATOMIC_RELAXED); }
+
+dsv3_status dsv3_linear_plan(dsv3_lin_plan *p, const void *x, int x_bf16, int64_t m, const dsv3_weight *w,
+                             const float *bias, float *y, dsv3_linear_mode mode, int isa, dsv3_lin_arena *arena,
+                             dsv3_error *err)
+{
+    memset(p, 0, sizeof *p);
+    dsv3_isa id;
+    dsv3_status st = check_args(x, m, w, y, mode, isa, &id, err);
+    if (st != DSV3_OK)
+        return st;
+    const choice c = choose(w, m, mode, id);
+    p->kern = c.kern;
+    p->cols = c.cols;
+    p->act = c.act;
+    p->xlayout = c.xlayout;
+    p->x_bf16 = x_bf16;
+    p->xin = x;
+    p->a.m = m;
+    p->a.w = w;
+    p->a.bias = bias;
+    p->a.y = y;
+    p->a.x = x_bf16 ? NULL : (const float *)x;
+    if (m == 0)
+        return DSV3_OK;
+    const int64_t K = w->k;
+    const size_t need = bytes_of(c.act, c.xlayout, x_bf16, m, K);
+    unsigned char *cur = NULL;
+    if (arena && arena->base && arena->size - arena->used >= need) {
+        cur = arena->base + arena->used;
+        arena->used += need;
+    } else if (need) {
+        __atomic_add_fetch(&fallback_allocs, 1, __ATOMIC_RELAXED);
+        if (!(cur = p->owned = dsv3_alloc(need)))
+            return dsv3_fail(err, DSV3_E_NOMEM, "linear: out of memory for activations (m=%lld, k=%lld)",
+                             (long long)m, (long long)K);
+    }
+    if (needs_f32(c.act, x_bf16)) {
+        p->xf = take(&cur, (size_t)(m * K) * 4);
+        p->a.x = p->xf;
+    }
+    act_layouts[c.act].carve(p, &cur);
+    if (fp8q_split(p))
+        act_layouts[DSV3_ACT_BF16X2].carve(p, &cur);
+    return DSV3_OK;
+}
+
+int dsv3_linear_plan_share_x(dsv3_lin_plan *p, const dsv3_lin_plan *src)
+{
+    if (p->xin != src->xin || p->x_bf16 != src->x_bf16 || p->a.m != src->a.m || p->a.w->k != src->a.w->k ||
+        p->act != src->act || p->xlayout != src->xlayout || src->borrowed)
+        return 0;
+    const float *bias = p->a.bias;
+    const dsv3_weight *w = p->a.w;
+    float *y = p->a.y;
+    dsv3_lin_kernel kern = p->kern;
+    dsv3_linear_plan_release(p);
+    p->a = src->a; /* every prepared buffer */
+    p->a.w = w;
+    p->a.bias = bias;
+    p->a.y = y;
+    p->kern = kern;
+    p->xf = src->xf;
+    p->borrowed = 1;
+    return 1;
+}
+
+void dsv3_linear_prepare_team(dsv3_lin_plan *p, int n)
+{
+    int conv = 0, split = 0;
+    for (int i = 0; i < n; i++) /* stage 1: bf16 x -> f32 where a layout needs it */
+        if (!p[i].borrowed && p[i].a.m > 0 && p[i].xf) {
+            bf16_to_f32_team((const uint16_t *)p[i].xin, p[i].a.m * p[i].a.w->k, p[i].xf);
+            conv = 1;
+        }
+    if (conv) {
+#pragma omp barrier
+    }
+    for (int i = 0; i < n; i++) /* stage 2: the layout's own preparation */
+        if (!p[i].borrowed && p[i].a.m > 0) {
+            act_layouts[p[i].act].prep(&p[i]);
+            split |= fp8q_split(&p[i]);
+        }
+    if (split) { /* stage 3: fp8 act_quant codes split into the kernel's bf16 hi/lo layout */
+#pragma omp barrier
+        for (int i = 0; i < n; i++)
+            if (!p[i].borrowed && p[i].a.m > 0 && fp8q_split(&p[i]))
+                act_layouts[DSV3_ACT_BF16X2].prep(&p[i]);
+    }
+#pragma omp barrier
+}
+
+int64_t dsv3_linear_plan_items(const dsv3_lin_plan *p)
+{
+    return p->a.m > 0 ? (p->a.w->n + p->cols - 1) / p->cols : 0;
+}
+
+void dsv3_linear_run_items(const dsv3_lin_plan *p, int64_t i0, int64_t i1)
+{
+    const int64_t N = p->a.w->n, cols = p->cols;
+    for (int64_t c = i0; c < i1; c++) /* one kernel call per item: the same calls whatever the split */
+        p->kern(&p->a, c * cols, (c + 1) * cols < N ? (c + 1) * cols : N);
+}
+
+void dsv3_linear_run_team(const dsv3_lin_plan *p, int n, int64_t *work)
+{
+    int64_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += dsv3_linear_plan_items(&p[i]);
+    const int64_t T = omp_get_num_threads(), me = omp_get_thread_num();
+    const int64_t b = total * me / T, e = total * (me + 1) / T; /* this thread's items of the concatenation */
+    int64_t base = 0;
+    for (int i = 0; i < n && base < e; i++) {
+        const int64_t ni = dsv3_linear_plan_items(&p[i]);
+        const int64_t i0 = b > base ? b - base : 0, i1 = e - base < ni ? e - base : ni;
+        if (i0 < i1)
+            dsv3_linear_run_items(&p[i], i0, i1);
+        base += ni;
+    }
+    if (work)
+        work[me] += e - b;
+}
+
+void dsv3_linear_plan_release(dsv3_lin_plan *p)
+{
+    dsv3_free(p->owned);
+    p->owned = NULL;
+}
+
+static dsv3_lin_arena *t_arena; /* the calling thread's bound arena */
+#pragma omp threadprivate(t_arena)
+
+dsv3_lin_arena *dsv3_linear_bind_arena(dsv3_lin_arena *arena)
+{
+    dsv3_lin_arena *prev = t_arena;
+    t_arena = arena;
+    return prev;
+}
+
+/* The oneDNN route (opt-in, see ONEDNN_F32_MIN_M): 1 when it ran (status in *st). */
+static int onednn_route(const void *x, int x_bf16, int64_t m, const dsv3_weight *w, const float *bias, float *y,
+                        dsv3_linear_mode mode, int isa, dsv3_isa id, dsv3_status *st, dsv3_error *err)
+{
     const int onednn_shape = (w->fmt == DSV3_FMT_F32 && m >= ONEDNN_F32_MIN_M) ||
                              (w->fmt == DSV3_FMT_BF16 && m >= GEMM_MIN_M);
     /* Not from inside a parallel region (e.g. the MoE's expert-parallel tasks): the oneDNN wheel is
      * built without concurrent-execution support, so its primitives must not run on two threads. */
-    if (onednn_shape && mode == DSV3_LINEAR_WEIGHT_ONLY && isa < 0 && id != DSV3_ISA_SCALAR &&
-        !omp_in_parallel() && dsv3_onednn_supports(w->fmt == DSV3_FMT_BF16)) {
-        const char *env = getenv("DSV3_LINEAR_ONEDNN");
-        if (env && strcmp(env, "1") == 0) {
-            if (x_bf16) {
-                if (!(xf = dsv3_alloc((size_t)mk * sizeof(float))))
-                    goto nomem;
-                bf16_to_f32_par((const uint16_t *)x, mk, xf);
-            }
-            /* bias added here, not by oneDNN: y = (x W^T) + bias exactly as the other paths round it */
-            st = dsv3_onednn_linear(x_bf16 ? xf : (const float *)x, m, w->data, w->fmt == DSV3_FMT_BF16, N, K, NULL,
-                                    y, err);
-            dsv3_free(xf);
-            if (st == DSV3_OK && bias)
-                for (int64_t r = 0; r < m; r++)
-                    for (int64_t c = 0; c < N; c++)
-                        y[r * N + c] += bias[c];
-            return st;
+    if (!onednn_shape || mode != DSV3_LINEAR_WEIGHT_ONLY || isa >= 0 || id == DSV3_ISA_SCALAR || omp_in_parallel() ||
+        !dsv3_onednn_supports(w->fmt == DSV3_FMT_BF16))
+        return 0;
+    const char *env = getenv("DSV3_LINEAR_ONEDNN");
+    if (!env || strcmp(env, "1") != 0)
+        return 0;
+    const int64_t mk = m * w->k, N = w->n;
+    float *xf = NULL;
+    if (x_bf16) {
+        if (!(xf = dsv3_alloc((size_t)mk * sizeof(float)))) {
+            *st = dsv3_fail(err, DSV3_E_NOMEM, "linear: out of memory for activations (m=%lld, k=%lld)",
+                            (long long)m, (long long)w->k);
+            return 1;
         }
+        for (int64_t i = 0; i < mk; i++)
+            xf[i] = dsv3_bf16_to_f32(((const uint16_t *)x)[i]);
     }
-    const int use_gemm = mode == DSV3_LINEAR_WEIGHT_ONLY && t->gemm[id] &&
-                         m >= (id == DSV3_ISA_AVX2 ? GEMM_MIN_M_AVX2
-                               : w->fmt == DSV3_FMT_FP8_BLOCK ? GEMM_MIN_M_FP8 : GEMM_MIN_M);
-    const int gemm_bf16_x = use_gemm && id == DSV3_ISA_AVX512; /* vdpbf16ps GEMM; AVX2's reads f32 x */
-    if (x_bf16 && !gemm_bf16_x) {
-        if (!(xf = dsv3_alloc((size_t)mk * sizeof(float))))
-            goto nomem;
-        bf16_to_f32_par((const uint16_t *)x, mk, xf);
+    /* bias added here, not by oneDNN: y = (x W^T) + bias exactly as the other paths round it */
+    *st = dsv3_onednn_linear(x_bf16 ? xf : (const float *)x, m, w->data, w->fmt == DSV3_FMT_BF16, N, w->k, NULL, y,
+                             err);
+    dsv3_free(xf);
+    if (*st == DSV3_OK && bias)
+        for (int64_t r = 0; r < m; r++)
+            for (int64_t c = 0; c < N; c++)
+                y[r * N + c] += bias[c];
+    return 1;
+}
+
+dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weight *w, const float *bias,
+                           float *y, dsv3_linear_mode mode, int isa, dsv3_error *err)
+{
+    dsv3_isa id;
+    dsv3_status st = check_args(x, m, w, y, mode, isa, &id, err);
+    if (st != DSV3_OK || m == 0)
+        return st;
+    if (onednn_route(x, x_bf16, m, w, bias, y, mode, isa, id, &st, err))
+        return st;
+    dsv3_lin_arena *arena = t_arena;
+    const size_t mark = arena ? arena->used : 0;
+    dsv3_lin_plan p;
+    st = dsv3_linear_plan(&p, x, x_bf16, m, w, bias, y, mode, isa, arena, err);
+    if (st != DSV3_OK)
+        return st;
+    const int64_t items = dsv3_linear_plan_items(&p);
+    const int nt = dsv3_num_threads();
+#pragma omp parallel num_threads(items < nt ? (int)items : nt)
+    {
+        dsv3_linear_prepare_team(&p, 1);
+        dsv3_linear_run_team(&p, 1, NULL);
     }
-    const float *x32 = x_bf16 ? xf : (const float *)x;
-    a.x = x32;
-    if (use_gemm) {
-        kern = t->gemm[id];
-        cols = DSV3_GEMM_NR;
-        if (gemm_bf16_x && x_bf16)
-            a.xb = (const uint16_t *)x;
-        else if (gemm_bf16_x) {
-            if (!(xb = dsv3_alloc((size_t)mk * 2)))
-                goto nomem;
-            f32_to_bf16_par(x32, mk, xb);
-            a.xb = xb;
-        }
-    } else if (mode == DSV3_LINEAR_DYNAMIC && w->fmt == DSV3_FMT_FP8_BLOCK) {
-        xq = dsv3_alloc((size_t)mk * sizeof(float));
-        xs = dsv3_alloc((size_t)(m * ((K + 127) / 128)) * sizeof(float));
-        if (!xq || !xs)
-            goto nomem;
-        act_quant_fp8(x32, m, K, xq, xs);
-        a.x = xq;
-        a.xs = xs;
-        kern = t->dynamic[id];
-    } else if (mode == DSV3_LINEAR_DYNAMIC) {
-        xi = dsv3_alloc((size_t)mk);
-        xu = dsv3_alloc((size_t)mk);
-        xs = dsv3_alloc((size_t)m * sizeof(float));
-        if (!xi || !xu || !xs)
-            goto nomem;
-        act_quant_int8(x32, m, K, xi, xu, xs);
-        a.xq = xi;
-        a.xu = xu;
-        a.xs_tok = xs;
-        kern = t->dynamic[id];
-    }
-    if (!use_gemm && t->gemv_x[id] != DSV3_X_F32 && !(mode == DSV3_LINEAR_DYNAMIC && w->fmt == DSV3_FMT_INT8)) {
-        xh = dsv3_alloc((size_t)mk * 2);
-        xl = dsv3_alloc((size_t)mk * 2);
-        if (!xh || !xl)
-            goto nomem;
-        split_bf16x2(a.x, m, K, t->gemv_x[id], xh, xl);
-        a.xh = xh;
-        a.xl = xl;
-    }
-    const int64_t chunks = (N + cols - 1) / cols;
-#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
-    for (int64_t c = 0; c < chunks; c++)
-        kern(&a, c * cols, (c + 1) * cols < N ? (c + 1) * cols : N);
-    dsv3_free(xf); dsv3_free(xq); dsv3_free(xs); dsv3_free(xi); dsv3_free(xu); dsv3_free(xb); dsv3_free(xh); dsv3_free(xl);
+    dsv3_linear_plan_release(&p);
+    if (arena)
+        arena->used = mark;
     return DSV3_OK;
-nomem:
-    dsv3_free(xf); dsv3_free(xq); dsv3_free(xs); dsv3_free(xi); dsv3_free(xu); dsv3_free(xb); dsv3_free(xh); dsv3_free(xl);
-    return dsv3_fail(err, DSV3_E_NOMEM, "linear: out of memory for activations (m=%lld, k=%lld)", (long long)m,
-                     (long long)K);
 }
 
 dsv3_status dsv3_linear(const float *x, int64_t m, const dsv3_weight *w, const float *bias, float *y, int isa,

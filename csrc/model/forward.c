@@ -1,4 +1,10 @@
-/* The forward pass over all layers (one call: prefill or decode) and the per-module probes. */
+/* The forward pass over all layers (one call: prefill or decode) and the per-module probes.
+ *
+ * Every entry point pins the thread count for the whole call (dsv3_threads_pin: the workspace is sized
+ * for it and every region uses it, whatever another thread sets meanwhile) and binds the workspace's
+ * linear arena to the calling thread (the linears of a decode step take their activation buffers from
+ * it). Parallel regions: attention is one region for its core (csrc/mla), each linear one, the MoE block
+ * at decode one (csrc/moe/experts.c), a dense MLP at decode one. */
 #include "dsv3_dtypes.h"
 #include "dsv3_model.h"
 #include "dsv3_ops.h"
@@ -85,8 +91,51 @@ void dsv3_model_embed_rows(const dsv3_model *m, const int64_t *ids, int64_t s, f
     }
 }
 
-dsv3_status dsv3_model_forward(dsv3_model *m, const int64_t *ids, int64_t s, float *logits, int isa,
-                               dsv3_error *err)
+/* Pin the thread count and bind the workspace's linear arena for one call (undone by call_end). */
+typedef struct {
+    int pin;
+    dsv3_lin_arena *prev;
+} call_scope;
+
+static call_scope call_begin(dsv3_model *m)
+{
+    call_scope c;
+    c.pin = dsv3_threads_pin();
+    c.prev = dsv3_linear_bind_arena(&m->ws.lin);
+    return c;
+}
+
+static void call_end(call_scope c)
+{
+    dsv3_linear_bind_arena(c.prev);
+    dsv3_threads_unpin(c.pin);
+}
+
+static dsv3_status forward_pinned(dsv3_model *m, const int64_t *ids, int64_t s, float *logits,
+                                  dsv3_logits_mode which, int isa, dsv3_error *err)
+{
+    const dsv3_model_config *c = &m->cfg;
+    const int64_t D = c->hidden_size;
+    dsv3_status st = dsv3_model_reserve(m, s, m->cache_len + s, err); /* grown here, once, for a longer prefill */
+    if (st != DSV3_OK)
+        return st;
+    m->ws.lin.used = 0;
+    const float *cs = rope_tables(m, m->cache_len, s); /* the same positions in every layer */
+    float *h = m->ws.h;
+    dsv3_model_embed_rows(m, ids, s, h);
+    for (int64_t l = 0; l < c->num_hidden_layers && st == DSV3_OK; l++)
+        st = decoder_layer(m, &m->layers[l], h, s, m->cache_len, 1, cs, h + s * D, isa, err);
+    if (st == DSV3_OK && which != DSV3_LOGITS_NONE) {
+        const int64_t first = which == DSV3_LOGITS_LAST ? s - 1 : 0; /* rows that get logits: [first, s) */
+        dsv3_rmsnorm_f32(h + first * D, s - first, D, m->norm.f32, c->rms_norm_eps, h + s * D);
+        st = dsv3_linear(h + s * D, s - first, c->tie_word_embeddings ? &m->embed : &m->lm_head, NULL, logits, isa,
+                         err);
+    }
+    return st;
+}
+
+dsv3_status dsv3_model_forward_ex(dsv3_model *m, const int64_t *ids, int64_t s, float *logits, dsv3_logits_mode which,
+                                  int isa, dsv3_error *err)
 {
     dsv3_status st = need_prepared(m, err);
     if (st != DSV3_OK)
@@ -94,6 +143,10 @@ dsv3_status dsv3_model_forward(dsv3_model *m, const int64_t *ids, int64_t s, flo
     const dsv3_model_config *c = &m->cfg;
     if (s <= 0)
         return dsv3_fail(err, DSV3_E_VALUE, "forward needs at least one token");
+    if ((unsigned)which > DSV3_LOGITS_NONE)
+        return dsv3_fail(err, DSV3_E_VALUE, "forward: unknown logits mode %d (all, last or none)", (int)which);
+    if (which != DSV3_LOGITS_NONE && !logits)
+        return dsv3_fail(err, DSV3_E_VALUE, "forward: logits is NULL");
     if (s > m->capacity - m->cache_len)
         return dsv3_fail(err, DSV3_E_VALUE,
                          "%lld tokens do not fit in the cache: %lld of %lld positions used (max_seq_len); "
@@ -107,19 +160,9 @@ dsv3_status dsv3_model_forward(dsv3_model *m, const int64_t *ids, int64_t s, flo
         if (m->layers[l].cache_rows != m->cache_len)
             return dsv3_fail(err, DSV3_E_VALUE, "the cache of layer %lld was changed by run_module(use_cache=True); "
                              "call reset() before forward", (long long)l);
-    const int64_t D = c->hidden_size;
-    st = dsv3_model_reserve(m, s, m->cache_len + s, err); /* grown here, once, for a longer prefill */
-    if (st != DSV3_OK)
-        return st;
-    const float *cs = rope_tables(m, m->cache_len, s); /* the same positions in every layer */
-    float *h = m->ws.h;
-    dsv3_model_embed_rows(m, ids, s, h);
-    for (int64_t l = 0; l < c->num_hidden_layers && st == DSV3_OK; l++)
-        st = decoder_layer(m, &m->layers[l], h, s, m->cache_len, 1, cs, h + s * D, isa, err);
-    if (st == DSV3_OK) {
-        dsv3_rmsnorm_f32(h, s, D, m->norm.f32, c->rms_norm_eps, h + s * D);
-        st = dsv3_linear(h + s * D, s, c->tie_word_embeddings ? &m->embed : &m->lm_head, NULL, logits, isa, err);
-    }
+    const call_scope scope = call_begin(m);
+    st = forward_pinned(m, ids, s, logits, which, isa, err);
+    call_end(scope);
     if (st == DSV3_OK) {
         m->cache_len += s;
     } else { /* a failed step leaves the cache as it was */
@@ -127,6 +170,12 @@ dsv3_status dsv3_model_forward(dsv3_model *m, const int64_t *ids, int64_t s, flo
             m->layers[l].cache_rows = m->cache_len;
     }
     return st;
+}
+
+dsv3_status dsv3_model_forward(dsv3_model *m, const int64_t *ids, int64_t s, float *logits, int isa,
+                               dsv3_error *err)
+{
+    return dsv3_model_forward_ex(m, ids, s, logits, DSV3_LOGITS_ALL, isa, err);
 }
 
 void dsv3_model_reset(dsv3_model *m)
@@ -152,9 +201,8 @@ static dsv3_status probe_layer(dsv3_model *m, int64_t layer, int need_moe, dsv3_
     return DSV3_OK;
 }
 
-dsv3_status dsv3_model_run_module(dsv3_model *m, dsv3_module_kind kind, int64_t layer, const float *x,
-                                  int64_t s, int64_t start_pos, int use_cache, float *out, int isa,
-                                  dsv3_error *err)
+static dsv3_status run_module_pinned(dsv3_model *m, dsv3_module_kind kind, int64_t layer, const float *x, int64_t s,
+                                     int64_t start_pos, int use_cache, float *out, int isa, dsv3_error *err)
 {
     const int64_t D = m->cfg.hidden_size;
     dsv3_layer *ly = NULL;
@@ -209,6 +257,16 @@ dsv3_status dsv3_model_run_module(dsv3_model *m, dsv3_module_kind kind, int64_t 
     }
 }
 
+dsv3_status dsv3_model_run_module(dsv3_model *m, dsv3_module_kind kind, int64_t layer, const float *x,
+                                  int64_t s, int64_t start_pos, int use_cache, float *out, int isa,
+                                  dsv3_error *err)
+{
+    const call_scope scope = call_begin(m);
+    dsv3_status st = run_module_pinned(m, kind, layer, x, s, start_pos, use_cache, out, isa, err);
+    call_end(scope);
+    return st;
+}
+
 dsv3_status dsv3_model_route(dsv3_model *m, int64_t layer, const float *x, int64_t s, float *weights,
                              int64_t *indices, int isa, dsv3_error *err)
 {
@@ -216,7 +274,10 @@ dsv3_status dsv3_model_route(dsv3_model *m, int64_t layer, const float *x, int64
     dsv3_status st = probe_layer(m, layer, 1, &ly, err);
     if (st != DSV3_OK)
         return st;
-    return dsv3_moe_route(&m->router, &ly->moe, x, s, weights, indices, &m->ws.moe, isa, err);
+    const call_scope scope = call_begin(m);
+    st = dsv3_moe_route(&m->router, &ly->moe, x, s, weights, indices, &m->ws.moe, isa, err);
+    call_end(scope);
+    return st;
 }
 
 dsv3_status dsv3_model_experts(dsv3_model *m, int64_t layer, const float *x, int64_t s, const int64_t *indices,
@@ -226,8 +287,11 @@ dsv3_status dsv3_model_experts(dsv3_model *m, int64_t layer, const float *x, int
     dsv3_status st = probe_layer(m, layer, 1, &ly, err);
     if (st != DSV3_OK)
         return st;
-    return dsv3_moe_experts(&m->router, &ly->moe, m->cfg.hidden_size, x, s, indices, weights, out, &m->ws.moe, isa,
-                            err);
+    const call_scope scope = call_begin(m);
+    st = dsv3_moe_experts(&m->router, &ly->moe, m->cfg.hidden_size, x, s, indices, weights, out, &m->ws.moe, isa,
+                          err);
+    call_end(scope);
+    return st;
 }
 
 dsv3_status dsv3_model_rope(const dsv3_model *m, const int64_t *pos, int64_t n, float *cos_out, float *sin_out,

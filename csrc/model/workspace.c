@@ -48,11 +48,54 @@ static dsv3_status reserve_own(dsv3_model *m, int64_t tokens, dsv3_error *err)
     return DSV3_OK;
 }
 
+static size_t most(size_t a, size_t b) { return a > b ? a : b; }
+
+/* The linear arena: plans of up to DSV3_MOE_COLS_TOKENS rows of any of the model's weights, three live at
+ * once (an MLP's gate, up, down), plus naive attention's kv_b_proj over all `rows` cached rows. */
+static dsv3_status reserve_lin(dsv3_model *m, int64_t tokens, int64_t rows, dsv3_error *err)
+{
+    dsv3_workspace *ws = &m->ws;
+    const int64_t t = tokens < DSV3_MOE_COLS_TOKENS ? tokens : DSV3_MOE_COLS_TOKENS;
+    const int64_t r = m->attn_mode == DSV3_ATTN_NAIVE ? rows : 0;
+    if (ws->lin.base && t <= ws->lin_tokens && r <= ws->lin_rows)
+        return DSV3_OK;
+    const int64_t tt = t > ws->lin_tokens ? t : ws->lin_tokens, rr = r > ws->lin_rows ? r : ws->lin_rows;
+    size_t w = dsv3_linear_plan_bytes_upto(m->cfg.tie_word_embeddings ? &m->embed : &m->lm_head, tt);
+    for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++) {
+        const dsv3_layer *ly = &m->layers[l];
+        const dsv3_weight *ws_[] = {&ly->attn.q_proj, &ly->attn.q_a_proj, &ly->attn.q_b_proj, &ly->attn.kv_a_proj,
+                                    &ly->attn.o_proj, &ly->mlp.gate, &ly->mlp.up, &ly->mlp.down, &ly->moe.gate,
+                                    &ly->moe.shared.gate, &ly->moe.shared.up, &ly->moe.shared.down};
+        for (size_t i = 0; i < sizeof ws_ / sizeof ws_[0]; i++)
+            if (ws_[i]->data)
+                w = most(w, dsv3_linear_plan_bytes_upto(ws_[i], tt));
+        if (ly->is_moe && ly->moe.experts && ly->moe.experts[0].gate.data)
+            for (int j = 0; j < 3; j++)
+                w = most(w, dsv3_linear_plan_bytes_upto(j == 0 ? &ly->moe.experts[0].gate
+                                                          : j == 1 ? &ly->moe.experts[0].up : &ly->moe.experts[0].down, tt));
+    }
+    size_t need = 3 * w;
+    if (rr > 0)
+        need += dsv3_linear_plan_bytes_upto(&m->layers[0].attn.kv_b_proj, rr);
+    unsigned char *base = dsv3_alloc(need ? need : 64);
+    if (!base)
+        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the linear activation workspace (%zu bytes)", need);
+    dsv3_free(ws->lin.base);
+    ws->lin.base = base;
+    ws->lin.size = need;
+    ws->lin.used = 0;
+    ws->lin_tokens = tt;
+    ws->lin_rows = rr;
+    return DSV3_OK;
+}
+
 dsv3_status dsv3_model_reserve(dsv3_model *m, int64_t tokens, int64_t rows, dsv3_error *err)
 {
     dsv3_status st = reserve_own(m, tokens, err);
     if (st == DSV3_OK)
         st = dsv3_mla_scratch_reserve(&m->ws.mla, &m->mla, m->attn_mode, tokens, attention_rows(m, rows), err);
+    if (st == DSV3_OK)
+        st = reserve_lin(m, tokens, m->ws.mla.rows, err);
     for (int64_t l = 0; l < m->cfg.num_hidden_layers && st == DSV3_OK; l++)
         if (m->layers[l].is_moe) { /* every MoE layer has the same shapes: the first one sizes the scratch */
             st = dsv3_moe_scratch_reserve(&m->ws.moe, &m->router, &m->layers[l].moe, m->cfg.hidden_size, tokens,
@@ -65,6 +108,7 @@ dsv3_status dsv3_model_reserve(dsv3_model *m, int64_t tokens, int64_t rows, dsv3
 void dsv3_model_workspace_free(dsv3_workspace *ws)
 {
     dsv3_free(ws->block);
+    dsv3_free(ws->lin.base);
     dsv3_mla_scratch_free(&ws->mla);
     dsv3_moe_scratch_free(&ws->moe);
     memset(ws, 0, sizeof *ws);

@@ -1,5 +1,6 @@
 /* The MoE scratch (dsv3_moe_scratch): one block carved into named buffers, grown on demand. */
 #include "moe_internal.h"
+#include "dsv3_linear_plan.h"
 
 #include <string.h>
 
@@ -29,6 +30,14 @@ dsv3_status dsv3_moe_scratch_reserve(dsv3_moe_scratch *ws, const dsv3_router_spe
     }
     const int nt = ws->block && ws->threads > threads ? ws->threads : threads;
     const int64_t n = tokens * k, fsz = (int64_t)sizeof(float), isz = (int64_t)sizeof(int64_t);
+    /* decode path: the router, gate, up (K = hidden) and down (K = widest) plans of every task; bound_bytes is
+     * affine in the rows, so the tasks' rows (ct * k routed + ct shared) bound the sum */
+    const int64_t ct = tokens < DSV3_MOE_COLS_TOKENS ? tokens : DSV3_MOE_COLS_TOKENS, rows = ct * (k + 1);
+    const int64_t Iw = I > Is ? I : Is;
+    const int64_t arena = (int64_t)dsv3_linear_bound_bytes(hidden, ct) + /* the router's linear */
+                          2 * (int64_t)(dsv3_linear_bound_bytes(hidden, rows) +
+                                        (size_t)(E + 1) * dsv3_linear_bound_bytes(hidden, 0)) +
+                          (int64_t)(dsv3_linear_bound_bytes(Iw, rows) + (size_t)(E + 1) * dsv3_linear_bound_bytes(Iw, 0));
     const int64_t bytes[] = {
         tokens * E * fsz,                               /* logits */
         n * fsz,                                        /* weights */
@@ -43,6 +52,9 @@ dsv3_status dsv3_moe_scratch_reserve(dsv3_moe_scratch *ws, const dsv3_router_spe
         (E + 1) * (int64_t)sizeof(dsv3_error),          /* errs */
         (E + 1) * (int64_t)sizeof(dsv3_status),         /* sts */
         (int64_t)dsv3_route_scratch_bytes(r, nt),       /* route */
+        3 * (E + 1) * (int64_t)sizeof(dsv3_lin_plan),  /* plans */
+        arena,                                          /* arena */
+        nt * isz,                                       /* work */
     };
     enum { COUNT = sizeof bytes / sizeof bytes[0] };
     void *at[COUNT];
@@ -63,6 +75,11 @@ dsv3_status dsv3_moe_scratch_reserve(dsv3_moe_scratch *ws, const dsv3_router_spe
     ws->errs = at[10];
     ws->sts = at[11];
     ws->route = at[12];
+    ws->plans = at[13];
+    ws->arena = at[14];
+    ws->arena_bytes = (size_t)arena;
+    ws->work = at[15];
+    ws->work_team = 0;
     ws->block = block;
     ws->tokens = tokens;
     ws->experts = E;

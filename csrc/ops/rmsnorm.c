@@ -17,7 +17,12 @@ static void rmsnorm_row(const float *x, int64_t n, const float *w, float eps, fl
 
 void dsv3_rmsnorm_f32(const float *x, int64_t m, int64_t n, const float *w, float eps, float *y)
 {
-#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads()) if (m > 1)
+    if (m <= 1) { /* decode: no parallel region at all (not even an if(0) one) */
+        for (int64_t i = 0; i < m; i++)
+            rmsnorm_row(x, n, w, eps, y);
+        return;
+    }
+#pragma omp parallel for schedule(static) num_threads(dsv3_num_threads())
     for (int64_t i = 0; i < m; i++)
         rmsnorm_row(x + i * n, n, w, eps, y + i * n);
 }

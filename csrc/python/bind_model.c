@@ -314,11 +314,22 @@ static PyObject *new_f32(int nd, npy_intp d0, npy_intp d1)
 
 static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"input_ids", "isa", NULL};
+    static char *kwlist[] = {"input_ids", "isa", "logits", NULL};
     PyObject *ids_obj, *isa_obj = NULL;
+    const char *which_s = "all";
     int isa;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwlist, &ids_obj, &isa_obj) || !dsv3_py_isa_arg(isa_obj, &isa))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|Os", kwlist, &ids_obj, &isa_obj, &which_s) ||
+        !dsv3_py_isa_arg(isa_obj, &isa))
         return NULL;
+    dsv3_logits_mode which;
+    if (strcmp(which_s, "all") == 0)
+        which = DSV3_LOGITS_ALL;
+    else if (strcmp(which_s, "last") == 0)
+        which = DSV3_LOGITS_LAST;
+    else if (strcmp(which_s, "none") == 0)
+        which = DSV3_LOGITS_NONE;
+    else
+        return PyErr_Format(PyExc_ValueError, "logits must be 'all', 'last' or 'none', got '%s'", which_s);
     PyArrayObject *ids = dsv3_py_check_array(ids_obj, "input_ids", DSV3_DT_I64, 1);
     if (!ids || !claim(self))
         return NULL;
@@ -326,7 +337,9 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw)
     /* The ids are copied while the GIL is held: the caller's array may change (another thread) once
      * it is released, and the core checks the ids before it reads them again (embedding rows). */
     int64_t *ids_copy = (int64_t *)PyMem_Malloc(s > 0 ? (size_t)s * sizeof(int64_t) : 1);
-    PyObject *out = ids_copy ? new_f32(2, s, (npy_intp)self->model->cfg.vocab_size) : PyErr_NoMemory();
+    /* all: [S, vocab]; last: [1, vocab] (S > 0); none: [0, vocab] */
+    const npy_intp rows = which == DSV3_LOGITS_ALL ? s : (which == DSV3_LOGITS_LAST && s > 0 ? 1 : 0);
+    PyObject *out = ids_copy ? new_f32(2, rows, (npy_intp)self->model->cfg.vocab_size) : PyErr_NoMemory();
     if (!out) {
         PyMem_Free(ids_copy);
         self->busy = 0;
@@ -337,7 +350,8 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw)
     dsv3_error err = {0};
     dsv3_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = dsv3_model_forward(self->model, ids_copy, s, (float *)PyArray_DATA((PyArrayObject *)out), isa, &err);
+    st = dsv3_model_forward_ex(self->model, ids_copy, s, (float *)PyArray_DATA((PyArrayObject *)out), which, isa,
+                               &err);
     Py_END_ALLOW_THREADS
     PyMem_Free(ids_copy);
     self->busy = 0;
@@ -525,9 +539,32 @@ static PyObject *Model_attention(ModelObject *self, void *closure)
     return PyUnicode_FromString(self->model && self->model->attn_mode == DSV3_ATTN_NAIVE ? "naive" : "absorbed");
 }
 
+/* Internal (tests): linear work items each thread ran in the last decode-path MoE block, one per thread. */
+static PyObject *Model_moe_work(ModelObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (!claim(self))
+        return NULL;
+    const dsv3_moe_scratch *sc = &self->model->ws.moe;
+    PyObject *out = PyList_New(sc->work_team);
+    for (int i = 0; out && i < sc->work_team; i++) {
+        PyObject *v = PyLong_FromLongLong((long long)sc->work[i]);
+        if (!v) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    self->busy = 0;
+    return out;
+}
+
 static PyMethodDef Model_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Model_forward, METH_VARARGS | METH_KEYWORDS,
-     "forward(input_ids int64 [S], isa=None) -> logits float32 [S, vocab]; appends to the cache."},
+     "forward(input_ids int64 [S], isa=None, logits='all') -> logits float32 [S, vocab] ('all'), [1, vocab] "
+     "('last': the last position only) or [0, vocab] ('none'); appends to the cache."},
+    {"_moe_work", (PyCFunction)Model_moe_work, METH_NOARGS,
+     "internal: linear work items per thread in the last decode-path MoE block (tests)"},
     {"reset", (PyCFunction)Model_reset, METH_NOARGS, "Empty the KV cache."},
     {"run_module", (PyCFunction)(void (*)(void))Model_run_module, METH_VARARGS | METH_KEYWORDS,
      "run_module(kind, layer, x float32 [S, hidden], start_pos=0, use_cache=False, indices=None, weights=None, "

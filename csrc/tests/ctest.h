@@ -55,6 +55,7 @@ int ctest_isas(dsv3_isa out[DSV3_ISA_COUNT]);
 
 void test_dtypes(void);
 void test_linear(void);
+void test_linear_plan(void);
 void test_errors(void);
 void test_model(void);
 void test_overflow(void);

@@ -55,6 +55,7 @@ static const struct {
 } TESTS[] = {
     {"dtypes", test_dtypes},
     {"linear", test_linear},
+    {"linear_plan", test_linear_plan},
     {"errors", test_errors},
     {"model", test_model},
     {"overflow", test_overflow},

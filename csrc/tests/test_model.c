@@ -199,8 +199,12 @@ static void run_sequence(dsv3_model *m, const int64_t *ids, float *out, int isa)
     const int64_t V = m->cfg.vocab_size;
     dsv3_model_reset(m);
     CHECK_OK(dsv3_model_forward(m, ids, 5, out, isa, &err), &err);
+    const size_t allocs = dsv3_linear_fallback_allocs();
     CHECK_OK(dsv3_model_forward(m, ids + 5, 1, out + 5 * V, isa, &err), &err);
     CHECK_OK(dsv3_model_forward(m, ids + 6, 1, out + 6 * V, isa, &err), &err);
+    /* decode steps take every linear's activation buffers from the workspace (this thread only runs here) */
+    CHECK(dsv3_linear_fallback_allocs() == allocs, "a decode step allocated %zu linear activation buffers (isa %d)",
+          dsv3_linear_fallback_allocs() - allocs, isa);
     CHECK(m->cache_len == 7, "cache_len %lld after 7 tokens", (long long)m->cache_len);
 }
 
