@@ -20,8 +20,6 @@
 
 #include "dsv3_model.h"
 
-typedef enum { DSV3_LOGITS_NONE = 0, DSV3_LOGITS_LAST = 1, DSV3_LOGITS_ALL = 2 } dsv3_logits_mode;
-
 typedef struct {
     int64_t slot;    /* in [0, slots) */
     int64_t n;       /* new tokens (>= 1), appended at the slot's length */

@@ -102,8 +102,9 @@ dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err);
 dsv3_status dsv3_model_forward(dsv3_model *m, const int64_t *ids, int64_t s, float *logits, int isa,
                                dsv3_error *err);
 /* Which positions get logits: all s ([s, vocab]), the last one ([1, vocab]: lm_head on one row), none
- * (logits may be NULL: the call only fills the cache, e.g. a prompt before decoding). */
-typedef enum { DSV3_LOGITS_ALL = 0, DSV3_LOGITS_LAST = 1, DSV3_LOGITS_NONE = 2 } dsv3_logits_mode;
+ * (logits may be NULL: the call only fills the cache, e.g. a prompt before decoding). Also the batched
+ * engine's per-sequence codes (dsv3_batch_seq.logits, 0/1/2 from Python). */
+typedef enum { DSV3_LOGITS_NONE = 0, DSV3_LOGITS_LAST = 1, DSV3_LOGITS_ALL = 2 } dsv3_logits_mode;
 dsv3_status dsv3_model_forward_ex(dsv3_model *m, const int64_t *ids, int64_t s, float *logits, dsv3_logits_mode which,
                                   int isa, dsv3_error *err);
 void dsv3_model_reset(dsv3_model *m);

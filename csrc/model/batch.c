@@ -228,8 +228,8 @@ static dsv3_status select_rows(dsv3_batch *b, const dsv3_batch_seq *seqs, int64_
     return DSV3_OK;
 }
 
-dsv3_status dsv3_batch_forward(dsv3_batch *b, const int64_t *ids, const dsv3_batch_seq *seqs, int64_t nseq,
-                               float *logits, float *hidden, int isa, dsv3_error *err)
+static dsv3_status batch_forward_pinned(dsv3_batch *b, const int64_t *ids, const dsv3_batch_seq *seqs, int64_t nseq,
+                                       float *logits, float *hidden, int isa, dsv3_error *err)
 {
     int64_t t = 0, max_rows = 0;
     dsv3_status st = check_step(b, ids, seqs, nseq, &t, &max_rows, err);
@@ -243,6 +243,7 @@ dsv3_status dsv3_batch_forward(dsv3_batch *b, const int64_t *ids, const dsv3_bat
     st = dsv3_model_reserve(m, t, max_rows, err); /* the model's workspace, grown once for this step */
     if (st == DSV3_OK)
         st = select_rows(b, seqs, nseq, r, err);
+    m->ws.lin.used = 0;
     if (st != DSV3_OK)
         return st;
     const float *cs = step_rope(b, seqs, nseq, t);
@@ -264,5 +265,14 @@ dsv3_status dsv3_batch_forward(dsv3_batch *b, const int64_t *ids, const dsv3_bat
     if (st == DSV3_OK)
         for (int64_t i = 0; i < nseq; i++)
             b->len[seqs[i].slot] += seqs[i].n;
+    return st;
+}
+
+dsv3_status dsv3_batch_forward(dsv3_batch *b, const int64_t *ids, const dsv3_batch_seq *seqs, int64_t nseq,
+                               float *logits, float *hidden, int isa, dsv3_error *err)
+{
+    const dsv3_model_call scope = dsv3_model_call_begin(b->m);
+    const dsv3_status st = batch_forward_pinned(b, ids, seqs, nseq, logits, hidden, isa, err);
+    dsv3_model_call_end(scope);
     return st;
 }

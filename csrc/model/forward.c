@@ -91,21 +91,15 @@ void dsv3_model_embed_rows(const dsv3_model *m, const int64_t *ids, int64_t s, f
     }
 }
 
-/* Pin the thread count and bind the workspace's linear arena for one call (undone by call_end). */
-typedef struct {
-    int pin;
-    dsv3_lin_arena *prev;
-} call_scope;
-
-static call_scope call_begin(dsv3_model *m)
+dsv3_model_call dsv3_model_call_begin(dsv3_model *m)
 {
-    call_scope c;
+    dsv3_model_call c;
     c.pin = dsv3_threads_pin();
     c.prev = dsv3_linear_bind_arena(&m->ws.lin);
     return c;
 }
 
-static void call_end(call_scope c)
+void dsv3_model_call_end(dsv3_model_call c)
 {
     dsv3_linear_bind_arena(c.prev);
     dsv3_threads_unpin(c.pin);
@@ -143,7 +137,7 @@ dsv3_status dsv3_model_forward_ex(dsv3_model *m, const int64_t *ids, int64_t s, 
     const dsv3_model_config *c = &m->cfg;
     if (s <= 0)
         return dsv3_fail(err, DSV3_E_VALUE, "forward needs at least one token");
-    if ((unsigned)which > DSV3_LOGITS_NONE)
+    if ((unsigned)which > DSV3_LOGITS_ALL)
         return dsv3_fail(err, DSV3_E_VALUE, "forward: unknown logits mode %d (all, last or none)", (int)which);
     if (which != DSV3_LOGITS_NONE && !logits)
         return dsv3_fail(err, DSV3_E_VALUE, "forward: logits is NULL");
@@ -160,9 +154,9 @@ dsv3_status dsv3_model_forward_ex(dsv3_model *m, const int64_t *ids, int64_t s, 
         if (m->layers[l].cache_rows != m->cache_len)
             return dsv3_fail(err, DSV3_E_VALUE, "the cache of layer %lld was changed by run_module(use_cache=True); "
                              "call reset() before forward", (long long)l);
-    const call_scope scope = call_begin(m);
+    const dsv3_model_call scope = dsv3_model_call_begin(m);
     st = forward_pinned(m, ids, s, logits, which, isa, err);
-    call_end(scope);
+    dsv3_model_call_end(scope);
     if (st == DSV3_OK) {
         m->cache_len += s;
     } else { /* a failed step leaves the cache as it was */
@@ -261,9 +255,9 @@ dsv3_status dsv3_model_run_module(dsv3_model *m, dsv3_module_kind kind, int64_t 
                                   int64_t s, int64_t start_pos, int use_cache, float *out, int isa,
                                   dsv3_error *err)
 {
-    const call_scope scope = call_begin(m);
+    const dsv3_model_call scope = dsv3_model_call_begin(m);
     dsv3_status st = run_module_pinned(m, kind, layer, x, s, start_pos, use_cache, out, isa, err);
-    call_end(scope);
+    dsv3_model_call_end(scope);
     return st;
 }
 
@@ -274,9 +268,9 @@ dsv3_status dsv3_model_route(dsv3_model *m, int64_t layer, const float *x, int64
     dsv3_status st = probe_layer(m, layer, 1, &ly, err);
     if (st != DSV3_OK)
         return st;
-    const call_scope scope = call_begin(m);
+    const dsv3_model_call scope = dsv3_model_call_begin(m);
     st = dsv3_moe_route(&m->router, &ly->moe, x, s, weights, indices, &m->ws.moe, isa, err);
-    call_end(scope);
+    dsv3_model_call_end(scope);
     return st;
 }
 
@@ -287,10 +281,10 @@ dsv3_status dsv3_model_experts(dsv3_model *m, int64_t layer, const float *x, int
     dsv3_status st = probe_layer(m, layer, 1, &ly, err);
     if (st != DSV3_OK)
         return st;
-    const call_scope scope = call_begin(m);
+    const dsv3_model_call scope = dsv3_model_call_begin(m);
     st = dsv3_moe_experts(&m->router, &ly->moe, m->cfg.hidden_size, x, s, indices, weights, out, &m->ws.moe, isa,
                           err);
-    call_end(scope);
+    dsv3_model_call_end(scope);
     return st;
 }
 

@@ -7,4 +7,14 @@
 /* h [s, hidden] = the embedding rows of ids [s] (ids already checked against the vocabulary). */
 void dsv3_model_embed_rows(const dsv3_model *m, const int64_t *ids, int64_t s, float *h);
 
+/* One call of the model (forward, a batch step, a probe): the thread count pinned and the workspace's
+ * linear arena bound for its whole duration (issue 9 defect 1: scratch sized for one count is used
+ * with that count); undone by dsv3_model_call_end. */
+typedef struct {
+    int pin;
+    dsv3_lin_arena *prev;
+} dsv3_model_call;
+dsv3_model_call dsv3_model_call_begin(dsv3_model *m);
+void dsv3_model_call_end(dsv3_model_call c);
+
 #endif
