@@ -12,6 +12,7 @@
 
 #include "dsv3_dtypes.h"
 #include "dsv3_onednn.h"
+#include "linear/act_q8.h"
 #include "linear/lin_kernels.h"
 
 #include <omp.h>
@@ -118,7 +119,7 @@ static void split_bf16x2(const float *x, int64_t m, int64_t k, int layout, uint1
     for (int64_t t = 0; t < m * nc; t++) {
         const int64_t r = t / nc, j0 = t % nc * 1024, j1 = j0 + 1024 < k ? j0 + 1024 : k;
         const float *xr = x + r * k;
-        uint16_t *hr = xh + r * k, *lr = xl + r * k;
+        uint16_t *hr = xh + r * k, *lr = xl ? xl + r * k : NULL;
         uint16_t h[128], l[128];
         int64_t j = j0;
         for (; j + bs <= j1 && j + bs <= kb; j += bs) { /* full blocks (1024 is a multiple of bs) */
@@ -128,12 +129,14 @@ static void split_bf16x2(const float *x, int64_t m, int64_t k, int layout, uint1
             }
             for (int64_t o = 0; o < bs; o++) {
                 hr[j + perm[o]] = h[o];
-                lr[j + perm[o]] = l[o];
+                if (lr) /* NULL: x rounded once to bf16 (fast mode) */
+                    lr[j + perm[o]] = l[o];
             }
         }
         for (; j < j1; j++) { /* K tail: natural order */
             hr[j] = dsv3_f32_to_bf16(xr[j]);
-            lr[j] = dsv3_f32_to_bf16(xr[j] - dsv3_bf16_to_f32(hr[j]));
+            if (lr)
+                lr[j] = dsv3_f32_to_bf16(xr[j] - dsv3_bf16_to_f32(hr[j]));
         }
     }
 }
@@ -171,6 +174,8 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
     int8_t *xi = NULL;
     uint8_t *xu = NULL;
     uint16_t *xb = NULL, *xh = NULL, *xl = NULL;
+    void *q8buf = NULL;
+    dsv3_act_q8 q8;
     dsv3_lin_kernel kern = t->gemv[id];
     int64_t cols = GEMV_COLS;
     const int onednn_shape = (w->fmt == DSV3_FMT_F32 && m >= ONEDNN_F32_MIN_M) ||
@@ -199,6 +204,8 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
     }
     const int use_gemm = mode == DSV3_LINEAR_WEIGHT_ONLY && t->gemm[id] &&
                          m >= (w->fmt == DSV3_FMT_FP8_BLOCK ? GEMM_MIN_M_FP8 : GEMM_MIN_M);
+    /* fast activation mode (w->act, act_q8.h): the format's fast kernel for this ISA, if it has one */
+    const int fast = mode == DSV3_LINEAR_WEIGHT_ONLY && !use_gemm && w->act == DSV3_ACT_FAST && t->fast[id];
     if (x_bf16 && !(use_gemm)) {
         if (!(xf = dsv3_alloc((size_t)mk * sizeof(float))))
             goto nomem;
@@ -216,6 +223,13 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
                 goto nomem;
             f32_to_bf16_par(x32, mk, xb);
             a.xb = xb;
+        }
+    } else if (fast) {
+        kern = t->fast[id];
+        if (dsv3_act_layout_is_q8(t->fast_x[id])) {
+            if (!(q8buf = dsv3_act_q8_prepare(x32, m, K, t->fast_x[id], &q8)))
+                goto nomem;
+            a.q8 = &q8;
         }
     } else if (mode == DSV3_LINEAR_DYNAMIC && w->fmt == DSV3_FMT_FP8_BLOCK) {
         xq = dsv3_alloc((size_t)mk * sizeof(float));
@@ -238,10 +252,11 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
         a.xs_tok = xs;
         kern = t->dynamic[id];
     }
-    if (!use_gemm && t->gemv_x[id] != DSV3_X_F32 && !(mode == DSV3_LINEAR_DYNAMIC && w->fmt == DSV3_FMT_INT8)) {
+    if (fast ? t->fast_x[id] == DSV3_X_BF16_HI
+             : !use_gemm && t->gemv_x[id] != DSV3_X_F32 && !(mode == DSV3_LINEAR_DYNAMIC && w->fmt == DSV3_FMT_INT8)) {
         xh = dsv3_alloc((size_t)mk * 2);
-        xl = dsv3_alloc((size_t)mk * 2);
-        if (!xh || !xl)
+        xl = fast ? NULL : dsv3_alloc((size_t)mk * 2); /* fast: hi only */
+        if (!xh || (!fast && !xl))
             goto nomem;
         split_bf16x2(a.x, m, K, t->gemv_x[id], xh, xl);
         a.xh = xh;
@@ -252,9 +267,11 @@ dsv3_status dsv3_linear_ex(const void *x, int x_bf16, int64_t m, const dsv3_weig
     for (int64_t c = 0; c < chunks; c++)
         kern(&a, c * cols, (c + 1) * cols < N ? (c + 1) * cols : N);
     dsv3_free(xf); dsv3_free(xq); dsv3_free(xs); dsv3_free(xi); dsv3_free(xu); dsv3_free(xb); dsv3_free(xh); dsv3_free(xl);
+    dsv3_free(q8buf);
     return DSV3_OK;
 nomem:
     dsv3_free(xf); dsv3_free(xq); dsv3_free(xs); dsv3_free(xi); dsv3_free(xu); dsv3_free(xb); dsv3_free(xh); dsv3_free(xl);
+    dsv3_free(q8buf);
     return dsv3_fail(err, DSV3_E_NOMEM, "linear: out of memory for activations (m=%lld, k=%lld)", (long long)m,
                      (long long)K);
 }
