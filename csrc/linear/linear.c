@@ -1,8 +1,9 @@
 /* Linear dispatcher: validates the weight, prepares activations (bf16 -> f32, dynamic activation
  * quantisation, bf16 hi/lo split for the AVX-512 small-M dot kernels, bf16 copy for the large-M
- * path; in the fast mode, w->act, Q8 blocks (act_q8.c) or bf16 hi only), picks the kernel from the format table for the ISA and splits output columns across
- * threads (small M: 4 columns per work item; large M: 32). Every y element is computed by exactly one thread in a
- * fixed order, so results do not depend on the thread count.
+ * path; in the fast mode, w->act, Q8 blocks (act_q8.c) or bf16 hi only), picks the kernel from the
+ * format table for the ISA and splits output columns across threads (small M: 4 columns per work
+ * item; large M: 32). Every y element is computed by exactly one thread in a fixed order, so results
+ * do not depend on the thread count.
  *
  * Packing decision: kernels read the checkpoint layout directly (rows of codes are contiguous and
  * streamable; scales are tiny). The large-M path decodes weight tiles into a per-thread bf16 buffer,
