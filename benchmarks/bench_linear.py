@@ -58,6 +58,15 @@ VARIANTS = {
     "f32": ("f32", {}, None, "f32_fma"),
     "bf16/own": ("bf16", {}, None, "bf16_dot"),
     "f32/own": ("f32", {}, None, "f32_fma"),
+    "int4g32": ("int4", {"group": 32}, "weight_only", "bf16_dot"),
+    # fast activation mode (precision="fast"): Q8 activations + integer dots for int8/int4, x as one bf16
+    # for bf16/fp8_block/nvfp4 on AVX-512 (the others run with precision="exact")
+    "bf16/fast": ("bf16", {}, None, "bf16_dot"),
+    "fp8_block/fast": ("fp8_block", {}, "weight_only", "bf16_dot"),
+    "nvfp4/fast": ("nvfp4", {}, "weight_only", "bf16_dot"),
+    "int8/fast": ("int8", {}, "weight_only", "int8_dot"),
+    "int4/fast": ("int4", {"group": 128}, "weight_only", "int8_dot"),
+    "int4g32/fast": ("int4", {"group": 32}, "weight_only", "int8_dot"),
 }
 # The plain bf16/f32 variants measure dsv3.ops.linear with its opt-in oneDNN route
 # (DSV3_LINEAR_ONEDNN=1: f32 M >= 8, bf16 M >= 32); the /own variants run with DSV3_LINEAR_ONEDNN=0,
@@ -228,8 +237,14 @@ def replicate(w, n, notes):
         return [w]
 
 
-def dsv3_caller(found, mode, own=False):
+def dsv3_caller(found, mode, own=False, precision="exact"):
+    import functools
+    import inspect
     linear = found["linear"]
+    if "precision" in inspect.signature(linear).parameters:  # builds before the fast mode have no precision
+        linear = functools.partial(linear, precision=precision)
+    elif precision != "exact":
+        raise NotImplementedError("this build has no precision='fast'")
     if own:
         def call_own(x, w):
             os.environ["DSV3_LINEAR_ONEDNN"] = "0"
@@ -322,7 +337,12 @@ def bench_variant(shape_name, variant, w32, args, found, roof, est, notes, out_r
         run_ws = [p if p is not None else c for p, c in zip(packed, copies)]
     elif fmt not in ("f32", "bf16"):
         notes.add("packing cost: dsv3.quant.pack is not in this build")
-    call_dsv3, impl = dsv3_caller(found, mode, variant in OWN)
+    precision = "fast" if variant.endswith("/fast") else "exact"
+    try:
+        call_dsv3, impl = dsv3_caller(found, mode, variant in OWN, precision)
+    except NotImplementedError as e:
+        notes.add(f"{variant}: skipped, {e}")
+        return
 
     tws = [torch_weight(weight_arrays(c), fmt) for c in copies]
     int4_offset = False
@@ -335,7 +355,8 @@ def bench_variant(shape_name, variant, w32, args, found, roof, est, notes, out_r
         x = rng.standard_normal((m, k), dtype=np.float32)
         xt = torch.from_numpy(x)
         xt_b = xt.to(torch.bfloat16) if fmt != "f32" else xt
-        row = {"variant": variant, "format": fmt, "mode": mode or "-", "shape": shape_name, "K": k,
+        row = {"variant": variant, "format": fmt, "mode": mode or "-", "precision": precision,
+               "shape": shape_name, "K": k,
                "N": n, "M": m, "weight_bytes": nbytes, "copies": ncopies, "impl": impl,
                "peak_kind": peak_kind, "quantize_s": t_quant, "pack_s": t_pack}
 

@@ -22,6 +22,8 @@ def add_arguments(p):
     p.add_argument("--experts", choices=FORMATS, help="format of routed experts (default: --format)")
     p.add_argument("--attention", choices=FORMATS, help="format of attention linears (default: --format)")
     p.add_argument("--lm-head", choices=FORMATS, help="quantise lm_head too (default: kept as stored)")
+    p.add_argument("--group", type=int, choices=(32, 128), default=128,
+                   help="K group of int4 scales (default 128; 32 = llama.cpp Q4_0 granularity)")
     p.add_argument("--keep-mtp", action="store_true", help="copy the MTP layer verbatim")
     p.add_argument("--ep", type=int, default=1, metavar="N", help="write routed experts as N expert-parallel parts")
     p.add_argument("--threads", type=int, metavar="N", help="threads of the C quantisers")
@@ -35,7 +37,7 @@ def run(args):
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     m = convert(args.src, args.dst, format=args.format, experts=args.experts, attention=args.attention,
                 lm_head=args.lm_head, keep_mtp=args.keep_mtp, ep=args.ep, threads=args.threads,
-                quiet=args.quiet, shard_bytes=parse_size(args.shard_size))
+                quiet=args.quiet, shard_bytes=parse_size(args.shard_size), group=args.group)
     if not args.quiet:
         print(f"wrote {len(m['tensors'])} tensors in {len(m['shards'])} shards to {args.dst}")
     return 0

@@ -59,7 +59,7 @@ def run(layout="fp8_block", keep=None, seed=0, new_tokens=8, log=print):
         load_dir = _convert(ckpt_dir, work, fmt, log)
 
         log(f"[3/5] loading with dsv3.Model.from_pretrained({load_dir!r})")
-        model = dsv3.Model.from_pretrained(load_dir)
+        model = dsv3.Model.from_pretrained(load_dir, precision="exact")  # compared with transformers fp32
         log(repr(model))
 
         tok = model.tokenizer

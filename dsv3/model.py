@@ -88,7 +88,7 @@ class Model:
 
     # ---- construction ----
     @classmethod
-    def from_tensors(cls, config, tensors, dtype=None, attention="absorbed", max_seq_len=4096):
+    def from_tensors(cls, config, tensors, dtype=None, attention="absorbed", max_seq_len=4096, precision=None):
         """Build a model from a config and a dict ``canonical name -> tensor``.
 
         config: a ``DeepseekConfig`` (anything with ``.to_native()``) or the native dict itself.
@@ -100,7 +100,14 @@ class Model:
         values keep their format).
         attention: "absorbed" (latent-space attention) or "naive" (expanded K/V, transformers' way).
         max_seq_len: KV cache capacity in tokens.
+        precision: activation precision of the linear layers: "fast" (the engine default,
+        ``dsv3.quant.DEFAULT_PRECISION``: int8/int4 weights with activations quantised per block of 32
+        to int8 and integer dots, fp8_block/nvfp4/bf16 with x rounded to bf16 on AVX-512) or "exact"
+        (f32-level activations, for parity with transformers fp32). None: the default.
         """
+        from .quant import check_precision, native_weight  # precision plumbing (kept local)
+
+        precision = check_precision(precision)
         if dtype is not None and dtype not in _DTYPES:
             raise ValueError(f"dtype must be None, 'float32' or 'bfloat16', got {dtype!r}")
         if attention not in ("absorbed", "naive"):
@@ -113,22 +120,24 @@ class Model:
         prepared, numel, nbytes, fmts = {}, 0, 0, {}
         for name, value in tensors.items():
             v, n, b, f = _prepare_tensor(name, value, dtype)
-            prepared[name] = v
+            prepared[name] = native_weight(v, precision) if precision != "exact" else v
             numel += n
             nbytes += b
             fmts[f] = fmts.get(f, 0) + b
         native = lib.Model(native_cfg, prepared, int(max_seq_len), attention)
-        info = {"params": numel, "bytes": nbytes, "formats": fmts, "attention": attention}
+        info = {"params": numel, "bytes": nbytes, "formats": fmts, "attention": attention, "precision": precision}
         return cls(native, config, info)
 
     @classmethod
-    def from_pretrained(cls, path, dtype=None, attention="absorbed", max_seq_len=4096):
-        """Load a checkpoint directory (HF layouts, DeepSeek FP8, NVFP4 or converted dsv3)."""
+    def from_pretrained(cls, path, dtype=None, attention="absorbed", max_seq_len=4096, precision=None):
+        """Load a checkpoint directory (HF layouts, DeepSeek FP8, NVFP4 or converted dsv3).
+
+        Arguments as :meth:`from_tensors` (precision "fast" by default, "exact" for parity work)."""
         from .checkpoint import open_checkpoint  # the io module; imported lazily
 
         ckpt = open_checkpoint(path)
         model = cls.from_tensors(ckpt.config, dict(ckpt.canonical_tensors()), dtype=dtype,
-                                 attention=attention, max_seq_len=max_seq_len)
+                                 attention=attention, max_seq_len=max_seq_len, precision=precision)
         model._checkpoint = ckpt  # keeps memory-mapped shards open
         model._path = os.fspath(path)  # the tokenizer is loaded from here on first use
         return model
@@ -292,6 +301,11 @@ class Model:
     def num_parameters(self):
         """Number of weight values given at load (every tensor, quantised ones counted by their shape)."""
         return self._info["params"]
+
+    @property
+    def precision(self):
+        """Activation precision of the linear layers: "fast" or "exact" (see :meth:`from_tensors`)."""
+        return self._info["precision"]
 
     @property
     def nbytes(self):

@@ -419,7 +419,7 @@ def run(config=None, modules=None, seed=0, layer=None, attention="absorbed", seq
     if model is None:
         import dsv3
         dsv3_tensors = _apply_corruption(corrupt, canonical, cfg)
-        model = dsv3.Model.from_tensors(cfg, dsv3_tensors, attention=attention)
+        model = dsv3.Model.from_tensors(cfg, dsv3_tensors, attention=attention, precision="exact")
     elif corrupt is not None:
         raise ValueError("corrupt= needs dsv3 to build the model (model= must be None)")
     checks = _Checks(model, Reference(hf_model), cfg, hf_cfg, seed, layer, int(seq_len), int(new_tokens))

@@ -26,11 +26,44 @@ import ml_dtypes
 from ._native import lib
 
 FORMATS = ("f32", "bf16", "fp8_block", "nvfp4", "int8", "int4")
+# Activation precision of the linear kernels (dsv3_weight.act, csrc/include/dsv3_linear.h):
+#   "exact": activations kept at f32 level (f32, or bf16 hi + lo); matches transformers fp32 (parity work);
+#   "fast":  int8/int4 weights take activations quantised per block of 32 to int8 (scale = amax/127,
+#            round half to even) with integer dots; fp8_block/nvfp4/bf16 on AVX-512 take them rounded once
+#            to bf16. Accuracy against transformers fp32: tests/test_fast_mode.py.
+PRECISIONS = ("exact", "fast")
+DEFAULT_PRECISION = "fast"  # the engine default (Model, ops.linear); the ONE place it is set
 PACKED_LAYOUT = "ckpt-1"
 _SCALE_NAME = {"fp8_block": "weight_scale_inv", "nvfp4": "weight_scale", "int8": "weight_scale",
                "int4": "weight_scale"}
 _PARAMS = {"f32": {}, "bf16": {}, "fp8_block": {"ue8m0": False}, "nvfp4": {"group": 16},
            "int8": {}, "int4": {"group": 128}}
+
+
+def check_precision(precision):
+    """``precision`` validated; None gives :data:`DEFAULT_PRECISION`."""
+    if precision is None:
+        return DEFAULT_PRECISION
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'exact' or 'fast', got {precision!r}")
+    return precision
+
+
+def native_weight(value, precision):
+    """The binding's weight dict for a :class:`QuantizedTensor` or a float32/bfloat16 2-D array, with the
+    activation precision its kernels may use (``"act"``); other values are returned unchanged."""
+    precision = check_precision(precision)
+    if isinstance(value, QuantizedTensor):
+        d = value.to_native()
+    elif isinstance(value, dict) and "format" in value:  # already a native dict (to_native())
+        d = dict(value)
+    elif (isinstance(value, np.ndarray) and value.ndim == 2
+          and value.dtype in (np.float32, ml_dtypes.bfloat16)):
+        d = {"format": "f32" if value.dtype == np.float32 else "bf16", "shape": value.shape, "data": value}
+    else:
+        return value
+    d["act"] = precision
+    return d
 
 
 def _check_fmt(fmt):

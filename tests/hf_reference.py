@@ -115,7 +115,7 @@ def build_pair(name, seed=0, attention="absorbed", max_seq_len=64):
 
     hf = build_hf(name, seed)
     ours = dsv3.Model.from_tensors(native_config(hf.config), canonical_tensors(hf), attention=attention,
-                                   max_seq_len=max_seq_len)
+                                   max_seq_len=max_seq_len, precision="exact")  # f32-level parity
     return hf, ours
 
 

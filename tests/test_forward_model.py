@@ -122,7 +122,7 @@ def test_generation_stops_at_eos_and_capacity():
 def test_bfloat16_weights():
     hf = build_hf("tiny")
     t = canonical_tensors(hf)
-    m = dsv3.Model.from_tensors(native_config(hf.config), t, dtype="bfloat16")
+    m = dsv3.Model.from_tensors(native_config(hf.config), t, dtype="bfloat16", precision="exact")
     with torch.no_grad():  # reference: the same model with weights rounded to bf16, f32 compute
         for name, p in hf.named_parameters():
             if not name.endswith("mlp.gate.weight"):
@@ -132,7 +132,7 @@ def test_bfloat16_weights():
     # bf16 arrays given directly (no dtype=) read the same values
     router = (".mlp.gate.weight", ".mlp.gate.e_score_correction_bias")  # kept f32, as dtype= does
     t_bf16 = {k: (v if k.endswith(router) else v.astype(ml_dtypes.bfloat16)) for k, v in t.items()}
-    m2 = dsv3.Model.from_tensors(native_config(hf.config), t_bf16)
+    m2 = dsv3.Model.from_tensors(native_config(hf.config), t_bf16, precision="exact")
     m.reset()
     assert np.array_equal(m2.forward(IDS), m.forward(IDS))
 
@@ -212,7 +212,7 @@ def test_tied_embeddings():
     t = canonical_tensors(hf)
     t.pop("lm_head.weight")
     cfg = dict(native_config(hf.config), tie_word_embeddings=1)
-    m = dsv3.Model.from_tensors(cfg, t)
+    m = dsv3.Model.from_tensors(cfg, t, precision="exact")
     with torch.no_grad():
         hf.lm_head.weight.copy_(hf.model.embed_tokens.weight)
     assert max_abs(m.forward(IDS), hf_logits(hf, IDS)) < 1e-4

@@ -17,6 +17,14 @@ typedef enum {
     DSV3_FMT_COUNT
 } dsv3_format;
 
+/* Activation precision of a weight's small-M kernels (dsv3_weight.act).
+ * EXACT: f32-level (x kept in f32, or bf16 hi + lo); the parity mode.
+ * FAST: the format's fast kernel where it has one (dsv3_format_traits.fast): int8/int4 weights take x
+ *   quantised per block of 32 columns to int8 (Q8: d = amax/127, q = round-half-even(x/d)) and integer
+ *   dots; fp8_block/nvfp4/bf16 on AVX-512 take x rounded once to bf16 (no lo part). Formats/ISAs
+ *   without a fast kernel, and large M (the bf16 GEMM), run the exact kernels. */
+typedef enum { DSV3_ACT_EXACT = 0, DSV3_ACT_FAST = 1 } dsv3_act;
+
 typedef struct {
     dsv3_format fmt;
     int64_t n, k;       /* logical shape of W: [n, k] */
@@ -26,6 +34,7 @@ typedef struct {
     int group;          /* block / group size along k where the format has one */
     int ue8m0;          /* fp8_block: scales are powers of two (informational) */
     const void *packed; /* optional kernel layout prepared by the linear module, or NULL */
+    int act;            /* dsv3_act: activation precision the kernels may use for this weight */
 } dsv3_weight;
 
 /* y[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n]); x float32 [m, k], y float32 [m, n].

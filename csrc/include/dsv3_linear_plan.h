@@ -35,6 +35,8 @@ typedef enum {
     DSV3_ACT_BF16X2,     /* x = hi + lo in bf16, in the kernel's dsv3_xlayout: a->xh, a->xl (+ f32 x for the K tail) */
     DSV3_ACT_FP8Q,       /* DeepSeek act_quant (e4m3 codes as f32 + per-128 scales): a->x, a->xs */
     DSV3_ACT_INT8Q,      /* symmetric int8 per token: a->xq, a->xu, a->xs_tok */
+    DSV3_ACT_BF16HI,     /* fast mode: x rounded once to bf16 (no lo part), in the gemv's xlayout: a->xh */
+    DSV3_ACT_Q8,         /* fast mode: Q8 blocks of 32 (act_q8.h) in the kernel's DSV3_X_Q8* layout: a->q8 */
     DSV3_ACT_COUNT
 } dsv3_act_layout;
 
@@ -43,7 +45,8 @@ typedef struct {
     dsv3_lin_kernel kern;
     int64_t cols;        /* output columns per work item (the kernel's tile; items start at multiples) */
     int act;             /* dsv3_act_layout */
-    int xlayout;         /* dsv3_xlayout of DSV3_ACT_BF16X2 */
+    int xlayout;         /* dsv3_xlayout of DSV3_ACT_BF16X2 / DSV3_ACT_BF16HI / DSV3_ACT_Q8 */
+    dsv3_act_q8 q8;      /* DSV3_ACT_Q8: the prepared blocks (a.q8 points here) */
     int x_bf16;          /* the caller's x is bf16 bits (else f32) */
     const void *xin;     /* the caller's activations [m, k] */
     float *xf;           /* f32 copy of a bf16 x (NULL when x is f32 or the layout reads bf16 directly) */

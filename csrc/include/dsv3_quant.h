@@ -26,6 +26,17 @@
 
 typedef enum { DSV3_SCALE_NONE = 0, DSV3_SCALE_F32 = 1, DSV3_SCALE_E4M3 = 2 } dsv3_scale_kind;
 
+/* Fast-mode activations quantised per block of 32 columns (Q8, see csrc/linear/act_q8.c), prepared once
+ * per call in the layout the kernel asks for (dsv3_format_traits.fast_x). */
+typedef struct {
+    const int8_t *q;    /* [m, k] codes; full layout blocks in the kernel's order, the K tail natural */
+    const float *d;     /* [m, ceil(k/32)] block scales: x ~= q * d */
+    const int32_t *c;   /* [m, k / lane] offset compensation per dot lane (SIMD layouts), else NULL */
+    const float *dl;    /* [m, k / lane] block scale of each dot lane (SIMD layouts), else NULL */
+    int64_t lanes;      /* row stride of c / dl (k / lane columns) */
+    int64_t kb;         /* columns in full layout blocks (the rest is the natural-order tail) */
+} dsv3_act_q8;
+
 /* Arguments of every linear kernel (one signature for every format). */
 typedef struct {
     const float *x;        /* [m, k] f32 activations (weight-only) or dequantised act codes (fp8 dynamic) */
@@ -38,6 +49,7 @@ typedef struct {
                               * kernel's x layout (dsv3_xlayout), else NULL */
     int64_t m;
     const dsv3_weight *w;
+    const dsv3_act_q8 *q8;   /* fast mode, int8/int4 weights: Q8 activations, else NULL */
     const float *bias;     /* [n] or NULL */
     float *y;              /* [m, n] */
 } dsv3_lin_args;
@@ -52,7 +64,15 @@ typedef enum {
     DSV3_X_BF16X2_P64 = 2 /* same, each 64-block in the in-lane byte-unpack order of the fp8 decoder:
                            * [0-7, 16-23, 32-39, 48-55, 8-15, 24-31, 40-47, 56-63] */,
     DSV3_X_BF16X2_N128 = 3 /* same, each 128-block in the order of the 4-bit (vpmovzxbw + vpermw) decoder:
-                            * source o -> (o >> 6) * 64 + (o & 1) * 32 + ((o & 63) >> 1) */
+                            * source o -> (o >> 6) * 64 + (o & 1) * 32 + ((o & 63) >> 1) */,
+    /* fast mode (dsv3_format_traits.fast_x): */
+    DSV3_X_BF16_HI = 4,   /* x rounded once to bf16 (hi only), in the order of the format's gemv_x */
+    DSV3_X_Q8 = 5,        /* Q8 codes in natural order, no lane arrays (scalar twin, AVX2 int8) */
+    DSV3_X_Q8_L4 = 6,     /* natural order; dot lanes of 4 columns, compensation for weights + 128
+                           * (AVX-512 int8: vpdpbusd of w ^ 0x80 with x) */
+    DSV3_X_Q8_EO64 = 7,   /* each 64-block as its 32 even then 32 odd columns; lanes of 8 columns,
+                           * compensation for weights + 8 (AVX2 int4: low / high nibbles) */
+    DSV3_X_Q8_EO128 = 8   /* the same with 128-blocks (AVX-512 int4) */
 } dsv3_xlayout;
 
 typedef struct {
@@ -72,6 +92,10 @@ typedef struct {
     dsv3_lin_kernel gemm[DSV3_ISA_COUNT];
     dsv3_lin_kernel dynamic[DSV3_ISA_COUNT];
     unsigned char gemv_x[DSV3_ISA_COUNT]; /* dsv3_xlayout of gemv / dynamic kernels per ISA */
+    /* fast activation mode (dsv3_weight.act = DSV3_ACT_FAST, small M): kernel per ISA (NULL: the exact
+     * gemv runs) and its activation layout (DSV3_X_BF16_HI or one of the DSV3_X_Q8* layouts) */
+    dsv3_lin_kernel fast[DSV3_ISA_COUNT];
+    unsigned char fast_x[DSV3_ISA_COUNT];
 } dsv3_format_traits;
 
 extern const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT];

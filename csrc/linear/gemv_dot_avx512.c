@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "linear/act_q8.h"
 #include "linear/decode_avx512.h"
 #include "linear/lin_common.h"
 
@@ -88,8 +89,9 @@ AI void dec_fp8_bf16(const uint8_t *p, const fp8_tables *t, const int is_int8, _
 
 /* Partial sums of K range [k0, kend) (whole 64-blocks) for an mr x nr tile (rows m0.., columns n0..).
  * Per block: decode nr weight rows, then for each x row 4 vdpbf16ps per weight row (hi/lo x A/B). */
-AI void dot_group(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, const uint8_t *const *row,
-                  const fp8_tables *t, int64_t k0, int64_t kend, int64_t m0, __m512 part[DMR][DNR])
+AI void dot_group(dsv3_format f, const int lo, const int mr, const int nr, const dsv3_lin_args *a,
+                  const uint8_t *const *row, const fp8_tables *t, int64_t k0, int64_t kend, int64_t m0,
+                  __m512 part[DMR][DNR])
 {
     const int64_t K = a->w->k;
     __m512 pa[DMR][DNR], pb[DMR][DNR];
@@ -109,12 +111,18 @@ AI void dot_group(dsv3_format f, const int mr, const int nr, const dsv3_lin_args
             }
         }
         for (int i = 0; i < mr; i++) {
-            const uint16_t *xh = a->xh + (m0 + i) * K + k, *xl = a->xl + (m0 + i) * K + k;
+            const uint16_t *xh = a->xh + (m0 + i) * K + k, *xl = lo ? a->xl + (m0 + i) * K + k : NULL;
             const __m512bh hA = (__m512bh)_mm512_loadu_si512(xh), hB = (__m512bh)_mm512_loadu_si512(xh + 32);
-            const __m512bh lA = (__m512bh)_mm512_loadu_si512(xl), lB = (__m512bh)_mm512_loadu_si512(xl + 32);
             for (int j = 0; j < nr; j++) {
-                pa[i][j] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(pa[i][j], hA, A[j]), lA, A[j]);
-                pb[i][j] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(pb[i][j], hB, B[j]), lB, B[j]);
+                pa[i][j] = _mm512_dpbf16_ps(pa[i][j], hA, A[j]);
+                pb[i][j] = _mm512_dpbf16_ps(pb[i][j], hB, B[j]);
+            }
+            if (lo) { /* exact mode: the lo part of x (fast mode rounds x to one bf16) */
+                const __m512bh lA = (__m512bh)_mm512_loadu_si512(xl), lB = (__m512bh)_mm512_loadu_si512(xl + 32);
+                for (int j = 0; j < nr; j++) {
+                    pa[i][j] = _mm512_dpbf16_ps(pa[i][j], lA, A[j]);
+                    pb[i][j] = _mm512_dpbf16_ps(pb[i][j], lB, B[j]);
+                }
             }
         }
     }
@@ -123,7 +131,7 @@ AI void dot_group(dsv3_format f, const int mr, const int nr, const dsv3_lin_args
             part[i][j] = _mm512_add_ps(pa[i][j], pb[i][j]);
 }
 
-AI void dot_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, const fp8_tables *t,
+AI void dot_tile(dsv3_format f, const int lo, const int mr, const int nr, const dsv3_lin_args *a, const fp8_tables *t,
                  int64_t n0, int64_t m0, int64_t klo, int64_t khi)
 {
     const dsv3_weight *w = a->w;
@@ -138,7 +146,7 @@ AI void dot_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args 
             acc[i][j] = _mm512_setzero_ps();
     for (int64_t g = klo / G; g * G < kbh; g++) {
         const int64_t kbeg = g * G > klo ? g * G : klo, kend = (g + 1) * G < kbh ? (g + 1) * G : kbh;
-        dot_group(f, mr, nr, a, row, t, kbeg, kend, m0, part);
+        dot_group(f, lo, mr, nr, a, row, t, kbeg, kend, m0, part);
         for (int j = 0; j < nr; j++) {
             const float s = gscale(f, w, n0 + j, g, ng);
             for (int i = 0; i < mr; i++)
@@ -241,7 +249,7 @@ AI __m512 nvfp4_scales16(const dsv3_weight *w, int64_t n, int64_t g0, int64_t ng
     return _mm512_mul_ps(v, _mm512_set1_ps(w->scale2));
 }
 
-AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, const nib_luts *t, int64_t n0,
+AI void nib_tile(dsv3_format f, const int lo, const int mr, const int nr, const dsv3_lin_args *a, const nib_luts *t, int64_t n0,
                  int64_t m0, int64_t klo, int64_t khi)
 {
     const dsv3_weight *w = a->w;
@@ -261,7 +269,8 @@ AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args 
         for (int i = 0; i < mr; i++)
             for (int q = 0; q < 4; q++) {
                 xv[i][q] = (__m512bh)_mm512_loadu_si512(a->xh + (m0 + i) * K + k + 32 * q);
-                xv[i][4 + q] = (__m512bh)_mm512_loadu_si512(a->xl + (m0 + i) * K + k + 32 * q);
+                if (lo)
+                    xv[i][4 + q] = (__m512bh)_mm512_loadu_si512(a->xl + (m0 + i) * K + k + 32 * q);
             }
         for (int j = 0; j < nr; j++) {
             if (f == DSV3_FMT_NVFP4 && (k % 256 == 0 || k == klo))
@@ -273,6 +282,12 @@ AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args 
             nib128_scales(f, w, n0 + j, k, ng, sb[j], &S0, &S1);
             for (int i = 0; i < mr; i++) {
                 const __m512 z = _mm512_setzero_ps();
+                if (!lo) { /* fast mode: x as one bf16, half the dots */
+                    const __m512 p0 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, xv[i][0], v[0]), xv[i][1], v[1]);
+                    const __m512 p1 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, xv[i][2], v[2]), xv[i][3], v[3]);
+                    acc[i][j] = _mm512_fmadd_ps(p1, S1, _mm512_fmadd_ps(p0, S0, acc[i][j]));
+                    continue;
+                }
                 const __m512 p0 = _mm512_add_ps(_mm512_dpbf16_ps(_mm512_dpbf16_ps(z, xv[i][0], v[0]), xv[i][4], v[0]),
                                                 _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, xv[i][1], v[1]), xv[i][5], v[1]));
                 const __m512 p1 = _mm512_add_ps(_mm512_dpbf16_ps(_mm512_dpbf16_ps(z, xv[i][2], v[2]), xv[i][6], v[2]),
@@ -307,13 +322,13 @@ AI void nib_tile(dsv3_format f, const int mr, const int nr, const dsv3_lin_args 
 
 #define NIB_TILE_NR(mr, nr_)                                                                        \
     switch (nr_) {                                                                                  \
-    case 1: nib_tile(f, mr, 1, a, &t, n, m0, klo, khi); break;                                      \
-    case 2: nib_tile(f, mr, 2, a, &t, n, m0, klo, khi); break;                                      \
-    case 3: nib_tile(f, mr, 3, a, &t, n, m0, klo, khi); break;                                      \
-    default: nib_tile(f, mr, 4, a, &t, n, m0, klo, khi); break;                                     \
+    case 1: nib_tile(f, lo, mr, 1, a, &t, n, m0, klo, khi); break;                                      \
+    case 2: nib_tile(f, lo, mr, 2, a, &t, n, m0, klo, khi); break;                                      \
+    case 3: nib_tile(f, lo, mr, 3, a, &t, n, m0, klo, khi); break;                                      \
+    default: nib_tile(f, lo, mr, 4, a, &t, n, m0, klo, khi); break;                                     \
     }
 
-AI void nib_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
+AI void nib_rows(dsv3_format f, const int lo, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
     nib_luts t;
     t.w = _mm512_loadu_si512(f == DSV3_FMT_NVFP4 ? E2M1_BF16 : INT4_BF16);
@@ -332,26 +347,28 @@ AI void nib_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
     }
 }
 
-void dsv3_gemv_nvfp4_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { nib_rows(DSV3_FMT_NVFP4, a, n0, n1); }
-void dsv3_gemv_int4_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { nib_rows(DSV3_FMT_INT4, a, n0, n1); }
+void dsv3_gemv_nvfp4_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { nib_rows(DSV3_FMT_NVFP4, 1, a, n0, n1); }
+void dsv3_gemv_int4_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { nib_rows(DSV3_FMT_INT4, 1, a, n0, n1); }
+/* fast mode (act_q8.h): x as one bf16 (a->xl unused) */
+void dsv3_gemv_nvfp4_dot1_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { nib_rows(DSV3_FMT_NVFP4, 0, a, n0, n1); }
 
 #define DOT_TILE_NR(mr, nr_)                                                                        \
     switch (nr_) {                                                                                  \
-    case 1: dot_tile(f, mr, 1, a, &t, n, m0, klo, khi); break;                                      \
-    case 2: dot_tile(f, mr, 2, a, &t, n, m0, klo, khi); break;                                      \
-    case 3: dot_tile(f, mr, 3, a, &t, n, m0, klo, khi); break;                                      \
-    default: dot_tile(f, mr, 4, a, &t, n, m0, klo, khi); break;                                     \
+    case 1: dot_tile(f, lo, mr, 1, a, &t, n, m0, klo, khi); break;                                      \
+    case 2: dot_tile(f, lo, mr, 2, a, &t, n, m0, klo, khi); break;                                      \
+    case 3: dot_tile(f, lo, mr, 3, a, &t, n, m0, klo, khi); break;                                      \
+    default: dot_tile(f, lo, mr, 4, a, &t, n, m0, klo, khi); break;                                     \
     }
 
-AI void dot_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
+AI void dot_rows(dsv3_format f, const int lo, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
     fp8_tables t;
     const uint8_t *hi = f == DSV3_FMT_INT8 ? I8_BF16_HI : E4M3_BF16_HI;
-    const uint8_t *lo = f == DSV3_FMT_INT8 ? I8_BF16_LO : E4M3_BF16_LO;
+    const uint8_t *lob = f == DSV3_FMT_INT8 ? I8_BF16_LO : E4M3_BF16_LO;
     t.hi0 = _mm512_loadu_si512(hi);
     t.hi1 = _mm512_loadu_si512(hi + 64);
-    t.lo0 = _mm512_loadu_si512(lo);
-    t.lo1 = _mm512_loadu_si512(lo + 64);
+    t.lo0 = _mm512_loadu_si512(lob);
+    t.lo1 = _mm512_loadu_si512(lob + 64);
     for (int64_t klo = 0; klo < a->w->k; klo += DSV3_GEMV_KC) { /* K chunks: x stays in L1 */
         const int64_t khi = klo + DSV3_GEMV_KC < a->w->k ? klo + DSV3_GEMV_KC : a->w->k;
         for (int64_t n = n0; n < n1; n += DNR) {
@@ -367,9 +384,15 @@ AI void dot_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
     }
 }
 
-void dsv3_gemv_bf16_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { dot_rows(DSV3_FMT_BF16, a, n0, n1); }
-void dsv3_gemv_int8_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { dot_rows(DSV3_FMT_INT8, a, n0, n1); }
+void dsv3_gemv_bf16_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { dot_rows(DSV3_FMT_BF16, 1, a, n0, n1); }
+void dsv3_gemv_int8_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { dot_rows(DSV3_FMT_INT8, 1, a, n0, n1); }
 void dsv3_gemv_fp8_block_dot_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
-    dot_rows(DSV3_FMT_FP8_BLOCK, a, n0, n1);
+    dot_rows(DSV3_FMT_FP8_BLOCK, 1, a, n0, n1);
+}
+/* fast mode (act_q8.h): x as one bf16 (a->xl unused) */
+void dsv3_gemv_bf16_dot1_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1) { dot_rows(DSV3_FMT_BF16, 0, a, n0, n1); }
+void dsv3_gemv_fp8_block_dot1_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1)
+{
+    dot_rows(DSV3_FMT_FP8_BLOCK, 0, a, n0, n1);
 }

@@ -1,7 +1,7 @@
 /* Linear dispatcher as a plan (dsv3_linear_plan.h): validates the weight, picks the kernel from the
  * format table for (format, ISA, M, mode), the activation layout it reads (act_layouts: bf16 -> f32,
  * dynamic activation quantisation, bf16 hi/lo split for the AVX-512 small-M dot kernels, bf16 copy
- * for the large-M path) and the work split (small M: 4 columns per work item; large M: 32), and takes
+ * for the large-M path; in the fast mode, w->act, Q8 blocks (act_q8.c) or bf16 hi only) and the work split (small M: 4 columns per work item; large M: 32), and takes
  * the activation buffers from the caller's arena. Preparation and the kernels run inside the caller's
  * parallel region (dsv3_linear_prepare_team / dsv3_linear_run_team), so several linears share one
  * region; dsv3_linear_ex opens one region per call. Every y element is computed by exactly one
@@ -20,6 +20,7 @@
 #include "dsv3_dtypes.h"
 #include "dsv3_linear_plan.h"
 #include "dsv3_onednn.h"
+#include "linear/act_q8.h"
 #include "linear/lin_kernels.h"
 
 /* Rows of x from which the large-M (bf16 dot) kernels are used when the ISA has them. */
@@ -130,7 +131,7 @@ static void split_bf16x2_team(const float *x, int64_t m, int64_t k, int layout, 
     for (int64_t t = 0; t < m * nc; t++) {
         const int64_t r = t / nc, j0 = t % nc * 1024, j1 = j0 + 1024 < k ? j0 + 1024 : k;
         const float *xr = x + r * k;
-        uint16_t *hr = xh + r * k, *lr = xl + r * k;
+        uint16_t *hr = xh + r * k, *lr = xl ? xl + r * k : NULL; /* no lo: x rounded once (fast mode) */
         uint16_t h[128], l[128];
         int64_t j = j0;
         for (; j + bs <= j1 && j + bs <= kb; j += bs) { /* full blocks (1024 is a multiple of bs) */
@@ -140,12 +141,14 @@ static void split_bf16x2_team(const float *x, int64_t m, int64_t k, int layout, 
             }
             for (int64_t o = 0; o < bs; o++) {
                 hr[j + perm[o]] = h[o];
-                lr[j + perm[o]] = l[o];
+                if (lr)
+                    lr[j + perm[o]] = l[o];
             }
         }
         for (; j < j1; j++) { /* K tail: natural order */
             hr[j] = dsv3_f32_to_bf16(xr[j]);
-            lr[j] = dsv3_f32_to_bf16(xr[j] - dsv3_bf16_to_f32(hr[j]));
+            if (lr)
+                lr[j] = dsv3_f32_to_bf16(xr[j] - dsv3_bf16_to_f32(hr[j]));
         }
     }
 }
@@ -163,19 +166,19 @@ static void *take(unsigned char **cur, size_t bytes)
 }
 
 typedef struct {
-    /* bytes of the layout's buffers for m rows of k (each piece rounded to 64) */
-    size_t (*bytes)(int64_t m, int64_t k);
+    /* bytes of the layout's buffers for m rows of k in xlayout (each piece rounded to 64) */
+    size_t (*bytes)(int64_t m, int64_t k, int xlayout);
     /* point the plan's args at its buffers, carved from cur */
     void (*carve)(dsv3_lin_plan *p, unsigned char **cur);
     /* team-callable preparation from the f32 x in p->a.x (or the bf16 x for DSV3_ACT_BF16); no barrier */
     void (*prep)(const dsv3_lin_plan *p);
 } act_layout;
 
-static size_t none_bytes(int64_t m, int64_t k) { (void)m; (void)k; return 0; }
+static size_t none_bytes(int64_t m, int64_t k, int xl) { (void)m; (void)k; (void)xl; return 0; }
 static void none_carve(dsv3_lin_plan *p, unsigned char **cur) { (void)p; (void)cur; }
 static void none_prep(const dsv3_lin_plan *p) { (void)p; }
 
-static size_t bf16_bytes(int64_t m, int64_t k) { return round64((size_t)(m * k) * 2); }
+static size_t bf16_bytes(int64_t m, int64_t k, int xl) { (void)xl; return round64((size_t)(m * k) * 2); }
 static void bf16_carve(dsv3_lin_plan *p, unsigned char **cur)
 {
     if (p->x_bf16)
@@ -189,7 +192,7 @@ static void bf16_prep(const dsv3_lin_plan *p)
         f32_to_bf16_team(p->a.x, p->a.m * p->a.w->k, (uint16_t *)(void *)p->a.xb);
 }
 
-static size_t bf16x2_bytes(int64_t m, int64_t k) { return 2 * round64((size_t)(m * k) * 2); }
+static size_t bf16x2_bytes(int64_t m, int64_t k, int xl) { (void)xl; return 2 * round64((size_t)(m * k) * 2); }
 static void bf16x2_carve(dsv3_lin_plan *p, unsigned char **cur)
 {
     const size_t b = (size_t)(p->a.m * p->a.w->k) * 2;
@@ -202,8 +205,9 @@ static void bf16x2_prep(const dsv3_lin_plan *p)
                       (uint16_t *)(void *)p->a.xl);
 }
 
-static size_t fp8q_bytes(int64_t m, int64_t k)
+static size_t fp8q_bytes(int64_t m, int64_t k, int xl)
 {
+    (void)xl;
     return round64((size_t)(m * k) * 4) + round64((size_t)(m * ((k + 127) / 128)) * 4);
 }
 static void fp8q_carve(dsv3_lin_plan *p, unsigned char **cur)
@@ -218,7 +222,7 @@ static void fp8q_prep(const dsv3_lin_plan *p)
     act_quant_fp8_team(x32, p->a.m, p->a.w->k, (float *)(void *)p->a.x, (float *)(void *)p->a.xs);
 }
 
-static size_t int8q_bytes(int64_t m, int64_t k) { return 2 * round64((size_t)(m * k)) + round64((size_t)m * 4); }
+static size_t int8q_bytes(int64_t m, int64_t k, int xl) { (void)xl; return 2 * round64((size_t)(m * k)) + round64((size_t)m * 4); }
 static void int8q_carve(dsv3_lin_plan *p, unsigned char **cur)
 {
     const int64_t m = p->a.m, k = p->a.w->k;
@@ -232,12 +236,37 @@ static void int8q_prep(const dsv3_lin_plan *p)
                         (float *)(void *)p->a.xs_tok);
 }
 
+static size_t bf16hi_bytes(int64_t m, int64_t k, int xl) { (void)xl; return round64((size_t)(m * k) * 2); }
+static void bf16hi_carve(dsv3_lin_plan *p, unsigned char **cur)
+{
+    p->a.xh = take(cur, (size_t)(p->a.m * p->a.w->k) * 2);
+    p->a.xl = NULL;
+}
+static void bf16hi_prep(const dsv3_lin_plan *p)
+{
+    split_bf16x2_team(p->a.x, p->a.m, p->a.w->k, p->xlayout, (uint16_t *)(void *)p->a.xh, NULL);
+}
+
+static size_t q8_bytes(int64_t m, int64_t k, int xl) { return round64(dsv3_act_q8_bytes(m, k, xl)); }
+static void q8_carve(dsv3_lin_plan *p, unsigned char **cur)
+{
+    const int64_t m = p->a.m, k = p->a.w->k;
+    dsv3_act_q8_describe(m, k, p->xlayout, take(cur, dsv3_act_q8_bytes(m, k, p->xlayout)), &p->q8);
+    p->a.q8 = &p->q8;
+}
+static void q8_prep(const dsv3_lin_plan *p)
+{
+    dsv3_act_q8_fill_team(p->a.x, p->a.m, p->a.w->k, p->xlayout, &p->q8);
+}
+
 static const act_layout act_layouts[DSV3_ACT_COUNT] = {
     [DSV3_ACT_F32] = {none_bytes, none_carve, none_prep},
     [DSV3_ACT_BF16] = {bf16_bytes, bf16_carve, bf16_prep},
     [DSV3_ACT_BF16X2] = {bf16x2_bytes, bf16x2_carve, bf16x2_prep},
     [DSV3_ACT_FP8Q] = {fp8q_bytes, fp8q_carve, fp8q_prep},
     [DSV3_ACT_INT8Q] = {int8q_bytes, int8q_carve, int8q_prep},
+    [DSV3_ACT_BF16HI] = {bf16hi_bytes, bf16hi_carve, bf16hi_prep},
+    [DSV3_ACT_Q8] = {q8_bytes, q8_carve, q8_prep},
 };
 
 /* Whether the layout needs x in f32 first (bf16 input converted into p->xf before its own preparation). */
@@ -270,6 +299,17 @@ static choice choose(const dsv3_weight *w, int64_t m, dsv3_linear_mode mode, dsv
         c.act = id == DSV3_ISA_AVX2 ? DSV3_ACT_F32 : DSV3_ACT_BF16; /* AVX2's f32-FMA GEMM reads f32 x */
         return c;
     }
+    if (mode == DSV3_LINEAR_WEIGHT_ONLY && w->act == DSV3_ACT_FAST && t->fast[id]) { /* fast mode (act_q8.h) */
+        c.kern = t->fast[id];
+        if (dsv3_act_layout_is_q8(t->fast_x[id])) {
+            c.act = DSV3_ACT_Q8;
+            c.xlayout = t->fast_x[id];
+        } else if (t->fast_x[id] == DSV3_X_BF16_HI) {
+            c.act = DSV3_ACT_BF16HI;
+            c.xlayout = t->gemv_x[id]; /* hi in the order of the format's decoder */
+        }
+        return c;
+    }
     if (mode == DSV3_LINEAR_DYNAMIC) {
         c.kern = t->dynamic[id];
         if (w->fmt == DSV3_FMT_INT8) {
@@ -290,11 +330,11 @@ static int fp8q_split(const dsv3_lin_plan *p) { return p->act == DSV3_ACT_FP8Q &
 
 static size_t bytes_of(int act, int xlayout, int x_bf16, int64_t m, int64_t k)
 {
-    size_t b = act_layouts[act].bytes(m, k);
+    size_t b = act_layouts[act].bytes(m, k, xlayout);
     if (needs_f32(act, x_bf16))
         b += round64((size_t)(m * k) * 4);
     if (act == DSV3_ACT_FP8Q && xlayout != DSV3_X_F32)
-        b += act_layouts[DSV3_ACT_BF16X2].bytes(m, k);
+        b += act_layouts[DSV3_ACT_BF16X2].bytes(m, k, xlayout);
     return b;
 }
 

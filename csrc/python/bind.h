@@ -66,5 +66,7 @@ int dsv3_quant_init_types(PyObject *module);
  * reference to obj. Returns 1 on success, 0 with a Python exception naming `what`. */
 #include "dsv3_linear.h"
 int dsv3_py_weight(PyObject *obj, const char *what, int64_t n, int64_t k, dsv3_weight *out);
+/* "exact" / "fast" -> dsv3_act (dsv3_weight.act); 0 with ValueError naming `what` otherwise. */
+int dsv3_py_act_arg(PyObject *o, const char *what, int *out);
 
 #endif

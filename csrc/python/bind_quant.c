@@ -87,14 +87,15 @@ static PyObject *py_dequantize(PyObject *self, PyObject *arg)
     return out;
 }
 
-/* linear(x: float32|bfloat16 [m, k], w, bias=None, mode="weight_only", isa=None) -> float32 [m, n] */
+/* linear(x: float32|bfloat16 [m, k], w, bias=None, mode="weight_only", isa=None, precision=None)
+ * -> float32 [m, n]; precision "exact"|"fast" overrides the weight's "act" (None keeps it). */
 static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
-    static char *kwlist[] = {"x", "w", "bias", "mode", "isa", NULL};
-    PyObject *xo, *wo, *bo = Py_None, *isao = Py_None;
+    static char *kwlist[] = {"x", "w", "bias", "mode", "isa", "precision", NULL};
+    PyObject *xo, *wo, *bo = Py_None, *isao = Py_None, *prec = Py_None;
     const char *mode_s = "weight_only";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OsO", kwlist, &xo, &wo, &bo, &mode_s, &isao))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OsOO", kwlist, &xo, &wo, &bo, &mode_s, &isao, &prec))
         return NULL;
     dsv3_linear_mode mode;
     if (strcmp(mode_s, "weight_only") == 0)
@@ -113,6 +114,8 @@ static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw)
     const int64_t m = PyArray_DIMS(x)[0], k = PyArray_DIMS(x)[1];
     dsv3_weight w;
     if (!dsv3_py_weight(wo, "weight", -1, -1, &w))
+        return NULL;
+    if (prec != Py_None && !dsv3_py_act_arg(prec, "precision", &w.act))
         return NULL;
     if (w.k != k)
         return PyErr_Format(PyExc_ValueError, "x has %lld columns but the weight has K = %lld", (long long)k,
@@ -149,7 +152,7 @@ PyMethodDef dsv3_quant_methods[] = {
      "quantize(w, fmt, group=0, ue8m0=False) -> dict(data, scale, scale2)"},
     {"dequantize", py_dequantize, METH_O, "dequantize(weight) -> float32 [n, k]"},
     {"linear", (PyCFunction)(void (*)(void))py_linear, METH_VARARGS | METH_KEYWORDS,
-     "linear(x, weight, bias=None, mode='weight_only', isa=None) -> float32 [m, n]"},
+     "linear(x, weight, bias=None, mode='weight_only', isa=None, precision=None) -> float32 [m, n]"},
     {NULL, NULL, 0, NULL},
 };
 

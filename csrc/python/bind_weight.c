@@ -1,5 +1,5 @@
 /* Python objects -> dsv3_weight (see bind.h): a float32/bfloat16 array, or the dict form
- * {"format", "shape", "data", "scale", "scale2", "group", "ue8m0"} returned by
+ * {"format", "shape", "data", "scale", "scale2", "group", "ue8m0", "act"} returned by
  * dsv3.quant.QuantizedTensor.to_native(). Every array is checked against the format's layout
  * (dsv3_quant_layout): dtype, shape, contiguity and alignment, with errors naming the field. */
 #include "bind.h"
@@ -46,6 +46,22 @@ static int get_int(PyObject *d, const char *key, long dflt, long *out, const cha
     if (*out == -1 && PyErr_Occurred()) {
         PyErr_Clear();
         PyErr_Format(PyExc_TypeError, "%s['%s'] must be an int", what, key);
+        return 0;
+    }
+    return 1;
+}
+
+/* "act": "exact" (default) or "fast" -> dsv3_act */
+int dsv3_py_act_arg(PyObject *o, const char *what, int *out)
+{
+    const char *s = o && PyUnicode_Check(o) ? PyUnicode_AsUTF8(o) : NULL;
+    if (s && strcmp(s, "exact") == 0)
+        *out = DSV3_ACT_EXACT;
+    else if (s && strcmp(s, "fast") == 0)
+        *out = DSV3_ACT_FAST;
+    else {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s must be 'exact' or 'fast', got %R", what, o);
         return 0;
     }
     return 1;
@@ -111,6 +127,13 @@ static int weight_from_dict(PyObject *d, const char *what, dsv3_weight *out)
     }
     if (!ok)
         return 0;
+    PyObject *act = PyDict_GetItemString(d, "act");
+    if (act && act != Py_None) {
+        char name[160];
+        snprintf(name, sizeof name, "%s['act']", what);
+        if (!dsv3_py_act_arg(act, name, &out->act))
+            return 0;
+    }
     PyObject *s2 = PyDict_GetItemString(d, "scale2");
     if (fmt == DSV3_FMT_NVFP4) {
         const double v = s2 && s2 != Py_None ? PyFloat_AsDouble(s2) : -1.0;

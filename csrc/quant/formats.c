@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "dsv3_dtypes.h"
+#include "linear/act_q8.h"
 #include "linear/lin_kernels.h"
 
 /* ---- scalar reference decode: unscaled code values ---- */
@@ -84,28 +85,37 @@ static float scale_int4(const dsv3_weight *w, int64_t n, int64_t g)
 
 #define KERNELS(kind, f) {dsv3_##kind##_##f##_scalar, dsv3_##kind##_##f##_avx2, dsv3_##kind##_##f##_avx512}
 #define NO_KERNELS {NULL, NULL, NULL}
+/* fast mode, x rounded once to bf16: AVX-512 only (on AVX2 the f32 kernels stay: no bf16 dot there) */
+#define FAST_BF16HI(f) .fast = {dsv3_fast_bf16hi_scalar, NULL, dsv3_gemv_##f##_dot1_avx512}, \
+                       .fast_x = {DSV3_X_F32, DSV3_X_F32, DSV3_X_BF16_HI}
+#define FAST_Q8(f, avx2_x, avx512_x) .fast = KERNELS(q8, f), .fast_x = {DSV3_X_Q8, avx2_x, avx512_x}
 
 const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT] = {
     [DSV3_FMT_F32] = {"f32", 32, 0, 0, DSV3_SCALE_NONE, 0, code_row_f32, scale_one,
                       KERNELS(gemv, f32), {NULL, dsv3_gemm_f32_avx2, NULL}, NO_KERNELS},
     [DSV3_FMT_BF16] = {"bf16", 16, 0, 0, DSV3_SCALE_NONE, 0, code_row_bf16, scale_one,
                        {dsv3_gemv_bf16_scalar, dsv3_gemv_bf16_avx2, dsv3_gemv_bf16_dot_avx512},
-                       {NULL, dsv3_gemm_bf16_avx2, dsv3_gemm_bf16_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2}},
+                       {NULL, dsv3_gemm_bf16_avx2, dsv3_gemm_bf16_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2},
+                       FAST_BF16HI(bf16)},
     [DSV3_FMT_FP8_BLOCK] = {"fp8_block", 8, 128, 128, DSV3_SCALE_F32, 0, code_row_fp8, scale_fp8,
                             {dsv3_gemv_fp8_block_scalar, dsv3_gemv_fp8_block_avx2, dsv3_gemv_fp8_block_dot_avx512},
                             {NULL, dsv3_gemm_fp8_block_avx2, dsv3_gemm_fp8_block_avx512},
                             /* same kernels, activation scales in xs */
                             {dsv3_gemv_fp8_block_scalar, dsv3_gemv_fp8_block_avx2, dsv3_gemv_fp8_block_dot_avx512},
-                            {0, 0, DSV3_X_BF16X2_P64}},
+                            {0, 0, DSV3_X_BF16X2_P64},
+                            FAST_BF16HI(fp8_block)},
     [DSV3_FMT_NVFP4] = {"nvfp4", 4, 1, 16, DSV3_SCALE_E4M3, 1, code_row_nvfp4, scale_nvfp4,
                         {dsv3_gemv_nvfp4_scalar, dsv3_gemv_nvfp4_avx2, dsv3_gemv_nvfp4_dot_avx512},
-                        {NULL, dsv3_gemm_nvfp4_avx2, dsv3_gemm_nvfp4_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2_N128}},
+                        {NULL, dsv3_gemm_nvfp4_avx2, dsv3_gemm_nvfp4_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2_N128},
+                        FAST_BF16HI(nvfp4)},
     [DSV3_FMT_INT8] = {"int8", 8, 1, -1, DSV3_SCALE_F32, 0, code_row_int8, scale_int8,
                        {dsv3_gemv_int8_scalar, dsv3_gemv_int8_avx2, dsv3_gemv_int8_dot_avx512},
-                       {NULL, dsv3_gemm_int8_avx2, dsv3_gemm_int8_avx512}, KERNELS(dyn, int8), {0, 0, DSV3_X_BF16X2_P64}},
+                       {NULL, dsv3_gemm_int8_avx2, dsv3_gemm_int8_avx512}, KERNELS(dyn, int8), {0, 0, DSV3_X_BF16X2_P64},
+                       FAST_Q8(int8, DSV3_X_Q8, DSV3_X_Q8_L4)},
     [DSV3_FMT_INT4] = {"int4", 4, 1, -2, DSV3_SCALE_F32, 0, code_row_int4, scale_int4,
                        {dsv3_gemv_int4_scalar, dsv3_gemv_int4_avx2, dsv3_gemv_int4_dot_avx512},
-                       {NULL, dsv3_gemm_int4_avx2, dsv3_gemm_int4_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2_N128}},
+                       {NULL, dsv3_gemm_int4_avx2, dsv3_gemm_int4_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2_N128},
+                       FAST_Q8(int4, DSV3_X_Q8_EO64, DSV3_X_Q8_EO128)},
 };
 
 dsv3_status dsv3_format_parse(const char *name, dsv3_format *out, dsv3_error *err)

@@ -73,7 +73,7 @@ static int qweight_make(qweight *q, dsv3_format fmt, const float *src, int64_t n
         return 0;
     }
     CHECK_OK(dsv3_quantize(fmt, src, n, k, group, ue8m0, q->data, q->scale, &scale2, &err), &err);
-    q->w = (dsv3_weight){fmt, n, k, q->data, q->scale, scale2, group, ue8m0, NULL};
+    q->w = (dsv3_weight){fmt, n, k, q->data, q->scale, scale2, group, ue8m0, NULL, DSV3_ACT_EXACT};
     if (fmt == DSV3_FMT_FP8_BLOCK)
         q->w.group = 128;
     const char *name = dsv3_formats[fmt].name;
@@ -146,6 +146,26 @@ static void act_codes(dsv3_format fmt, const float *x, int64_t m, int64_t k, dou
     }
 }
 
+/* The fast mode's activations (w.act = DSV3_ACT_FAST, act_q8.h), per its header: int8/int4 weights see x
+ * quantised per block of 32 (d = amax/127, q = round-half-even(x/d)); bf16/fp8_block/nvfp4 see bf16(x). */
+static void fast_codes(dsv3_format fmt, double *xd, int64_t m, int64_t k)
+{
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t c0 = 0; c0 < k; c0 += 32) {
+            double *xr = xd + r * k;
+            const int64_t c1 = c0 + 32 < k ? c0 + 32 : k;
+            float amax = 0.0f;
+            for (int64_t j = c0; j < c1; j++)
+                amax = fmaxf(amax, fabsf((float)xr[j]));
+            const float d = amax / 127.0f;
+            for (int64_t j = c0; j < c1; j++)
+                if (fmt == DSV3_FMT_INT8 || fmt == DSV3_FMT_INT4)
+                    xr[j] = d > 0 ? (double)nearbyintf((float)xr[j] / d) * d : 0.0;
+                else
+                    xr[j] = dsv3_bf16_to_f32(dsv3_f32_to_bf16((float)xr[j]));
+        }
+}
+
 /* y_ref = xd W^T + bias in double; mag = sum |x w| (the scale of rounding errors). */
 static void reference(const double *xd, int64_t m, const qweight *q, const float *bias, double *y, double *mag)
 {
@@ -184,9 +204,10 @@ static void linear_case(dsv3_format fmt, int64_t n, int64_t k, int group, int ue
     float *bias = malloc((size_t)n * sizeof(float)), *y = malloc((size_t)(mmax * n) * sizeof(float));
     uint16_t *xb = malloc((size_t)(mmax * k) * 2);
     double *xd = malloc((size_t)(mmax * k) * sizeof(double)), *ref = malloc((size_t)(mmax * n) * sizeof(double));
-    double *mag = malloc((size_t)(mmax * n) * sizeof(double));
+    double *mag = malloc((size_t)(mmax * n) * sizeof(double)), *ref2 = malloc((size_t)(mmax * n) * sizeof(double));
+    double *mag2 = malloc((size_t)(mmax * n) * sizeof(double));
     qweight q;
-    if (!w || !x || !bias || !y || !xb || !xd || !ref || !mag) {
+    if (!w || !x || !bias || !y || !xb || !xd || !ref || !mag || !ref2 || !mag2) {
         CHECK(0, "out of memory");
         goto done;
     }
@@ -206,15 +227,23 @@ static void linear_case(dsv3_format fmt, int64_t n, int64_t k, int group, int ue
         const int64_t m = MS[mi];
         const float *b = (m + n) % 2 ? bias : NULL;
         char what[160];
-        for (int dyn = 0; dyn < 2; dyn++) {
-            if (dyn && fmt != DSV3_FMT_FP8_BLOCK && fmt != DSV3_FMT_INT8)
+        for (int dyn = 0; dyn < 3; dyn++) { /* weight-only, dynamic, fast activation mode */
+            if (dyn == 1 && fmt != DSV3_FMT_FP8_BLOCK && fmt != DSV3_FMT_INT8)
                 continue;
+            if (dyn == 2 && fmt == DSV3_FMT_F32)
+                continue;
+            q.w.act = dyn == 2 ? DSV3_ACT_FAST : DSV3_ACT_EXACT;
+            const int q8 = fmt == DSV3_FMT_INT8 || fmt == DSV3_FMT_INT4;
             for (int xbf = 0; xbf < 2; xbf++) {
                 for (int64_t i = 0; i < m * k; i++) {
                     xb[i] = dsv3_f32_to_bf16(x[i]);
                     xd[i] = xbf ? dsv3_bf16_to_f32(xb[i]) : x[i];
                 }
-                if (dyn) { /* the reference sees the quantised activations */
+                if (dyn == 2) { /* exact reference (large M on AVX-512 runs the GEMM in either mode) */
+                    reference(xd, m, &q, b, ref2, mag2);
+                    fast_codes(fmt, xd, m, k);
+                }
+                if (dyn == 1) { /* the reference sees the quantised activations */
                     float *xs = malloc((size_t)(m * k) * sizeof(float));
                     if (!xs)
                         continue;
@@ -227,26 +256,31 @@ static void linear_case(dsv3_format fmt, int64_t n, int64_t k, int group, int ue
                 for (int i = 0; i < n_isa; i++) {
                     snprintf(what, sizeof what, "linear %s [%lld, %lld] g%d%s m=%lld %s%s%s", dsv3_formats[fmt].name,
                              (long long)n, (long long)k, group, ue8m0 ? " ue8m0" : "", (long long)m,
-                             dsv3_isa_name(isas[i]), dyn ? " dynamic" : "", xbf ? " x=bf16" : "");
+                             dsv3_isa_name(isas[i]), dyn == 1 ? " dynamic" : dyn == 2 ? " fast" : "",
+                             xbf ? " x=bf16" : "");
                     for (int64_t j = 0; j < m * n; j++)
                         y[j] = NAN;
                     if (!dyn && !xbf)
                         CHECK_OK(dsv3_linear(x, m, &q.w, b, y, (int)isas[i], &err), &err);
                     else
                         CHECK_OK(dsv3_linear_ex(xbf ? (const void *)xb : (const void *)x, xbf, m, &q.w, b, y,
-                                                dyn ? DSV3_LINEAR_DYNAMIC : DSV3_LINEAR_WEIGHT_ONLY, (int)isas[i], &err),
+                                                dyn == 1 ? DSV3_LINEAR_DYNAMIC : DSV3_LINEAR_WEIGHT_ONLY, (int)isas[i],
+                                                &err),
                                  &err);
                     /* small M: f32 FMA or bf16 hi+lo (2^-17); large M (AVX-512): x and weights in bf16 */
                     const int64_t gm = fmt == DSV3_FMT_FP8_BLOCK ? 24 : 32; /* linear.c GEMM_MIN_M(_FP8) */
-                    const double tol = (m >= gm && isas[i] == DSV3_ISA_AVX512 && !dyn) ? 0x1p-7 : 3e-5;
-                    compare(what, y, ref, mag, m * n, tol);
+                    const int gemm = m >= gm && isas[i] == DSV3_ISA_AVX512 && dyn != 1;
+                    if (dyn == 2 && (gemm || (!q8 && isas[i] == DSV3_ISA_AVX2))) /* no fast kernel there */
+                        compare(what, y, ref2, mag2, m * n, gemm ? 0x1p-7 : 3e-5);
+                    else /* fast bf16-hi kernels keep x in f32 beyond the last full 64/128 block: bf16 bound */
+                        compare(what, y, ref, mag, m * n, gemm ? 0x1p-7 : dyn == 2 && !q8 ? 0x1p-8 : 3e-5);
                 }
             }
         }
     }
     qweight_free(&q);
 done:
-    free(w); free(x); free(bias); free(y); free(xb); free(xd); free(ref); free(mag);
+    free(w); free(x); free(bias); free(y); free(xb); free(xd); free(ref); free(mag); free(ref2); free(mag2);
 }
 
 /* e4m3 NaN codes (0x7F, 0xFF) in fp8_block weights and nvfp4 block scales: every ISA and every M path

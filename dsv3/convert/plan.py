@@ -27,6 +27,7 @@ class Options:
     keep_mtp: bool = False
     ep: int = 1
     shard_bytes: int = DEFAULT_SHARD_BYTES
+    group: int = 128         # K group of int4 scales (32 or 128)
 
     def validate(self):
         for field in ("format", "experts", "attention", "lm_head"):
@@ -34,6 +35,8 @@ class Options:
             if (v is not None or field == "format") and v not in FORMATS:
                 where = "" if field == "format" else f" for {field}"
                 raise ValueError(f"unknown format {v!r}{where}; expected one of {', '.join(FORMATS)}")
+        if isinstance(self.group, bool) or self.group not in (32, 128):
+            raise ValueError(f"group (int4 K group) must be 32 or 128, got {self.group!r}")
         if isinstance(self.ep, bool) or not isinstance(self.ep, int) or self.ep < 1:
             raise ValueError(f"ep must be a positive int, got {self.ep!r}")
         if not isinstance(self.shard_bytes, int) or self.shard_bytes < 1:

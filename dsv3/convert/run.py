@@ -206,10 +206,11 @@ class _Streamer:
                 self._put(self.converters.submit(self._prepare, it, [reader.get(it.name)]))
 
     def _prepare(self, it, values):
+        group = self.m["options"].get("group", 128)
         converted = []
         for src, v in zip(it.sources, values):
             try:
-                converted.append(convert_value(v, it.fmt))
+                converted.append(convert_value(v, it.fmt, group))
             except ValueError as e:  # e.g. a NaN weight quantize refuses: say which tensor
                 raise ValueError(f"{src}: {e}") from e
         if len(converted) == 1:
@@ -368,7 +369,7 @@ def _finish(src, dst, m, opts, cfg):
 
 
 def convert(src, dst, format="bf16", experts=None, attention=None, lm_head=None, keep_mtp=False, ep=1,
-            threads=None, quiet=False, shard_bytes=None):
+            threads=None, quiet=False, shard_bytes=None, group=128):
     """Convert checkpoint directory `src` (any layout dsv3.checkpoint.open_checkpoint reads) into a
     dsv3 checkpoint in `dst`.
 
@@ -376,12 +377,13 @@ def convert(src, dst, format="bf16", experts=None, attention=None, lm_head=None,
     experts / attention / lm_head: formats of the routed experts / attention linears / lm_head
     (lm_head stays as stored unless given); keep_mtp: copy the MTP layer verbatim; ep: split the
     routed experts into `ep` expert-parallel file sets; threads: dsv3.set_num_threads for the C
-    quantisers; shard_bytes: target shard size. Re-running on an interrupted `dst` resumes it.
+    quantisers; shard_bytes: target shard size; group: K group of int4 scales (32 or 128; 32 is
+    llama.cpp's Q4_0 granularity). Re-running on an interrupted `dst` resumes it.
     Returns the manifest (dict). Raises DestinationLocked (OSError) while another conversion
     writes to `dst`."""
     src, dst = _check_paths(src, dst)
     opts = Options(format=format, experts=experts, attention=attention, lm_head=lm_head,
-                   keep_mtp=bool(keep_mtp), ep=ep,
+                   keep_mtp=bool(keep_mtp), ep=ep, group=group,
                    shard_bytes=DEFAULT_SHARD_BYTES if shard_bytes is None else shard_bytes).validate()
     if threads is not None:
         from ..cpu import set_num_threads

@@ -56,8 +56,8 @@ def _stored(qt):
     return dict(qt.arrays), dict(qt.params)
 
 
-def convert_value(v, fmt):
-    """Arrays to store for value v in format fmt (None: as stored).
+def convert_value(v, fmt, group=128):
+    """Arrays to store for value v in format fmt (None: as stored); group: int4's K group.
 
     Returns (arrays dict {suffix: ndarray}, params dict). Same format -> the source codes and
     scales are copied bit-exactly; otherwise dequantise (C) then quantise (C)."""
@@ -69,9 +69,10 @@ def convert_value(v, fmt):
         if is_quantized(v) and v.fmt == "bf16":
             return {"weight": v.arrays["weight"]}, {}
         return {"weight": to_float(v).astype(ml_dtypes.bfloat16)}, {}
-    if is_quantized(v) and v.fmt == fmt:
+    params = {"group": group} if fmt == "int4" else {}
+    if is_quantized(v) and v.fmt == fmt and all(v.params.get(k) == p for k, p in params.items()):
         return _stored(v)
-    return _stored(_quant().quantize(to_float(v), fmt))
+    return _stored(_quant().quantize(to_float(v), fmt, **params))
 
 
 def fuse_rows(parts, fmt, rows):

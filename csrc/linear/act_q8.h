@@ -1,0 +1,51 @@
+/* Fast activation mode: the Q8 activation quantiser (act_q8.c) and the fast kernels it feeds
+ * (dot_q8_*.c: int8/int4 weights; dot_bf16hi_scalar.c: the scalar twin of the AVX-512 bf16-hi kernels).
+ * Used by the dispatcher (linear.c) and the format table (formats.c) only. */
+#ifndef DSV3_ACT_Q8_H
+#define DSV3_ACT_Q8_H
+
+#include <stddef.h>
+
+#include "dsv3_quant.h"
+
+#define DSV3_Q8_BLOCK 32 /* columns sharing one activation scale */
+
+/* Bytes of the buffer dsv3_act_q8_fill needs for m rows of k columns in `layout` (a DSV3_X_Q8* value). */
+size_t dsv3_act_q8_bytes(int64_t m, int64_t k, int layout);
+/* Quantises x f32 [m, k] per block of 32 columns (the last block may be shorter):
+ *     d = amax(|x| over the block) / 127 (f32),  q = round-half-to-even(x / d) in [-127, 127],
+ * d = 0 (all-zero block) gives q = 0; a non-finite x gives a non-finite d and q = 0, so the output is
+ * NaN, never silent garbage. Writes codes, scales and the layout's lane arrays into buf (64-byte
+ * aligned, dsv3_act_q8_bytes) and describes them in *out. Parallel over (row, 1024-column chunk);
+ * every element is written once, so the result does not depend on the thread count. */
+void dsv3_act_q8_fill(const float *x, int64_t m, int64_t k, int layout, void *buf, dsv3_act_q8 *out);
+/* The two halves of dsv3_act_q8_fill, for the linear plan: point *out at the pieces of buf, then fill
+ * them from inside a parallel region (orphaned worksharing, no barrier). */
+void dsv3_act_q8_describe(int64_t m, int64_t k, int layout, void *buf, dsv3_act_q8 *out);
+void dsv3_act_q8_fill_team(const float *x, int64_t m, int64_t k, int layout, const dsv3_act_q8 *out);
+/* dsv3_act_q8_fill into a fresh dsv3_alloc buffer; returns it (to dsv3_free) or NULL when out of memory. */
+void *dsv3_act_q8_prepare(const float *x, int64_t m, int64_t k, int layout, dsv3_act_q8 *out);
+/* 1 for the Q8 layouts (DSV3_X_Q8*), 0 otherwise. */
+int dsv3_act_layout_is_q8(int layout);
+
+/* Fast kernels (dsv3_lin_kernel signature), referenced by the format table. Definition (every ISA):
+ *     y[m, n] = sum over Q8 blocks b of  (sum_{k in b} q[m, k] * code(n, k)) * d[m, b] * s(n, 32b / G)
+ * with the integer block dot exact in int32 (+ bias). G (int4 group, int8 whole row) is a multiple of 32. */
+void dsv3_q8_int8_scalar(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+void dsv3_q8_int4_scalar(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+void dsv3_q8_int8_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+void dsv3_q8_int4_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+void dsv3_q8_int8_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+void dsv3_q8_int4_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+/* The reference for one output over the natural-order columns [k0, k) of row m (k0 a multiple of 32):
+ * the SIMD kernels use it for their K tail beyond the last full layout block. */
+float dsv3_q8_ref_dot(const dsv3_lin_args *a, int64_t m, int64_t n, int64_t k0);
+
+/* bf16-hi kernels: y = sum_g s(n, g) sum_{k in g} bf16(x[m, k]) * code(n, k) (x rounded once, RNE).
+ * AVX-512 versions in gemv_dot_avx512.c (its decoders with the lo part dropped); scalar twin here. */
+void dsv3_fast_bf16hi_scalar(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+void dsv3_gemv_bf16_dot1_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+void dsv3_gemv_fp8_block_dot1_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+void dsv3_gemv_nvfp4_dot1_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+
+#endif
