@@ -36,7 +36,7 @@ static int pweight_make(pweight *q, dsv3_format fmt, int64_t n, int64_t k, uint6
     float s2 = 1.0f;
     CHECK_OK(dsv3_quantize(fmt, src, n, k, group, 0, q->data, q->scale, &s2, &err), &err);
     free(src);
-    q->w = (dsv3_weight){fmt, n, k, q->data, sr ? q->scale : NULL, s2, group, 0, NULL};
+    q->w = (dsv3_weight){fmt, n, k, q->data, sr ? q->scale : NULL, s2, group, 0, NULL, DSV3_ACT_EXACT};
     return 1;
 }
 
@@ -46,6 +46,7 @@ static void pweight_free(pweight *q)
     free(q->scale);
 }
 
+/* dyn: 0 weight-only, 1 dynamic activation quantisation, 2 weight-only in the fast mode (w.act) */
 static void plan_case(dsv3_format fmt, int64_t m, int xbf, int dyn, dsv3_isa isa, uint64_t *rng)
 {
     const int64_t k = 300, n1 = 37, n2 = 70;
@@ -57,10 +58,12 @@ static void plan_case(dsv3_format fmt, int64_t m, int xbf, int dyn, dsv3_isa isa
         pweight_free(&a);
         return;
     }
+    if (dyn == 2)
+        a.w.act = b.w.act = DSV3_ACT_FAST;
     float *x = malloc((size_t)(m * k) * sizeof(float)), *ref = malloc((size_t)(m * (n1 + n2)) * sizeof(float));
     float *y = malloc((size_t)(m * (n1 + n2)) * sizeof(float)), *bias = malloc((size_t)n2 * sizeof(float));
     uint16_t *xb = malloc((size_t)(m * k) * 2);
-    const dsv3_linear_mode mode = dyn ? DSV3_LINEAR_DYNAMIC : DSV3_LINEAR_WEIGHT_ONLY;
+    const dsv3_linear_mode mode = dyn == 1 ? DSV3_LINEAR_DYNAMIC : DSV3_LINEAR_WEIGHT_ONLY;
     const size_t need = dsv3_linear_plan_bytes(&a.w, m, xbf, mode, (int)isa) +
                         dsv3_linear_plan_bytes(&b.w, m, xbf, mode, (int)isa);
     unsigned char *mem = malloc(need + 64);
@@ -77,7 +80,7 @@ static void plan_case(dsv3_format fmt, int64_t m, int xbf, int dyn, dsv3_isa isa
     CHECK_OK(dsv3_linear_ex(xin, xbf, m, &b.w, bias, ref + m * n1, mode, (int)isa, &err), &err);
     CHECK(dsv3_linear_plan_bytes(&a.w, m, xbf, mode, (int)isa) <= dsv3_linear_bound_bytes(k, m),
           "plan bytes above the bound");
-    if (!dyn && !xbf)
+    if (dyn != 1 && !xbf)
         CHECK(dsv3_linear_plan_bytes(&a.w, m, 0, mode, (int)isa) <= dsv3_linear_plan_bytes_upto(&a.w, m + 30),
               "plan bytes above plan_bytes_upto");
     for (int team = 1; team <= 5; team += 2) {
@@ -103,7 +106,8 @@ static void plan_case(dsv3_format fmt, int64_t m, int xbf, int dyn, dsv3_isa isa
         CHECK(sum == dsv3_linear_plan_items(&p[0]) + dsv3_linear_plan_items(&p[1]), "work items %lld", (long long)sum);
         CHECK(memcmp(y, ref, (size_t)(m * (n1 + n2)) * sizeof(float)) == 0,
               "%s %s m=%lld x%s%s team %d: plans differ from dsv3_linear_ex", dsv3_formats[fmt].name,
-              dsv3_isa_name(isa), (long long)m, xbf ? "=bf16" : "=f32", dyn ? " dynamic" : "", team);
+              dsv3_isa_name(isa), (long long)m, xbf ? "=bf16" : "=f32", dyn == 1 ? " dynamic" : dyn == 2 ? " fast" : "",
+              team);
         dsv3_linear_plan_release(&p[0]);
         dsv3_linear_plan_release(&p[1]);
     }
@@ -132,8 +136,8 @@ void test_linear_plan(void)
         for (size_t mi = 0; mi < sizeof MS / sizeof MS[0]; mi++)
             for (int i = 0; i < n_isa; i++)
                 for (int xbf = 0; xbf < 2; xbf++)
-                    for (int dyn = 0; dyn < 2; dyn++)
-                        if (!dyn || f == DSV3_FMT_FP8_BLOCK || f == DSV3_FMT_INT8)
+                    for (int dyn = 0; dyn < 3; dyn++)
+                        if (dyn != 1 || f == DSV3_FMT_FP8_BLOCK || f == DSV3_FMT_INT8)
                             plan_case((dsv3_format)f, MS[mi], xbf, dyn, isas[i], &rng);
     dsv3_error err = {0};
     dsv3_lin_plan p;
