@@ -47,7 +47,10 @@ dsv3_status dsv3_mla_absorb(const dsv3_mla_dims *d, dsv3_mla_weights *w, int isa
 /* Scratch of dsv3_mla_forward, reserved for up to `tokens` new tokens over up to `rows` cached rows
  * (past + s) on `threads` threads in one mode. All buffers live in one owned block; reserving grows
  * it (never shrinks), so a caller that reserves ahead (the model, once per forward) makes every
- * attention call of that forward allocation-free. Zero-initialise before the first reserve. */
+ * attention call of that forward allocation-free. Zero-initialise before the first reserve.
+ * Mode DSV3_ATTN_ABSORBED runs decode (and short prompts after a long past) in the absorbed form and
+ * prompts in the expanded flash form, as a cost model picks (csrc/mla/attend.c); the expanded
+ * buffers are reserved only when tokens > 1 and do not grow with rows. */
 typedef struct {
     int64_t tokens, rows;
     int threads;
@@ -57,8 +60,14 @@ typedef struct {
     float *attn;  /* [tokens, heads*v]: per-head attention outputs before o_proj */
     float *qc;    /* absorbed: [tokens, heads, kv_lora+rope] latent queries */
     float *lat;   /* absorbed: [tokens, heads, kv_lora] weighted latent sums; naive: [rows, kv_lora] */
-    float *probs; /* absorbed: [token block, heads, rows] (bounded block); naive: [threads, rows] */
+    float *probs; /* absorbed: [threads, head group, block rows] scores; naive: [threads, rows] */
     float *kv;    /* naive: [rows, heads, nope+v] expanded K | V */
+    float *part;  /* absorbed: per-block partials of a token chunk: [chunk, heads, blocks, kv_lora], then
+                   * [chunk, heads, blocks, 2] (max, sum) */
+    float *ex;    /* expanded (tokens > 1): one chunk of rows: latent [chunk, kv_lora], kv_b output
+                   * [chunk, heads*(nope+v)], K [heads, chunk, nope+rope], V [heads, chunk, v] */
+    float *fstate; /* expanded: [tokens, heads, 2] running (max, sum) of the online softmax */
+    float *fthr;  /* expanded: [threads, FLASH_Q, FLASH_KV + v] scores and P.V of one block */
     void *block;  /* owned */
 } dsv3_mla_scratch;
 

@@ -115,4 +115,43 @@ static void wsum_avx512(const float *p, int64_t np, int64_t ldp, const float *x,
     }
 }
 
-const dsv3_attend_kernels dsv3_attend_avx512 = {dots_avx512, wsum_avx512};
+/* dsv3_mla_exp on 16 lanes: the same operations in the same order. */
+AI __m512 exp16(__m512 x)
+{
+    x = _mm512_max_ps(x, _mm512_set1_ps(DSV3_EXP_MIN));
+    const __m512 shift = _mm512_set1_ps(DSV3_EXP_SHIFT);
+    const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(DSV3_EXP_LOG2E), shift), shift);
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-DSV3_EXP_LN2_HI), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(-DSV3_EXP_LN2_LO), r);
+    __m512 p = _mm512_set1_ps(DSV3_EXP_P0);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(DSV3_EXP_P1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(DSV3_EXP_P2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(DSV3_EXP_P3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(DSV3_EXP_P4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(DSV3_EXP_P5));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+static float expsum_avx512(float *x, int64_t n, float m)
+{
+    const __m512 mv = _mm512_set1_ps(m);
+    __m512 acc = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        const __m512 v = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + j), mv));
+        _mm512_storeu_ps(x + j, v);
+        acc = _mm512_add_ps(acc, v);
+    }
+    if (j < n) {
+        const __mmask16 k = lanes(n - j);
+        const __m512 v = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), mv));
+        _mm512_mask_storeu_ps(x + j, k, v);
+        acc = _mm512_mask_add_ps(acc, k, acc, v);
+    }
+    return hsum16(acc);
+}
+
+const dsv3_attend_kernels dsv3_attend_avx512 = {dots_avx512, wsum_avx512, expsum_avx512};
