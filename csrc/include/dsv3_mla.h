@@ -5,7 +5,10 @@
  * (de-interleaved when rope_interleave). Both attention modes read the same cache:
  *  - naive: expand K/V for every cached token with kv_b_proj (transformers' formulation);
  *  - absorbed: fold W_UK into the query and W_UV after the weighted sum, per head, so attention
- *    runs over the 576-wide latent rows (DeepSeek's decode formulation).
+ *    runs over the 576-wide latent rows (DeepSeek's decode formulation). In this mode prompts run in
+ *    the expanded flash form (K/V per head from the latent in chunks, blocked online softmax;
+ *    csrc/mla/flash.c) when a cost model says it is cheaper (csrc/mla/attend.c); the environment
+ *    variable DSV3_MLA_FORM=absorbed|expanded forces one form (benchmarks and tests).
  */
 #ifndef DSV3_MLA_H
 #define DSV3_MLA_H
@@ -89,10 +92,13 @@ dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, 
 /* The attention leaf kernels on ISA `isa` (exposed for tests; summation order in
  * csrc/mla/attend_kernels.h, identical on every ISA):
  *   dots: out[i*ldo + j] = a[i*lda : +n] . b[j*ldb : +n]                 (i < na, j < nb)
- *   wsum: out[i*ldo + r] = sum_{t<T} p[i*ldp + t] * x[t*ldx + r]         (i < np, r < n) */
+ *   wsum: out[i*ldo + r] = sum_{t<T} p[i*ldp + t] * x[t*ldx + r]         (i < np, r < n)
+ *   expsum: x[j] = exp(x[j] - m) in place (the kernels' exp, <= 2 ulp), *sum = their sum */
 dsv3_status dsv3_mla_dots(const float *a, int64_t na, int64_t lda, const float *b, int64_t nb, int64_t ldb,
                           int64_t n, float *out, int64_t ldo, int isa, dsv3_error *err);
 dsv3_status dsv3_mla_wsum(const float *p, int64_t np, int64_t ldp, const float *x, int64_t ldx, int64_t T,
                           int64_t n, float *out, int64_t ldo, int isa, dsv3_error *err);
+
+dsv3_status dsv3_mla_expsum(float *x, int64_t n, float m, float *sum, int isa, dsv3_error *err);
 
 #endif

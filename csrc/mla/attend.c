@@ -262,3 +262,14 @@ dsv3_status dsv3_mla_wsum(const float *p, int64_t np, int64_t ldp, const float *
         dsv3_attend_table(which)->wsum(p, np, ldp, x, ldx, T, n, out, ldo);
     return st;
 }
+
+dsv3_status dsv3_mla_expsum(float *x, int64_t n, float m, float *sum, int isa, dsv3_error *err)
+{
+    dsv3_isa which;
+    dsv3_status st = dsv3_isa_resolve(isa, &which, err);
+    if (st == DSV3_OK && n < 0)
+        st = dsv3_fail(err, DSV3_E_VALUE, "mla expsum: bad size");
+    if (st == DSV3_OK)
+        *sum = dsv3_attend_table(which)->expsum(x, n, m);
+    return st;
+}
