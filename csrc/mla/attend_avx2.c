@@ -69,8 +69,8 @@ AI void dots_tile(const float *a, int64_t lda, const float *b, int64_t ldb, int6
 static void dots_avx2(const float *a, int64_t na, int64_t lda, const float *b, int64_t nb, int64_t ldb, int64_t n,
                       float *out, int64_t ldo)
 {
-    for (int64_t i = 0; i < na; i += 2)
-        for (int64_t j = 0; j < nb; j += 2) {
+    for (int64_t j = 0; j < nb; j += 2) /* rows of b outer: they stay in L1 while the query tiles pass */
+        for (int64_t i = 0; i < na; i += 2) {
             const int ma = na - i < 2 ? 1 : 2, nbb = nb - j < 2 ? 1 : 2;
             const float *ai = a + i * lda, *bj = b + j * ldb;
             float *o = out + i * ldo + j;
