@@ -155,19 +155,24 @@ dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weig
     return DSV3_OK;
 }
 
-/* Expanded (flash) vs absorbed for s new tokens after past rows, by FMAs with the kv_b GEMM
- * counted at GEMM_DISCOUNT of an attention-kernel FMA (it runs the blocked GEMM):
- *   expanded: (past + s) rows x heads x (nope + v) x kv_lora  [kv_b] + s x T_avg x heads x (qk + v)
- *   absorbed: s x heads x (nope + v) x kv_lora [W_UK, W_UV]      + s x T_avg x heads x (2 kv_lora + rope) */
-#define GEMM_DISCOUNT 0.5
-
-int dsv3_mla_prefer_expanded(const dsv3_mla_dims *d, int64_t s, int64_t past)
+/* Expanded (flash) vs absorbed for s new tokens after past rows. Prompts (past < s) always run
+ * expanded: measured 1.4-2.7x faster from s = 2 (the absorbed form reads f32 W_UK/W_UV, twice the
+ * bf16 kv_b_proj, and does 1088 FMAs per (query, row, head) against 320). With a long past, by FMAs,
+ * the kv_b GEMM over every cached row weighted by gemm_weight (its cost per FMA relative to the
+ * attention kernels: measured crossovers s ~ 128 at past 1024-2048 on AVX-512, s ~ 256 on AVX2,
+ * where there is no GEMM; benchmarks/bench_attention.py --crossover, BENCHMARKS.md):
+ *   expanded: w (past + s) heads (nope + v) kv_lora [kv_b] + s T_avg heads (qk + v)
+ *   absorbed: s heads (nope + v) kv_lora [W_UK, W_UV]      + s T_avg heads (2 kv_lora + rope) */
+int dsv3_mla_prefer_expanded(const dsv3_mla_dims *d, int64_t s, int64_t past, dsv3_isa isa)
 {
     if (s < 2)
         return 0;
+    if (past < s)
+        return 1;
+    const double gemm_weight = isa == DSV3_ISA_AVX512 ? 0.75 : 1.5;
     const double H = (double)d->heads, R = (double)d->kv_lora, uv = (double)(d->nope + d->v);
     const double tavg = (double)past + (double)(s + 1) / 2.0;
-    const double expanded = GEMM_DISCOUNT * (double)(past + s) * H * uv * R +
+    const double expanded = gemm_weight * (double)(past + s) * H * uv * R +
                             (double)s * tavg * H * (double)(d->nope + d->rope + d->v);
     const double absorbed = (double)s * H * uv * R + (double)s * tavg * H * (2.0 * R + (double)d->rope);
     return expanded < absorbed;

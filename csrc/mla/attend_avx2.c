@@ -1,6 +1,6 @@
 /* AVX2 attention kernels: the exact order of attend_scalar.c (see attend_kernels.h). The 16-lane
  * order of dots and expsum is kept with two 8-lane halves (lo: lanes 0-7, hi: lanes 8-15), whose
- * sum is the first step of the pairwise tree. Register tiles: dots 2 queries x 2 rows, wsum 6 rows
+ * sum is the first step of the pairwise tree. Register tiles: dots 3 queries x 2 rows, wsum 6 rows
  * x 16 columns. Tails load zeros (maskload), which add nothing to a lane. */
 #include "attend_kernels.h"
 
@@ -28,7 +28,7 @@ AI float hsum_lohi(__m256 lo, __m256 hi)
 AI void dots_tile(const float *a, int64_t lda, const float *b, int64_t ldb, int64_t n, float *out, int64_t ldo,
                   const int MA, const int NB)
 {
-    __m256 lo[2][2], hi[2][2], bl[2], bh[2];
+    __m256 lo[3][2], hi[3][2], bl[2], bh[2];
     for (int i = 0; i < MA; i++)
         for (int j = 0; j < NB; j++)
             lo[i][j] = hi[i][j] = _mm256_setzero_ps();
@@ -69,19 +69,19 @@ AI void dots_tile(const float *a, int64_t lda, const float *b, int64_t ldb, int6
 static void dots_avx2(const float *a, int64_t na, int64_t lda, const float *b, int64_t nb, int64_t ldb, int64_t n,
                       float *out, int64_t ldo)
 {
-    for (int64_t j = 0; j < nb; j += 2) /* rows of b outer: they stay in L1 while the query tiles pass */
-        for (int64_t i = 0; i < na; i += 2) {
-            const int ma = na - i < 2 ? 1 : 2, nbb = nb - j < 2 ? 1 : 2;
+    for (int64_t j = 0; j < nb; j += 2)
+        for (int64_t i = 0; i < na; i += 3) {
+            const int ma = na - i < 3 ? (int)(na - i) : 3, nbb = nb - j < 2 ? 1 : 2;
             const float *ai = a + i * lda, *bj = b + j * ldb;
             float *o = out + i * ldo + j;
-            if (ma == 2 && nbb == 2)
-                dots_tile(ai, lda, bj, ldb, n, o, ldo, 2, 2);
-            else if (ma == 2)
-                dots_tile(ai, lda, bj, ldb, n, o, ldo, 2, 1);
-            else if (nbb == 2)
-                dots_tile(ai, lda, bj, ldb, n, o, ldo, 1, 2);
-            else
-                dots_tile(ai, lda, bj, ldb, n, o, ldo, 1, 1);
+            switch (ma * 4 + nbb) {
+            case 3 * 4 + 2: dots_tile(ai, lda, bj, ldb, n, o, ldo, 3, 2); break;
+            case 3 * 4 + 1: dots_tile(ai, lda, bj, ldb, n, o, ldo, 3, 1); break;
+            case 2 * 4 + 2: dots_tile(ai, lda, bj, ldb, n, o, ldo, 2, 2); break;
+            case 2 * 4 + 1: dots_tile(ai, lda, bj, ldb, n, o, ldo, 2, 1); break;
+            case 1 * 4 + 2: dots_tile(ai, lda, bj, ldb, n, o, ldo, 1, 2); break;
+            default: dots_tile(ai, lda, bj, ldb, n, o, ldo, 1, 1); break;
+            }
         }
 }
 

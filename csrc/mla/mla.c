@@ -56,14 +56,15 @@ static dsv3_status write_latent(const dsv3_mla_dims *d, const dsv3_mla_weights *
 
 /* Absorbed mode's form for s tokens after past rows: the cost model, unless DSV3_MLA_FORM says
  * "absorbed" or "expanded" (benchmarks and tests compare the two; expanded needs s > 1). */
-static int use_expanded(const dsv3_mla_dims *d, int64_t s, int64_t past)
+static int use_expanded(const dsv3_mla_dims *d, int64_t s, int64_t past, int isa)
 {
     const char *f = getenv("DSV3_MLA_FORM");
     if (s > 1 && f && strcmp(f, "expanded") == 0)
         return 1;
     if (f && strcmp(f, "absorbed") == 0)
         return 0;
-    return dsv3_mla_prefer_expanded(d, s, past);
+    dsv3_isa which;
+    return dsv3_isa_resolve(isa, &which, NULL) == DSV3_OK && dsv3_mla_prefer_expanded(d, s, past, which);
 }
 
 dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
@@ -88,7 +89,7 @@ dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, 
     if (st == DSV3_OK) {
         if (mode == DSV3_ATTN_NAIVE)
             st = dsv3_mla_attend_naive(d, w, sc->q, s, cache, past, sc->attn, sc, isa, err);
-        else if (use_expanded(d, s, past))
+        else if (use_expanded(d, s, past, isa))
             st = dsv3_mla_attend_expanded(d, w, sc->q, s, cache, past, sc->attn, sc, isa, err);
         else
             st = dsv3_mla_attend_absorbed(d, w, sc->q, s, cache, past, sc->attn, sc, isa, err);

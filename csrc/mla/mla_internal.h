@@ -55,8 +55,8 @@ static inline int64_t dsv3_mla_flash_chunk(const dsv3_mla_dims *d)
     return c / DSV3_MLA_FLASH_KV * DSV3_MLA_FLASH_KV;
 }
 
-/* Whether s new tokens after past cached rows run in the expanded form (cost model in attend.c). */
-int dsv3_mla_prefer_expanded(const dsv3_mla_dims *d, int64_t s, int64_t past);
+/* Whether s new tokens after past cached rows run in the expanded form on `isa` (cost model in attend.c). */
+int dsv3_mla_prefer_expanded(const dsv3_mla_dims *d, int64_t s, int64_t past, dsv3_isa isa);
 
 /* q [s, heads, nope+rope]; cache rows [0, past+s); attn out [s, heads*v]; ws reserved for (s, past+s). */
 dsv3_status dsv3_mla_attend_naive(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q, int64_t s,
