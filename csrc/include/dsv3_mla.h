@@ -5,7 +5,10 @@
  * (de-interleaved when rope_interleave). Both attention modes read the same cache:
  *  - naive: expand K/V for every cached token with kv_b_proj (transformers' formulation);
  *  - absorbed: fold W_UK into the query and W_UV after the weighted sum, per head, so attention
- *    runs over the 576-wide latent rows (DeepSeek's decode formulation).
+ *    runs over the 576-wide latent rows (DeepSeek's decode formulation). In this mode prompts run in
+ *    the expanded flash form (K/V per head from the latent in chunks, blocked online softmax;
+ *    csrc/mla/flash.c) when a cost model says it is cheaper (csrc/mla/attend.c); the environment
+ *    variable DSV3_MLA_FORM=absorbed|expanded forces one form (benchmarks and tests).
  */
 #ifndef DSV3_MLA_H
 #define DSV3_MLA_H
@@ -47,7 +50,10 @@ dsv3_status dsv3_mla_absorb(const dsv3_mla_dims *d, dsv3_mla_weights *w, int isa
 /* Scratch of dsv3_mla_forward, reserved for up to `tokens` new tokens over up to `rows` cached rows
  * (past + s) on `threads` threads in one mode. All buffers live in one owned block; reserving grows
  * it (never shrinks), so a caller that reserves ahead (the model, once per forward) makes every
- * attention call of that forward allocation-free. Zero-initialise before the first reserve. */
+ * attention call of that forward allocation-free. Zero-initialise before the first reserve.
+ * Mode DSV3_ATTN_ABSORBED runs decode (and short prompts after a long past) in the absorbed form and
+ * prompts in the expanded flash form, as a cost model picks (csrc/mla/attend.c); the expanded
+ * buffers are reserved only when tokens > 1 and do not grow with rows. */
 typedef struct {
     int64_t tokens, rows;
     int threads;
@@ -57,8 +63,14 @@ typedef struct {
     float *attn;  /* [tokens, heads*v]: per-head attention outputs before o_proj */
     float *qc;    /* absorbed: [tokens, heads, kv_lora+rope] latent queries */
     float *lat;   /* absorbed: [tokens, heads, kv_lora] weighted latent sums; naive: [rows, kv_lora] */
-    float *probs; /* absorbed: [token block, heads, rows] (bounded block); naive: [threads, rows] */
+    float *probs; /* absorbed: [threads, head group, block rows] scores; naive: [threads, rows] */
     float *kv;    /* naive: [rows, heads, nope+v] expanded K | V */
+    float *part;  /* absorbed: per-block partials of a token chunk: [chunk, heads, blocks, kv_lora], then
+                   * [chunk, heads, blocks, 2] (max, sum) */
+    float *ex;    /* expanded (tokens > 1): one chunk of rows: latent [chunk, kv_lora], kv_b output
+                   * [chunk, heads*(nope+v)], K [heads, chunk, nope+rope], V [heads, chunk, v] */
+    float *fstate; /* expanded: [tokens, heads, 2] running (max, sum) of the online softmax */
+    float *fthr;  /* expanded: [threads, FLASH_Q, FLASH_KV + v] scores and P.V of one block */
     void *block;  /* owned */
 } dsv3_mla_scratch;
 
@@ -80,10 +92,13 @@ dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, 
 /* The attention leaf kernels on ISA `isa` (exposed for tests; summation order in
  * csrc/mla/attend_kernels.h, identical on every ISA):
  *   dots: out[i*ldo + j] = a[i*lda : +n] . b[j*ldb : +n]                 (i < na, j < nb)
- *   wsum: out[i*ldo + r] = sum_{t<T} p[i*ldp + t] * x[t*ldx + r]         (i < np, r < n) */
+ *   wsum: out[i*ldo + r] = sum_{t<T} p[i*ldp + t] * x[t*ldx + r]         (i < np, r < n)
+ *   expsum: x[j] = exp(x[j] - m) in place (the kernels' exp, <= 2 ulp), *sum = their sum */
 dsv3_status dsv3_mla_dots(const float *a, int64_t na, int64_t lda, const float *b, int64_t nb, int64_t ldb,
                           int64_t n, float *out, int64_t ldo, int isa, dsv3_error *err);
 dsv3_status dsv3_mla_wsum(const float *p, int64_t np, int64_t ldp, const float *x, int64_t ldx, int64_t T,
                           int64_t n, float *out, int64_t ldo, int isa, dsv3_error *err);
+
+dsv3_status dsv3_mla_expsum(float *x, int64_t n, float m, float *sum, int isa, dsv3_error *err);
 
 #endif

@@ -5,6 +5,7 @@
 #include "attend_kernels.h"
 #include "mla_internal.h"
 
+#include <math.h>
 #include <omp.h>
 #include <string.h>
 
@@ -49,19 +50,52 @@ dsv3_status dsv3_mla_attend_naive(const dsv3_mla_dims *d, const dsv3_mla_weights
     return DSV3_OK;
 }
 
-/* Absorbed attention in four passes over latent space, every one split across threads by output
- * (so the split never changes a result; the kernels fix each output's summation order):
+/* Absorbed attention over latent space (DeepSeek's decode formulation):
  *   qc[i,h]  = [W_UK_h^T q_nope[i,h] | q_pe[i,h]]          (576 wide: the cached row's layout)
- *   P[i,h,t] = softmax_t(scale * qc[i,h] . cache[t])        (each cached row read once for all heads)
- *   lat[i,h] = sum_t P[i,h,t] cache[t][:R]
+ *   per KV block b of token i's rows (mla_internal.h), for a group of heads at a time (the heads
+ *   are the M dimension of the block's products, so each cached row is read once per group):
+ *     s_t = scale * qc[i,h] . cache[t];  m_b = max_t s_t;  p_t = exp(s_t - m_b);  l_b = sum_t p_t;
+ *     acc_b[i,h] = sum_t p_t cache[t][:R]
+ *   lat[i,h] = sum_b w_b acc_b[i,h] with w_b = exp(m_b - max_b m_b) / sum_b exp(m_b - max m) l_b
  *   out[i,h] = W_UV_h lat[i,h]                              (as lat[i,h] . W_UV_h^T rows)
- * Tokens are processed in blocks so the probabilities P stay within a bounded buffer
- * (dsv3_mla_token_block). */
-#define TOKEN_TILE 8  /* rows per wsum call over tokens (the kernel's register tile) */
-#define ROW_TILE 64   /* cached rows per scores task */
-#define LAT_TILE 128  /* latent columns per weighted-sum task */
+ * Every pass is split over outputs (qc and out: (head, token tile); blocks: (token, head group,
+ * block); reduction: (token, head)) and every output has one fixed summation order, so results do
+ * not depend on the thread count. */
+#define TOKEN_TILE 8 /* rows per wsum call over tokens (the kernel's register tile) */
 
-static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static void absorbed_block(const dsv3_attend_kernels *K, const dsv3_mla_dims *d, const float *qc_i,
+                           const float *cache, int64_t Ti, int64_t bl, int64_t b, int64_t h0, int64_t nh,
+                           float *sc, float *acc, int64_t acc_ld, float *stat)
+{
+    const int64_t R = d->kv_lora, row = R + d->rope, t0 = b * bl, n = Ti - t0 < bl ? Ti - t0 : bl;
+    K->dots(qc_i + h0 * row, nh, row, cache + t0 * row, n, row, row, sc, bl);
+    for (int64_t h = 0; h < nh; h++) {
+        float *p = sc + h * bl, mx = -INFINITY;
+        for (int64_t t = 0; t < n; t++) {
+            p[t] = p[t] * d->softmax_scale;
+            mx = p[t] > mx ? p[t] : mx;
+        }
+        stat[h * 2 * dsv3_mla_nb_max(d)] = mx;
+        stat[h * 2 * dsv3_mla_nb_max(d) + 1] = K->expsum(p, n, mx);
+    }
+    K->wsum(sc, nh, bl, cache + t0 * row, row, n, R, acc, acc_ld);
+}
+
+/* lat = sum_b w_b acc_b over the nb blocks of one (token, head); stat: (max, sum) per block. */
+static void absorbed_reduce(const dsv3_attend_kernels *K, const float *acc, const float *stat, int64_t nb,
+                            int64_t R, float *lat)
+{
+    float wgt[64], mx = -INFINITY, l = 0.f;
+    for (int64_t b = 0; b < nb; b++)
+        mx = stat[2 * b] > mx ? stat[2 * b] : mx;
+    for (int64_t b = 0; b < nb; b++) {
+        wgt[b] = dsv3_mla_exp(stat[2 * b] - mx);
+        l = l + wgt[b] * stat[2 * b + 1];
+    }
+    for (int64_t b = 0; b < nb; b++)
+        wgt[b] = wgt[b] / l;
+    K->wsum(wgt, 1, nb, acc, R, nb, R, lat, R);
+}
 
 dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
                                      int64_t s, const float *cache, int64_t past, float *attn,
@@ -72,14 +106,17 @@ dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weig
     if (st != DSV3_OK)
         return st;
     const dsv3_attend_kernels *K = dsv3_attend_table(which);
-    const int64_t T = past + s, R = d->kv_lora, row = R + d->rope, qk = d->nope + d->rope, H = d->heads;
-    const int64_t V = d->v, nope = d->nope, rope = d->rope;
-    const int64_t ib = dsv3_mla_token_block(H, s, T);
-    float *qc = ws->qc, *lat = ws->lat, *P = ws->probs;
+    const int64_t R = d->kv_lora, row = R + d->rope, qk = d->nope + d->rope, H = d->heads;
+    const int64_t V = d->v, nope = d->nope, rope = d->rope, HG = DSV3_MLA_HEAD_GROUP;
+    const int64_t nbm = dsv3_mla_nb_max(d), groups = dsv3_mla_ceil_div(H, HG), ib = dsv3_mla_part_tokens(d, s);
+    const int64_t bl_max = dsv3_mla_block_rows(d, past + s) > DSV3_MLA_KV_BLOCK ? dsv3_mla_block_rows(d, past + s)
+                                                                              : DSV3_MLA_KV_BLOCK;
+    float *qc = ws->qc, *lat = ws->lat, *acc = ws->part, *stat = ws->part + ib * H * nbm * R;
     const int nt = dsv3_num_threads();
-    const int64_t tok_tiles = ceil_div(s, TOKEN_TILE), tiles = ceil_div(T, ROW_TILE), ltiles = ceil_div(R, LAT_TILE);
-#pragma omp parallel num_threads(nt) /* one team for all passes (decode: one wake-up per layer, not five) */
+    const int64_t tok_tiles = dsv3_mla_ceil_div(s, TOKEN_TILE);
+#pragma omp parallel num_threads(nt) /* one team for all passes */
     {
+        float *sc = ws->probs + (int64_t)omp_get_thread_num() * HG * bl_max;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < H * tok_tiles; it++) { /* qc: latent query and rope part per (head, token tile) */
             const int64_t h = it % H, i0 = (it / H) * TOKEN_TILE, ni = s - i0 < TOKEN_TILE ? s - i0 : TOKEN_TILE;
@@ -90,27 +127,22 @@ dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weig
                     qc[(i * H + h) * row + R + e] = q[(i * H + h) * qk + nope + e];
         }
         for (int64_t b0 = 0; b0 < s; b0 += ib) {
-            const int64_t nb = s - b0 < ib ? s - b0 : ib;
+            const int64_t nbk = s - b0 < ib ? s - b0 : ib;
 #pragma omp for schedule(dynamic, 1)
-            for (int64_t it = 0; it < nb * tiles; it++) { /* scores: (token, block of cached rows) */
-                const int64_t i = b0 + it / tiles, t0 = (it % tiles) * ROW_TILE, n = past + i + 1;
-                if (t0 < n)
-                    K->dots(qc + i * H * row, H, row, cache + t0 * row, n - t0 < ROW_TILE ? n - t0 : ROW_TILE, row,
-                            row, P + (i - b0) * H * T + t0, T);
-            }
-#pragma omp for schedule(dynamic, 4)
-            for (int64_t ih = 0; ih < nb * H; ih++) { /* softmax over the causal prefix */
-                const int64_t n = past + b0 + ih / H + 1;
-                float *p = P + ih * T;
-                for (int64_t t = 0; t < n; t++)
-                    p[t] = p[t] * d->softmax_scale;
-                dsv3_softmax_f32(p, n);
+            for (int64_t it = 0; it < nbk * groups * nbm; it++) { /* (token, block, head group) */
+                const int64_t ii = it / (groups * nbm), b = (it / groups) % nbm, g = it % groups;
+                const int64_t Ti = past + b0 + ii + 1, bl = dsv3_mla_block_rows(d, Ti);
+                if (b * bl >= Ti)
+                    continue;
+                const int64_t h0 = g * HG, nh = H - h0 < HG ? H - h0 : HG, first = (ii * H + h0) * nbm + b;
+                absorbed_block(K, d, qc + (b0 + ii) * H * row, cache, Ti, bl, b, h0, nh, sc, acc + first * R,
+                               nbm * R, stat + 2 * first);
             }
 #pragma omp for schedule(dynamic, 1)
-            for (int64_t it = 0; it < nb * ltiles; it++) { /* lat: (token, block of latent columns) */
-                const int64_t i = b0 + it / ltiles, r0 = (it % ltiles) * LAT_TILE;
-                K->wsum(P + (i - b0) * H * T, H, T, cache + r0, row, past + i + 1,
-                        R - r0 < LAT_TILE ? R - r0 : LAT_TILE, lat + i * H * R + r0, R);
+            for (int64_t ih = 0; ih < nbk * H; ih++) { /* reduce the blocks of (token, head) */
+                const int64_t Ti = past + b0 + ih / H + 1;
+                const int64_t nb = dsv3_mla_ceil_div(Ti, dsv3_mla_block_rows(d, Ti));
+                absorbed_reduce(K, acc + ih * nbm * R, stat + 2 * ih * nbm, nb, R, lat + (b0 * H + ih) * R);
             }
         }
 #pragma omp for schedule(dynamic, 1)
@@ -121,6 +153,29 @@ dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weig
         }
     }
     return DSV3_OK;
+}
+
+/* Expanded (flash) vs absorbed for s new tokens after past rows. Prompts (past < s) always run
+ * expanded: measured 1.4-2.7x faster from s = 2 (the absorbed form reads f32 W_UK/W_UV, twice the
+ * bf16 kv_b_proj, and does 1088 FMAs per (query, row, head) against 320). With a long past, by FMAs,
+ * the kv_b GEMM over every cached row weighted by gemm_weight (its cost per FMA relative to the
+ * attention kernels: measured crossovers s ~ 128 at past 1024-2048 on AVX-512, s ~ 256 on AVX2,
+ * where there is no GEMM; benchmarks/bench_attention.py --crossover, BENCHMARKS.md):
+ *   expanded: w (past + s) heads (nope + v) kv_lora [kv_b] + s T_avg heads (qk + v)
+ *   absorbed: s heads (nope + v) kv_lora [W_UK, W_UV]      + s T_avg heads (2 kv_lora + rope) */
+int dsv3_mla_prefer_expanded(const dsv3_mla_dims *d, int64_t s, int64_t past, dsv3_isa isa)
+{
+    if (s < 2)
+        return 0;
+    if (past < s)
+        return 1;
+    const double gemm_weight = isa == DSV3_ISA_AVX512 ? 0.75 : 1.5;
+    const double H = (double)d->heads, R = (double)d->kv_lora, uv = (double)(d->nope + d->v);
+    const double tavg = (double)past + (double)(s + 1) / 2.0;
+    const double expanded = gemm_weight * (double)(past + s) * H * uv * R +
+                            (double)s * tavg * H * (double)(d->nope + d->rope + d->v);
+    const double absorbed = (double)s * H * uv * R + (double)s * tavg * H * (2.0 * R + (double)d->rope);
+    return expanded < absorbed;
 }
 
 /* W[n, r] of kv_b_proj as f32: read directly for f32/bf16, otherwise dequantised once through
@@ -210,5 +265,16 @@ dsv3_status dsv3_mla_wsum(const float *p, int64_t np, int64_t ldp, const float *
         st = dsv3_fail(err, DSV3_E_VALUE, "mla wsum: bad sizes");
     if (st == DSV3_OK)
         dsv3_attend_table(which)->wsum(p, np, ldp, x, ldx, T, n, out, ldo);
+    return st;
+}
+
+dsv3_status dsv3_mla_expsum(float *x, int64_t n, float m, float *sum, int isa, dsv3_error *err)
+{
+    dsv3_isa which;
+    dsv3_status st = dsv3_isa_resolve(isa, &which, err);
+    if (st == DSV3_OK && n < 0)
+        st = dsv3_fail(err, DSV3_E_VALUE, "mla expsum: bad size");
+    if (st == DSV3_OK)
+        *sum = dsv3_attend_table(which)->expsum(x, n, m);
     return st;
 }

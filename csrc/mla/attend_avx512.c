@@ -1,5 +1,5 @@
 /* AVX-512 attention kernels: the exact order of attend_scalar.c (see attend_kernels.h), with
- * register tiles (dots: 4 queries x 2 rows; wsum: 8 rows x 32 columns) so every loaded cache row
+ * register tiles (dots: 4 queries x 4 rows; wsum: 8 rows x 32 columns) so every loaded cache row
  * or weight row serves several outputs. Tails use masked loads; masked lanes keep their value. */
 #include "attend_kernels.h"
 
@@ -18,7 +18,7 @@ AI float hsum16(__m512 v)
 AI void dots_tile(const float *a, int64_t lda, const float *b, int64_t ldb, int64_t n, float *out, int64_t ldo,
                   const int MA, const int NB)
 {
-    __m512 acc[4][2], bv[2];
+    __m512 acc[4][4], bv[4];
     for (int i = 0; i < MA; i++)
         for (int j = 0; j < NB; j++)
             acc[i][j] = _mm512_setzero_ps();
@@ -48,17 +48,18 @@ AI void dots_tile(const float *a, int64_t lda, const float *b, int64_t ldb, int6
 }
 
 #define DOTS_CASE(ma, nb) \
-    case (ma) * 4 + (nb): dots_tile(a + i * lda, lda, b + j * ldb, ldb, n, out + i * ldo + j, ldo, ma, nb); break;
+    case (ma) * 8 + (nb): dots_tile(a + i * lda, lda, b + j * ldb, ldb, n, out + i * ldo + j, ldo, ma, nb); break;
+#define DOTS_ROW(ma) DOTS_CASE(ma, 1) DOTS_CASE(ma, 2) DOTS_CASE(ma, 3) DOTS_CASE(ma, 4)
 
+/* Rows of b outer, so the 4 loaded rows stay in L1 while every query tile passes over them. */
 static void dots_avx512(const float *a, int64_t na, int64_t lda, const float *b, int64_t nb, int64_t ldb,
                         int64_t n, float *out, int64_t ldo)
 {
-    for (int64_t i = 0; i < na; i += 4)
-        for (int64_t j = 0; j < nb; j += 2) {
-            const int ma = na - i < 4 ? (int)(na - i) : 4, nbb = nb - j < 2 ? (int)(nb - j) : 2;
-            switch (ma * 4 + nbb) {
-                DOTS_CASE(1, 1) DOTS_CASE(1, 2) DOTS_CASE(2, 1) DOTS_CASE(2, 2)
-                DOTS_CASE(3, 1) DOTS_CASE(3, 2) DOTS_CASE(4, 1) DOTS_CASE(4, 2)
+    for (int64_t j = 0; j < nb; j += 4)
+        for (int64_t i = 0; i < na; i += 4) {
+            const int ma = na - i < 4 ? (int)(na - i) : 4, nbb = nb - j < 4 ? (int)(nb - j) : 4;
+            switch (ma * 8 + nbb) {
+                DOTS_ROW(1) DOTS_ROW(2) DOTS_ROW(3) DOTS_ROW(4)
             default: break;
             }
         }
@@ -115,4 +116,43 @@ static void wsum_avx512(const float *p, int64_t np, int64_t ldp, const float *x,
     }
 }
 
-const dsv3_attend_kernels dsv3_attend_avx512 = {dots_avx512, wsum_avx512};
+/* dsv3_mla_exp on 16 lanes: the same operations in the same order. */
+AI __m512 exp16(__m512 x)
+{
+    x = _mm512_max_ps(x, _mm512_set1_ps(DSV3_EXP_MIN));
+    const __m512 shift = _mm512_set1_ps(DSV3_EXP_SHIFT);
+    const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(DSV3_EXP_LOG2E), shift), shift);
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-DSV3_EXP_LN2_HI), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(-DSV3_EXP_LN2_LO), r);
+    __m512 p = _mm512_set1_ps(DSV3_EXP_P0);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(DSV3_EXP_P1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(DSV3_EXP_P2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(DSV3_EXP_P3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(DSV3_EXP_P4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(DSV3_EXP_P5));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+static float expsum_avx512(float *x, int64_t n, float m)
+{
+    const __m512 mv = _mm512_set1_ps(m);
+    __m512 acc = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        const __m512 v = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + j), mv));
+        _mm512_storeu_ps(x + j, v);
+        acc = _mm512_add_ps(acc, v);
+    }
+    if (j < n) {
+        const __mmask16 k = lanes(n - j);
+        const __m512 v = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), mv));
+        _mm512_mask_storeu_ps(x + j, k, v);
+        acc = _mm512_mask_add_ps(acc, k, acc, v);
+    }
+    return hsum16(acc);
+}
+
+const dsv3_attend_kernels dsv3_attend_avx512 = {dots_avx512, wsum_avx512, expsum_avx512};

@@ -37,9 +37,24 @@ static void wsum_scalar(const float *p, int64_t np, int64_t ldp, const float *x,
     }
 }
 
-const dsv3_attend_kernels dsv3_attend_scalar = {dots_scalar, wsum_scalar};
+static float expsum_scalar(float *x, int64_t n, float m)
+{
+    float acc[16] = {0.f};
+    for (int64_t j = 0; j < n; j++) {
+        x[j] = dsv3_mla_exp(x[j] - m);
+        acc[j & 15] = acc[j & 15] + x[j];
+    }
+    for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++)
+            acc[l] = acc[l] + acc[l + w];
+    return acc[0];
+}
+
+const dsv3_attend_kernels dsv3_attend_scalar = {dots_scalar, wsum_scalar, expsum_scalar};
 
 const dsv3_attend_kernels *dsv3_attend_table(dsv3_isa isa)
 {
-    return isa == DSV3_ISA_AVX512 ? &dsv3_attend_avx512 : &dsv3_attend_scalar;
+    return isa == DSV3_ISA_AVX512 ? &dsv3_attend_avx512
+         : isa == DSV3_ISA_AVX2   ? &dsv3_attend_avx2
+                                  : &dsv3_attend_scalar;
 }

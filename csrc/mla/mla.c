@@ -3,6 +3,7 @@
 #include "dsv3_ops.h"
 #include "mla_internal.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define QA_NORM_EPS 1e-6f /* transformers fixes the q_a / kv_a layernorm eps at 1e-6 */
@@ -58,6 +59,19 @@ void dsv3_mla_finish_latent(const dsv3_mla_dims *d, const dsv3_mla_weights *w, f
     }
 }
 
+/* Absorbed mode's form for s tokens after past rows: the cost model, unless DSV3_MLA_FORM says
+ * "absorbed" or "expanded" (benchmarks and tests compare the two; expanded needs s > 1). */
+static int use_expanded(const dsv3_mla_dims *d, int64_t s, int64_t past, int isa)
+{
+    const char *f = getenv("DSV3_MLA_FORM");
+    if (s > 1 && f && strcmp(f, "expanded") == 0)
+        return 1;
+    if (f && strcmp(f, "absorbed") == 0)
+        return 0;
+    dsv3_isa which;
+    return dsv3_isa_resolve(isa, &which, NULL) == DSV3_OK && dsv3_mla_prefer_expanded(d, s, past, which);
+}
+
 dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
                              const float *cos_j, const float *sin_j, float *cache, int64_t past,
                              dsv3_attn_mode mode, float *out, dsv3_mla_scratch *ws, int isa, dsv3_error *err)
@@ -77,9 +91,14 @@ dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, 
         st = dsv3_mla_project_q(d, w, x, s, cos_j, sin_j, sc->q, sc->qa, isa, err);
     if (st == DSV3_OK)
         st = write_latent(d, w, x, s, cos_j, sin_j, cache, past, isa, err);
-    if (st == DSV3_OK)
-        st = mode == DSV3_ATTN_NAIVE ? dsv3_mla_attend_naive(d, w, sc->q, s, cache, past, sc->attn, sc, isa, err)
-                                     : dsv3_mla_attend_absorbed(d, w, sc->q, s, cache, past, sc->attn, sc, isa, err);
+    if (st == DSV3_OK) {
+        if (mode == DSV3_ATTN_NAIVE)
+            st = dsv3_mla_attend_naive(d, w, sc->q, s, cache, past, sc->attn, sc, isa, err);
+        else if (use_expanded(d, s, past, isa))
+            st = dsv3_mla_attend_expanded(d, w, sc->q, s, cache, past, sc->attn, sc, isa, err);
+        else
+            st = dsv3_mla_attend_absorbed(d, w, sc->q, s, cache, past, sc->attn, sc, isa, err);
+    }
     if (st == DSV3_OK)
         st = dsv3_linear(sc->attn, s, &w->o_proj, bias_of(&w->o_bias, d->attention_bias), out, isa, err);
     dsv3_mla_scratch_free(&local);

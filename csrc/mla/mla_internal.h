@@ -1,25 +1,71 @@
-/* Attention cores shared inside csrc/mla/ (q already projected and rotated; cache already written). */
+/* Attention cores shared inside csrc/mla/ (q already projected and rotated; cache already written),
+ * and the block geometry they share with the scratch (one description: scratch.c sizes buffers
+ * from these functions, the cores walk them). */
 #ifndef DSV3_MLA_INTERNAL_H
 #define DSV3_MLA_INTERNAL_H
 
 #include "dsv3_mla.h"
 
-/* Absorbed attention computes the probabilities of a block of tokens at a time so that they stay
- * within this many floats (16 MiB), or one token's [heads, rows] when that alone is larger. */
-#define DSV3_MLA_P_BUDGET ((int64_t)1 << 22)
+/* ---- absorbed attention (decode): split-KV over latent rows ----
+ * Token i attends to T_i = past + i + 1 rows, cut into nb(T_i) blocks of bl(T_i) rows; each
+ * (token, head group, block) task writes a partial (max, sum, weighted latent sum) and a fixed-order
+ * reduction over the blocks combines them. The cut depends on T_i and the dims only, never on the
+ * thread count. */
+#define DSV3_MLA_KV_BLOCK 64      /* rows per block while there are at most nb_max blocks */
+#define DSV3_MLA_HEAD_GROUP 8     /* heads per task: one loaded cached row serves these heads */
+#define DSV3_MLA_PART_BUDGET ((int64_t)1 << 22) /* floats of partials per token chunk (16 MiB) */
 
-/* Tokens per probability block for s tokens over T cached rows. */
-static inline int64_t dsv3_mla_token_block(int64_t heads, int64_t s, int64_t T)
+static inline int64_t dsv3_mla_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* At most this many KV blocks per token, so that one token's partials (heads x blocks x kv_lora)
+ * stay near 4 MiB: 64 for 16 heads, 16 for 128 heads (kv_lora 512). */
+static inline int64_t dsv3_mla_nb_max(const dsv3_mla_dims *d)
 {
-    int64_t ib = DSV3_MLA_P_BUDGET / (heads * T);
+    int64_t n = ((int64_t)1 << 20) / (d->heads * d->kv_lora);
+    return n < 4 ? 4 : n > 64 ? 64 : n;
+}
+
+/* Rows per block for a token attending to T rows (a multiple of 16). */
+static inline int64_t dsv3_mla_block_rows(const dsv3_mla_dims *d, int64_t T)
+{
+    int64_t nb = dsv3_mla_ceil_div(T, DSV3_MLA_KV_BLOCK), nbm = dsv3_mla_nb_max(d);
+    nb = nb > nbm ? nbm : nb < 1 ? 1 : nb;
+    return dsv3_mla_ceil_div(dsv3_mla_ceil_div(T, nb), 16) * 16;
+}
+
+/* Tokens per chunk of partials for s tokens (at least one). */
+static inline int64_t dsv3_mla_part_tokens(const dsv3_mla_dims *d, int64_t s)
+{
+    int64_t ib = DSV3_MLA_PART_BUDGET / (d->heads * dsv3_mla_nb_max(d) * (d->kv_lora + 2));
     return ib < 1 ? 1 : ib > s ? s : ib;
 }
+
+/* ---- expanded attention (prefill): flash-style over K/V expanded from the latent ----
+ * The cached rows are expanded with kv_b_proj in chunks of flash_chunk rows (one GEMM each); every
+ * (head, block of FLASH_Q queries) task walks the chunk's rows in blocks of FLASH_KV with an online
+ * softmax, in ascending row order, so each output has one fixed order. */
+#define DSV3_MLA_FLASH_Q 16
+#define DSV3_MLA_FLASH_KV 64
+
+/* Rows per expansion chunk: about 8192 head-rows (512 rows for 16 heads, 64 for 128). */
+static inline int64_t dsv3_mla_flash_chunk(const dsv3_mla_dims *d)
+{
+    int64_t c = 8192 / d->heads;
+    c = c < DSV3_MLA_FLASH_KV ? DSV3_MLA_FLASH_KV : c > 512 ? 512 : c;
+    return c / DSV3_MLA_FLASH_KV * DSV3_MLA_FLASH_KV;
+}
+
+/* Whether s new tokens after past cached rows run in the expanded form on `isa` (cost model in attend.c). */
+int dsv3_mla_prefer_expanded(const dsv3_mla_dims *d, int64_t s, int64_t past, dsv3_isa isa);
 
 /* q [s, heads, nope+rope]; cache rows [0, past+s); attn out [s, heads*v]; ws reserved for (s, past+s). */
 dsv3_status dsv3_mla_attend_naive(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q, int64_t s,
                                   const float *cache, int64_t past, float *attn, dsv3_mla_scratch *ws, int isa,
                                   dsv3_error *err);
 dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
+                                     int64_t s, const float *cache, int64_t past, float *attn,
+                                     dsv3_mla_scratch *ws, int isa, dsv3_error *err);
+dsv3_status dsv3_mla_attend_expanded(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
                                      int64_t s, const float *cache, int64_t past, float *attn,
                                      dsv3_mla_scratch *ws, int isa, dsv3_error *err);
 

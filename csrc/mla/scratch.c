@@ -4,7 +4,8 @@
 #include <string.h>
 
 /* Floats of each buffer of a scratch for (tokens, rows, threads, mode), in the struct's order. */
-enum { BUF_Q, BUF_QA, BUF_ATTN, BUF_QC, BUF_LAT, BUF_PROBS, BUF_KV, BUF_COUNT };
+enum { BUF_Q, BUF_QA, BUF_ATTN, BUF_QC, BUF_LAT, BUF_PROBS, BUF_KV, BUF_PART, BUF_EX, BUF_FSTATE, BUF_FTHR,
+       BUF_COUNT };
 
 static void buffer_sizes(const dsv3_mla_dims *d, dsv3_attn_mode mode, int64_t tokens, int64_t rows, int threads,
                          int64_t n[BUF_COUNT])
@@ -18,14 +19,20 @@ static void buffer_sizes(const dsv3_mla_dims *d, dsv3_attn_mode mode, int64_t to
         n[BUF_LAT] = rows * R;
         n[BUF_PROBS] = (int64_t)threads * rows;
         n[BUF_KV] = rows * H * (d->nope + d->v);
-    } else {
-        /* the largest block the attention takes for any s <= tokens, T <= rows: one token's
-         * [H, T] when that exceeds the budget, else at most the budget (or all tokens' rows) */
-        const int64_t all = tokens * H * rows, one = H * rows;
-        const int64_t cap = one > DSV3_MLA_P_BUDGET ? one : DSV3_MLA_P_BUDGET;
-        n[BUF_QC] = tokens * H * (R + d->rope);
-        n[BUF_LAT] = tokens * H * R;
-        n[BUF_PROBS] = all < cap ? all : cap;
+        return;
+    }
+    /* block rows grow with T only past nb_max blocks of KV_BLOCK rows: the largest is at T = rows */
+    const int64_t bl = dsv3_mla_block_rows(d, rows) > DSV3_MLA_KV_BLOCK ? dsv3_mla_block_rows(d, rows)
+                                                                       : DSV3_MLA_KV_BLOCK;
+    n[BUF_QC] = tokens * H * (R + d->rope);
+    n[BUF_LAT] = tokens * H * R;
+    n[BUF_PROBS] = (int64_t)threads * DSV3_MLA_HEAD_GROUP * bl;
+    n[BUF_PART] = dsv3_mla_part_tokens(d, tokens) * H * dsv3_mla_nb_max(d) * (R + 2);
+    if (tokens > 1) {
+        const int64_t c = dsv3_mla_flash_chunk(d);
+        n[BUF_EX] = c * (R + H * (d->nope + d->v) + H * (d->nope + d->rope) + H * d->v);
+        n[BUF_FSTATE] = tokens * H * 2;
+        n[BUF_FTHR] = (int64_t)threads * DSV3_MLA_FLASH_Q * (DSV3_MLA_FLASH_KV + d->v);
     }
 }
 
@@ -51,7 +58,8 @@ dsv3_status dsv3_mla_scratch_reserve(dsv3_mla_scratch *ws, const dsv3_mla_dims *
         return dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory for the scratch of %lld tokens over %lld "
                          "cached rows", (long long)tokens, (long long)rows);
     dsv3_free(ws->block);
-    float **bufs[BUF_COUNT] = {&ws->q, &ws->qa, &ws->attn, &ws->qc, &ws->lat, &ws->probs, &ws->kv};
+    float **bufs[BUF_COUNT] = {&ws->q,    &ws->qa,   &ws->attn, &ws->qc,     &ws->lat, &ws->probs,
+                               &ws->kv,   &ws->part, &ws->ex,   &ws->fstate, &ws->fthr};
     for (int i = 0; i < BUF_COUNT; i++)
         *bufs[i] = n[i] > 0 ? at[i] : NULL;
     ws->block = block;

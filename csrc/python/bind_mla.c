@@ -72,3 +72,36 @@ PyObject *dsv3_py_mla_wsum(PyObject *self, PyObject *args, PyObject *kw)
     }
     return out;
 }
+
+/* mla_expsum(x float32 [n], m, isa=None) -> (float32 [n] exp(x - m), their sum) in the kernels' order */
+PyObject *dsv3_py_mla_expsum(PyObject *self, PyObject *args, PyObject *kw)
+{
+    (void)self;
+    static char *kwlist[] = {"x", "m", "isa", NULL};
+    PyObject *xo, *isa_obj = NULL;
+    float m;
+    int isa;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Of|O", kwlist, &xo, &m, &isa_obj) || !dsv3_py_isa_arg(isa_obj, &isa))
+        return NULL;
+    PyArrayObject *x = dsv3_py_check_array(xo, "x", DSV3_DT_F32, 1);
+    if (!x)
+        return NULL;
+    const npy_intp n = PyArray_DIM(x, 0);
+    npy_intp dims[1] = {n};
+    PyObject *out = PyArray_SimpleNew(1, dims, NPY_FLOAT32);
+    if (!out)
+        return NULL;
+    if (n > 0)
+        memcpy(PyArray_DATA((PyArrayObject *)out), PyArray_DATA(x), (size_t)n * sizeof(float));
+    dsv3_error err = {0};
+    dsv3_status st;
+    float sum = 0.f;
+    Py_BEGIN_ALLOW_THREADS
+    st = dsv3_mla_expsum(PyArray_DATA((PyArrayObject *)out), n, m, &sum, isa, &err);
+    Py_END_ALLOW_THREADS
+    if (st != DSV3_OK) {
+        Py_DECREF(out);
+        return dsv3_py_raise(st, &err);
+    }
+    return Py_BuildValue("(Nd)", out, (double)sum);
+}

@@ -6,5 +6,6 @@
 
 PyObject *dsv3_py_mla_dots(PyObject *self, PyObject *args, PyObject *kw);
 PyObject *dsv3_py_mla_wsum(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *dsv3_py_mla_expsum(PyObject *self, PyObject *args, PyObject *kw);
 
 #endif

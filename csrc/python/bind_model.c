@@ -627,6 +627,8 @@ PyMethodDef dsv3_model_methods[] = {
      "mla_dots(a float32 [na, n], b float32 [nb, n], isa=None) -> a @ b.T in the attention kernels' order"},
     {"mla_wsum", (PyCFunction)(void (*)(void))dsv3_py_mla_wsum, METH_VARARGS | METH_KEYWORDS,
      "mla_wsum(p float32 [np, T], x float32 [T, n], isa=None) -> p @ x in the attention kernels' order"},
+    {"mla_expsum", (PyCFunction)(void (*)(void))dsv3_py_mla_expsum, METH_VARARGS | METH_KEYWORDS,
+     "mla_expsum(x float32 [n], m, isa=None) -> (exp(x - m), sum) in the attention kernels' order"},
     {NULL, NULL, 0, NULL},
 };
 
