@@ -32,7 +32,9 @@ FORMATS = ("f32", "bf16", "fp8_block", "nvfp4", "int8", "int4")
 #            round half to even) with integer dots; fp8_block/nvfp4/bf16 on AVX-512 take them rounded once
 #            to bf16. Accuracy against transformers fp32: tests/test_fast_mode.py.
 PRECISIONS = ("exact", "fast")
-DEFAULT_PRECISION = "fast"  # the engine default (Model, ops.linear); the ONE place it is set
+DEFAULT_PRECISION = "fast"  # the engine default (dsv3.Model); the ONE place it is set
+# dsv3.ops.linear is a building block checked against references: it stays exact unless asked.
+OPS_DEFAULT_PRECISION = "exact"
 PACKED_LAYOUT = "ckpt-1"
 _SCALE_NAME = {"fp8_block": "weight_scale_inv", "nvfp4": "weight_scale", "int8": "weight_scale",
                "int4": "weight_scale"}
@@ -40,10 +42,10 @@ _PARAMS = {"f32": {}, "bf16": {}, "fp8_block": {"ue8m0": False}, "nvfp4": {"grou
            "int8": {}, "int4": {"group": 128}}
 
 
-def check_precision(precision):
-    """``precision`` validated; None gives :data:`DEFAULT_PRECISION`."""
+def check_precision(precision, default=None):
+    """``precision`` validated; None gives ``default``, or :data:`DEFAULT_PRECISION` when that is None."""
     if precision is None:
-        return DEFAULT_PRECISION
+        return DEFAULT_PRECISION if default is None else default
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'exact' or 'fast', got {precision!r}")
     return precision

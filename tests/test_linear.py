@@ -24,13 +24,6 @@ FORMATS = [("f32", {}), ("bf16", {}), ("fp8_block", {}), ("fp8_block", {"ue8m0":
 BF16 = ml_dtypes.bfloat16
 
 
-@pytest.fixture(autouse=True)
-def _exact_precision(monkeypatch):
-    """Every test here checks f32-level results: dsv3.ops.linear runs with precision="exact" (the engine
-    default, dsv3.quant.DEFAULT_PRECISION, may be "fast"; that mode is tested in tests/test_fast_mode.py)."""
-    monkeypatch.setattr(quant, "DEFAULT_PRECISION", "exact")
-
-
 def rnd(shape, seed, scale=1.0):
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
 

@@ -72,6 +72,17 @@ static int use_expanded(const dsv3_mla_dims *d, int64_t s, int64_t past, int isa
     return dsv3_isa_resolve(isa, &which, NULL) == DSV3_OK && dsv3_mla_prefer_expanded(d, s, past, which);
 }
 
+dsv3_status dsv3_mla_attend(const dsv3_mla_dims *d, const dsv3_mla_weights *w, dsv3_attn_mode mode, const float *q,
+                            int64_t s, const float *cache, int64_t past, float *out, dsv3_mla_scratch *ws, int isa,
+                            dsv3_error *err)
+{
+    if (mode == DSV3_ATTN_NAIVE)
+        return dsv3_mla_attend_naive(d, w, q, s, cache, past, out, ws, isa, err);
+    if (use_expanded(d, s, past, isa))
+        return dsv3_mla_attend_expanded(d, w, q, s, cache, past, out, ws, isa, err);
+    return dsv3_mla_attend_absorbed(d, w, q, s, cache, past, out, ws, isa, err);
+}
+
 dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
                              const float *cos_j, const float *sin_j, float *cache, int64_t past,
                              dsv3_attn_mode mode, float *out, dsv3_mla_scratch *ws, int isa, dsv3_error *err)
@@ -91,14 +102,8 @@ dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, 
         st = dsv3_mla_project_q(d, w, x, s, cos_j, sin_j, sc->q, sc->qa, isa, err);
     if (st == DSV3_OK)
         st = write_latent(d, w, x, s, cos_j, sin_j, cache, past, isa, err);
-    if (st == DSV3_OK) {
-        if (mode == DSV3_ATTN_NAIVE)
-            st = dsv3_mla_attend_naive(d, w, sc->q, s, cache, past, sc->attn, sc, isa, err);
-        else if (use_expanded(d, s, past, isa))
-            st = dsv3_mla_attend_expanded(d, w, sc->q, s, cache, past, sc->attn, sc, isa, err);
-        else
-            st = dsv3_mla_attend_absorbed(d, w, sc->q, s, cache, past, sc->attn, sc, isa, err);
-    }
+    if (st == DSV3_OK)
+        st = dsv3_mla_attend(d, w, mode, sc->q, s, cache, past, sc->attn, sc, isa, err);
     if (st == DSV3_OK)
         st = dsv3_linear(sc->attn, s, &w->o_proj, bias_of(&w->o_bias, d->attention_bias), out, isa, err);
     dsv3_mla_scratch_free(&local);

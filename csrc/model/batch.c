@@ -170,8 +170,7 @@ static dsv3_status attention_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq
         dsv3_mla_finish_latent(d, w, cache + past * row, n, cos_j + off * half, sin_j + off * half);
         const float *q = ws->q + off * d->heads * qk;
         float *attn = ws->attn + off * d->heads * d->v;
-        st = m->attn_mode == DSV3_ATTN_NAIVE ? dsv3_mla_attend_naive(d, w, q, n, cache, past, attn, ws, isa, err)
-                                             : dsv3_mla_attend_absorbed(d, w, q, n, cache, past, attn, ws, isa, err);
+        st = dsv3_mla_attend(d, w, m->attn_mode, q, n, cache, past, attn, ws, isa, err); /* form as forward's */
     }
     if (st == DSV3_OK)
         st = dsv3_linear(ws->attn, t, &w->o_proj, d->attention_bias ? w->o_bias.f32 : NULL, out, isa, err);
