@@ -131,20 +131,46 @@ def llama_commit(tree):
 
 
 def llama_build(cache, tree, variant, jobs):
-    """Configure and build ``variant`` into cache/build-<variant> (incremental when it exists); returns bin dir."""
+    """Configure and build ``variant`` into cache/build-<variant> (incremental); returns its bin dir.
+
+    Only ggml-cpu is compiled with ISA flags (GGML_NATIVE / GGML_AVX2... apply to that target alone), so the
+    avx2 variant builds just libggml-cpu in build-avx2 and links the native build's other files next to it;
+    llama_env() puts that directory first on LD_LIBRARY_PATH (the build uses RUNPATH, which it overrides).
+    """
     if variant not in LLAMA_VARIANTS:
         raise ValueError(f"llama.cpp variant must be one of {sorted(LLAMA_VARIANTS)}, got {variant!r}")
     bdir = os.path.join(cache, f"build-{variant}")
     bindir = os.path.join(bdir, "bin")
-    if all(os.path.exists(os.path.join(bindir, t)) for t in LLAMA_TARGETS[:2]) and \
-            os.path.exists(os.path.join(bindir, "libllama.so")):
+    want = ["llama-bench", "llama-quantize", "libllama.so", "libggml-cpu.so"]
+    if all(os.path.exists(os.path.join(bindir, t)) for t in want):
         return bindir
+    native = None if variant == "native" else llama_build(cache, tree, "native", jobs)
     logfile = os.path.join(cache, f"build-{variant}.log")
     log(f"building llama.cpp ({variant}) into {bdir} (log: {logfile}); minutes on a busy machine")
     run(["cmake", "-S", tree, "-B", bdir] + LLAMA_COMMON + LLAMA_VARIANTS[variant], logfile=logfile)
-    run(["cmake", "--build", bdir, "--config", "Release", "-j", str(jobs), "--target"] + list(LLAMA_TARGETS),
-        logfile=logfile)
+    targets = list(LLAMA_TARGETS) if native is None else ["ggml-cpu"]
+    run(["cmake", "--build", bdir, "--config", "Release", "-j", str(jobs), "--target"] + targets, logfile=logfile)
+    if native is not None:
+        for f in os.listdir(native):
+            dst = os.path.join(bindir, f)
+            if not f.startswith("libggml-cpu") and not os.path.lexists(dst):
+                os.symlink(os.path.join(native, f), dst)
     return bindir
+
+
+def llama_env(env, bindir):
+    """``env`` with ``bindir`` first on LD_LIBRARY_PATH (selects the variant's libggml-cpu)."""
+    env = dict(env)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([bindir] + [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
+    return env
+
+
+def llama_cpu_lib(bindir):
+    """The libggml-cpu llama-bench really loads under llama_env (ldd), as evidence of the variant."""
+    out = subprocess.run(["ldd", os.path.join(bindir, "llama-bench")], env=llama_env(os.environ, bindir),
+                         capture_output=True, text=True).stdout
+    m = re.search(r"libggml-cpu\.so\S* => (\S+)", out)
+    return os.path.realpath(m.group(1)) if m else None
 
 
 LOGITS_C = r"""
@@ -224,6 +250,12 @@ c.main()
 """
 
 
+def dsv3_convert_args(fmt):
+    """dsv3 convert options for ``fmt``: lm_head in the same format (llama-quantize --pure quantises output.weight
+    too; it is ~20% of the weights read per decoded token here)."""
+    return ["--format", fmt] + (["--lm-head", fmt] if fmt != "bf16" else [])
+
+
 def make_models(args, cfg, tree, bindir, formats, env):
     """HF checkpoint, GGUFs and dsv3 conversions under args.models/<size tag>; returns dict of paths."""
     import peers_model as pm
@@ -249,13 +281,13 @@ def make_models(args, cfg, tree, bindir, formats, env):
         if q != "BF16" and not os.path.exists(out):
             log(f"llama-quantize --pure -> {q}")
             run([os.path.join(bindir, "llama-quantize"), "--pure"] + GGUF_QUANT[q][:-1] +
-                [bf16, out + ".tmp", GGUF_QUANT[q][-1], "2"])
+                [bf16, out + ".tmp", GGUF_QUANT[q][-1], "2"], env=llama_env(env, bindir))
             os.replace(out + ".tmp", out)
         paths["gguf"][q] = out
         d = os.path.join(base, f"dsv3-{fmt}")
         if not os.path.exists(os.path.join(d, "config.json")):
             log(f"dsv3 convert --format {fmt}")
-            run([sys.executable, "-m", "dsv3", "convert", "--format", fmt, "--quiet", hf, d + ".tmp"], env=env)
+            run([sys.executable, "-m", "dsv3", "convert", "--quiet"] + dsv3_convert_args(fmt) + [hf, d + ".tmp"], env=env)
             os.replace(d + ".tmp", d)
         paths["dsv3"][fmt] = d
     return paths
@@ -348,7 +380,7 @@ def llama_bench_once(bindir, gguf, tests, threads, env):
         cmd = [os.path.join(bindir, "llama-bench"), "-m", gguf, "-r", "1", "-t", str(threads), "-o", "json",
                "-p", ",".join(map(str, d["pp"])) or "0", "-n", ",".join(map(str, d["tg"])) or "0",
                "-d", str(depth)]
-        out, w, c = run_measured(cmd, env)
+        out, w, c = run_measured(cmd, llama_env(env, bindir))
         wall += w
         cpu += c
         res = json.loads(out)
@@ -404,7 +436,7 @@ def check_logits(args, cache, tree, bindir, env):
     # llama.cpp
     exe = llama_logits_tool(cache, tree, bindir)
     out = os.path.join(work, "llama.bin")
-    run([exe, bf16, ids_path, str(n_gen), "2", out], env=env)
+    run([exe, bf16, ids_path, str(n_gen), "2", out], env=llama_env(env, bindir))
     raw = np.fromfile(out, np.int32)
     nv = int(raw[0])
     engines["llama.cpp BF16"] = (raw[1:1 + n_prompt * nv].view(np.float32).reshape(n_prompt, nv),
@@ -554,7 +586,7 @@ def main(argv=None):
         print(f"  {e:5s} threads {t} {w}: {np.median(v):.2f}")
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "argv": sys.argv, "dsv3_commit": _git(ROOT), "llama": llama_commit(tree), "llama_variant": args.llama,
-            "dsv3_isa": isa or "auto", "size": args.size, "config": cfg, "params": pm.param_count(cfg),
+            "llama_cpu_lib": llama_cpu_lib(bindir), "dsv3_isa": isa or "auto", "size": args.size, "config": cfg, "params": pm.param_count(cfg),
             "loadavg": os.getloadavg(), "cpu": platform.processor() or _cpu_model(), "nproc": os.cpu_count()}
     outp = args.json or os.path.join(HERE, "results",
                                      f"bench_peers-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
