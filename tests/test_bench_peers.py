@@ -111,14 +111,18 @@ def test_tokenizer_vocab_and_converter_view(tmp_path):
         assert a in vocab and b in vocab and a + b in vocab
     with pytest.raises(ValueError):
         pm.tokenizer_vocab(100)
-    pytest.importorskip("tokenizers")
-    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
     pm.write_tokenizer(str(tmp_path), 1024)
-    # what convert_hf_to_gguf.py's get_vocab_base reads
-    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
-    assert max(tok.vocab.values()) == 1023 and len(tok.vocab) == 1024
-    assert tok.bos_token_id == 0 and tok.eos_token_id == 1
-    text = "Hello, world! 3.14 ünïcode"
-    ids = tok.encode(text, add_special_tokens=False)
+    # what convert_hf_to_gguf.py reads (through transformers' AutoTokenizer, which wraps this file)
+    tok = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    v = tok.get_vocab(with_added_tokens=True)
+    assert max(v.values()) == 1023 and len(v) == 1024
+    assert v[pm.BOS] == 0 and v[pm.EOS] == 1
+    with open(tmp_path / "tokenizer_config.json") as f:
+        tc = json.load(f)
+    assert (tc["bos_token"], tc["eos_token"]) == (pm.BOS, pm.EOS)
+    text = "Hello, world! 3.14 \u00fcn\u00efcode"
+    ids = tok.encode(text, add_special_tokens=False).ids
     assert tok.decode(ids) == text
     assert len(ids) < len(text.encode())  # merges are used
+    assert tok.encode(pm.BOS + "a", add_special_tokens=False).ids[0] == 0
