@@ -85,7 +85,7 @@ def log(msg):
 
 def run(cmd, env=None, cwd=None, logfile=None):
     """Run a command; on failure raise with the tail of its output."""
-    res = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    res = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
     if logfile:
         with open(logfile, "a") as f:
             f.write(f"$ {' '.join(cmd)}\n{res.stdout}\n")
@@ -350,7 +350,7 @@ def _child_cpu():
 def run_measured(cmd, env):
     """Run cmd to completion; returns (stdout, wall s, CPU s used by it and its threads)."""
     c0, t0 = _child_cpu(), time.perf_counter()
-    res = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    res = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
     wall, cpu = time.perf_counter() - t0, _child_cpu() - c0
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({res.returncode}):\n{res.stderr[-3000:]}")
@@ -551,9 +551,11 @@ def main(argv=None):
         print(rep.parity_markdown(check) + "\n", flush=True)
 
     samples, procs = [], []
+    outp = args.json or os.path.join(HERE, "results",
+                                     f"bench_peers-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
     log(f"measuring: {len(formats)} formats x threads {threads} x wait {waits} x {args.reps} reps, tests {tests}")
-    k = 0
     for r in range(args.reps):
+        k = r  # alternate the order pair by pair, and flip every pair's order from one rep to the next
         for wait in waits:
             for t in threads:
                 env = engine_env(base_env, t, wait, isa)
@@ -575,9 +577,18 @@ def main(argv=None):
                                             "wait": wait, "test": test, "rep": r, "tps": tps})
                     log(f"rep {r} {wait} t{t} {fmt}~{q}: " + ", ".join(
                         f"{s['test']} {s['engine']} {s['tps']:.1f}" for s in samples[-2 * len(tests):]))
+        report(args, cfg, tree, bindir, isa, check, samples, procs, outp, r == args.reps - 1)
+    return 0
+
+
+def report(args, cfg, tree, bindir, isa, check, samples, procs, outp, final):
+    """Print the table (and per-process core use) and write the JSON; called after every rep, so a run cut
+    short keeps what it measured."""
+    import peers_model as pm
+
     rows = rep.summarize(samples)
     table = rep.markdown(rows)
-    print(table)
+    print(table if final else f"(after rep {samples[-1]['rep'] if samples else '-'})\n" + table, flush=True)
     cores = {}
     for p in procs:
         cores.setdefault((p["engine"], p["threads"], p["wait"]), []).append(p["cores_used"])
@@ -586,16 +597,14 @@ def main(argv=None):
         print(f"  {e:5s} threads {t} {w}: {np.median(v):.2f}")
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "argv": sys.argv, "dsv3_commit": _git(ROOT), "llama": llama_commit(tree), "llama_variant": args.llama,
-            "llama_cpu_lib": llama_cpu_lib(bindir), "dsv3_isa": isa or "auto", "size": args.size, "config": cfg, "params": pm.param_count(cfg),
-            "loadavg": os.getloadavg(), "cpu": platform.processor() or _cpu_model(), "nproc": os.cpu_count()}
-    outp = args.json or os.path.join(HERE, "results",
-                                     f"bench_peers-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
+            "llama_cpu_lib": llama_cpu_lib(bindir), "dsv3_isa": isa or "auto", "size": args.size, "config": cfg,
+            "params": pm.param_count(cfg),
+            "loadavg": os.getloadavg(), "complete": final, "cpu": platform.processor() or _cpu_model(), "nproc": os.cpu_count()}
     os.makedirs(os.path.dirname(outp), exist_ok=True)
     with open(outp, "w") as f:
         json.dump({"meta": meta, "check": check, "rows": rows, "samples": samples, "processes": procs}, f, indent=1)
     print(f"\n{meta['date']} dsv3 {meta['dsv3_commit']} llama.cpp {meta['llama']} ({args.llama}), "
           f"DSV3_ISA={meta['dsv3_isa']}, load {meta['loadavg'][0]:.1f}; JSON: {outp}")
-    return 0
 
 
 def _git(path):
