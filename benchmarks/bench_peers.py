@@ -6,7 +6,9 @@ What it does (issue 10, item 1):
    llama-cpp-python``) carries a recent tree under vendor/llama.cpp; built with cmake (Release, OpenMP on,
    like dsv3's libgomp) into ``--cache`` (default ~/.cache/dsv3-bench; reused when present). Variants:
    ``native`` (GGML_NATIVE=ON) and ``avx2`` (GGML_NATIVE=OFF, AVX/AVX2/FMA/F16C/BMI2 on, AVX-512 off), the
-   peer of ``DSV3_ISA=avx2``. No llama.cpp code is in this repository.
+   peer of ``DSV3_ISA=avx2``. The ISA flags apply to libggml-cpu alone, so ``avx2`` compiles only that library
+   and borrows the native build's other files (LD_LIBRARY_PATH; the JSON records the library ldd resolves).
+   No llama.cpp code is in this repository. The first build takes ~45 minutes on 2 busy cores.
 2. One checkpoint with seeded random weights in the HF layout (bf16 safetensors, config.json and a real
    byte-level BPE tokenizer; benchmarks/peers_model.py), ``--size tiny|small|default`` (default: issue 10's
    1.84B model: hidden 2048, 16 heads, q_lora 768, kv_lora 512, 4 layers, 64 experts top-6 in 8 groups
