@@ -90,7 +90,8 @@ def random_state_dict(model, seed):
     return out
 
 
-_FUSED = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
+#: a transformers 5.x fused routed-expert weight (Model.from_tensors splits these with hf_to_canonical)
+FUSED_EXPERTS = _FUSED = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
 _PER_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
@@ -99,11 +100,11 @@ def hf_to_canonical(state_dict):
     (gate = gate_up_proj[e, :I], up = gate_up_proj[e, I:], down = down_proj[e]); the rest passes through."""
     out = {}
     for name, v in state_dict.items():
-        v = np.asarray(v)
         m = _FUSED.match(name)
         if not m:
             out[name] = v
             continue
+        v = np.asarray(v)
         prefix, kind = m.groups()
         for e in range(v.shape[0]):
             if kind == "gate_up_proj":
