@@ -39,7 +39,9 @@ def hf_config_from(config):
         raise TypeError(f"config must be a DeepseekConfig, a dict or a transformers config, "
                         f"got {type(config).__name__}")
     d = dict(config)
-    model_type = d.pop("model_type", "deepseek_v3")
+    if "model_type" not in d:
+        raise ValueError("config field model_type is missing (deepseek_v3, kimi_k2 or deepseek_v2)")
+    model_type = d.pop("model_type")
     if model_type not in ("deepseek_v3", "deepseek_v2", "kimi_k2"):
         raise ValueError(f"config dicts with model_type deepseek_v3, kimi_k2 or deepseek_v2 only, got {model_type!r}")
     cls = transformers.DeepseekV2Config if model_type == "deepseek_v2" else transformers.DeepseekV3Config

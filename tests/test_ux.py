@@ -89,6 +89,10 @@ def test_model_type_is_required():
     del cfg["model_type"]
     with pytest.raises(ValueError, match="model_type.*required"):
         load_config(cfg)
+    pytest.importorskip("transformers")
+    from dsv3.parity_hf import hf_config_from
+    with pytest.raises(ValueError, match="model_type is missing"):
+        hf_config_from(cfg)
 
 
 def test_every_entry_point_resolves_paths_the_same_way(ckpts, tmp_path, monkeypatch):
