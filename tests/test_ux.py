@@ -222,3 +222,17 @@ def test_no_references_to_files_outside_the_repo_and_dependencies_match_imports(
         deps = re.search(r"^dependencies = \[(.*?)\]", f.read(), re.S | re.M).group(1)
     imports_st = any(re.search(r"^\s*(import safetensors|from safetensors)", t, re.M) for t in text.values())
     assert imports_st == ('"safetensors' in deps)
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(model_type="deepseek_v2", architectures=["DeepseekV2ForCausalLM"],
+                                            q_lora_rank=None, topk_method="group_limited_greedy",
+                                            scoring_func="softmax", norm_topk_prob=False, routed_scaling_factor=16.0)])
+def test_a_transformers_config_object_means_the_same_model(overrides):
+    pytest.importorskip("transformers")
+    from dsv3.model import _from_transformers_config
+    from dsv3.parity_hf import hf_config_from
+    d = tiny_config(**overrides)
+    want, got = load_config(d).to_native(), _from_transformers_config(hf_config_from(d)).to_native()
+    assert set(want) == set(got)
+    for k in want:
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
