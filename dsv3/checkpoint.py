@@ -18,6 +18,7 @@ from collections import Counter
 import numpy as np
 
 from .config import load_config
+from .display import CheckpointDisplay, Summary
 from .safetensors_io import open_safetensors
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class CheckpointError(ValueError):
     """A checkpoint that does not match its config."""
 
 
-class Checkpoint:
+class Checkpoint(CheckpointDisplay):
     """An opened checkpoint: ``.config``, ``.layout``, ``.path``, ``canonical_tensors()``,
     ``tensor(name)``, ``summary()``. Arrays are zero-copy views valid while it is open."""
 
@@ -283,10 +284,11 @@ class Checkpoint:
             else:
                 src = d[0] if kind == "fused" else d
                 fmts["bf16" if kind != "router" and r.dtype(src) == "BF16" else "f32"] += 1
-        return {"path": self.path, "layout": self.layout, "model_type": self.config.model_type,
+        return Summary({"path": self.path, "layout": self.layout, "model_type": self.config.model_type,
                 "num_tensors": len(r), "total_bytes": sum(v["bytes"] for v in by_dtype.values()),
                 "by_dtype": by_dtype, "by_format": dict(fmts), "canonical": len(self._plan),
-                "missing": list(self.missing), "unexpected": self.unexpected, "skipped": dict(self.skipped)}
+                "missing": list(self.missing), "unexpected": self.unexpected, "skipped": dict(self.skipped)},
+                       title=f"checkpoint {self.path}")
 
     def close(self):
         self.reader.close()

@@ -9,6 +9,8 @@ import os
 import sys
 
 DEBUG_ENV = "DSV3_DEBUG"
+DESCRIPTION = ("Run DeepSeek-V3-family models (V2, V3, R1, Kimi-K2, Moonlight) on CPUs: convert and inspect "
+               "checkpoints, check parity with transformers, chat and serve.")
 
 # name -> (module, help)
 SUBCOMMANDS = {
@@ -25,14 +27,17 @@ SUBCOMMANDS = {
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="dsv3", description=__doc__.split("\n")[0])
+    from . import __version__
+    p = argparse.ArgumentParser(prog="dsv3", description=DESCRIPTION)
+    p.add_argument("--version", action="version", version=f"dsv3 {__version__}")
     p.add_argument("--debug", action="store_true",
                    help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (mod, help_) in SUBCOMMANDS.items():
-        sp = sub.add_parser(name, help=help_)
+        m = importlib.import_module(mod)
+        sp = sub.add_parser(name, help=help_, description=(m.__doc__ or help_).strip())
         sp.set_defaults(_module=mod)
-        importlib.import_module(mod).add_arguments(sp)
+        m.add_arguments(sp)
     return p
 
 

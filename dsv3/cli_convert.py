@@ -29,15 +29,25 @@ def add_arguments(p):
     p.add_argument("--threads", type=int, metavar="N", help="threads of the C quantisers")
     p.add_argument("--shard-size", default="4GB", help="target shard size (default 4GB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON (destination, tensors, shards, already_complete); implies --quiet")
 
 
 def run(args):
     from .convert import convert
-    if not args.quiet:
+    quiet = args.quiet or args.json
+    if not quiet:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     m = convert(args.src, args.dst, format=args.format, experts=args.experts, attention=args.attention,
                 lm_head=args.lm_head, keep_mtp=args.keep_mtp, ep=args.ep, threads=args.threads,
-                quiet=args.quiet, shard_bytes=parse_size(args.shard_size), group=args.group)
-    if not args.quiet:
+                quiet=quiet, shard_bytes=parse_size(args.shard_size), group=args.group)
+    done = bool(m.get("already_complete"))
+    if args.json:
+        import json
+        print(json.dumps({"destination": args.dst, "tensors": len(m["tensors"]), "shards": len(m["shards"]),
+                          "already_complete": done}))
+    elif done:
+        print(f"{args.dst}: already complete (nothing to do)")
+    elif not quiet:
         print(f"wrote {len(m['tensors'])} tensors in {len(m['shards'])} shards to {args.dst}")
     return 0

@@ -1,4 +1,4 @@
-"""`dsv3 info-cpu`."""
+"""`dsv3 info-cpu`: CPU features, the kernel path in use, threads and oneDNN (dsv3.cpu_info())."""
 import json
 
 

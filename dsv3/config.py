@@ -55,6 +55,13 @@ _ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters")
 _QUANT_KEYS = ("quantization_config",)
 
 
+#: ``model_type`` (and ``architectures``) of a dsv3-converted checkpoint's config.json: values transformers
+#: does not know, so it refuses the directory instead of loading it with random experts; the real model
+#: type is in the file's "dsv3" section.
+CONVERTED_MODEL_TYPE = "dsv3_converted"
+CONVERTED_ARCHITECTURES = ["Dsv3ConvertedCheckpoint"]
+
+
 def _fail(name, value, why):
     r = repr(value)
     if len(r) > 120:  # a hostile value (400 digits, a huge list) must not flood the message
@@ -130,7 +137,7 @@ class QuantConfig:
         return d
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class DeepseekConfig:
     """Validated, immutable model configuration (field names as in HF config.json).
 
@@ -177,6 +184,16 @@ class DeepseekConfig:
     rope: RopeConfig = field(default_factory=RopeConfig)
     quantization: QuantConfig | None = None
     extra: tuple = ()
+
+    def __repr__(self):
+        """Short: the model type and the key sizes (``to_dict()`` has every field)."""
+        return (f"DeepseekConfig({self.model_type}, layers={self.num_hidden_layers}, hidden={self.hidden_size}, "
+                f"heads={self.num_attention_heads}, experts={self.n_routed_experts}x{self.num_experts_per_tok}, "
+                f"vocab={self.vocab_size})")
+
+    def _repr_html_(self):
+        from .display import html_table
+        return html_table(self.to_dict().items(), title=repr(self))
 
     # ---- derived values ----
     @property
@@ -408,7 +425,11 @@ def load_config(src):
 
 
 def _from_dict(raw, hf_quant=None):
-    model_type = raw.pop("model_type", "deepseek_v3")
+    if raw.get("model_type") == CONVERTED_MODEL_TYPE and isinstance(raw.get("dsv3"), dict):
+        raw["model_type"] = raw["dsv3"].get("model_type")  # a dsv3-converted directory (see below)
+    if "model_type" not in raw:
+        _fail("model_type", None, f"required field is missing (one of {', '.join(MODEL_TYPES)})")
+    model_type = raw.pop("model_type")
     if model_type not in MODEL_TYPES:
         _fail("model_type", model_type, f"unsupported (expected one of {', '.join(MODEL_TYPES)})")
     defaults = _DEFAULTS[model_type]

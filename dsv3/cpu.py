@@ -5,7 +5,7 @@ from ._native import lib
 def cpu_info():
     """Detected CPU features, the kernel path in use, the thread count and the oneDNN version.
 
-    Returns a dict: ``isa`` (active path), ``supported_isas``, ``features`` (CPUID flags),
+    Returns a dict (a :class:`dsv3.display.Summary`, a table in notebooks): ``isa`` (active path), ``supported_isas``, ``features`` (CPUID flags),
     ``num_threads``, and oneDNN's state (:func:`dsv3.onednn.status`): ``onednn`` (version string,
     or None when oneDNN could not be loaded, with ``onednn_error`` saying why), ``onednn_isa`` and
     ``onednn_matmul`` ({"float32": bool, "bfloat16": bool}: whether oneDNN has that matmul here;
@@ -16,7 +16,8 @@ def cpu_info():
             "num_threads": lib.num_threads()}
     from . import onednn
     info.update(onednn.status())
-    return info
+    from .display import Summary
+    return Summary(info, title="dsv3 CPU")
 
 
 def set_num_threads(n):

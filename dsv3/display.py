@@ -45,3 +45,43 @@ class Summary(dict):
 
     def _repr_html_(self):
         return html_table(self.items(), title=self.title)
+
+
+def human_bytes(n):
+    """``1536`` -> ``'1.5 KiB'``."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+class CheckpointDisplay:
+    """Short ``repr`` and a summary table in notebooks for checkpoint readers (``.path``, ``.layout``,
+    ``.config``, ``summary()``)."""
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.path!r} layout={self.layout} {self.config!r}>"
+
+    def _repr_html_(self):
+        return self.summary()._repr_html_()
+
+
+def interactive():
+    """True in a notebook (an IPython kernel is loaded) or when stderr is a terminal."""
+    import sys
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def progress(iterable=None, total=None, desc=None, enabled=None, **kw):
+    """A ``tqdm.auto`` bar (a widget in notebooks, text on a terminal). ``enabled``: True, False, or
+    None (default: shown only when :func:`interactive`, so scripts and logs stay quiet)."""
+    from tqdm.auto import tqdm
+    if enabled is None:
+        enabled = interactive()
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled, **kw)

@@ -24,12 +24,15 @@ _ALIASES = {"f32": "float32", "bf16": "bfloat16", "e4m3": "float8_e4m3fn", "e5m2
 
 
 def dtype_name(dtype):
-    """Canonical name ('bfloat16', 'float8_e4m3fn', ...) of a numpy dtype, type or name.
+    """Canonical name ('bfloat16', 'float8_e4m3fn', ...) of a numpy dtype, type, torch dtype, name or
+    alias ('bf16', 'f32', 'e4m3', ...): the one place dsv3 reads a dtype spelling.
 
     Raises TypeError for dtypes dsv3 does not convert.
     """
     if isinstance(dtype, str) and dtype in _ALIASES:
         return _ALIASES[dtype]
+    if type(dtype).__module__ == "torch":  # torch.bfloat16 etc., without importing torch
+        dtype = str(dtype).removeprefix("torch.")
     try:
         dt = np.dtype(dtype)
     except TypeError as e:

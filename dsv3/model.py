@@ -26,8 +26,59 @@ def _native_config(config):
         return dict(config.to_native())
     if isinstance(config, dict):
         return dict(config)
-    raise TypeError(f"config must be a DeepseekConfig (with .to_native()) or a native dict, "
-                    f"got {type(config).__name__}")
+    raise TypeError(f"config must be a DeepseekConfig (with .to_native()), a transformers DeepSeek config "
+                    f"or a native dict, got {type(config).__name__}")
+
+
+def _from_transformers_config(config):
+    """A transformers config object (DeepseekV3Config, DeepseekV2Config, ...) -> DeepseekConfig; anything
+    else is returned as is."""
+    if hasattr(config, "to_native") or isinstance(config, dict) or not hasattr(config, "to_dict") \
+            or not hasattr(config, "model_type"):
+        return config
+    from .config import load_config
+    return load_config(config.to_dict())
+
+
+def _as_numpy(name, value):
+    """torch tensors (any object with ``__dlpack__``) -> zero-copy numpy views (bfloat16 included);
+    numpy arrays and QuantizedTensors as they are."""
+    if isinstance(value, np.ndarray) or not hasattr(value, "__dlpack__"):
+        return value
+    if hasattr(value, "detach"):
+        value = value.detach()
+    if hasattr(value, "is_contiguous") and not value.is_contiguous():
+        value = value.contiguous()
+    from .dtypes import as_array
+    try:
+        return as_array(value)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"tensor {name}: {e}") from None
+
+
+def _canonical_tensors(tensors):
+    """dict of canonical name -> numpy / QuantizedTensor: torch tensors imported without a copy, a
+    transformers 5.x fused state dict (``mlp.experts.gate_up_proj`` / ``down_proj``) split per expert."""
+    out = {k: _as_numpy(k, v) for k, v in tensors.items()}
+    from .parity_hf import FUSED_EXPERTS, hf_to_canonical  # the one fused-expert split
+    if any(FUSED_EXPERTS.match(k) for k in out):
+        out = hf_to_canonical(out)
+    return out
+
+
+def _dtype_arg(dtype):
+    """None, or 'float32' / 'bfloat16' from any spelling dsv3.dtypes.dtype_name reads."""
+    if dtype is None:
+        return None
+    from .dtypes import dtype_name
+    try:
+        name = dtype_name(dtype)
+    except TypeError:
+        name = None
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be None, float32 or bfloat16 (e.g. 'f32', 'bf16', numpy.float32, "
+                         f"torch.bfloat16), got {dtype!r}")
+    return name
 
 
 def _config_attr(config, name, default=None):
@@ -91,11 +142,15 @@ class Model:
     def from_tensors(cls, config, tensors, dtype=None, attention="absorbed", max_seq_len=4096, precision=None):
         """Build a model from a config and a dict ``canonical name -> tensor``.
 
-        config: a ``DeepseekConfig`` (anything with ``.to_native()``) or the native dict itself.
-        tensors: numpy float32 / bfloat16 arrays (other float dtypes are converted to float32) or
-        ``dsv3.quant.QuantizedTensor`` values, named as in COMMON.md's canonical list. The model
+        config: a ``DeepseekConfig`` (anything with ``.to_native()``), a transformers config object
+        (DeepseekV3Config, DeepseekV2Config, ...) or the native dict itself.
+        tensors: numpy or torch float32 / bfloat16 arrays (torch tensors are imported without a copy
+        through DLPack; other float dtypes are converted to float32) or
+        ``dsv3.quant.QuantizedTensor`` values; a transformers 5.x state dict with fused experts
+        (``mlp.experts.gate_up_proj`` / ``down_proj``) is split per expert (views, no copy). Names: named by their canonical names (transformers' DeepSeek-V3 names, routed experts one per expert; ``dsv3.checkpoint.canonical_shapes(config)`` lists them with shapes). The model
         reads the arrays in place and keeps references to them.
-        dtype: None (keep), "float32" or "bfloat16": convert every numpy array at load (the
+        dtype: None (keep), float32 or bfloat16 in any spelling (``"bf16"``, ``"bfloat16"``,
+        ``torch.bfloat16``, ``"f32"``, ``numpy.float32``, ...): convert every array at load (the
         router's gate and correction bias stay float32, as in transformers; QuantizedTensor
         values keep their format).
         attention: "absorbed" (latent-space attention) or "naive" (expanded K/V, transformers' way).
@@ -108,14 +163,13 @@ class Model:
         from .quant import check_precision, native_weight  # precision plumbing (kept local)
 
         precision = check_precision(precision)
-        if dtype is not None and dtype not in _DTYPES:
-            raise ValueError(f"dtype must be None, 'float32' or 'bfloat16', got {dtype!r}")
+        dtype = _dtype_arg(dtype)
         if attention not in ("absorbed", "naive"):
             raise ValueError(f"attention must be 'absorbed' or 'naive', got {attention!r}")
         if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, (int, np.integer)) or max_seq_len < 1:
             raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
-        if not isinstance(tensors, dict):
-            tensors = dict(tensors)
+        tensors = _canonical_tensors(dict(tensors))
+        config = _from_transformers_config(config)
         native_cfg = _native_config(config)
         prepared, numel, nbytes, fmts = {}, 0, 0, {}
         for name, value in tensors.items():
@@ -129,18 +183,33 @@ class Model:
         return cls(native, config, info)
 
     @classmethod
-    def from_pretrained(cls, path, dtype=None, attention="absorbed", max_seq_len=4096, precision=None):
-        """Load a checkpoint directory (HF layouts, DeepSeek FP8, NVFP4 or converted dsv3).
-
-        Arguments as :meth:`from_tensors` (precision "fast" by default, "exact" for parity work)."""
+    def from_pretrained(cls, path, dtype=None, attention="absorbed", max_seq_len=4096, precision=None, progress=None):
+        """Load a checkpoint: a directory (HF layouts, DeepSeek FP8, NVFP4 or converted dsv3) or a hub id
+        in the local Hugging Face cache (:func:`dsv3.paths.resolve_checkpoint_dir`).
+        Arguments as :meth:`from_tensors` (precision "fast" by default, "exact" for parity work);
+        progress: True / False / None: a bar over the tensors read (None: only in notebooks and terminals)."""
         from .checkpoint import open_checkpoint  # the io module; imported lazily
+        from .display import progress as _bar
 
         ckpt = open_checkpoint(path)
-        model = cls.from_tensors(ckpt.config, dict(ckpt.canonical_tensors()), dtype=dtype,
+        names = getattr(ckpt, "names", None)
+        tensors = dict(_bar(ckpt.canonical_tensors(), total=len(names()) if names else None, desc="load",
+                            enabled=progress, unit="tensor"))
+        model = cls.from_tensors(ckpt.config, tensors, dtype=dtype,
                                  attention=attention, max_seq_len=max_seq_len, precision=precision)
         model._checkpoint = ckpt  # keeps memory-mapped shards open
-        model._path = os.fspath(path)  # the tokenizer is loaded from here on first use
+        model._path = ckpt.path  # the tokenizer is loaded from here on first use (a hub id resolved)
         return model
+
+    def _repr_html_(self):
+        from .display import Summary, human_bytes
+        i = self._info
+        return Summary({"config": repr(self.config), "parameters": f"{i['params']:,}",
+                        "memory": human_bytes(i["bytes"]),
+                        "formats": {k: human_bytes(v) for k, v in i["formats"].items()},
+                        "attention": i["attention"], "precision": i["precision"],
+                        "cache": f"{self.cache_len}/{self.max_seq_len} tokens"},
+                       title="dsv3.Model")._repr_html_()
 
     # ---- running ----
     @staticmethod

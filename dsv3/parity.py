@@ -213,8 +213,9 @@ class _Checks:
         except Exception as e:  # a probe that raises is a failed row, not a crashed report
             self.rows.append(error_row(name, e))
 
-    def run(self, which):
-        for m in which:
+    def run(self, which, show_progress=None):
+        from .display import progress
+        for m in progress(which, desc="parity", enabled=show_progress, unit="check"):
             self._guard(m, getattr(self, "check_" + m))
 
     # -- checks --
@@ -374,7 +375,7 @@ class _Checks:
 
 
 def run(config=None, modules=None, seed=0, layer=None, attention="absorbed", seq_len=8, new_tokens=16,
-        tensors=None, model=None, corrupt=None, layers=None):
+        tensors=None, model=None, corrupt=None, layers=None, progress=None):
     """Compare dsv3 with transformers module by module; returns a :class:`ParityReport`.
 
     config: None (embedded default, :data:`DEFAULT_CONFIG`), a config.json path or directory, a dict of
@@ -394,6 +395,8 @@ def run(config=None, modules=None, seed=0, layer=None, attention="absorbed", seq
       per-layer drift table (``report.drift``, ``report.plot_drift()``): the relative L2 error of the
       hidden state after each layer on the embedded prompt, isolated (dsv3 fed transformers' input)
       and chained (each implementation fed its own output, so errors accumulate as in a forward pass).
+    progress: True / False / None: a progress bar over the checks (``tqdm.auto``: a widget in notebooks);
+      None shows it only in notebooks and terminals.
     """
     torch, transformers = require_torch()
     if attention not in ("absorbed", "naive"):
@@ -423,7 +426,7 @@ def run(config=None, modules=None, seed=0, layer=None, attention="absorbed", seq
     elif corrupt is not None:
         raise ValueError("corrupt= needs dsv3 to build the model (model= must be None)")
     checks = _Checks(model, Reference(hf_model), cfg, hf_cfg, seed, layer, int(seq_len), int(new_tokens))
-    checks.run(which)
+    checks.run(which, progress)
     drift = []
     if layer_list:
         try:

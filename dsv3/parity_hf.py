@@ -39,7 +39,9 @@ def hf_config_from(config):
         raise TypeError(f"config must be a DeepseekConfig, a dict or a transformers config, "
                         f"got {type(config).__name__}")
     d = dict(config)
-    model_type = d.pop("model_type", "deepseek_v3")
+    if "model_type" not in d:
+        raise ValueError("config field model_type is missing (deepseek_v3, kimi_k2 or deepseek_v2)")
+    model_type = d.pop("model_type")
     if model_type not in ("deepseek_v3", "deepseek_v2", "kimi_k2"):
         raise ValueError(f"config dicts with model_type deepseek_v3, kimi_k2 or deepseek_v2 only, got {model_type!r}")
     cls = transformers.DeepseekV2Config if model_type == "deepseek_v2" else transformers.DeepseekV3Config
@@ -90,7 +92,8 @@ def random_state_dict(model, seed):
     return out
 
 
-_FUSED = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
+#: a transformers 5.x fused routed-expert weight (Model.from_tensors splits these with hf_to_canonical)
+FUSED_EXPERTS = _FUSED = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
 _PER_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
@@ -99,11 +102,11 @@ def hf_to_canonical(state_dict):
     (gate = gate_up_proj[e, :I], up = gate_up_proj[e, I:], down = down_proj[e]); the rest passes through."""
     out = {}
     for name, v in state_dict.items():
-        v = np.asarray(v)
         m = _FUSED.match(name)
         if not m:
             out[name] = v
             continue
+        v = np.asarray(v)
         prefix, kind = m.groups()
         for e in range(v.shape[0]):
             if kind == "gate_up_proj":

@@ -76,4 +76,4 @@ def resolve_checkpoint_dir(path):
         if snap is None:
             raise FileNotFoundError(why)
         return snap
-    raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    raise FileNotFoundError(f"checkpoint directory {path} does not exist (not found)")

@@ -87,9 +87,11 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, path):
         """Load ``tokenizer.json`` (+ ``tokenizer_config.json``, ``config.json``, ``generation_config.json``
-        when present) from a checkpoint directory."""
+        when present) from a checkpoint directory or a hub id in the local Hugging Face cache."""
         from tokenizers import Tokenizer as _HFTokenizer
 
+        from .paths import resolve_checkpoint_dir
+        path = resolve_checkpoint_dir(path)  # a directory, or a hub id in the local cache; clear errors
         f = os.path.join(path, "tokenizer.json")
         if not os.path.isfile(f):
             raise OSError(f"{path}: no tokenizer.json (a checkpoint needs one for text in and out; "

@@ -69,7 +69,7 @@ def yarn_get_mscale(scale, mscale=1.0):
 
 
 def native_config(cfg):
-    """HF config -> the native dict (keys of DeepseekConfig.to_native() in COMMON.md).
+    """HF config -> the native dict (the keys of DeepseekConfig.to_native()).
 
     Written independently of dsv3.config on purpose: it takes inv_freq and the attention scaling from
     transformers' own ROPE_INIT_FUNCTIONS, so test_forward_integration can cross-check

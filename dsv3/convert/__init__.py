@@ -1,8 +1,9 @@
 """Checkpoint conversion into the dsv3 layout: `convert`, `verify`, `info`, `read_dsv3_checkpoint`.
 
 On-disk dsv3 layout (DST):
-- config.json: the source's config without `quantization_config`, plus a "dsv3" section:
-  {"layout": "dsv3", "format_version": 1, "quantization": {"default", "experts", "attention",
+- config.json: the source's config without `quantization_config`, with `model_type` "dsv3_converted"
+  and `architectures` ["Dsv3ConvertedCheckpoint"] (dsv3.config.CONVERTED_*: transformers refuses the
+  directory), plus a "dsv3" section: {"layout": "dsv3", "format_version": 1, "model_type" (the real one), "quantization": {"default", "experts", "attention",
   "lm_head", "formats": {fmt: params}, "tensors": {base name: fmt} for every quantised tensor,
   "tensor_params": {base name: params} where they differ from "formats"}, "mtp_kept",
   "expert_parallel" (with --ep)}.

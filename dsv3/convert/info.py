@@ -16,8 +16,8 @@ def info(path):
     (canonical names the config does not call for, and source tensors the reader did not use), and
     what the reader skipped (MTP layers, V3.2 indexer); plus Checkpoint.summary()."""
     from ..checkpoint import CheckpointError, open_checkpoint
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    from ..paths import resolve_checkpoint_dir
+    path = resolve_checkpoint_dir(path)  # a directory, or a hub id in the local cache; clear errors
     try:
         ckpt = open_checkpoint(path)
     except CheckpointError as e:  # missing / mis-shaped tensors: report from the headers instead

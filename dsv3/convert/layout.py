@@ -6,6 +6,7 @@ import logging
 import os
 import re
 
+from ..display import CheckpointDisplay, Summary
 from .plan import layer_of
 from .tensors import make_value, split_rows
 
@@ -112,7 +113,7 @@ def read_dsv3_checkpoint(path, reader=None, config=None):
         log.info("skipping MTP layer %d of %s (kept verbatim by --keep-mtp)", layer, path)
 
 
-class Dsv3Checkpoint:
+class Dsv3Checkpoint(CheckpointDisplay):
     """A converted checkpoint opened by dsv3.checkpoint.open_checkpoint: ``.path``, ``.config``,
     ``.layout`` ("dsv3"), ``.reader``, ``canonical_tensors()``, ``summary()``, ``close()``."""
 
@@ -168,11 +169,12 @@ class Dsv3Checkpoint:
                 "indexer" if ".self_attn.indexer." in n else None
             if why:
                 skipped[why] = skipped.get(why, 0) + 1
-        return {"path": self.path, "layout": "dsv3", "model_type": getattr(self.config, "model_type", None),
+        return Summary({"path": self.path, "layout": "dsv3", "model_type": getattr(self.config, "model_type", None),
                 "num_tensors": len(list(r.keys())), "total_bytes": sum(v["bytes"] for v in by_dtype.values()),
                 "by_dtype": by_dtype, "quantised_by_format": by_format, "skipped": skipped,
                 "options": {k: v for k, v in sec.get("quantization", {}).items()
-                            if k in ("default", "experts", "attention", "lm_head")}}
+                            if k in ("default", "experts", "attention", "lm_head")}},
+                       title=f"checkpoint {self.path}")
 
     def close(self):
         self.reader.close()

@@ -63,11 +63,8 @@ def _dst_lock(dst):
 
 
 def _check_paths(src, dst):
-    src, dst = os.path.abspath(src), os.path.abspath(dst)
-    if not os.path.exists(src):
-        raise FileNotFoundError(f"source checkpoint {src} does not exist")
-    if not os.path.isdir(src):
-        raise NotADirectoryError(f"source checkpoint {src} is not a directory")
+    from ..paths import resolve_checkpoint_dir  # a directory, a hub id in the local cache; clear errors
+    src, dst = os.path.abspath(resolve_checkpoint_dir(src)), os.path.abspath(dst)
     if os.path.commonpath([src, dst]) == src:
         raise ValueError(f"destination {dst} is inside the source checkpoint {src}; choose another directory")
     if os.path.exists(dst) and not os.path.isdir(dst):
@@ -357,6 +354,9 @@ def _finish(src, dst, m, opts, cfg):
     config = read_json(os.path.join(src, "config.json"), MAX_CONFIG_BYTES)
     config.pop("quantization_config", None)
     config["dsv3"] = _dsv3_section(m, opts, cfg, list(m["shards"]))
+    from ..config import CONVERTED_ARCHITECTURES, CONVERTED_MODEL_TYPE  # transformers must refuse it
+    config["dsv3"]["model_type"] = cfg.model_type
+    config["model_type"], config["architectures"] = CONVERTED_MODEL_TYPE, CONVERTED_ARCHITECTURES
     mf.write_json_atomic(os.path.join(dst, "config.json"), config)
     for name in sorted(os.listdir(src)):
         p = os.path.join(src, name)
@@ -378,8 +378,9 @@ def convert(src, dst, format="bf16", experts=None, attention=None, lm_head=None,
     (lm_head stays as stored unless given); keep_mtp: copy the MTP layer verbatim; ep: split the
     routed experts into `ep` expert-parallel file sets; threads: dsv3.set_num_threads for the C
     quantisers; shard_bytes: target shard size; group: K group of int4 scales (32 or 128; 32 is
-    llama.cpp's Q4_0 granularity). Re-running on an interrupted `dst` resumes it.
-    Returns the manifest (dict). Raises DestinationLocked (OSError) while another conversion
+    llama.cpp's Q4_0 granularity). Re-running on an interrupted `dst` resumes it; on a finished one
+    (same source and options, shards verified) does nothing and returns its manifest with
+    ``"already_complete": True``. Returns the manifest (dict). Raises DestinationLocked (OSError) while another conversion
     writes to `dst`."""
     src, dst = _check_paths(src, dst)
     opts = Options(format=format, experts=experts, attention=attention, lm_head=lm_head,
@@ -396,13 +397,28 @@ def convert(src, dst, format="bf16", experts=None, attention=None, lm_head=None,
         return _convert_locked(src, dst, ckpt, opts, items, shards, quiet)
 
 
+def _already_complete(dst, src_id, opts, shards):
+    """The manifest of a finished conversion of the same source with the same options whose shards all
+    verify (a re-run is then a no-op), else None."""
+    old = mf.load(dst)
+    if old is None or not old.get("complete") or old["source"] != src_id or old["options"] != opts.to_dict() \
+            or {f: s["items"] for f, s in old["shards"].items()} != shards:
+        return None
+    return old if all(_shard_ok(dst, f, old) for f in old["shards"]) else None
+
+
 def _convert_locked(src, dst, ckpt, opts, items, shards, quiet):
+    done = _already_complete(dst, mf.source_identity(src, ckpt.layout), opts, shards)
+    if done is not None:
+        log.debug("%s: conversion already complete, nothing to do", dst)
+        done["already_complete"] = True  # not saved: tells the caller nothing was written
+        return done
     m = _prepare_dst(dst, mf.source_identity(src, ckpt.layout), opts, shards)
     mf.save(dst, m)
     for name in os.listdir(dst):
         if name.endswith(PARTIAL_SUFFIX):
             os.remove(os.path.join(dst, name))
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
     progress = tqdm(total=sum(it.src_bytes for it in items), unit="B", unit_scale=True, unit_divisor=1024,
                     desc="convert", disable=quiet, mininterval=0.5)
     try:

@@ -12,6 +12,8 @@ def verify(path):
     header entry is reported with its shard and tensor, and the shard's other tensors are still
     checked. Raises OSError / ValueError if `path` has no readable manifest, or a malformed one
     (e.g. a shard name that is not a plain file name)."""
+    from ..paths import resolve_checkpoint_dir
+    path = resolve_checkpoint_dir(path)  # a directory, or a hub id in the local cache; clear errors
     m = mf.load(path)
     if m is None:
         raise FileNotFoundError(f"{path} has no {mf.MANIFEST}: not a dsv3-converted checkpoint")
