@@ -16,8 +16,7 @@ What it does (issue 10, item 1):
 3. Conversions: llama.cpp's own convert_hf_to_gguf.py -> BF16 GGUF, then ``llama-quantize --pure`` -> Q8_0,
    Q4_0 and NVFP4 (this llama.cpp has no NVFP4 ftype in llama-quantize: the NVFP4 file is
    ``--pure --tensor-type .*=nvfp4`` on top of Q8_0, i.e. every quantisable tensor NVFP4); ``dsv3 convert``
-   -> bf16, int8, fp8_block, int4 (the CLI has no --group yet: int4 is group 128, compared with Q4_0's
-   group 32), nvfp4. The converter needs a known BPE pre-tokenizer hash: ours is GPT-2's regex over a
+   -> bf16, int8, fp8_block, int4 (--group 32, Q4_0's granularity), nvfp4. The converter needs a known BPE pre-tokenizer hash: ours is GPT-2's regex over a
    synthetic vocab, so the converter runs with get_vocab_base_pre returning "gpt-2" (same regex).
 4. Timing, with llama-bench's definitions (tools/llama-bench/llama-bench.cpp): ppN = one prompt of N random
    tokens (BOS first) into an empty cache, logits of the last position only; tgN = N single-token decode
@@ -255,7 +254,8 @@ c.main()
 def dsv3_convert_args(fmt):
     """dsv3 convert options for ``fmt``: lm_head in the same format (llama-quantize --pure quantises output.weight
     too; it is ~20% of the weights read per decoded token here)."""
-    return ["--format", fmt] + (["--lm-head", fmt] if fmt != "bf16" else [])
+    return ["--format", fmt] + (["--lm-head", fmt] if fmt != "bf16" else []) + \
+        (["--group", "32"] if fmt == "int4" else [])  # Q4_0's granularity
 
 
 def make_models(args, cfg, tree, bindir, formats, env):
@@ -286,7 +286,7 @@ def make_models(args, cfg, tree, bindir, formats, env):
                 [bf16, out + ".tmp", GGUF_QUANT[q][-1], "2"], env=llama_env(env, bindir))
             os.replace(out + ".tmp", out)
         paths["gguf"][q] = out
-        d = os.path.join(base, f"dsv3-{fmt}")
+        d = os.path.join(base, f"dsv3-{fmt}" + ("g32" if fmt == "int4" else ""))
         if not os.path.exists(os.path.join(d, "config.json")):
             log(f"dsv3 convert --format {fmt}")
             run([sys.executable, "-m", "dsv3", "convert", "--quiet"] + dsv3_convert_args(fmt) + [hf, d + ".tmp"], env=env)
