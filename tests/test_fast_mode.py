@@ -194,8 +194,8 @@ def test_non_finite_activations_give_nan(fmt, params):
 
 def test_precision_argument():
     x, w = rnd((1, 64), 1), quant.quantize(rnd((4, 64), 2), "int8")
-    assert quant.DEFAULT_PRECISION in quant.PRECISIONS
-    np.testing.assert_array_equal(dsv3.ops.linear(x, w), dsv3.ops.linear(x, w, precision=quant.DEFAULT_PRECISION))
+    assert quant.DEFAULT_PRECISION in quant.PRECISIONS and quant.OPS_DEFAULT_PRECISION == "exact"
+    np.testing.assert_array_equal(dsv3.ops.linear(x, w), dsv3.ops.linear(x, w, precision="exact"))
     with pytest.raises(ValueError, match="precision must be 'exact' or 'fast'"):
         dsv3.ops.linear(x, w, precision="fastest")
     with pytest.raises(ValueError, match="must be 'exact' or 'fast'"):

@@ -168,7 +168,6 @@ AI void gemm(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
     }
 }
 
-void dsv3_gemm_f32_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1) { gemm(DSV3_FMT_F32, a, n0, n1); }
 void dsv3_gemm_bf16_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1) { gemm(DSV3_FMT_BF16, a, n0, n1); }
 void dsv3_gemm_fp8_block_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1) { gemm(DSV3_FMT_FP8_BLOCK, a, n0, n1); }
 void dsv3_gemm_nvfp4_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1) { gemm(DSV3_FMT_NVFP4, a, n0, n1); }

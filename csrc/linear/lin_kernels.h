@@ -34,7 +34,6 @@ void dsv3_gemm_int8_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_gemm_int4_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 /* Large-M AVX2 kernels: f32 FMA on weight tiles decoded (and scaled) to f32 in a per-thread
  * buffer; x in f32 (gemm_avx2.c). */
-void dsv3_gemm_f32_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_gemm_bf16_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_gemm_fp8_block_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_gemm_nvfp4_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1);

@@ -92,7 +92,9 @@ static float scale_int4(const dsv3_weight *w, int64_t n, int64_t g)
 
 const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT] = {
     [DSV3_FMT_F32] = {"f32", 32, 0, 0, DSV3_SCALE_NONE, 0, code_row_f32, scale_one,
-                      KERNELS(gemv, f32), {NULL, dsv3_gemm_f32_avx2, NULL}, NO_KERNELS},
+                      /* no GEMM on any ISA: f32 weights (parity work) keep one kernel for every M, so a
+                       * sequence's results never depend on how many rows share the call (batched engine) */
+                      KERNELS(gemv, f32), NO_KERNELS, NO_KERNELS},
     [DSV3_FMT_BF16] = {"bf16", 16, 0, 0, DSV3_SCALE_NONE, 0, code_row_bf16, scale_one,
                        {dsv3_gemv_bf16_scalar, dsv3_gemv_bf16_avx2, dsv3_gemv_bf16_dot_avx512},
                        {NULL, dsv3_gemm_bf16_avx2, dsv3_gemm_bf16_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2},
