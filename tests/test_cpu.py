@@ -94,8 +94,11 @@ def test_import_from_source_tree_without_extension(tmp_path):
     (tree / "csrc").mkdir()
     shutil.copy(os.path.join(root, "setup.py"), tree / "setup.py")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    r = subprocess.run([sys.executable, "-c", "import dsv3"], cwd=tree, env=env, capture_output=True, text=True,
-                       timeout=120)
+    # an editable install of this project (as CI's `pip install -e`) would otherwise supply dsv3._dsv3 from the
+    # real checkout through its import hook: drop the hook so the copied tree stands alone
+    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+            "if '__editable__' not in getattr(f, '__module__', '')]; import dsv3")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: you are importing dsv3 from its source tree"), r.stderr
@@ -103,8 +106,7 @@ def test_import_from_source_tree_without_extension(tmp_path):
     assert "circular import" not in last
     # the same package outside a source tree: a plain "the extension is missing" message
     os.remove(tree / "setup.py")
-    r = subprocess.run([sys.executable, "-c", "import dsv3"], cwd=tree, env=env, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True, timeout=120)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode != 0 and last.startswith("ImportError: dsv3's C extension (dsv3._dsv3) cannot be loaded")
 
