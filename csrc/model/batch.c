@@ -183,21 +183,10 @@ static dsv3_status layer_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq *se
 {
     dsv3_model *m = b->m;
     dsv3_layer *ly = &m->layers[l];
-    const int64_t D = m->cfg.hidden_size, n = t * D;
+    const int64_t D = m->cfg.hidden_size;
     dsv3_rmsnorm_f32(h, t, D, ly->input_layernorm.f32, m->cfg.rms_norm_eps, a);
-    dsv3_status st = attention_step(b, l, seqs, nseq, a, t, cs, o, isa, err);
-    if (st != DSV3_OK)
-        return st;
-    for (int64_t i = 0; i < n; i++)
-        h[i] = h[i] + o[i];
-    dsv3_rmsnorm_f32(h, t, D, ly->post_attention_layernorm.f32, m->cfg.rms_norm_eps, a);
-    if (ly->is_moe)
-        st = dsv3_moe_forward(&m->router, &ly->moe, D, a, t, o, &m->ws.moe, isa, err);
-    else
-        st = dsv3_mlp_forward(&ly->mlp, a, t, o, m->ws.mlp, isa, err);
-    for (int64_t i = 0; st == DSV3_OK && i < n; i++)
-        h[i] = h[i] + o[i];
-    return st;
+    const dsv3_status st = attention_step(b, l, seqs, nseq, a, t, cs, o, isa, err);
+    return st == DSV3_OK ? dsv3_model_residual_ffn(m, ly, h, t, a, o, isa, err) : st; /* as forward's layer */
 }
 
 /* Indices (into the step's tokens) of the output rows, in order; grows b->rows / b->sel. */

@@ -58,6 +58,19 @@ static dsv3_status ffn(dsv3_model *m, dsv3_layer *ly, const float *x, int64_t s,
     return dsv3_mlp_forward(&ly->mlp, x, s, out, m->ws.mlp, isa, err);
 }
 
+dsv3_status dsv3_model_residual_ffn(dsv3_model *m, dsv3_layer *ly, float *h, int64_t s, float *a, float *o, int isa,
+                                    dsv3_error *err)
+{
+    const int64_t D = m->cfg.hidden_size, n = s * D;
+    for (int64_t i = 0; i < n; i++)
+        h[i] = h[i] + o[i];
+    dsv3_rmsnorm_f32(h, s, D, ly->post_attention_layernorm.f32, m->cfg.rms_norm_eps, a);
+    dsv3_status st = ffn(m, ly, a, s, o, isa, err);
+    for (int64_t i = 0; st == DSV3_OK && i < n; i++)
+        h[i] = h[i] + o[i];
+    return st;
+}
+
 /* h [s, hidden] in place: h += attn(ln1(h)); h += ffn(ln2(h)). tmp: 2 * s * hidden floats; cs: rope_tables. */
 static dsv3_status decoder_layer(dsv3_model *m, dsv3_layer *ly, float *h, int64_t s, int64_t start, int use_cache,
                                  const float *cs, float *tmp, int isa, dsv3_error *err)
@@ -66,15 +79,7 @@ static dsv3_status decoder_layer(dsv3_model *m, dsv3_layer *ly, float *h, int64_
     float *a = tmp, *b = tmp + n;
     dsv3_rmsnorm_f32(h, s, D, ly->input_layernorm.f32, m->cfg.rms_norm_eps, a);
     dsv3_status st = attention(m, ly, a, s, start, use_cache, cs, b, isa, err);
-    if (st != DSV3_OK)
-        return st;
-    for (int64_t i = 0; i < n; i++)
-        h[i] = h[i] + b[i];
-    dsv3_rmsnorm_f32(h, s, D, ly->post_attention_layernorm.f32, m->cfg.rms_norm_eps, a);
-    st = ffn(m, ly, a, s, b, isa, err);
-    for (int64_t i = 0; st == DSV3_OK && i < n; i++)
-        h[i] = h[i] + b[i];
-    return st;
+    return st == DSV3_OK ? dsv3_model_residual_ffn(m, ly, h, s, a, b, isa, err) : st;
 }
 
 void dsv3_model_embed_rows(const dsv3_model *m, const int64_t *ids, int64_t s, float *h)
