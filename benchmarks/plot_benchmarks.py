@@ -9,8 +9,8 @@
   the same run: min(read bandwidth * intensity, peak) for the f32 FMA, bf16 dot and int8 dot peaks.
 - decode_bw.png (from bench_linear.py): the M = 1 rows as the fraction of the run's read bandwidth they
   stream, per variant and shape, with the 85 % target line.
-- peers.png (from bench_peers.py, when its JSON exists): dsv3 / llama.cpp throughput ratio per test and
-  format pair, 1.0 marked.
+- peers.png (from bench_peers.py, when its JSON exists): dsv3 / llama.cpp throughput ratio (median over reps)
+  per test and format pair, 1.0 marked.
 Needs matplotlib (pip install 'dsv3[plot]').
 """
 import argparse
@@ -66,45 +66,44 @@ def plot_roofline(data, path):
     return path
 
 
-def plot_decode_bw(data, path):
+def _bars(labels, values, colors, ylabel, title, line, path):
+    """A bar chart with rotated labels and one horizontal reference line (value, style, legend or None)."""
     plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(values)), 4.2))
+    ax.bar(range(len(values)), values, color=colors)
+    ax.axhline(line[0], **line[1])
+    ax.set_xticks(range(len(values)))
+    ax.set_xticklabels(labels, rotation=70, fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if line[1].get("label"):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_decode_bw(data, path):
     rows = [r for r in data["rows"] if r["M"] == 1 and r.get("frac_bw")]
     if not rows:
         raise ValueError("bench_linear JSON has no M = 1 rows")
-    labels = [f"{r['variant']}\n{r['shape']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rows)), 4.2))
-    ax.bar(range(len(rows)), [100 * r["frac_bw"] for r in rows], color="tab:blue")
-    ax.axhline(85, color="tab:red", ls="--", lw=1, label="85 % target")
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(labels, rotation=70, fontsize=7)
-    ax.set_ylabel("% of read bandwidth (M = 1)")
-    ax.set_title(f"decode: weight bytes streamed per second / {read_bw(data['roofline']):.1f} GB/s", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _bars([f"{r['variant']}\n{r['shape']}" for r in rows], [100 * r["frac_bw"] for r in rows], "tab:blue",
+                 "% of read bandwidth (M = 1)",
+                 f"decode: weight bytes streamed per second / {read_bw(data['roofline']):.1f} GB/s",
+                 (85, {"color": "tab:red", "ls": "--", "lw": 1, "label": "85 % target"}), path)
 
 
 def plot_peers(data, path):
-    """bench_peers.py JSON: rows with test, pair (dsv3 format ~ llama.cpp type), threads and ratio."""
-    plt = _plt()
-    rows = [r for r in data.get("rows", []) if r.get("ratio")]
+    """bench_peers.py JSON: rows with fmt, peer, test, threads and ratio {min, median, max} (dsv3 / llama.cpp)."""
+    rows = [r for r in data.get("rows", []) if isinstance(r.get("ratio"), dict) and r["ratio"].get("median")]
     if not rows:
         raise ValueError("bench_peers JSON has no rows with a ratio")
-    labels = [" ".join(str(r.get(k, "")) for k in ("pair", "test")) + f" t{r.get('threads', '?')}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.4 * len(rows)), 4.2))
-    ax.bar(range(len(rows)), [r["ratio"] for r in rows],
-           color=["tab:green" if r["ratio"] >= 1 else "tab:orange" for r in rows])
-    ax.axhline(1.0, color="black", lw=1)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(labels, rotation=70, fontsize=7)
-    ax.set_ylabel("dsv3 / llama.cpp tokens/s")
-    ax.set_title("dsv3 vs llama.cpp on the same model (> 1: dsv3 faster)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    labels = [f"{r['fmt']}~{r['peer']} {r['test']} t{r['threads']}" for r in rows]
+    med = [r["ratio"]["median"] for r in rows]
+    return _bars(labels, med, ["tab:green" if v >= 1 else "tab:orange" for v in med],
+                 "dsv3 / llama.cpp tokens/s (median over reps)",
+                 "dsv3 vs llama.cpp on the same model (> 1: dsv3 faster)", (1.0, {"color": "black", "lw": 1}), path)
 
 
 def main(argv=None):

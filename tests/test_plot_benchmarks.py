@@ -35,8 +35,10 @@ def _linear_json():
 def test_plots_are_written(tmp_path):
     lin, peers = tmp_path / "lin.json", tmp_path / "peers.json"
     lin.write_text(json.dumps(_linear_json()))
-    peers.write_text(json.dumps({"rows": [{"pair": "bf16~BF16", "test": "tg64", "threads": 2, "ratio": 1.2},
-                                          {"pair": "int4~Q4_0", "test": "pp512", "threads": 1, "ratio": 0.7}]}))
+    ratio = lambda v: {"min": v * 0.9, "median": v, "max": v * 1.1, "n": 2}  # noqa: E731 (bench_peers' row shape)
+    peers.write_text(json.dumps({"rows": [
+        {"fmt": "bf16", "peer": "BF16", "test": "tg64", "threads": 2, "wait": "passive", "ratio": ratio(1.2)},
+        {"fmt": "int4", "peer": "Q4_0", "test": "pp512", "threads": 1, "wait": "passive", "ratio": ratio(0.7)}]}))
     out = tmp_path / "fig"
     mod = _module()
     assert mod.main(["--linear", str(lin), "--peers", str(peers), "--out", str(out)]) == 0

@@ -116,18 +116,3 @@ void dsv3_act_q8_fill_team(const float *x, int64_t m, int64_t k, int layout, con
         }
     }
 }
-
-void dsv3_act_q8_fill(const float *x, int64_t m, int64_t k, int layout, void *buf, dsv3_act_q8 *out)
-{
-    dsv3_act_q8_describe(m, k, layout, buf, out);
-#pragma omp parallel num_threads(dsv3_num_threads())
-    dsv3_act_q8_fill_team(x, m, k, layout, out);
-}
-
-void *dsv3_act_q8_prepare(const float *x, int64_t m, int64_t k, int layout, dsv3_act_q8 *out)
-{
-    void *buf = dsv3_alloc(dsv3_act_q8_bytes(m, k, layout));
-    if (buf)
-        dsv3_act_q8_fill(x, m, k, layout, buf, out);
-    return buf;
-}

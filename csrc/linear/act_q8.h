@@ -10,21 +10,17 @@
 
 #define DSV3_Q8_BLOCK 32 /* columns sharing one activation scale */
 
-/* Bytes of the buffer dsv3_act_q8_fill needs for m rows of k columns in `layout` (a DSV3_X_Q8* value). */
+/* Bytes of the buffer dsv3_act_q8_describe carves for m rows of k columns in `layout` (a DSV3_X_Q8* value). */
 size_t dsv3_act_q8_bytes(int64_t m, int64_t k, int layout);
 /* Quantises x f32 [m, k] per block of 32 columns (the last block may be shorter):
  *     d = amax(|x| over the block) / 127 (f32),  q = round-half-to-even(x / d) in [-127, 127],
  * d = 0 (all-zero block) gives q = 0; a non-finite x gives a non-finite d and q = 0, so the output is
- * NaN, never silent garbage. Writes codes, scales and the layout's lane arrays into buf (64-byte
- * aligned, dsv3_act_q8_bytes) and describes them in *out. Parallel over (row, 1024-column chunk);
- * every element is written once, so the result does not depend on the thread count. */
-void dsv3_act_q8_fill(const float *x, int64_t m, int64_t k, int layout, void *buf, dsv3_act_q8 *out);
-/* The two halves of dsv3_act_q8_fill, for the linear plan: point *out at the pieces of buf, then fill
- * them from inside a parallel region (orphaned worksharing, no barrier). */
+ * NaN, never silent garbage. In two halves, for the linear plan (linear.c): describe points *out at the
+ * pieces of buf (64-byte aligned, dsv3_act_q8_bytes: codes, scales and the layout's lane arrays), then
+ * fill_team writes them from inside a parallel region (orphaned worksharing over (row, 1024-column chunk),
+ * no barrier; every element written once, so the result does not depend on the thread count). */
 void dsv3_act_q8_describe(int64_t m, int64_t k, int layout, void *buf, dsv3_act_q8 *out);
 void dsv3_act_q8_fill_team(const float *x, int64_t m, int64_t k, int layout, const dsv3_act_q8 *out);
-/* dsv3_act_q8_fill into a fresh dsv3_alloc buffer; returns it (to dsv3_free) or NULL when out of memory. */
-void *dsv3_act_q8_prepare(const float *x, int64_t m, int64_t k, int layout, dsv3_act_q8 *out);
 /* 1 for the Q8 layouts (DSV3_X_Q8*), 0 otherwise. */
 int dsv3_act_layout_is_q8(int layout);
 
