@@ -17,6 +17,7 @@ from collections import Counter
 
 import numpy as np
 
+from ._native import lib
 from .config import load_config
 from .display import CheckpointDisplay, Summary
 from .safetensors_io import open_safetensors
@@ -30,61 +31,26 @@ _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
 
 def canonical_shapes(cfg):
     """Ordered list of (canonical_name, shape, kind) for a config; kind is 'linear' (a matmul
-    weight, may be quantised), 'router' (kept float32) or 'vector' (norms, biases, embeddings)."""
+    weight, may be quantised), 'router' (kept float32) or 'vector' (norms, biases, embeddings,
+    lm_head: float in every source checkpoint). Derived from the C tensor table
+    (csrc/model/tensor_table.c), the one list of the tensors a model reads."""
     return list(iter_canonical_shapes(cfg))
 
 
 def iter_canonical_shapes(cfg):
-    """canonical_shapes(cfg) one entry at a time (a config can ask for billions of tensors: see
-    check_config_fits)."""
-    H, Hh = cfg.hidden_size, cfg.num_attention_heads
-    R, rope, nope, v = cfg.kv_lora_rank, cfg.qk_rope_head_dim, cfg.qk_nope_head_dim, cfg.v_head_dim
-    yield "model.embed_tokens.weight", (cfg.vocab_size, H), "vector"
-    for i in range(cfg.num_hidden_layers):
-        out = []
-        p = f"model.layers.{i}."
-        a = p + "self_attn."
-        out += [(p + "input_layernorm.weight", (H,), "vector"),
-                (p + "post_attention_layernorm.weight", (H,), "vector")]
-        if cfg.q_lora_rank:
-            Q = cfg.q_lora_rank
-            out += [(a + "q_a_proj.weight", (Q, H), "linear"), (a + "q_a_layernorm.weight", (Q,), "vector"),
-                    (a + "q_b_proj.weight", (Hh * cfg.qk_head_dim, Q), "linear")]
-            if cfg.attention_bias:
-                out.append((a + "q_a_proj.bias", (Q,), "vector"))
-        else:
-            out.append((a + "q_proj.weight", (Hh * cfg.qk_head_dim, H), "linear"))
-        out += [(a + "kv_a_proj_with_mqa.weight", (R + rope, H), "linear"),
-                (a + "kv_a_layernorm.weight", (R,), "vector"),
-                (a + "kv_b_proj.weight", (Hh * (nope + v), R), "linear"),
-                (a + "o_proj.weight", (H, Hh * v), "linear")]
-        if cfg.attention_bias:
-            out += [(a + "kv_a_proj_with_mqa.bias", (R + rope,), "vector"), (a + "o_proj.bias", (H,), "vector")]
-        m = p + "mlp."
-        if not cfg.is_moe_layer(i):
-            I_ = cfg.intermediate_size
-            out += [(m + "gate_proj.weight", (I_, H), "linear"), (m + "up_proj.weight", (I_, H), "linear"),
-                    (m + "down_proj.weight", (H, I_), "linear")]
-            yield from out
-            continue
-        E, I_ = cfg.n_routed_experts, cfg.moe_intermediate_size
-        out.append((m + "gate.weight", (E, H), "router"))
-        if cfg.has_correction_bias:
-            out.append((m + "gate.e_score_correction_bias", (E,), "router"))
-        yield from out
-        for e in range(E):
-            x = f"{m}experts.{e}."
-            yield x + "gate_proj.weight", (I_, H), "linear"
-            yield x + "up_proj.weight", (I_, H), "linear"
-            yield x + "down_proj.weight", (H, I_), "linear"
-        if cfg.n_shared_experts:
-            S = I_ * cfg.n_shared_experts
-            yield m + "shared_experts.gate_proj.weight", (S, H), "linear"
-            yield m + "shared_experts.up_proj.weight", (S, H), "linear"
-            yield m + "shared_experts.down_proj.weight", (H, S), "linear"
-    yield "model.norm.weight", (H,), "vector"
-    if not cfg.tie_word_embeddings:
-        yield "lm_head.weight", (cfg.vocab_size, H), "vector"
+    """canonical_shapes(cfg) one decoder layer at a time (a config can ask for billions of tensors:
+    see check_config_fits). Tensors the model may go without (lm_head when tied) are left out."""
+    native = cfg.to_native()
+    for part in range(cfg.num_hidden_layers + 2):  # before the layers, each layer, after them
+        for name, shape, kind, optional in lib.tensor_slots(native, part):
+            if not optional:
+                yield name, shape, kind
+
+
+def tensors_of_kind(kind):
+    """Name suffixes (after ``model.layers.{i}``, or whole names) of the C tensor table's rows of
+    ``kind`` ('linear', 'router', 'vector'), e.g. tensors_of_kind('router') -> ('.mlp.gate.weight', ...)."""
+    return tuple(r["name"].split("{layer}", 1)[-1] for r in lib.tensor_table() if r["kind"] == kind)
 
 
 def check_config_fits(cfg, reader, path):
@@ -93,15 +59,13 @@ def check_config_fits(cfg, reader, path):
     tensors (say num_hidden_layers 2**31 - 1) is refused at once, before anything enumerates its
     tensors (which would take hours and all memory)."""
     have = sum(reader.nbytes(n) for n in reader.keys())
-    need = 0
-    for name, shape, _ in iter_canonical_shapes(cfg):
-        need += math.prod(shape)
-        if need > 2 * have:
-            raise CheckpointError(
-                f"{path}: the config calls for more parameters than its {have} bytes of tensors can hold "
-                f"(counted up to {name!r}; num_hidden_layers={cfg.num_hidden_layers}, hidden_size={cfg.hidden_size}, "
-                f"n_routed_experts={cfg.n_routed_experts}, vocab_size={cfg.vocab_size}): config.json does not "
-                f"describe these tensors")
+    _, need = lib.tensor_totals(cfg.to_native())  # counted by the C table, nothing listed
+    if need > 2 * have:
+        raise CheckpointError(
+            f"{path}: the config calls for more parameters than its {have} bytes of tensors can hold "
+            f"({need} values; num_hidden_layers={cfg.num_hidden_layers}, hidden_size={cfg.hidden_size}, "
+            f"n_routed_experts={cfg.n_routed_experts}, vocab_size={cfg.vocab_size}): config.json does not "
+            f"describe these tensors")
 
 
 def detect_layout(path, names, dtypes=None):

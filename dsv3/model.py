@@ -11,13 +11,15 @@ import ml_dtypes
 import numpy as np
 
 from ._native import lib
+from .checkpoint import tensors_of_kind
 
 __all__ = ["Model"]
 
 _KINDS = ("input_layernorm", "post_attention_layernorm", "attention", "mlp", "router", "experts",
           "shared_experts", "decoder_layer", "final_norm")
-# transformers keeps the router in float32 whatever the model dtype (_keep_in_fp32_modules_strict)
-_KEEP_F32 = (".mlp.gate.weight", ".mlp.gate.e_score_correction_bias")
+# transformers keeps the router in float32 whatever the model dtype (_keep_in_fp32_modules_strict): the
+# C tensor table's 'router' rows (the gate and its correction bias)
+_KEEP_F32 = tensors_of_kind("router")
 _DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 

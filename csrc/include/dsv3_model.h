@@ -84,16 +84,91 @@ dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, ds
                               dsv3_model **out, dsv3_error *err);
 void dsv3_model_free(dsv3_model *m);
 
+/* ---- the tensor table (csrc/model/tensor_table.c): every tensor the model reads, one row each ----
+ * The one description of the canonical tensors (names, shapes per config, which format rules apply):
+ * dsv3_model_slots expands it for a model, and Python reads it through _dsv3.tensor_table() and
+ * _dsv3.tensor_slots(config, part) (dsv3.checkpoint.canonical_shapes). A new tensor is one row there
+ * (plus its member in the weight structs). */
+typedef enum {
+    DSV3_SCOPE_INPUT,  /* once, before the layers (embed_tokens) */
+    DSV3_SCOPE_LAYER,  /* every decoder layer */
+    DSV3_SCOPE_DENSE,  /* layers < first_k_dense_replace */
+    DSV3_SCOPE_MOE,    /* layers >= first_k_dense_replace */
+    DSV3_SCOPE_EXPERT, /* each routed expert of a MoE layer (a run of rows is expanded expert by expert) */
+    DSV3_SCOPE_OUTPUT, /* once, after the layers (final norm, lm_head) */
+    DSV3_SCOPE_COUNT
+} dsv3_tensor_scope;
+/* linear: a matmul weight (any storage format); router: read as float32 (the router's math);
+ * vector: stored float in every source checkpoint (norms, biases, embeddings, lm_head). */
+typedef enum { DSV3_KIND_LINEAR, DSV3_KIND_ROUTER, DSV3_KIND_VECTOR, DSV3_KIND_COUNT } dsv3_tensor_kind;
+/* Sizes the table's shapes are made of (dsv3_tensor_dims computes them from a config). */
+typedef enum {
+    DSV3_DIM_ONE,          /* rows of a 1-D parameter */
+    DSV3_DIM_HIDDEN, DSV3_DIM_VOCAB, DSV3_DIM_Q_LORA,
+    DSV3_DIM_Q_HEADS,      /* heads * (qk_nope + qk_rope) */
+    DSV3_DIM_KV_A,         /* kv_lora + qk_rope */
+    DSV3_DIM_KV_LORA,
+    DSV3_DIM_KV_B,         /* heads * (qk_nope + v) */
+    DSV3_DIM_O_IN,         /* heads * v */
+    DSV3_DIM_INTER, DSV3_DIM_MOE_INTER,
+    DSV3_DIM_SHARED_INTER, /* moe_intermediate * n_shared_experts */
+    DSV3_DIM_EXPERTS,
+    DSV3_DIM_COUNT
+} dsv3_tensor_dim;
+/* Config conditions: when a row is present, when it may be absent. */
+typedef enum {
+    DSV3_WHEN_ALWAYS, DSV3_WHEN_NEVER,
+    DSV3_WHEN_Q_LORA,          /* q_lora_rank > 0 */
+    DSV3_WHEN_NO_Q_LORA,       /* q_lora_rank == 0 (plain q_proj) */
+    DSV3_WHEN_Q_LORA_BIAS,     /* q_lora_rank > 0 and attention_bias */
+    DSV3_WHEN_ATTN_BIAS,       /* attention_bias */
+    DSV3_WHEN_CORRECTION_BIAS, /* topk_method noaux_tc or noaux */
+    DSV3_WHEN_SHARED,          /* n_shared_experts > 0 */
+    DSV3_WHEN_TIED,            /* tie_word_embeddings */
+    DSV3_WHEN_COUNT
+} dsv3_tensor_when;
+typedef struct {
+    const char *name;            /* "model.layers.{layer}.mlp.experts.{expert}.gate_proj.weight" */
+    dsv3_tensor_scope scope;
+    dsv3_tensor_kind kind;
+    dsv3_tensor_dim rows, cols;  /* rows DSV3_DIM_ONE: a 1-D [cols] parameter */
+    dsv3_tensor_when present, optional;
+    size_t offset;               /* of its dsv3_weight in dsv3_model (input/output), dsv3_layer (layer, dense,
+                                  * moe) or dsv3_mlp_weights (expert) */
+} dsv3_tensor_row;
+
+extern const dsv3_tensor_row dsv3_tensor_rows[];
+extern const int dsv3_tensor_row_count;
+const char *dsv3_tensor_scope_name(dsv3_tensor_scope s);
+const char *dsv3_tensor_kind_name(dsv3_tensor_kind k);
+const char *dsv3_tensor_dim_name(dsv3_tensor_dim d);
+const char *dsv3_tensor_when_name(dsv3_tensor_when w);
+/* dims[DSV3_DIM_COUNT] for config c (products saturate at INT64_MAX; c is not checked here). */
+void dsv3_tensor_dims(const dsv3_model_config *c, int64_t *dims);
+int dsv3_tensor_when_holds(const dsv3_model_config *c, dsv3_tensor_when w);
+/* Whether decoder layer l has a routed-expert MLP. */
+int dsv3_layer_is_moe(const dsv3_model_config *c, int64_t l);
+
 /* One tensor the model needs: canonical name, expected shape ([1, n] for 1-D params, which set
- * is_vector), whether it may be absent, and the slot to fill. */
+ * is_vector), whether it may be absent, its table row, and the slot to fill (NULL from
+ * dsv3_tensor_slots). */
 typedef struct {
     char name[112];
     int64_t n, k;
     int is_vector, optional;
+    const dsv3_tensor_row *row;
+    int64_t layer, expert;       /* -1 where the row has none */
     dsv3_weight *weight;
 } dsv3_tensor_slot;
 
-/* Number of slots; fills out[0..count) when out is not NULL. */
+/* The tensors of one part of a model with config c, in the canonical order: part 0 is before the
+ * layers, part 1 + l decoder layer l, part num_hidden_layers + 1 after the layers. Returns the count
+ * (-1 for a part out of range) and fills out[0..count) when out is not NULL (weight = NULL). */
+int64_t dsv3_tensor_slots(const dsv3_model_config *c, int64_t part, dsv3_tensor_slot *out);
+/* Totals over every part without listing them (a config may call for billions of tensors): the number of
+ * tensors the model needs (optional ones left out) and of their values, each saturating at INT64_MAX. */
+void dsv3_tensor_totals(const dsv3_model_config *c, int64_t *count, int64_t *values);
+/* Every slot of model m (all parts), weight pointing into m; fills out[0..count) when out is not NULL. */
 int64_t dsv3_model_slots(dsv3_model *m, dsv3_tensor_slot *out);
 
 dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err);

@@ -17,6 +17,11 @@ typedef enum {
     DSV3_TOPK_GROUP_LIMITED_GREEDY = 2, /* groups scored by their max score */
     DSV3_TOPK_NOAUX = 3                 /* top-k of score + bias, no groups (V4) */
 } dsv3_topk_method;
+#define DSV3_SCORE_COUNT 3
+#define DSV3_TOPK_COUNT 4
+/* config.json spellings, indexed by the enums above (the one list: Python reads them through _dsv3). */
+extern const char *const dsv3_score_func_names[DSV3_SCORE_COUNT];
+extern const char *const dsv3_topk_method_names[DSV3_TOPK_COUNT];
 
 typedef struct {
     int64_t n_experts, top_k, n_group, topk_group;

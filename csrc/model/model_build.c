@@ -1,8 +1,7 @@
-/* Model construction: config checks, the table of tensor slots, preparation and teardown. */
+/* Model construction: config checks, preparation and teardown (the tensor table: tensor_table.c). */
 #include "dsv3_model.h"
 #include "dsv3_dtypes.h"
 
-#include <stdio.h>
 #include <string.h>
 
 static dsv3_status check_config(const dsv3_model_config *c, dsv3_error *err)
@@ -79,7 +78,7 @@ dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, ds
     memset(m->layers, 0, (size_t)L * sizeof(dsv3_layer));
     for (int64_t l = 0; l < L; l++) {
         dsv3_layer *ly = &m->layers[l];
-        ly->is_moe = l >= cfg->first_k_dense_replace;
+        ly->is_moe = dsv3_layer_is_moe(cfg, l);
         if (ly->is_moe) {
             ly->moe.experts = dsv3_alloc((size_t)cfg->n_routed_experts * sizeof(dsv3_mlp_weights));
             if (!ly->moe.experts)
@@ -129,96 +128,6 @@ void dsv3_model_free(dsv3_model *m)
     dsv3_free(m->inv_freq);
     dsv3_free(m);
 }
-
-/* ---- the slot table ---- */
-typedef struct {
-    dsv3_tensor_slot *out;
-    int64_t n;
-} slot_list;
-
-static void add(slot_list *s, dsv3_weight *w, int64_t n, int64_t k, int is_vector, int optional, const char *fmt,
-                int64_t a, int64_t b)
-{
-    if (s->out) {
-        dsv3_tensor_slot *t = &s->out[s->n];
-        snprintf(t->name, sizeof t->name, fmt, (long long)a, (long long)b);
-        t->n = n;
-        t->k = k;
-        t->is_vector = is_vector;
-        t->optional = optional;
-        t->weight = w;
-    }
-    s->n++;
-}
-
-#define MAT(w, n, k, name) add(s, (w), (n), (k), 0, 0, "model.layers.%lld." name, l, 0)
-#define VEC(v, n, name) add(s, &(v)->src, 1, (n), 1, 0, "model.layers.%lld." name, l, 0)
-
-static void attention_slots(slot_list *s, const dsv3_model_config *c, dsv3_mla_weights *a, int64_t l)
-{
-    const int64_t H = c->num_attention_heads, qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
-    const int64_t R = c->kv_lora_rank, Q = c->q_lora_rank, D = c->hidden_size;
-    if (Q > 0) {
-        MAT(&a->q_a_proj, Q, D, "self_attn.q_a_proj.weight");
-        VEC(&a->q_a_layernorm, Q, "self_attn.q_a_layernorm.weight");
-        MAT(&a->q_b_proj, H * qk, Q, "self_attn.q_b_proj.weight");
-        if (c->attention_bias)
-            VEC(&a->q_a_bias, Q, "self_attn.q_a_proj.bias");
-    } else {
-        MAT(&a->q_proj, H * qk, D, "self_attn.q_proj.weight");
-    }
-    MAT(&a->kv_a_proj, R + c->qk_rope_head_dim, D, "self_attn.kv_a_proj_with_mqa.weight");
-    VEC(&a->kv_a_layernorm, R, "self_attn.kv_a_layernorm.weight");
-    MAT(&a->kv_b_proj, H * (c->qk_nope_head_dim + c->v_head_dim), R, "self_attn.kv_b_proj.weight");
-    MAT(&a->o_proj, D, H * c->v_head_dim, "self_attn.o_proj.weight");
-    if (c->attention_bias) {
-        VEC(&a->kv_a_bias, R + c->qk_rope_head_dim, "self_attn.kv_a_proj_with_mqa.bias");
-        VEC(&a->o_bias, D, "self_attn.o_proj.bias");
-    }
-}
-
-static void mlp_slots(slot_list *s, dsv3_mlp_weights *w, int64_t I, int64_t D, const char *prefix, int64_t l,
-                      int64_t e)
-{
-    char fmt[96];
-    const char *names[3] = {"gate_proj", "up_proj", "down_proj"};
-    dsv3_weight *ws[3] = {&w->gate, &w->up, &w->down};
-    for (int i = 0; i < 3; i++) {
-        snprintf(fmt, sizeof fmt, "model.layers.%%lld.%s.%s.weight", prefix, names[i]);
-        add(s, ws[i], i < 2 ? I : D, i < 2 ? D : I, 0, 0, fmt, l, e);
-    }
-}
-
-int64_t dsv3_model_slots(dsv3_model *m, dsv3_tensor_slot *out)
-{
-    const dsv3_model_config *c = &m->cfg;
-    const int64_t D = c->hidden_size, V = c->vocab_size, E = c->n_routed_experts;
-    slot_list list = {out, 0}, *s = &list;
-    add(s, &m->embed, V, D, 0, 0, "model.embed_tokens.weight", 0, 0);
-    add(s, &m->norm.src, 1, D, 1, 0, "model.norm.weight", 0, 0);
-    add(s, &m->lm_head, V, D, 0, c->tie_word_embeddings, "lm_head.weight", 0, 0);
-    for (int64_t l = 0; l < c->num_hidden_layers; l++) {
-        dsv3_layer *ly = &m->layers[l];
-        VEC(&ly->input_layernorm, D, "input_layernorm.weight");
-        VEC(&ly->post_attention_layernorm, D, "post_attention_layernorm.weight");
-        attention_slots(s, c, &ly->attn, l);
-        if (!ly->is_moe) {
-            mlp_slots(s, &ly->mlp, c->intermediate_size, D, "mlp", l, 0);
-            continue;
-        }
-        MAT(&ly->moe.gate, E, D, "mlp.gate.weight");
-        if (c->topk_method == DSV3_TOPK_NOAUX_TC || c->topk_method == DSV3_TOPK_NOAUX)
-            VEC(&ly->moe.bias, E, "mlp.gate.e_score_correction_bias");
-        for (int64_t e = 0; e < E; e++)
-            mlp_slots(s, &ly->moe.experts[e], c->moe_intermediate_size, D, "mlp.experts.%lld", l, e);
-        if (ly->moe.has_shared)
-            mlp_slots(s, &ly->moe.shared, c->moe_intermediate_size * c->n_shared_experts, D, "mlp.shared_experts",
-                      l, 0);
-    }
-    return list.n;
-}
-#undef MAT
-#undef VEC
 
 /* ---- preparation ---- */
 static dsv3_status vec_to_f32(dsv3_vec *v, dsv3_error *err)

@@ -6,6 +6,9 @@
 
 #include <math.h>
 
+const char *const dsv3_score_func_names[DSV3_SCORE_COUNT] = {"sigmoid", "softmax", "sqrtsoftplus"};
+const char *const dsv3_topk_method_names[DSV3_TOPK_COUNT] = {"noaux_tc", "greedy", "group_limited_greedy", "noaux"};
+
 dsv3_status dsv3_router_check(const dsv3_router_spec *r, dsv3_error *err)
 {
     if (r->n_experts <= 0)
@@ -13,9 +16,9 @@ dsv3_status dsv3_router_check(const dsv3_router_spec *r, dsv3_error *err)
     if (r->top_k <= 0 || r->top_k > r->n_experts)
         return dsv3_fail(err, DSV3_E_VALUE, "num_experts_per_tok must be in 1..n_routed_experts (%lld), got %lld",
                          (long long)r->n_experts, (long long)r->top_k);
-    if ((unsigned)r->scoring > DSV3_SCORE_SQRTSOFTPLUS)
+    if ((unsigned)r->scoring >= DSV3_SCORE_COUNT)
         return dsv3_fail(err, DSV3_E_VALUE, "scoring_func: unknown value %d", (int)r->scoring);
-    if ((unsigned)r->method > DSV3_TOPK_NOAUX)
+    if ((unsigned)r->method >= DSV3_TOPK_COUNT)
         return dsv3_fail(err, DSV3_E_VALUE, "topk_method: unknown value %d", (int)r->method);
     if (r->method == DSV3_TOPK_NOAUX_TC || r->method == DSV3_TOPK_GROUP_LIMITED_GREEDY) {
         if (r->n_group <= 0 || r->n_experts % r->n_group != 0)

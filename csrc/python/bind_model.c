@@ -99,8 +99,6 @@ static int parse_config(PyObject *d, dsv3_model_config *c, PyArrayObject **inv_f
                      Py_TYPE(d)->tp_name);
         return 0;
     }
-    static const char *const scoring[] = {"sigmoid", "softmax", "sqrtsoftplus"};
-    static const char *const methods[] = {"noaux_tc", "greedy", "group_limited_greedy", "noaux"};
     int sf = 0, tm = 0;
 #define CFG_INT(f) cfg_int(d, #f, &c->f)
     if (!(CFG_INT(vocab_size) && CFG_INT(hidden_size) && CFG_INT(intermediate_size) && CFG_INT(moe_intermediate_size) &&
@@ -116,7 +114,8 @@ static int parse_config(PyObject *d, dsv3_model_config *c, PyArrayObject **inv_f
           cfg_float(d, "rms_norm_eps", &c->rms_norm_eps) && cfg_float(d, "group_mask_value", &c->group_mask_value) &&
           cfg_float(d, "softmax_scale", &c->softmax_scale) &&
           cfg_float(d, "rope_attention_scaling", &c->rope_attention_scaling) &&
-          cfg_choice(d, "scoring_func", scoring, 3, &sf) && cfg_choice(d, "topk_method", methods, 4, &tm)))
+          cfg_choice(d, "scoring_func", dsv3_score_func_names, DSV3_SCORE_COUNT, &sf) &&
+          cfg_choice(d, "topk_method", dsv3_topk_method_names, DSV3_TOPK_COUNT, &tm)))
         return 0;
     c->scoring_func = (dsv3_score_func)sf;
     c->topk_method = (dsv3_topk_method)tm;
@@ -620,7 +619,125 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
     return Py_BuildValue("(LK)", (long long)tok, (unsigned long long)rng);
 }
 
+/* ---- the tensor table (csrc/model/tensor_table.c) ---- */
+static PyObject *names_tuple(const char *const *names, int count)
+{
+    PyObject *t = PyTuple_New(count);
+    for (int i = 0; t && i < count; i++) {
+        PyObject *s = PyUnicode_FromString(names[i]);
+        if (!s) {
+            Py_CLEAR(t);
+            break;
+        }
+        PyTuple_SET_ITEM(t, i, s);
+    }
+    return t;
+}
+
+/* tensor_table() -> tuple of dicts, one per row: name (pattern with {layer} / {expert}), scope, kind,
+ * shape (dim names, 'one' for the rows of a 1-D parameter), present, optional (condition names). */
+static PyObject *py_tensor_table(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    PyObject *out = PyTuple_New(dsv3_tensor_row_count);
+    for (int i = 0; out && i < dsv3_tensor_row_count; i++) {
+        const dsv3_tensor_row *r = &dsv3_tensor_rows[i];
+        PyObject *row = Py_BuildValue("{s:s,s:s,s:s,s:(ss),s:s,s:s}", "name", r->name, "scope",
+                                      dsv3_tensor_scope_name(r->scope), "kind", dsv3_tensor_kind_name(r->kind),
+                                      "shape", dsv3_tensor_dim_name(r->rows), dsv3_tensor_dim_name(r->cols),
+                                      "present", dsv3_tensor_when_name(r->present), "optional",
+                                      dsv3_tensor_when_name(r->optional));
+        if (!row) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyTuple_SET_ITEM(out, i, row);
+    }
+    return out;
+}
+
+/* tensor_slots(config, part) -> list of (name, shape tuple, kind, optional) for one part of a model with
+ * that config (DeepseekConfig.to_native()): 0 before the layers, 1 + l layer l, num_hidden_layers + 1
+ * after. The config is parsed, not checked (shapes of a config the model would refuse are still listed). */
+static PyObject *py_tensor_slots(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *config;
+    long long part;
+    if (!PyArg_ParseTuple(args, "OL", &config, &part))
+        return NULL;
+    dsv3_model_config c;
+    memset(&c, 0, sizeof c);
+    PyArrayObject *inv_freq = NULL;
+    if (!parse_config(config, &c, &inv_freq))
+        return NULL;
+    Py_DECREF(inv_freq);
+    const int64_t count = dsv3_tensor_slots(&c, (int64_t)part, NULL);
+    if (count < 0)
+        return PyErr_Format(PyExc_ValueError, "part must be in 0..%lld (num_hidden_layers + 1), got %lld",
+                            (long long)c.num_hidden_layers + 1, part);
+    dsv3_tensor_slot *slots = PyMem_Malloc((size_t)(count ? count : 1) * sizeof *slots);
+    if (!slots)
+        return PyErr_NoMemory();
+    dsv3_tensor_slots(&c, (int64_t)part, slots);
+    PyObject *out = PyList_New((Py_ssize_t)count);
+    for (int64_t i = 0; out && i < count; i++) {
+        const dsv3_tensor_slot *t = &slots[i];
+        PyObject *item = t->is_vector
+            ? Py_BuildValue("(s(L)sO)", t->name, (long long)t->k, dsv3_tensor_kind_name(t->row->kind),
+                            t->optional ? Py_True : Py_False)
+            : Py_BuildValue("(s(LL)sO)", t->name, (long long)t->n, (long long)t->k,
+                            dsv3_tensor_kind_name(t->row->kind), t->optional ? Py_True : Py_False);
+        if (!item) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, item);
+    }
+    PyMem_Free(slots);
+    return out;
+}
+
+/* tensor_totals(config) -> (tensors, values) of a model with that config, counted without listing them. */
+static PyObject *py_tensor_totals(PyObject *self, PyObject *config)
+{
+    (void)self;
+    dsv3_model_config c;
+    memset(&c, 0, sizeof c);
+    PyArrayObject *inv_freq = NULL;
+    if (!parse_config(config, &c, &inv_freq))
+        return NULL;
+    Py_DECREF(inv_freq);
+    int64_t count, values;
+    dsv3_tensor_totals(&c, &count, &values);
+    return Py_BuildValue("(LL)", (long long)count, (long long)values);
+}
+
+/* config_choices() -> {"scoring_func": (...), "topk_method": (...)}: the config spellings the C enums
+ * stand for, in enum order (dsv3.config validates against these). */
+static PyObject *py_config_choices(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    PyObject *sf = names_tuple(dsv3_score_func_names, DSV3_SCORE_COUNT);
+    PyObject *tm = names_tuple(dsv3_topk_method_names, DSV3_TOPK_COUNT);
+    PyObject *out = sf && tm ? Py_BuildValue("{s:O,s:O}", "scoring_func", sf, "topk_method", tm) : NULL;
+    Py_XDECREF(sf);
+    Py_XDECREF(tm);
+    return out;
+}
+
 PyMethodDef dsv3_model_methods[] = {
+    {"tensor_table", py_tensor_table, METH_NOARGS,
+     "tensor_table() -> rows of the C tensor table (name pattern, scope, kind, shape dims, present, optional)"},
+    {"tensor_slots", py_tensor_slots, METH_VARARGS,
+     "tensor_slots(config, part) -> [(name, shape, kind, optional)] of part 0 (before the layers), 1 + l "
+     "(layer l) or num_hidden_layers + 1 (after)"},
+    {"tensor_totals", py_tensor_totals, METH_O,
+     "tensor_totals(config) -> (number of tensors, number of values) of a model with that config (saturating)"},
+    {"config_choices", py_config_choices, METH_NOARGS,
+     "config_choices() -> {'scoring_func': names, 'topk_method': names} in the C enums' order"},
     {"sample", py_sample, METH_VARARGS,
      "sample(logits float32 [V], temperature, top_k, top_p, rng_state) -> (token, rng_state)"},
     {"mla_dots", (PyCFunction)(void (*)(void))dsv3_py_mla_dots, METH_VARARGS | METH_KEYWORDS,
