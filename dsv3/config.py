@@ -18,12 +18,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._native import lib
 from .jsonio import MAX_CONFIG_BYTES, MAX_DEPTH, nesting_depth, read_json
 
-MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "kimi_k2")
+#: model_type -> the name stem of transformers' classes for it (``DeepseekV3`` + ``Config`` / ``ForCausalLM``)
+HF_CLASS_STEMS = {"deepseek_v2": "DeepseekV2", "deepseek_v3": "DeepseekV3", "deepseek_v32": "DeepseekV32",
+                  "kimi_k2": "DeepseekV3"}
+MODEL_TYPES = tuple(HF_CLASS_STEMS)
 ROPE_TYPES = ("default", "linear", "yarn")
-SCORING_FUNCS = ("sigmoid", "softmax", "sqrtsoftplus")
-TOPK_METHODS = ("noaux_tc", "greedy", "group_limited_greedy", "noaux")
+# the router's spellings are the C core's enums (csrc/moe/router.c), read from the extension
+SCORING_FUNCS = lib.config_choices()["scoring_func"]
+TOPK_METHODS = lib.config_choices()["topk_method"]
+
+
+def hf_class(model_type, kind="Config"):
+    """transformers' class for a model_type: kind "Config" or "ForCausalLM" (transformers imported here)."""
+    import transformers
+    if model_type not in HF_CLASS_STEMS:
+        raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
+    return getattr(transformers, HF_CLASS_STEMS[model_type] + kind)
 INT32_MAX = 2**31 - 1
 
 # Defaults of transformers 5.24's DeepseekV3Config (also used for kimi_k2) ...
@@ -219,8 +232,9 @@ class DeepseekConfig:
 
     @property
     def has_correction_bias(self):
-        """Whether MoE layers carry ``mlp.gate.e_score_correction_bias``."""
-        return self.topk_method in ("noaux_tc", "noaux")
+        """Whether MoE layers carry ``mlp.gate.e_score_correction_bias`` (the C tensor table's rule)."""
+        return any(n.endswith(".mlp.gate.e_score_correction_bias")
+                   for n, *_ in lib.tensor_slots(self.to_native(), self.num_hidden_layers))
 
     @property
     def _yarn_factor(self):
@@ -314,9 +328,7 @@ class DeepseekConfig:
 
         transformers is imported lazily. Quantisation is left out unless asked for (the parity tool
         compares against the dequantised model)."""
-        import transformers
-        cls = {"deepseek_v2": transformers.DeepseekV2Config,
-               "deepseek_v32": transformers.DeepseekV32Config}.get(self.model_type, transformers.DeepseekV3Config)
+        cls = hf_class(self.model_type)
         d = self.to_dict()
         for k in ("model_type", "index_n_heads", "index_head_dim", "index_topk"):
             if self.model_type != "deepseek_v32" or k == "model_type":

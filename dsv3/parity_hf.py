@@ -39,12 +39,10 @@ def hf_config_from(config):
         raise TypeError(f"config must be a DeepseekConfig, a dict or a transformers config, "
                         f"got {type(config).__name__}")
     d = dict(config)
+    from .config import MODEL_TYPES, hf_class
     if "model_type" not in d:
-        raise ValueError("config field model_type is missing (deepseek_v3, kimi_k2 or deepseek_v2)")
-    model_type = d.pop("model_type")
-    if model_type not in ("deepseek_v3", "deepseek_v2", "kimi_k2"):
-        raise ValueError(f"config dicts with model_type deepseek_v3, kimi_k2 or deepseek_v2 only, got {model_type!r}")
-    cls = transformers.DeepseekV2Config if model_type == "deepseek_v2" else transformers.DeepseekV3Config
+        raise ValueError(f"config field model_type is missing ({', '.join(MODEL_TYPES)})")
+    cls = hf_class(d.pop("model_type"))
     for k in ("architectures", "auto_map", "quantization_config", "torch_dtype", "dtype", "transformers_version"):
         d.pop(k, None)
     return cls(**d)
@@ -52,10 +50,9 @@ def hf_config_from(config):
 
 def build_model(hf_config):
     """An empty (uninitialised) float32 transformers causal LM for ``hf_config``, eager attention and experts."""
-    torch, transformers = require_torch()
-    name = {"deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v32": "DeepseekV32ForCausalLM"}.get(
-        hf_config.model_type, "DeepseekV3ForCausalLM")
-    cls = getattr(transformers, name)
+    torch, _ = require_torch()
+    from .config import hf_class
+    cls = hf_class(hf_config.model_type, "ForCausalLM")
     model = cls._from_config(hf_config, attn_implementation="eager", experts_implementation="eager",
                              dtype=torch.float32)
     model.eval()
