@@ -17,6 +17,7 @@ from collections import Counter
 
 import numpy as np
 
+from . import fused_experts
 from ._native import lib
 from .config import load_config
 from .display import CheckpointDisplay, Summary
@@ -77,14 +78,29 @@ def detect_layout(path, names, dtypes=None):
         return "fp8_block"
     if any(n.endswith(".weight_scale_2") for n in names):
         return "nvfp4"
-    if any(n.endswith("mlp.experts.gate_up_proj") for n in names):
+    if any(fused_experts.is_fused(n) for n in names):
         return "hf_fused"
     return "hf"
 
 
-def _skip_reason(name, cfg):
+#: source tensors read by no model yet and passed over knowingly: reason -> what they are
+SKIP_REASONS = {"mtp": "layers >= num_hidden_layers (multi-token prediction)",
+                "indexer": "V3.2 sparse-attention indexer"}
+
+
+def layer_of(name):
+    """Decoder layer index of a ``model.layers.N.`` name, else None."""
     m = _LAYER_RE.match(name)
-    if m and int(m.group(1)) >= cfg.num_hidden_layers:
+    return int(m.group(1)) if m else None
+
+
+def skip_reason(name, num_hidden_layers):
+    """Why source tensor ``name`` is skipped (a key of SKIP_REASONS), or None when it is not: the one
+    skip rule, used by the checkpoint readers (source and converted), ``dsv3 info`` and ``dsv3 convert``
+    (which copies skipped tensors verbatim). When such tensors become model weights (rows of the C
+    tensor table, csrc/model/tensor_table.c), drop their case here."""
+    layer = layer_of(name)
+    if layer is not None and layer >= num_hidden_layers:
         return "mtp"
     if ".self_attn.indexer." in name:
         return "indexer"
@@ -126,7 +142,7 @@ class Checkpoint(CheckpointDisplay):
         cfg, r = self.config, self.reader
         fused_checked = {}
         for name, shape, kind in canonical_shapes(cfg):
-            if self.layout == "hf_fused" and ".mlp.experts." in name:
+            if self.layout == "hf_fused" and fused_experts.source_of(name):
                 self._plan_fused(name, shape, fused_checked)
                 continue
             if kind == "linear" and self.layout == "fp8_block" and name + "_scale_inv" in r:
@@ -138,12 +154,11 @@ class Checkpoint(CheckpointDisplay):
         for n in r.keys():
             if n in self._used:
                 continue
-            why = _skip_reason(n, cfg)
+            why = skip_reason(n, cfg.num_hidden_layers)
             if why:
                 self.skipped[why] += 1
         for why, k in sorted(self.skipped.items()):
-            log.info("%s: skipped %d %s tensors (%s)", self.path, k, why,
-                     "layers >= num_hidden_layers" if why == "mtp" else "V3.2 sparse-attention indexer")
+            log.info("%s: skipped %d %s tensors (%s)", self.path, k, why, SKIP_REASONS[why])
         if self.missing:
             more = f" (and {len(self.missing) - 5} more)" if len(self.missing) > 5 else ""
             raise CheckpointError(f"{self.path}: missing tensors for layout {self.layout}: "
@@ -178,20 +193,18 @@ class Checkpoint(CheckpointDisplay):
 
     def _plan_fused(self, name, shape, checked):
         cfg = self.config
-        m = re.match(r"^(model\.layers\.\d+\.mlp\.experts\.)(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", name)
-        prefix, e, part = m.group(1), int(m.group(2)), m.group(3)
-        E, I_, H = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.hidden_size
-        src = prefix + ("down_proj" if part == "down_proj" else "gate_up_proj")
+        src, e, part = fused_experts.source_of(name)
         if src not in checked:
-            full = (E, H, I_) if part == "down_proj" else (E, 2 * I_, H)
+            full = fused_experts.fused_shape(part, cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.hidden_size)
             checked[src] = self._expect(src, full, FLOAT_DTYPES)
         if checked[src]:
-            self._plan[name] = ("fused", (src, e, part, I_))
+            self._plan[name] = ("fused", (src, e, part))
 
     @property
     def unexpected(self):
         """Source tensors neither used nor knowingly skipped (MTP, indexer)."""
-        return [n for n in self.reader.keys() if n not in self._used and not _skip_reason(n, self.config)]
+        return [n for n in self.reader.keys()
+                if n not in self._used and not skip_reason(n, self.config.num_hidden_layers)]
 
     # ---- access ----
     def names(self):
@@ -206,9 +219,8 @@ class Checkpoint(CheckpointDisplay):
             raise KeyError(f"{name!r} is not a canonical tensor of {self.path}") from None
         r = self.reader
         if kind == "fused":
-            src, e, part, I_ = d
-            a = r.get(src)[e]
-            return a[:I_] if part == "gate_proj" else a[I_:] if part == "up_proj" else a
+            src, e, part = d
+            return fused_experts.take(r.get(src), e, part)
         if kind == "fp8":
             from . import quant
             w, s, bn, bk = d

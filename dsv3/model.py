@@ -62,9 +62,9 @@ def _canonical_tensors(tensors):
     """dict of canonical name -> numpy / QuantizedTensor: torch tensors imported without a copy, a
     transformers 5.x fused state dict (``mlp.experts.gate_up_proj`` / ``down_proj``) split per expert."""
     out = {k: _as_numpy(k, v) for k, v in tensors.items()}
-    from .parity_hf import FUSED_EXPERTS, hf_to_canonical  # the one fused-expert split
-    if any(FUSED_EXPERTS.match(k) for k in out):
-        out = hf_to_canonical(out)
+    from . import fused_experts  # the one fused-expert split
+    if any(fused_experts.is_fused(k) for k in out):
+        out = fused_experts.split(out)
     return out
 
 

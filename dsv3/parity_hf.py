@@ -7,12 +7,13 @@ transformers are imported lazily so that ``import dsv3`` never needs them.
 Weight names: transformers 5.x keeps routed experts fused (``mlp.experts.gate_up_proj`` [E, 2I, H],
 rows 0..I-1 gate, I..2I-1 up; ``mlp.experts.down_proj`` [E, H, I]). dsv3's canonical names are per
 expert (``mlp.experts.{e}.{gate,up,down}_proj.weight``); :func:`hf_to_canonical` and
-:func:`canonical_to_hf` translate between the two. Every other name is the same on both sides.
+:func:`canonical_to_hf` translate between the two (the rule: dsv3.fused_experts). Every other name is the same on both sides.
 """
-import re
 import zlib
 
 import numpy as np
+
+from . import fused_experts
 
 INSTALL_HINT = "pip install 'dsv3[parity]'"
 
@@ -89,56 +90,20 @@ def random_state_dict(model, seed):
     return out
 
 
-#: a transformers 5.x fused routed-expert weight (Model.from_tensors splits these with hf_to_canonical)
-FUSED_EXPERTS = _FUSED = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
-_PER_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+#: a transformers 5.x fused routed-expert weight (the rule: dsv3.fused_experts)
+FUSED_EXPERTS = fused_experts.FUSED
 
 
 def hf_to_canonical(state_dict):
-    """transformers 5.x names -> dsv3 canonical names. Fused experts become per-expert views
-    (gate = gate_up_proj[e, :I], up = gate_up_proj[e, I:], down = down_proj[e]); the rest passes through."""
-    out = {}
-    for name, v in state_dict.items():
-        m = _FUSED.match(name)
-        if not m:
-            out[name] = v
-            continue
-        v = np.asarray(v)
-        prefix, kind = m.groups()
-        for e in range(v.shape[0]):
-            if kind == "gate_up_proj":
-                inter = v.shape[1] // 2
-                out[f"{prefix}.{e}.gate_proj.weight"] = v[e, :inter]
-                out[f"{prefix}.{e}.up_proj.weight"] = v[e, inter:]
-            else:
-                out[f"{prefix}.{e}.down_proj.weight"] = v[e]
-    return out
+    """transformers 5.x names -> dsv3 canonical names (dsv3.fused_experts.split): fused experts become
+    per-expert views (gate = gate_up_proj[e, :I], up = gate_up_proj[e, I:], down = down_proj[e])."""
+    return fused_experts.split(state_dict)
 
 
 def canonical_to_hf(tensors):
-    """dsv3 canonical names -> transformers 5.x names: per-expert weights are stacked into the fused
-    ``gate_up_proj`` [E, 2I, H] and ``down_proj`` [E, H, I]; everything else passes through (float32)."""
-    out, experts = {}, {}
-    for name, v in tensors.items():
-        m = _PER_EXPERT.match(name)
-        if m:
-            prefix, e, kind = m.groups()
-            experts.setdefault(prefix, {}).setdefault(int(e), {})[kind] = v
-        else:
-            out[name] = np.asarray(v, dtype=np.float32)
-    for prefix, per in experts.items():
-        ids = sorted(per)
-        if ids != list(range(len(ids))):
-            raise ValueError(f"{prefix}: expert indices are not 0..{len(ids) - 1}: {ids[:8]}...")
-        for e in ids:
-            missing = {"gate_proj", "up_proj", "down_proj"} - set(per[e])
-            if missing:
-                raise ValueError(f"{prefix}.{e}: missing {sorted(missing)}")
-        out[f"{prefix}.gate_up_proj"] = np.stack(
-            [np.concatenate([np.asarray(per[e]["gate_proj"], np.float32),
-                             np.asarray(per[e]["up_proj"], np.float32)], axis=0) for e in ids])
-        out[f"{prefix}.down_proj"] = np.stack([np.asarray(per[e]["down_proj"], np.float32) for e in ids])
-    return out
+    """dsv3 canonical names -> transformers 5.x names, every array float32 (dsv3.fused_experts.stack):
+    per-expert weights stacked into the fused ``gate_up_proj`` [E, 2I, H] and ``down_proj`` [E, H, I]."""
+    return fused_experts.stack(tensors, np.float32)
 
 
 def load_state_dict(model, state_dict):

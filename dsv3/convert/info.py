@@ -1,6 +1,7 @@
 """`dsv3 info`: architecture, formats, tensor count, bytes per format, missing/unexpected tensors."""
 import os
 
+from .. import fused_experts
 from .tensors import value_format
 
 
@@ -64,8 +65,7 @@ def _info_from_headers(path, error):
             fits = False
     layout = detect_layout(path, keys)
     have = set(keys)
-    fused = {k.rsplit(".", 1)[0] for k in keys if k.endswith((".gate_up_proj", ".down_proj"))}
     missing = [] if not fits else [n for n in expected_names(cfg) if n not in have and not (
-        layout == "hf_fused" and ".mlp.experts." in n and n.split(".experts.")[0] + ".experts" in fused)]
+        layout == "hf_fused" and fused_experts.source_of(n) and fused_experts.source_of(n)[0] in have)]
     return {"path": os.path.abspath(path), "layout": layout, "architecture": _arch(cfg), "tensors": len(keys),
             "formats": formats, "missing": missing, "unexpected": [], "skipped": {}, "error": error}

@@ -7,7 +7,7 @@ import os
 import re
 
 from ..display import CheckpointDisplay, Summary
-from .plan import layer_of
+from ..checkpoint import layer_of, skip_reason
 from .tensors import make_value, split_rows
 
 log = logging.getLogger("dsv3.convert")
@@ -86,11 +86,10 @@ def read_dsv3_checkpoint(path, reader=None, config=None):
         reader = open_safetensors(path)
     skipped = set()
     for base, parts in _group_arrays(list(reader.keys())).items():
-        layer = layer_of(base)
-        if layer is not None and layer >= n_layers:
-            skipped.add(layer)
-            continue
-        if ".self_attn.indexer." in base:  # V3.2 indexer: copied verbatim, not a canonical tensor
+        why = skip_reason(base, n_layers)  # copied verbatim by convert, not canonical tensors
+        if why == "mtp":
+            skipped.add(layer_of(base))
+        if why:
             continue
         if None in parts:
             yield base, reader.get(parts[None])
@@ -164,9 +163,7 @@ class Dsv3Checkpoint(CheckpointDisplay):
             by_format[fmt] = by_format.get(fmt, 0) + 1
         skipped = {}
         for n in r.keys():
-            layer = layer_of(n)
-            why = "mtp" if layer is not None and layer >= self.config.num_hidden_layers else \
-                "indexer" if ".self_attn.indexer." in n else None
+            why = skip_reason(n, self.config.num_hidden_layers)
             if why:
                 skipped[why] = skipped.get(why, 0) + 1
         return Summary({"path": self.path, "layout": "dsv3", "model_type": getattr(self.config, "model_type", None),

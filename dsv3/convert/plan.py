@@ -8,13 +8,13 @@ import dataclasses
 import math
 import re
 
+from ..fused_experts import PER_EXPERT
+
 FORMATS = ("bf16", "fp8_block", "nvfp4", "int8", "int4")
 # rows sharing one scale entry in each stored format (fp8_block: 128x128 blocks; others per row)
 ROW_BLOCK = {"fp8_block": 128, "nvfp4": 1, "int8": 1, "int4": 1}
 DEFAULT_SHARD_BYTES = 4 << 30
 
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
-_EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts\.(\d+)\.)(gate_proj|up_proj|down_proj)\.weight$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +59,6 @@ class Item:
     est_bytes: int
     raw: bool = False   # copied verbatim from the source files (--keep-mtp)
     shard: str = None
-
-
-def layer_of(name):
-    m = _LAYER.match(name)
-    return int(m.group(1)) if m else None
 
 
 def is_routed_expert(name):
@@ -134,9 +129,9 @@ def build_items(entries, opts, n_experts):
     items, pending = [], {}
     for name, shape, nbytes, _src_fmt in entries:
         fmt = target_format(name, shape, opts)
-        m = _EXPERT.match(name)
+        m = PER_EXPERT.match(name)
         if m and m.group(3) in ("gate_proj", "up_proj") and can_fuse_gate_up(fmt, shape[0]):
-            prefix = m.group(1)
+            prefix = f"{m.group(1)}.{m.group(2)}."
             got = pending.setdefault(prefix, {})
             got[m.group(3)] = (name, shape, nbytes)
             if len(got) < 2:

@@ -11,7 +11,8 @@ import threading
 
 from . import manifest as mf
 from .memory import prefetch, release_pages
-from .plan import DEFAULT_SHARD_BYTES, Options, assign_shards, build_items, layer_of
+from ..checkpoint import skip_reason
+from .plan import DEFAULT_SHARD_BYTES, Options, assign_shards, build_items
 from .tensors import convert_value, fuse_rows, is_quantized, value_format
 from .writer import PARTIAL_SUFFIX, ShardWriter, hash_file_tensors, sha256_of
 
@@ -97,9 +98,9 @@ def _raw_items(src, n_layers, keep_mtp):
     out, mtp = [], 0
     with open_safetensors(src) as r:
         for key in r.keys():
-            layer = layer_of(key)
-            is_mtp = layer is not None and layer >= n_layers
-            if (is_mtp and keep_mtp) or (not is_mtp and ".self_attn.indexer." in key):
+            why = skip_reason(key, n_layers)
+            is_mtp = why == "mtp"
+            if (is_mtp and keep_mtp) or why == "indexer":
                 nbytes = int(r.get(key).nbytes)
                 out.append(Item(key, (key,), None, "shared", nbytes, nbytes, raw=True))
                 mtp += is_mtp

@@ -6,6 +6,7 @@ import os
 import ml_dtypes
 import numpy as np
 
+from .. import fused_experts
 from ..checkpoint import canonical_shapes
 from ..config import load_config
 from ..safetensors_io import INDEX_NAME, SINGLE_NAME, save_safetensors, shard_name
@@ -105,22 +106,6 @@ def _mtp_and_indexer(cfg, mtp, indexer):
     return extra
 
 
-def _fuse_experts(tensors, cfg):
-    out = {}
-    for n, a in tensors.items():
-        if ".mlp.experts." not in n:
-            out[n] = a
-    for i in range(cfg.num_hidden_layers):
-        if not cfg.is_moe_layer(i):
-            continue
-        p = f"model.layers.{i}.mlp.experts."
-        E = cfg.n_routed_experts
-        out[p + "gate_up_proj"] = np.stack([np.concatenate([tensors[f"{p}{e}.gate_proj.weight"],
-                                                            tensors[f"{p}{e}.up_proj.weight"]]) for e in range(E)])
-        out[p + "down_proj"] = np.stack([tensors[f"{p}{e}.down_proj.weight"] for e in range(E)])
-    return out
-
-
 def _layer_key(name):
     parts = name.split(".")
     if name.startswith("model.layers."):
@@ -173,7 +158,7 @@ def write_checkpoint(path, config, layout="hf", dtype="bfloat16", seed=0, shards
         else:
             out[n] = w.astype(fdt)
     if layout == "hf_fused":
-        out = _fuse_experts(out, cfg)
+        out = fused_experts.stack(out)
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cdict, f, indent=2)
