@@ -55,6 +55,7 @@ def write_source(path, experts):
     from dsv3.checkpoint import canonical_shapes
     from dsv3.config import load_config
     from dsv3.convert.writer import ShardWriter
+    from dsv3.safetensors_io import shard_name
     cfg_dict = dict(CONFIG, n_routed_experts=experts)
     cfg = load_config(cfg_dict)
     if os.path.isfile(os.path.join(path, "model.safetensors.index.json")):
@@ -73,7 +74,7 @@ def write_source(path, experts):
         size += nbytes
     weight_map, total = {}, 0
     for k, group in enumerate(groups, 1):
-        fname = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
+        fname = shard_name(k, len(groups))
         w = ShardWriter(os.path.join(path, fname), [n for n, _ in group])
         for name, shape in group:
             a = rng.standard_normal(shape, dtype=np.float32)

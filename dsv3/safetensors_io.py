@@ -1,4 +1,5 @@
-"""Safetensors reading (mmap, zero copy, validated) and writing (atomic, sharded).
+"""Safetensors reading (mmap, zero copy, validated) and writing (streaming, atomic, sharded): the one
+reader (:func:`open_safetensors`), the one writer (:class:`SafetensorsWriter`) and the one dtype table.
 
 Format: 8-byte little-endian header length L, L bytes of JSON header
 ``{"name": {"dtype": "BF16", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}}``,
@@ -9,10 +10,12 @@ file. They stay valid while the reader is open; an array keeps its file's mappin
 ``.base``, so closing the reader while arrays are still referenced is safe (the mapping is released
 when the last array goes away) but the reader itself can no longer hand out tensors.
 """
+import hashlib
 import json
 import logging
 import mmap
 import os
+import shutil
 import struct
 
 import ml_dtypes
@@ -349,6 +352,108 @@ def open_safetensors(path):
 
 
 # ---------------------------------------------------------------- writing
+PARTIAL_SUFFIX = ".partial"
+# bytes reserved in the header per array, on top of its name (dtype, shape, offsets as JSON)
+_ENTRY_RESERVE = 128
+
+
+def array_bytes(arr):
+    """Zero-copy byte view of an array (made contiguous if it is not)."""
+    arr = np.ascontiguousarray(arr)
+    return memoryview(arr.reshape(-1).view(np.uint8))
+
+
+class SafetensorsWriter:
+    """The one safetensors writer, streaming: tensors are appended to ``<path>.partial`` as they come
+    (nothing is buffered beyond the tensor being written); the JSON header goes into space reserved at
+    the start of the file (padded with spaces, which the format allows; the data area starts at a multiple
+    of 8) once the file is complete; then the file is renamed to ``path``. An interrupted write leaves
+    only a ``*.partial`` file, which no reader takes for a checkpoint shard. ``names_hint``: base names of
+    the tensors it will hold (sizes the reserved header; 4 arrays per name are assumed, the most a
+    quantised tensor has). ``metadata``: the header's ``__metadata__`` (str -> str; empty: none).
+    ``hashes``: compute each array's sha256 while writing (returned by :meth:`add`)."""
+
+    def __init__(self, path, names_hint, metadata=None, hashes=True):
+        self.path = path
+        self.metadata = {"format": "pt"} if metadata is None else dict(metadata)
+        self.hashes = hashes
+        self.tmp = path + PARTIAL_SUFFIX
+        self.reserve = sum(4 * (len(n) + 24 + _ENTRY_RESERVE) for n in names_hint) + 64
+        self.reserve += -self.reserve % 8
+        self.entries = {}
+        self.offset = 0
+        self.f = open(self.tmp, "wb")
+        self.f.seek(8 + self.reserve)
+
+    def add(self, name, arr, digest=None):
+        """Append one array (or a list of arrays forming its row blocks, written one after the
+        other = concatenated along axis 0 without a copy); returns its manifest record.
+        `digest`: its sha256 (or a function returning it, called after writing) if the caller
+        computes it; otherwise it is computed here."""
+        if name in self.entries:
+            raise ValueError(f"tensor {name} written twice to {os.path.basename(self.path)}")
+        parts = [np.asarray(a) for a in arr] if isinstance(arr, (list, tuple)) else [np.asarray(arr)]
+        first = parts[0]
+        if any(p.dtype != first.dtype or p.shape[1:] != first.shape[1:] or p.ndim == 0 for p in parts[1:]):
+            raise ValueError(f"tensor {name}: parts do not concatenate ({[(p.dtype, p.shape) for p in parts]})")
+        shape = [sum(p.shape[0] for p in parts)] + list(first.shape[1:]) if len(parts) > 1 else list(first.shape)
+        dtype = dtype_name(first.dtype)
+        h = hashlib.sha256() if digest is None and self.hashes else None
+        start = self.offset
+        for p in parts:
+            data = array_bytes(p)
+            self.f.write(data)
+            if h is not None:
+                h.update(data)
+            self.offset += data.nbytes
+        self.entries[name] = {"dtype": dtype, "shape": shape, "data_offsets": [start, self.offset]}
+        if h is not None:
+            digest = h.hexdigest()
+        elif callable(digest):
+            digest = digest()
+        return {"dtype": dtype, "shape": shape, "nbytes": self.offset - start, "sha256": digest}
+
+    def _header(self):
+        header = {"__metadata__": self.metadata} if self.metadata else {}
+        header.update(self.entries)
+        return json.dumps(header, separators=(",", ":")).encode()
+
+    def finish(self):
+        """Write the header and rename to the final name; returns the file size."""
+        header = self._header()
+        if len(header) <= self.reserve:
+            header += b" " * (self.reserve - len(header))
+            self.f.seek(0)
+            self.f.write(len(header).to_bytes(8, "little"))
+            self.f.write(header)
+        else:  # reservation too small (unexpected): rewrite with the data moved
+            self._rewrite(header)
+        self.f.close()  # no fsync: a shard damaged by a crash fails its checksums on resume / verify
+        os.replace(self.tmp, self.path)
+        return os.path.getsize(self.path)
+
+    def _rewrite(self, header):
+        header += b" " * (-len(header) % 8)
+        moved = self.tmp + ".2"
+        with open(moved, "wb") as out:
+            out.write(len(header).to_bytes(8, "little"))
+            out.write(header)
+            self.f.flush()
+            with open(self.tmp, "rb") as src:
+                src.seek(8 + self.reserve)
+                shutil.copyfileobj(src, out, 16 << 20)
+        self.f.close()
+        os.replace(moved, self.tmp)
+        self.f = open(self.tmp, "r+b")
+
+    def abort(self):
+        try:
+            self.f.close()
+        finally:
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)
+
+
 def _prepare(tensors):
     out = []
     for name, a in tensors.items():
@@ -362,35 +467,22 @@ def _prepare(tensors):
 
 
 def save_safetensors(path, tensors, metadata=None):
-    """Write ``tensors`` (dict name -> numpy array, ml_dtypes for BF16/F8) to ``path``.
-
-    Written by hand (the safetensors package cannot take every ml_dtypes type): header JSON padded
-    with spaces to a multiple of 8, tensors stored contiguously, largest element size first. The
-    file appears atomically (temp name + os.replace). ``metadata`` (str -> str) defaults to
-    {"format": "pt"} so transformers accepts the file."""
+    """Write ``tensors`` (dict name -> numpy array, ml_dtypes for BF16/F8) to ``path`` with
+    :class:`SafetensorsWriter` (the safetensors package cannot take every ml_dtypes type): largest
+    element size first, so every tensor is aligned to its element size; the file appears atomically.
+    ``metadata`` (str -> str) defaults to {"format": "pt"} so transformers accepts the file."""
     path = os.fspath(path)
     meta = {"format": "pt"} if metadata is None else dict(metadata)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise SafetensorsError("metadata must map strings to strings")
     items = _prepare(tensors)
-    header, off = {"__metadata__": meta} if meta else {}, 0
-    for name, dt, a in items:
-        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
-        off += a.nbytes
-    hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hb += b" " * (-len(hb) % 8)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    w = SafetensorsWriter(path, [name for name, _, _ in items], metadata=meta, hashes=False)
     try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(hb)))
-            f.write(hb)
-            for _, _, a in items:
-                if a.size:
-                    f.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
-        os.replace(tmp, path)
+        for name, _, a in items:
+            w.add(name, a)
+        w.finish()
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        w.abort()
         raise
     return path
 
