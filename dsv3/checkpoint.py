@@ -111,12 +111,61 @@ class CheckpointError(ValueError):
     """A checkpoint that does not match its config."""
 
 
-class Checkpoint(CheckpointDisplay):
-    """An opened checkpoint: ``.config``, ``.layout``, ``.path``, ``canonical_tensors()``,
-    ``tensor(name)``, ``summary()``. Arrays are zero-copy views valid while it is open."""
+class CheckpointReader(CheckpointDisplay):
+    """What every opened checkpoint is (source layouts: :class:`Checkpoint`; converted:
+    dsv3.convert.layout.Dsv3Checkpoint): ``.path``, ``.config``, ``.layout``, ``.reader`` (the
+    SafetensorsReader), ``names()``, ``canonical_tensors()``, ``summary()`` (the same keys for every
+    layout), ``close()`` and use as a context manager. A layout supplies ``canonical_tensors()``,
+    ``_format_counts()`` ({format: canonical tensors}), ``missing`` and ``unexpected``."""
+
+    missing = unexpected = ()
 
     def __init__(self, path, config, reader, layout):
         self.path, self.config, self.reader, self.layout = path, config, reader, layout
+
+    def names(self):
+        """Canonical names in their stable order (the C tensor table's)."""
+        return [n for n, _, _ in canonical_shapes(self.config)]
+
+    def summary(self):
+        """Counts and bytes per stored dtype, canonical tensors per format, and the missing / unexpected /
+        skipped names (for ``dsv3 info``); layouts may add keys (a converted checkpoint: ``options``)."""
+        r, by_dtype, skipped = self.reader, {}, Counter()
+        for n in r.keys():
+            d = by_dtype.setdefault(r.dtype(n), {"count": 0, "bytes": 0})
+            d["count"] += 1
+            d["bytes"] += r.nbytes(n)
+            why = skip_reason(n, self.config.num_hidden_layers)
+            if why:
+                skipped[why] += 1
+        fmts = self._format_counts()
+        out = {"path": self.path, "layout": self.layout, "model_type": getattr(self.config, "model_type", None),
+               "num_tensors": len(r), "total_bytes": sum(v["bytes"] for v in by_dtype.values()),
+               "by_dtype": by_dtype, "by_format": fmts, "canonical": sum(fmts.values()),
+               "missing": list(self.missing), "unexpected": list(self.unexpected), "skipped": dict(skipped)}
+        out.update(self._summary_extra())
+        return Summary(out, title=f"checkpoint {self.path}")
+
+    def _summary_extra(self):
+        return {}
+
+    def close(self):
+        """Release the file mappings (arrays already handed out keep theirs alive)."""
+        self.reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Checkpoint(CheckpointReader):
+    """A source checkpoint (layouts hf, hf_fused, fp8_block, nvfp4; see the module doc):
+    :class:`CheckpointReader` plus ``tensor(name)``. Arrays are zero-copy views valid while it is open."""
+
+    def __init__(self, path, config, reader, layout):
+        super().__init__(path, config, reader, layout)
         self._plan = {}        # canonical name -> (kind, detail)
         self._used = set()
         self.missing, self.skipped = [], Counter()
@@ -207,10 +256,6 @@ class Checkpoint(CheckpointDisplay):
                 if n not in self._used and not skip_reason(n, self.config.num_hidden_layers)]
 
     # ---- access ----
-    def names(self):
-        """Canonical names in their stable order."""
-        return [n for n, _, _ in canonical_shapes(self.config)]
-
     def tensor(self, name):
         """Value of one canonical tensor: numpy array (float32 / bfloat16) or QuantizedTensor."""
         try:
@@ -244,36 +289,15 @@ class Checkpoint(CheckpointDisplay):
         for name in self.names():
             yield name, self.tensor(name)
 
-    def summary(self):
-        """Counts and bytes per source dtype and per canonical format, plus missing / unexpected /
-        skipped names (for ``dsv3 info``)."""
-        r = self.reader
-        by_dtype = {}
-        for n in r.keys():
-            d = by_dtype.setdefault(r.dtype(n), {"count": 0, "bytes": 0})
-            d["count"] += 1
-            d["bytes"] += r.nbytes(n)
-        fmts = Counter()
+    def _format_counts(self):
+        r, fmts = self.reader, Counter()
         for kind, d in self._plan.values():
             if kind in ("fp8", "nvfp4"):
                 fmts["fp8_block" if kind == "fp8" else "nvfp4"] += 1
             else:
                 src = d[0] if kind == "fused" else d
                 fmts["bf16" if kind != "router" and r.dtype(src) == "BF16" else "f32"] += 1
-        return Summary({"path": self.path, "layout": self.layout, "model_type": self.config.model_type,
-                "num_tensors": len(r), "total_bytes": sum(v["bytes"] for v in by_dtype.values()),
-                "by_dtype": by_dtype, "by_format": dict(fmts), "canonical": len(self._plan),
-                "missing": list(self.missing), "unexpected": self.unexpected, "skipped": dict(self.skipped)},
-                       title=f"checkpoint {self.path}")
-
-    def close(self):
-        self.reader.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        return dict(fmts)
 
 
 def open_checkpoint(path, config=None):

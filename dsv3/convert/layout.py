@@ -6,8 +6,7 @@ import logging
 import os
 import re
 
-from ..display import CheckpointDisplay, Summary
-from ..checkpoint import layer_of, skip_reason
+from ..checkpoint import CheckpointReader, layer_of, skip_reason
 from .tensors import make_value, split_rows
 
 log = logging.getLogger("dsv3.convert")
@@ -112,14 +111,13 @@ def read_dsv3_checkpoint(path, reader=None, config=None):
         log.info("skipping MTP layer %d of %s (kept verbatim by --keep-mtp)", layer, path)
 
 
-class Dsv3Checkpoint(CheckpointDisplay):
-    """A converted checkpoint opened by dsv3.checkpoint.open_checkpoint: ``.path``, ``.config``,
-    ``.layout`` ("dsv3"), ``.reader``, ``canonical_tensors()``, ``summary()``, ``close()``."""
-
-    layout = "dsv3"
+class Dsv3Checkpoint(CheckpointReader):
+    """A converted checkpoint opened by dsv3.checkpoint.open_checkpoint (layout "dsv3"): a
+    dsv3.checkpoint.CheckpointReader, values zero-copy (numpy arrays or QuantizedTensor)."""
 
     def __init__(self, path, config, reader):
-        self.path, self.config, self.reader = path, config, reader
+        super().__init__(path, config, reader, "dsv3")
+        self._formats = {}
         self._check()
 
     def _check(self):
@@ -128,9 +126,10 @@ class Dsv3Checkpoint(CheckpointDisplay):
         import ml_dtypes
         import numpy as np
         from ..checkpoint import CheckpointError, canonical_shapes
+        from .tensors import value_format
         want = {n: s for n, s, _ in canonical_shapes(self.config)}
         floats = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
-        seen = set()
+        seen, fmts = set(), {}
         for name, v in self.canonical_tensors():
             if name not in want:
                 raise CheckpointError(f"{self.path}: tensor {name!r} is not one the config calls for")
@@ -141,46 +140,24 @@ class Dsv3Checkpoint(CheckpointDisplay):
                 raise CheckpointError(f"{self.path}: tensor {name!r} has dtype {v.dtype}, expected a float type "
                                       f"or a quantised format")
             seen.add(name)
+            fmts[value_format(v)] = fmts.get(value_format(v), 0) + 1
         missing = [n for n in want if n not in seen]
         if missing:
             more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
             raise CheckpointError(f"{self.path}: missing tensors for the config (num_hidden_layers="
                                   f"{self.config.num_hidden_layers}): {', '.join(missing[:5])}{more}")
+        self._formats = fmts
 
     def canonical_tensors(self):
         """Yield (canonical_name, value); values are zero-copy, valid while the checkpoint is open."""
         return read_dsv3_checkpoint(self.path, self.reader, self.config)
 
-    def summary(self):
-        """Counts and bytes per stored dtype and per format (for ``dsv3 info``)."""
-        r, by_dtype, by_format = self.reader, {}, {}
-        for n in r.keys():
-            d = by_dtype.setdefault(r.dtype(n), {"count": 0, "bytes": 0})
-            d["count"] += 1
-            d["bytes"] += int(r.get(n).nbytes)
-        sec = dsv3_section(self.path)
-        for base, fmt in _quant_section(sec, self.path)[0].items():
-            by_format[fmt] = by_format.get(fmt, 0) + 1
-        skipped = {}
-        for n in r.keys():
-            why = skip_reason(n, self.config.num_hidden_layers)
-            if why:
-                skipped[why] = skipped.get(why, 0) + 1
-        return Summary({"path": self.path, "layout": "dsv3", "model_type": getattr(self.config, "model_type", None),
-                "num_tensors": len(list(r.keys())), "total_bytes": sum(v["bytes"] for v in by_dtype.values()),
-                "by_dtype": by_dtype, "quantised_by_format": by_format, "skipped": skipped,
-                "options": {k: v for k, v in sec.get("quantization", {}).items()
-                            if k in ("default", "experts", "attention", "lm_head")}},
-                       title=f"checkpoint {self.path}")
+    def _format_counts(self):
+        return dict(self._formats)
 
-    def close(self):
-        self.reader.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    def _summary_extra(self):
+        q = dsv3_section(self.path).get("quantization", {})
+        return {"options": {k: v for k, v in q.items() if k in ("default", "experts", "attention", "lm_head")}}
 
 
 def open_dsv3(path, config):
