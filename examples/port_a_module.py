@@ -1,6 +1,6 @@
 """Porting work: check a module you wrote against dsv3 and transformers on the same weights.
 
-Here the module is DeepSeek-V3's router (REFERENCE.md section 4: sigmoid scores, a correction bias
+Here the module is DeepSeek-V3's router (as transformers' DeepseekV3TopkRouter defines it: sigmoid scores, a correction bias
 for selection only, group-limited top-k, renormalised and scaled weights), written below in numpy
 from the spec. It is compared with dsv3's C router (`Model.run_module("router", ...)`) and with
 transformers' own `DeepseekV3TopkRouter` / MoE gate, all three on the same random weights; then the

@@ -10,7 +10,7 @@ from dsv3 import parity_hf
 from transformers import DeepseekV2Config, DeepseekV3Config
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-# transformers' own tiny tester config (REFERENCE.md section 9)
+# transformers' own tiny tester config (DeepseekV3ModelTester)
 TINY = dict(vocab_size=99, hidden_size=32, intermediate_size=32, moe_intermediate_size=16, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=32,
             v_head_dim=32, n_routed_experts=8, num_experts_per_tok=8, n_group=2, topk_group=1,

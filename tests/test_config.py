@@ -80,7 +80,7 @@ def test_nvfp4_in_config_json():
 
 
 def test_softmax_scale_v3_reference():
-    # REFERENCE section 2, independently: 192^-0.5 * (0.1*ln 40 + 1)^2
+    # yarn_get_mscale, computed independently: 192^-0.5 * (0.1*ln 40 + 1)^2
     c = load_config(os.path.join(FIX, "DeepSeek-V3"))
     assert c.softmax_scale == pytest.approx(192 ** -0.5 * (0.1 * math.log(40) + 1) ** 2, rel=1e-15)
     assert abs(c.softmax_scale - 0.13523378) < 1e-8

@@ -1,5 +1,5 @@
 """Quantisation formats: codes and scales vs independent numpy references written from the specs
-(REFERENCE.md sections 6-7, DeepSeek weight quant, NVIDIA ModelOpt nvfp4_tensor.py).
+(DeepSeek weight quant, NVIDIA ModelOpt nvfp4_tensor.py).
 
 Tolerances: codes must be bit-identical; scales are computed with the same float32 operations as
 the reference and must be bit-identical too; dequantize(qt) is code * scale in float32 (exact)."""

@@ -212,12 +212,18 @@ def test_cli_convert_json_quiet_rerun_and_verify_json(ckpts):
 
 # ---- stale references ----
 def test_no_references_to_files_outside_the_repo_and_dependencies_match_imports():
-    py = []
-    for dirpath, _, files in os.walk(os.path.join(ROOT, "dsv3")):
-        py += [os.path.join(dirpath, f) for f in files if f.endswith(".py")]
+    py, src = [], []
+    for top in ("dsv3", "csrc", "examples", "tests", "benchmarks"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+            found = [os.path.join(dirpath, f) for f in files if f.endswith((".py", ".c", ".h", ".md"))]
+            src += found
+            py += [p for p in found if top == "dsv3" and p.endswith(".py")]
     text = {p: open(p).read() for p in py}
-    for p, t in text.items():
-        assert "COMMON.md" not in t and "DESIGN.md" not in t, p
+    for p in src:
+        if p.endswith("test_ux.py"):
+            continue
+        t = open(p, errors="replace").read()
+        assert "COMMON.md" not in t and "DESIGN.md" not in t and "REFERENCE.md" not in t, p
     with open(os.path.join(ROOT, "pyproject.toml")) as f:
         deps = re.search(r"^dependencies = \[(.*?)\]", f.read(), re.S | re.M).group(1)
     imports_st = any(re.search(r"^\s*(import safetensors|from safetensors)", t, re.M) for t in text.values())

@@ -1,4 +1,4 @@
-/* Multi-head latent attention (MLA), f32 activations (csrc/mla/). REFERENCE.md section 3.
+/* Multi-head latent attention (MLA), f32 activations (csrc/mla/): transformers' DeepseekV3Attention.
  *
  * The latent cache of one layer holds, per token, [c (kv_lora_rank) | k_pe (rope dim)]: the
  * normalised compressed KV and the rotated shared rope key, in the order transformers stores it

@@ -1,5 +1,5 @@
 /* The DeepSeek-V3-family causal LM (csrc/model/): config, weights, latent KV cache, forward,
- * per-module probes and the sampler. REFERENCE.md sections 1-5.
+ * per-module probes and the sampler; semantics of transformers' DeepseekV3ForCausalLM.
  *
  * Life cycle (build/free in pairs):
  *   dsv3_model_create(cfg, capacity, mode)    validates the config, allocates the weight slots;

@@ -1,4 +1,4 @@
-/* Routers, dense MLP and mixture of experts, f32 activations (csrc/moe/). REFERENCE.md section 4.
+/* Routers, dense MLP and mixture of experts, f32 activations (csrc/moe/): transformers' DeepSeek V2/V3 routers and MoE.
  *
  * Routing is one function over a small spec: a scoring function turns logits into scores, a
  * selection method picks top-k (optionally limited to the best groups, with the masked value taken

@@ -2,7 +2,7 @@
  *
  * These are the building blocks the attention, MoE and model code call; they cannot fail, so they
  * return void (their callers validate shapes). Every reduction runs in a fixed order, so results do
- * not depend on the thread count. Semantics follow transformers (REFERENCE.md sections 2 and 5).
+ * not depend on the thread count. Semantics follow transformers (its fp32 RoPE/YaRN and RMSNorm).
  */
 #ifndef DSV3_OPS_H
 #define DSV3_OPS_H

@@ -37,7 +37,7 @@ def tiny_config(**overrides):
     return d
 
 
-# ---------------------------------------------------------------- quantisers (REFERENCE 6, 7)
+# ---------------------------------------------------------------- quantisers (DeepSeek FP8 blocks, ModelOpt NVFP4)
 def quantize_fp8_block(w, block=(128, 128), ue8m0=False):
     """W [N, K] float32 -> (e4m3 codes [N, K], float32 scale_inv [ceil(N/bn), ceil(K/bk)])."""
     n, k = w.shape
