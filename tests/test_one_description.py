@@ -122,3 +122,14 @@ def test_one_safetensors_writer():
     assert writers == ["safetensors_io.py"]
     tables = [f for f, src in _sources() if '"F8_E4M3"' in src and "ml_dtypes.float8_e4m3fn" in src]
     assert tables == ["safetensors_io.py"]
+
+
+def test_native_config_keys_are_the_c_bindings():
+    """DeepseekConfig.to_native() writes exactly the keys the binding reads (its key table), no more."""
+    for variant in ("v3", "v2", "tied"):
+        native = load_config(tiny_config(**VARIANTS[variant])).to_native()
+        assert set(native) == set(lib.config_keys())
+    native = load_config(tiny_config()).to_native()
+    del native["rms_norm_eps"]
+    with pytest.raises(ValueError, match="missing key 'rms_norm_eps'"):
+        lib.tensor_totals(native)

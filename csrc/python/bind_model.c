@@ -9,6 +9,7 @@
 #include "bind_mla.h"
 #include "dsv3_model.h"
 
+#include <stddef.h>
 #include <string.h>
 
 typedef struct {
@@ -92,6 +93,27 @@ static int cfg_choice(PyObject *d, const char *key, const char *const *names, in
     return 0;
 }
 
+/* The native config's keys (DeepseekConfig.to_native() writes exactly these; _dsv3.config_keys() lists them). */
+typedef enum { KEY_INT, KEY_FLAG, KEY_FLOAT } key_type;
+#define K(type, field) {#field, type, offsetof(dsv3_model_config, field)}
+static const struct {
+    const char *name;
+    key_type type;
+    size_t offset;
+} CONFIG_KEYS[] = {
+    K(KEY_INT, vocab_size), K(KEY_INT, hidden_size), K(KEY_INT, intermediate_size), K(KEY_INT, moe_intermediate_size),
+    K(KEY_INT, num_hidden_layers), K(KEY_INT, num_attention_heads), K(KEY_INT, q_lora_rank), K(KEY_INT, kv_lora_rank),
+    K(KEY_INT, qk_nope_head_dim), K(KEY_INT, qk_rope_head_dim), K(KEY_INT, v_head_dim), K(KEY_INT, n_routed_experts),
+    K(KEY_INT, n_shared_experts), K(KEY_INT, num_experts_per_tok), K(KEY_INT, n_group), K(KEY_INT, topk_group),
+    K(KEY_INT, first_k_dense_replace), K(KEY_FLAG, norm_topk_prob), K(KEY_FLAG, rope_interleave),
+    K(KEY_FLAG, attention_bias), K(KEY_FLAG, tie_word_embeddings), K(KEY_FLOAT, routed_scaling_factor),
+    K(KEY_FLOAT, rms_norm_eps), K(KEY_FLOAT, group_mask_value), K(KEY_FLOAT, softmax_scale),
+    K(KEY_FLOAT, rope_attention_scaling),
+};
+#undef K
+static const char *const OTHER_KEYS[] = {"scoring_func", "topk_method", "rope_inv_freq"};
+#define N_CONFIG_KEYS (sizeof CONFIG_KEYS / sizeof CONFIG_KEYS[0])
+
 static int parse_config(PyObject *d, dsv3_model_config *c, PyArrayObject **inv_freq)
 {
     if (!PyDict_Check(d)) {
@@ -100,26 +122,21 @@ static int parse_config(PyObject *d, dsv3_model_config *c, PyArrayObject **inv_f
         return 0;
     }
     int sf = 0, tm = 0;
-#define CFG_INT(f) cfg_int(d, #f, &c->f)
-    if (!(CFG_INT(vocab_size) && CFG_INT(hidden_size) && CFG_INT(intermediate_size) && CFG_INT(moe_intermediate_size) &&
-          CFG_INT(num_hidden_layers) && CFG_INT(num_attention_heads) && CFG_INT(q_lora_rank) && CFG_INT(kv_lora_rank) &&
-          CFG_INT(qk_nope_head_dim) && CFG_INT(qk_rope_head_dim) && CFG_INT(v_head_dim) && CFG_INT(n_routed_experts) &&
-          CFG_INT(n_shared_experts) && CFG_INT(num_experts_per_tok) && CFG_INT(n_group) && CFG_INT(topk_group) && CFG_INT(first_k_dense_replace)))
-        return 0;
-#undef CFG_INT
-    if (!(cfg_flag(d, "norm_topk_prob", &c->norm_topk_prob) && cfg_flag(d, "rope_interleave", &c->rope_interleave) &&
-          cfg_flag(d, "attention_bias", &c->attention_bias) &&
-          cfg_flag(d, "tie_word_embeddings", &c->tie_word_embeddings) &&
-          cfg_float(d, "routed_scaling_factor", &c->routed_scaling_factor) &&
-          cfg_float(d, "rms_norm_eps", &c->rms_norm_eps) && cfg_float(d, "group_mask_value", &c->group_mask_value) &&
-          cfg_float(d, "softmax_scale", &c->softmax_scale) &&
-          cfg_float(d, "rope_attention_scaling", &c->rope_attention_scaling) &&
-          cfg_choice(d, "scoring_func", dsv3_score_func_names, DSV3_SCORE_COUNT, &sf) &&
-          cfg_choice(d, "topk_method", dsv3_topk_method_names, DSV3_TOPK_COUNT, &tm)))
+    for (size_t i = 0; i < N_CONFIG_KEYS; i++) {
+        char *at = (char *)c + CONFIG_KEYS[i].offset;
+        const char *key = CONFIG_KEYS[i].name;
+        const int ok = CONFIG_KEYS[i].type == KEY_INT ? cfg_int(d, key, (int64_t *)(void *)at)
+                       : CONFIG_KEYS[i].type == KEY_FLAG ? cfg_flag(d, key, (int *)(void *)at)
+                                                        : cfg_float(d, key, (float *)(void *)at);
+        if (!ok)
+            return 0;
+    }
+    if (!(cfg_choice(d, OTHER_KEYS[0], dsv3_score_func_names, DSV3_SCORE_COUNT, &sf) &&
+          cfg_choice(d, OTHER_KEYS[1], dsv3_topk_method_names, DSV3_TOPK_COUNT, &tm)))
         return 0;
     c->scoring_func = (dsv3_score_func)sf;
     c->topk_method = (dsv3_topk_method)tm;
-    PyObject *f = cfg_item(d, "rope_inv_freq");
+    PyObject *f = cfg_item(d, OTHER_KEYS[2]);
     if (!f)
         return 0;
     *inv_freq = (PyArrayObject *)PyArray_FROMANY(f, NPY_FLOAT32, 1, 1, NPY_ARRAY_IN_ARRAY);
@@ -714,6 +731,24 @@ static PyObject *py_tensor_totals(PyObject *self, PyObject *config)
     return Py_BuildValue("(LL)", (long long)count, (long long)values);
 }
 
+/* config_keys() -> tuple of every key the native config dict must have. */
+static PyObject *py_config_keys(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    const size_t n = N_CONFIG_KEYS + sizeof OTHER_KEYS / sizeof OTHER_KEYS[0];
+    PyObject *t = PyTuple_New((Py_ssize_t)n);
+    for (size_t i = 0; t && i < n; i++) {
+        PyObject *k = PyUnicode_FromString(i < N_CONFIG_KEYS ? CONFIG_KEYS[i].name : OTHER_KEYS[i - N_CONFIG_KEYS]);
+        if (!k) {
+            Py_CLEAR(t);
+            break;
+        }
+        PyTuple_SET_ITEM(t, (Py_ssize_t)i, k);
+    }
+    return t;
+}
+
 /* config_choices() -> {"scoring_func": (...), "topk_method": (...)}: the config spellings the C enums
  * stand for, in enum order (dsv3.config validates against these). */
 static PyObject *py_config_choices(PyObject *self, PyObject *unused)
@@ -736,6 +771,8 @@ PyMethodDef dsv3_model_methods[] = {
      "(layer l) or num_hidden_layers + 1 (after)"},
     {"tensor_totals", py_tensor_totals, METH_O,
      "tensor_totals(config) -> (number of tensors, number of values) of a model with that config (saturating)"},
+    {"config_keys", py_config_keys, METH_NOARGS,
+     "config_keys() -> every key of the native config dict (DeepseekConfig.to_native())"},
     {"config_choices", py_config_choices, METH_NOARGS,
      "config_choices() -> {'scoring_func': names, 'topk_method': names} in the C enums' order"},
     {"sample", py_sample, METH_VARARGS,
