@@ -637,18 +637,55 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
 }
 
 /* ---- the tensor table (csrc/model/tensor_table.c) ---- */
-static PyObject *names_tuple(const char *const *names, int count)
+/* A tuple of n items made by item(ctx, i); NULL with the exception of the first item that failed. */
+static PyObject *build_tuple(Py_ssize_t n, PyObject *(*item)(const void *ctx, Py_ssize_t i), const void *ctx)
 {
-    PyObject *t = PyTuple_New(count);
-    for (int i = 0; t && i < count; i++) {
-        PyObject *s = PyUnicode_FromString(names[i]);
-        if (!s) {
+    PyObject *t = PyTuple_New(n);
+    for (Py_ssize_t i = 0; t && i < n; i++) {
+        PyObject *x = item(ctx, i);
+        if (!x) {
             Py_CLEAR(t);
             break;
         }
-        PyTuple_SET_ITEM(t, i, s);
+        PyTuple_SET_ITEM(t, i, x);
     }
     return t;
+}
+
+static PyObject *name_item(const void *names, Py_ssize_t i)
+{
+    return PyUnicode_FromString(((const char *const *)names)[i]);
+}
+
+static PyObject *row_item(const void *ctx, Py_ssize_t i)
+{
+    (void)ctx;
+    const dsv3_tensor_row *r = &dsv3_tensor_rows[i];
+    return Py_BuildValue("{s:s,s:s,s:s,s:(ss),s:s,s:s}", "name", r->name, "scope", dsv3_tensor_scope_name(r->scope),
+                         "kind", dsv3_tensor_kind_name(r->kind), "shape", dsv3_tensor_dim_name(r->rows),
+                         dsv3_tensor_dim_name(r->cols), "present", dsv3_tensor_when_name(r->present), "optional",
+                         dsv3_tensor_when_name(r->optional));
+}
+
+static PyObject *slot_item(const void *slots, Py_ssize_t i)
+{
+    const dsv3_tensor_slot *t = &((const dsv3_tensor_slot *)slots)[i];
+    PyObject *opt = t->optional ? Py_True : Py_False;
+    const char *kind = dsv3_tensor_kind_name(t->row->kind);
+    return t->is_vector ? Py_BuildValue("(s(L)sO)", t->name, (long long)t->k, kind, opt)
+                        : Py_BuildValue("(s(LL)sO)", t->name, (long long)t->n, (long long)t->k, kind, opt);
+}
+
+/* The sizes and flags of a native config dict, for the table (rope_inv_freq checked, then dropped). */
+static int parse_config_sizes(PyObject *config, dsv3_model_config *c)
+{
+    memset(c, 0, sizeof *c);
+    PyArrayObject *inv_freq = NULL;
+    if (!parse_config(config, c, &inv_freq))
+        return 0;
+    Py_DECREF(inv_freq);
+    c->rope_inv_freq = NULL;
+    return 1;
 }
 
 /* tensor_table() -> tuple of dicts, one per row: name (pattern with {layer} / {expert}), scope, kind,
@@ -657,24 +694,10 @@ static PyObject *py_tensor_table(PyObject *self, PyObject *unused)
 {
     (void)self;
     (void)unused;
-    PyObject *out = PyTuple_New(dsv3_tensor_row_count);
-    for (int i = 0; out && i < dsv3_tensor_row_count; i++) {
-        const dsv3_tensor_row *r = &dsv3_tensor_rows[i];
-        PyObject *row = Py_BuildValue("{s:s,s:s,s:s,s:(ss),s:s,s:s}", "name", r->name, "scope",
-                                      dsv3_tensor_scope_name(r->scope), "kind", dsv3_tensor_kind_name(r->kind),
-                                      "shape", dsv3_tensor_dim_name(r->rows), dsv3_tensor_dim_name(r->cols),
-                                      "present", dsv3_tensor_when_name(r->present), "optional",
-                                      dsv3_tensor_when_name(r->optional));
-        if (!row) {
-            Py_CLEAR(out);
-            break;
-        }
-        PyTuple_SET_ITEM(out, i, row);
-    }
-    return out;
+    return build_tuple(dsv3_tensor_row_count, row_item, NULL);
 }
 
-/* tensor_slots(config, part) -> list of (name, shape tuple, kind, optional) for one part of a model with
+/* tensor_slots(config, part) -> tuple of (name, shape tuple, kind, optional) for one part of a model with
  * that config (DeepseekConfig.to_native()): 0 before the layers, 1 + l layer l, num_hidden_layers + 1
  * after. The config is parsed, not checked (shapes of a config the model would refuse are still listed). */
 static PyObject *py_tensor_slots(PyObject *self, PyObject *args)
@@ -685,11 +708,8 @@ static PyObject *py_tensor_slots(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OL", &config, &part))
         return NULL;
     dsv3_model_config c;
-    memset(&c, 0, sizeof c);
-    PyArrayObject *inv_freq = NULL;
-    if (!parse_config(config, &c, &inv_freq))
+    if (!parse_config_sizes(config, &c))
         return NULL;
-    Py_DECREF(inv_freq);
     const int64_t count = dsv3_tensor_slots(&c, (int64_t)part, NULL);
     if (count < 0)
         return PyErr_Format(PyExc_ValueError, "part must be in 0..%lld (num_hidden_layers + 1), got %lld",
@@ -698,20 +718,7 @@ static PyObject *py_tensor_slots(PyObject *self, PyObject *args)
     if (!slots)
         return PyErr_NoMemory();
     dsv3_tensor_slots(&c, (int64_t)part, slots);
-    PyObject *out = PyList_New((Py_ssize_t)count);
-    for (int64_t i = 0; out && i < count; i++) {
-        const dsv3_tensor_slot *t = &slots[i];
-        PyObject *item = t->is_vector
-            ? Py_BuildValue("(s(L)sO)", t->name, (long long)t->k, dsv3_tensor_kind_name(t->row->kind),
-                            t->optional ? Py_True : Py_False)
-            : Py_BuildValue("(s(LL)sO)", t->name, (long long)t->n, (long long)t->k,
-                            dsv3_tensor_kind_name(t->row->kind), t->optional ? Py_True : Py_False);
-        if (!item) {
-            Py_CLEAR(out);
-            break;
-        }
-        PyList_SET_ITEM(out, (Py_ssize_t)i, item);
-    }
+    PyObject *out = build_tuple((Py_ssize_t)count, slot_item, slots);
     PyMem_Free(slots);
     return out;
 }
@@ -721,32 +728,25 @@ static PyObject *py_tensor_totals(PyObject *self, PyObject *config)
 {
     (void)self;
     dsv3_model_config c;
-    memset(&c, 0, sizeof c);
-    PyArrayObject *inv_freq = NULL;
-    if (!parse_config(config, &c, &inv_freq))
+    if (!parse_config_sizes(config, &c))
         return NULL;
-    Py_DECREF(inv_freq);
     int64_t count, values;
     dsv3_tensor_totals(&c, &count, &values);
     return Py_BuildValue("(LL)", (long long)count, (long long)values);
 }
 
 /* config_keys() -> tuple of every key the native config dict must have. */
+static PyObject *key_item(const void *ctx, Py_ssize_t i)
+{
+    (void)ctx;
+    return PyUnicode_FromString((size_t)i < N_CONFIG_KEYS ? CONFIG_KEYS[i].name : OTHER_KEYS[(size_t)i - N_CONFIG_KEYS]);
+}
+
 static PyObject *py_config_keys(PyObject *self, PyObject *unused)
 {
     (void)self;
     (void)unused;
-    const size_t n = N_CONFIG_KEYS + sizeof OTHER_KEYS / sizeof OTHER_KEYS[0];
-    PyObject *t = PyTuple_New((Py_ssize_t)n);
-    for (size_t i = 0; t && i < n; i++) {
-        PyObject *k = PyUnicode_FromString(i < N_CONFIG_KEYS ? CONFIG_KEYS[i].name : OTHER_KEYS[i - N_CONFIG_KEYS]);
-        if (!k) {
-            Py_CLEAR(t);
-            break;
-        }
-        PyTuple_SET_ITEM(t, (Py_ssize_t)i, k);
-    }
-    return t;
+    return build_tuple((Py_ssize_t)(N_CONFIG_KEYS + sizeof OTHER_KEYS / sizeof OTHER_KEYS[0]), key_item, NULL);
 }
 
 /* config_choices() -> {"scoring_func": (...), "topk_method": (...)}: the config spellings the C enums
@@ -755,8 +755,8 @@ static PyObject *py_config_choices(PyObject *self, PyObject *unused)
 {
     (void)self;
     (void)unused;
-    PyObject *sf = names_tuple(dsv3_score_func_names, DSV3_SCORE_COUNT);
-    PyObject *tm = names_tuple(dsv3_topk_method_names, DSV3_TOPK_COUNT);
+    PyObject *sf = build_tuple(DSV3_SCORE_COUNT, name_item, dsv3_score_func_names);
+    PyObject *tm = build_tuple(DSV3_TOPK_COUNT, name_item, dsv3_topk_method_names);
     PyObject *out = sf && tm ? Py_BuildValue("{s:O,s:O}", "scoring_func", sf, "topk_method", tm) : NULL;
     Py_XDECREF(sf);
     Py_XDECREF(tm);
