@@ -28,17 +28,13 @@ ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, ROOT)
 
-CONFIG = {  # DeepSeek-V3 architecture, scaled so the routed experts are ~2.4 GB of BF16
-    "model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"], "vocab_size": 16384,
-    "hidden_size": 2048, "intermediate_size": 8192, "moe_intermediate_size": 1024, "num_hidden_layers": 4,
-    "num_attention_heads": 16, "num_key_value_heads": 16, "q_lora_rank": 768, "kv_lora_rank": 512,
-    "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "n_routed_experts": 64,
-    "n_shared_experts": 1, "num_experts_per_tok": 4, "n_group": 4, "topk_group": 2,
-    "first_k_dense_replace": 1, "norm_topk_prob": True, "routed_scaling_factor": 2.5,
-    "scoring_func": "sigmoid", "topk_method": "noaux_tc", "rms_norm_eps": 1e-6,
-    "max_position_embeddings": 4096, "rope_theta": 10000.0, "tie_word_embeddings": False,
-    "attention_bias": False, "bos_token_id": 0, "eos_token_id": 1, "torch_dtype": "bfloat16",
-}
+from dsv3.testing.checkpoints import tiny_config  # noqa: E402 (after the sys.path line)
+
+# DeepSeek-V3 architecture, scaled so the routed experts are ~2.4 GB of BF16 (default RoPE)
+CONFIG = tiny_config(vocab_size=16384, hidden_size=2048, intermediate_size=8192, moe_intermediate_size=1024,
+                     num_hidden_layers=4, num_attention_heads=16, num_key_value_heads=16, q_lora_rank=768,
+                     kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=64,
+                     num_experts_per_tok=4, max_position_embeddings=4096, rope_scaling=None)
 SHARD_BYTES = 512 << 20
 
 _CHILD_TAIL = r"""
