@@ -51,7 +51,7 @@ def write_source(path, experts):
     from dsv3.checkpoint import canonical_shapes
     from dsv3.config import load_config
     from dsv3.convert.writer import ShardWriter
-    from dsv3.safetensors_io import shard_name
+    from dsv3.safetensors_io import shard_name, write_index
     cfg_dict = dict(CONFIG, n_routed_experts=experts)
     cfg = load_config(cfg_dict)
     if os.path.isfile(os.path.join(path, "model.safetensors.index.json")):
@@ -83,8 +83,7 @@ def write_source(path, experts):
         print(f"  wrote {fname}", flush=True)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg_dict, f, indent=2)
-    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
+    write_index(path, weight_map, total)
     return path
 
 

@@ -522,7 +522,13 @@ def save_sharded(directory, tensors_iter, max_shard_bytes, metadata=None):
         for name, a in g.items():
             weight_map[name] = fname
             total += a.nbytes
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    return write_index(directory, weight_map, total)
+
+
+def write_index(directory, weight_map, total_size):
+    """Write ``model.safetensors.index.json`` ({"metadata": {"total_size": N}, "weight_map": {name: file}},
+    names sorted) into ``directory`` atomically; returns its path."""
+    index = {"metadata": {"total_size": int(total_size)}, "weight_map": dict(sorted(weight_map.items()))}
     ipath = os.path.join(directory, INDEX_NAME)
     tmp = f"{ipath}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -9,7 +9,7 @@ import numpy as np
 from .. import fused_experts
 from ..checkpoint import canonical_shapes
 from ..config import load_config
-from ..safetensors_io import INDEX_NAME, SINGLE_NAME, save_safetensors, shard_name
+from ..safetensors_io import SINGLE_NAME, save_safetensors, shard_name, write_index
 
 FP8_MAX = 448.0
 E2M1_MAGS = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], np.float32)
@@ -200,5 +200,4 @@ def _write_shards(path, tensors, shards):
         fname = shard_name(k, shards)
         save_safetensors(os.path.join(path, fname), {n: tensors[n] for n in g})
         weight_map.update({n: fname for n in g})
-    with open(os.path.join(path, INDEX_NAME), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
+    write_index(path, weight_map, total)
