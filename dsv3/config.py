@@ -282,6 +282,10 @@ class DeepseekConfig:
             "rope_attention_scaling": float(self.rope_attention_scaling),
             "rope_inv_freq": np.array(self.rope_inv_freq, dtype=np.float32),
             "tie_word_embeddings": int(self.tie_word_embeddings),
+            # V3.2 lightning indexer (0: dense attention)
+            "index_n_heads": int(self.index_n_heads or 0) if self.model_type == "deepseek_v32" else 0,
+            "index_head_dim": int(self.index_head_dim or 0) if self.model_type == "deepseek_v32" else 0,
+            "index_topk": int(self.index_topk or 0) if self.model_type == "deepseek_v32" else 0,
         }
 
     @property

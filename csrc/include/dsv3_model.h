@@ -17,6 +17,7 @@
 #define DSV3_MODEL_H
 
 #include "dsv3_linear_plan.h"
+#include "dsv3_indexer.h"
 #include "dsv3_mla.h"
 #include "dsv3_moe.h"
 
@@ -29,6 +30,7 @@ typedef struct {
     dsv3_score_func scoring_func;
     dsv3_topk_method topk_method;
     const float *rope_inv_freq; /* [qk_rope_head_dim / 2]; copied by dsv3_model_create */
+    int64_t index_n_heads, index_head_dim, index_topk; /* V3.2 lightning indexer (dsv3_indexer.h); topk 0: none */
 } dsv3_model_config;
 
 typedef struct {
@@ -39,6 +41,8 @@ typedef struct {
     dsv3_moe_weights moe; /* MoE layers */
     float *cache;         /* owned: [capacity, kv_lora + rope] */
     int64_t cache_rows;   /* rows written (run_module may write one layer alone) */
+    dsv3_indexer_weights indexer; /* V3.2 only (cfg.index_topk > 0) */
+    float *index_cache;   /* owned, V3.2 only: [capacity, index_head_dim] index keys */
 } dsv3_layer;
 
 /* Scratch of the forward pass and the probes, owned by the model: sized for decode (one token) by
@@ -56,6 +60,7 @@ typedef struct {
     int64_t lin_tokens, lin_rows; /* what `lin` was sized for */
     dsv3_mla_scratch mla;
     dsv3_moe_scratch moe;
+    dsv3_indexer_scratch index; /* V3.2 only */
 } dsv3_workspace;
 
 /* Grow m->ws to hold `tokens` new tokens attending to `rows` cached rows (past + tokens); no-op when
@@ -68,6 +73,7 @@ struct dsv3_model {
     dsv3_model_config cfg;
     float *inv_freq;       /* owned copy of cfg.rope_inv_freq */
     dsv3_mla_dims mla;
+    dsv3_indexer_dims index; /* topk 0: dense attention (every model but V3.2) */
     dsv3_router_spec router;
     dsv3_attn_mode attn_mode;
     dsv3_weight embed;     /* [vocab, hidden], f32 or bf16 */
