@@ -6,8 +6,10 @@ hub FP8 with ``.weight_scale_inv``), "nvfp4" (ModelOpt: U8 ``.weight`` + F8 ``.w
 ``.weight_scale_2`` + ``.input_scale``), "dsv3" (converted by dsv3.convert; read by dsv3/convert/layout.py).
 
 Every expected tensor is checked (presence, shape, dtype) against the config when the checkpoint is
-opened, from the safetensors headers only. MTP layers (index >= num_hidden_layers) and V3.2
-``self_attn.indexer.*`` tensors are skipped with a log line.
+opened, from the safetensors headers only. MTP layers (index >= num_hidden_layers) are skipped with a
+log line. The V3.2 lightning indexer's ``self_attn.indexer.*`` tensors are canonical tensors of a
+deepseek_v32 config (``wq_b``/``wk`` linears that may be FP8, ``k_norm`` weight + bias, ``weights_proj``
+read as float32 like transformers); under any other config they are skipped with a log line.
 """
 import logging
 import math
@@ -30,7 +32,8 @@ _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
 
 def canonical_shapes(cfg):
     """Ordered list of (canonical_name, shape, kind) for a config; kind is 'linear' (a matmul
-    weight, may be quantised), 'router' (kept float32) or 'vector' (norms, biases, embeddings)."""
+    weight, may be quantised), 'router' (kept float32: the MoE gate and the V3.2 indexer's weights_proj)
+    or 'vector' (norms, biases, embeddings)."""
     return list(iter_canonical_shapes(cfg))
 
 
@@ -60,6 +63,7 @@ def iter_canonical_shapes(cfg):
                 (a + "o_proj.weight", (H, Hh * v), "linear")]
         if cfg.attention_bias:
             out += [(a + "kv_a_proj_with_mqa.bias", (R + rope,), "vector"), (a + "o_proj.bias", (H,), "vector")]
+        out += indexer_shapes(cfg, i)
         m = p + "mlp."
         if not cfg.is_moe_layer(i):
             I_ = cfg.intermediate_size
@@ -85,6 +89,21 @@ def iter_canonical_shapes(cfg):
     yield "model.norm.weight", (H,), "vector"
     if not cfg.tie_word_embeddings:
         yield "lm_head.weight", (cfg.vocab_size, H), "vector"
+
+
+def has_indexer(cfg):
+    """Whether the config's attention has the V3.2 lightning indexer (model_type deepseek_v32)."""
+    return getattr(cfg, "model_type", None) == "deepseek_v32"
+
+
+def indexer_shapes(cfg, i):
+    """The (name, shape, kind) entries of layer i's V3.2 indexer (hub names; [] without one)."""
+    if not has_indexer(cfg):
+        return []
+    x, nh, hd, H = f"model.layers.{i}.self_attn.indexer.", cfg.index_n_heads, cfg.index_head_dim, cfg.hidden_size
+    return [(x + "wq_b.weight", (nh * hd, cfg.q_lora_rank), "linear"), (x + "wk.weight", (hd, H), "linear"),
+            (x + "k_norm.weight", (hd,), "vector"), (x + "k_norm.bias", (hd,), "vector"),
+            (x + "weights_proj.weight", (nh, H), "router")]
 
 
 def check_config_fits(cfg, reader, path):
@@ -122,7 +141,7 @@ def _skip_reason(name, cfg):
     m = _LAYER_RE.match(name)
     if m and int(m.group(1)) >= cfg.num_hidden_layers:
         return "mtp"
-    if ".self_attn.indexer." in name:
+    if ".self_attn.indexer." in name and not has_indexer(cfg):
         return "indexer"
     return None
 

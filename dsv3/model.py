@@ -17,7 +17,8 @@ __all__ = ["Model"]
 _KINDS = ("input_layernorm", "post_attention_layernorm", "attention", "mlp", "router", "experts",
           "shared_experts", "decoder_layer", "final_norm")
 # transformers keeps the router in float32 whatever the model dtype (_keep_in_fp32_modules_strict)
-_KEEP_F32 = (".mlp.gate.weight", ".mlp.gate.e_score_correction_bias")
+# and the V3.2 indexer's weights_proj (_keep_in_fp32_modules)
+_KEEP_F32 = (".mlp.gate.weight", ".mlp.gate.e_score_correction_bias", ".self_attn.indexer.weights_proj.weight")
 _DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 

@@ -79,6 +79,7 @@ def read_dsv3_checkpoint(path, reader=None, config=None):
     if config is None:
         from ..config import load_config
         config = load_config(path)
+    from ..checkpoint import has_indexer
     n_layers = config.num_hidden_layers
     fmts, formats, tparams = _quant_section(sec, path)
     if reader is None:
@@ -90,7 +91,7 @@ def read_dsv3_checkpoint(path, reader=None, config=None):
         if layer is not None and layer >= n_layers:
             skipped.add(layer)
             continue
-        if ".self_attn.indexer." in base:  # V3.2 indexer: copied verbatim, not a canonical tensor
+        if ".self_attn.indexer." in base and not has_indexer(config):  # not a tensor of this config
             continue
         if None in parts:
             yield base, reader.get(parts[None])
@@ -162,11 +163,12 @@ class Dsv3Checkpoint(CheckpointDisplay):
         sec = dsv3_section(self.path)
         for base, fmt in _quant_section(sec, self.path)[0].items():
             by_format[fmt] = by_format.get(fmt, 0) + 1
+        from ..checkpoint import has_indexer
         skipped = {}
         for n in r.keys():
             layer = layer_of(n)
             why = "mtp" if layer is not None and layer >= self.config.num_hidden_layers else \
-                "indexer" if ".self_attn.indexer." in n else None
+                "indexer" if ".self_attn.indexer." in n and not has_indexer(self.config) else None
             if why:
                 skipped[why] = skipped.get(why, 0) + 1
         return Summary({"path": self.path, "layout": "dsv3", "model_type": getattr(self.config, "model_type", None),

@@ -90,8 +90,9 @@ def _plan(ckpt, src, opts):
 
 
 def _raw_items(src, n_layers, keep_mtp):
-    """Source tensors copied verbatim (names and formats kept): the V3.2 indexer's (always; not a
-    canonical tensor yet) and, with keep_mtp, the MTP layer's (layers >= num_hidden_layers)."""
+    """Source tensors copied verbatim (names and formats kept): with keep_mtp, the MTP layer's (layers >=
+    num_hidden_layers). (The V3.2 indexer's tensors are canonical tensors of a deepseek_v32 config and are
+    converted like the other attention tensors.)"""
     from ..safetensors_io import open_safetensors
     from .plan import Item
     out, mtp = [], 0
@@ -99,7 +100,7 @@ def _raw_items(src, n_layers, keep_mtp):
         for key in r.keys():
             layer = layer_of(key)
             is_mtp = layer is not None and layer >= n_layers
-            if (is_mtp and keep_mtp) or (not is_mtp and ".self_attn.indexer." in key):
+            if is_mtp and keep_mtp:
                 nbytes = int(r.get(key).nbytes)
                 out.append(Item(key, (key,), None, "shared", nbytes, nbytes, raw=True))
                 mtp += is_mtp
