@@ -15,7 +15,7 @@ from ._native import lib
 __all__ = ["Model"]
 
 _KINDS = ("input_layernorm", "post_attention_layernorm", "attention", "mlp", "router", "experts",
-          "shared_experts", "decoder_layer", "final_norm")
+          "shared_experts", "decoder_layer", "final_norm", "indexer")
 # transformers keeps the router in float32 whatever the model dtype (_keep_in_fp32_modules_strict)
 # and the V3.2 indexer's weights_proj (_keep_in_fp32_modules)
 _KEEP_F32 = (".mlp.gate.weight", ".mlp.gate.e_score_correction_bias", ".self_attn.indexer.weights_proj.weight")
@@ -344,7 +344,9 @@ class Model:
         True, read the layer's cached rows [0, start_pos) and write rows for x — call reset()
         before the next forward), "mlp" (dense MLP, or routed + shared experts in MoE layers),
         "router" -> (weights float32 [S, k], indices int64 [S, k]), "experts" (kw indices,
-        weights [S, k]: routed experts only), "shared_experts".
+        weights [S, k]: routed experts only), "shared_experts", "indexer" (V3.2 only: x is the attention
+        input at positions 0..S-1, no cache -> (rows int64 [S, index_topk]: the rows each query keeps,
+        ascending, -1 past the first min(index_topk, i + 1); scores float32 [S, S], -inf above the diagonal)).
         """
         if kind not in _KINDS:
             raise ValueError(f"unknown module kind {kind!r}; expected one of {', '.join(_KINDS)}")

@@ -212,3 +212,33 @@ def test_probes_without_cache_and_batch_refusal(case):
     from dsv3.engine import Engine
     with pytest.raises(ValueError, match="V3.2"):
         Engine(m, max_batch=2)
+
+
+def _parity_v32_config(tmp_path):
+    import json
+    from dsv3 import parity
+    cfg = parity.default_config()
+    cfg.update(model_type="deepseek_v32", architectures=["DeepseekV32ForCausalLM"], index_n_heads=8,
+               index_head_dim=16, index_topk=8)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    return cfg, str(path)
+
+
+def test_parity_tool_runs_v32_with_indexer_rows(tmp_path):
+    """`dsv3 parity --config <V3.2 config>` loads the indexer (it used to stop on the unexpected indexer
+    tensor) and reports the indexer's scores and selected rows; a perturbed indexer weight fails them."""
+    import json
+    import subprocess
+    from dsv3 import parity
+    cfg, path = _parity_v32_config(tmp_path)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-m", "dsv3", "parity", "--config", path, "--seq-len", "40",
+                        "--new-tokens", "4", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = {row["module"]: row for row in json.loads(r.stdout)["rows"]}
+    assert rows["indexer rows[1]"]["passed"] and rows["indexer scores[1]"]["passed"]
+    assert "32/40 queries" in rows["indexer rows[1]"]["note"]
+    bad = parity.run(config=cfg, modules="indexer", seq_len=40, progress=False,
+                     corrupt="perturb:model.layers.1.self_attn.indexer.wk.weight")
+    assert not {r.module: r for r in bad.rows}["indexer scores[1]"].passed

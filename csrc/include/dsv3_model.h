@@ -133,6 +133,11 @@ typedef enum {
 dsv3_status dsv3_model_run_module(dsv3_model *m, dsv3_module_kind kind, int64_t layer, const float *x,
                                   int64_t s, int64_t start_pos, int use_cache, float *out, int isa,
                                   dsv3_error *err);
+/* The V3.2 indexer of `layer` on x [s, hidden] at positions 0..s-1 (no cache; the attention input, i.e. after
+ * input_layernorm): sel [s, index_topk] the rows each query keeps, ascending, -1 after the first min(topk, i+1);
+ * scores [s, s] the index scores, -inf above the diagonal. Fails on a model without an indexer. */
+dsv3_status dsv3_model_indexer(dsv3_model *m, int64_t layer, const float *x, int64_t s, int64_t *sel, float *scores,
+                               int isa, dsv3_error *err);
 /* Router of MoE layer `layer`: weights [s, k], indices [s, k]. */
 dsv3_status dsv3_model_route(dsv3_model *m, int64_t layer, const float *x, int64_t s, float *weights,
                              int64_t *indices, int isa, dsv3_error *err);
