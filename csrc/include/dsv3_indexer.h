@@ -18,9 +18,13 @@
  * configurations whose scores have no tie at the top-k boundary (and check that they have none).
  * NaN scores sort below every number (never selected ahead of one).
  *
- * Index keys are cached per position beside the latent cache (the "index-key cache", f32
- * [capacity, head_dim]), as transformers' DynamicIndexedLayer does; DeepSeek's FP8 keys are not
- * implemented (exact mode).
+ * Index keys are cached per position beside the latent cache (the "index-key cache"), as
+ * transformers' DynamicIndexedLayer does: f32 [capacity, head_dim] by default (exact mode), or, with
+ * key_fp8, as DeepSeek's reference stores them: q and k Hadamard-rotated (H/sqrt(head_dim), when
+ * head_dim is a power of two; dot products are unchanged), keys quantised to e4m3 with one power-of-two
+ * (ue8m0) scale per 128 values, s = 2^ceil(log2(max(amax, 1e-4)/448)) (act_quant). Each row is then
+ * head_dim code bytes followed by ceil(head_dim/128) f32 scales (dsv3_indexer_key_row floats); the
+ * queries stay f32 (DeepSeek also quantises them). Scores read the keys dequantised.
  */
 #ifndef DSV3_INDEXER_H
 #define DSV3_INDEXER_H
@@ -29,7 +33,14 @@
 
 typedef struct {
     int64_t heads, head_dim, topk; /* index_n_heads, index_head_dim, index_topk (topk 0: no indexer) */
+    int key_fp8;                   /* 1: FP8 index keys (see above); 0: f32 */
 } dsv3_indexer_dims;
+
+/* Floats per cached index-key row: head_dim (f32 keys) or head_dim/4 code words + the block scales. */
+static inline int64_t dsv3_indexer_key_row(const dsv3_indexer_dims *ix)
+{
+    return ix->key_fp8 ? (ix->head_dim + 3) / 4 + (ix->head_dim + 127) / 128 : ix->head_dim;
+}
 
 typedef struct {
     dsv3_weight wq_b;         /* [heads*head_dim, q_lora] */
@@ -46,7 +57,9 @@ typedef struct {
     int threads;
     float *q;        /* [tokens, heads*head_dim]: index queries, rope part rotated */
     float *w;        /* [tokens, heads]: per-head weights (times heads^-0.5) */
-    float *keys;     /* [tokens, head_dim]: index keys of a call without a cache */
+    float *keys;     /* [tokens, key_row]: index keys of a call without a cache */
+    float *kf;       /* [tokens, head_dim]: f32 keys before FP8 packing */
+    float *kblk;     /* [threads, 64 * head_dim]: FP8 keys of one block dequantised */
     float *score;    /* [threads, rows]: one query's scores */
     uint64_t *order; /* [threads, rows]: sortable (score, position) keys of one query */
     int64_t *sel;    /* [DSV3_INDEXER_CHUNK, topk]: selected rows of a chunk of queries, ascending */
@@ -63,23 +76,25 @@ void dsv3_indexer_scratch_free(dsv3_indexer_scratch *ws);
 /* Shape checks of an indexer against its attention (q LoRA needed, head_dim >= qk_rope_head_dim). */
 dsv3_status dsv3_indexer_check(const dsv3_mla_dims *d, const dsv3_indexer_dims *ix, dsv3_error *err);
 
-/* keys [s, head_dim] = rope(LayerNorm(wk(x))) for s tokens; cos/sin [s, rope/2] of their positions. */
+/* keys [s, key_row] = rope(LayerNorm(wk(x))) for s tokens (FP8: rotated and packed; kf [s, head_dim] is
+ * scratch); cos/sin [s, rope/2] of their positions. */
 dsv3_status dsv3_indexer_keys(const dsv3_mla_dims *d, const dsv3_indexer_dims *ix, const dsv3_indexer_weights *w,
-                              const float *x, int64_t s, const float *cos_j, const float *sin_j, float *keys, int isa,
-                              dsv3_error *err);
+                              const float *x, int64_t s, const float *cos_j, const float *sin_j, float *keys,
+                              float *kf, int isa, dsv3_error *err);
 /* q [s, heads*head_dim] = rope(wq_b(qa)); wts [s, heads] = weights_proj(x) * heads^-0.5. */
 dsv3_status dsv3_indexer_queries(const dsv3_mla_dims *d, const dsv3_indexer_dims *ix, const dsv3_indexer_weights *w,
                                  const float *qa, const float *x, int64_t s, const float *cos_j, const float *sin_j,
                                  float *q, float *wts, int isa, dsv3_error *err);
-/* score[t] for t < T of one query (q [heads*head_dim], wts [heads]) against keys [T, head_dim]. */
+/* score[t] for t < T of one query (q [heads*head_dim], wts [heads]) against keys [T, key_row];
+ * kblk: [64 * head_dim] scratch (FP8 keys). */
 void dsv3_indexer_scores(const dsv3_indexer_dims *ix, const float *q, const float *wts, const float *keys, int64_t T,
-                         float *score);
+                         float *score, float *kblk);
 /* sel[0..k) = the k = min(topk, T) rows of score [T] first by the tie rule above, in ascending order;
  * order: [T] scratch. Returns k. */
 int64_t dsv3_indexer_select(const float *score, int64_t T, int64_t topk, int64_t *sel, uint64_t *order);
 
 /* dsv3_mla_forward with DeepSeek sparse attention: as dsv3_mla_forward, plus index_cache
- * [>= past+s, head_dim] whose rows [0, past) hold earlier tokens' index keys and rows [past, past+s)
+ * [>= past+s, key_row] whose rows [0, past) hold earlier tokens' index keys and rows [past, past+s)
  * are written here. Token i attends to the rows its indexer selects among [0, past+i]. */
 dsv3_status dsv3_mla_forward_indexed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const dsv3_indexer_dims *ix,
                                      const dsv3_indexer_weights *iw, const float *x, int64_t s, const float *cos_j,

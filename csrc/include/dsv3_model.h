@@ -31,6 +31,7 @@ typedef struct {
     dsv3_topk_method topk_method;
     const float *rope_inv_freq; /* [qk_rope_head_dim / 2]; copied by dsv3_model_create */
     int64_t index_n_heads, index_head_dim, index_topk; /* V3.2 lightning indexer (dsv3_indexer.h); topk 0: none */
+    int index_key_fp8; /* V3.2: FP8 index keys as DeepSeek's reference stores them (0: f32, exact mode) */
 } dsv3_model_config;
 
 typedef struct {

@@ -1,6 +1,7 @@
 /* The DeepSeek-V3.2 lightning indexer: index keys and queries, scores, top-k selection
  * (dsv3_indexer.h has the math and the tie rule). */
 #include "dsv3_indexer.h"
+#include "dsv3_dtypes.h"
 #include "dsv3_ops.h"
 #include "attend_kernels.h"
 
@@ -38,18 +39,68 @@ static void layernorm(float *x, int64_t n, const float *w, const float *b)
         x[j] = (x[j] - mu) * rstd * w[j] + b[j];
 }
 
-dsv3_status dsv3_indexer_keys(const dsv3_mla_dims *d, const dsv3_indexer_dims *ix, const dsv3_indexer_weights *w,
-                              const float *x, int64_t s, const float *cos_j, const float *sin_j, float *keys, int isa,
-                              dsv3_error *err)
+/* In place: x = H x / sqrt(n) (Walsh-Hadamard, n a power of two): DeepSeek's rotate_activation. */
+static void hadamard(float *x, int64_t n)
 {
-    dsv3_status st = dsv3_linear(x, s, &w->wk, NULL, keys, isa, err);
+    for (int64_t h = 1; h < n; h *= 2)
+        for (int64_t i = 0; i < n; i += 2 * h)
+            for (int64_t j = i; j < i + h; j++) {
+                const float a = x[j], b = x[j + h];
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+    const float sc = 1.f / sqrtf((float)n);
+    for (int64_t j = 0; j < n; j++)
+        x[j] *= sc;
+}
+
+static int rotates(const dsv3_indexer_dims *ix)
+{
+    return ix->key_fp8 && (ix->head_dim & (ix->head_dim - 1)) == 0;
+}
+
+/* One FP8 key row: codes [hd] bytes, then ceil(hd/128) ue8m0-valued f32 scales (act_quant). */
+static void pack_fp8(const float *k, int64_t hd, float *row)
+{
+    uint8_t *code = (uint8_t *)(void *)row;
+    float *scale = row + (hd + 3) / 4;
+    for (int64_t b0 = 0, b = 0; b0 < hd; b0 += 128, b++) {
+        const int64_t n = hd - b0 < 128 ? hd - b0 : 128;
+        float amax = 1e-4f;
+        for (int64_t j = 0; j < n; j++)
+            amax = fmaxf(amax, fabsf(k[b0 + j]));
+        const float sc = exp2f(ceilf(log2f(amax / 448.f)));
+        scale[b] = sc;
+        for (int64_t j = 0; j < n; j++)
+            code[b0 + j] = dsv3_f32_to_e4m3(k[b0 + j] / sc);
+    }
+}
+
+static void unpack_fp8(const float *row, int64_t hd, float *k)
+{
+    const uint8_t *code = (const uint8_t *)(const void *)row;
+    const float *scale = row + (hd + 3) / 4;
+    for (int64_t j = 0; j < hd; j++)
+        k[j] = dsv3_e4m3_to_f32(code[j]) * scale[j / 128];
+}
+
+dsv3_status dsv3_indexer_keys(const dsv3_mla_dims *d, const dsv3_indexer_dims *ix, const dsv3_indexer_weights *w,
+                              const float *x, int64_t s, const float *cos_j, const float *sin_j, float *keys,
+                              float *kf, int isa, dsv3_error *err)
+{
+    float *k = ix->key_fp8 ? kf : keys;
+    dsv3_status st = dsv3_linear(x, s, &w->wk, NULL, k, isa, err);
     if (st != DSV3_OK)
         return st;
-    const int64_t half = d->rope / 2, hd = ix->head_dim;
+    const int64_t half = d->rope / 2, hd = ix->head_dim, row = dsv3_indexer_key_row(ix);
     float tmp[512];
     for (int64_t i = 0; i < s; i++) {
-        layernorm(keys + i * hd, hd, w->k_norm.f32, w->k_norm_bias.f32);
-        dsv3_rope_apply(keys + i * hd, half, cos_j + i * half, sin_j + i * half, 0, tmp); /* half-split */
+        layernorm(k + i * hd, hd, w->k_norm.f32, w->k_norm_bias.f32);
+        dsv3_rope_apply(k + i * hd, half, cos_j + i * half, sin_j + i * half, 0, tmp); /* half-split */
+        if (rotates(ix))
+            hadamard(k + i * hd, hd);
+        if (ix->key_fp8)
+            pack_fp8(k + i * hd, hd, keys + i * row);
     }
     return DSV3_OK;
 }
@@ -67,8 +118,11 @@ dsv3_status dsv3_indexer_queries(const dsv3_mla_dims *d, const dsv3_indexer_dims
     const float wscale = powf((float)H, -0.5f); /* self.n_heads ** -0.5 */
     float tmp[512];
     for (int64_t i = 0; i < s; i++) {
-        for (int64_t h = 0; h < H; h++)
+        for (int64_t h = 0; h < H; h++) {
             dsv3_rope_apply(q + (i * H + h) * hd, half, cos_j + i * half, sin_j + i * half, 0, tmp);
+            if (rotates(ix))
+                hadamard(q + (i * H + h) * hd, hd);
+        }
         for (int64_t h = 0; h < H; h++)
             wts[i * H + h] *= wscale;
     }
@@ -76,8 +130,9 @@ dsv3_status dsv3_indexer_queries(const dsv3_mla_dims *d, const dsv3_indexer_dims
 }
 
 void dsv3_indexer_scores(const dsv3_indexer_dims *ix, const float *q, const float *wts, const float *keys, int64_t T,
-                         float *score)
+                         float *score, float *kblk)
 {
+    const int64_t row = dsv3_indexer_key_row(ix);
     const int64_t H = ix->heads, hd = ix->head_dim;
     const float scale = powf((float)hd, -0.5f); /* self.softmax_scale = head_dim ** -0.5 */
     dsv3_isa isa;
@@ -88,8 +143,14 @@ void dsv3_indexer_scores(const dsv3_indexer_dims *ix, const float *q, const floa
         const int64_t nb = T - t0 < SCORE_BLOCK ? T - t0 : SCORE_BLOCK;
         for (int64_t j = 0; j < nb; j++)
             score[t0 + j] = 0.f;
+        const float *kb = keys + t0 * row;
+        if (ix->key_fp8) {
+            for (int64_t j = 0; j < nb; j++)
+                unpack_fp8(keys + (t0 + j) * row, hd, kblk + j * hd);
+            kb = kblk;
+        }
         for (int64_t h = 0; h < H; h++) {
-            k->dots(q + h * hd, 1, hd, keys + t0 * hd, nb, hd, hd, dots, SCORE_BLOCK);
+            k->dots(q + h * hd, 1, hd, kb, nb, hd, hd, dots, SCORE_BLOCK);
             for (int64_t j = 0; j < nb; j++) {
                 const float v = dots[j] * scale;
                 score[t0 + j] += wts[h] * (v > 0.f ? v : 0.f); /* relu, then the head's weight; heads in order */
@@ -175,12 +236,13 @@ dsv3_status dsv3_indexer_scratch_reserve(dsv3_indexer_scratch *ws, const dsv3_ml
     }
     const int nt = ws->block && ws->threads > threads ? ws->threads : threads;
     const int64_t f = (int64_t)sizeof(float), topk = ix->topk < rows ? ix->topk : rows;
-    const int64_t bytes[7] = {tokens * ix->heads * ix->head_dim * f, tokens * ix->heads * f, tokens * ix->head_dim * f,
+    const int64_t bytes[9] = {tokens * ix->heads * ix->head_dim * f, tokens * ix->heads * f, tokens * ix->head_dim * f,
                               (int64_t)nt * rows * f, (int64_t)nt * rows * (int64_t)sizeof(uint64_t),
                               DSV3_INDEXER_CHUNK * topk * (int64_t)sizeof(int64_t),
-                              topk * (d->kv_lora + d->rope) * f};
-    void *at[7];
-    void *block = dsv3_alloc_carved(bytes, 7, at);
+                              topk * (d->kv_lora + d->rope) * f, tokens * ix->head_dim * f,
+                              (int64_t)nt * SCORE_BLOCK * ix->head_dim * f};
+    void *at[9];
+    void *block = dsv3_alloc_carved(bytes, 9, at);
     if (!block)
         return dsv3_fail(err, DSV3_E_NOMEM, "indexer: out of memory for the scratch of %lld tokens over %lld rows",
                          (long long)tokens, (long long)rows);
@@ -193,6 +255,8 @@ dsv3_status dsv3_indexer_scratch_reserve(dsv3_indexer_scratch *ws, const dsv3_ml
     ws->order = at[4];
     ws->sel = at[5];
     ws->gather = at[6];
+    ws->kf = at[7];
+    ws->kblk = at[8];
     ws->tokens = tokens;
     ws->rows = rows;
     ws->threads = nt;

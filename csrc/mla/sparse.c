@@ -24,7 +24,8 @@ static void select_chunk(const dsv3_indexer_dims *ix, dsv3_indexer_scratch *iws,
         const int64_t i = i0 + j, T = past + i + 1;
         const int me = omp_get_thread_num();
         float *score = iws->score + (int64_t)me * iws->rows;
-        dsv3_indexer_scores(ix, iws->q + i * H * hd, iws->w + i * H, keys, T, score);
+        dsv3_indexer_scores(ix, iws->q + i * H * hd, iws->w + i * H, keys, T, score,
+                            iws->kblk + (int64_t)me * 64 * hd);
         counts[j] = dsv3_indexer_select(score, T, ix->topk, iws->sel + j * ix->topk,
                                         iws->order + (int64_t)me * iws->rows);
     }
@@ -45,7 +46,7 @@ dsv3_status dsv3_mla_forward_indexed(const dsv3_mla_dims *d, const dsv3_mla_weig
     dsv3_indexer_scratch ilocal = {0};
     dsv3_mla_scratch *sc = ws ? ws : &local;
     dsv3_indexer_scratch *is = iws ? iws : &ilocal;
-    const int64_t row = d->kv_lora + d->rope, qk = d->nope + d->rope, H = d->heads, hd = ix->head_dim;
+    const int64_t row = d->kv_lora + d->rope, qk = d->nope + d->rope, H = d->heads;
     st = dsv3_mla_scratch_reserve(sc, d, mode, s, past + s, err);
     if (st == DSV3_OK)
         st = dsv3_indexer_scratch_reserve(is, d, ix, s, past + s, err);
@@ -54,7 +55,8 @@ dsv3_status dsv3_mla_forward_indexed(const dsv3_mla_dims *d, const dsv3_mla_weig
     if (st == DSV3_OK)
         st = dsv3_mla_write_latent(d, w, x, s, cos_j, sin_j, cache, past, isa, err);
     if (st == DSV3_OK)
-        st = dsv3_indexer_keys(d, ix, iw, x, s, cos_j, sin_j, index_cache + past * hd, isa, err);
+        st = dsv3_indexer_keys(d, ix, iw, x, s, cos_j, sin_j, index_cache + past * dsv3_indexer_key_row(ix), is->kf,
+                               isa, err);
     /* queries [0, n_dense) see at most topk rows: dense attention is exactly the selection */
     const int64_t n_dense = ix->topk - past >= s ? s : ix->topk - past > 0 ? ix->topk - past : 0;
     if (st == DSV3_OK && n_dense < s)

@@ -34,13 +34,13 @@ static dsv3_status indexer_pinned(dsv3_model *m, int64_t layer, const float *x, 
     dsv3_indexer_scratch *is = &m->ws.index;
     st = dsv3_mla_project_q(&m->mla, &ly->attn, x, s, cs, cs + s * half, m->ws.mla.q, m->ws.mla.qa, isa, err);
     if (st == DSV3_OK)
-        st = dsv3_indexer_keys(&m->mla, &m->index, &ly->indexer, x, s, cs, cs + s * half, is->keys, isa, err);
+        st = dsv3_indexer_keys(&m->mla, &m->index, &ly->indexer, x, s, cs, cs + s * half, is->keys, is->kf, isa, err);
     if (st == DSV3_OK)
         st = dsv3_indexer_queries(&m->mla, &m->index, &ly->indexer, m->ws.mla.qa, x, s, cs, cs + s * half, is->q,
                                   is->w, isa, err);
     for (int64_t i = 0; i < s && st == DSV3_OK; i++) {
         float *sc = scores + i * s;
-        dsv3_indexer_scores(&m->index, is->q + i * H * hd, is->w + i * H, is->keys, i + 1, sc);
+        dsv3_indexer_scores(&m->index, is->q + i * H * hd, is->w + i * H, is->keys, i + 1, sc, is->kblk);
         const int64_t n = dsv3_indexer_select(sc, i + 1, k, sel + i * k, is->order);
         for (int64_t j = n; j < k; j++)
             sel[i * k + j] = -1;

@@ -46,7 +46,7 @@ static dsv3_status check_config(const dsv3_model_config *c, dsv3_error *err)
     if (c->index_topk > 0) {
         const dsv3_mla_dims d = {c->hidden_size, c->num_attention_heads, c->q_lora_rank, c->kv_lora_rank,
                                  c->qk_nope_head_dim, c->qk_rope_head_dim, c->v_head_dim, 0.f, 0, 0};
-        const dsv3_indexer_dims ix = {c->index_n_heads, c->index_head_dim, c->index_topk};
+        const dsv3_indexer_dims ix = {c->index_n_heads, c->index_head_dim, c->index_topk, 0};
         dsv3_status st = dsv3_indexer_check(&d, &ix, err);
         if (st != DSV3_OK)
             return st;
@@ -103,7 +103,7 @@ dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, ds
     m->mla = (dsv3_mla_dims){cfg->hidden_size, cfg->num_attention_heads, cfg->q_lora_rank, cfg->kv_lora_rank,
                              cfg->qk_nope_head_dim, cfg->qk_rope_head_dim, cfg->v_head_dim, cfg->softmax_scale,
                              cfg->rope_interleave, cfg->attention_bias};
-    m->index = (dsv3_indexer_dims){cfg->index_n_heads, cfg->index_head_dim, cfg->index_topk};
+    m->index = (dsv3_indexer_dims){cfg->index_n_heads, cfg->index_head_dim, cfg->index_topk, cfg->index_key_fp8 != 0};
     m->router = (dsv3_router_spec){cfg->n_routed_experts, cfg->num_experts_per_tok, cfg->n_group, cfg->topk_group,
                                    cfg->scoring_func, cfg->topk_method, cfg->norm_topk_prob,
                                    cfg->routed_scaling_factor, cfg->group_mask_value};
@@ -304,7 +304,7 @@ dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err)
         dsv3_free(ly->index_cache);
         ly->index_cache = NULL;
         if (st == DSV3_OK && m->index.topk > 0 &&
-            (!dsv3_mul_size((size_t)m->capacity, (size_t)m->index.head_dim * sizeof(float), &bytes) ||
+            (!dsv3_mul_size((size_t)m->capacity, (size_t)dsv3_indexer_key_row(&m->index) * sizeof(float), &bytes) ||
              !(ly->index_cache = dsv3_alloc(bytes))))
             st = dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the index-key cache (%lld tokens x %lld values)",
                            (long long)m->capacity, (long long)m->index.head_dim);

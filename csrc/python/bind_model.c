@@ -118,14 +118,15 @@ static int parse_config(PyObject *d, dsv3_model_config *c, PyArrayObject **inv_f
           cfg_float(d, "rope_attention_scaling", &c->rope_attention_scaling) &&
           cfg_choice(d, "scoring_func", scoring, 3, &sf) && cfg_choice(d, "topk_method", methods, 4, &tm)))
         return 0;
-    static const char *const index_keys[3] = {"index_n_heads", "index_head_dim", "index_topk"};
-    int64_t *index_vals[3] = {&c->index_n_heads, &c->index_head_dim, &c->index_topk};
-    for (int i = 0; i < 3; i++) { /* V3.2 only: absent (or None) means no indexer */
+    static const char *const index_keys[4] = {"index_n_heads", "index_head_dim", "index_topk", "index_key_fp8"};
+    int64_t key_fp8 = 0, *index_vals[4] = {&c->index_n_heads, &c->index_head_dim, &c->index_topk, &key_fp8};
+    for (int i = 0; i < 4; i++) { /* V3.2 only: absent (or None) means no indexer / f32 index keys */
         PyObject *v = PyDict_GetItemString(d, index_keys[i]); /* borrowed */
         *index_vals[i] = 0;
         if (v && v != Py_None && !cfg_int(d, index_keys[i], index_vals[i]))
             return 0;
     }
+    c->index_key_fp8 = key_fp8 != 0;
     c->scoring_func = (dsv3_score_func)sf;
     c->topk_method = (dsv3_topk_method)tm;
     PyObject *f = cfg_item(d, "rope_inv_freq");

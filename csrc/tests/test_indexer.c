@@ -218,6 +218,22 @@ static void v32_model(void)
     c.index_n_heads = 0;
     CHECK_FAIL(dsv3_model_create(&c, 32, DSV3_ATTN_ABSORBED, &bad, &err), DSV3_E_VALUE, &err);
     CHECK(bad == NULL, "failed create left a model");
+    /* FP8 index keys (Hadamard-rotated: head_dim 16 is a power of two): prefill + decode = prefill */
+    v32_config(&c, inv);
+    c.index_head_dim = 16;
+    c.index_key_fp8 = 1;
+    dsv3_model *f8 = v32_build(&c, DSV3_ATTN_ABSORBED, &p);
+    if (f8) {
+        CHECK_OK(dsv3_model_forward(f8, ids, S, ref, -1, &err), &err);
+        dsv3_model_reset(f8);
+        CHECK_OK(dsv3_model_forward(f8, ids, 4, got, -1, &err), &err);
+        for (int64_t i = 4; i < S; i++)
+            CHECK_OK(dsv3_model_forward(f8, ids + i, 1, got + i * V, -1, &err), &err);
+        CHECK(rel_diff(got, ref, S * V) < 1e-4f, "fp8 keys: prefill + decode vs prefill: %g", rel_diff(got, ref, S * V));
+        CHECK_OK(dsv3_model_indexer(f8, 0, x, S, sel, scores, -1, &err), &err);
+        CHECK(sel[3 * 3 + 2] >= 0 && sel[3 * 3 + 2] <= 3, "fp8 keys: probe rows");
+    }
+    dsv3_model_free(f8);
 done:
     dsv3_model_free(ab);
     dsv3_model_free(nv);
