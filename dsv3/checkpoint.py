@@ -6,8 +6,10 @@ hub FP8 with ``.weight_scale_inv``), "nvfp4" (ModelOpt: U8 ``.weight`` + F8 ``.w
 ``.weight_scale_2`` + ``.input_scale``), "dsv3" (converted by dsv3.convert; read by dsv3/convert/layout.py).
 
 Every expected tensor is checked (presence, shape, dtype) against the config when the checkpoint is
-opened, from the safetensors headers only. MTP layers (index >= num_hidden_layers) and V3.2
-``self_attn.indexer.*`` tensors are skipped with a log line.
+opened, from the safetensors headers only. MTP layers (index >= num_hidden_layers) are skipped with a
+log line. The V3.2 lightning indexer's ``self_attn.indexer.*`` tensors are canonical tensors of a
+deepseek_v32 config (``wq_b``/``wk`` linears that may be FP8, ``k_norm`` weight + bias, ``weights_proj``
+read as float32 like transformers); under any other config they are skipped with a log line.
 """
 import logging
 import math
@@ -94,15 +96,16 @@ def layer_of(name):
     return int(m.group(1)) if m else None
 
 
-def skip_reason(name, num_hidden_layers):
-    """Why source tensor ``name`` is skipped (a key of SKIP_REASONS), or None when it is not: the one
-    skip rule, used by the checkpoint readers (source and converted), ``dsv3 info`` and ``dsv3 convert``
-    (which copies skipped tensors verbatim). When such tensors become model weights (rows of the C
-    tensor table, csrc/model/tensor_table.c), drop their case here."""
+def skip_reason(name, cfg):
+    """Why source tensor ``name`` is skipped under config ``cfg`` (a key of SKIP_REASONS), or None when it
+    is not: the one skip rule, used by the checkpoint readers (source and converted), ``dsv3 info`` and
+    ``dsv3 convert`` (which copies skipped tensors verbatim). When such tensors become model weights (rows
+    of the C tensor table, csrc/model/tensor_table.c), drop their case here. The indexer's tensors are
+    weights of a deepseek_v32 config (``cfg.has_indexer``) and skipped under any other."""
     layer = layer_of(name)
-    if layer is not None and layer >= num_hidden_layers:
+    if layer is not None and layer >= cfg.num_hidden_layers:
         return "mtp"
-    if ".self_attn.indexer." in name:
+    if ".self_attn.indexer." in name and not cfg.has_indexer:
         return "indexer"
     return None
 
@@ -135,7 +138,7 @@ class CheckpointReader(CheckpointDisplay):
             d = by_dtype.setdefault(r.dtype(n), {"count": 0, "bytes": 0})
             d["count"] += 1
             d["bytes"] += r.nbytes(n)
-            why = skip_reason(n, self.config.num_hidden_layers)
+            why = skip_reason(n, self.config)
             if why:
                 skipped[why] += 1
         fmts = self._format_counts()
@@ -203,7 +206,7 @@ class Checkpoint(CheckpointReader):
         for n in r.keys():
             if n in self._used:
                 continue
-            why = skip_reason(n, cfg.num_hidden_layers)
+            why = skip_reason(n, cfg)
             if why:
                 self.skipped[why] += 1
         for why, k in sorted(self.skipped.items()):
@@ -253,7 +256,7 @@ class Checkpoint(CheckpointReader):
     def unexpected(self):
         """Source tensors neither used nor knowingly skipped (MTP, indexer)."""
         return [n for n in self.reader.keys()
-                if n not in self._used and not skip_reason(n, self.config.num_hidden_layers)]
+                if n not in self._used and not skip_reason(n, self.config)]
 
     # ---- access ----
     def tensor(self, name):

@@ -10,7 +10,7 @@ def add_arguments(parser):
     parser.add_argument("--config", help="config.json path or model directory (default: the embedded tiny "
                                          "DeepSeek-V3-shaped config); used as given, mind its size")
     parser.add_argument("--modules", nargs="+", metavar="MODULE",
-                        help="checks to run: rmsnorm rotary attention attention_prefill attention_decode router "
+                        help="checks to run: rmsnorm rotary indexer (V3.2) attention attention_prefill attention_decode router "
                              "experts moe mlp decoder_layer logits top1 generate (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
     parser.add_argument("--layer", type=int, default=None,

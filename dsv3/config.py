@@ -231,6 +231,11 @@ class DeepseekConfig:
         return i >= self.first_k_dense_replace and i % self.moe_layer_freq == 0
 
     @property
+    def has_indexer(self):
+        """Whether attention has the V3.2 lightning indexer (model_type deepseek_v32)."""
+        return self.model_type == "deepseek_v32"
+
+    @property
     def has_correction_bias(self):
         """Whether MoE layers carry ``mlp.gate.e_score_correction_bias`` (the C tensor table's rule)."""
         return any(n.endswith(".mlp.gate.e_score_correction_bias")
@@ -296,6 +301,11 @@ class DeepseekConfig:
             "rope_attention_scaling": float(self.rope_attention_scaling),
             "rope_inv_freq": np.array(self.rope_inv_freq, dtype=np.float32),
             "tie_word_embeddings": int(self.tie_word_embeddings),
+            # V3.2 lightning indexer (0: dense attention); index_key_fp8: f32 index keys unless the Model asks
+            "index_n_heads": int(self.index_n_heads or 0) if self.has_indexer else 0,
+            "index_head_dim": int(self.index_head_dim or 0) if self.has_indexer else 0,
+            "index_topk": int(self.index_topk or 0) if self.has_indexer else 0,
+            "index_key_fp8": 0,
         }
 
     @property

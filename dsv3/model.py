@@ -16,9 +16,9 @@ from .checkpoint import tensors_of_kind
 __all__ = ["Model"]
 
 _KINDS = ("input_layernorm", "post_attention_layernorm", "attention", "mlp", "router", "experts",
-          "shared_experts", "decoder_layer", "final_norm")
-# transformers keeps the router in float32 whatever the model dtype (_keep_in_fp32_modules_strict): the
-# C tensor table's 'router' rows (the gate and its correction bias)
+          "shared_experts", "decoder_layer", "final_norm", "indexer")
+# transformers keeps the router in float32 whatever the model dtype (_keep_in_fp32_modules_strict), and the
+# V3.2 indexer's weights_proj (_keep_in_fp32_modules): the C tensor table's 'router' rows
 _KEEP_F32 = tensors_of_kind("router")
 _DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
@@ -141,7 +141,8 @@ class Model:
 
     # ---- construction ----
     @classmethod
-    def from_tensors(cls, config, tensors, dtype=None, attention="absorbed", max_seq_len=4096, precision=None):
+    def from_tensors(cls, config, tensors, dtype=None, attention="absorbed", max_seq_len=4096, precision=None,
+                     index_keys="f32"):
         """Build a model from a config and a dict ``canonical name -> tensor``.
 
         config: a ``DeepseekConfig`` (anything with ``.to_native()``), a transformers config object
@@ -161,6 +162,9 @@ class Model:
         ``dsv3.quant.DEFAULT_PRECISION``: int8/int4 weights with activations quantised per block of 32
         to int8 and integer dots, fp8_block/nvfp4/bf16 with x rounded to bf16 on AVX-512) or "exact"
         (f32-level activations, for parity with transformers fp32). None: the default.
+        index_keys: DeepSeek-V3.2 only: "f32" (default; exact, transformers' keys) or "fp8" (the index-key
+        cache as DeepSeek's reference stores it: Hadamard-rotated, e4m3 with a power-of-two scale per 128
+        values; a quarter of the bytes; the selection can differ from f32 keys where two scores are close).
         """
         from .quant import check_precision, native_weight  # precision plumbing (kept local)
 
@@ -173,6 +177,9 @@ class Model:
         tensors = _canonical_tensors(dict(tensors))
         config = _from_transformers_config(config)
         native_cfg = _native_config(config)
+        if index_keys not in ("f32", "fp8"):
+            raise ValueError(f"index_keys must be 'f32' or 'fp8', got {index_keys!r}")
+        native_cfg["index_key_fp8"] = int(index_keys == "fp8")
         prepared, numel, nbytes, fmts = {}, 0, 0, {}
         for name, value in tensors.items():
             v, n, b, f = _prepare_tensor(name, value, dtype)
@@ -185,7 +192,8 @@ class Model:
         return cls(native, config, info)
 
     @classmethod
-    def from_pretrained(cls, path, dtype=None, attention="absorbed", max_seq_len=4096, precision=None, progress=None):
+    def from_pretrained(cls, path, dtype=None, attention="absorbed", max_seq_len=4096, precision=None, progress=None,
+                        index_keys="f32"):
         """Load a checkpoint: a directory (HF layouts, DeepSeek FP8, NVFP4 or converted dsv3) or a hub id
         in the local Hugging Face cache (:func:`dsv3.paths.resolve_checkpoint_dir`).
         Arguments as :meth:`from_tensors` (precision "fast" by default, "exact" for parity work);
@@ -197,8 +205,8 @@ class Model:
         names = getattr(ckpt, "names", None)
         tensors = dict(_bar(ckpt.canonical_tensors(), total=len(names()) if names else None, desc="load",
                             enabled=progress, unit="tensor"))
-        model = cls.from_tensors(ckpt.config, tensors, dtype=dtype,
-                                 attention=attention, max_seq_len=max_seq_len, precision=precision)
+        model = cls.from_tensors(ckpt.config, tensors, dtype=dtype, attention=attention, max_seq_len=max_seq_len,
+                                 precision=precision, index_keys=index_keys)
         model._checkpoint = ckpt  # keeps memory-mapped shards open
         model._path = ckpt.path  # the tokenizer is loaded from here on first use (a hub id resolved)
         return model
@@ -345,7 +353,9 @@ class Model:
         True, read the layer's cached rows [0, start_pos) and write rows for x — call reset()
         before the next forward), "mlp" (dense MLP, or routed + shared experts in MoE layers),
         "router" -> (weights float32 [S, k], indices int64 [S, k]), "experts" (kw indices,
-        weights [S, k]: routed experts only), "shared_experts".
+        weights [S, k]: routed experts only), "shared_experts", "indexer" (V3.2 only: x is the attention
+        input at positions 0..S-1, no cache -> (rows int64 [S, index_topk]: the rows each query keeps,
+        ascending, -1 past the first min(index_topk, i + 1); scores float32 [S, S], -inf above the diagonal)).
         """
         if kind not in _KINDS:
             raise ValueError(f"unknown module kind {kind!r}; expected one of {', '.join(_KINDS)}")

@@ -69,7 +69,7 @@ DEFAULT_CONFIG = {
 }
 
 # Check names accepted by ``modules=`` / ``--modules`` in table order; "attention" means both attention rows.
-MODULES = ("rmsnorm", "rotary", "attention_prefill", "attention_decode", "router", "experts", "moe", "mlp",
+MODULES = ("rmsnorm", "rotary", "indexer", "attention_prefill", "attention_decode", "router", "experts", "moe", "mlp",
            "decoder_layer", "logits", "top1", "generate")
 ALIASES = {"attention": ("attention_prefill", "attention_decode"), "all": MODULES}
 
@@ -235,6 +235,28 @@ class _Checks:
         ref = np.concatenate(self.ref.rope_cos_sin(pos), axis=-1)
         self.rows.append(tensor_row("rotary cos|sin", got, ref, note=f"positions 0..{len(self.x) - 1}, "
                                                                       f"{last // 2}, {last}"))
+
+    def check_indexer(self):
+        """V3.2 only: the lightning indexer's scores and the rows each query keeps (sets; only queries that
+        see more than index_topk rows drop any)."""
+        if self.hf_cfg.model_type != "deepseek_v32":
+            return
+        L, S = self.layer, len(self.x)
+        k = self.hf_cfg.index_topk
+        got_rows, got_sc = self.model.run_module("indexer", L, self.x)
+        ref_rows, ref_sc = self.ref.indexer(L, self.x)
+        tri = np.tril(np.ones((S, S), dtype=bool))
+        self.rows.append(tensor_row(f"indexer scores[{L}]", got_sc[tri], ref_sc[tri], note="causal entries"))
+        bad = [i for i in range(S) if set(got_rows[i][got_rows[i] >= 0].tolist()) !=
+               set(t for t in ref_rows[i].tolist() if t <= i)]
+        n_sparse = max(S - k, 0)
+        note = f"{n_sparse}/{S} queries see more than index_topk={k} rows"
+        if bad:
+            i = bad[0]
+            note = (f"{len(bad)}/{S} queries differ, e.g. query {i}: dsv3 {sorted(got_rows[i][got_rows[i] >= 0].tolist())} "
+                    f"vs transformers {sorted(t for t in ref_rows[i].tolist() if t <= i)}")
+        self.rows.append(Row(f"indexer rows[{L}]", not bad, float(len(bad)), len(bad) / S,
+                             tolerance="equal sets per query", note=note))
 
     def check_attention_prefill(self):
         L = self.layer

@@ -182,6 +182,32 @@ class Reference:
                                               cache=cache)[0]
         return self._np(out[0])
 
+    def indexer(self, layer, x):
+        """V3.2 only: (rows [S, k] int64 as transformers' DeepseekV32Indexer returns them (unsorted; the
+        first queries also pick causally masked rows), scores [S, S] float32) for the attention input x
+        [S, H] at positions 0..S-1. The module returns only the rows; the scores are its own arithmetic
+        (its wq_b / wk / k_norm / weights_proj and rotary function) up to the top-k, -inf above the diagonal."""
+        torch = self.torch
+        attn = self.layer(layer).self_attn
+        ix = attn.indexer
+        with torch.no_grad():
+            h = self._t(x)[None]
+            mask, pe, pos = self._mask_and_rope(h, 0, None)
+            q_resid = attn.q_a_layernorm(attn.q_a_proj(h))
+            rows = ix(h, q_resid, pe, mask[:, 0], pos)
+            S, nh, hd, r = h.shape[1], ix.n_heads, ix.head_dim, ix.qk_rope_head_dim
+            q = ix.wq_b(q_resid).view(1, S, nh, hd)
+            k = ix.k_norm(ix.wk(h)).unsqueeze(2)
+            rope = __import__(type(ix).__module__, fromlist=["apply_rotary_pos_emb"]).apply_rotary_pos_emb
+            q_rot, k_rot = rope(q[..., :r], k[..., :r], pe[0], pe[1], unsqueeze_dim=2)
+            q = torch.cat([q_rot, q[..., r:]], -1)
+            k = torch.cat([k_rot, k[..., r:]], -1).squeeze(2)
+            sc = torch.relu(torch.matmul(q.float(), k.transpose(-1, -2).float().unsqueeze(1)) * ix.softmax_scale)
+            w = ix.weights_proj(h).float() * nh ** -0.5
+            scores = torch.matmul(w.unsqueeze(-2), sc).squeeze(-2)[0]
+            scores = scores.masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf"))
+        return rows[0].numpy().astype(np.int64), self._np(scores)
+
     def decoder_layer(self, layer, x, start_pos=0, cache=None):
         with self.torch.no_grad():
             h = self._t(x)[None]

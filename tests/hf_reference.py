@@ -75,7 +75,8 @@ def native_config(cfg):
     transformers' own ROPE_INIT_FUNCTIONS, so test_forward_integration can cross-check
     DeepseekConfig.to_native() against it, and the forward tests do not depend on dsv3.config.
     """
-    v3 = cfg.model_type == "deepseek_v3"
+    v3 = cfg.model_type in ("deepseek_v3", "deepseek_v32")
+    v32 = cfg.model_type == "deepseek_v32"
     rp = dict(cfg.rope_parameters)
     rope_type = rp.get("rope_type", "default")
     if rope_type == "default":
@@ -100,12 +101,14 @@ def native_config(cfg):
         first_k_dense_replace=cfg.first_k_dense_replace,
         norm_topk_prob=int(bool(cfg.norm_topk_prob)) if v3 else 0,  # V2 never renormalises
         routed_scaling_factor=float(cfg.routed_scaling_factor), rms_norm_eps=float(cfg.rms_norm_eps),
-        rope_interleave=int(bool(cfg.rope_interleave)) if v3 else 1, attention_bias=int(bool(cfg.attention_bias)),
+        rope_interleave=int(bool(getattr(cfg, "rope_interleave", True))) if v3 else 1, attention_bias=int(bool(cfg.attention_bias)),
         scoring_func="sigmoid" if v3 else "softmax", topk_method="noaux_tc" if v3 else cfg.topk_method,
         group_mask_value=float("-inf") if v3 else 0.0, softmax_scale=float(scale),
         rope_attention_scaling=float(attn_scaling),
         rope_inv_freq=np.ascontiguousarray(inv_freq.numpy(), dtype=np.float32),
         tie_word_embeddings=int(bool(cfg.tie_word_embeddings)),
+        index_n_heads=cfg.index_n_heads if v32 else 0, index_head_dim=cfg.index_head_dim if v32 else 0,
+        index_topk=cfg.index_topk if v32 else 0,
     )
 
 

@@ -173,7 +173,7 @@ def test_nvfp4_round_trip(tmp_path):
         assert kinds["lm_head.weight"] == "f" and kinds["model.layers.1.mlp.gate.weight"] == "f"
 
 
-def test_mtp_and_indexer_skipped_with_log(tmp_path, caplog):
+def test_mtp_skipped_with_log_and_v32_indexer_loaded(tmp_path, caplog):
     cfg = tiny_config(model_type="deepseek_v32", index_n_heads=4, index_head_dim=16, index_topk=8)
     p = write_checkpoint(tmp_path / "m", cfg, mtp=True, indexer=True)
     raw = raw_tensors(p)
@@ -182,10 +182,26 @@ def test_mtp_and_indexer_skipped_with_log(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="dsv3.checkpoint"):
         ck = open_checkpoint(p)
     msgs = " ".join(r.getMessage() for r in caplog.records)
-    assert "mtp" in msgs and "indexer" in msgs
+    assert "mtp" in msgs and "indexer" not in msgs
     s = ck.summary()
-    assert s["unexpected"] == [] and s["skipped"]["mtp"] > 0 and s["skipped"]["indexer"] == 5 * 3
+    assert s["unexpected"] == [] and s["skipped"]["mtp"] > 0 and "indexer" not in s["skipped"]
     assert not any(n.startswith("model.layers.3.") for n in ck.names())
+    names = ck.names()  # the V3.2 indexer's tensors are canonical (hub names), weights_proj read as float32
+    for i in range(3):
+        for part in ("wq_b.weight", "wk.weight", "k_norm.weight", "k_norm.bias", "weights_proj.weight"):
+            assert f"model.layers.{i}.self_attn.indexer.{part}" in names
+    assert ck.tensor("model.layers.0.self_attn.indexer.weights_proj.weight").dtype == np.float32
+    ck.close()
+
+
+def test_indexer_tensors_skipped_under_a_v3_config(tmp_path, caplog):
+    p = write_checkpoint(tmp_path / "m", tiny_config(), indexer=True)
+    with caplog.at_level(logging.INFO, logger="dsv3.checkpoint"):
+        ck = open_checkpoint(p)
+    assert "indexer" in " ".join(r.getMessage() for r in caplog.records)
+    s = ck.summary()
+    assert s["unexpected"] == [] and s["skipped"]["indexer"] == 5 * 3
+    assert not any(".indexer." in n for n in ck.names())
     ck.close()
 
 

@@ -16,7 +16,8 @@ NATIVE_KEYS = {
     "n_routed_experts", "n_shared_experts", "num_experts_per_tok", "n_group", "topk_group",
     "first_k_dense_replace", "norm_topk_prob", "routed_scaling_factor", "rms_norm_eps", "rope_interleave",
     "attention_bias", "scoring_func", "topk_method", "group_mask_value", "softmax_scale",
-    "rope_attention_scaling", "rope_inv_freq", "tie_word_embeddings"}
+    "rope_attention_scaling", "rope_inv_freq", "tie_word_embeddings", "index_n_heads", "index_head_dim",
+    "index_topk"}
 
 
 def raw(name):

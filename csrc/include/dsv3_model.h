@@ -17,6 +17,7 @@
 #define DSV3_MODEL_H
 
 #include "dsv3_linear_plan.h"
+#include "dsv3_indexer.h"
 #include "dsv3_mla.h"
 #include "dsv3_moe.h"
 
@@ -29,6 +30,8 @@ typedef struct {
     dsv3_score_func scoring_func;
     dsv3_topk_method topk_method;
     const float *rope_inv_freq; /* [qk_rope_head_dim / 2]; copied by dsv3_model_create */
+    int64_t index_n_heads, index_head_dim, index_topk; /* V3.2 lightning indexer (dsv3_indexer.h); topk 0: none */
+    int index_key_fp8; /* V3.2: FP8 index keys as DeepSeek's reference stores them (0: f32, exact mode) */
 } dsv3_model_config;
 
 typedef struct {
@@ -39,6 +42,8 @@ typedef struct {
     dsv3_moe_weights moe; /* MoE layers */
     float *cache;         /* owned: [capacity, kv_lora + rope] */
     int64_t cache_rows;   /* rows written (run_module may write one layer alone) */
+    dsv3_indexer_weights indexer; /* V3.2 only (cfg.index_topk > 0) */
+    float *index_cache;   /* owned, V3.2 only: [capacity, index_head_dim] index keys */
 } dsv3_layer;
 
 /* Scratch of the forward pass and the probes, owned by the model: sized for decode (one token) by
@@ -56,6 +61,7 @@ typedef struct {
     int64_t lin_tokens, lin_rows; /* what `lin` was sized for */
     dsv3_mla_scratch mla;
     dsv3_moe_scratch moe;
+    dsv3_indexer_scratch index; /* V3.2 only */
 } dsv3_workspace;
 
 /* Grow m->ws to hold `tokens` new tokens attending to `rows` cached rows (past + tokens); no-op when
@@ -68,6 +74,7 @@ struct dsv3_model {
     dsv3_model_config cfg;
     float *inv_freq;       /* owned copy of cfg.rope_inv_freq */
     dsv3_mla_dims mla;
+    dsv3_indexer_dims index; /* topk 0: dense attention (every model but V3.2) */
     dsv3_router_spec router;
     dsv3_attn_mode attn_mode;
     dsv3_weight embed;     /* [vocab, hidden], f32 or bf16 */
@@ -113,6 +120,9 @@ typedef enum {
     DSV3_DIM_INTER, DSV3_DIM_MOE_INTER,
     DSV3_DIM_SHARED_INTER, /* moe_intermediate * n_shared_experts */
     DSV3_DIM_EXPERTS,
+    DSV3_DIM_INDEX_Q,      /* V3.2 indexer: index_n_heads * index_head_dim */
+    DSV3_DIM_INDEX_HEAD,   /* index_head_dim */
+    DSV3_DIM_INDEX_HEADS,  /* index_n_heads */
     DSV3_DIM_COUNT
 } dsv3_tensor_dim;
 /* Config conditions: when a row is present, when it may be absent. */
@@ -125,6 +135,7 @@ typedef enum {
     DSV3_WHEN_CORRECTION_BIAS, /* topk_method noaux_tc or noaux */
     DSV3_WHEN_SHARED,          /* n_shared_experts > 0 */
     DSV3_WHEN_TIED,            /* tie_word_embeddings */
+    DSV3_WHEN_INDEXER,         /* index_topk > 0 (V3.2's lightning indexer) */
     DSV3_WHEN_COUNT
 } dsv3_tensor_when;
 typedef struct {
@@ -202,6 +213,11 @@ typedef enum {
 dsv3_status dsv3_model_run_module(dsv3_model *m, dsv3_module_kind kind, int64_t layer, const float *x,
                                   int64_t s, int64_t start_pos, int use_cache, float *out, int isa,
                                   dsv3_error *err);
+/* The V3.2 indexer of `layer` on x [s, hidden] at positions 0..s-1 (no cache; the attention input, i.e. after
+ * input_layernorm): sel [s, index_topk] the rows each query keeps, ascending, -1 after the first min(topk, i+1);
+ * scores [s, s] the index scores, -inf above the diagonal. Fails on a model without an indexer. */
+dsv3_status dsv3_model_indexer(dsv3_model *m, int64_t layer, const float *x, int64_t s, int64_t *sel, float *scores,
+                               int isa, dsv3_error *err);
 /* Router of MoE layer `layer`: weights [s, k], indices [s, k]. */
 dsv3_status dsv3_model_route(dsv3_model *m, int64_t layer, const float *x, int64_t s, float *weights,
                              int64_t *indices, int isa, dsv3_error *err);

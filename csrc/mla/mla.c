@@ -35,7 +35,7 @@ dsv3_status dsv3_mla_project_q(const dsv3_mla_dims *d, const dsv3_mla_weights *w
 }
 
 /* Write rows [past, past+s) of the latent cache: c = kv_a_layernorm(ckv[:R]), k_pe = rope(ckv[R:]). */
-static dsv3_status write_latent(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
+dsv3_status dsv3_mla_write_latent(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
                                 const float *cos_j, const float *sin_j, float *cache, int64_t past, int isa,
                                 dsv3_error *err)
 {
@@ -83,9 +83,8 @@ dsv3_status dsv3_mla_attend(const dsv3_mla_dims *d, const dsv3_mla_weights *w, d
     return dsv3_mla_attend_absorbed(d, w, q, s, cache, past, out, ws, isa, err);
 }
 
-dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
-                             const float *cos_j, const float *sin_j, float *cache, int64_t past,
-                             dsv3_attn_mode mode, float *out, dsv3_mla_scratch *ws, int isa, dsv3_error *err)
+dsv3_status dsv3_mla_check_call(const dsv3_mla_dims *d, const dsv3_mla_weights *w, int64_t s, int64_t past,
+                                dsv3_attn_mode mode, dsv3_error *err)
 {
     if (s <= 0 || past < 0)
         return dsv3_fail(err, DSV3_E_VALUE, "attention: need at least one token (got %lld, past %lld)",
@@ -95,13 +94,23 @@ dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, 
                          (long long)d->rope);
     if (mode == DSV3_ATTN_ABSORBED && (!w->w_uk || !w->w_uv))
         return dsv3_fail(err, DSV3_E_VALUE, "attention: absorbed mode needs W_UK/W_UV (dsv3_mla_absorb)");
+    return DSV3_OK;
+}
+
+dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
+                             const float *cos_j, const float *sin_j, float *cache, int64_t past,
+                             dsv3_attn_mode mode, float *out, dsv3_mla_scratch *ws, int isa, dsv3_error *err)
+{
+    dsv3_status st = dsv3_mla_check_call(d, w, s, past, mode, err);
+    if (st != DSV3_OK)
+        return st;
     dsv3_mla_scratch local = {0}; /* no caller scratch: a temporary one for this call */
     dsv3_mla_scratch *sc = ws ? ws : &local;
-    dsv3_status st = dsv3_mla_scratch_reserve(sc, d, mode, s, past + s, err);
+    st = dsv3_mla_scratch_reserve(sc, d, mode, s, past + s, err);
     if (st == DSV3_OK)
         st = dsv3_mla_project_q(d, w, x, s, cos_j, sin_j, sc->q, sc->qa, isa, err);
     if (st == DSV3_OK)
-        st = write_latent(d, w, x, s, cos_j, sin_j, cache, past, isa, err);
+        st = dsv3_mla_write_latent(d, w, x, s, cos_j, sin_j, cache, past, isa, err);
     if (st == DSV3_OK)
         st = dsv3_mla_attend(d, w, mode, sc->q, s, cache, past, sc->attn, sc, isa, err);
     if (st == DSV3_OK)

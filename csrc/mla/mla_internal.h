@@ -82,6 +82,13 @@ dsv3_status dsv3_mla_attend(const dsv3_mla_dims *d, const dsv3_mla_weights *w, d
  *   (kv_a_layernorm on c, rope on k_pe). */
 dsv3_status dsv3_mla_project_q(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
                                const float *cos_j, const float *sin_j, float *q, float *qa, int isa, dsv3_error *err);
+/* The argument checks of dsv3_mla_forward (and the indexed forward). */
+dsv3_status dsv3_mla_check_call(const dsv3_mla_dims *d, const dsv3_mla_weights *w, int64_t s, int64_t past,
+                                dsv3_attn_mode mode, dsv3_error *err);
+/* Rows [past, past+s) of the latent cache from x [s, hidden]: kv_a_proj, then finish_latent. */
+dsv3_status dsv3_mla_write_latent(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
+                                  const float *cos_j, const float *sin_j, float *cache, int64_t past, int isa,
+                                  dsv3_error *err);
 void dsv3_mla_finish_latent(const dsv3_mla_dims *d, const dsv3_mla_weights *w, float *rows, int64_t s,
                             const float *cos_j, const float *sin_j);
 

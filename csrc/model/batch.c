@@ -25,6 +25,9 @@ dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacit
     *out = NULL;
     if (!m || !m->prepared)
         return dsv3_fail(err, DSV3_E_VALUE, "batch: the model is not prepared");
+    if (m->index.topk > 0)
+        return dsv3_fail(err, DSV3_E_VALUE, "batch: DeepSeek-V3.2 sparse attention (deepseek_v32, index_topk > 0) "
+                         "is not supported by the batched engine yet; use Model.forward / generate");
     if (slots < 1 || slot_capacity < 1)
         return dsv3_fail(err, DSV3_E_VALUE, "batch: need at least one slot of at least one token (got %lld x %lld)",
                          (long long)slots, (long long)slot_capacity);

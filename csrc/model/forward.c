@@ -36,8 +36,14 @@ static dsv3_status attention(dsv3_model *m, dsv3_layer *ly, const float *x, int6
     const int64_t half = m->cfg.qk_rope_head_dim / 2;
     float *cache = use_cache ? ly->cache : m->ws.cache; /* without the cache: s workspace rows */
     const int64_t past = use_cache ? start : 0;
-    dsv3_status st = dsv3_mla_forward(&m->mla, &ly->attn, x, s, cs, cs + s * half, cache, past, m->attn_mode, out,
-                                      &m->ws.mla, isa, err);
+    dsv3_status st;
+    if (m->index.topk > 0) /* V3.2: sparse attention over the rows the indexer selects */
+        st = dsv3_mla_forward_indexed(&m->mla, &ly->attn, &m->index, &ly->indexer, x, s, cs, cs + s * half, cache,
+                                      use_cache ? ly->index_cache : m->ws.index.keys, past, m->attn_mode, out,
+                                      &m->ws.mla, &m->ws.index, isa, err);
+    else
+        st = dsv3_mla_forward(&m->mla, &ly->attn, x, s, cs, cs + s * half, cache, past, m->attn_mode, out,
+                              &m->ws.mla, isa, err);
     if (st == DSV3_OK && use_cache)
         ly->cache_rows = start + s;
     return st;

@@ -38,6 +38,18 @@ static dsv3_status check_config(const dsv3_model_config *c, dsv3_error *err)
     if (c->vocab_size * c->hidden_size > ((int64_t)1 << 40))
         return dsv3_fail(err, DSV3_E_VALUE, "config dimensions too large: vocab_size * hidden_size = %lld (max 2^40)",
                          (long long)(c->vocab_size * c->hidden_size));
+    if (c->index_topk < 0 || c->index_n_heads < 0 || c->index_head_dim < 0)
+        return dsv3_fail(err, DSV3_E_VALUE, "index_topk, index_n_heads and index_head_dim must be >= 0 (got %lld, "
+                         "%lld, %lld)", (long long)c->index_topk, (long long)c->index_n_heads,
+                         (long long)c->index_head_dim);
+    if (c->index_topk > 0) {
+        const dsv3_mla_dims d = {c->hidden_size, c->num_attention_heads, c->q_lora_rank, c->kv_lora_rank,
+                                 c->qk_nope_head_dim, c->qk_rope_head_dim, c->v_head_dim, 0.f, 0, 0};
+        const dsv3_indexer_dims ix = {c->index_n_heads, c->index_head_dim, c->index_topk, 0};
+        dsv3_status st = dsv3_indexer_check(&d, &ix, err);
+        if (st != DSV3_OK)
+            return st;
+    }
     if (c->first_k_dense_replace < c->num_hidden_layers) {
         if (c->moe_intermediate_size <= 0)
             return dsv3_fail(err, DSV3_E_VALUE, "moe_intermediate_size must be positive, got %lld",
@@ -90,6 +102,7 @@ dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, ds
     m->mla = (dsv3_mla_dims){cfg->hidden_size, cfg->num_attention_heads, cfg->q_lora_rank, cfg->kv_lora_rank,
                              cfg->qk_nope_head_dim, cfg->qk_rope_head_dim, cfg->v_head_dim, cfg->softmax_scale,
                              cfg->rope_interleave, cfg->attention_bias};
+    m->index = (dsv3_indexer_dims){cfg->index_n_heads, cfg->index_head_dim, cfg->index_topk, cfg->index_key_fp8 != 0};
     m->router = (dsv3_router_spec){cfg->n_routed_experts, cfg->num_experts_per_tok, cfg->n_group, cfg->topk_group,
                                    cfg->scoring_func, cfg->topk_method, cfg->norm_topk_prob,
                                    cfg->routed_scaling_factor, cfg->group_mask_value};
@@ -114,13 +127,14 @@ void dsv3_model_free(dsv3_model *m)
         dsv3_layer *ly = &m->layers[l];
         dsv3_vec *vecs[] = {&ly->input_layernorm, &ly->post_attention_layernorm, &ly->attn.q_a_layernorm,
                             &ly->attn.kv_a_layernorm, &ly->attn.q_a_bias, &ly->attn.kv_a_bias, &ly->attn.o_bias,
-                            &ly->moe.bias};
+                            &ly->moe.bias, &ly->indexer.k_norm, &ly->indexer.k_norm_bias};
         for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++)
             free_vec(vecs[i]);
         dsv3_free(ly->attn.w_uk);
         dsv3_free(ly->attn.w_uv);
         dsv3_free(ly->moe.experts);
         dsv3_free(ly->cache);
+        dsv3_free(ly->index_cache);
     }
     free_vec(&m->norm);
     dsv3_model_workspace_free(&m->ws);
@@ -183,6 +197,13 @@ dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err)
             !(ly->cache = dsv3_alloc(bytes)))
             st = dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the latent cache (%lld tokens x %lld values)",
                            (long long)m->capacity, (long long)row);
+        dsv3_free(ly->index_cache);
+        ly->index_cache = NULL;
+        if (st == DSV3_OK && m->index.topk > 0 &&
+            (!dsv3_mul_size((size_t)m->capacity, (size_t)dsv3_indexer_key_row(&m->index) * sizeof(float), &bytes) ||
+             !(ly->index_cache = dsv3_alloc(bytes))))
+            st = dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the index-key cache (%lld tokens x %lld values)",
+                           (long long)m->capacity, (long long)m->index.head_dim);
         ly->cache_rows = 0;
     }
     if (st == DSV3_OK) /* a decode step (one token over up to the whole cache) allocates nothing */

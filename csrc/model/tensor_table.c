@@ -33,6 +33,11 @@ const dsv3_tensor_row dsv3_tensor_rows[] = {
     {P "self_attn.o_proj.weight",            DSV3_SCOPE_LAYER,  DSV3_KIND_LINEAR, DSV3_DIM_HIDDEN,       DSV3_DIM_O_IN,        ALWAYS,                    NEVER, L(attn.o_proj)},
     {P "self_attn.kv_a_proj_with_mqa.bias",  DSV3_SCOPE_LAYER,  DSV3_KIND_VECTOR, DSV3_DIM_ONE,          DSV3_DIM_KV_A,        DSV3_WHEN_ATTN_BIAS,       NEVER, V(attn.kv_a_bias)},
     {P "self_attn.o_proj.bias",              DSV3_SCOPE_LAYER,  DSV3_KIND_VECTOR, DSV3_DIM_ONE,          DSV3_DIM_HIDDEN,      DSV3_WHEN_ATTN_BIAS,       NEVER, V(attn.o_bias)},
+    {P "self_attn.indexer.wq_b.weight",      DSV3_SCOPE_LAYER,  DSV3_KIND_LINEAR, DSV3_DIM_INDEX_Q,      DSV3_DIM_Q_LORA,      DSV3_WHEN_INDEXER,         NEVER, L(indexer.wq_b)},
+    {P "self_attn.indexer.wk.weight",        DSV3_SCOPE_LAYER,  DSV3_KIND_LINEAR, DSV3_DIM_INDEX_HEAD,   DSV3_DIM_HIDDEN,      DSV3_WHEN_INDEXER,         NEVER, L(indexer.wk)},
+    {P "self_attn.indexer.k_norm.weight",    DSV3_SCOPE_LAYER,  DSV3_KIND_VECTOR, DSV3_DIM_ONE,          DSV3_DIM_INDEX_HEAD,  DSV3_WHEN_INDEXER,         NEVER, V(indexer.k_norm)},
+    {P "self_attn.indexer.k_norm.bias",      DSV3_SCOPE_LAYER,  DSV3_KIND_VECTOR, DSV3_DIM_ONE,          DSV3_DIM_INDEX_HEAD,  DSV3_WHEN_INDEXER,         NEVER, V(indexer.k_norm_bias)},
+    {P "self_attn.indexer.weights_proj.weight", DSV3_SCOPE_LAYER, DSV3_KIND_ROUTER, DSV3_DIM_INDEX_HEADS, DSV3_DIM_HIDDEN,    DSV3_WHEN_INDEXER,         NEVER, L(indexer.weights_proj)},
     {P "mlp.gate_proj.weight",               DSV3_SCOPE_DENSE,  DSV3_KIND_LINEAR, DSV3_DIM_INTER,        DSV3_DIM_HIDDEN,      ALWAYS,                    NEVER, L(mlp.gate)},
     {P "mlp.up_proj.weight",                 DSV3_SCOPE_DENSE,  DSV3_KIND_LINEAR, DSV3_DIM_INTER,        DSV3_DIM_HIDDEN,      ALWAYS,                    NEVER, L(mlp.up)},
     {P "mlp.down_proj.weight",               DSV3_SCOPE_DENSE,  DSV3_KIND_LINEAR, DSV3_DIM_HIDDEN,       DSV3_DIM_INTER,       ALWAYS,                    NEVER, L(mlp.down)},
@@ -61,10 +66,10 @@ static const char *const scope_names[DSV3_SCOPE_COUNT] = {"input", "layer", "den
 static const char *const kind_names[DSV3_KIND_COUNT] = {"linear", "router", "vector"};
 static const char *const dim_names[DSV3_DIM_COUNT] = {
     "one", "hidden", "vocab", "q_lora", "q_heads", "kv_a", "kv_lora", "kv_b", "o_in", "inter", "moe_inter",
-    "shared_inter", "experts"};
+    "shared_inter", "experts", "index_q", "index_head", "index_heads"};
 static const char *const when_names[DSV3_WHEN_COUNT] = {
     "always", "never", "q_lora", "no_q_lora", "q_lora_bias", "attention_bias", "correction_bias", "shared_experts",
-    "tied"};
+    "tied", "indexer"};
 
 const char *dsv3_tensor_scope_name(dsv3_tensor_scope s) { return (unsigned)s < DSV3_SCOPE_COUNT ? scope_names[s] : "?"; }
 const char *dsv3_tensor_kind_name(dsv3_tensor_kind k) { return (unsigned)k < DSV3_KIND_COUNT ? kind_names[k] : "?"; }
@@ -100,6 +105,9 @@ void dsv3_tensor_dims(const dsv3_model_config *c, int64_t *d)
     d[DSV3_DIM_MOE_INTER] = c->moe_intermediate_size;
     d[DSV3_DIM_SHARED_INTER] = mul_sat(c->moe_intermediate_size, c->n_shared_experts);
     d[DSV3_DIM_EXPERTS] = c->n_routed_experts;
+    d[DSV3_DIM_INDEX_Q] = mul_sat(c->index_n_heads, c->index_head_dim);
+    d[DSV3_DIM_INDEX_HEAD] = c->index_head_dim;
+    d[DSV3_DIM_INDEX_HEADS] = c->index_n_heads;
 }
 
 int dsv3_tensor_when_holds(const dsv3_model_config *c, dsv3_tensor_when w)
@@ -114,6 +122,7 @@ int dsv3_tensor_when_holds(const dsv3_model_config *c, dsv3_tensor_when w)
     case DSV3_WHEN_CORRECTION_BIAS: return c->topk_method == DSV3_TOPK_NOAUX_TC || c->topk_method == DSV3_TOPK_NOAUX;
     case DSV3_WHEN_SHARED: return c->n_shared_experts > 0;
     case DSV3_WHEN_TIED: return c->tie_word_embeddings != 0;
+    case DSV3_WHEN_INDEXER: return c->index_topk > 0;
     default: return 0;
     }
 }

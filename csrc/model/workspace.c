@@ -65,7 +65,8 @@ static dsv3_status reserve_lin(dsv3_model *m, int64_t tokens, int64_t rows, dsv3
         const dsv3_layer *ly = &m->layers[l];
         const dsv3_weight *ws_[] = {&ly->attn.q_proj, &ly->attn.q_a_proj, &ly->attn.q_b_proj, &ly->attn.kv_a_proj,
                                     &ly->attn.o_proj, &ly->mlp.gate, &ly->mlp.up, &ly->mlp.down, &ly->moe.gate,
-                                    &ly->moe.shared.gate, &ly->moe.shared.up, &ly->moe.shared.down};
+                                    &ly->moe.shared.gate, &ly->moe.shared.up, &ly->moe.shared.down,
+                                    &ly->indexer.wq_b, &ly->indexer.wk, &ly->indexer.weights_proj};
         for (size_t i = 0; i < sizeof ws_ / sizeof ws_[0]; i++)
             if (ws_[i]->data)
                 w = most(w, dsv3_linear_plan_bytes_upto(ws_[i], tt));
@@ -94,6 +95,9 @@ dsv3_status dsv3_model_reserve(dsv3_model *m, int64_t tokens, int64_t rows, dsv3
     dsv3_status st = reserve_own(m, tokens, err);
     if (st == DSV3_OK)
         st = dsv3_mla_scratch_reserve(&m->ws.mla, &m->mla, m->attn_mode, tokens, attention_rows(m, rows), err);
+    if (st == DSV3_OK && m->index.topk > 0) /* V3.2: score rows for the whole capacity, as absorbed attention */
+        st = dsv3_indexer_scratch_reserve(&m->ws.index, &m->mla, &m->index, tokens,
+                                          m->capacity > rows ? m->capacity : rows, err);
     if (st == DSV3_OK)
         st = reserve_lin(m, tokens, m->ws.mla.rows, err);
     for (int64_t l = 0; l < m->cfg.num_hidden_layers && st == DSV3_OK; l++)
@@ -111,5 +115,6 @@ void dsv3_model_workspace_free(dsv3_workspace *ws)
     dsv3_free(ws->lin.base);
     dsv3_mla_scratch_free(&ws->mla);
     dsv3_moe_scratch_free(&ws->moe);
+    dsv3_indexer_scratch_free(&ws->index);
     memset(ws, 0, sizeof *ws);
 }

@@ -108,7 +108,8 @@ static const struct {
     K(KEY_INT, first_k_dense_replace), K(KEY_FLAG, norm_topk_prob), K(KEY_FLAG, rope_interleave),
     K(KEY_FLAG, attention_bias), K(KEY_FLAG, tie_word_embeddings), K(KEY_FLOAT, routed_scaling_factor),
     K(KEY_FLOAT, rms_norm_eps), K(KEY_FLOAT, group_mask_value), K(KEY_FLOAT, softmax_scale),
-    K(KEY_FLOAT, rope_attention_scaling),
+    K(KEY_FLOAT, rope_attention_scaling), K(KEY_INT, index_n_heads), K(KEY_INT, index_head_dim), K(KEY_INT, index_topk),
+    K(KEY_FLAG, index_key_fp8),
 };
 #undef K
 static const char *const OTHER_KEYS[] = {"scoring_func", "topk_method", "rope_inv_freq"};
@@ -453,6 +454,33 @@ static PyObject *run_experts(ModelObject *self, int64_t layer, PyArrayObject *x,
     return out;
 }
 
+static PyObject *run_indexer(ModelObject *self, int64_t layer, PyArrayObject *x, int isa)
+{
+    const npy_intp s = PyArray_DIM(x, 0), k = (npy_intp)self->model->cfg.index_topk;
+    if (k <= 0)
+        return PyErr_Format(PyExc_ValueError, "run_module('indexer'): this model has no indexer (deepseek_v32 only)");
+    npy_intp ds[2] = {s, k}, dc[2] = {s, s};
+    PyObject *sel = PyArray_SimpleNew(2, ds, NPY_INT64), *sc = PyArray_SimpleNew(2, dc, NPY_FLOAT32);
+    if (!sel || !sc) {
+        Py_XDECREF(sel);
+        Py_XDECREF(sc);
+        return NULL;
+    }
+    dsv3_error err = {0};
+    dsv3_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dsv3_model_indexer(self->model, layer, (const float *)PyArray_DATA(x), s,
+                            (int64_t *)PyArray_DATA((PyArrayObject *)sel), (float *)PyArray_DATA((PyArrayObject *)sc),
+                            isa, &err);
+    Py_END_ALLOW_THREADS
+    if (st != DSV3_OK) {
+        Py_DECREF(sel);
+        Py_DECREF(sc);
+        return dsv3_py_raise(st, &err);
+    }
+    return Py_BuildValue("(NN)", sel, sc);
+}
+
 static PyObject *run_kind(ModelObject *self, int kind, int64_t layer, PyArrayObject *x, long long start_pos,
                           int use_cache, int isa)
 {
@@ -498,13 +526,15 @@ static PyObject *Model_run_module(ModelObject *self, PyObject *args, PyObject *k
         if (strcmp(kind, KINDS[i]) == 0)
             k = i;
     const int is_router = strcmp(kind, "router") == 0, is_experts = strcmp(kind, "experts") == 0;
-    if (k < 0 && !is_router && !is_experts)
+    const int is_indexer = strcmp(kind, "indexer") == 0;
+    if (k < 0 && !is_router && !is_experts && !is_indexer)
         return PyErr_Format(PyExc_ValueError,
                             "unknown module kind '%s' (input_layernorm, post_attention_layernorm, attention, mlp, "
-                            "router, experts, shared_experts, decoder_layer, final_norm)", kind);
+                            "router, experts, shared_experts, decoder_layer, final_norm, indexer)", kind);
     if (!claim(self))
         return NULL;
-    PyObject *r = is_router ? run_router(self, (int64_t)layer, x, isa)
+    PyObject *r = is_indexer ? run_indexer(self, (int64_t)layer, x, isa)
+                  : is_router ? run_router(self, (int64_t)layer, x, isa)
                   : is_experts ? run_experts(self, (int64_t)layer, x, iobj, wobj, isa)
                                : run_kind(self, k, (int64_t)layer, x, start_pos, use_cache, isa);
     self->busy = 0;

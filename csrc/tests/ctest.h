@@ -59,5 +59,6 @@ void test_linear_plan(void);
 void test_errors(void);
 void test_model(void);
 void test_overflow(void);
+void test_indexer(void);
 
 #endif

@@ -59,6 +59,7 @@ static const struct {
     {"errors", test_errors},
     {"model", test_model},
     {"overflow", test_overflow},
+    {"indexer", test_indexer},
 };
 
 int main(int argc, char **argv)

@@ -85,7 +85,7 @@ def read_dsv3_checkpoint(path, reader=None, config=None):
         reader = open_safetensors(path)
     skipped = set()
     for base, parts in _group_arrays(list(reader.keys())).items():
-        why = skip_reason(base, n_layers)  # copied verbatim by convert, not canonical tensors
+        why = skip_reason(base, config)  # copied verbatim by convert, not canonical tensors
         if why == "mtp":
             skipped.add(layer_of(base))
         if why:

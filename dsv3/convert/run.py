@@ -86,26 +86,27 @@ def _plan(ckpt, src, opts):
         raise ValueError(f"--ep {opts.ep} must divide the number of routed experts ({n_experts})")
     entries = [(n, tuple(v.shape), int(v.nbytes), value_format(v)) for n, v in ckpt.canonical_tensors()]
     items = build_items(entries, opts, n_experts)
-    items += _raw_items(src, cfg.num_hidden_layers, opts.keep_mtp)
+    items += _raw_items(src, cfg, opts.keep_mtp)
     return items, assign_shards(items, opts)
 
 
-def _raw_items(src, n_layers, keep_mtp):
-    """Source tensors copied verbatim (names and formats kept): the V3.2 indexer's (always; not a
-    canonical tensor yet) and, with keep_mtp, the MTP layer's (layers >= num_hidden_layers)."""
+def _raw_items(src, cfg, keep_mtp):
+    """Source tensors copied verbatim (names and formats kept): with keep_mtp, the MTP layer's (layers >=
+    num_hidden_layers), and indexer tensors under a config without an indexer. (The V3.2 indexer's tensors
+    are canonical tensors of a deepseek_v32 config and are converted like the other attention tensors.)"""
     from ..safetensors_io import open_safetensors
     from .plan import Item
     out, mtp = [], 0
     with open_safetensors(src) as r:
         for key in r.keys():
-            why = skip_reason(key, n_layers)
+            why = skip_reason(key, cfg)
             is_mtp = why == "mtp"
             if (is_mtp and keep_mtp) or why == "indexer":
                 nbytes = int(r.get(key).nbytes)
                 out.append(Item(key, (key,), None, "shared", nbytes, nbytes, raw=True))
                 mtp += is_mtp
     if keep_mtp and not mtp:
-        log.info("--keep-mtp: the source has no MTP layer (layer >= %d)", n_layers)
+        log.info("--keep-mtp: the source has no MTP layer (layer >= %d)", cfg.num_hidden_layers)
     return out
 
 

@@ -83,10 +83,12 @@ def _random(rng, name, shape, scale):
 
 
 def _mtp_and_indexer(cfg, mtp, indexer):
-    """Extra (name, shape, kind) entries: MTP layer N like V3's layer 61 and V3.2 indexer tensors."""
+    """Extra (name, shape, kind) entries: MTP layer N like V3's layer 61 and, for a config that is not
+    deepseek_v32, V3.2 indexer tensors (a deepseek_v32 config has them among its canonical tensors, in the
+    hub names, whatever `indexer` says)."""
     extra = []
     H = cfg.hidden_size
-    if indexer:
+    if indexer and not cfg.has_indexer:
         nh, hd = cfg.index_n_heads or 4, cfg.index_head_dim or 16
         for i in range(cfg.num_hidden_layers):
             p = f"model.layers.{i}.self_attn.indexer."
