@@ -6,18 +6,12 @@ import os
 import numpy as np
 import pytest
 
+from dsv3._native import lib
 from dsv3.config import DeepseekConfig, load_config
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures", "configs")
 NAMES = sorted(os.listdir(FIX))
-NATIVE_KEYS = {
-    "vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
-    "num_attention_heads", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
-    "n_routed_experts", "n_shared_experts", "num_experts_per_tok", "n_group", "topk_group",
-    "first_k_dense_replace", "norm_topk_prob", "routed_scaling_factor", "rms_norm_eps", "rope_interleave",
-    "attention_bias", "scoring_func", "topk_method", "group_mask_value", "softmax_scale",
-    "rope_attention_scaling", "rope_inv_freq", "tie_word_embeddings", "index_n_heads", "index_head_dim",
-    "index_topk"}
+NATIVE_KEYS = set(lib.config_keys())  # the binding's one key table (tests/test_one_description.py)
 
 
 def raw(name):
