@@ -302,3 +302,23 @@ def test_decode_row_walk_is_bitwise_the_batch_row(fmt, params, precision):
             for r in range(3):
                 np.testing.assert_array_equal(dsv3.ops.linear(x[r:r + 1], qt, isa=isa, precision=precision)[0],
                                               yb[r], err_msg=f"{fmt} {precision} k={k} {isa} row {r}")
+
+
+@pytest.mark.parametrize("fmt", ["f32", "bf16", "int8"])
+def test_decode_row_tiles_are_bitwise_single_rows(fmt):
+    """Decode (M = 1) with rows long enough that x outgrows the one-row walk (K = 2600: 10 KB of f32 x on
+    AVX2, of bf16 hi + lo on AVX-512) reads several weight rows per pass (gemv_template.h rows4_m1,
+    gemv_dot_avx512.c 4-row tiles); every row must still come out bit for bit as when it is the only row
+    (a one-row weight takes the single-row path), with and without bias, on every SIMD path."""
+    k, n = 2600, 11
+    w = rnd((n, k), 51, 0.05)
+    x = rnd((1, k), 52)
+    bias = rnd((n,), 53)
+    full = quant.quantize(w, fmt)
+    for isa in ISAS[1:]:
+        for b in (None, bias):
+            y = dsv3.ops.linear(x, full, bias=b, isa=isa)
+            for r in range(n):
+                yr = dsv3.ops.linear(x, quant.quantize(w[r:r + 1], fmt), bias=None if b is None else b[r:r + 1],
+                                     isa=isa)
+                np.testing.assert_array_equal(y[0, r], yr[0, 0], err_msg=f"{fmt} {isa} row {r}")

@@ -33,7 +33,7 @@
  * tile, which short rows (K = 2048: 1-4 KB) pay dearly for. Long rows with a large x (exact mode,
  * K = 7168: 28 KB of hi + lo per 7 KB fp8 row) keep the 4-row tiles, where each x vector loaded from
  * L1/L2 serves four rows. Measured 2026-11-30 (one thread, best of 100 alternating calls, 256 MB of
- * weight copies): expert_down 2048 -> 7168 fp8 12.2 -> 15.3 GB/s, int8 12.4 -> 18.4, bf16 fast
+ * weight copies): expert_down 2048 -> 7168 fp8 12.2 -> 15.0 GB/s, int8 12.4 -> 17.9, bf16 fast
  * 15.8 -> 34.3; expert_gate_up 7168 -> 2048 bf16 fast 20.7 -> 27.4, but fp8/int8 exact 17-18 -> 11-12
  * (hence the x-size rule). Per-row arithmetic is the same in both walks (bitwise equal results). */
 AI int rows_sequential(const dsv3_lin_args *a, int xbytes_per_k, int64_t rowbytes)
