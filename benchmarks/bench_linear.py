@@ -45,6 +45,10 @@ SHAPES = {
     "o_proj": (16384, 7168),
     "expert_gate_up": (7168, 2048),
     "expert_down": (2048, 7168),
+    # the routed-expert shapes of bench_peers' default model (hidden 2048, moe_intermediate 1024): the
+    # decode that the dsv3-vs-llama.cpp table measures reads rows of 1-2 K columns
+    "peers_gate_up": (2048, 1024),
+    "peers_down": (1024, 2048),
 }
 # variant -> (format, quantize params, ops.linear mode or None, peak kind that bounds it)
 VARIANTS = {

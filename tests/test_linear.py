@@ -281,3 +281,44 @@ def test_nibble_kernel_block_layout(fmt, group):
         for isa in ISAS:
             np.testing.assert_array_equal(dsv3.ops.linear(x, qt, isa=isa)[0], (2.0 * wd[:, col]).astype(np.float32),
                                           err_msg=f"{fmt} col {col} {isa}")
+
+
+@pytest.mark.parametrize("fmt,params", [f for f in FORMATS if f[0] != "f32"], ids=lambda v: str(v))
+@pytest.mark.parametrize("precision", ["exact", "fast"])
+def test_decode_row_walk_is_bitwise_the_batch_row(fmt, params, precision):
+    """At M = 1 the AVX-512 small-M kernels and every Q8 fast kernel walk the weight rows one after
+    another (one sequential stream) where a batch uses 4-row tiles (csrc/linear/gemv_dot_avx512.c,
+    rows_sequential; dot_q8_*.c): the per-row arithmetic is the same, so a decode row equals the same
+    row of a small batch bit for bit. K = 576 takes the row walk, K = 2560 (exact: 10 KB of x hi + lo
+    per row, more than 8 KB and than the row) the 4-row tiles at M = 1 too; N = 11 leaves a partial tile."""
+    paths = [i for i in ISAS if i == "avx512" or (precision == "fast" and fmt in ("int8", "int4") and i != "scalar")]
+    if not paths:
+        pytest.skip("no kernel with a separate decode walk for this format/precision on this CPU")
+    for k in (576, 2560):
+        qt = quant.quantize(rnd((11, k), 41, 0.05), fmt, **params)
+        x = rnd((3, k), 42)
+        for isa in paths:
+            yb = dsv3.ops.linear(x, qt, isa=isa, precision=precision)
+            for r in range(3):
+                np.testing.assert_array_equal(dsv3.ops.linear(x[r:r + 1], qt, isa=isa, precision=precision)[0],
+                                              yb[r], err_msg=f"{fmt} {precision} k={k} {isa} row {r}")
+
+
+@pytest.mark.parametrize("fmt", ["f32", "bf16", "int8"])
+def test_decode_row_tiles_are_bitwise_single_rows(fmt):
+    """Decode (M = 1) with rows long enough that x outgrows the one-row walk (K = 2600: 10 KB of f32 x on
+    AVX2, of bf16 hi + lo on AVX-512) reads several weight rows per pass (gemv_template.h rows4_m1,
+    gemv_dot_avx512.c 4-row tiles); every row must still come out bit for bit as when it is the only row
+    (a one-row weight takes the single-row path), with and without bias, on every SIMD path."""
+    k, n = 2600, 11
+    w = rnd((n, k), 51, 0.05)
+    x = rnd((1, k), 52)
+    bias = rnd((n,), 53)
+    full = quant.quantize(w, fmt)
+    for isa in ISAS[1:]:
+        for b in (None, bias):
+            y = dsv3.ops.linear(x, full, bias=b, isa=isa)
+            for r in range(n):
+                yr = dsv3.ops.linear(x, quant.quantize(w[r:r + 1], fmt), bias=None if b is None else b[r:r + 1],
+                                     isa=isa)
+                np.testing.assert_array_equal(y[0, r], yr[0, 0], err_msg=f"{fmt} {isa} row {r}")

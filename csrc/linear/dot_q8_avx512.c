@@ -29,7 +29,7 @@ AI __m512 int4_scales(const dsv3_weight *w, int64_t n, int64_t k, int64_t ng)
     return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), s4);
 }
 
-AI void q8_tile(const int is4, const int mr, const int nr, const dsv3_lin_args *a, int64_t n0, int64_t m0)
+AI void q8_tile(const int is4, const int pf, const int mr, const int nr, const dsv3_lin_args *a, int64_t n0, int64_t m0)
 {
     const dsv3_weight *w = a->w;
     const dsv3_act_q8 *x = a->q8;
@@ -55,7 +55,8 @@ AI void q8_tile(const int is4, const int mr, const int nr, const dsv3_lin_args *
         }
         for (int j = 0; j < nr; j++) {
             const uint8_t *p = row[j] + (is4 ? k / 2 : k);
-            PF(p, rowb);
+            if (pf)
+                PF(p, rowb);
             const __m512i b = _mm512_xor_si512(_mm512_loadu_si512(p), flip);
             if (is4) {
                 const __m512i lo = _mm512_and_si512(b, m4), hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), m4);
@@ -84,14 +85,25 @@ AI void q8_tile(const int is4, const int mr, const int nr, const dsv3_lin_args *
 
 #define Q8_TILE_NR(is4, mr)                                                                         \
     switch (nr) {                                                                                   \
-    case 1: q8_tile(is4, mr, 1, a, n, m0); break;                                                   \
-    case 2: q8_tile(is4, mr, 2, a, n, m0); break;                                                   \
-    case 3: q8_tile(is4, mr, 3, a, n, m0); break;                                                   \
-    default: q8_tile(is4, mr, 4, a, n, m0); break;                                                  \
+    case 1: q8_tile(is4, 1, mr, 1, a, n, m0); break;                                                   \
+    case 2: q8_tile(is4, 1, mr, 2, a, n, m0); break;                                                   \
+    case 3: q8_tile(is4, 1, mr, 3, a, n, m0); break;                                                   \
+    default: q8_tile(is4, 1, mr, 4, a, n, m0); break;                                                  \
     }
 
+/* Decode (M = 1) walks the rows one after another with no software prefetch: a thread's rows are
+ * contiguous, so the weights are one sequential stream the hardware prefetchers follow across row
+ * ends (x, 1-2 bytes per column with its lane arrays, stays in L1/L2). 4-row tiles read four streams
+ * a row apart that restart at every tile. Measured 2026-11-30 (one thread, best of 100 alternating
+ * calls, 256 MB of weight copies): expert_down 2048 -> 7168 int8 12.8 -> 27.8 GB/s, int4 19.1 -> 26.4;
+ * expert_gate_up 7168 -> 2048 int8 16.8 -> 17.1, int4 14.7 -> 19.8. Same per-row arithmetic. */
 AI void q8_rows(const int is4, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
+    if (a->m == 1) {
+        for (int64_t n = n0; n < n1; n++)
+            q8_tile(is4, 0, 1, 1, a, n, 0);
+        return;
+    }
     for (int64_t n = n0; n < n1; n += QNR) {
         const int64_t nr = n1 - n < QNR ? n1 - n : QNR;
         for (int64_t m0 = 0; m0 < a->m; m0 += QMR) {

@@ -26,6 +26,22 @@
 #define PF_NEXT(p, rowbytes) \
     _mm_prefetch((const char *)(uintptr_t)((uintptr_t)(p) + (uintptr_t)(DNR * (rowbytes))), _MM_HINT_T0)
 
+/* Decode (M = 1) walks the rows one after another (tiles of one weight row, no software prefetch)
+ * when the prepared x a row reads is small: at most 8 KB, or at most the row's own bytes. A thread's
+ * rows are contiguous, so the weights are then read as ONE sequential stream, which the hardware
+ * prefetchers follow across row ends; 4-row tiles read four streams a row apart, restarted at every
+ * tile, which short rows (K = 2048: 1-4 KB) pay dearly for. Long rows with a large x (exact mode,
+ * K = 7168: 28 KB of hi + lo per 7 KB fp8 row) keep the 4-row tiles, where each x vector loaded from
+ * L1/L2 serves four rows. Measured 2026-11-30 (one thread, best of 100 alternating calls, 256 MB of
+ * weight copies): expert_down 2048 -> 7168 fp8 12.2 -> 15.0 GB/s, int8 12.4 -> 17.9, bf16 fast
+ * 15.8 -> 34.3; expert_gate_up 7168 -> 2048 bf16 fast 20.7 -> 27.4, but fp8/int8 exact 17-18 -> 11-12
+ * (hence the x-size rule). Per-row arithmetic is the same in both walks (bitwise equal results). */
+AI int rows_sequential(const dsv3_lin_args *a, int xbytes_per_k, int64_t rowbytes)
+{
+    const int64_t xb = a->w->k * xbytes_per_k;
+    return a->m == 1 && (xb <= 8192 || xb <= rowbytes);
+}
+
 #define DMR 2 /* rows of x per tile (register budget: 4 tables + 8 partials + 4 accumulators) */
 
 /* bf16 bits of e4m3fn magnitudes 0..127 (code 127 is NaN -> 0x7fc0), split into bytes. */
@@ -89,7 +105,7 @@ AI void dec_fp8_bf16(const uint8_t *p, const fp8_tables *t, const int is_int8, _
 
 /* Partial sums of K range [k0, kend) (whole 64-blocks) for an mr x nr tile (rows m0.., columns n0..).
  * Per block: decode nr weight rows, then for each x row 4 vdpbf16ps per weight row (hi/lo x A/B). */
-AI void dot_group(dsv3_format f, const int lo, const int mr, const int nr, const dsv3_lin_args *a,
+AI void dot_group(dsv3_format f, const int lo, const int pf, const int mr, const int nr, const dsv3_lin_args *a,
                   const uint8_t *const *row, const fp8_tables *t, int64_t k0, int64_t kend, int64_t m0,
                   __m512 part[DMR][DNR])
 {
@@ -100,7 +116,7 @@ AI void dot_group(dsv3_format f, const int lo, const int mr, const int nr, const
             pa[i][j] = pb[i][j] = _mm512_setzero_ps();
     for (int64_t k = k0; k < kend; k += 64) {
         __m512bh A[DNR], B[DNR];
-        for (int j = 0; j < nr; j++) /* the same bytes of the next tile's rows (see PF_NEXT) */
+        for (int j = 0; j < nr && pf; j++) /* the same bytes of the next tile's rows (see PF_NEXT) */
             PF_NEXT(row[j] + k * (f == DSV3_FMT_BF16 ? 2 : 1), a->w->k * (f == DSV3_FMT_BF16 ? 2 : 1));
         for (int j = 0; j < nr; j++) {
             if (f == DSV3_FMT_FP8_BLOCK || f == DSV3_FMT_INT8)
@@ -131,7 +147,8 @@ AI void dot_group(dsv3_format f, const int lo, const int mr, const int nr, const
             part[i][j] = _mm512_add_ps(pa[i][j], pb[i][j]);
 }
 
-AI void dot_tile(dsv3_format f, const int lo, const int mr, const int nr, const dsv3_lin_args *a, const fp8_tables *t,
+AI void dot_tile(dsv3_format f, const int lo, const int pf, const int mr, const int nr, const dsv3_lin_args *a,
+                 const fp8_tables *t,
                  int64_t n0, int64_t m0, int64_t klo, int64_t khi)
 {
     const dsv3_weight *w = a->w;
@@ -146,7 +163,7 @@ AI void dot_tile(dsv3_format f, const int lo, const int mr, const int nr, const 
             acc[i][j] = _mm512_setzero_ps();
     for (int64_t g = klo / G; g * G < kbh; g++) {
         const int64_t kbeg = g * G > klo ? g * G : klo, kend = (g + 1) * G < kbh ? (g + 1) * G : kbh;
-        dot_group(f, lo, mr, nr, a, row, t, kbeg, kend, m0, part);
+        dot_group(f, lo, pf, mr, nr, a, row, t, kbeg, kend, m0, part);
         for (int j = 0; j < nr; j++) {
             const float s = gscale(f, w, n0 + j, g, ng);
             for (int i = 0; i < mr; i++)
@@ -249,7 +266,8 @@ AI __m512 nvfp4_scales16(const dsv3_weight *w, int64_t n, int64_t g0, int64_t ng
     return _mm512_mul_ps(v, _mm512_set1_ps(w->scale2));
 }
 
-AI void nib_tile(dsv3_format f, const int lo, const int mr, const int nr, const dsv3_lin_args *a, const nib_luts *t, int64_t n0,
+AI void nib_tile(dsv3_format f, const int lo, const int pf, const int mr, const int nr, const dsv3_lin_args *a,
+                 const nib_luts *t, int64_t n0,
                  int64_t m0, int64_t klo, int64_t khi)
 {
     const dsv3_weight *w = a->w;
@@ -277,7 +295,8 @@ AI void nib_tile(dsv3_format f, const int lo, const int mr, const int nr, const 
                 sb[j] = nvfp4_scales16(w, n0 + j, k / 256 * 16, ng);
             __m512bh v[4];
             __m512 S0, S1;
-            PF_NEXT(row[j] + k / 2, K / 2);
+            if (pf)
+                PF_NEXT(row[j] + k / 2, K / 2);
             dec_nib128(row[j] + k / 2, t, v);
             nib128_scales(f, w, n0 + j, k, ng, sb[j], &S0, &S1);
             for (int i = 0; i < mr; i++) {
@@ -322,18 +341,24 @@ AI void nib_tile(dsv3_format f, const int lo, const int mr, const int nr, const 
 
 #define NIB_TILE_NR(mr, nr_)                                                                        \
     switch (nr_) {                                                                                  \
-    case 1: nib_tile(f, lo, mr, 1, a, &t, n, m0, klo, khi); break;                                      \
-    case 2: nib_tile(f, lo, mr, 2, a, &t, n, m0, klo, khi); break;                                      \
-    case 3: nib_tile(f, lo, mr, 3, a, &t, n, m0, klo, khi); break;                                      \
-    default: nib_tile(f, lo, mr, 4, a, &t, n, m0, klo, khi); break;                                     \
+    case 1: nib_tile(f, lo, 1, mr, 1, a, &t, n, m0, klo, khi); break;                                      \
+    case 2: nib_tile(f, lo, 1, mr, 2, a, &t, n, m0, klo, khi); break;                                      \
+    case 3: nib_tile(f, lo, 1, mr, 3, a, &t, n, m0, klo, khi); break;                                      \
+    default: nib_tile(f, lo, 1, mr, 4, a, &t, n, m0, klo, khi); break;                                     \
     }
 
 AI void nib_rows(dsv3_format f, const int lo, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
     nib_luts t;
     t.w = _mm512_loadu_si512(f == DSV3_FMT_NVFP4 ? E2M1_BF16 : INT4_BF16);
+    const int seq = rows_sequential(a, lo ? 4 : 2, a->w->k / 2);
     for (int64_t klo = 0; klo < a->w->k; klo += DSV3_GEMV_KC) {
         const int64_t khi = klo + DSV3_GEMV_KC < a->w->k ? klo + DSV3_GEMV_KC : a->w->k;
+        if (seq) { /* decode: one weight row after another (see rows_sequential) */
+            for (int64_t n = n0; n < n1; n++)
+                nib_tile(f, lo, 0, 1, 1, a, &t, n, 0, klo, khi);
+            continue;
+        }
         for (int64_t n = n0; n < n1; n += DNR) {
             const int64_t nr = n1 - n < DNR ? n1 - n : DNR;
             for (int64_t m0 = 0; m0 < a->m; m0 += DMR) {
@@ -354,10 +379,10 @@ void dsv3_gemv_nvfp4_dot1_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1)
 
 #define DOT_TILE_NR(mr, nr_)                                                                        \
     switch (nr_) {                                                                                  \
-    case 1: dot_tile(f, lo, mr, 1, a, &t, n, m0, klo, khi); break;                                      \
-    case 2: dot_tile(f, lo, mr, 2, a, &t, n, m0, klo, khi); break;                                      \
-    case 3: dot_tile(f, lo, mr, 3, a, &t, n, m0, klo, khi); break;                                      \
-    default: dot_tile(f, lo, mr, 4, a, &t, n, m0, klo, khi); break;                                     \
+    case 1: dot_tile(f, lo, 1, mr, 1, a, &t, n, m0, klo, khi); break;                                      \
+    case 2: dot_tile(f, lo, 1, mr, 2, a, &t, n, m0, klo, khi); break;                                      \
+    case 3: dot_tile(f, lo, 1, mr, 3, a, &t, n, m0, klo, khi); break;                                      \
+    default: dot_tile(f, lo, 1, mr, 4, a, &t, n, m0, klo, khi); break;                                     \
     }
 
 AI void dot_rows(dsv3_format f, const int lo, const dsv3_lin_args *a, int64_t n0, int64_t n1)
@@ -369,8 +394,14 @@ AI void dot_rows(dsv3_format f, const int lo, const dsv3_lin_args *a, int64_t n0
     t.hi1 = _mm512_loadu_si512(hi + 64);
     t.lo0 = _mm512_loadu_si512(lob);
     t.lo1 = _mm512_loadu_si512(lob + 64);
+    const int seq = rows_sequential(a, lo ? 4 : 2, a->w->k * (f == DSV3_FMT_BF16 ? 2 : 1));
     for (int64_t klo = 0; klo < a->w->k; klo += DSV3_GEMV_KC) { /* K chunks: x stays in L1 */
         const int64_t khi = klo + DSV3_GEMV_KC < a->w->k ? klo + DSV3_GEMV_KC : a->w->k;
+        if (seq) { /* decode: one weight row after another (see rows_sequential) */
+            for (int64_t n = n0; n < n1; n++)
+                dot_tile(f, lo, 0, 1, 1, a, &t, n, 0, klo, khi);
+            continue;
+        }
         for (int64_t n = n0; n < n1; n += DNR) {
             const int64_t nr = n1 - n < DNR ? n1 - n : DNR;
             for (int64_t m0 = 0; m0 < a->m; m0 += DMR) {
