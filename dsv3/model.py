@@ -431,4 +431,5 @@ class Model:
         return (f"dsv3.Model({arch}: {layers} layers ({dense} dense{moe_txt}), hidden {c['hidden_size']}, "
                 f"{c['num_attention_heads']} heads, vocab {c['vocab_size']}; {ptxt} params, "
                 f"{self._info['bytes'] / 2**20:.1f} MiB [{fmts}]; attention {self._info['attention']}, "
-                f"cache {self.cache_len}/{self.max_seq_len})")
+                f"cache {self.cache_len}/{self.max_seq_len} {self.kv_cache_dtype} "
+                f"({self.cache_bytes / 2**20:.1f} MiB))")

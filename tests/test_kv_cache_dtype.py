@@ -243,7 +243,7 @@ def test_cache_memory_reported_and_validated():
     assert sizes["bf16"].cache_bytes_per_token * 2 == sizes["f32"].cache_bytes_per_token
     assert sizes["fp8"].cache_bytes_per_token == L * (R + 3 * 4 + 2 * P)
     assert sizes["fp8"].cache_bytes == 64 * sizes["fp8"].cache_bytes_per_token
-    assert "bf16" in sizes["bf16"]._repr_html_()
+    assert "bf16" in sizes["bf16"]._repr_html_() and "fp8" in repr(sizes["fp8"])
     for bad in ("fp16", "F32", None, 8):
         with pytest.raises(ValueError, match="kv_cache_dtype must be one of"):
             make(hf, bad)

@@ -11,8 +11,8 @@
  *
  * fp8 follows FlashMLA's FP8 KV cache (DeepSeek-V3.2's sparse decode kernel, 656 bytes per token for
  * V3: 512 e4m3 latent values, 4 f32 scales, one per 128 values, then the 64 rope values in bf16, not
- * quantised "for accuracy"). Scale of a block = amax/448 (1 when the block is all zero; FlashMLA's
- * reference rounds it up to a power of two, dsv3 keeps the plain amax/448, the more accurate one);
+ * quantised "for accuracy"). Scale of a block = amax/448 (1 when the block is all zero; some users of
+ * this layout round it up to a power of two, UE8M0-style: dsv3 keeps the plain amax/448, the finer one);
  * code = e4m3(c / scale), round to nearest even. Decoding: c = f32(code) * scale (one rounding), so
  * every reader, scalar or SIMD, sees the same f32 value of each element.
  * Rows are packed back to back (no padding): a row may start at any byte, readers use unaligned loads. */
