@@ -3,6 +3,8 @@ ends with its speed; /reset forgets the conversation, /quit (or end of input) le
 import sys
 import time
 
+from .model import KV_CACHE_DTYPES
+
 
 def add_arguments(parser):
     parser.add_argument("checkpoint", help="checkpoint directory with tokenizer.json and a chat template")
@@ -12,6 +14,8 @@ def add_arguments(parser):
     parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default 0.95)")
     parser.add_argument("--seed", type=int, help="seed of the sampler (default: random)")
     parser.add_argument("--max-seq-len", type=int, default=4096, help="conversation length in tokens (default 4096)")
+    parser.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="f32",
+                        help="latent KV cache storage: f32 (default), bf16 (half) or fp8 (about a quarter)")
 
 
 def chat(model, system=None, max_new_tokens=256, temperature=0.7, top_p=0.95, seed=None, stdin=None, stdout=None):
@@ -66,6 +70,6 @@ def chat(model, system=None, max_new_tokens=256, temperature=0.7, top_p=0.95, se
 
 def run(args):
     from .model import Model
-    model = Model.from_pretrained(args.checkpoint, max_seq_len=args.max_seq_len)
+    model = Model.from_pretrained(args.checkpoint, max_seq_len=args.max_seq_len, kv_cache_dtype=args.kv_cache_dtype)
     chat(model, args.system, args.max_new_tokens, args.temperature, args.top_p, args.seed)
     return 0

@@ -2,6 +2,8 @@
 streaming, /v1/models, /health) over the batched engine. Needs the `serve` extra (FastAPI, uvicorn)."""
 import sys
 
+from .model import KV_CACHE_DTYPES
+
 
 def add_arguments(parser):
     parser.add_argument("checkpoint", help="checkpoint directory (with tokenizer.json for text)")
@@ -11,6 +13,8 @@ def add_arguments(parser):
     parser.add_argument("--max-seq-len", type=int, default=4096, help="tokens per sequence (default 4096)")
     parser.add_argument("--model-name", help="name clients pass as 'model' (default: the directory's name)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="convert unquantised weights at load")
+    parser.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="f32",
+                        help="latent KV cache storage: f32 (default), bf16 (half) or fp8 (about a quarter)")
 
 
 def run(args):
@@ -23,5 +27,5 @@ def run(args):
         return 1
     print(f"dsv3 serve: loading {args.checkpoint}; OpenAI API at http://{args.host}:{args.port}/v1", file=sys.stderr)
     serve(args.checkpoint, host=args.host, port=args.port, max_batch=args.max_batch, max_seq_len=args.max_seq_len,
-          model_name=args.model_name, dtype=args.dtype)
+          model_name=args.model_name, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype)
     return 0

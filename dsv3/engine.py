@@ -56,8 +56,9 @@ class Engine:
     """Continuous batching over a :class:`dsv3.Model`.
 
     max_batch: sequence slots (at most this many run in one step). max_seq_len: tokens per slot
-    (default the model's). kv_budget_bytes: if given, the slots are limited so that their latent caches
-    fit in it. prefill_chunk: prompt tokens a sequence feeds per step (long prompts are chunked, so
+    (default the model's). The slots' latent caches use the model's ``kv_cache_dtype`` (chosen at
+    ``Model.from_pretrained(..., kv_cache_dtype=...)``). kv_budget_bytes: if given, the slots are limited
+    so that their latent caches fit in it. prefill_chunk: prompt tokens a sequence feeds per step (long prompts are chunked, so
     running sequences keep decoding meanwhile). max_step_tokens: tokens per step over all sequences.
     """
 
@@ -70,7 +71,7 @@ class Engine:
         slots = int(max_batch)
         if slots < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
-        per_slot = cfg["num_hidden_layers"] * cap * (cfg["kv_lora_rank"] + cfg["qk_rope_head_dim"]) * 4
+        per_slot = cap * model.cache_bytes_per_token  # the model's kv_cache_dtype sets the row layout
         if kv_budget_bytes is not None:
             fit = int(kv_budget_bytes) // per_slot
             if fit < 1:
@@ -92,6 +93,11 @@ class Engine:
         self.running = []
         self.steps = 0
         self.cancelled = 0  # requests cancelled before they finished
+
+    @property
+    def kv_cache_dtype(self):
+        """Storage of the slots' latent caches (the model's)."""
+        return self.model.kv_cache_dtype
 
     @property
     def max_batch(self):

@@ -124,6 +124,16 @@ def _prepare_tensor(name, value, dtype):
     return value, int(value.size), int(value.nbytes), str(value.dtype)
 
 
+KV_CACHE_DTYPES = ("f32", "bf16", "fp8")  # the C table's names (lib.kv_cache_formats())
+
+
+def check_kv_cache_dtype(value):
+    """The kv_cache_dtype argument checked: one of KV_CACHE_DTYPES ("f32", "bf16", "fp8"), else ValueError."""
+    if not isinstance(value, str) or value not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype must be one of {', '.join(repr(d) for d in KV_CACHE_DTYPES)}, got {value!r}")
+    return value
+
+
 class Model:
     """A DeepSeek-V3-family model (V2, V3, R1, Kimi-K2, Moonlight) running on the C core.
 
@@ -142,7 +152,7 @@ class Model:
     # ---- construction ----
     @classmethod
     def from_tensors(cls, config, tensors, dtype=None, attention="absorbed", max_seq_len=4096, precision=None,
-                     index_keys="f32"):
+                     index_keys="f32", kv_cache_dtype="f32"):
         """Build a model from a config and a dict ``canonical name -> tensor``.
 
         config: a ``DeepseekConfig`` (anything with ``.to_native()``), a transformers config object
@@ -158,6 +168,11 @@ class Model:
         values keep their format).
         attention: "absorbed" (latent-space attention) or "naive" (expanded K/V, transformers' way).
         max_seq_len: KV cache capacity in tokens.
+        kv_cache_dtype: storage of the latent KV cache: "f32" (default; exact mode's parity with transformers),
+        "bf16" (half the bytes: each value rounded to nearest even; logits within ~1e-2 relative of f32) or
+        "fp8" (about a quarter: e4m3 latent with one f32 scale per 128 values, rope part bf16, FlashMLA's
+        layout; looser). The layouts: ``dsv3._native.lib.kv_cache_formats()``; cache memory:
+        :attr:`cache_bytes_per_token`, :attr:`cache_bytes`.
         precision: activation precision of the linear layers: "fast" (the engine default,
         ``dsv3.quant.DEFAULT_PRECISION``: int8/int4 weights with activations quantised per block of 32
         to int8 and integer dots, fp8_block/nvfp4/bf16 with x rounded to bf16 on AVX-512) or "exact"
@@ -172,6 +187,7 @@ class Model:
         dtype = _dtype_arg(dtype)
         if attention not in ("absorbed", "naive"):
             raise ValueError(f"attention must be 'absorbed' or 'naive', got {attention!r}")
+        kv_cache_dtype = check_kv_cache_dtype(kv_cache_dtype)
         if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, (int, np.integer)) or max_seq_len < 1:
             raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
         tensors = _canonical_tensors(dict(tensors))
@@ -187,13 +203,14 @@ class Model:
             numel += n
             nbytes += b
             fmts[f] = fmts.get(f, 0) + b
-        native = lib.Model(native_cfg, prepared, int(max_seq_len), attention)
-        info = {"params": numel, "bytes": nbytes, "formats": fmts, "attention": attention, "precision": precision}
+        native = lib.Model(native_cfg, prepared, int(max_seq_len), attention, kv_cache_dtype=kv_cache_dtype)
+        info = {"params": numel, "bytes": nbytes, "formats": fmts, "attention": attention, "precision": precision,
+                "kv_cache_dtype": kv_cache_dtype}
         return cls(native, config, info)
 
     @classmethod
     def from_pretrained(cls, path, dtype=None, attention="absorbed", max_seq_len=4096, precision=None, progress=None,
-                        index_keys="f32"):
+                        index_keys="f32", kv_cache_dtype="f32"):
         """Load a checkpoint: a directory (HF layouts, DeepSeek FP8, NVFP4 or converted dsv3) or a hub id
         in the local Hugging Face cache (:func:`dsv3.paths.resolve_checkpoint_dir`).
         Arguments as :meth:`from_tensors` (precision "fast" by default, "exact" for parity work);
@@ -206,7 +223,7 @@ class Model:
         tensors = dict(_bar(ckpt.canonical_tensors(), total=len(names()) if names else None, desc="load",
                             enabled=progress, unit="tensor"))
         model = cls.from_tensors(ckpt.config, tensors, dtype=dtype, attention=attention, max_seq_len=max_seq_len,
-                                 precision=precision, index_keys=index_keys)
+                                 precision=precision, index_keys=index_keys, kv_cache_dtype=kv_cache_dtype)
         model._checkpoint = ckpt  # keeps memory-mapped shards open
         model._path = ckpt.path  # the tokenizer is loaded from here on first use (a hub id resolved)
         return model
@@ -218,7 +235,8 @@ class Model:
                         "memory": human_bytes(i["bytes"]),
                         "formats": {k: human_bytes(v) for k, v in i["formats"].items()},
                         "attention": i["attention"], "precision": i["precision"],
-                        "cache": f"{self.cache_len}/{self.max_seq_len} tokens"},
+                        "cache": f"{self.cache_len}/{self.max_seq_len} tokens, {self.kv_cache_dtype}, "
+                                 f"{human_bytes(self.cache_bytes)} ({self.cache_bytes_per_token:,} bytes/token)"},
                        title="dsv3.Model")._repr_html_()
 
     # ---- running ----
@@ -257,6 +275,21 @@ class Model:
     def max_seq_len(self):
         """KV cache capacity in tokens."""
         return self._native.capacity
+
+    @property
+    def kv_cache_dtype(self):
+        """Storage of the latent KV cache: "f32", "bf16" or "fp8"."""
+        return self._native.kv_cache_dtype
+
+    @property
+    def cache_bytes_per_token(self):
+        """Latent KV cache bytes per token over all layers (one row of the dtype's layout per layer)."""
+        return self._native.cache_bytes_per_token
+
+    @property
+    def cache_bytes(self):
+        """Bytes of the latent KV cache (allocated for max_seq_len tokens)."""
+        return self.cache_bytes_per_token * self.max_seq_len
 
     def generate(self, inputs, max_new_tokens=16, *, do_sample=None, temperature=None, top_k=None, top_p=None,
                  min_p=None, repetition_penalty=None, stop=None, seed=None, eos_token_id=None, stream=False,
@@ -407,4 +440,5 @@ class Model:
         return (f"dsv3.Model({arch}: {layers} layers ({dense} dense{moe_txt}), hidden {c['hidden_size']}, "
                 f"{c['num_attention_heads']} heads, vocab {c['vocab_size']}; {ptxt} params, "
                 f"{self._info['bytes'] / 2**20:.1f} MiB [{fmts}]; attention {self._info['attention']}, "
-                f"cache {self.cache_len}/{self.max_seq_len})")
+                f"cache {self.cache_len}/{self.max_seq_len} {self.kv_cache_dtype} "
+                f"({self.cache_bytes / 2**20:.1f} MiB))")

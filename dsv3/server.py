@@ -293,9 +293,10 @@ def create_app(engine, model_name="dsv3", scheduler=None):
 
 
 def serve(path, host="127.0.0.1", port=8000, max_batch=8, max_seq_len=4096, model_name=None, dtype=None,
-          log_level="info", sock=None, ready=None):
+          log_level="info", sock=None, ready=None, kv_cache_dtype="f32"):
     """Load the checkpoint at ``path`` and serve it until interrupted. ``sock``: an already bound socket
-    (tests bind port 0); ``ready``: a threading.Event set once the server accepts connections."""
+    (tests bind port 0); ``ready``: a threading.Event set once the server accepts connections;
+    kv_cache_dtype: "f32", "bf16" or "fp8" (:meth:`dsv3.Model.from_tensors`)."""
     import os
 
     import uvicorn
@@ -303,7 +304,7 @@ def serve(path, host="127.0.0.1", port=8000, max_batch=8, max_seq_len=4096, mode
     from .engine import Engine
     from .model import Model
 
-    model = Model.from_pretrained(path, dtype=dtype, max_seq_len=max_seq_len)
+    model = Model.from_pretrained(path, dtype=dtype, max_seq_len=max_seq_len, kv_cache_dtype=kv_cache_dtype)
     engine = Engine(model, max_batch=max_batch, max_seq_len=max_seq_len)
     name = model_name or os.path.basename(os.path.normpath(path))
     app = create_app(engine, name)

@@ -108,7 +108,7 @@ def native_config(cfg):
         rope_inv_freq=np.ascontiguousarray(inv_freq.numpy(), dtype=np.float32),
         tie_word_embeddings=int(bool(cfg.tie_word_embeddings)),
         index_n_heads=cfg.index_n_heads if v32 else 0, index_head_dim=cfg.index_head_dim if v32 else 0,
-        index_topk=cfg.index_topk if v32 else 0,
+        index_topk=cfg.index_topk if v32 else 0, index_key_fp8=0,
     )
 
 

@@ -98,7 +98,7 @@ int64_t dsv3_indexer_select(const float *score, int64_t T, int64_t topk, int64_t
  * are written here. Token i attends to the rows its indexer selects among [0, past+i]. */
 dsv3_status dsv3_mla_forward_indexed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const dsv3_indexer_dims *ix,
                                      const dsv3_indexer_weights *iw, const float *x, int64_t s, const float *cos_j,
-                                     const float *sin_j, float *cache, float *index_cache, int64_t past,
+                                     const float *sin_j, void *cache, float *index_cache, int64_t past,
                                      dsv3_attn_mode mode, float *out, dsv3_mla_scratch *ws, dsv3_indexer_scratch *iws,
                                      int isa, dsv3_error *err);
 

@@ -13,6 +13,7 @@
 #ifndef DSV3_MLA_H
 #define DSV3_MLA_H
 
+#include "dsv3_kv_cache.h"
 #include "dsv3_linear.h"
 
 typedef enum { DSV3_ATTN_ABSORBED = 0, DSV3_ATTN_NAIVE = 1 } dsv3_attn_mode;
@@ -22,6 +23,7 @@ typedef struct {
     float softmax_scale;
     int rope_interleave;
     int attention_bias;
+    dsv3_kv_dtype kv_dtype; /* storage of the latent cache rows (dsv3_kv_cache.h); 0: f32 */
 } dsv3_mla_dims;
 
 /* A 1-D parameter: the source as given (f32 or bf16, shape [1, n]) and its f32 copy made at build. */
@@ -71,6 +73,7 @@ typedef struct {
                    * [chunk, heads*(nope+v)], K [heads, chunk, nope+rope], V [heads, chunk, v] */
     float *fstate; /* expanded: [tokens, heads, 2] running (max, sum) of the online softmax */
     float *fthr;  /* expanded: [threads, FLASH_Q, FLASH_KV + v] scores and P.V of one block */
+    float *fresh; /* [tokens, kv_lora+rope]: new latent rows in f32 before a bf16/fp8 cache stores them */
     void *block;  /* owned */
 } dsv3_mla_scratch;
 
@@ -81,12 +84,13 @@ dsv3_status dsv3_mla_scratch_reserve(dsv3_mla_scratch *ws, const dsv3_mla_dims *
 void dsv3_mla_scratch_free(dsv3_mla_scratch *ws);
 
 /* One attention call over s new tokens.
- * x [s, hidden]; cos/sin [s, rope/2] for the tokens' positions; cache [>= past+s, kv_lora+rope]:
+ * x [s, hidden]; cos/sin [s, rope/2] for the tokens' positions; cache: >= past+s rows in the layout
+ * dsv3_kv_layout_of(d->kv_dtype, kv_lora, rope) (f32: [rows, kv_lora+rope] floats):
  * rows [0, past) hold earlier tokens, rows [past, past+s) are written here; token i attends to
  * rows [0, past+i] (causal). out [s, hidden]. ws: scratch, reserved here for (s, past+s) when it is
  * smaller (no allocation when already large enough); NULL: a temporary one is made and freed. */
 dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
-                             const float *cos_j, const float *sin_j, float *cache, int64_t past,
+                             const float *cos_j, const float *sin_j, void *cache, int64_t past,
                              dsv3_attn_mode mode, float *out, dsv3_mla_scratch *ws, int isa, dsv3_error *err);
 
 /* The attention leaf kernels on ISA `isa` (exposed for tests; summation order in
@@ -100,5 +104,14 @@ dsv3_status dsv3_mla_wsum(const float *p, int64_t np, int64_t ldp, const float *
                           int64_t n, float *out, int64_t ldo, int isa, dsv3_error *err);
 
 dsv3_status dsv3_mla_expsum(float *x, int64_t n, float m, float *sum, int isa, dsv3_error *err);
+
+/* dots / wsum with b / x the cache rows `rows` in layout g (any dtype; bf16/fp8 converted in registers):
+ *   dots_kv: out[i*ldo + j] = a[i*lda : +R+P] . row_j          (j < nb)
+ *   wsum_kv: out[i*ldo + r] = sum_{t<T} p[i*ldp + t] row_t[r]    (r < R: the latent part)
+ * bit for bit dots / wsum over the rows decoded to f32 (dsv3_kv_decode). */
+dsv3_status dsv3_mla_dots_kv(const float *a, int64_t na, int64_t lda, const dsv3_kv_layout *g, const void *rows,
+                             int64_t nb, float *out, int64_t ldo, int isa, dsv3_error *err);
+dsv3_status dsv3_mla_wsum_kv(const float *p, int64_t np, int64_t ldp, const dsv3_kv_layout *g, const void *rows,
+                             int64_t T, float *out, int64_t ldo, int isa, dsv3_error *err);
 
 #endif

@@ -32,6 +32,7 @@ typedef struct {
     const float *rope_inv_freq; /* [qk_rope_head_dim / 2]; copied by dsv3_model_create */
     int64_t index_n_heads, index_head_dim, index_topk; /* V3.2 lightning indexer (dsv3_indexer.h); topk 0: none */
     int index_key_fp8; /* V3.2: FP8 index keys as DeepSeek's reference stores them (0: f32, exact mode) */
+    dsv3_kv_dtype kv_cache_dtype; /* storage of the latent cache (dsv3_kv_cache.h); 0: f32 */
 } dsv3_model_config;
 
 typedef struct {
@@ -40,7 +41,7 @@ typedef struct {
     int is_moe;
     dsv3_mlp_weights mlp; /* dense layers */
     dsv3_moe_weights moe; /* MoE layers */
-    float *cache;         /* owned: [capacity, kv_lora + rope] */
+    void *cache;          /* owned: capacity rows of dsv3_model_kv_layout(m) */
     int64_t cache_rows;   /* rows written (run_module may write one layer alone) */
     dsv3_indexer_weights indexer; /* V3.2 only (cfg.index_topk > 0) */
     float *index_cache;   /* owned, V3.2 only: [capacity, index_head_dim] index keys */
@@ -86,6 +87,9 @@ struct dsv3_model {
     int prepared;
     dsv3_workspace ws;     /* scratch of forward and the probes */
 };
+
+/* The latent cache's row layout of a model (its kv_cache_dtype); bytes per token = layers * row_bytes. */
+dsv3_kv_layout dsv3_model_kv_layout(const dsv3_model *m);
 
 dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, dsv3_attn_mode mode,
                               dsv3_model **out, dsv3_error *err);

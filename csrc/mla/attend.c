@@ -3,6 +3,7 @@
 #include "dsv3_dtypes.h"
 #include "dsv3_ops.h"
 #include "attend_kernels.h"
+#include "kv_rows.h"
 #include "mla_internal.h"
 
 #include <math.h>
@@ -10,16 +11,17 @@
 #include <string.h>
 
 dsv3_status dsv3_mla_attend_naive(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q, int64_t s,
-                                  const float *cache, int64_t past, float *attn, dsv3_mla_scratch *ws, int isa,
+                                  const void *cache, int64_t past, float *attn, dsv3_mla_scratch *ws, int isa,
                                   dsv3_error *err)
 {
-    const int64_t T = past + s, row = d->kv_lora + d->rope, qk = d->nope + d->rope, kvw = d->nope + d->v;
+    const int64_t T = past + s, qk = d->nope + d->rope, kvw = d->nope + d->v;
+    const dsv3_kv_layout g = dsv3_kv_layout_of(d->kv_dtype, d->kv_lora, d->rope);
+    const uint8_t *rows = cache;
     const int64_t H = d->heads;
     float *lat = ws->lat, *kv = ws->kv, *scr = ws->probs; /* scr: one row of T per thread */
     const int nt = dsv3_num_threads();                    /* <= ws->threads (reserved by the caller) */
     dsv3_status st;
-    for (int64_t t = 0; t < T; t++)
-        memcpy(lat + t * d->kv_lora, cache + t * row, (size_t)d->kv_lora * sizeof(float));
+    dsv3_kv_decode_latent(&g, rows, T, lat);
     st = dsv3_linear(lat, T, &w->kv_b_proj, NULL, kv, isa, err); /* [T, H, nope | v] */
     if (st != DSV3_OK)
         return st;
@@ -27,9 +29,13 @@ dsv3_status dsv3_mla_attend_naive(const dsv3_mla_dims *d, const dsv3_mla_weights
     for (int64_t ih = 0; ih < s * H; ih++) {
         const int64_t i = ih / H, h = ih % H, n = past + i + 1;
         const float *qh = q + ih * qk;
-        float *p = scr + (int64_t)omp_get_thread_num() * T;
+        float *p = scr + (int64_t)omp_get_thread_num() * T, kbuf[512]; /* rope <= 512 (dsv3_mla_forward) */
         for (int64_t t = 0; t < n; t++) {
-            const float *k = kv + (t * H + h) * kvw, *kpe = cache + t * row + d->kv_lora;
+            const float *k = kv + (t * H + h) * kvw, *kpe = kbuf;
+            if (g.dtype == DSV3_KV_F32)
+                kpe = (const float *)(const void *)(rows + t * g.row_bytes + g.rope_off);
+            else
+                dsv3_kv_decode(&g, rows + t * g.row_bytes, d->kv_lora, d->rope, kbuf);
             float acc = 0.f;
             for (int64_t e = 0; e < d->nope; e++)
                 acc += qh[e] * k[e];
@@ -64,11 +70,15 @@ dsv3_status dsv3_mla_attend_naive(const dsv3_mla_dims *d, const dsv3_mla_weights
 #define TOKEN_TILE 8 /* rows per wsum call over tokens (the kernel's register tile) */
 
 static void absorbed_block(const dsv3_attend_kernels *K, const dsv3_mla_dims *d, const float *qc_i,
-                           const float *cache, int64_t Ti, int64_t bl, int64_t b, int64_t h0, int64_t nh,
-                           float *sc, float *acc, int64_t acc_ld, float *stat)
+                           const dsv3_kv_layout *g, const uint8_t *cache, int64_t Ti, int64_t bl, int64_t b,
+                           int64_t h0, int64_t nh, float *sc, float *acc, int64_t acc_ld, float *stat)
 {
     const int64_t R = d->kv_lora, row = R + d->rope, t0 = b * bl, n = Ti - t0 < bl ? Ti - t0 : bl;
-    K->dots(qc_i + h0 * row, nh, row, cache + t0 * row, n, row, row, sc, bl);
+    const uint8_t *rows = cache + t0 * g->row_bytes;
+    if (g->dtype == DSV3_KV_F32)
+        K->dots(qc_i + h0 * row, nh, row, (const float *)(const void *)rows, n, row, row, sc, bl);
+    else
+        K->dots_kv(qc_i + h0 * row, nh, row, g, rows, n, sc, bl);
     for (int64_t h = 0; h < nh; h++) {
         float *p = sc + h * bl, mx = -INFINITY;
         for (int64_t t = 0; t < n; t++) {
@@ -78,7 +88,10 @@ static void absorbed_block(const dsv3_attend_kernels *K, const dsv3_mla_dims *d,
         stat[h * 2 * dsv3_mla_nb_max(d)] = mx;
         stat[h * 2 * dsv3_mla_nb_max(d) + 1] = K->expsum(p, n, mx);
     }
-    K->wsum(sc, nh, bl, cache + t0 * row, row, n, R, acc, acc_ld);
+    if (g->dtype == DSV3_KV_F32)
+        K->wsum(sc, nh, bl, (const float *)(const void *)rows, row, n, R, acc, acc_ld);
+    else
+        K->wsum_kv(sc, nh, bl, g, rows, n, acc, acc_ld);
 }
 
 /* lat = sum_b w_b acc_b over the nb blocks of one (token, head); stat: (max, sum) per block. */
@@ -98,7 +111,7 @@ static void absorbed_reduce(const dsv3_attend_kernels *K, const float *acc, cons
 }
 
 dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
-                                     int64_t s, const float *cache, int64_t past, float *attn,
+                                     int64_t s, const void *cache, int64_t past, float *attn,
                                      dsv3_mla_scratch *ws, int isa, dsv3_error *err)
 {
     dsv3_isa which;
@@ -106,6 +119,7 @@ dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weig
     if (st != DSV3_OK)
         return st;
     const dsv3_attend_kernels *K = dsv3_attend_table(which);
+    const dsv3_kv_layout kvl = dsv3_kv_layout_of(d->kv_dtype, d->kv_lora, d->rope);
     const int64_t R = d->kv_lora, row = R + d->rope, qk = d->nope + d->rope, H = d->heads;
     const int64_t V = d->v, nope = d->nope, rope = d->rope, HG = DSV3_MLA_HEAD_GROUP;
     const int64_t nbm = dsv3_mla_nb_max(d), groups = dsv3_mla_ceil_div(H, HG), ib = dsv3_mla_part_tokens(d, s);
@@ -135,7 +149,7 @@ dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weig
                 if (b * bl >= Ti)
                     continue;
                 const int64_t h0 = g * HG, nh = H - h0 < HG ? H - h0 : HG, first = (ii * H + h0) * nbm + b;
-                absorbed_block(K, d, qc + (b0 + ii) * H * row, cache, Ti, bl, b, h0, nh, sc, acc + first * R,
+                absorbed_block(K, d, qc + (b0 + ii) * H * row, &kvl, cache, Ti, bl, b, h0, nh, sc, acc + first * R,
                                nbm * R, stat + 2 * first);
             }
 #pragma omp for schedule(dynamic, 1)
@@ -277,4 +291,39 @@ dsv3_status dsv3_mla_expsum(float *x, int64_t n, float m, float *sum, int isa, d
     if (st == DSV3_OK)
         *sum = dsv3_attend_table(which)->expsum(x, n, m);
     return st;
+}
+
+dsv3_status dsv3_mla_dots_kv(const float *a, int64_t na, int64_t lda, const dsv3_kv_layout *g, const void *rows,
+                             int64_t nb, float *out, int64_t ldo, int isa, dsv3_error *err)
+{
+    dsv3_isa which;
+    const int64_t n = g->R + g->P;
+    dsv3_status st = dsv3_isa_resolve(isa, &which, err);
+    if (st == DSV3_OK && (na < 0 || nb < 0 || lda < n || ldo < nb || (unsigned)g->dtype >= DSV3_KV_DTYPE_COUNT))
+        st = dsv3_fail(err, DSV3_E_VALUE, "mla dots_kv: bad sizes");
+    if (st != DSV3_OK)
+        return st;
+    const dsv3_attend_kernels *K = dsv3_attend_table(which);
+    if (g->dtype == DSV3_KV_F32)
+        K->dots(a, na, lda, rows, nb, n, n, out, ldo);
+    else
+        K->dots_kv(a, na, lda, g, rows, nb, out, ldo);
+    return DSV3_OK;
+}
+
+dsv3_status dsv3_mla_wsum_kv(const float *p, int64_t np, int64_t ldp, const dsv3_kv_layout *g, const void *rows,
+                             int64_t T, float *out, int64_t ldo, int isa, dsv3_error *err)
+{
+    dsv3_isa which;
+    dsv3_status st = dsv3_isa_resolve(isa, &which, err);
+    if (st == DSV3_OK && (np < 0 || T < 0 || ldp < T || ldo < g->R || (unsigned)g->dtype >= DSV3_KV_DTYPE_COUNT))
+        st = dsv3_fail(err, DSV3_E_VALUE, "mla wsum_kv: bad sizes");
+    if (st != DSV3_OK)
+        return st;
+    const dsv3_attend_kernels *K = dsv3_attend_table(which);
+    if (g->dtype == DSV3_KV_F32)
+        K->wsum(p, np, ldp, rows, g->R + g->P, T, g->R, out, ldo);
+    else
+        K->wsum_kv(p, np, ldp, g, rows, T, out, ldo);
+    return DSV3_OK;
 }

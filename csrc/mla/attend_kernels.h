@@ -18,6 +18,7 @@
 #define DSV3_ATTEND_KERNELS_H
 
 #include "dsv3.h"
+#include "dsv3_kv_cache.h"
 
 #include <math.h>
 #include <string.h>
@@ -27,11 +28,20 @@ typedef void (*dsv3_mla_dots_fn)(const float *a, int64_t na, int64_t lda, const 
 typedef void (*dsv3_mla_wsum_fn)(const float *p, int64_t np, int64_t ldp, const float *x, int64_t ldx, int64_t T,
                                  int64_t n, float *out, int64_t ldo);
 typedef float (*dsv3_mla_expsum_fn)(float *x, int64_t n, float m);
+/* dots and wsum with b / x the rows of a bf16 or fp8 latent cache (layout g, rows at `rows`, stride
+ * g->row_bytes), converted to f32 in registers: dots_kv over the whole row (n = R + P), wsum_kv over the
+ * latent part (n = R). Bit for bit dots / wsum over the rows decoded by dsv3_kv_elem (kv_rows.h). */
+typedef void (*dsv3_mla_dots_kv_fn)(const float *a, int64_t na, int64_t lda, const dsv3_kv_layout *g,
+                                    const uint8_t *rows, int64_t nb, float *out, int64_t ldo);
+typedef void (*dsv3_mla_wsum_kv_fn)(const float *p, int64_t np, int64_t ldp, const dsv3_kv_layout *g,
+                                    const uint8_t *rows, int64_t T, float *out, int64_t ldo);
 
 typedef struct {
     dsv3_mla_dots_fn dots;
     dsv3_mla_wsum_fn wsum;
     dsv3_mla_expsum_fn expsum;
+    dsv3_mla_dots_kv_fn dots_kv;
+    dsv3_mla_wsum_kv_fn wsum_kv;
 } dsv3_attend_kernels;
 
 extern const dsv3_attend_kernels dsv3_attend_scalar;

@@ -9,19 +9,12 @@
  *   the GEMM, which the cost model in attend.c weighs. Each (head, query block) is one task with a
  *   fixed order, so results do not depend on the thread count; kernels are the per-ISA table. */
 #include "attend_kernels.h"
+#include "kv_rows.h"
 #include "mla_internal.h"
 
 #include <math.h>
 #include <omp.h>
 #include <string.h>
-
-/* Copy chunk rows [c0, c0+n) of the latent to lat, contiguous for the GEMM. */
-static void gather_latent(const dsv3_mla_dims *d, const float *cache, int64_t c0, int64_t n, float *lat)
-{
-    const int64_t R = d->kv_lora, row = R + d->rope;
-    for (int64_t t = 0; t < n; t++)
-        memcpy(lat + t * R, cache + (c0 + t) * row, (size_t)R * sizeof(float));
-}
 
 /* One FLASH_KV block [t0, t0+kb) of head h for queries [i0, i0+nq) (absolute rows; k/v point at the
  * chunk's row c0). sc: [FLASH_Q, FLASH_KV], pv: [FLASH_Q, v]. */
@@ -66,7 +59,7 @@ static void flash_block(const dsv3_attend_kernels *K, const dsv3_mla_dims *d, co
 }
 
 dsv3_status dsv3_mla_attend_expanded(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
-                                     int64_t s, const float *cache, int64_t past, float *attn,
+                                     int64_t s, const void *cache, int64_t past, float *attn,
                                      dsv3_mla_scratch *ws, int isa, dsv3_error *err)
 {
     dsv3_isa which;
@@ -74,7 +67,9 @@ dsv3_status dsv3_mla_attend_expanded(const dsv3_mla_dims *d, const dsv3_mla_weig
     if (st != DSV3_OK)
         return st;
     const dsv3_attend_kernels *K = dsv3_attend_table(which);
-    const int64_t H = d->heads, R = d->kv_lora, row = R + d->rope, qk = d->nope + d->rope, V = d->v;
+    const dsv3_kv_layout g = dsv3_kv_layout_of(d->kv_dtype, d->kv_lora, d->rope);
+    const uint8_t *rows = cache;
+    const int64_t H = d->heads, R = d->kv_lora, qk = d->nope + d->rope, V = d->v;
     const int64_t kvw = d->nope + d->v, T = past + s, C = dsv3_mla_flash_chunk(d);
     const int64_t QB = DSV3_MLA_FLASH_Q, KV = DSV3_MLA_FLASH_KV, qblocks = dsv3_mla_ceil_div(s, QB);
     float *lat = ws->ex, *kvx = lat + C * R, *kh = kvx + C * H * kvw, *vh = kh + H * C * qk;
@@ -87,7 +82,7 @@ dsv3_status dsv3_mla_attend_expanded(const dsv3_mla_dims *d, const dsv3_mla_weig
     memset(attn, 0, (size_t)(s * H * V) * sizeof(float));
     for (int64_t c0 = 0; c0 < T && st == DSV3_OK; c0 += C) {
         const int64_t n = T - c0 < C ? T - c0 : C;
-        gather_latent(d, cache, c0, n, lat);
+        dsv3_kv_decode_latent(&g, rows + c0 * g.row_bytes, n, lat); /* the chunk's latent, f32, contiguous */
         st = dsv3_linear(lat, n, &w->kv_b_proj, NULL, kvx, isa, err); /* [n, H, nope | v] */
         if (st != DSV3_OK)
             break;
@@ -98,7 +93,7 @@ dsv3_status dsv3_mla_attend_expanded(const dsv3_mla_dims *d, const dsv3_mla_weig
                 const int64_t h = ht / n, t = ht % n;
                 const float *src = kvx + (t * H + h) * kvw;
                 memcpy(kh + (h * C + t) * qk, src, (size_t)d->nope * sizeof(float));
-                memcpy(kh + (h * C + t) * qk + d->nope, cache + (c0 + t) * row + R, (size_t)d->rope * sizeof(float));
+                dsv3_kv_decode(&g, rows + (c0 + t) * g.row_bytes, R, d->rope, kh + (h * C + t) * qk + d->nope);
                 memcpy(vh + (h * C + t) * V, src + d->nope, (size_t)V * sizeof(float));
             }
             float *sc = ws->fthr + (int64_t)omp_get_thread_num() * QB * (KV + V), *pv = sc + QB * KV;

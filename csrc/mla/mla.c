@@ -34,16 +34,21 @@ dsv3_status dsv3_mla_project_q(const dsv3_mla_dims *d, const dsv3_mla_weights *w
     return DSV3_OK;
 }
 
-/* Write rows [past, past+s) of the latent cache: c = kv_a_layernorm(ckv[:R]), k_pe = rope(ckv[R:]). */
+/* Write rows [past, past+s) of the latent cache: c = kv_a_layernorm(ckv[:R]), k_pe = rope(ckv[R:]).
+ * fresh [s, kv_lora+rope]: the f32 rows before a bf16/fp8 cache stores them. */
 dsv3_status dsv3_mla_write_latent(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
-                                const float *cos_j, const float *sin_j, float *cache, int64_t past, int isa,
-                                dsv3_error *err)
+                                  const float *cos_j, const float *sin_j, void *cache, int64_t past, float *fresh,
+                                  int isa, dsv3_error *err)
 {
-    const int64_t row = d->kv_lora + d->rope;
-    float *ckv = cache + past * row; /* the projection lands in place, then is normalised/rotated */
+    const dsv3_kv_layout g = dsv3_kv_layout_of(d->kv_dtype, d->kv_lora, d->rope);
+    uint8_t *dst = (uint8_t *)cache + past * g.row_bytes;
+    float *ckv = g.dtype == DSV3_KV_F32 ? (float *)(void *)dst : fresh; /* f32: the projection lands in place */
     dsv3_status st = dsv3_linear(x, s, &w->kv_a_proj, bias_of(&w->kv_a_bias, d->attention_bias), ckv, isa, err);
-    if (st == DSV3_OK)
+    if (st == DSV3_OK) {
         dsv3_mla_finish_latent(d, w, ckv, s, cos_j, sin_j);
+        if (g.dtype != DSV3_KV_F32)
+            dsv3_kv_store_rows(&g, ckv, s, dst);
+    }
     return st;
 }
 
@@ -73,7 +78,7 @@ static int use_expanded(const dsv3_mla_dims *d, int64_t s, int64_t past, int isa
 }
 
 dsv3_status dsv3_mla_attend(const dsv3_mla_dims *d, const dsv3_mla_weights *w, dsv3_attn_mode mode, const float *q,
-                            int64_t s, const float *cache, int64_t past, float *out, dsv3_mla_scratch *ws, int isa,
+                            int64_t s, const void *cache, int64_t past, float *out, dsv3_mla_scratch *ws, int isa,
                             dsv3_error *err)
 {
     if (mode == DSV3_ATTN_NAIVE)
@@ -94,11 +99,13 @@ dsv3_status dsv3_mla_check_call(const dsv3_mla_dims *d, const dsv3_mla_weights *
                          (long long)d->rope);
     if (mode == DSV3_ATTN_ABSORBED && (!w->w_uk || !w->w_uv))
         return dsv3_fail(err, DSV3_E_VALUE, "attention: absorbed mode needs W_UK/W_UV (dsv3_mla_absorb)");
+    if ((unsigned)d->kv_dtype >= DSV3_KV_DTYPE_COUNT)
+        return dsv3_fail(err, DSV3_E_VALUE, "attention: unknown kv cache dtype %d", (int)d->kv_dtype);
     return DSV3_OK;
 }
 
 dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
-                             const float *cos_j, const float *sin_j, float *cache, int64_t past,
+                             const float *cos_j, const float *sin_j, void *cache, int64_t past,
                              dsv3_attn_mode mode, float *out, dsv3_mla_scratch *ws, int isa, dsv3_error *err)
 {
     dsv3_status st = dsv3_mla_check_call(d, w, s, past, mode, err);
@@ -110,7 +117,7 @@ dsv3_status dsv3_mla_forward(const dsv3_mla_dims *d, const dsv3_mla_weights *w, 
     if (st == DSV3_OK)
         st = dsv3_mla_project_q(d, w, x, s, cos_j, sin_j, sc->q, sc->qa, isa, err);
     if (st == DSV3_OK)
-        st = dsv3_mla_write_latent(d, w, x, s, cos_j, sin_j, cache, past, isa, err);
+        st = dsv3_mla_write_latent(d, w, x, s, cos_j, sin_j, cache, past, sc->fresh, isa, err);
     if (st == DSV3_OK)
         st = dsv3_mla_attend(d, w, mode, sc->q, s, cache, past, sc->attn, sc, isa, err);
     if (st == DSV3_OK)

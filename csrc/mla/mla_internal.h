@@ -60,19 +60,19 @@ int dsv3_mla_prefer_expanded(const dsv3_mla_dims *d, int64_t s, int64_t past, ds
 
 /* q [s, heads, nope+rope]; cache rows [0, past+s); attn out [s, heads*v]; ws reserved for (s, past+s). */
 dsv3_status dsv3_mla_attend_naive(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q, int64_t s,
-                                  const float *cache, int64_t past, float *attn, dsv3_mla_scratch *ws, int isa,
+                                  const void *cache, int64_t past, float *attn, dsv3_mla_scratch *ws, int isa,
                                   dsv3_error *err);
 dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
-                                     int64_t s, const float *cache, int64_t past, float *attn,
+                                     int64_t s, const void *cache, int64_t past, float *attn,
                                      dsv3_mla_scratch *ws, int isa, dsv3_error *err);
 dsv3_status dsv3_mla_attend_expanded(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
-                                     int64_t s, const float *cache, int64_t past, float *attn,
+                                     int64_t s, const void *cache, int64_t past, float *attn,
                                      dsv3_mla_scratch *ws, int isa, dsv3_error *err);
 /* The attention core of s tokens after past cached rows, in the form dsv3_mla_forward uses: naive in
  * naive mode, else expanded or absorbed by dsv3_mla_prefer_expanded (or DSV3_MLA_FORM). The batched
  * engine calls it per sequence so a sequence's form never depends on the rest of the batch. */
 dsv3_status dsv3_mla_attend(const dsv3_mla_dims *d, const dsv3_mla_weights *w, dsv3_attn_mode mode, const float *q,
-                            int64_t s, const float *cache, int64_t past, float *out, dsv3_mla_scratch *ws, int isa,
+                            int64_t s, const void *cache, int64_t past, float *out, dsv3_mla_scratch *ws, int isa,
                             dsv3_error *err);
 
 /* The pieces of dsv3_mla_forward, for callers that project many sequences' tokens at once (the
@@ -87,8 +87,8 @@ dsv3_status dsv3_mla_check_call(const dsv3_mla_dims *d, const dsv3_mla_weights *
                                 dsv3_attn_mode mode, dsv3_error *err);
 /* Rows [past, past+s) of the latent cache from x [s, hidden]: kv_a_proj, then finish_latent. */
 dsv3_status dsv3_mla_write_latent(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *x, int64_t s,
-                                  const float *cos_j, const float *sin_j, float *cache, int64_t past, int isa,
-                                  dsv3_error *err);
+                                  const float *cos_j, const float *sin_j, void *cache, int64_t past, float *fresh,
+                                  int isa, dsv3_error *err);
 void dsv3_mla_finish_latent(const dsv3_mla_dims *d, const dsv3_mla_weights *w, float *rows, int64_t s,
                             const float *cos_j, const float *sin_j);
 

@@ -5,7 +5,7 @@
 
 /* Floats of each buffer of a scratch for (tokens, rows, threads, mode), in the struct's order. */
 enum { BUF_Q, BUF_QA, BUF_ATTN, BUF_QC, BUF_LAT, BUF_PROBS, BUF_KV, BUF_PART, BUF_EX, BUF_FSTATE, BUF_FTHR,
-       BUF_COUNT };
+       BUF_FRESH, BUF_COUNT };
 
 static void buffer_sizes(const dsv3_mla_dims *d, dsv3_attn_mode mode, int64_t tokens, int64_t rows, int threads,
                          int64_t n[BUF_COUNT])
@@ -15,6 +15,7 @@ static void buffer_sizes(const dsv3_mla_dims *d, dsv3_attn_mode mode, int64_t to
     n[BUF_Q] = tokens * H * (d->nope + d->rope);
     n[BUF_QA] = tokens * d->q_lora;
     n[BUF_ATTN] = tokens * H * d->v;
+    n[BUF_FRESH] = tokens * (R + d->rope); /* small; kept for every cache dtype so a reserve never depends on it */
     if (mode == DSV3_ATTN_NAIVE) {
         n[BUF_LAT] = rows * R;
         n[BUF_PROBS] = (int64_t)threads * rows;
@@ -59,7 +60,7 @@ dsv3_status dsv3_mla_scratch_reserve(dsv3_mla_scratch *ws, const dsv3_mla_dims *
                          "cached rows", (long long)tokens, (long long)rows);
     dsv3_free(ws->block);
     float **bufs[BUF_COUNT] = {&ws->q,    &ws->qa,   &ws->attn, &ws->qc,     &ws->lat, &ws->probs,
-                               &ws->kv,   &ws->part, &ws->ex,   &ws->fstate, &ws->fthr};
+                               &ws->kv,   &ws->part, &ws->ex,   &ws->fstate, &ws->fthr, &ws->fresh};
     for (int i = 0; i < BUF_COUNT; i++)
         *bufs[i] = n[i] > 0 ? at[i] : NULL;
     ws->block = block;

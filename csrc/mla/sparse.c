@@ -2,7 +2,8 @@
  * the ordinary attention core (dsv3_mla_attend: naive, absorbed or expanded) runs over them.
  *
  * Queries that see at most index_topk rows keep all of them: they run as one dense causal call.
- * Every other query gets its selected latent rows gathered (ascending positions) into a buffer and
+ * Every other query gets its selected latent rows gathered (ascending positions, in the cache's own row
+ * layout: f32, bf16 or fp8, dsv3_kv_cache.h) into a buffer and
  * attends to that buffer as one token over topk rows (the rows keep their rotated k_pe, so the
  * result is the attention restricted to the selection). Selections are computed for a chunk of
  * queries in one parallel region, one query per thread in a fixed order, so they do not depend on
@@ -33,7 +34,7 @@ static void select_chunk(const dsv3_indexer_dims *ix, dsv3_indexer_scratch *iws,
 
 dsv3_status dsv3_mla_forward_indexed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const dsv3_indexer_dims *ix,
                                      const dsv3_indexer_weights *iw, const float *x, int64_t s, const float *cos_j,
-                                     const float *sin_j, float *cache, float *index_cache, int64_t past,
+                                     const float *sin_j, void *cache, float *index_cache, int64_t past,
                                      dsv3_attn_mode mode, float *out, dsv3_mla_scratch *ws, dsv3_indexer_scratch *iws,
                                      int isa, dsv3_error *err)
 {
@@ -46,14 +47,15 @@ dsv3_status dsv3_mla_forward_indexed(const dsv3_mla_dims *d, const dsv3_mla_weig
     dsv3_indexer_scratch ilocal = {0};
     dsv3_mla_scratch *sc = ws ? ws : &local;
     dsv3_indexer_scratch *is = iws ? iws : &ilocal;
-    const int64_t row = d->kv_lora + d->rope, qk = d->nope + d->rope, H = d->heads;
+    const int64_t qk = d->nope + d->rope, H = d->heads;
+    const int64_t row_bytes = dsv3_kv_layout_of(d->kv_dtype, d->kv_lora, d->rope).row_bytes;
     st = dsv3_mla_scratch_reserve(sc, d, mode, s, past + s, err);
     if (st == DSV3_OK)
         st = dsv3_indexer_scratch_reserve(is, d, ix, s, past + s, err);
     if (st == DSV3_OK)
         st = dsv3_mla_project_q(d, w, x, s, cos_j, sin_j, sc->q, sc->qa, isa, err);
     if (st == DSV3_OK)
-        st = dsv3_mla_write_latent(d, w, x, s, cos_j, sin_j, cache, past, isa, err);
+        st = dsv3_mla_write_latent(d, w, x, s, cos_j, sin_j, cache, past, sc->fresh, isa, err);
     if (st == DSV3_OK)
         st = dsv3_indexer_keys(d, ix, iw, x, s, cos_j, sin_j, index_cache + past * dsv3_indexer_key_row(ix), is->kf,
                                isa, err);
@@ -70,7 +72,7 @@ dsv3_status dsv3_mla_forward_indexed(const dsv3_mla_dims *d, const dsv3_mla_weig
         for (int64_t j = 0; j < n && st == DSV3_OK; j++) {
             const int64_t *sel = is->sel + j * ix->topk;
             for (int64_t r = 0; r < counts[j]; r++)
-                memcpy(is->gather + r * row, cache + sel[r] * row, (size_t)row * sizeof(float));
+                memcpy((uint8_t *)is->gather + r * row_bytes, (const uint8_t *)cache + sel[r] * row_bytes, (size_t)row_bytes);
             st = dsv3_mla_attend(d, w, mode, sc->q + (i0 + j) * H * qk, 1, is->gather, counts[j] - 1,
                                  sc->attn + (i0 + j) * H * d->v, sc, isa, err);
         }

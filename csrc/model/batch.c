@@ -11,8 +11,9 @@
 struct dsv3_batch {
     dsv3_model *m;      /* borrowed: weights and workspace */
     int64_t slots, cap; /* slot count, rows per slot and layer */
-    int64_t row;        /* floats per cache row: kv_lora + rope */
-    float *cache;       /* owned: [slots, layers, cap, row] */
+    int64_t row;        /* floats per latent row: kv_lora + rope */
+    dsv3_kv_layout kv;  /* the model's cache row layout (its kv_cache_dtype) */
+    uint8_t *cache;     /* owned: [slots, layers, cap] rows of kv.row_bytes */
     int64_t *len;       /* owned: [slots] tokens cached */
     int64_t *rows;      /* owned: [tokens] output row selection scratch, grown per step */
     int64_t rows_cap;
@@ -32,9 +33,10 @@ dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacit
         return dsv3_fail(err, DSV3_E_VALUE, "batch: need at least one slot of at least one token (got %lld x %lld)",
                          (long long)slots, (long long)slot_capacity);
     const int64_t row = m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim, L = m->cfg.num_hidden_layers;
+    const dsv3_kv_layout kv = dsv3_model_kv_layout(m);
     size_t n = 0;
     if (!dsv3_mul_size((size_t)slots, (size_t)L, &n) || !dsv3_mul_size(n, (size_t)slot_capacity, &n) ||
-        !dsv3_mul_size(n, (size_t)row * sizeof(float), &n))
+        !dsv3_mul_size(n, (size_t)kv.row_bytes, &n))
         return dsv3_fail(err, DSV3_E_VALUE, "batch: %lld slots of %lld tokens overflow the address space",
                          (long long)slots, (long long)slot_capacity);
     dsv3_batch *b = dsv3_alloc(sizeof *b);
@@ -45,6 +47,7 @@ dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacit
     b->slots = slots;
     b->cap = slot_capacity;
     b->row = row;
+    b->kv = kv;
     b->cache = dsv3_alloc(n);
     b->len = dsv3_alloc((size_t)slots * sizeof(int64_t));
     if (!b->cache || !b->len) {
@@ -93,9 +96,9 @@ int64_t dsv3_batch_out_rows(const dsv3_batch_seq *seqs, int64_t nseq)
     return r;
 }
 
-static float *slot_cache(const dsv3_batch *b, int64_t slot, int64_t layer)
+static uint8_t *slot_cache(const dsv3_batch *b, int64_t slot, int64_t layer)
 {
-    return b->cache + ((slot * b->m->cfg.num_hidden_layers + layer) * b->cap) * b->row;
+    return b->cache + ((slot * b->m->cfg.num_hidden_layers + layer) * b->cap) * b->kv.row_bytes;
 }
 
 /* Every argument is checked before anything runs; returns the total tokens in *total. */
@@ -168,9 +171,9 @@ static dsv3_status attention_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq
         st = dsv3_linear(x, t, &w->kv_a_proj, d->attention_bias ? w->kv_a_bias.f32 : NULL, ckv, isa, err);
     for (int64_t i = 0, off = 0; i < nseq && st == DSV3_OK; off += seqs[i].n, i++) {
         const int64_t n = seqs[i].n, past = b->len[seqs[i].slot];
-        float *cache = slot_cache(b, seqs[i].slot, l);
-        memcpy(cache + past * row, ckv + off * row, (size_t)(n * row) * sizeof(float));
-        dsv3_mla_finish_latent(d, w, cache + past * row, n, cos_j + off * half, sin_j + off * half);
+        uint8_t *cache = slot_cache(b, seqs[i].slot, l);
+        dsv3_mla_finish_latent(d, w, ckv + off * row, n, cos_j + off * half, sin_j + off * half);
+        dsv3_kv_store_rows(&b->kv, ckv + off * row, n, cache + past * b->kv.row_bytes); /* in the cache's dtype */
         const float *q = ws->q + off * d->heads * qk;
         float *attn = ws->attn + off * d->heads * d->v;
         st = dsv3_mla_attend(d, w, m->attn_mode, q, n, cache, past, attn, ws, isa, err); /* form as forward's */

@@ -34,7 +34,7 @@ static dsv3_status attention(dsv3_model *m, dsv3_layer *ly, const float *x, int6
                              const float *cs, float *out, int isa, dsv3_error *err)
 {
     const int64_t half = m->cfg.qk_rope_head_dim / 2;
-    float *cache = use_cache ? ly->cache : m->ws.cache; /* without the cache: s workspace rows */
+    void *cache = use_cache ? ly->cache : (void *)m->ws.cache; /* without the cache: s workspace rows (f32-sized) */
     const int64_t past = use_cache ? start : 0;
     dsv3_status st;
     if (m->index.topk > 0) /* V3.2: sparse attention over the rows the indexer selects */

@@ -21,6 +21,9 @@ static dsv3_status check_config(const dsv3_model_config *c, dsv3_error *err)
                          (long long)c->intermediate_size);
     if (!c->rope_inv_freq)
         return dsv3_fail(err, DSV3_E_VALUE, "rope_inv_freq is missing");
+    if ((unsigned)c->kv_cache_dtype >= DSV3_KV_DTYPE_COUNT)
+        return dsv3_fail(err, DSV3_E_VALUE, "kv_cache_dtype must be f32, bf16 or fp8 (0..2), got %d",
+                         (int)c->kv_cache_dtype);
     /* Bounds that keep every size computed from the config (and s <= max_seq_len <= 2^32 tokens) in int64:
      * each dimension <= 2^24, per-token widths <= 2^28 values, weight matrices <= 2^40 values. */
     const int64_t max_dim = (int64_t)1 << 24;
@@ -44,7 +47,7 @@ static dsv3_status check_config(const dsv3_model_config *c, dsv3_error *err)
                          (long long)c->index_head_dim);
     if (c->index_topk > 0) {
         const dsv3_mla_dims d = {c->hidden_size, c->num_attention_heads, c->q_lora_rank, c->kv_lora_rank,
-                                 c->qk_nope_head_dim, c->qk_rope_head_dim, c->v_head_dim, 0.f, 0, 0};
+                                 c->qk_nope_head_dim, c->qk_rope_head_dim, c->v_head_dim, 0.f, 0, 0, DSV3_KV_F32};
         const dsv3_indexer_dims ix = {c->index_n_heads, c->index_head_dim, c->index_topk, 0};
         dsv3_status st = dsv3_indexer_check(&d, &ix, err);
         if (st != DSV3_OK)
@@ -60,6 +63,11 @@ static dsv3_status check_config(const dsv3_model_config *c, dsv3_error *err)
         return dsv3_router_check(&r, err);
     }
     return DSV3_OK;
+}
+
+dsv3_kv_layout dsv3_model_kv_layout(const dsv3_model *m)
+{
+    return dsv3_kv_layout_of(m->mla.kv_dtype, m->cfg.kv_lora_rank, m->cfg.qk_rope_head_dim);
 }
 
 dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, dsv3_attn_mode mode,
@@ -101,7 +109,7 @@ dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, ds
     }
     m->mla = (dsv3_mla_dims){cfg->hidden_size, cfg->num_attention_heads, cfg->q_lora_rank, cfg->kv_lora_rank,
                              cfg->qk_nope_head_dim, cfg->qk_rope_head_dim, cfg->v_head_dim, cfg->softmax_scale,
-                             cfg->rope_interleave, cfg->attention_bias};
+                             cfg->rope_interleave, cfg->attention_bias, cfg->kv_cache_dtype};
     m->index = (dsv3_indexer_dims){cfg->index_n_heads, cfg->index_head_dim, cfg->index_topk, cfg->index_key_fp8 != 0};
     m->router = (dsv3_router_spec){cfg->n_routed_experts, cfg->num_experts_per_tok, cfg->n_group, cfg->topk_group,
                                    cfg->scoring_func, cfg->topk_method, cfg->norm_topk_prob,
@@ -184,7 +192,7 @@ dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err)
         }
     }
     dsv3_free(slots);
-    const int64_t row = m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim;
+    const int64_t row = dsv3_model_kv_layout(m).row_bytes;
     for (int64_t l = 0; l < m->cfg.num_hidden_layers && st == DSV3_OK; l++) {
         dsv3_layer *ly = &m->layers[l];
         if (m->attn_mode == DSV3_ATTN_ABSORBED)
@@ -193,9 +201,8 @@ dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err)
             break;
         dsv3_free(ly->cache);
         size_t bytes;
-        if (!dsv3_mul_size((size_t)m->capacity, (size_t)row * sizeof(float), &bytes) ||
-            !(ly->cache = dsv3_alloc(bytes)))
-            st = dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the latent cache (%lld tokens x %lld values)",
+        if (!dsv3_mul_size((size_t)m->capacity, (size_t)row, &bytes) || !(ly->cache = dsv3_alloc(bytes)))
+            st = dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the latent cache (%lld tokens x %lld bytes)",
                            (long long)m->capacity, (long long)row);
         dsv3_free(ly->index_cache);
         ly->index_cache = NULL;

@@ -226,11 +226,12 @@ static int fill_tensors(dsv3_model *m, PyObject *tensors)
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"config", "tensors", "max_seq_len", "attention", "isa", NULL};
+    static char *kwlist[] = {"config", "tensors", "max_seq_len", "attention", "isa", "kv_cache_dtype", NULL};
     PyObject *config, *tensors, *isa_obj = NULL;
     long long cap = 4096;
-    const char *attention = "absorbed";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|LsO", kwlist, &config, &tensors, &cap, &attention, &isa_obj))
+    const char *attention = "absorbed", *kv_dtype = "f32";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|LsOs", kwlist, &config, &tensors, &cap, &attention, &isa_obj,
+                                     &kv_dtype))
         return -1;
     if (self->model) {
         PyErr_SetString(PyExc_RuntimeError, "Model is already initialised");
@@ -259,6 +260,11 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
     if (!parse_config(config, &c, &inv_freq))
         return -1;
     dsv3_error err = {0};
+    if (dsv3_kv_dtype_parse(kv_dtype, &c.kv_cache_dtype, &err) != DSV3_OK) {
+        Py_DECREF(inv_freq);
+        dsv3_py_raise(DSV3_E_VALUE, &err);
+        return -1;
+    }
     dsv3_model *m = NULL;
     dsv3_status st = dsv3_model_create(&c, (int64_t)cap, mode, &m, &err);
     Py_DECREF(inv_freq); /* copied by create */
@@ -573,6 +579,21 @@ static PyObject *Model_cache_len(ModelObject *self, void *closure)
     return PyLong_FromLongLong(self->model ? (long long)self->model->cache_len : 0);
 }
 
+static PyObject *Model_kv_cache_dtype(ModelObject *self, void *closure)
+{
+    (void)closure;
+    return PyUnicode_FromString(dsv3_kv_formats[self->model ? self->model->mla.kv_dtype : DSV3_KV_F32].name);
+}
+
+static PyObject *Model_cache_bytes_per_token(ModelObject *self, void *closure)
+{
+    (void)closure;
+    if (!self->model)
+        return PyLong_FromLong(0);
+    return PyLong_FromLongLong((long long)(dsv3_model_kv_layout(self->model).row_bytes *
+                                           self->model->cfg.num_hidden_layers));
+}
+
 static PyObject *Model_capacity(ModelObject *self, void *closure)
 {
     (void)closure;
@@ -623,6 +644,9 @@ static PyMethodDef Model_methods[] = {
 static PyGetSetDef Model_getset[] = {
     {"cache_len", (getter)Model_cache_len, NULL, "tokens in the KV cache", NULL},
     {"capacity", (getter)Model_capacity, NULL, "maximum tokens in the KV cache (max_seq_len)", NULL},
+    {"kv_cache_dtype", (getter)Model_kv_cache_dtype, NULL, "storage of the latent cache: 'f32', 'bf16' or 'fp8'", NULL},
+    {"cache_bytes_per_token", (getter)Model_cache_bytes_per_token, NULL,
+     "latent cache bytes per token over all layers (row bytes of the dtype's layout x layers)", NULL},
     {"attention", (getter)Model_attention, NULL, "'absorbed' or 'naive'", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -813,6 +837,16 @@ PyMethodDef dsv3_model_methods[] = {
      "mla_wsum(p float32 [np, T], x float32 [T, n], isa=None) -> p @ x in the attention kernels' order"},
     {"mla_expsum", (PyCFunction)(void (*)(void))dsv3_py_mla_expsum, METH_VARARGS | METH_KEYWORDS,
      "mla_expsum(x float32 [n], m, isa=None) -> (exp(x - m), sum) in the attention kernels' order"},
+    {"kv_cache_formats", dsv3_py_kv_cache_formats, METH_NOARGS,
+     "kv_cache_formats() -> {dtype: {latent_bytes, scale_block, rope_bytes}}: the latent cache row layouts"},
+    {"kv_cache_pack", (PyCFunction)(void (*)(void))dsv3_py_kv_cache_pack, METH_VARARGS | METH_KEYWORDS,
+     "kv_cache_pack(rows float32 [n, kv_lora+rope], kv_lora, dtype) -> uint8 [n, row_bytes] cache rows"},
+    {"kv_cache_unpack", (PyCFunction)(void (*)(void))dsv3_py_kv_cache_unpack, METH_VARARGS | METH_KEYWORDS,
+     "kv_cache_unpack(packed uint8 [n, row_bytes], kv_lora, rope, dtype) -> float32 [n, kv_lora+rope]"},
+    {"mla_dots_kv", (PyCFunction)(void (*)(void))dsv3_py_mla_dots_kv, METH_VARARGS | METH_KEYWORDS,
+     "mla_dots_kv(a float32 [na, kv_lora+rope], packed uint8 [nb, row_bytes], kv_lora, dtype, isa=None) -> [na, nb]"},
+    {"mla_wsum_kv", (PyCFunction)(void (*)(void))dsv3_py_mla_wsum_kv, METH_VARARGS | METH_KEYWORDS,
+     "mla_wsum_kv(p float32 [np, T], packed uint8 [T, row_bytes], kv_lora, rope, dtype, isa=None) -> [np, kv_lora]"},
     {NULL, NULL, 0, NULL},
 };
 

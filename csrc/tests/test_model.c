@@ -442,6 +442,9 @@ static void model_failures(void)
     CHECK_FAIL(dsv3_model_create(&c, 0, DSV3_ATTN_ABSORBED, &m, &err), DSV3_E_VALUE, &err);
     CHECK_FAIL(dsv3_model_create(&c, INT64_MAX, DSV3_ATTN_ABSORBED, &m, &err), DSV3_E_VALUE, &err);
     CHECK_FAIL(dsv3_model_create(&c, CAP, (dsv3_attn_mode)5, &m, &err), DSV3_E_VALUE, &err);
+    c.kv_cache_dtype = (dsv3_kv_dtype)3;
+    CHECK_FAIL(dsv3_model_create(&c, CAP, DSV3_ATTN_ABSORBED, &m, &err), DSV3_E_VALUE, &err);
+    c.kv_cache_dtype = DSV3_KV_F32;
 
     /* a model with one tensor missing, then one with a wrong shape */
     for (int variant = 0; variant < 2; variant++) {
@@ -484,7 +487,11 @@ void test_model(void)
     dsv3_model_config c;
     base_config(&c, inv);
     model_case(&c, "q_lora+noaux_tc");
+    c.kv_cache_dtype = DSV3_KV_BF16; /* the same checks over a bf16 / fp8 latent cache (ASan-checked reads) */
+    model_case(&c, "q_lora+noaux_tc, bf16 cache");
     variant_config(&c, inv);
     model_case(&c, "q_proj+bias+softmax+tied");
+    c.kv_cache_dtype = DSV3_KV_FP8;
+    model_case(&c, "q_proj+bias+softmax+tied, fp8 cache");
     model_failures();
 }
