@@ -36,6 +36,35 @@ def test_batch_forward_bitwise_equals_single_sequence(model):
     assert np.allclose(hid @ np.asarray(head, np.float32).T, lo, atol=1e-4)
 
 
+def test_many_decode_sequences_in_one_step_bitwise(model):
+    """Eleven sequences of different lengths decode in one step (the absorbed attention of all of them in
+    one call: token tiles of 8 across sequences, W_UK/W_UV once), with a prefill chunk splitting the decode
+    tokens into two runs: every row equals that sequence run alone, bitwise."""
+    rng = np.random.default_rng(11)
+    prompts = [rng.integers(0, 512, n) for n in (1, 5, 2, 9, 3, 12, 4, 7, 6, 2, 30)]
+    nxt = rng.integers(0, 512, len(prompts))
+    ref = []
+    for p, t in zip(prompts, nxt):
+        model.reset()
+        model.forward(p, logits="none")
+        ref.append(model.forward(np.array([t]))[0])
+    model.reset()
+    chunk = rng.integers(0, 512, 3)
+    ref_chunk = model.forward(chunk)[-1]
+    b = dsv3._lib.Batch(model._native, 12, 64)
+    slots = [5, 0, 11, 3, 7, 1, 2, 9, 4, 10, 8]  # out of order
+    b.forward(np.concatenate(prompts), np.array([[s, len(p), 0] for s, p in zip(slots, prompts)], np.int64))
+    seqs = [[s, 1, 1] for s in slots]
+    seqs.insert(6, [6, 3, 1])  # a new prompt between the decode tokens
+    ids = np.concatenate([nxt[:6], chunk, nxt[6:]])
+    lo = b.forward(ids, np.array(seqs, np.int64))
+    assert lo.shape == (12, 512)
+    got = np.concatenate([lo[:6], lo[7:]])
+    for i in range(len(prompts)):
+        assert np.array_equal(got[i], ref[i]), i
+    assert np.array_equal(lo[6], ref_chunk)
+
+
 def test_batch_errors_leave_state(model):
     b = dsv3._lib.Batch(model._native, 2, 8)
     b.forward(np.array([1, 2]), np.array([[0, 2, 1]], np.int64))

@@ -1,6 +1,7 @@
 /* The batched engine: a pool of sequence slots, each with its own latent cache, and one forward
  * call over a ragged batch (see dsv3_batch.h). The attention projections, norms, MLP/MoE and the head
- * run over all the step's tokens at once; only the attention core runs per sequence (its own cache). */
+ * run over all the step's tokens at once; the attention core runs each sequence over its own cache, the
+ * decode tokens of all sequences in one call (W_UK / W_UV read once per step, dsv3_mla_attend_many). */
 #include "dsv3_batch.h"
 #include "dsv3_ops.h"
 #include "mla/mla_internal.h"
@@ -17,6 +18,7 @@ struct dsv3_batch {
     int64_t *rows;      /* owned: [tokens] output row selection scratch, grown per step */
     int64_t rows_cap;
     float *sel;         /* owned: [rows_cap, hidden] normed hidden states of the output rows */
+    dsv3_mla_seg *segs; /* owned: [slots] the step's sequences for the attention core */
 };
 
 dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacity, dsv3_batch **out,
@@ -44,7 +46,8 @@ dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacit
     b->row = row;
     b->cache = dsv3_alloc(n);
     b->len = dsv3_alloc((size_t)slots * sizeof(int64_t));
-    if (!b->cache || !b->len) {
+    b->segs = dsv3_alloc((size_t)slots * sizeof(dsv3_mla_seg));
+    if (!b->cache || !b->len || !b->segs) {
         dsv3_batch_free(b);
         return dsv3_fail(err, DSV3_E_NOMEM, "batch: out of memory for the KV cache of %lld slots x %lld tokens "
                          "(%.1f MiB)", (long long)slots, (long long)slot_capacity, (double)n / (1 << 20));
@@ -62,6 +65,7 @@ void dsv3_batch_free(dsv3_batch *b)
     dsv3_free(b->len);
     dsv3_free(b->rows);
     dsv3_free(b->sel);
+    dsv3_free(b->segs);
     dsv3_free(b);
 }
 
@@ -155,7 +159,7 @@ static dsv3_status attention_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq
     const dsv3_mla_dims *d = &m->mla;
     const dsv3_mla_weights *w = &m->layers[l].attn;
     dsv3_mla_scratch *ws = &m->ws.mla;
-    const int64_t half = d->rope / 2, qk = d->nope + d->rope, row = b->row;
+    const int64_t half = d->rope / 2, row = b->row;
     const float *cos_j = cs, *sin_j = cs + t * half;
     if (m->attn_mode == DSV3_ATTN_ABSORBED && (!w->w_uk || !w->w_uv))
         return dsv3_fail(err, DSV3_E_VALUE, "attention: absorbed mode needs W_UK/W_UV (dsv3_mla_absorb)");
@@ -168,10 +172,12 @@ static dsv3_status attention_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq
         float *cache = slot_cache(b, seqs[i].slot, l);
         memcpy(cache + past * row, ckv + off * row, (size_t)(n * row) * sizeof(float));
         dsv3_mla_finish_latent(d, w, cache + past * row, n, cos_j + off * half, sin_j + off * half);
-        const float *q = ws->q + off * d->heads * qk;
-        float *attn = ws->attn + off * d->heads * d->v;
-        st = dsv3_mla_attend(d, w, m->attn_mode, q, n, cache, past, attn, ws, isa, err); /* form as forward's */
+        b->segs[i] = (dsv3_mla_seg){cache, past, n, off};
     }
+    /* each sequence in the form it would take alone; the absorbed ones (decode) in one call that reads
+     * W_UK / W_UV once for all of them */
+    if (st == DSV3_OK)
+        st = dsv3_mla_attend_many(d, w, m->attn_mode, ws->q, b->segs, nseq, ws->attn, ws, isa, err);
     if (st == DSV3_OK)
         st = dsv3_linear(ws->attn, t, &w->o_proj, d->attention_bias ? w->o_bias.f32 : NULL, out, isa, err);
     return st;
