@@ -11,6 +11,10 @@ def add_arguments(parser):
     parser.add_argument("--max-seq-len", type=int, default=4096, help="tokens per sequence (default 4096)")
     parser.add_argument("--model-name", help="name clients pass as 'model' (default: the directory's name)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="convert unquantised weights at load")
+    parser.add_argument("--prefix-cache", action="store_true",
+                        help="reuse the cached rows of prompt prefixes other requests fed (a conversation's next "
+                             "turn, shared system prompts, n > 1); results then equal uncached ones within f32 "
+                             "rounding, not bitwise")
 
 
 def run(args):
@@ -23,5 +27,5 @@ def run(args):
         return 1
     print(f"dsv3 serve: loading {args.checkpoint}; OpenAI API at http://{args.host}:{args.port}/v1", file=sys.stderr)
     serve(args.checkpoint, host=args.host, port=args.port, max_batch=args.max_batch, max_seq_len=args.max_seq_len,
-          model_name=args.model_name, dtype=args.dtype)
+          model_name=args.model_name, dtype=args.dtype, prefix_cache=args.prefix_cache)
     return 0

@@ -11,6 +11,12 @@ that are sampled (a prompt's last token, each decode token) and sampled in one C
 when a slot is free and leave when they finish or are cancelled, between steps. A sequence's tokens do
 not depend on what else is in the batch (tests/test_engine.py checks batched == one at a time).
 
+With ``prefix_cache=True`` a slot keeps its cached tokens after its sequence leaves, and a new prompt that
+starts with tokens some slot holds (a conversation's next turn, a shared system prompt, OpenAI ``n``
+choices once the first has prefilled) copies those cache rows (``Batch.copy_prefix``) and feeds only the
+rest. The copied rows were computed in another step (perhaps in the other attention form, absorbed vs
+expanded), so results then equal the uncached ones within f32 rounding rather than bitwise; off by default.
+
 The engine is not thread-safe: one thread calls submit/cancel/step (the server's scheduler thread).
 """
 import collections
@@ -39,6 +45,7 @@ class Request:
         self.kind = kind
         self.slot = None
         self.fed = 0  # prompt tokens already in the cache
+        self.cached_tokens = 0  # prompt tokens taken from the prefix cache
         self.next_token = None  # sampled, not yet fed
         self.new_chunks = []
         self.error = None
@@ -59,10 +66,12 @@ class Engine:
     (default the model's). kv_budget_bytes: if given, the slots are limited so that their latent caches
     fit in it. prefill_chunk: prompt tokens a sequence feeds per step (long prompts are chunked, so
     running sequences keep decoding meanwhile). max_step_tokens: tokens per step over all sequences.
+    prefix_cache: reuse cached prompt prefixes across requests (module docstring); ``prefix_hit_tokens``
+    counts the prompt tokens so taken.
     """
 
     def __init__(self, model, max_batch=8, max_seq_len=None, kv_budget_bytes=None, prefill_chunk=256,
-                 max_step_tokens=1024, tokenizer=None):
+                 max_step_tokens=1024, tokenizer=None, prefix_cache=False):
         cfg = _native_config(model.config)
         cap = int(max_seq_len or model.max_seq_len)
         if cap < 1:
@@ -87,7 +96,10 @@ class Engine:
         self.kv_cache_bytes = slots * per_slot
         self.prefill_chunk = int(prefill_chunk)
         self.max_step_tokens = int(max(max_step_tokens, slots))
-        self.free = list(range(slots))[::-1]
+        self.free = list(range(slots))  # the longest-free first: a recent sequence's rows stay longest
+        self.prefix_cache = bool(prefix_cache)
+        self.slot_tokens = [[] for _ in range(slots)]  # the tokens whose rows each slot's cache holds
+        self.prefix_hit_tokens = 0
         self.waiting = collections.deque()
         self.running = []
         self.steps = 0
@@ -125,6 +137,32 @@ class Engine:
         """:meth:`make_request` then :meth:`add`; returns the :class:`Request`."""
         return self.add(self.make_request(inputs, **kw))
 
+    def _admit(self, req):
+        """Give a waiting request a free slot; with the prefix cache, the slot holding the longest prefix
+        of its prompt (at most all but its last token, whose logits are sampled) lends its rows."""
+        src, hit = None, 0
+        prompt = np.asarray(req.state.prompt, np.int64)
+        if self.prefix_cache and len(prompt) > 1:
+            for slot, toks in enumerate(self.slot_tokens):
+                m = min(len(toks), len(prompt) - 1)
+                if m <= hit:
+                    continue
+                eq = np.asarray(toks[:m], np.int64) == prompt[:m]
+                n = m if eq.all() else int(np.argmin(eq))
+                if n > hit:
+                    src, hit = slot, n
+        dst = src if src in self.free else self.free[0]
+        self.free.remove(dst)
+        if hit:
+            self.batch.copy_prefix(src, dst, hit)
+            self.slot_tokens[dst] = self.slot_tokens[src][:hit]
+        else:
+            self.batch.release(dst)
+            self.slot_tokens[dst] = []
+        req.slot, req.fed, req.cached_tokens = dst, hit, hit
+        self.prefix_hit_tokens += hit
+        self.running.append(req)
+
     def cancel(self, req):
         """Stop a request (a client went away); its slot is freed at once."""
         if not req.finished:
@@ -138,7 +176,9 @@ class Engine:
         if req in self.running:
             self.running.remove(req)
         if req.slot is not None:
-            self.batch.release(req.slot)
+            if not self.prefix_cache:
+                self.batch.release(req.slot)
+                self.slot_tokens[req.slot] = []
             self.free.append(req.slot)
             req.slot = None
 
@@ -150,9 +190,7 @@ class Engine:
         """Admit waiting sequences into free slots, run one batched forward and sample; returns the
         requests that received chunks (in ``req.new_chunks``)."""
         while self.waiting and self.free:
-            req = self.waiting.popleft()
-            req.slot = self.free.pop()
-            self.running.append(req)
+            self._admit(self.waiting.popleft())
         if not self.running:
             return []
         budget = self.max_step_tokens
@@ -172,6 +210,8 @@ class Engine:
         seqs = np.array([[r.slot, n, mode] for r, n, mode in plan], np.int64)
         logits = self.batch.forward(np.concatenate([np.asarray(x, np.int64) for x in ids]), seqs)
         self.steps += 1
+        for (req, _, _), x in zip(plan, ids):
+            self.slot_tokens[req.slot].extend(int(t) for t in x)
         sampled = []
         for req, n, mode in plan:
             req.new_chunks = []

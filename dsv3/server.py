@@ -253,7 +253,8 @@ def create_app(engine, model_name="dsv3", scheduler=None):
 
     def usage(reqs):
         p, c = len(reqs[0].state.prompt), sum(len(r.state.ids) for r in reqs)
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+                "prompt_tokens_details": {"cached_tokens": reqs[0].cached_tokens}}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -312,9 +313,10 @@ def create_app(engine, model_name="dsv3", scheduler=None):
 
 
 def serve(path, host="127.0.0.1", port=8000, max_batch=8, max_seq_len=4096, model_name=None, dtype=None,
-          log_level="info", sock=None, ready=None):
+          log_level="info", sock=None, ready=None, prefix_cache=False):
     """Load the checkpoint at ``path`` and serve it until interrupted. ``sock``: an already bound socket
-    (tests bind port 0); ``ready``: a threading.Event set once the server accepts connections."""
+    (tests bind port 0); ``ready``: a threading.Event set once the server accepts connections;
+    ``prefix_cache``: the engine's (dsv3.engine.Engine)."""
     import os
 
     import uvicorn
@@ -323,7 +325,7 @@ def serve(path, host="127.0.0.1", port=8000, max_batch=8, max_seq_len=4096, mode
     from .model import Model
 
     model = Model.from_pretrained(path, dtype=dtype, max_seq_len=max_seq_len)
-    engine = Engine(model, max_batch=max_batch, max_seq_len=max_seq_len)
+    engine = Engine(model, max_batch=max_batch, max_seq_len=max_seq_len, prefix_cache=prefix_cache)
     name = model_name or os.path.basename(os.path.normpath(path))
     app = create_app(engine, name)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)

@@ -170,3 +170,58 @@ def test_batch_forward_equals_single_on_other_isas(model, isa):
     b = dsv3._lib.Batch(model._native, 2, 32)
     lo = b.forward(np.concatenate(prompts), np.array([[1, 4, 2], [0, 6, 2]], np.int64), isa=isa)
     assert np.array_equal(lo[:4], refs[0]) and np.array_equal(lo[4:], refs[1])
+
+
+def test_prefix_cache_next_turn_and_shared_prefix(model):
+    """With prefix_cache, a prompt that starts with tokens a slot holds (the previous turn's prompt and the
+    tokens generated and fed after it) copies those rows and feeds only the rest: the cached-token counts are
+    exact, and the results equal the uncached model's (tokens; logprobs within f32 rounding)."""
+    rng = np.random.default_rng(21)
+    p = rng.integers(0, 512, 12)
+    e = Engine(model, max_batch=2, max_seq_len=128, prefix_cache=True)
+    first = e.generate([p], max_new_tokens=6, logprobs=0)[0]
+    turn2 = np.concatenate([p, first.token_ids, rng.integers(0, 512, 3)])  # the next turn of a conversation
+    cases = [(turn2, 12 + 5),  # the last generated token was sampled, never fed: not in the cache
+             (p, 11),  # the same prompt: all but its last token (whose logits are sampled)
+             (np.concatenate([p[:5], [(p[5] + 1) % 512], p[6:]]), 5)]  # diverges at token 5
+    for prompt, hit in cases:
+        req = e.submit(prompt, max_new_tokens=6, logprobs=0)
+        while not req.finished:
+            e.step()
+        assert req.cached_tokens == hit
+        ref = model.generate(prompt, 6, logprobs=0, return_dict=True)
+        out = req.output()
+        assert np.array_equal(out.token_ids, ref.token_ids)
+        np.testing.assert_allclose(out.logprobs, ref.logprobs, rtol=1e-5, atol=1e-5)
+    assert e.prefix_hit_tokens == 17 + 11 + 5
+    # two requests at once: the second takes the rows of the first's running slot once they exist
+    a = e.submit(turn2, max_new_tokens=3)
+    e.step()
+    b = e.submit(np.concatenate([turn2, [9, 9]]), max_new_tokens=3)
+    while not (a.finished and b.finished):
+        e.step()
+    assert b.cached_tokens >= len(turn2)
+    assert np.array_equal(b.output().token_ids, model.generate(np.concatenate([turn2, [9, 9]]), 3,
+                                                               return_dict=True).token_ids)
+    off = Engine(model, max_batch=2, max_seq_len=128)  # off by default: nothing is reused
+    off.generate([p], max_new_tokens=2)
+    assert off.submit(p, max_new_tokens=1).cached_tokens == 0 and off.prefix_hit_tokens == 0
+
+
+def test_copy_prefix_checks(model):
+    b = dsv3._lib.Batch(model._native, 2, 16)
+    b.forward(np.arange(5), np.array([[0, 5, 0]], np.int64))
+    with pytest.raises(ValueError, match="holds 5 tokens, cannot copy 6"):
+        b.copy_prefix(0, 1, 6)
+    with pytest.raises(ValueError, match="out of range"):
+        b.copy_prefix(0, 2, 1)
+    b.copy_prefix(0, 1, 3)
+    assert (b.length(0), b.length(1)) == (5, 3)
+    b.copy_prefix(0, 0, 2)
+    assert b.length(0) == 2
+    lo = b.forward(np.array([3, 2]), np.array([[1, 1, 1], [0, 1, 1]], np.int64))  # rows 0..2 / 0..1 copied
+    model.reset()
+    ref3 = model.forward(np.arange(4))[-1]
+    model.reset()
+    ref2 = model.forward(np.array([0, 1, 2]))[-1]
+    assert np.allclose(lo[0], ref3, atol=1e-5) and np.allclose(lo[1], ref2, atol=1e-5)

@@ -107,6 +107,7 @@ def test_n_choices(server):
     assert [ch.text for ch in r.choices] == [x.text for x in refs]
     assert r.usage.prompt_tokens == len(m.tokenizer.encode("Once upon"))
     assert r.usage.completion_tokens == sum(len(x.token_ids) for x in refs)
+    assert r.usage.prompt_tokens_details.cached_tokens == 0  # this server's engine has no prefix cache
     texts = ["", "", ""]
     for ev in c.completions.create(model="tiny", prompt="Once upon", max_tokens=9, temperature=0.9, seed=40, n=3,
                                    stream=True):

@@ -41,6 +41,11 @@ int64_t dsv3_batch_length(const dsv3_batch *b, int64_t slot);
 /* Forget a slot's tokens (the sequence left); its cache rows are reused by the next one. */
 dsv3_status dsv3_batch_release(dsv3_batch *b, int64_t slot, dsv3_error *err);
 
+/* Slot dst holds the first n cached tokens of slot src (their cache rows copied for every layer; src ==
+ * dst keeps the first n of its own): a prefix cache for prompts that start with tokens another slot
+ * already holds. n in [0, length(src)]; dst's later rows are forgotten. */
+dsv3_status dsv3_batch_copy_prefix(dsv3_batch *b, int64_t src, int64_t dst, int64_t n, dsv3_error *err);
+
 /* Output rows of a step: sum over sequences of 0 / 1 / n by their logits mode. */
 int64_t dsv3_batch_out_rows(const dsv3_batch_seq *seqs, int64_t nseq);
 

@@ -86,6 +86,23 @@ dsv3_status dsv3_batch_release(dsv3_batch *b, int64_t slot, dsv3_error *err)
     return DSV3_OK;
 }
 
+static float *slot_cache(const dsv3_batch *b, int64_t slot, int64_t layer);
+
+dsv3_status dsv3_batch_copy_prefix(dsv3_batch *b, int64_t src, int64_t dst, int64_t n, dsv3_error *err)
+{
+    if (src < 0 || src >= b->slots || dst < 0 || dst >= b->slots)
+        return dsv3_fail(err, DSV3_E_VALUE, "batch: slots %lld, %lld: out of range [0, %lld)", (long long)src,
+                         (long long)dst, (long long)b->slots);
+    if (n < 0 || n > b->len[src])
+        return dsv3_fail(err, DSV3_E_VALUE, "batch: slot %lld holds %lld tokens, cannot copy %lld", (long long)src,
+                         (long long)b->len[src], (long long)n);
+    if (src != dst)
+        for (int64_t l = 0; l < b->m->cfg.num_hidden_layers; l++)
+            memcpy(slot_cache(b, dst, l), slot_cache(b, src, l), (size_t)(n * b->row) * sizeof(float));
+    b->len[dst] = n;
+    return DSV3_OK;
+}
+
 int64_t dsv3_batch_out_rows(const dsv3_batch_seq *seqs, int64_t nseq)
 {
     int64_t r = 0;
