@@ -13,8 +13,8 @@ not depend on what else is in the batch (tests/test_engine.py checks batched == 
 
 With ``prefix_cache=True`` a slot keeps its cached tokens after its sequence leaves, and a new prompt that
 starts with tokens some slot holds (a conversation's next turn, a shared system prompt, OpenAI ``n``
-choices once the first has prefilled) copies those cache rows (``Batch.copy_prefix``) and feeds only the
-rest. The copied rows were computed in another step (perhaps in the other attention form, absorbed vs
+choices) copies those cache rows (``Batch.copy_prefix``) and feeds only the rest; a request whose prompt
+shares more with a sequence still prefilling waits for those rows rather than computing them again. The copied rows were computed in another step (perhaps in the other attention form, absorbed vs
 expanded), so results then equal the uncached ones within f32 rounding rather than bitwise; off by default.
 
 The engine is not thread-safe: one thread calls submit/cancel/step (the server's scheduler thread).
@@ -137,18 +137,33 @@ class Engine:
         """:meth:`make_request` then :meth:`add`; returns the :class:`Request`."""
         return self.add(self.make_request(inputs, **kw))
 
+    @staticmethod
+    def _common(toks, prompt):
+        """Length of the common prefix of toks and prompt[:-1] (the last prompt token is always fed)."""
+        m = min(len(toks), len(prompt) - 1)
+        if m <= 0:
+            return 0
+        eq = np.asarray(toks[:m], np.int64) == np.asarray(prompt[:m], np.int64)
+        return m if eq.all() else int(np.argmin(eq))
+
+    def _shares_pending(self, req):
+        """With the prefix cache: whether a running sequence still prefilling will cache more of this
+        prompt than any slot holds now (OpenAI n, or the same system prompt arriving together); the
+        request then waits for those rows instead of computing them again."""
+        if not self.prefix_cache:
+            return False
+        prompt = req.state.prompt
+        have = max([self._common(t, prompt) for t in self.slot_tokens] + [0])
+        return any(r.next_token is None and self._common(r.state.prompt, prompt) > have for r in self.running)
+
     def _admit(self, req):
         """Give a waiting request a free slot; with the prefix cache, the slot holding the longest prefix
         of its prompt (at most all but its last token, whose logits are sampled) lends its rows."""
         src, hit = None, 0
         prompt = np.asarray(req.state.prompt, np.int64)
-        if self.prefix_cache and len(prompt) > 1:
+        if self.prefix_cache:
             for slot, toks in enumerate(self.slot_tokens):
-                m = min(len(toks), len(prompt) - 1)
-                if m <= hit:
-                    continue
-                eq = np.asarray(toks[:m], np.int64) == prompt[:m]
-                n = m if eq.all() else int(np.argmin(eq))
+                n = self._common(toks, prompt) if min(len(toks), len(prompt) - 1) > hit else 0
                 if n > hit:
                     src, hit = slot, n
         dst = src if src in self.free else self.free[0]
@@ -189,7 +204,7 @@ class Engine:
     def step(self):
         """Admit waiting sequences into free slots, run one batched forward and sample; returns the
         requests that received chunks (in ``req.new_chunks``)."""
-        while self.waiting and self.free:
+        while self.waiting and self.free and not self._shares_pending(self.waiting[0]):
             self._admit(self.waiting.popleft())
         if not self.running:
             return []

@@ -203,6 +203,15 @@ def test_prefix_cache_next_turn_and_shared_prefix(model):
     assert b.cached_tokens >= len(turn2)
     assert np.array_equal(b.output().token_ids, model.generate(np.concatenate([turn2, [9, 9]]), 3,
                                                                return_dict=True).token_ids)
+    # the same prompt three times at once (OpenAI n): the later ones wait one step for the first's rows
+    e3 = Engine(model, max_batch=4, max_seq_len=128, prefix_cache=True)
+    reqs = [e3.submit(turn2, max_new_tokens=4, do_sample=True, seed=s) for s in (1, 2, 3)]
+    while not all(r.finished for r in reqs):
+        e3.step()
+    assert [r.cached_tokens for r in reqs] == [0, len(turn2) - 1, len(turn2) - 1]
+    for s, r in zip((1, 2, 3), reqs):
+        ref = model.generate(turn2, 4, do_sample=True, seed=s, return_dict=True)
+        assert np.array_equal(r.output().token_ids, ref.token_ids)
     off = Engine(model, max_batch=2, max_seq_len=128)  # off by default: nothing is reused
     off.generate([p], max_new_tokens=2)
     assert off.submit(p, max_new_tokens=1).cached_tokens == 0 and off.prefix_hit_tokens == 0
