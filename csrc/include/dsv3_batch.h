@@ -8,9 +8,10 @@
  * leave (dsv3_batch_release) between steps, so prefill chunks and decode tokens share a step.
  *
  * Per layer: RMSNorm and the attention projections (q_a, q_b, kv_a, o_proj) over all the step's
- * tokens at once, the attention core per sequence over its slot's cache and past (the steps of
- * dsv3_mla_forward, csrc/mla/mla_internal.h), then the dense MLP / MoE over all the step's tokens
- * (each expert's weights read once for every sequence). Every operation works row by row in a fixed
+ * tokens at once, the attention core of each sequence over its slot's cache and past in the form it
+ * would take alone (the steps of dsv3_mla_forward, csrc/mla/mla_internal.h), the absorbed-form ones
+ * (decode tokens) in one call that reads W_UK/W_UV once for all of them (dsv3_mla_attend_many), then
+ * the dense MLP / MoE over all the step's tokens (each expert's weights read once for every sequence). Every operation works row by row in a fixed
  * order, so a sequence's results do not depend on the other sequences of the step: bitwise equal to
  * dsv3_model_forward where dsv3_linear's kernel choice does not change with the row count (f32
  * weights, or fewer rows than its GEMM threshold: 32 for bf16, 24 for fp8_block).
