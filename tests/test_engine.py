@@ -36,28 +36,36 @@ def test_batch_forward_bitwise_equals_single_sequence(model):
     assert np.allclose(hid @ np.asarray(head, np.float32).T, lo, atol=1e-4)
 
 
-def test_many_decode_sequences_in_one_step_bitwise(model):
+@pytest.mark.parametrize("isa,form", [(None, None), (None, "absorbed"), ("avx2", None), ("scalar", "absorbed")])
+def test_many_decode_sequences_in_one_step_bitwise(model, isa, form, monkeypatch):
     """Eleven sequences of different lengths decode in one step (the absorbed attention of all of them in
     one call: token tiles of 8 across sequences, W_UK/W_UV once), with a prefill chunk splitting the decode
-    tokens into two runs: every row equals that sequence run alone, bitwise."""
+    tokens into two runs (DSV3_MLA_FORM=absorbed: the chunk joins that call too): every row equals that
+    sequence run alone, bitwise, on every kernel path."""
+    if isa is not None and isa not in dsv3.cpu_info()["supported_isas"]:
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    if form:
+        monkeypatch.setenv("DSV3_MLA_FORM", form)
     rng = np.random.default_rng(11)
     prompts = [rng.integers(0, 512, n) for n in (1, 5, 2, 9, 3, 12, 4, 7, 6, 2, 30)]
     nxt = rng.integers(0, 512, len(prompts))
     ref = []
     for p, t in zip(prompts, nxt):
         model.reset()
-        model.forward(p, logits="none")
-        ref.append(model.forward(np.array([t]))[0])
+        model._native.forward(p, isa=isa, logits="none")
+        ref.append(model._native.forward(np.array([t]), isa=isa)[0])
     model.reset()
     chunk = rng.integers(0, 512, 3)
-    ref_chunk = model.forward(chunk)[-1]
+    ref_chunk = model._native.forward(chunk, isa=isa)[-1]
+    model.reset()
     b = dsv3._lib.Batch(model._native, 12, 64)
     slots = [5, 0, 11, 3, 7, 1, 2, 9, 4, 10, 8]  # out of order
-    b.forward(np.concatenate(prompts), np.array([[s, len(p), 0] for s, p in zip(slots, prompts)], np.int64))
+    b.forward(np.concatenate(prompts), np.array([[s, len(p), 0] for s, p in zip(slots, prompts)], np.int64),
+              isa=isa)
     seqs = [[s, 1, 1] for s in slots]
     seqs.insert(6, [6, 3, 1])  # a new prompt between the decode tokens
     ids = np.concatenate([nxt[:6], chunk, nxt[6:]])
-    lo = b.forward(ids, np.array(seqs, np.int64))
+    lo = b.forward(ids, np.array(seqs, np.int64), isa=isa)
     assert lo.shape == (12, 512)
     got = np.concatenate([lo[:6], lo[7:]])
     for i in range(len(prompts)):
