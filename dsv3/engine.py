@@ -14,8 +14,9 @@ not depend on what else is in the batch (tests/test_engine.py checks batched == 
 With ``prefix_cache=True`` a slot keeps its cached tokens after its sequence leaves, and a new prompt that
 starts with tokens some slot holds (a conversation's next turn, a shared system prompt, OpenAI ``n``
 choices) copies those cache rows (``Batch.copy_prefix``) and feeds only the rest; a request whose prompt
-shares more with a sequence still prefilling waits for those rows rather than computing them again. The copied rows were computed in another step (perhaps in the other attention form, absorbed vs
-expanded), so results then equal the uncached ones within f32 rounding rather than bitwise; off by default.
+shares more with a sequence still prefilling waits for those rows rather than computing them again. The
+copied rows were computed in another step (perhaps in the other attention form, absorbed vs expanded), so
+results then equal the uncached ones within f32 rounding rather than bitwise; off by default.
 
 The engine is not thread-safe: one thread calls submit/cancel/step (the server's scheduler thread).
 """
