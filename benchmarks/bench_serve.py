@@ -9,7 +9,12 @@ weights from memory as a real model does.
 
 1. decode: the engine (dsv3.engine.Engine, one C forward per step over every running sequence) decoding
    `--decode-steps` tokens per sequence for 1 and for 8 concurrent sequences after a short prompt;
-   tokens/s of each, rounds interleaved, best of `--rounds`; the ratio is the batching gain.
+   tokens/s of each, rounds interleaved, best of `--rounds`; the ratio is the batching gain. Also the
+   process CPU time per step (best of the rounds), whose ratio moves less when other jobs take the cores
+   (with 1 thread it counts only the time the step ran), and a weight-traffic model: the weight bytes one
+   step reads for 1 and for 8 tokens (every linear once per step; routed experts: the expected number
+   of distinct experts that 8 tokens' top-k choices touch under uniform routing), whose quotient is the
+   ratio a purely bandwidth-bound decode would reach.
 2. server: `dsv3 serve` on 127.0.0.1 (its own process), `--clients` streaming chat clients at once
    vs the same requests one after another, through the `openai` client: total generated tokens/s and
    the mean time to first token.
@@ -44,31 +49,56 @@ def bench_config(hidden, layers, vocab):
         max_position_embeddings=4096)
 
 
-def decode_rate(engine, n, steps, prompt_len=8):
-    """Tokens/s of `steps` decode steps with n sequences running (prefill excluded)."""
+def step_weight_bytes(cfg, tokens, bytes_per_param=2):
+    """Weight bytes one decode step over `tokens` sequences reads (bf16 weights; the absorbed attention's
+    f32 W_UK/W_UV once per step), with the expected count of distinct routed experts under uniform
+    routing, E (1 - ((E - k) / E)^n) for n tokens of top-k (independent choices)."""
+    h, heads, L = cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers
+    q = h * cfg.q_lora_rank + cfg.q_lora_rank * heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim) \
+        if cfg.q_lora_rank else h * heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim)
+    attn = q + h * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) + heads * cfg.v_head_dim * h
+    uk_uv = heads * (cfg.qk_nope_head_dim + cfg.v_head_dim) * cfg.kv_lora_rank * 4
+    E, k, dense_layers = cfg.n_routed_experts, cfg.num_experts_per_tok, cfg.first_k_dense_replace
+    distinct = E * (1 - ((E - k) / E) ** tokens) if tokens > 1 else k
+    expert = 3 * h * cfg.moe_intermediate_size
+    moe = (distinct + cfg.n_shared_experts) * expert + E * h
+    params = L * attn + dense_layers * 3 * h * cfg.intermediate_size + (L - dense_layers) * moe \
+        + cfg.vocab_size * h
+    return params * bytes_per_param + L * uk_uv, distinct
+
+
+def decode_rate(engine, n, steps, prompt_len=8, cpu=False):
+    """Tokens/s of `steps` decode steps with n sequences running (prefill excluded); with cpu, also the
+    process CPU seconds per step."""
     rng = np.random.default_rng(n)
     reqs = [engine.submit(rng.integers(5, engine.vocab_size, prompt_len), max_new_tokens=steps + 2) for _ in range(n)]
     while any(r.next_token is None for r in reqs):
         engine.step()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(steps):
         engine.step()
-    dt = time.perf_counter() - t
+    dt, dc = time.perf_counter() - t, time.process_time() - c
     for r in reqs:
         engine.cancel(r)
-    return n * steps / dt
+    return (n * steps / dt, dc / steps) if cpu else n * steps / dt
 
 
 def bench_decode(model, steps, rounds, batch):
     from dsv3.engine import Engine
     eng = Engine(model, max_batch=batch, max_seq_len=steps + 64)
     decode_rate(eng, 1, 2)  # warm the workspace
-    best = {1: 0.0, batch: 0.0}
+    best, cpu = {1: 0.0, batch: 0.0}, {1: float("inf"), batch: float("inf")}
     for _ in range(rounds):
         for n in (1, batch):
-            best[n] = max(best[n], decode_rate(eng, n, steps))
+            rate, c = decode_rate(eng, n, steps, cpu=True)
+            best[n], cpu[n] = max(best[n], rate), min(cpu[n], c)
+    b1, _ = step_weight_bytes(model.config, 1)
+    bn, distinct = step_weight_bytes(model.config, batch)
     return {"tokens_per_s_1": best[1], f"tokens_per_s_{batch}": best[batch], "ratio": best[batch] / best[1],
-            "steps": steps, "rounds": rounds}
+            "cpu_ms_per_step_1": cpu[1] * 1e3, f"cpu_ms_per_step_{batch}": cpu[batch] * 1e3,
+            "cpu_ratio": batch * cpu[1] / cpu[batch], "weight_mb_per_step_1": b1 / 1e6,
+            f"weight_mb_per_step_{batch}": bn / 1e6, f"expected_distinct_experts_{batch}": distinct,
+            "bandwidth_bound_ratio": batch * b1 / bn, "steps": steps, "rounds": rounds}
 
 
 def bench_server(path, clients, max_tokens, max_batch):
@@ -158,13 +188,21 @@ def main(argv=None):
         model = dsv3.Model.from_pretrained(path, max_seq_len=args.decode_steps + 64)
         print(repr(model))
         result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "load_average": os.getloadavg(),
                   "machine": platform.processor() or platform.machine(), "threads": dsv3.get_num_threads(),
                   "isa": dsv3.cpu_info().get("isa") if isinstance(dsv3.cpu_info(), dict) else None,
                   "model": repr(model), "argv": sys.argv[1:]}
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, {dsv3.get_num_threads()} threads")
         d = bench_decode(model, args.decode_steps, args.rounds, args.batch)
         result["decode"] = d
         print(f"decode: 1 sequence {d['tokens_per_s_1']:.1f} tokens/s, {args.batch} sequences "
               f"{d[f'tokens_per_s_{args.batch}']:.1f} tokens/s: {d['ratio']:.2f}x")
+        print(f"decode CPU time per step: 1 sequence {d['cpu_ms_per_step_1']:.1f} ms, {args.batch} sequences "
+              f"{d[f'cpu_ms_per_step_{args.batch}']:.1f} ms: {d['cpu_ratio']:.2f}x tokens per CPU second")
+        print(f"weights read per step: 1 sequence {d['weight_mb_per_step_1']:.0f} MB, {args.batch} sequences "
+              f"{d[f'weight_mb_per_step_{args.batch}']:.0f} MB (~{d[f'expected_distinct_experts_{args.batch}']:.1f} "
+              f"distinct routed experts per MoE layer): a bandwidth-bound decode gains at most "
+              f"{d['bandwidth_bound_ratio']:.2f}x")
         del model
         if not args.no_server:
             s = bench_server(path, args.clients, args.max_tokens, args.batch)

@@ -15,6 +15,10 @@ def add_arguments(parser):
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="convert unquantised weights at load")
     parser.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="f32",
                         help="latent KV cache storage: f32 (default), bf16 (half) or fp8 (about a quarter)")
+    parser.add_argument("--prefix-cache", action="store_true",
+                        help="reuse the cached rows of prompt prefixes other requests fed (a conversation's next "
+                             "turn, shared system prompts, n > 1); results then equal uncached ones within f32 "
+                             "rounding, not bitwise")
 
 
 def run(args):
@@ -27,5 +31,6 @@ def run(args):
         return 1
     print(f"dsv3 serve: loading {args.checkpoint}; OpenAI API at http://{args.host}:{args.port}/v1", file=sys.stderr)
     serve(args.checkpoint, host=args.host, port=args.port, max_batch=args.max_batch, max_seq_len=args.max_seq_len,
-          model_name=args.model_name, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype)
+          model_name=args.model_name, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
+          prefix_cache=args.prefix_cache)
     return 0

@@ -11,6 +11,13 @@ that are sampled (a prompt's last token, each decode token) and sampled in one C
 when a slot is free and leave when they finish or are cancelled, between steps. A sequence's tokens do
 not depend on what else is in the batch (tests/test_engine.py checks batched == one at a time).
 
+With ``prefix_cache=True`` a slot keeps its cached tokens after its sequence leaves, and a new prompt that
+starts with tokens some slot holds (a conversation's next turn, a shared system prompt, OpenAI ``n``
+choices) copies those cache rows (``Batch.copy_prefix``) and feeds only the rest; a request whose prompt
+shares more with a sequence still prefilling waits for those rows rather than computing them again. The
+copied rows were computed in another step (perhaps in the other attention form, absorbed vs expanded), so
+results then equal the uncached ones within f32 rounding rather than bitwise; off by default.
+
 The engine is not thread-safe: one thread calls submit/cancel/step (the server's scheduler thread).
 """
 import collections
@@ -39,6 +46,7 @@ class Request:
         self.kind = kind
         self.slot = None
         self.fed = 0  # prompt tokens already in the cache
+        self.cached_tokens = 0  # prompt tokens taken from the prefix cache
         self.next_token = None  # sampled, not yet fed
         self.new_chunks = []
         self.error = None
@@ -60,10 +68,12 @@ class Engine:
     ``Model.from_pretrained(..., kv_cache_dtype=...)``). kv_budget_bytes: if given, the slots are limited
     so that their latent caches fit in it. prefill_chunk: prompt tokens a sequence feeds per step (long prompts are chunked, so
     running sequences keep decoding meanwhile). max_step_tokens: tokens per step over all sequences.
+    prefix_cache: reuse cached prompt prefixes across requests (module docstring); ``prefix_hit_tokens``
+    counts the prompt tokens so taken.
     """
 
     def __init__(self, model, max_batch=8, max_seq_len=None, kv_budget_bytes=None, prefill_chunk=256,
-                 max_step_tokens=1024, tokenizer=None):
+                 max_step_tokens=1024, tokenizer=None, prefix_cache=False):
         cfg = _native_config(model.config)
         cap = int(max_seq_len or model.max_seq_len)
         if cap < 1:
@@ -88,7 +98,10 @@ class Engine:
         self.kv_cache_bytes = slots * per_slot
         self.prefill_chunk = int(prefill_chunk)
         self.max_step_tokens = int(max(max_step_tokens, slots))
-        self.free = list(range(slots))[::-1]
+        self.free = list(range(slots))  # the longest-free first: a recent sequence's rows stay longest
+        self.prefix_cache = bool(prefix_cache)
+        self.slot_tokens = [[] for _ in range(slots)]  # the tokens whose rows each slot's cache holds
+        self.prefix_hit_tokens = 0
         self.waiting = collections.deque()
         self.running = []
         self.steps = 0
@@ -131,6 +144,47 @@ class Engine:
         """:meth:`make_request` then :meth:`add`; returns the :class:`Request`."""
         return self.add(self.make_request(inputs, **kw))
 
+    @staticmethod
+    def _common(toks, prompt):
+        """Length of the common prefix of toks and prompt[:-1] (the last prompt token is always fed)."""
+        m = min(len(toks), len(prompt) - 1)
+        if m <= 0:
+            return 0
+        eq = np.asarray(toks[:m], np.int64) == np.asarray(prompt[:m], np.int64)
+        return m if eq.all() else int(np.argmin(eq))
+
+    def _shares_pending(self, req):
+        """With the prefix cache: whether a running sequence still prefilling will cache more of this
+        prompt than any slot holds now (OpenAI n, or the same system prompt arriving together); the
+        request then waits for those rows instead of computing them again."""
+        if not self.prefix_cache:
+            return False
+        prompt = req.state.prompt
+        have = max([self._common(t, prompt) for t in self.slot_tokens] + [0])
+        return any(r.next_token is None and self._common(r.state.prompt, prompt) > have for r in self.running)
+
+    def _admit(self, req):
+        """Give a waiting request a free slot; with the prefix cache, the slot holding the longest prefix
+        of its prompt (at most all but its last token, whose logits are sampled) lends its rows."""
+        src, hit = None, 0
+        prompt = np.asarray(req.state.prompt, np.int64)
+        if self.prefix_cache:
+            for slot, toks in enumerate(self.slot_tokens):
+                n = self._common(toks, prompt) if min(len(toks), len(prompt) - 1) > hit else 0
+                if n > hit:
+                    src, hit = slot, n
+        dst = src if src in self.free else self.free[0]
+        self.free.remove(dst)
+        if hit:
+            self.batch.copy_prefix(src, dst, hit)
+            self.slot_tokens[dst] = self.slot_tokens[src][:hit]
+        else:
+            self.batch.release(dst)
+            self.slot_tokens[dst] = []
+        req.slot, req.fed, req.cached_tokens = dst, hit, hit
+        self.prefix_hit_tokens += hit
+        self.running.append(req)
+
     def cancel(self, req):
         """Stop a request (a client went away); its slot is freed at once."""
         if not req.finished:
@@ -144,7 +198,9 @@ class Engine:
         if req in self.running:
             self.running.remove(req)
         if req.slot is not None:
-            self.batch.release(req.slot)
+            if not self.prefix_cache:
+                self.batch.release(req.slot)
+                self.slot_tokens[req.slot] = []
             self.free.append(req.slot)
             req.slot = None
 
@@ -155,10 +211,8 @@ class Engine:
     def step(self):
         """Admit waiting sequences into free slots, run one batched forward and sample; returns the
         requests that received chunks (in ``req.new_chunks``)."""
-        while self.waiting and self.free:
-            req = self.waiting.popleft()
-            req.slot = self.free.pop()
-            self.running.append(req)
+        while self.waiting and self.free and not self._shares_pending(self.waiting[0]):
+            self._admit(self.waiting.popleft())
         if not self.running:
             return []
         budget = self.max_step_tokens
@@ -178,6 +232,8 @@ class Engine:
         seqs = np.array([[r.slot, n, mode] for r, n, mode in plan], np.int64)
         logits = self.batch.forward(np.concatenate([np.asarray(x, np.int64) for x in ids]), seqs)
         self.steps += 1
+        for (req, _, _), x in zip(plan, ids):
+            self.slot_tokens[req.slot].extend(int(t) for t in x)
         sampled = []
         for req, n, mode in plan:
             req.new_chunks = []

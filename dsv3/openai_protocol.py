@@ -27,10 +27,25 @@ def opt(body, key, types, default=None, check=None, what=None):
 _NUM = (int, float)
 
 
+MAX_CHOICES = 16  # most completions one request may ask for ('n')
+
+
+def choice_count(body):
+    """OpenAI ``n``: how many completions of the prompt to return (1..MAX_CHOICES)."""
+    return opt(body, "n", (int,), 1, what=f"an int in [1, {MAX_CHOICES}]", check=lambda v: 1 <= v <= MAX_CHOICES)
+
+
+def choice_seed(kw, i):
+    """Keyword arguments of choice i of a request: the request's seed + i (choices sample independently;
+    a greedy request gives n equal choices, as OpenAI's)."""
+    if i == 0 or kw.get("seed") is None:
+        return kw
+    return dict(kw, seed=(kw["seed"] + i) & (2**64 - 1))
+
+
 def sampling_args(body, chat):
-    """OpenAI body -> Engine.make_request keyword arguments."""
-    if opt(body, "n", (int,), 1, what="1 (one choice per request)", check=lambda v: v == 1) != 1:
-        raise BadRequest("'n' must be 1", param="n")
+    """OpenAI body -> Engine.make_request keyword arguments (``n``: :func:`choice_count`)."""
+    choice_count(body)
     for k in ("frequency_penalty", "presence_penalty"):
         if opt(body, k, _NUM, 0, what="a number") != 0:
             raise BadRequest(f"'{k}' is not supported (use repetition_penalty)", param=k)

@@ -1,7 +1,8 @@
 """An OpenAI-compatible HTTP server over the batched engine (FastAPI + uvicorn; ``pip install 'dsv3[serve]'``).
 
 Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with ``"stream": true`` as
-server-sent events), ``GET /v1/models``, ``GET /health``.
+server-sent events; ``"n"``: up to 16 completions of one prompt, choice i sampled with seed + i, each its
+own sequence in the batch), ``GET /v1/models``, ``GET /health``.
 
 One scheduler thread owns the :class:`dsv3.engine.Engine`: HTTP handlers check and tokenise a request
 (a bad one gets a 400/404 with an OpenAI-style error body), hand it to the scheduler and read its
@@ -20,8 +21,8 @@ import time
 import traceback
 import uuid
 
-from .openai_protocol import (BadRequest, chat_logprobs, completion_logprobs, messages_of, prompt_of,
-                              sampling_args)
+from .openai_protocol import (BadRequest, chat_logprobs, choice_count, choice_seed, completion_logprobs, messages_of,
+                              prompt_of, sampling_args)
 
 __all__ = ["Scheduler", "create_app", "serve"]
 
@@ -49,11 +50,12 @@ class Scheduler:
         self.inbox.put(None)
         self._thread.join(timeout=10)
 
-    def submit(self, req, loop):
+    def submit(self, req, loop, q=None, tag=None):
         """Queue a request made by ``engine.make_request``; returns the asyncio.Queue of its chunks
-        (``_DONE`` last, or an Exception)."""
-        q = asyncio.Queue()
-        req.sink = (loop, q)
+        (``_DONE`` last, or an Exception). With ``tag`` (several requests sharing ``q``) every item
+        arrives as ``(tag, item)``."""
+        q = asyncio.Queue() if q is None else q
+        req.sink = (loop, q, tag)
         self.inbox.put(("add", req))
         return q
 
@@ -62,9 +64,9 @@ class Scheduler:
 
     @staticmethod
     def _send(req, item):
-        loop, q = req.sink
+        loop, q, tag = req.sink
         try:
-            loop.call_soon_threadsafe(q.put_nowait, item)
+            loop.call_soon_threadsafe(q.put_nowait, item if tag is None else (tag, item))
         except RuntimeError:  # the event loop is closed (server shutting down)
             pass
 
@@ -181,83 +183,101 @@ def create_app(engine, model_name="dsv3", scheduler=None):
             raise BadRequest(f"model {m!r} not found; this server serves {model_name!r}", status=404, param="model")
         return body
 
-    def make(inputs, kw):
+    def make(inputs, kw, n):
+        """The n requests of one body (choice i samples with seed + i), checked before any is queued."""
         try:
-            return engine.make_request(inputs, **kw)
+            return [engine.make_request(inputs, **choice_seed(kw, i)) for i in range(n)]
         except (ValueError, TypeError) as e:
             raise BadRequest(str(e)) from None
 
-    async def run_to_end(request, req, q):
-        chunks = []
+    def submit_all(reqs):
+        """Queue the requests of one body; their items arrive on one queue tagged by choice index."""
+        loop, q = asyncio.get_running_loop(), asyncio.Queue()
+        for i, req in enumerate(reqs):
+            sched.submit(req, loop, q, tag=i)
+        return q
+
+    def cancel_all(reqs):
+        for req in reqs:
+            if not req.finished:
+                sched.cancel(req)
+
+    async def run_to_end(request, reqs, q):
+        """Every choice's chunks (a list per choice), or None when the client went away."""
+        chunks, left = [[] for _ in reqs], len(reqs)
         try:
-            while True:
+            while left:
                 try:
-                    item = await asyncio.wait_for(q.get(), timeout=0.5)
+                    i, item = await asyncio.wait_for(q.get(), timeout=0.5)
                 except asyncio.TimeoutError:
                     if await request.is_disconnected():
-                        sched.cancel(req)
+                        cancel_all(reqs)
                         return None
                     continue
                 if item is _DONE:
-                    return chunks
-                if isinstance(item, Exception):
+                    left -= 1
+                elif isinstance(item, Exception):
+                    cancel_all(reqs)
                     raise item
-                chunks.append(item)
+                else:
+                    chunks[i].append(item)
+            return chunks
         except asyncio.CancelledError:
-            sched.cancel(req)
+            cancel_all(reqs)
             raise
 
-    def stream(req, q, render):
+    def stream(reqs, q, render):
         async def gen():
             try:
-                async for part in _iterate(q, render):
+                async for part in _iterate(len(reqs), q, render):
                     yield part
                 yield "data: [DONE]\n\n"
             finally:  # finished, or the client went away (the generator is closed / cancelled)
-                if not req.finished:
-                    sched.cancel(req)
+                cancel_all(reqs)
         return StreamingResponse(gen(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def _iterate(q, render):
-        first = True
-        while True:
-            item = await q.get()
+    async def _iterate(n, q, render):
+        first, left = [True] * n, n
+        while left:
+            i, item = await q.get()
             if item is _DONE:
-                return
+                left -= 1
+                continue
             if isinstance(item, Exception):
                 yield "data: " + json.dumps({"error": {"message": str(item), "type": "server_error"}}) + "\n\n"
                 return
-            for part in render(item, first):
+            for part in render(i, item, first[i]):
                 yield "data: " + json.dumps(part, ensure_ascii=False) + "\n\n"
-            first = False
+            first[i] = False
 
-    def usage(req):
-        p, c = len(req.state.prompt), len(req.state.ids)
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    def usage(reqs):
+        p, c = len(reqs[0].state.prompt), sum(len(r.state.ids) for r in reqs)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+                "prompt_tokens_details": {"cached_tokens": reqs[0].cached_tokens}}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await body_of(request)
         kw = sampling_args(body, chat=False)
-        req = make(prompt_of(body), kw)
+        reqs = make(prompt_of(body), kw, choice_count(body))
         rid, now = "cmpl-" + uuid.uuid4().hex[:24], int(time.time())
-        q = sched.submit(req, asyncio.get_running_loop())
+        q = submit_all(reqs)
         want_lp = kw.get("logprobs") is not None
         if body.get("stream"):
-            def render(c, first):
-                choice = {"index": 0, "text": c.text, "finish_reason": c.finish_reason,
+            def render(i, c, first):
+                choice = {"index": i, "text": c.text, "finish_reason": c.finish_reason,
                           "logprobs": completion_logprobs(tok, [c]) if want_lp else None}
                 yield {"id": rid, "object": "text_completion", "created": now, "model": model_name,
                        "choices": [choice]}
-            return stream(req, q, render)
-        chunks = await run_to_end(request, req, q)
+            return stream(reqs, q, render)
+        chunks = await run_to_end(request, reqs, q)
         if chunks is None:
             return _error(499, "client closed the request")
-        choice = {"index": 0, "text": req.state.text, "finish_reason": req.state.finish_reason or "length",
-                  "logprobs": completion_logprobs(tok, chunks) if want_lp else None}
-        return {"id": rid, "object": "text_completion", "created": now, "model": model_name, "choices": [choice],
-                "usage": usage(req)}
+        choices = [{"index": i, "text": r.state.text, "finish_reason": r.state.finish_reason or "length",
+                    "logprobs": completion_logprobs(tok, chunks[i]) if want_lp else None} for i, r in enumerate(reqs)]
+        return {"id": rid, "object": "text_completion", "created": now, "model": model_name, "choices": choices,
+                "usage": usage(reqs)}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -266,37 +286,38 @@ def create_app(engine, model_name="dsv3", scheduler=None):
         msgs = messages_of(body)
         if tok is None or not tok.chat_template:
             raise BadRequest("this model has no chat template (tokenizer_config.json); use /v1/completions")
-        req = make(msgs, kw)
+        reqs = make(msgs, kw, choice_count(body))
         rid, now = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
-        q = sched.submit(req, asyncio.get_running_loop())
+        q = submit_all(reqs)
         want_lp = kw.get("logprobs") is not None
         if body.get("stream"):
-            def render(c, first):
+            def render(i, c, first):
                 base = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_name}
                 if first:
-                    yield dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
+                    yield dict(base, choices=[{"index": i, "delta": {"role": "assistant", "content": ""},
                                                "finish_reason": None, "logprobs": None}])
                 delta = {"content": c.text} if c.text else {}
-                yield dict(base, choices=[{"index": 0, "delta": delta, "finish_reason": c.finish_reason,
+                yield dict(base, choices=[{"index": i, "delta": delta, "finish_reason": c.finish_reason,
                                            "logprobs": chat_logprobs(tok, [c]) if want_lp else None}])
-            return stream(req, q, render)
-        chunks = await run_to_end(request, req, q)
+            return stream(reqs, q, render)
+        chunks = await run_to_end(request, reqs, q)
         if chunks is None:
             return _error(499, "client closed the request")
-        choice = {"index": 0, "message": {"role": "assistant", "content": req.state.text},
-                  "finish_reason": req.state.finish_reason or "length",
-                  "logprobs": chat_logprobs(tok, chunks) if want_lp else None}
-        return {"id": rid, "object": "chat.completion", "created": now, "model": model_name, "choices": [choice],
-                "usage": usage(req)}
+        choices = [{"index": i, "message": {"role": "assistant", "content": r.state.text},
+                    "finish_reason": r.state.finish_reason or "length",
+                    "logprobs": chat_logprobs(tok, chunks[i]) if want_lp else None} for i, r in enumerate(reqs)]
+        return {"id": rid, "object": "chat.completion", "created": now, "model": model_name, "choices": choices,
+                "usage": usage(reqs)}
 
     return app
 
 
 def serve(path, host="127.0.0.1", port=8000, max_batch=8, max_seq_len=4096, model_name=None, dtype=None,
-          log_level="info", sock=None, ready=None, kv_cache_dtype="f32"):
+          log_level="info", sock=None, ready=None, kv_cache_dtype="f32", prefix_cache=False):
     """Load the checkpoint at ``path`` and serve it until interrupted. ``sock``: an already bound socket
     (tests bind port 0); ``ready``: a threading.Event set once the server accepts connections;
-    kv_cache_dtype: "f32", "bf16" or "fp8" (:meth:`dsv3.Model.from_tensors`)."""
+    kv_cache_dtype: "f32", "bf16" or "fp8" (:meth:`dsv3.Model.from_tensors`); ``prefix_cache``: the
+    engine's (dsv3.engine.Engine)."""
     import os
 
     import uvicorn
@@ -305,7 +326,7 @@ def serve(path, host="127.0.0.1", port=8000, max_batch=8, max_seq_len=4096, mode
     from .model import Model
 
     model = Model.from_pretrained(path, dtype=dtype, max_seq_len=max_seq_len, kv_cache_dtype=kv_cache_dtype)
-    engine = Engine(model, max_batch=max_batch, max_seq_len=max_seq_len)
+    engine = Engine(model, max_batch=max_batch, max_seq_len=max_seq_len, prefix_cache=prefix_cache)
     name = model_name or os.path.basename(os.path.normpath(path))
     app = create_app(engine, name)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)

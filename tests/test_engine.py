@@ -36,6 +36,43 @@ def test_batch_forward_bitwise_equals_single_sequence(model):
     assert np.allclose(hid @ np.asarray(head, np.float32).T, lo, atol=1e-4)
 
 
+@pytest.mark.parametrize("isa,form", [(None, None), (None, "absorbed"), ("avx2", None), ("scalar", "absorbed")])
+def test_many_decode_sequences_in_one_step_bitwise(model, isa, form, monkeypatch):
+    """Eleven sequences of different lengths decode in one step (the absorbed attention of all of them in
+    one call: token tiles of 8 across sequences, W_UK/W_UV once), with a prefill chunk splitting the decode
+    tokens into two runs (DSV3_MLA_FORM=absorbed: the chunk joins that call too): every row equals that
+    sequence run alone, bitwise, on every kernel path."""
+    if isa is not None and isa not in dsv3.cpu_info()["supported_isas"]:
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    if form:
+        monkeypatch.setenv("DSV3_MLA_FORM", form)
+    rng = np.random.default_rng(11)
+    prompts = [rng.integers(0, 512, n) for n in (1, 5, 2, 9, 3, 12, 4, 7, 6, 2, 30)]
+    nxt = rng.integers(0, 512, len(prompts))
+    ref = []
+    for p, t in zip(prompts, nxt):
+        model.reset()
+        model._native.forward(p, isa=isa, logits="none")
+        ref.append(model._native.forward(np.array([t]), isa=isa)[0])
+    model.reset()
+    chunk = rng.integers(0, 512, 3)
+    ref_chunk = model._native.forward(chunk, isa=isa)[-1]
+    model.reset()
+    b = dsv3._lib.Batch(model._native, 12, 64)
+    slots = [5, 0, 11, 3, 7, 1, 2, 9, 4, 10, 8]  # out of order
+    b.forward(np.concatenate(prompts), np.array([[s, len(p), 0] for s, p in zip(slots, prompts)], np.int64),
+              isa=isa)
+    seqs = [[s, 1, 1] for s in slots]
+    seqs.insert(6, [6, 3, 1])  # a new prompt between the decode tokens
+    ids = np.concatenate([nxt[:6], chunk, nxt[6:]])
+    lo = b.forward(ids, np.array(seqs, np.int64), isa=isa)
+    assert lo.shape == (12, 512)
+    got = np.concatenate([lo[:6], lo[7:]])
+    for i in range(len(prompts)):
+        assert np.array_equal(got[i], ref[i]), i
+    assert np.array_equal(lo[6], ref_chunk)
+
+
 def test_batch_errors_leave_state(model):
     b = dsv3._lib.Batch(model._native, 2, 8)
     b.forward(np.array([1, 2]), np.array([[0, 2, 1]], np.int64))
@@ -141,3 +178,67 @@ def test_batch_forward_equals_single_on_other_isas(model, isa):
     b = dsv3._lib.Batch(model._native, 2, 32)
     lo = b.forward(np.concatenate(prompts), np.array([[1, 4, 2], [0, 6, 2]], np.int64), isa=isa)
     assert np.array_equal(lo[:4], refs[0]) and np.array_equal(lo[4:], refs[1])
+
+
+def test_prefix_cache_next_turn_and_shared_prefix(model):
+    """With prefix_cache, a prompt that starts with tokens a slot holds (the previous turn's prompt and the
+    tokens generated and fed after it) copies those rows and feeds only the rest: the cached-token counts are
+    exact, and the results equal the uncached model's (tokens; logprobs within f32 rounding)."""
+    rng = np.random.default_rng(21)
+    p = rng.integers(0, 512, 12)
+    e = Engine(model, max_batch=2, max_seq_len=128, prefix_cache=True)
+    first = e.generate([p], max_new_tokens=6, logprobs=0)[0]
+    turn2 = np.concatenate([p, first.token_ids, rng.integers(0, 512, 3)])  # the next turn of a conversation
+    cases = [(turn2, 12 + 5),  # the last generated token was sampled, never fed: not in the cache
+             (p, 11),  # the same prompt: all but its last token (whose logits are sampled)
+             (np.concatenate([p[:5], [(p[5] + 1) % 512], p[6:]]), 5)]  # diverges at token 5
+    for prompt, hit in cases:
+        req = e.submit(prompt, max_new_tokens=6, logprobs=0)
+        while not req.finished:
+            e.step()
+        assert req.cached_tokens == hit
+        ref = model.generate(prompt, 6, logprobs=0, return_dict=True)
+        out = req.output()
+        assert np.array_equal(out.token_ids, ref.token_ids)
+        np.testing.assert_allclose(out.logprobs, ref.logprobs, rtol=1e-5, atol=1e-5)
+    assert e.prefix_hit_tokens == 17 + 11 + 5
+    # two requests at once: the second takes the rows of the first's running slot once they exist
+    a = e.submit(turn2, max_new_tokens=3)
+    e.step()
+    b = e.submit(np.concatenate([turn2, [9, 9]]), max_new_tokens=3)
+    while not (a.finished and b.finished):
+        e.step()
+    assert b.cached_tokens >= len(turn2)
+    assert np.array_equal(b.output().token_ids, model.generate(np.concatenate([turn2, [9, 9]]), 3,
+                                                               return_dict=True).token_ids)
+    # the same prompt three times at once (OpenAI n): the later ones wait one step for the first's rows
+    e3 = Engine(model, max_batch=4, max_seq_len=128, prefix_cache=True)
+    reqs = [e3.submit(turn2, max_new_tokens=4, do_sample=True, seed=s) for s in (1, 2, 3)]
+    while not all(r.finished for r in reqs):
+        e3.step()
+    assert [r.cached_tokens for r in reqs] == [0, len(turn2) - 1, len(turn2) - 1]
+    for s, r in zip((1, 2, 3), reqs):
+        ref = model.generate(turn2, 4, do_sample=True, seed=s, return_dict=True)
+        assert np.array_equal(r.output().token_ids, ref.token_ids)
+    off = Engine(model, max_batch=2, max_seq_len=128)  # off by default: nothing is reused
+    off.generate([p], max_new_tokens=2)
+    assert off.submit(p, max_new_tokens=1).cached_tokens == 0 and off.prefix_hit_tokens == 0
+
+
+def test_copy_prefix_checks(model):
+    b = dsv3._lib.Batch(model._native, 2, 16)
+    b.forward(np.arange(5), np.array([[0, 5, 0]], np.int64))
+    with pytest.raises(ValueError, match="holds 5 tokens, cannot copy 6"):
+        b.copy_prefix(0, 1, 6)
+    with pytest.raises(ValueError, match="out of range"):
+        b.copy_prefix(0, 2, 1)
+    b.copy_prefix(0, 1, 3)
+    assert (b.length(0), b.length(1)) == (5, 3)
+    b.copy_prefix(0, 0, 2)
+    assert b.length(0) == 2
+    lo = b.forward(np.array([3, 2]), np.array([[1, 1, 1], [0, 1, 1]], np.int64))  # rows 0..2 / 0..1 copied
+    model.reset()
+    ref3 = model.forward(np.arange(4))[-1]
+    model.reset()
+    ref2 = model.forward(np.array([0, 1, 2]))[-1]
+    assert np.allclose(lo[0], ref3, atol=1e-5) and np.allclose(lo[1], ref2, atol=1e-5)

@@ -95,6 +95,40 @@ def test_chat_and_streaming_equal_generate(server):
     assert len(r.choices[0].logprobs.content) == 4 and len(r.choices[0].logprobs.content[0].top_logprobs) == 2
 
 
+def test_n_choices(server):
+    """OpenAI n: choice i samples with seed + i (each equal to generate with that seed), greedy choices are
+    equal; plain and streaming, completions and chat; usage counts the prompt once."""
+    c, m = server["client"], server["model"]
+    refs = [m.generate("Once upon", 9, do_sample=True, temperature=0.9, seed=40 + i, return_dict=True)
+            for i in range(3)]
+    assert len({r.text for r in refs}) > 1  # the seeds give different samples (else the test shows nothing)
+    r = c.completions.create(model="tiny", prompt="Once upon", max_tokens=9, temperature=0.9, seed=40, n=3)
+    assert [ch.index for ch in r.choices] == [0, 1, 2]
+    assert [ch.text for ch in r.choices] == [x.text for x in refs]
+    assert r.usage.prompt_tokens == len(m.tokenizer.encode("Once upon"))
+    assert r.usage.completion_tokens == sum(len(x.token_ids) for x in refs)
+    assert r.usage.prompt_tokens_details.cached_tokens == 0  # this server's engine has no prefix cache
+    texts = ["", "", ""]
+    for ev in c.completions.create(model="tiny", prompt="Once upon", max_tokens=9, temperature=0.9, seed=40, n=3,
+                                   stream=True):
+        for ch in ev.choices:
+            texts[ch.index] += ch.text
+    assert texts == [x.text for x in refs]
+    msgs = [{"role": "user", "content": "Hi"}]
+    refs = [m.generate(msgs, 6, do_sample=True, seed=8 + i, return_dict=True).text for i in range(2)]
+    r = c.chat.completions.create(model="tiny", messages=msgs, max_tokens=6, seed=8, temperature=1.0, n=2)
+    assert [ch.message.content for ch in r.choices] == refs
+    parts, roles = ["", ""], [0, 0]
+    for ev in c.chat.completions.create(model="tiny", messages=msgs, max_tokens=6, seed=8, n=2, stream=True):
+        for ch in ev.choices:
+            parts[ch.index] += ch.delta.content or ""
+            roles[ch.index] += ch.delta.role == "assistant"
+    assert parts == refs and roles == [1, 1]
+    r = c.chat.completions.create(model="tiny", messages=msgs, max_tokens=5, temperature=0, n=2)
+    assert r.choices[0].message.content == r.choices[1].message.content == m.generate(msgs, 5)
+    wait_idle(server)
+
+
 def test_concurrent_clients_are_batched(server):
     c, m, eng = server["client"], server["model"], server["engine"]
     prompts = [f"Story {i}: once upon a time" for i in range(6)]
@@ -121,7 +155,10 @@ def test_bad_requests_get_4xx(server):
              ("completions", {"model": "tiny"}, 400, "prompt"),
              ("completions", {"model": "tiny", "prompt": [1, 99999]}, 400, "token ids"),
              ("completions", {"model": "tiny", "prompt": "x " * 400}, 400, "does not fit"),
-             ("completions", {"model": "tiny", "prompt": "x", "n": 2}, 400, "'n'"),
+             ("completions", {"model": "tiny", "prompt": "x", "n": 0}, 400, "'n'"),
+             ("chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 17}, 400,
+              "'n'"),
+             ("completions", {"model": "tiny", "prompt": "x", "n": "2"}, 400, "'n'"),
              ("completions", {"model": "tiny", "prompt": "x", "stop": [""]}, 400, "stop"),
              ("chat/completions", {"model": "tiny", "messages": []}, 400, "messages"),
              ("chat/completions", {"model": "tiny", "messages": [{"content": "x"}]}, 400, "role"),

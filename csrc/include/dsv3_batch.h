@@ -8,9 +8,10 @@
  * leave (dsv3_batch_release) between steps, so prefill chunks and decode tokens share a step.
  *
  * Per layer: RMSNorm and the attention projections (q_a, q_b, kv_a, o_proj) over all the step's
- * tokens at once, the attention core per sequence over its slot's cache and past (the steps of
- * dsv3_mla_forward, csrc/mla/mla_internal.h), then the dense MLP / MoE over all the step's tokens
- * (each expert's weights read once for every sequence). Every operation works row by row in a fixed
+ * tokens at once, the attention core of each sequence over its slot's cache and past in the form it
+ * would take alone (the steps of dsv3_mla_forward, csrc/mla/mla_internal.h), the absorbed-form ones
+ * (decode tokens) in one call that reads W_UK/W_UV once for all of them (dsv3_mla_attend_many), then
+ * the dense MLP / MoE over all the step's tokens (each expert's weights read once for every sequence). Every operation works row by row in a fixed
  * order, so a sequence's results do not depend on the other sequences of the step: bitwise equal to
  * dsv3_model_forward where dsv3_linear's kernel choice does not change with the row count (f32
  * weights, or fewer rows than its GEMM threshold: 32 for bf16, 24 for fp8_block).
@@ -40,6 +41,11 @@ int64_t dsv3_batch_capacity(const dsv3_batch *b);
 int64_t dsv3_batch_length(const dsv3_batch *b, int64_t slot);
 /* Forget a slot's tokens (the sequence left); its cache rows are reused by the next one. */
 dsv3_status dsv3_batch_release(dsv3_batch *b, int64_t slot, dsv3_error *err);
+
+/* Slot dst holds the first n cached tokens of slot src (their cache rows copied for every layer; src ==
+ * dst keeps the first n of its own): a prefix cache for prompts that start with tokens another slot
+ * already holds. n in [0, length(src)]; dst's later rows are forgotten. */
+dsv3_status dsv3_batch_copy_prefix(dsv3_batch *b, int64_t src, int64_t dst, int64_t n, dsv3_error *err);
 
 /* Output rows of a step: sum over sequences of 0 / 1 / n by their logits mode. */
 int64_t dsv3_batch_out_rows(const dsv3_batch_seq *seqs, int64_t nseq);

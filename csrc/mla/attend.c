@@ -110,9 +110,46 @@ static void absorbed_reduce(const dsv3_attend_kernels *K, const float *acc, cons
     K->wsum(wgt, 1, nb, acc, R, nb, R, lat, R);
 }
 
+/* Token tiles of the qc and out passes: runs of segments whose tokens are adjacent in q / attn (a
+ * pure decode step of many sequences is one run) cut into TOKEN_TILE tokens. The tile-th tile: first
+ * token row and count; 0 past the last tile. */
+static int64_t seg_tile(const dsv3_mla_seg *segs, int64_t nseg, int64_t tile, int64_t *i0)
+{
+    for (int64_t i = 0; i < nseg;) {
+        int64_t j = i + 1, n = segs[i].n;
+        while (j < nseg && segs[j].off == segs[j - 1].off + segs[j - 1].n)
+            n += segs[j++].n;
+        const int64_t tiles = dsv3_mla_ceil_div(n, TOKEN_TILE);
+        if (tile < tiles) {
+            *i0 = segs[i].off + tile * TOKEN_TILE;
+            return n - tile * TOKEN_TILE < TOKEN_TILE ? n - tile * TOKEN_TILE : TOKEN_TILE;
+        }
+        tile -= tiles;
+        i = j;
+    }
+    return 0;
+}
+
+/* The k-th token over all segments: its segment and its index in it. */
+static const dsv3_mla_seg *seg_token(const dsv3_mla_seg *segs, int64_t k, int64_t *j)
+{
+    while (k >= segs->n)
+        k -= (segs++)->n;
+    *j = k;
+    return segs;
+}
+
 dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
                                      int64_t s, const void *cache, int64_t past, float *attn,
                                      dsv3_mla_scratch *ws, int isa, dsv3_error *err)
+{
+    const dsv3_mla_seg one = {cache, past, s, 0};
+    return dsv3_mla_attend_absorbed_segs(d, w, q, &one, 1, attn, ws, isa, err);
+}
+
+dsv3_status dsv3_mla_attend_absorbed_segs(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
+                                          const dsv3_mla_seg *segs, int64_t nseg, float *attn, dsv3_mla_scratch *ws,
+                                          int isa, dsv3_error *err)
 {
     dsv3_isa which;
     dsv3_status st = dsv3_isa_resolve(isa, &which, err);
@@ -122,46 +159,59 @@ dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weig
     const dsv3_kv_layout kvl = dsv3_kv_layout_of(d->kv_dtype, d->kv_lora, d->rope);
     const int64_t R = d->kv_lora, row = R + d->rope, qk = d->nope + d->rope, H = d->heads;
     const int64_t V = d->v, nope = d->nope, rope = d->rope, HG = DSV3_MLA_HEAD_GROUP;
+    int64_t s = 0, rows = 0, tiles = 0, i0 = 0;
+    for (int64_t i = 0; i < nseg; i++) {
+        s += segs[i].n;
+        rows = segs[i].past + segs[i].n > rows ? segs[i].past + segs[i].n : rows;
+    }
+    while (seg_tile(segs, nseg, tiles, &i0) > 0)
+        tiles++;
     const int64_t nbm = dsv3_mla_nb_max(d), groups = dsv3_mla_ceil_div(H, HG), ib = dsv3_mla_part_tokens(d, s);
-    const int64_t bl_max = dsv3_mla_block_rows(d, past + s) > DSV3_MLA_KV_BLOCK ? dsv3_mla_block_rows(d, past + s)
-                                                                              : DSV3_MLA_KV_BLOCK;
+    const int64_t bl_max = dsv3_mla_block_rows(d, rows) > DSV3_MLA_KV_BLOCK ? dsv3_mla_block_rows(d, rows)
+                                                                          : DSV3_MLA_KV_BLOCK;
     float *qc = ws->qc, *lat = ws->lat, *acc = ws->part, *stat = ws->part + ib * H * nbm * R;
     const int nt = dsv3_num_threads();
-    const int64_t tok_tiles = dsv3_mla_ceil_div(s, TOKEN_TILE);
 #pragma omp parallel num_threads(nt) /* one team for all passes */
     {
         float *sc = ws->probs + (int64_t)omp_get_thread_num() * HG * bl_max;
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < H * tok_tiles; it++) { /* qc: latent query and rope part per (head, token tile) */
-            const int64_t h = it % H, i0 = (it / H) * TOKEN_TILE, ni = s - i0 < TOKEN_TILE ? s - i0 : TOKEN_TILE;
+        for (int64_t it = 0; it < H * tiles; it++) { /* qc: latent query and rope part per (head, token tile) */
+            int64_t i0 = 0;
+            const int64_t h = it % H, ni = seg_tile(segs, nseg, it / H, &i0);
             K->wsum(q + (i0 * H + h) * qk, ni, H * qk, w->w_uk + h * nope * R, R, nope, R,
                     qc + (i0 * H + h) * row, H * row);
             for (int64_t i = i0; i < i0 + ni; i++)
                 for (int64_t e = 0; e < rope; e++)
                     qc[(i * H + h) * row + R + e] = q[(i * H + h) * qk + nope + e];
         }
-        for (int64_t b0 = 0; b0 < s; b0 += ib) {
+        for (int64_t b0 = 0; b0 < s; b0 += ib) { /* chunks of ib tokens over all segments */
             const int64_t nbk = s - b0 < ib ? s - b0 : ib;
 #pragma omp for schedule(dynamic, 1)
             for (int64_t it = 0; it < nbk * groups * nbm; it++) { /* (token, block, head group) */
                 const int64_t ii = it / (groups * nbm), b = (it / groups) % nbm, g = it % groups;
-                const int64_t Ti = past + b0 + ii + 1, bl = dsv3_mla_block_rows(d, Ti);
+                int64_t j;
+                const dsv3_mla_seg *sg = seg_token(segs, b0 + ii, &j);
+                const int64_t Ti = sg->past + j + 1, bl = dsv3_mla_block_rows(d, Ti);
                 if (b * bl >= Ti)
                     continue;
                 const int64_t h0 = g * HG, nh = H - h0 < HG ? H - h0 : HG, first = (ii * H + h0) * nbm + b;
-                absorbed_block(K, d, qc + (b0 + ii) * H * row, &kvl, cache, Ti, bl, b, h0, nh, sc, acc + first * R,
+                absorbed_block(K, d, qc + (sg->off + j) * H * row, &kvl, sg->cache, Ti, bl, b, h0, nh, sc, acc + first * R,
                                nbm * R, stat + 2 * first);
             }
 #pragma omp for schedule(dynamic, 1)
             for (int64_t ih = 0; ih < nbk * H; ih++) { /* reduce the blocks of (token, head) */
-                const int64_t Ti = past + b0 + ih / H + 1;
+                int64_t j;
+                const dsv3_mla_seg *sg = seg_token(segs, b0 + ih / H, &j);
+                const int64_t Ti = sg->past + j + 1;
                 const int64_t nb = dsv3_mla_ceil_div(Ti, dsv3_mla_block_rows(d, Ti));
-                absorbed_reduce(K, acc + ih * nbm * R, stat + 2 * ih * nbm, nb, R, lat + (b0 * H + ih) * R);
+                absorbed_reduce(K, acc + ih * nbm * R, stat + 2 * ih * nbm, nb, R,
+                                lat + ((sg->off + j) * H + ih % H) * R);
             }
         }
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < H * tok_tiles; it++) { /* out: W_UV per (head, token tile) */
-            const int64_t h = it % H, i0 = (it / H) * TOKEN_TILE, ni = s - i0 < TOKEN_TILE ? s - i0 : TOKEN_TILE;
+        for (int64_t it = 0; it < H * tiles; it++) { /* out: W_UV per (head, token tile) */
+            int64_t i0 = 0;
+            const int64_t h = it % H, ni = seg_tile(segs, nseg, it / H, &i0);
             K->wsum(lat + (i0 * H + h) * R, ni, H * R, w->w_uv + h * R * V, V, R, V, attn + (i0 * H + h) * V,
                     H * V);
         }

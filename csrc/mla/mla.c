@@ -88,6 +88,24 @@ dsv3_status dsv3_mla_attend(const dsv3_mla_dims *d, const dsv3_mla_weights *w, d
     return dsv3_mla_attend_absorbed(d, w, q, s, cache, past, out, ws, isa, err);
 }
 
+dsv3_status dsv3_mla_attend_many(const dsv3_mla_dims *d, const dsv3_mla_weights *w, dsv3_attn_mode mode,
+                                 const float *q, dsv3_mla_seg *segs, int64_t nseg, float *attn,
+                                 dsv3_mla_scratch *ws, int isa, dsv3_error *err)
+{
+    dsv3_status st = DSV3_OK;
+    int64_t na = 0; /* the absorbed segments, moved to the front in order */
+    for (int64_t i = 0; i < nseg && st == DSV3_OK; i++) {
+        const dsv3_mla_seg g = segs[i];
+        const int64_t qk = d->nope + d->rope;
+        if (mode == DSV3_ATTN_NAIVE || use_expanded(d, g.n, g.past, isa))
+            st = dsv3_mla_attend(d, w, mode, q + g.off * d->heads * qk, g.n, g.cache, g.past,
+                                 attn + g.off * d->heads * d->v, ws, isa, err);
+        else
+            segs[na++] = g;
+    }
+    return st == DSV3_OK && na > 0 ? dsv3_mla_attend_absorbed_segs(d, w, q, segs, na, attn, ws, isa, err) : st;
+}
+
 dsv3_status dsv3_mla_check_call(const dsv3_mla_dims *d, const dsv3_mla_weights *w, int64_t s, int64_t past,
                                 dsv3_attn_mode mode, dsv3_error *err)
 {

@@ -68,6 +68,26 @@ dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weig
 dsv3_status dsv3_mla_attend_expanded(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
                                      int64_t s, const void *cache, int64_t past, float *attn,
                                      dsv3_mla_scratch *ws, int isa, dsv3_error *err);
+/* Tokens [off, off+n) of q / attn, one sequence's, after `past` rows of its own latent cache (rows
+ * [past, past+n) already written): token j attends to rows [0, past+j]. */
+typedef struct {
+    const void *cache; /* rows in the layout of dims.kv_dtype */
+    int64_t past, n, off;
+} dsv3_mla_seg;
+
+/* Absorbed attention of several sequences' tokens in one call (one team): W_UK / W_UV are read once
+ * per token tile over all segments (adjacent segments share tiles), the KV blocks of each token run
+ * over its own cache. Every token's result is bitwise the one a single-sequence call gives (the same
+ * kernel calls; wsum rows do not depend on their tile). ws reserved for (sum of n, max past+n). */
+dsv3_status dsv3_mla_attend_absorbed_segs(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
+                                          const dsv3_mla_seg *segs, int64_t nseg, float *attn, dsv3_mla_scratch *ws,
+                                          int isa, dsv3_error *err);
+/* dsv3_mla_attend over many sequences at once (the batched engine): each segment takes the form
+ * dsv3_mla_attend would give it alone; the absorbed ones run together (dsv3_mla_attend_absorbed_segs),
+ * the others one by one. */
+dsv3_status dsv3_mla_attend_many(const dsv3_mla_dims *d, const dsv3_mla_weights *w, dsv3_attn_mode mode,
+                                 const float *q, dsv3_mla_seg *segs, int64_t nseg, float *attn,
+                                 dsv3_mla_scratch *ws, int isa, dsv3_error *err);
 /* The attention core of s tokens after past cached rows, in the form dsv3_mla_forward uses: naive in
  * naive mode, else expanded or absorbed by dsv3_mla_prefer_expanded (or DSV3_MLA_FORM). The batched
  * engine calls it per sequence so a sequence's form never depends on the rest of the batch. */

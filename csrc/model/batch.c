@@ -1,6 +1,7 @@
 /* The batched engine: a pool of sequence slots, each with its own latent cache, and one forward
  * call over a ragged batch (see dsv3_batch.h). The attention projections, norms, MLP/MoE and the head
- * run over all the step's tokens at once; only the attention core runs per sequence (its own cache). */
+ * run over all the step's tokens at once; the attention core runs each sequence over its own cache, the
+ * decode tokens of all sequences in one call (W_UK / W_UV read once per step, dsv3_mla_attend_many). */
 #include "dsv3_batch.h"
 #include "dsv3_ops.h"
 #include "mla/mla_internal.h"
@@ -18,6 +19,7 @@ struct dsv3_batch {
     int64_t *rows;      /* owned: [tokens] output row selection scratch, grown per step */
     int64_t rows_cap;
     float *sel;         /* owned: [rows_cap, hidden] normed hidden states of the output rows */
+    dsv3_mla_seg *segs; /* owned: [slots] the step's sequences for the attention core */
 };
 
 dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacity, dsv3_batch **out,
@@ -50,7 +52,8 @@ dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacit
     b->kv = kv;
     b->cache = dsv3_alloc(n);
     b->len = dsv3_alloc((size_t)slots * sizeof(int64_t));
-    if (!b->cache || !b->len) {
+    b->segs = dsv3_alloc((size_t)slots * sizeof(dsv3_mla_seg));
+    if (!b->cache || !b->len || !b->segs) {
         dsv3_batch_free(b);
         return dsv3_fail(err, DSV3_E_NOMEM, "batch: out of memory for the KV cache of %lld slots x %lld tokens "
                          "(%.1f MiB)", (long long)slots, (long long)slot_capacity, (double)n / (1 << 20));
@@ -68,6 +71,7 @@ void dsv3_batch_free(dsv3_batch *b)
     dsv3_free(b->len);
     dsv3_free(b->rows);
     dsv3_free(b->sel);
+    dsv3_free(b->segs);
     dsv3_free(b);
 }
 
@@ -85,6 +89,23 @@ dsv3_status dsv3_batch_release(dsv3_batch *b, int64_t slot, dsv3_error *err)
         return dsv3_fail(err, DSV3_E_VALUE, "batch: slot %lld out of range [0, %lld)", (long long)slot,
                          (long long)b->slots);
     b->len[slot] = 0;
+    return DSV3_OK;
+}
+
+static uint8_t *slot_cache(const dsv3_batch *b, int64_t slot, int64_t layer);
+
+dsv3_status dsv3_batch_copy_prefix(dsv3_batch *b, int64_t src, int64_t dst, int64_t n, dsv3_error *err)
+{
+    if (src < 0 || src >= b->slots || dst < 0 || dst >= b->slots)
+        return dsv3_fail(err, DSV3_E_VALUE, "batch: slots %lld, %lld: out of range [0, %lld)", (long long)src,
+                         (long long)dst, (long long)b->slots);
+    if (n < 0 || n > b->len[src])
+        return dsv3_fail(err, DSV3_E_VALUE, "batch: slot %lld holds %lld tokens, cannot copy %lld", (long long)src,
+                         (long long)b->len[src], (long long)n);
+    if (src != dst)
+        for (int64_t l = 0; l < b->m->cfg.num_hidden_layers; l++)
+            memcpy(slot_cache(b, dst, l), slot_cache(b, src, l), (size_t)(n * b->kv.row_bytes));
+    b->len[dst] = n;
     return DSV3_OK;
 }
 
@@ -161,7 +182,7 @@ static dsv3_status attention_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq
     const dsv3_mla_dims *d = &m->mla;
     const dsv3_mla_weights *w = &m->layers[l].attn;
     dsv3_mla_scratch *ws = &m->ws.mla;
-    const int64_t half = d->rope / 2, qk = d->nope + d->rope, row = b->row;
+    const int64_t half = d->rope / 2, row = b->row;
     const float *cos_j = cs, *sin_j = cs + t * half;
     if (m->attn_mode == DSV3_ATTN_ABSORBED && (!w->w_uk || !w->w_uv))
         return dsv3_fail(err, DSV3_E_VALUE, "attention: absorbed mode needs W_UK/W_UV (dsv3_mla_absorb)");
@@ -174,10 +195,12 @@ static dsv3_status attention_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq
         uint8_t *cache = slot_cache(b, seqs[i].slot, l);
         dsv3_mla_finish_latent(d, w, ckv + off * row, n, cos_j + off * half, sin_j + off * half);
         dsv3_kv_store_rows(&b->kv, ckv + off * row, n, cache + past * b->kv.row_bytes); /* in the cache's dtype */
-        const float *q = ws->q + off * d->heads * qk;
-        float *attn = ws->attn + off * d->heads * d->v;
-        st = dsv3_mla_attend(d, w, m->attn_mode, q, n, cache, past, attn, ws, isa, err); /* form as forward's */
+        b->segs[i] = (dsv3_mla_seg){cache, past, n, off};
     }
+    /* each sequence in the form it would take alone; the absorbed ones (decode) in one call that reads
+     * W_UK / W_UV once for all of them */
+    if (st == DSV3_OK)
+        st = dsv3_mla_attend_many(d, w, m->attn_mode, ws->q, b->segs, nseq, ws->attn, ws, isa, err);
     if (st == DSV3_OK)
         st = dsv3_linear(ws->attn, t, &w->o_proj, d->attention_bias ? w->o_bias.f32 : NULL, out, isa, err);
     return st;

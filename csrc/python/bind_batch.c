@@ -3,7 +3,7 @@
  * Batch(model: dsv3._dsv3.Model, slots: int, capacity: int)
  *   forward(ids int64 [T], seqs int64 [n, 3] (slot, new tokens, logits mode 0 none / 1 last / 2 all),
  *           hidden=False, isa=None) -> logits float32 [R, vocab] (, hidden float32 [R, hidden_size])
- *   release(slot), length(slot); slots, capacity.
+ *   release(slot), length(slot), copy_prefix(src, dst, n); slots, capacity.
  * sample_rows(logits float32 [R, V], params float64 [R, 5] (temperature, top_k, top_p, min_p,
  *             repetition_penalty), seen int64 [*], seen_off int64 [R + 1], rngs int64 [R] (uint64
  *             states, bit-cast), n_top) -> (tokens int64 [R], logprobs float32 [R],
@@ -163,11 +163,31 @@ static PyObject *Batch_capacity(BatchObject *self, void *c)
     return ready(self) ? PyLong_FromLongLong((long long)dsv3_batch_capacity(self->batch)) : NULL;
 }
 
+static PyObject *Batch_copy_prefix(BatchObject *self, PyObject *args)
+{
+    long long src, dst, n;
+    if (!PyArg_ParseTuple(args, "LLL:copy_prefix", &src, &dst, &n) || !ready(self))
+        return NULL;
+    if (!dsv3_py_model_claim(self->model)) /* no forward of this model (and batch) meanwhile */
+        return NULL;
+    dsv3_error err = {0};
+    dsv3_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dsv3_batch_copy_prefix(self->batch, (int64_t)src, (int64_t)dst, (int64_t)n, &err);
+    Py_END_ALLOW_THREADS
+    dsv3_py_model_release(self->model);
+    if (st != DSV3_OK)
+        return dsv3_py_raise(st, &err);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Batch_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Batch_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(ids int64 [T], seqs int64 [n, 3], hidden=False, isa=None) -> logits [R, vocab] (, hidden)"},
     {"release", (PyCFunction)Batch_release, METH_O, "release(slot): forget the slot's tokens"},
     {"length", (PyCFunction)Batch_length, METH_O, "length(slot) -> tokens cached in the slot"},
+    {"copy_prefix", (PyCFunction)Batch_copy_prefix, METH_VARARGS,
+     "copy_prefix(src, dst, n): slot dst holds the first n cached tokens of slot src (src == dst: truncate)"},
     {NULL, NULL, 0, NULL},
 };
 
