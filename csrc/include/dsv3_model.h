@@ -60,6 +60,18 @@ typedef struct {
 
 /* Grow m->ws to hold `tokens` new tokens attending to `rows` cached rows (past + tokens); no-op when
  * it already does. On failure (DSV3_E_NOMEM) the workspace keeps its previous buffers. */
+/* DeepSeek's multi-token-prediction (MTP, "nextn") layer: layer index num_hidden_layers of the checkpoint,
+ * loaded only after dsv3_model_enable_mtp (csrc/model/mtp.c; the API in dsv3_mtp.h). */
+typedef struct {
+    dsv3_vec enorm, hnorm;  /* [hidden] */
+    dsv3_weight eh_proj;    /* [hidden, 2 * hidden]: input [enorm(embed(next token)) | hnorm(hidden)] */
+    dsv3_layer layer;       /* the decoder block (MLA + dense MLP or MoE), with its own latent cache */
+    dsv3_vec head_norm;     /* shared_head.norm [hidden] */
+    dsv3_weight head;       /* shared_head.head [vocab, hidden]; absent: the model's lm_head (embed when tied) */
+    dsv3_weight embed;      /* the layer's own embed_tokens copy; absent: the model's embed_tokens */
+    int64_t cache_len;      /* positions in the MTP layer's cache */
+} dsv3_mtp;
+
 typedef struct dsv3_model dsv3_model;
 dsv3_status dsv3_model_reserve(dsv3_model *m, int64_t tokens, int64_t rows, dsv3_error *err);
 void dsv3_model_workspace_free(dsv3_workspace *ws);
@@ -78,6 +90,9 @@ struct dsv3_model {
     int64_t cache_len;     /* tokens in the cache */
     int prepared;
     dsv3_workspace ws;     /* scratch of forward and the probes */
+    dsv3_mtp *mtp;         /* owned; NULL unless dsv3_model_enable_mtp */
+    int attn_per_token;    /* set during dsv3_model_forward_hidden(step_attention): each token's attention core
+                            * runs as its own decode step (csrc/model/mtp.c) */
 };
 
 dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, dsv3_attn_mode mode,

@@ -1,5 +1,6 @@
 /* Model construction: config checks, the table of tensor slots, preparation and teardown. */
 #include "dsv3_model.h"
+#include "dsv3_mtp.h"
 #include "dsv3_dtypes.h"
 
 #include <stdio.h>
@@ -51,6 +52,21 @@ static dsv3_status check_config(const dsv3_model_config *c, dsv3_error *err)
     return DSV3_OK;
 }
 
+/* Layer l's kind (dense or MoE) and its table of routed experts; 0 when out of memory. */
+static int layer_init(dsv3_layer *ly, const dsv3_model_config *cfg, int64_t l)
+{
+    memset(ly, 0, sizeof *ly);
+    ly->is_moe = l >= cfg->first_k_dense_replace;
+    if (!ly->is_moe)
+        return 1;
+    ly->moe.experts = dsv3_alloc((size_t)cfg->n_routed_experts * sizeof(dsv3_mlp_weights));
+    if (!ly->moe.experts)
+        return 0;
+    memset(ly->moe.experts, 0, (size_t)cfg->n_routed_experts * sizeof(dsv3_mlp_weights));
+    ly->moe.has_shared = cfg->n_shared_experts > 0;
+    return 1;
+}
+
 dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, dsv3_attn_mode mode,
                               dsv3_model **out, dsv3_error *err)
 {
@@ -77,17 +93,9 @@ dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, ds
     memcpy(m->inv_freq, cfg->rope_inv_freq, (size_t)half * sizeof(float));
     m->cfg.rope_inv_freq = m->inv_freq;
     memset(m->layers, 0, (size_t)L * sizeof(dsv3_layer));
-    for (int64_t l = 0; l < L; l++) {
-        dsv3_layer *ly = &m->layers[l];
-        ly->is_moe = l >= cfg->first_k_dense_replace;
-        if (ly->is_moe) {
-            ly->moe.experts = dsv3_alloc((size_t)cfg->n_routed_experts * sizeof(dsv3_mlp_weights));
-            if (!ly->moe.experts)
-                goto nomem;
-            memset(ly->moe.experts, 0, (size_t)cfg->n_routed_experts * sizeof(dsv3_mlp_weights));
-            ly->moe.has_shared = cfg->n_shared_experts > 0;
-        }
-    }
+    for (int64_t l = 0; l < L; l++)
+        if (!layer_init(&m->layers[l], cfg, l))
+            goto nomem;
     m->mla = (dsv3_mla_dims){cfg->hidden_size, cfg->num_attention_heads, cfg->q_lora_rank, cfg->kv_lora_rank,
                              cfg->qk_nope_head_dim, cfg->qk_rope_head_dim, cfg->v_head_dim, cfg->softmax_scale,
                              cfg->rope_interleave, cfg->attention_bias};
@@ -107,27 +115,72 @@ static void free_vec(dsv3_vec *v)
     v->f32 = NULL;
 }
 
+static void layer_free(dsv3_layer *ly)
+{
+    dsv3_vec *vecs[] = {&ly->input_layernorm, &ly->post_attention_layernorm, &ly->attn.q_a_layernorm,
+                        &ly->attn.kv_a_layernorm, &ly->attn.q_a_bias, &ly->attn.kv_a_bias, &ly->attn.o_bias,
+                        &ly->moe.bias};
+    for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++)
+        free_vec(vecs[i]);
+    dsv3_free(ly->attn.w_uk);
+    dsv3_free(ly->attn.w_uv);
+    dsv3_free(ly->moe.experts);
+    dsv3_free(ly->cache);
+}
+
+static void mtp_free(dsv3_mtp *t)
+{
+    if (!t)
+        return;
+    layer_free(&t->layer);
+    free_vec(&t->enorm);
+    free_vec(&t->hnorm);
+    free_vec(&t->head_norm);
+    dsv3_free(t);
+}
+
 void dsv3_model_free(dsv3_model *m)
 {
     if (!m)
         return;
-    for (int64_t l = 0; m->layers && l < m->cfg.num_hidden_layers; l++) {
-        dsv3_layer *ly = &m->layers[l];
-        dsv3_vec *vecs[] = {&ly->input_layernorm, &ly->post_attention_layernorm, &ly->attn.q_a_layernorm,
-                            &ly->attn.kv_a_layernorm, &ly->attn.q_a_bias, &ly->attn.kv_a_bias, &ly->attn.o_bias,
-                            &ly->moe.bias};
-        for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++)
-            free_vec(vecs[i]);
-        dsv3_free(ly->attn.w_uk);
-        dsv3_free(ly->attn.w_uv);
-        dsv3_free(ly->moe.experts);
-        dsv3_free(ly->cache);
-    }
+    for (int64_t l = 0; m->layers && l < m->cfg.num_hidden_layers; l++)
+        layer_free(&m->layers[l]);
+    mtp_free(m->mtp);
     free_vec(&m->norm);
     dsv3_model_workspace_free(&m->ws);
     dsv3_free(m->layers);
     dsv3_free(m->inv_freq);
     dsv3_free(m);
+}
+
+dsv3_status dsv3_model_enable_mtp(dsv3_model *m, dsv3_error *err)
+{
+    if (m->prepared)
+        return dsv3_fail(err, DSV3_E_VALUE, "MTP: enable it before the weights are loaded (the model is prepared)");
+    if (m->mtp)
+        return DSV3_OK;
+    const dsv3_model_config *c = &m->cfg;
+    if (c->num_hidden_layers >= c->first_k_dense_replace) { /* the MTP layer is MoE: checked like a main one */
+        if (c->moe_intermediate_size <= 0)
+            return dsv3_fail(err, DSV3_E_VALUE, "moe_intermediate_size must be positive, got %lld",
+                             (long long)c->moe_intermediate_size);
+        dsv3_status st = dsv3_router_check(&m->router, err);
+        if (st != DSV3_OK)
+            return st;
+    } else if (c->intermediate_size <= 0) {
+        return dsv3_fail(err, DSV3_E_VALUE, "intermediate_size must be positive, got %lld",
+                         (long long)c->intermediate_size);
+    }
+    dsv3_mtp *t = dsv3_alloc(sizeof *t);
+    if (!t)
+        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the MTP layer");
+    memset(t, 0, sizeof *t);
+    if (!layer_init(&t->layer, c, c->num_hidden_layers)) {
+        dsv3_free(t);
+        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the MTP layer's expert table");
+    }
+    m->mtp = t;
+    return DSV3_OK;
 }
 
 /* ---- the slot table ---- */
@@ -189,32 +242,51 @@ static void mlp_slots(slot_list *s, dsv3_mlp_weights *w, int64_t I, int64_t D, c
     }
 }
 
+/* The tensors of decoder layer l (ly): norms, attention, dense MLP or MoE. Also the MTP layer's block. */
+static void layer_slots(slot_list *s, const dsv3_model_config *c, dsv3_layer *ly, int64_t l)
+{
+    const int64_t D = c->hidden_size, E = c->n_routed_experts;
+    VEC(&ly->input_layernorm, D, "input_layernorm.weight");
+    VEC(&ly->post_attention_layernorm, D, "post_attention_layernorm.weight");
+    attention_slots(s, c, &ly->attn, l);
+    if (!ly->is_moe) {
+        mlp_slots(s, &ly->mlp, c->intermediate_size, D, "mlp", l, 0);
+        return;
+    }
+    MAT(&ly->moe.gate, E, D, "mlp.gate.weight");
+    if (c->topk_method == DSV3_TOPK_NOAUX_TC || c->topk_method == DSV3_TOPK_NOAUX)
+        VEC(&ly->moe.bias, E, "mlp.gate.e_score_correction_bias");
+    for (int64_t e = 0; e < E; e++)
+        mlp_slots(s, &ly->moe.experts[e], c->moe_intermediate_size, D, "mlp.experts.%lld", l, e);
+    if (ly->moe.has_shared)
+        mlp_slots(s, &ly->moe.shared, c->moe_intermediate_size * c->n_shared_experts, D, "mlp.shared_experts", l, 0);
+}
+
+/* The MTP layer (index num_hidden_layers, DeepSeek's "nextn" layer; csrc/model/mtp.c): its block and extras. */
+static void mtp_slots(slot_list *s, const dsv3_model_config *c, dsv3_mtp *t)
+{
+    const int64_t D = c->hidden_size, V = c->vocab_size, l = c->num_hidden_layers;
+    add(s, &t->enorm.src, 1, D, 1, 0, "model.layers.%lld.enorm.weight", l, 0);
+    add(s, &t->hnorm.src, 1, D, 1, 0, "model.layers.%lld.hnorm.weight", l, 0);
+    add(s, &t->eh_proj, D, 2 * D, 0, 0, "model.layers.%lld.eh_proj.weight", l, 0);
+    layer_slots(s, c, &t->layer, l);
+    add(s, &t->head_norm.src, 1, D, 1, 0, "model.layers.%lld.shared_head.norm.weight", l, 0);
+    add(s, &t->head, V, D, 0, 1, "model.layers.%lld.shared_head.head.weight", l, 0);    /* absent: lm_head */
+    add(s, &t->embed, V, D, 0, 1, "model.layers.%lld.embed_tokens.weight", l, 0);      /* absent: embed_tokens */
+}
+
 int64_t dsv3_model_slots(dsv3_model *m, dsv3_tensor_slot *out)
 {
     const dsv3_model_config *c = &m->cfg;
-    const int64_t D = c->hidden_size, V = c->vocab_size, E = c->n_routed_experts;
+    const int64_t D = c->hidden_size, V = c->vocab_size;
     slot_list list = {out, 0}, *s = &list;
     add(s, &m->embed, V, D, 0, 0, "model.embed_tokens.weight", 0, 0);
     add(s, &m->norm.src, 1, D, 1, 0, "model.norm.weight", 0, 0);
     add(s, &m->lm_head, V, D, 0, c->tie_word_embeddings, "lm_head.weight", 0, 0);
-    for (int64_t l = 0; l < c->num_hidden_layers; l++) {
-        dsv3_layer *ly = &m->layers[l];
-        VEC(&ly->input_layernorm, D, "input_layernorm.weight");
-        VEC(&ly->post_attention_layernorm, D, "post_attention_layernorm.weight");
-        attention_slots(s, c, &ly->attn, l);
-        if (!ly->is_moe) {
-            mlp_slots(s, &ly->mlp, c->intermediate_size, D, "mlp", l, 0);
-            continue;
-        }
-        MAT(&ly->moe.gate, E, D, "mlp.gate.weight");
-        if (c->topk_method == DSV3_TOPK_NOAUX_TC || c->topk_method == DSV3_TOPK_NOAUX)
-            VEC(&ly->moe.bias, E, "mlp.gate.e_score_correction_bias");
-        for (int64_t e = 0; e < E; e++)
-            mlp_slots(s, &ly->moe.experts[e], c->moe_intermediate_size, D, "mlp.experts.%lld", l, e);
-        if (ly->moe.has_shared)
-            mlp_slots(s, &ly->moe.shared, c->moe_intermediate_size * c->n_shared_experts, D, "mlp.shared_experts",
-                      l, 0);
-    }
+    for (int64_t l = 0; l < c->num_hidden_layers; l++)
+        layer_slots(s, c, &m->layers[l], l);
+    if (m->mtp)
+        mtp_slots(s, c, m->mtp);
     return list.n;
 }
 #undef MAT
@@ -237,6 +309,24 @@ static dsv3_status vec_to_f32(dsv3_vec *v, dsv3_error *err)
     return DSV3_OK;
 }
 
+/* Absorbed attention's per-head W_UK/W_UV and the layer's latent cache (capacity rows). */
+static dsv3_status layer_prepare(dsv3_model *m, dsv3_layer *ly, int isa, dsv3_error *err)
+{
+    const int64_t row = m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim;
+    if (m->attn_mode == DSV3_ATTN_ABSORBED) {
+        dsv3_status st = dsv3_mla_absorb(&m->mla, &ly->attn, isa, err);
+        if (st != DSV3_OK)
+            return st;
+    }
+    dsv3_free(ly->cache);
+    size_t bytes;
+    if (!dsv3_mul_size((size_t)m->capacity, (size_t)row * sizeof(float), &bytes) || !(ly->cache = dsv3_alloc(bytes)))
+        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the latent cache (%lld tokens x %lld values)",
+                         (long long)m->capacity, (long long)row);
+    ly->cache_rows = 0;
+    return DSV3_OK;
+}
+
 dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err)
 {
     const int64_t count = dsv3_model_slots(m, NULL);
@@ -254,27 +344,18 @@ dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err)
         } else if (w->n != t->n || w->k != t->k) {
             st = dsv3_fail(err, DSV3_E_VALUE, "tensor %s: expected shape [%lld, %lld], got [%lld, %lld]", t->name,
                            (long long)t->n, (long long)t->k, (long long)w->n, (long long)w->k);
-        } else if ((t->is_vector || w == &m->embed) && w->fmt != DSV3_FMT_F32 && w->fmt != DSV3_FMT_BF16) {
+        } else if ((t->is_vector || w == &m->embed || (m->mtp && w == &m->mtp->embed)) && w->fmt != DSV3_FMT_F32 && w->fmt != DSV3_FMT_BF16) {
             st = dsv3_fail(err, DSV3_E_TYPE, "tensor %s must be float32 or bfloat16", t->name);
         } else if (t->is_vector) {
             st = vec_to_f32((dsv3_vec *)(void *)w, err); /* src is the first member of dsv3_vec */
         }
     }
     dsv3_free(slots);
-    const int64_t row = m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim;
-    for (int64_t l = 0; l < m->cfg.num_hidden_layers && st == DSV3_OK; l++) {
-        dsv3_layer *ly = &m->layers[l];
-        if (m->attn_mode == DSV3_ATTN_ABSORBED)
-            st = dsv3_mla_absorb(&m->mla, &ly->attn, isa, err);
-        if (st != DSV3_OK)
-            break;
-        dsv3_free(ly->cache);
-        size_t bytes;
-        if (!dsv3_mul_size((size_t)m->capacity, (size_t)row * sizeof(float), &bytes) ||
-            !(ly->cache = dsv3_alloc(bytes)))
-            st = dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the latent cache (%lld tokens x %lld values)",
-                           (long long)m->capacity, (long long)row);
-        ly->cache_rows = 0;
+    for (int64_t l = 0; l < m->cfg.num_hidden_layers && st == DSV3_OK; l++)
+        st = layer_prepare(m, &m->layers[l], isa, err);
+    if (st == DSV3_OK && m->mtp) {
+        st = layer_prepare(m, &m->mtp->layer, isa, err);
+        m->mtp->cache_len = 0;
     }
     if (st == DSV3_OK) /* a decode step (one token over up to the whole cache) allocates nothing */
         st = dsv3_model_reserve(m, 1, 1, err);

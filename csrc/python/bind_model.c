@@ -8,6 +8,7 @@
 #include "bind.h"
 #include "bind_mla.h"
 #include "dsv3_model.h"
+#include "dsv3_mtp.h"
 
 #include <string.h>
 
@@ -209,11 +210,13 @@ static int fill_tensors(dsv3_model *m, PyObject *tensors)
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"config", "tensors", "max_seq_len", "attention", "isa", NULL};
+    static char *kwlist[] = {"config", "tensors", "max_seq_len", "attention", "isa", "mtp", NULL};
     PyObject *config, *tensors, *isa_obj = NULL;
     long long cap = 4096;
     const char *attention = "absorbed";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|LsO", kwlist, &config, &tensors, &cap, &attention, &isa_obj))
+    int mtp = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|LsOp", kwlist, &config, &tensors, &cap, &attention, &isa_obj,
+                                     &mtp))
         return -1;
     if (self->model) {
         PyErr_SetString(PyExc_RuntimeError, "Model is already initialised");
@@ -245,7 +248,10 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
     dsv3_model *m = NULL;
     dsv3_status st = dsv3_model_create(&c, (int64_t)cap, mode, &m, &err);
     Py_DECREF(inv_freq); /* copied by create */
+    if (st == DSV3_OK && mtp)
+        st = dsv3_model_enable_mtp(m, &err);
     if (st != DSV3_OK) {
+        dsv3_model_free(m);
         dsv3_py_raise(st, &err);
         return -1;
     }
@@ -312,55 +318,154 @@ static PyObject *new_f32(int nd, npy_intp d0, npy_intp d1)
     return PyArray_SimpleNew(nd, dims, NPY_FLOAT32);
 }
 
+static int parse_which(const char *which_s, dsv3_logits_mode *which)
+{
+    if (strcmp(which_s, "all") == 0)
+        *which = DSV3_LOGITS_ALL;
+    else if (strcmp(which_s, "last") == 0)
+        *which = DSV3_LOGITS_LAST;
+    else if (strcmp(which_s, "none") == 0)
+        *which = DSV3_LOGITS_NONE;
+    else {
+        PyErr_Format(PyExc_ValueError, "logits must be 'all', 'last' or 'none', got '%s'", which_s);
+        return 0;
+    }
+    return 1;
+}
+
+/* ids copied while the GIL is held (the caller's array may change once it is released); NULL + exception. */
+static int64_t *copy_ids(PyArrayObject *ids)
+{
+    const npy_intp s = PyArray_DIM(ids, 0);
+    int64_t *c = (int64_t *)PyMem_Malloc(s > 0 ? (size_t)s * sizeof(int64_t) : 1);
+    if (!c)
+        return (int64_t *)PyErr_NoMemory();
+    if (s > 0)
+        memcpy(c, PyArray_DATA(ids), (size_t)s * sizeof(int64_t));
+    return c;
+}
+
 static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"input_ids", "isa", "logits", NULL};
+    static char *kwlist[] = {"input_ids", "isa", "logits", "hidden", "step_attention", NULL};
     PyObject *ids_obj, *isa_obj = NULL;
     const char *which_s = "all";
-    int isa;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|Os", kwlist, &ids_obj, &isa_obj, &which_s) ||
+    int isa, want_hidden = 0, step_attention = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|Ospp", kwlist, &ids_obj, &isa_obj, &which_s, &want_hidden,
+                                     &step_attention) ||
         !dsv3_py_isa_arg(isa_obj, &isa))
         return NULL;
     dsv3_logits_mode which;
-    if (strcmp(which_s, "all") == 0)
-        which = DSV3_LOGITS_ALL;
-    else if (strcmp(which_s, "last") == 0)
-        which = DSV3_LOGITS_LAST;
-    else if (strcmp(which_s, "none") == 0)
-        which = DSV3_LOGITS_NONE;
-    else
-        return PyErr_Format(PyExc_ValueError, "logits must be 'all', 'last' or 'none', got '%s'", which_s);
+    if (!parse_which(which_s, &which))
+        return NULL;
     PyArrayObject *ids = dsv3_py_check_array(ids_obj, "input_ids", DSV3_DT_I64, 1);
     if (!ids || !claim(self))
         return NULL;
     const npy_intp s = PyArray_DIM(ids, 0);
-    /* The ids are copied while the GIL is held: the caller's array may change (another thread) once
-     * it is released, and the core checks the ids before it reads them again (embedding rows). */
-    int64_t *ids_copy = (int64_t *)PyMem_Malloc(s > 0 ? (size_t)s * sizeof(int64_t) : 1);
+    /* The core checks the ids before it reads them again (embedding rows): they are copied first. */
+    int64_t *ids_copy = copy_ids(ids);
     /* all: [S, vocab]; last: [1, vocab] (S > 0); none: [0, vocab] */
     const npy_intp rows = which == DSV3_LOGITS_ALL ? s : (which == DSV3_LOGITS_LAST && s > 0 ? 1 : 0);
-    PyObject *out = ids_copy ? new_f32(2, rows, (npy_intp)self->model->cfg.vocab_size) : PyErr_NoMemory();
-    if (!out) {
+    PyObject *out = ids_copy ? new_f32(2, rows, (npy_intp)self->model->cfg.vocab_size) : NULL;
+    PyObject *hid = out && want_hidden ? new_f32(2, s, (npy_intp)self->model->cfg.hidden_size) : NULL;
+    if (!out || (want_hidden && !hid)) {
+        Py_XDECREF(out);
         PyMem_Free(ids_copy);
         self->busy = 0;
         return NULL;
     }
-    if (s > 0)
-        memcpy(ids_copy, PyArray_DATA(ids), (size_t)s * sizeof(int64_t));
     dsv3_error err = {0};
     dsv3_status st;
+    float *hp = hid ? (float *)PyArray_DATA((PyArrayObject *)hid) : NULL;
     Py_BEGIN_ALLOW_THREADS
-    st = dsv3_model_forward_ex(self->model, ids_copy, s, (float *)PyArray_DATA((PyArrayObject *)out), which, isa,
-                               &err);
+    st = dsv3_model_forward_hidden(self->model, ids_copy, s, (float *)PyArray_DATA((PyArrayObject *)out), which, hp,
+                                   step_attention, isa, &err);
     Py_END_ALLOW_THREADS
     PyMem_Free(ids_copy);
     self->busy = 0;
     if (st != DSV3_OK) {
         Py_DECREF(out);
+        Py_XDECREF(hid);
         return dsv3_py_raise(st, &err);
     }
-    return out;
+    return hid ? Py_BuildValue("(NN)", out, hid) : out;
 }
+
+static PyObject *Model_mtp_forward(ModelObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"input_ids", "hidden", "logits", "isa", NULL};
+    PyObject *ids_obj, *h_obj, *isa_obj = NULL;
+    const char *which_s = "last";
+    int isa;
+    dsv3_logits_mode which;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|sO", kwlist, &ids_obj, &h_obj, &which_s, &isa_obj) ||
+        !dsv3_py_isa_arg(isa_obj, &isa) || !parse_which(which_s, &which))
+        return NULL;
+    if (!self->model)
+        return PyErr_Format(PyExc_RuntimeError, "Model is not initialised");
+    PyArrayObject *ids = dsv3_py_check_array(ids_obj, "input_ids", DSV3_DT_I64, 1);
+    PyArrayObject *h = ids ? dsv3_py_check_array(h_obj, "hidden", DSV3_DT_F32, 2) : NULL;
+    if (!h)
+        return NULL;
+    const npy_intp s = PyArray_DIM(ids, 0), D = (npy_intp)self->model->cfg.hidden_size;
+    if (PyArray_DIM(h, 0) != s || PyArray_DIM(h, 1) != D)
+        return PyErr_Format(PyExc_ValueError, "hidden: expected shape [%lld, %lld] (one row per input id), got "
+                            "[%lld, %lld]", (long long)s, (long long)D, (long long)PyArray_DIM(h, 0),
+                            (long long)PyArray_DIM(h, 1));
+    if (!claim(self))
+        return NULL;
+    int64_t *ids_copy = copy_ids(ids);
+    const size_t hbytes = (size_t)(s * D) * sizeof(float);
+    float *h_copy = ids_copy ? PyMem_Malloc(hbytes ? hbytes : 1) : NULL;
+    const npy_intp rows = which == DSV3_LOGITS_ALL ? s : (which == DSV3_LOGITS_LAST && s > 0 ? 1 : 0);
+    PyObject *out = h_copy ? new_f32(2, rows, (npy_intp)self->model->cfg.vocab_size) : NULL;
+    PyObject *hid = out ? new_f32(2, s, D) : NULL;
+    if (!hid) {
+        if (ids_copy && !h_copy)
+            PyErr_NoMemory();
+        Py_XDECREF(out);
+        PyMem_Free(ids_copy);
+        PyMem_Free(h_copy);
+        self->busy = 0;
+        return NULL;
+    }
+    if (hbytes)
+        memcpy(h_copy, PyArray_DATA(h), hbytes);
+    dsv3_error err = {0};
+    dsv3_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dsv3_mtp_forward(self->model, ids_copy, h_copy, s, (float *)PyArray_DATA((PyArrayObject *)out), which,
+                          (float *)PyArray_DATA((PyArrayObject *)hid), isa, &err);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(ids_copy);
+    PyMem_Free(h_copy);
+    self->busy = 0;
+    if (st != DSV3_OK) {
+        Py_DECREF(out);
+        Py_DECREF(hid);
+        return dsv3_py_raise(st, &err);
+    }
+    return Py_BuildValue("(NN)", out, hid);
+}
+
+/* truncate(length) / mtp_truncate(length): cache rollback. */
+static PyObject *truncate_with(ModelObject *self, PyObject *arg, dsv3_status (*fn)(dsv3_model *, int64_t, dsv3_error *))
+{
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (!claim(self))
+        return NULL;
+    dsv3_error err = {0};
+    dsv3_status st = fn(self->model, (int64_t)n, &err);
+    self->busy = 0;
+    if (st != DSV3_OK)
+        return dsv3_py_raise(st, &err);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Model_truncate(ModelObject *self, PyObject *arg) { return truncate_with(self, arg, dsv3_model_truncate); }
+static PyObject *Model_mtp_truncate(ModelObject *self, PyObject *arg) { return truncate_with(self, arg, dsv3_mtp_truncate); }
 
 static PyObject *Model_reset(ModelObject *self, PyObject *noargs)
 {
@@ -561,11 +666,19 @@ static PyObject *Model_moe_work(ModelObject *self, PyObject *noargs)
 
 static PyMethodDef Model_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Model_forward, METH_VARARGS | METH_KEYWORDS,
-     "forward(input_ids int64 [S], isa=None, logits='all') -> logits float32 [S, vocab] ('all'), [1, vocab] "
-     "('last': the last position only) or [0, vocab] ('none'); appends to the cache."},
+     "forward(input_ids int64 [S], isa=None, logits='all', hidden=False, step_attention=False) -> logits float32 "
+     "[S, vocab] ('all'), [1, vocab] ('last': the last position only) or [0, vocab] ('none'), or (logits, hidden "
+     "[S, hidden_size]: final-norm hidden states) with hidden=True; step_attention: each token's attention as a "
+     "decode step (verification, dsv3_mtp.h); appends to the cache."},
     {"_moe_work", (PyCFunction)Model_moe_work, METH_NOARGS,
      "internal: linear work items per thread in the last decode-path MoE block (tests)"},
-    {"reset", (PyCFunction)Model_reset, METH_NOARGS, "Empty the KV cache."},
+    {"reset", (PyCFunction)Model_reset, METH_NOARGS, "Empty the KV cache (and the MTP layer's)."},
+    {"truncate", (PyCFunction)Model_truncate, METH_O, "truncate(length): keep the first length cached tokens."},
+    {"mtp_truncate", (PyCFunction)Model_mtp_truncate, METH_O,
+     "mtp_truncate(length): keep the first length positions of the MTP layer's cache."},
+    {"mtp_forward", (PyCFunction)(void (*)(void))Model_mtp_forward, METH_VARARGS | METH_KEYWORDS,
+     "mtp_forward(input_ids int64 [S], hidden float32 [S, hidden], logits='last', isa=None) -> (logits, hidden_out "
+     "[S, hidden]): the MTP layer over S positions after its cached ones (dsv3_mtp.h)"},
     {"run_module", (PyCFunction)(void (*)(void))Model_run_module, METH_VARARGS | METH_KEYWORDS,
      "run_module(kind, layer, x float32 [S, hidden], start_pos=0, use_cache=False, indices=None, weights=None, "
      "isa=None)"},
@@ -574,7 +687,17 @@ static PyMethodDef Model_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *Model_mtp_cache_len(ModelObject *self, void *closure)
+{
+    (void)closure;
+    if (!self->model || !self->model->mtp)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong((long long)self->model->mtp->cache_len);
+}
+
 static PyGetSetDef Model_getset[] = {
+    {"mtp_cache_len", (getter)Model_mtp_cache_len, NULL, "positions in the MTP layer's cache (None: no MTP layer)",
+     NULL},
     {"cache_len", (getter)Model_cache_len, NULL, "tokens in the KV cache", NULL},
     {"capacity", (getter)Model_capacity, NULL, "maximum tokens in the KV cache (max_seq_len)", NULL},
     {"attention", (getter)Model_attention, NULL, "'absorbed' or 'naive'", NULL},
