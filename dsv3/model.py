@@ -139,7 +139,8 @@ class Model:
 
     # ---- construction ----
     @classmethod
-    def from_tensors(cls, config, tensors, dtype=None, attention="absorbed", max_seq_len=4096, precision=None):
+    def from_tensors(cls, config, tensors, dtype=None, attention="absorbed", max_seq_len=4096, precision=None,
+                     mtp=False):
         """Build a model from a config and a dict ``canonical name -> tensor``.
 
         config: a ``DeepseekConfig`` (anything with ``.to_native()``), a transformers config object
@@ -159,6 +160,10 @@ class Model:
         ``dsv3.quant.DEFAULT_PRECISION``: int8/int4 weights with activations quantised per block of 32
         to int8 and integer dots, fp8_block/nvfp4/bf16 with x rounded to bf16 on AVX-512) or "exact"
         (f32-level activations, for parity with transformers fp32). None: the default.
+        mtp: also load DeepSeek's multi-token-prediction layer (``model.layers.<num_hidden_layers>.*``:
+        enorm, hnorm, eh_proj, a decoder block, shared_head.norm, shared_head.head; the head falls back to
+        lm_head and the embedding to embed_tokens when absent), the draft model of
+        ``generate(..., speculative="mtp")``. Off by default: its weights and cache cost memory.
         """
         from .quant import check_precision, native_weight  # precision plumbing (kept local)
 
@@ -178,25 +183,28 @@ class Model:
             numel += n
             nbytes += b
             fmts[f] = fmts.get(f, 0) + b
-        native = lib.Model(native_cfg, prepared, int(max_seq_len), attention)
-        info = {"params": numel, "bytes": nbytes, "formats": fmts, "attention": attention, "precision": precision}
+        native = lib.Model(native_cfg, prepared, int(max_seq_len), attention, mtp=bool(mtp))
+        info = {"params": numel, "bytes": nbytes, "formats": fmts, "attention": attention, "precision": precision,
+                "mtp": bool(mtp)}
         return cls(native, config, info)
 
     @classmethod
-    def from_pretrained(cls, path, dtype=None, attention="absorbed", max_seq_len=4096, precision=None, progress=None):
+    def from_pretrained(cls, path, dtype=None, attention="absorbed", max_seq_len=4096, precision=None, progress=None,
+                        mtp=False):
         """Load a checkpoint: a directory (HF layouts, DeepSeek FP8, NVFP4 or converted dsv3) or a hub id
         in the local Hugging Face cache (:func:`dsv3.paths.resolve_checkpoint_dir`).
         Arguments as :meth:`from_tensors` (precision "fast" by default, "exact" for parity work);
-        progress: True / False / None: a bar over the tensors read (None: only in notebooks and terminals)."""
+        progress: True / False / None: a bar over the tensors read (None: only in notebooks and terminals).
+        mtp: load the checkpoint's MTP layer too (hub layout or a ``dsv3 convert --keep-mtp`` checkpoint)."""
         from .checkpoint import open_checkpoint  # the io module; imported lazily
         from .display import progress as _bar
 
-        ckpt = open_checkpoint(path)
+        ckpt = open_checkpoint(path, mtp=mtp)
         names = getattr(ckpt, "names", None)
         tensors = dict(_bar(ckpt.canonical_tensors(), total=len(names()) if names else None, desc="load",
                             enabled=progress, unit="tensor"))
         model = cls.from_tensors(ckpt.config, tensors, dtype=dtype,
-                                 attention=attention, max_seq_len=max_seq_len, precision=precision)
+                                 attention=attention, max_seq_len=max_seq_len, precision=precision, mtp=mtp)
         model._checkpoint = ckpt  # keeps memory-mapped shards open
         model._path = ckpt.path  # the tokenizer is loaded from here on first use (a hub id resolved)
         return model
@@ -221,22 +229,60 @@ class Model:
             raise ValueError(f"input_ids must be 1-dimensional [S], got shape {ids.shape}")
         return np.ascontiguousarray(ids, dtype=np.int64)
 
-    def forward(self, input_ids, logits="all"):
+    def forward(self, input_ids, logits="all", hidden=False, step_attention=False):
         """Run tokens after the cached ones; returns float32 logits. One C call.
 
         logits: "all" (default) returns [S, vocab], one row per position; "last" returns [1, vocab] for
         the last position only (the lm_head runs on one row: what generation needs); "none" returns an
         empty [0, vocab] array (the tokens only enter the cache).
+        hidden=True returns (logits, hidden [S, hidden_size]): the final-norm hidden states (what the
+        lm_head reads; the MTP layer's input). step_attention=True runs each token's attention core as
+        the one-token decode step at its position computes it: a verification forward of speculative
+        decoding, whose logits equal token-by-token decoding bitwise (dsv3_mtp.h says where).
         """
         if logits not in ("all", "last", "none"):
             raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
-        return self._native.forward(self._ids(input_ids), logits=logits)
+        return self._native.forward(self._ids(input_ids), logits=logits, hidden=bool(hidden),
+                                    step_attention=bool(step_attention))
 
     __call__ = forward
 
     def reset(self):
-        """Empty the KV cache."""
+        """Empty the KV cache (and the MTP layer's)."""
         self._native.reset()
+
+    def truncate(self, length):
+        """Cache rollback: keep the first ``length`` tokens of the KV cache (rejected draft tokens are
+        forgotten; the next forward continues at position ``length``)."""
+        self._native.truncate(int(length))
+
+    # ---- the MTP layer (mtp=True) ----
+    @property
+    def has_mtp(self):
+        """Whether the MTP layer is loaded (``mtp=True``)."""
+        return self._native.mtp_cache_len is not None
+
+    @property
+    def mtp_cache_len(self):
+        """Positions in the MTP layer's cache (None without an MTP layer)."""
+        return self._native.mtp_cache_len
+
+    def mtp_forward(self, input_ids, hidden, logits="last"):
+        """The MTP layer over S positions after its cached ones; one C call (csrc/include/dsv3_mtp.h).
+
+        Row i is position p = mtp_cache_len + i: ``input_ids[i]`` is the token at p + 1 and ``hidden[i]``
+        the main model's final-norm hidden state at p (``forward(..., hidden=True)``), or the MTP layer's
+        own output row of p - 1 for a chained draft. Returns (logits for t_{p+2} by ``logits`` as in
+        :meth:`forward`, hidden_out [S, hidden_size]: shared_head.norm's output, the next chained input).
+        """
+        if logits not in ("all", "last", "none"):
+            raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+        h = np.ascontiguousarray(hidden, dtype=np.float32)
+        return self._native.mtp_forward(self._ids(input_ids), h, logits=logits)
+
+    def mtp_truncate(self, length):
+        """Keep the first ``length`` positions of the MTP layer's cache."""
+        self._native.mtp_truncate(int(length))
 
     @property
     def cache_len(self):
