@@ -296,7 +296,7 @@ class Model:
 
     def generate(self, inputs, max_new_tokens=16, *, do_sample=None, temperature=None, top_k=None, top_p=None,
                  min_p=None, repetition_penalty=None, stop=None, seed=None, eos_token_id=None, stream=False,
-                 logprobs=None, return_dict=False, tokenizer=None):
+                 logprobs=None, return_dict=False, tokenizer=None, speculative=None, num_draft=2):
         """Generate up to ``max_new_tokens`` tokens after ``inputs``, transformers-style.
 
         inputs: token ids (returns the new ids, int64), a str or a list of chat messages
@@ -312,6 +312,10 @@ class Model:
         stream=True returns an iterator of :class:`dsv3.generation.GenerationChunk` (text piece, id,
         logprob); ``logprobs`` (True, or n for the n most likely alternatives) or ``return_dict``
         return a :class:`dsv3.generation.GenerationOutput`.
+        speculative="mtp" (a model loaded with ``mtp=True``): draft ``num_draft`` tokens per step with the MTP
+        layer and verify them in one forward (:mod:`dsv3.speculative`): greedy output is plain greedy's bit
+        for bit, sampled output has plain sampling's distribution; ``self.speculative_stats`` then holds the
+        rounds, drafted and accepted tokens (``acceptance_rate``).
         """
         from .generation import GenerationParams, SequenceState, prompt_ids
 
@@ -325,7 +329,18 @@ class Model:
         if len(ids) > self.max_seq_len:
             raise ValueError(f"prompt of {len(ids)} tokens does not fit in max_seq_len {self.max_seq_len}")
         state = SequenceState(ids, params, tok, self.eos_token_ids(eos_token_id, tok))
-        chunks = self._generate_chunks(state)
+        if speculative is None:
+            chunks = self._generate_chunks(state)
+        else:
+            from .speculative import SpeculativeStats, speculative_chunks
+            if speculative != "mtp":
+                raise ValueError(f"speculative must be None or 'mtp', got {speculative!r}")
+            if not self.has_mtp:
+                raise ValueError("speculative='mtp' needs the MTP layer: load the model with mtp=True")
+            if isinstance(num_draft, bool) or not isinstance(num_draft, (int, np.integer)) or num_draft < 1:
+                raise ValueError(f"num_draft must be an int >= 1, got {num_draft!r}")
+            self.speculative_stats = SpeculativeStats()
+            chunks = speculative_chunks(self, state, int(num_draft), self.speculative_stats)
         if stream:
             return chunks
         for _ in chunks:
