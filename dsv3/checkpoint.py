@@ -87,6 +87,24 @@ def iter_canonical_shapes(cfg):
         yield "lm_head.weight", (cfg.vocab_size, H), "vector"
 
 
+def mtp_shapes(cfg):
+    """(name, shape, kind) of the MTP layer (index num_hidden_layers; REFERENCE.md section 6): its decoder
+    block (as a layer of that index would have it in canonical_shapes), enorm, hnorm, eh_proj,
+    shared_head.norm, shared_head.head (optional: the model falls back to lm_head). The layer's own
+    embed_tokens copy is not listed: the model's embedding is shared (DeepSeek-V3 report, SGLang)."""
+    from .config import load_config
+    N, H = cfg.num_hidden_layers, cfg.hidden_size
+    p = f"model.layers.{N}."
+    big = load_config(dict(cfg.to_dict(), num_hidden_layers=N + 1))
+    block = [e for e in canonical_shapes(big) if e[0].startswith(p)]
+    return ([(p + "enorm.weight", (H,), "vector"), (p + "hnorm.weight", (H,), "vector"),
+             (p + "eh_proj.weight", (H, 2 * H), "linear")] + block +
+            [(p + "shared_head.norm.weight", (H,), "vector"), (p + MTP_HEAD, (cfg.vocab_size, H), "vector")])
+
+
+MTP_HEAD = "shared_head.head.weight"  # optional in the MTP layer
+
+
 def check_config_fits(cfg, reader, path):
     """Raise CheckpointError unless the tensors in ``reader`` could hold the parameters ``cfg``
     calls for (at 4 bits each, the smallest format): a config.json that does not belong to its
@@ -108,6 +126,11 @@ def detect_layout(path, names, dtypes=None):
     """Layout name from a checkpoint directory's file and tensor names (see module doc)."""
     if os.path.isfile(os.path.join(path, DSV3_MANIFEST)):
         return "dsv3"
+    return tensor_layout(names)
+
+
+def tensor_layout(names):
+    """The source layout ("hf", "hf_fused", "fp8_block", "nvfp4") that tensor names are stored in."""
     names = list(names)
     if any(n.endswith(".weight_scale_inv") for n in names):
         return "fp8_block"
@@ -135,11 +158,19 @@ class Checkpoint(CheckpointDisplay):
     """An opened checkpoint: ``.config``, ``.layout``, ``.path``, ``canonical_tensors()``,
     ``tensor(name)``, ``summary()``. Arrays are zero-copy views valid while it is open."""
 
-    def __init__(self, path, config, reader, layout):
+    def __init__(self, path, config, reader, layout, mtp=False, entries=None):
         self.path, self.config, self.reader, self.layout = path, config, reader, layout
         self._plan = {}        # canonical name -> (kind, detail)
         self._used = set()
         self.missing, self.skipped = [], Counter()
+        self._only = entries is not None  # a planner of some tensors of the reader (a kept MTP layer)
+        if entries is None:
+            entries = canonical_shapes(config) + (mtp_shapes(config) if mtp else [])
+        if (mtp or self._only) and not any(_skip_reason(n, config) == "mtp" for n in reader.keys()):
+            raise CheckpointError(f"{path}: mtp=True but the checkpoint has no MTP layer (no tensor "
+                                  f"model.layers.{config.num_hidden_layers}.*; num_nextn_predict_layers="
+                                  f"{getattr(config, 'num_nextn_predict_layers', None)})")
+        self._entries = entries
         self._build_plan()
 
     # ---- validation ----
@@ -161,8 +192,12 @@ class Checkpoint(CheckpointDisplay):
     def _build_plan(self):
         cfg, r = self.config, self.reader
         fused_checked = {}
-        for name, shape, kind in canonical_shapes(cfg):
-            if self.layout == "hf_fused" and ".mlp.experts." in name:
+        for name, shape, kind in self._entries:
+            if name.endswith("." + MTP_HEAD) and name not in r:
+                continue  # the MTP layer without its own head uses lm_head
+            fused = re.sub(r"\.experts\.\d+\.(gate|up)_proj\.weight$", ".experts.gate_up_proj",
+                           re.sub(r"\.experts\.\d+\.down_proj\.weight$", ".experts.down_proj", name))
+            if self.layout == "hf_fused" and ".mlp.experts." in name and fused in r:
                 self._plan_fused(name, shape, fused_checked)
                 continue
             if kind == "linear" and self.layout == "fp8_block" and name + "_scale_inv" in r:
@@ -184,7 +219,7 @@ class Checkpoint(CheckpointDisplay):
             more = f" (and {len(self.missing) - 5} more)" if len(self.missing) > 5 else ""
             raise CheckpointError(f"{self.path}: missing tensors for layout {self.layout}: "
                                   f"{', '.join(self.missing[:5])}{more}")
-        if self.unexpected:
+        if self.unexpected and not self._only:
             log.warning("%s: %d unexpected tensors, e.g. %s", self.path, len(self.unexpected), self.unexpected[0])
 
     def _plan_fp8(self, name, shape):
@@ -231,8 +266,8 @@ class Checkpoint(CheckpointDisplay):
 
     # ---- access ----
     def names(self):
-        """Canonical names in their stable order."""
-        return [n for n, _, _ in canonical_shapes(self.config)]
+        """Canonical names in their stable order (the MTP layer's last, when loaded)."""
+        return [n for n, _, _ in self._entries if n in self._plan]
 
     def tensor(self, name):
         """Value of one canonical tensor: numpy array (float32 / bfloat16) or QuantizedTensor."""
@@ -300,16 +335,17 @@ class Checkpoint(CheckpointDisplay):
         self.close()
 
 
-def open_checkpoint(path, config=None):
+def open_checkpoint(path, config=None, mtp=False):
     """Open a checkpoint directory (config.json + safetensors), or a hub id ("org/name[@rev]") already in
-    the local Hugging Face cache (never downloaded). ``config`` overrides config.json.
+    the local Hugging Face cache (never downloaded). ``config`` overrides config.json. ``mtp``: also hand
+    out the MTP layer's tensors (hub layout, or kept verbatim by ``dsv3 convert --keep-mtp``).
     Raises CheckpointError (ValueError) naming the tensor for missing or mis-shaped tensors."""
     from .paths import resolve_checkpoint_dir
     path = resolve_checkpoint_dir(path)  # a directory, or a hub id in the local Hugging Face cache
     cfg = load_config(path if config is None else config)
     if os.path.isfile(os.path.join(path, DSV3_MANIFEST)):
         from .convert.layout import open_dsv3
-        return open_dsv3(path, cfg)
+        return open_dsv3(path, cfg, mtp=mtp)
     reader = open_safetensors(path)
     try:
         check_config_fits(cfg, reader, path)
@@ -317,7 +353,7 @@ def open_checkpoint(path, config=None):
         q = cfg.quantization
         if q is not None and {"fp8_block": "fp8_block", "nvfp4": "nvfp4"}[q.method] != layout:
             log.warning("%s: config says %s but the tensors are laid out as %s", path, q.method, layout)
-        return Checkpoint(path, cfg, reader, layout)
+        return Checkpoint(path, cfg, reader, layout, mtp=mtp)
     except BaseException:
         reader.close()
         raise

@@ -148,3 +148,30 @@ def test_greedy_speculative_logprobs_penalty_and_stops():
         m.generate(IDS, 3, speculative="mtp", num_draft=0)
     with pytest.raises(ValueError, match="speculative"):
         m.generate(IDS, 3, speculative="eagle")
+
+
+@pytest.mark.parametrize("layout", ["hf", "hf_fused", "fp8_block", "nvfp4"])
+def test_mtp_layer_loads_from_hub_layouts_and_keep_mtp_conversions(tmp_path, layout):
+    """The MTP layer of a hub-layout checkpoint and of its `convert --keep-mtp` copy (stored verbatim in the
+    source's format) load with mtp=True and give the same MTP logits; without mtp it is skipped."""
+    from dsv3.checkpoint import CheckpointError
+    from dsv3.convert import convert
+    from dsv3.testing.checkpoints import tiny_config, write_checkpoint
+    src = write_checkpoint(str(tmp_path / "src"), tiny_config(), layout=layout, mtp=True, shards=2)
+    dst = str(tmp_path / "dst")
+    convert(src, dst, format="bf16", keep_mtp=True, quiet=True)
+    outs = []
+    for path in (src, dst):
+        m = dsv3.Model.from_pretrained(path, mtp=True, precision="exact", max_seq_len=32)
+        assert m.has_mtp and not dsv3.Model.from_pretrained(path, max_seq_len=32).has_mtp
+        _, h = m.forward(IDS[:6], hidden=True)
+        outs.append((h, m.mtp_forward(IDS[1:7], h, logits="all")[0]))
+        ref = m.generate(IDS[:6], 8)
+        assert np.array_equal(ref, m.generate(IDS[:6], 8, speculative="mtp", num_draft=2))
+    m = dsv3.Model.from_pretrained(dst, mtp=True, precision="exact", max_seq_len=32)
+    m.forward(IDS[:6])
+    assert np.array_equal(m.mtp_forward(IDS[1:7], outs[0][0], logits="all")[0], outs[0][1])
+    plain = str(tmp_path / "plain")
+    write_checkpoint(plain, tiny_config(), layout=layout, shards=1)
+    with pytest.raises(CheckpointError, match="no MTP layer"):
+        dsv3.Model.from_pretrained(plain, mtp=True)

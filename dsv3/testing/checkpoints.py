@@ -110,10 +110,10 @@ def _fuse_experts(tensors, cfg):
     for n, a in tensors.items():
         if ".mlp.experts." not in n:
             out[n] = a
-    for i in range(cfg.num_hidden_layers):
-        if not cfg.is_moe_layer(i):
-            continue
+    for i in range(cfg.num_hidden_layers + 1):  # + 1: an MTP layer's experts, when written
         p = f"model.layers.{i}.mlp.experts."
+        if p + "0.gate_proj.weight" not in tensors:  # dense layers have none
+            continue
         E = cfg.n_routed_experts
         out[p + "gate_up_proj"] = np.stack([np.concatenate([tensors[f"{p}{e}.gate_proj.weight"],
                                                             tensors[f"{p}{e}.up_proj.weight"]]) for e in range(E)])
