@@ -175,3 +175,97 @@ def test_mtp_layer_loads_from_hub_layouts_and_keep_mtp_conversions(tmp_path, lay
     write_checkpoint(plain, tiny_config(), layout=layout, shards=1)
     with pytest.raises(CheckpointError, match="no MTP layer"):
         dsv3.Model.from_pretrained(plain, mtp=True)
+
+
+def _chi2_limit(dof, z=3.719):
+    """Wilson-Hilferty: the chi-square quantile with upper tail ~1e-4 (z = 3.719)."""
+    return dof * (1 - 2 / (9 * dof) + z * np.sqrt(2 / (9 * dof))) ** 3
+
+
+def _chi2(counts, probs):
+    n = counts.sum()
+    keep = probs > 0
+    assert counts[~keep].sum() == 0  # never a token of probability 0
+    e = n * probs[keep]
+    return float(((counts[keep] - e) ** 2 / e).sum()), int(keep.sum()) - 1
+
+
+def test_spec_accept_rule_gives_the_target_distribution():
+    """Drafts from q, the C rule (accept w.p. min(1, p/q), else resample from norm(max(0, p - q))): the
+    tokens follow p (chi-square, 60000 draws, limit at tail 1e-4); accepted drafts follow min(p, q)."""
+    from dsv3._native import lib
+    rng = np.random.default_rng(0)
+    p = np.array([0.05, 0.3, 0.0, 0.25, 0.1, 0.3])
+    q = np.array([0.4, 0.1, 0.2, 0.05, 0.25, 0.0])
+    state = np.array([12345], np.int64)
+    counts, acc = np.zeros(6), np.zeros(6)
+    for d in rng.choice(6, size=60000, p=q):
+        ok, tok = lib.spec_accept(p, q, int(d), state)
+        counts[tok] += 1
+        acc[tok] += ok
+    stat, dof = _chi2(counts, p)
+    assert stat < _chi2_limit(dof), (stat, counts / counts.sum())
+    np.testing.assert_allclose(acc / 60000, np.minimum(p, q), atol=0.01)
+    with pytest.raises(ValueError, match="probability 0 under q"):
+        lib.spec_accept(p, q, 5, state)
+
+
+def test_sample_probs_is_the_samplers_distribution():
+    from dsv3._native import lib
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal(50).astype(np.float32)
+    for params in ([1.0, 0, 1.0, 0.0, 1.0], [0.7, 5, 1.0, 0.0, 1.0], [1.3, 0, 0.8, 0.05, 1.2], [0.0, 0, 1, 0, 1]):
+        par = np.array(params, np.float64)
+        seen = np.array([3, 7, 7], np.int64)
+        probs = lib.sample_probs(logits, par, seen)
+        assert abs(probs.sum() - 1) < 1e-12
+        st = np.array([99], np.int64)
+        draws = lib.sample_rows(np.repeat(logits[None], 4000, 0), np.repeat(par[None], 4000, 0),
+                                np.tile(seen, 4000), np.arange(4001, dtype=np.int64) * 3, st + np.arange(4000), 0)[0]
+        stat, dof = _chi2(np.bincount(draws, minlength=50).astype(float), probs)
+        assert dof == 0 or stat < _chi2_limit(dof), params
+    v = logits.astype(np.float64)
+    v[[3, 7]] = np.where(v[[3, 7]] < 0, v[[3, 7]] * 1.2, v[[3, 7]] / 1.2)  # independent: penalty, T=1.3
+    e = np.exp((v - v.max()) / 1.3)
+    order = np.argsort(-e, kind="stable")
+    keep = order[:np.searchsorted(np.cumsum(e[order] / e.sum()), 0.8) + 1]
+    ref = np.zeros(50)
+    ref[keep] = e[keep]
+    ref[ref < 0.05 * e.max()] = 0
+    np.testing.assert_allclose(lib.sample_probs(logits, np.array([1.3, 0, 0.8, 0.05, 1.2]), np.array([3, 7, 7])),
+                               ref / ref.sum(), rtol=1e-6, atol=1e-12)
+
+
+def test_sampled_speculative_has_the_plain_distribution():
+    """Three tokens sampled with MTP drafts (top-k 3, temperature 1: 27 outcomes): their joint distribution
+    equals the exact plain-sampling one computed from the model's logits (chi-square, limit at tail 1e-4)."""
+    _, _, ncfg, tensors = build("tiny")
+    n = ncfg["num_hidden_layers"]
+    m = dsv3.Model.from_tensors(ncfg, agreeing_mtp(_main_tensors(tensors, n), n, 0.4), precision="exact", mtp=True,
+                                max_seq_len=16)
+    prompt = IDS[:4]
+
+    def topk_probs(ids):
+        m.reset()
+        lo = m.forward(np.asarray(ids, np.int64), logits="last")[0].astype(np.float64)
+        top = np.argsort(-lo, kind="stable")[:3]
+        e = np.exp(lo[top] - lo[top].max())
+        return dict(zip(top.tolist(), e / e.sum()))
+
+    exact = {}
+    for a, pa in topk_probs(prompt).items():
+        for b, pb in topk_probs(list(prompt) + [a]).items():
+            for c, pc in topk_probs(list(prompt) + [a, b]).items():
+                exact[(a, b, c)] = pa * pb * pc
+    keys = sorted(exact)
+    counts = np.zeros(len(keys))
+    drafted = accepted = 0
+    N = 1500
+    for seed in range(N):
+        out = m.generate(prompt, 3, do_sample=True, top_k=3, seed=seed, speculative="mtp", num_draft=2)
+        counts[keys.index(tuple(int(t) for t in out))] += 1
+        drafted += m.speculative_stats.drafted
+        accepted += m.speculative_stats.accepted
+    assert 0.1 < accepted / drafted < 0.95  # both branches of the rule ran
+    stat, dof = _chi2(counts, np.array([exact[k] for k in keys]))
+    assert stat < _chi2_limit(dof), stat

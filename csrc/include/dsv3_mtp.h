@@ -44,4 +44,18 @@ dsv3_status dsv3_mtp_forward(dsv3_model *m, const int64_t *ids, const float *hid
 /* Keep the first `length` (<= its cache length) positions of the MTP layer's cache. */
 dsv3_status dsv3_mtp_truncate(dsv3_model *m, int64_t length, dsv3_error *err);
 
+/* ---- speculative sampling (csrc/model/sample.c) ---- */
+/* The distribution dsv3_sample_ex draws from for these parameters, as probs [vocab] (double; one-hot at
+ * the argmax for temperature <= 0): penalty, temperature, top-k, top-p, min-p, normalised. */
+dsv3_status dsv3_sample_probs(const float *logits, int64_t vocab, const dsv3_sampling *p, const int64_t *seen,
+                              int64_t n_seen, double *probs, dsv3_error *err);
+/* The speculative-sampling rule for a draft token drawn from q, target p (both [vocab], normalised): accept
+ * with probability min(1, p[draft] / q[draft]); else draw from norm(max(0, p - q)). The accepted token, or
+ * the drawn one, has distribution p. Advances *rng by one draw (accepted) or two (rejected). */
+dsv3_status dsv3_spec_accept(const double *p, const double *q, int64_t vocab, int64_t draft, uint64_t *rng,
+                             int *accepted, int64_t *token, dsv3_error *err);
+/* log-softmax of the raw logits at token and the n_top most likely (as dsv3_sample_ex reports them). */
+dsv3_status dsv3_token_logprobs(const float *logits, int64_t vocab, int64_t token, int64_t n_top, float *logprob,
+                                int64_t *top_ids, float *top_logprobs, dsv3_error *err);
+
 #endif

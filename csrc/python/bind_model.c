@@ -743,7 +743,123 @@ static PyObject *py_sample(PyObject *self, PyObject *args)
     return Py_BuildValue("(LK)", (long long)tok, (unsigned long long)rng);
 }
 
+/* params float64 [5] (temperature, top_k, top_p, min_p, repetition_penalty) -> dsv3_sampling; 0 + exception. */
+static int sampling_arg(PyObject *o, dsv3_sampling *sp)
+{
+    if (!PyArray_Check(o) || PyArray_TYPE((PyArrayObject *)o) != NPY_FLOAT64 || PyArray_NDIM((PyArrayObject *)o) != 1 ||
+        PyArray_DIM((PyArrayObject *)o, 0) != 5 || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)o)) {
+        PyErr_SetString(PyExc_TypeError, "params must be a C-contiguous float64 array [5] (temperature, top_k, top_p, "
+                        "min_p, repetition_penalty)");
+        return 0;
+    }
+    const double *d = (const double *)PyArray_DATA((PyArrayObject *)o);
+    *sp = (dsv3_sampling){(float)d[0], d[1] > 9e18 || d[1] != d[1] ? 0 : (int64_t)d[1], (float)d[2], (float)d[3],
+                          (float)d[4]};
+    return 1;
+}
+
+/* sample_probs(logits float32 [V], params float64 [5], seen int64 [n]) -> float64 [V] */
+static PyObject *py_sample_probs(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *lo_o, *par_o, *seen_o;
+    dsv3_sampling sp;
+    if (!PyArg_ParseTuple(args, "OOO", &lo_o, &par_o, &seen_o) || !sampling_arg(par_o, &sp))
+        return NULL;
+    PyArrayObject *lo = dsv3_py_check_array(lo_o, "logits", DSV3_DT_F32, 1);
+    PyArrayObject *seen = lo ? dsv3_py_check_array(seen_o, "seen", DSV3_DT_I64, 1) : NULL;
+    if (!seen)
+        return NULL;
+    npy_intp V = PyArray_DIM(lo, 0);
+    PyObject *out = PyArray_SimpleNew(1, &V, NPY_FLOAT64);
+    if (!out)
+        return NULL;
+    dsv3_error err = {0};
+    dsv3_status st = dsv3_sample_probs((const float *)PyArray_DATA(lo), V, &sp, (const int64_t *)PyArray_DATA(seen),
+                                       PyArray_DIM(seen, 0), (double *)PyArray_DATA((PyArrayObject *)out), &err);
+    if (st != DSV3_OK) {
+        Py_DECREF(out);
+        return dsv3_py_raise(st, &err);
+    }
+    return out;
+}
+
+/* spec_accept(p float64 [V], q float64 [V], draft, rng int64 [1] (advanced in place)) -> (accepted, token) */
+static PyObject *py_spec_accept(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *p_o, *q_o, *rng_o;
+    long long draft;
+    if (!PyArg_ParseTuple(args, "OOLO", &p_o, &q_o, &draft, &rng_o))
+        return NULL;
+    PyArrayObject *a[2] = {NULL, NULL};
+    PyObject *objs[2] = {p_o, q_o};
+    for (int i = 0; i < 2; i++)
+        if (!PyArray_Check(objs[i]) || PyArray_TYPE((PyArrayObject *)objs[i]) != NPY_FLOAT64 ||
+            PyArray_NDIM((PyArrayObject *)objs[i]) != 1 || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)objs[i]))
+            return PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous float64 array [vocab]", i ? "q" : "p");
+        else
+            a[i] = (PyArrayObject *)objs[i];
+    if (PyArray_DIM(a[0], 0) != PyArray_DIM(a[1], 0))
+        return PyErr_Format(PyExc_ValueError, "p and q must have the same length, got %ld and %ld",
+                            (long)PyArray_DIM(a[0], 0), (long)PyArray_DIM(a[1], 0));
+    PyArrayObject *rng = dsv3_py_check_array(rng_o, "rng", DSV3_DT_I64, 1);
+    if (!rng)
+        return NULL;
+    if (PyArray_DIM(rng, 0) != 1 || !PyArray_ISWRITEABLE(rng))
+        return PyErr_Format(PyExc_ValueError, "rng must be a writeable int64 array [1]");
+    int accepted = 0;
+    int64_t tok = 0;
+    dsv3_error err = {0};
+    dsv3_status st = dsv3_spec_accept((const double *)PyArray_DATA(a[0]), (const double *)PyArray_DATA(a[1]),
+                                      PyArray_DIM(a[0], 0), (int64_t)draft, (uint64_t *)PyArray_DATA(rng), &accepted,
+                                      &tok, &err);
+    if (st != DSV3_OK)
+        return dsv3_py_raise(st, &err);
+    return Py_BuildValue("(OL)", accepted ? Py_True : Py_False, (long long)tok);
+}
+
+/* token_logprobs(logits float32 [V], token, n_top) -> (logprob, top_ids int64 [n_top], top_logprobs float32) */
+static PyObject *py_token_logprobs(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *lo_o;
+    long long token, n_top;
+    if (!PyArg_ParseTuple(args, "OLL", &lo_o, &token, &n_top))
+        return NULL;
+    PyArrayObject *lo = dsv3_py_check_array(lo_o, "logits", DSV3_DT_F32, 1);
+    if (!lo)
+        return NULL;
+    if (n_top < 0 || n_top > PyArray_DIM(lo, 0))
+        return PyErr_Format(PyExc_ValueError, "n_top must be in [0, %ld], got %lld", (long)PyArray_DIM(lo, 0), n_top);
+    npy_intp k = (npy_intp)n_top;
+    PyObject *ids = PyArray_SimpleNew(1, &k, NPY_INT64), *lps = PyArray_SimpleNew(1, &k, NPY_FLOAT32);
+    if (!ids || !lps) {
+        Py_XDECREF(ids);
+        Py_XDECREF(lps);
+        return NULL;
+    }
+    float lp = 0.f;
+    dsv3_error err = {0};
+    dsv3_status st = dsv3_token_logprobs((const float *)PyArray_DATA(lo), PyArray_DIM(lo, 0), (int64_t)token,
+                                         (int64_t)n_top, &lp, (int64_t *)PyArray_DATA((PyArrayObject *)ids),
+                                         (float *)PyArray_DATA((PyArrayObject *)lps), &err);
+    if (st != DSV3_OK) {
+        Py_DECREF(ids);
+        Py_DECREF(lps);
+        return dsv3_py_raise(st, &err);
+    }
+    return Py_BuildValue("(dNN)", (double)lp, ids, lps);
+}
+
 PyMethodDef dsv3_model_methods[] = {
+    {"sample_probs", py_sample_probs, METH_VARARGS,
+     "sample_probs(logits float32 [V], params float64 [5], seen int64 [n]) -> float64 [V]: the sampler's distribution"},
+    {"spec_accept", py_spec_accept, METH_VARARGS,
+     "spec_accept(p float64 [V], q float64 [V], draft, rng int64 [1]) -> (accepted, token): speculative sampling's "
+     "rule (the rng is advanced in place)"},
+    {"token_logprobs", py_token_logprobs, METH_VARARGS,
+     "token_logprobs(logits float32 [V], token, n_top) -> (logprob, top_ids, top_logprobs) of the raw logits"},
     {"sample", py_sample, METH_VARARGS,
      "sample(logits float32 [V], temperature, top_k, top_p, rng_state) -> (token, rng_state)"},
     {"mla_dots", (PyCFunction)(void (*)(void))dsv3_py_mla_dots, METH_VARARGS | METH_KEYWORDS,
