@@ -269,3 +269,20 @@ def test_sampled_speculative_has_the_plain_distribution():
     assert 0.1 < accepted / drafted < 0.95  # both branches of the rule ran
     stat, dof = _chi2(counts, np.array([exact[k] for k in keys]))
     assert stat < _chi2_limit(dof), stat
+
+
+def test_batch_slot_truncate():
+    """The batched engine's slots roll back too: a truncated slot continues as if the dropped tokens never came."""
+    _, _, ncfg, tensors = build("tiny")
+    m = dsv3.Model.from_tensors(ncfg, _main_tensors(tensors, ncfg["num_hidden_layers"]), precision="exact",
+                                max_seq_len=32)
+    b = dsv3._lib.Batch(m._native, 2, 16)
+    seq = lambda slot, n: np.array([[slot, n, 2]], np.int64)  # noqa: E731
+    b.forward(IDS[:5], seq(0, 5))
+    b.forward(IDS[:5], seq(1, 5))
+    b.forward(np.array([90, 91]), seq(0, 2))
+    b.truncate(0, 5)
+    assert b.length(0) == 5
+    assert np.array_equal(b.forward(IDS[5:8], seq(0, 3)), b.forward(IDS[5:8], seq(1, 3)))
+    with pytest.raises(ValueError, match="truncate"):
+        b.truncate(0, 99)

@@ -41,6 +41,9 @@ int64_t dsv3_batch_length(const dsv3_batch *b, int64_t slot);
 /* Forget a slot's tokens (the sequence left); its cache rows are reused by the next one. */
 dsv3_status dsv3_batch_release(dsv3_batch *b, int64_t slot, dsv3_error *err);
 
+/* Cache rollback: keep the first `length` (<= its length) tokens of a slot (rejected draft tokens). */
+dsv3_status dsv3_batch_truncate(dsv3_batch *b, int64_t slot, int64_t length, dsv3_error *err);
+
 /* Output rows of a step: sum over sequences of 0 / 1 / n by their logits mode. */
 int64_t dsv3_batch_out_rows(const dsv3_batch_seq *seqs, int64_t nseq);
 

@@ -82,6 +82,16 @@ dsv3_status dsv3_batch_release(dsv3_batch *b, int64_t slot, dsv3_error *err)
     return DSV3_OK;
 }
 
+dsv3_status dsv3_batch_truncate(dsv3_batch *b, int64_t slot, int64_t length, dsv3_error *err)
+{
+    if (slot < 0 || slot >= b->slots || length < 0 || length > b->len[slot])
+        return dsv3_fail(err, DSV3_E_VALUE, "batch: truncate slot %lld to %lld tokens: the slot must be in [0, %lld) "
+                         "and the length in [0, its %lld tokens]", (long long)slot, (long long)length,
+                         (long long)b->slots, (long long)(slot >= 0 && slot < b->slots ? b->len[slot] : 0));
+    b->len[slot] = length;
+    return DSV3_OK;
+}
+
 int64_t dsv3_batch_out_rows(const dsv3_batch_seq *seqs, int64_t nseq)
 {
     int64_t r = 0;
