@@ -90,6 +90,29 @@ def main():
                 times[(name, k)].append(timed(lambda: m.generate(prompt, new, speculative="mtp", num_draft=k))[0])
                 s = m.speculative_stats
                 stats[(name, k)] = (s.acceptance_rate, s.tokens_per_round)
+    # the cost of the pieces relative to one plain decode step (interleaved in the same way)
+    m = models["agree"]
+    m.reset()
+    m.forward(prompt, logits="none")
+    _, hid = m.forward(prompt[:1], hidden=True)
+    m.mtp_forward(prompt, np.repeat(hid, len(prompt), 0), logits="none")
+    L, Lm = m.cache_len, m.mtp_cache_len
+
+    def piece(fn, undo):
+        def run():
+            fn()
+            undo()
+        return run
+    pieces = {"decode": piece(lambda: m.forward(prompt[:1], logits="last"), lambda: m.truncate(L)),
+              "mtp step": piece(lambda: m.mtp_forward(prompt[:1], hid, logits="last"), lambda: m.mtp_truncate(Lm))}
+    for k in ks:
+        pieces[f"verify k={k}"] = piece(lambda k=k: m.forward(prompt[:k + 1], logits="all", hidden=True,
+                                                             step_attention=True), lambda: m.truncate(L))
+    ptimes = {n: [] for n in pieces}
+    for _ in range(5 * a.reps):
+        for n, fn in pieces.items():
+            ptimes[n].append(timed(fn)[0])
+    cost = {n: float(np.median(np.array(ptimes[n]) / np.array(ptimes["decode"]))) for n in pieces}
     rows = []
     print(f"config: {layers} layers, hidden {hidden}, vocab {vocab}, 32 experts top-4, bf16 fast; prompt 16, "
           f"{new} new tokens, {a.reps} interleaved reps, {dsv3.cpu_info()['isa']}, "
@@ -101,8 +124,10 @@ def main():
             acc, tpr = stats[(name, k)]
             rows.append({"mtp": name, "k": k, "acceptance": acc, "tokens_per_round": tpr, "speedup": ratio})
             print(f"{name:10} {k:>2} {acc:>10.2f} {tpr:>12.2f} {ratio:>17.2f}x")
+    print("cost relative to one plain decode step: " + ", ".join(f"{n} {c:.2f}" for n, c in cost.items()))
     with open(a.json, "w") as f:
-        json.dump({"layers": layers, "hidden": hidden, "vocab": vocab, "new_tokens": new, "rows": rows}, f, indent=1)
+        json.dump({"layers": layers, "hidden": hidden, "vocab": vocab, "new_tokens": new, "rows": rows,
+                   "cost_vs_decode": cost}, f, indent=1)
 
 
 if __name__ == "__main__":
