@@ -56,6 +56,18 @@ def tensors_of_kind(kind):
     return tuple(r["name"].split("{layer}", 1)[-1] for r in lib.tensor_table() if r["kind"] == kind)
 
 
+def mtp_shapes(cfg):
+    """(name, shape, kind) of the MTP layer (index num_hidden_layers): part num_hidden_layers + 2 of the C
+    tensor table (enorm, hnorm, eh_proj, shared_head.norm, shared_head.head (optional: the model falls back
+    to lm_head), then its decoder block). The layer's own embed_tokens copy is not listed: the model's
+    embedding is shared (DeepSeek-V3 report, SGLang)."""
+    slots = lib.tensor_slots(cfg.to_native(), cfg.num_hidden_layers + 2)
+    return [(n, shape, kind) for n, shape, kind, _ in slots if not n.endswith(".embed_tokens.weight")]
+
+
+MTP_HEAD = "shared_head.head.weight"  # optional in the MTP layer
+
+
 def check_config_fits(cfg, reader, path):
     """Raise CheckpointError unless the tensors in ``reader`` could hold the parameters ``cfg``
     calls for (at 4 bits each, the smallest format): a config.json that does not belong to its
@@ -75,6 +87,11 @@ def detect_layout(path, names, dtypes=None):
     """Layout name from a checkpoint directory's file and tensor names (see module doc)."""
     if os.path.isfile(os.path.join(path, DSV3_MANIFEST)):
         return "dsv3"
+    return tensor_layout(names)
+
+
+def tensor_layout(names):
+    """The source layout ("hf", "hf_fused", "fp8_block", "nvfp4") that tensor names are stored in."""
     names = list(names)
     if any(n.endswith(".weight_scale_inv") for n in names):
         return "fp8_block"
@@ -167,8 +184,16 @@ class Checkpoint(CheckpointReader):
     """A source checkpoint (layouts hf, hf_fused, fp8_block, nvfp4; see the module doc):
     :class:`CheckpointReader` plus ``tensor(name)``. Arrays are zero-copy views valid while it is open."""
 
-    def __init__(self, path, config, reader, layout):
+    def __init__(self, path, config, reader, layout, mtp=False, entries=None):
         super().__init__(path, config, reader, layout)
+        self._only = entries is not None  # a planner of some tensors of the reader (a kept MTP layer)
+        if entries is None:
+            entries = canonical_shapes(config) + (mtp_shapes(config) if mtp else [])
+        if (mtp or self._only) and not any(skip_reason(n, config) == "mtp" for n in reader.keys()):
+            raise CheckpointError(f"{path}: mtp=True but the checkpoint has no MTP layer (no tensor "
+                                  f"model.layers.{config.num_hidden_layers}.*; num_nextn_predict_layers="
+                                  f"{getattr(config, 'num_nextn_predict_layers', None)})")
+        self._entries = entries
         self._plan = {}        # canonical name -> (kind, detail)
         self._used = set()
         self.missing, self.skipped = [], Counter()
@@ -193,7 +218,9 @@ class Checkpoint(CheckpointReader):
     def _build_plan(self):
         cfg, r = self.config, self.reader
         fused_checked = {}
-        for name, shape, kind in canonical_shapes(cfg):
+        for name, shape, kind in self._entries:
+            if name.endswith("." + MTP_HEAD) and name not in r:
+                continue  # the MTP layer without its own head uses lm_head
             if self.layout == "hf_fused" and fused_experts.source_of(name):
                 self._plan_fused(name, shape, fused_checked)
                 continue
@@ -215,7 +242,7 @@ class Checkpoint(CheckpointReader):
             more = f" (and {len(self.missing) - 5} more)" if len(self.missing) > 5 else ""
             raise CheckpointError(f"{self.path}: missing tensors for layout {self.layout}: "
                                   f"{', '.join(self.missing[:5])}{more}")
-        if self.unexpected:
+        if self.unexpected and not self._only:
             log.warning("%s: %d unexpected tensors, e.g. %s", self.path, len(self.unexpected), self.unexpected[0])
 
     def _plan_fp8(self, name, shape):
@@ -259,6 +286,10 @@ class Checkpoint(CheckpointReader):
                 if n not in self._used and not skip_reason(n, self.config)]
 
     # ---- access ----
+    def names(self):
+        """Canonical names in their stable order (the MTP layer's last, when loaded)."""
+        return [n for n, _, _ in self._entries if n in self._plan]
+
     def tensor(self, name):
         """Value of one canonical tensor: numpy array (float32 / bfloat16) or QuantizedTensor."""
         try:
@@ -303,16 +334,17 @@ class Checkpoint(CheckpointReader):
         return dict(fmts)
 
 
-def open_checkpoint(path, config=None):
+def open_checkpoint(path, config=None, mtp=False):
     """Open a checkpoint directory (config.json + safetensors), or a hub id ("org/name[@rev]") already in
-    the local Hugging Face cache (never downloaded). ``config`` overrides config.json.
+    the local Hugging Face cache (never downloaded). ``config`` overrides config.json. ``mtp``: also hand
+    out the MTP layer's tensors (hub layout, or kept verbatim by ``dsv3 convert --keep-mtp``).
     Raises CheckpointError (ValueError) naming the tensor for missing or mis-shaped tensors."""
     from .paths import resolve_checkpoint_dir
     path = resolve_checkpoint_dir(path)  # a directory, or a hub id in the local Hugging Face cache
     cfg = load_config(path if config is None else config)
     if os.path.isfile(os.path.join(path, DSV3_MANIFEST)):
         from .convert.layout import open_dsv3
-        return open_dsv3(path, cfg)
+        return open_dsv3(path, cfg, mtp=mtp)
     reader = open_safetensors(path)
     try:
         check_config_fits(cfg, reader, path)
@@ -320,7 +352,7 @@ def open_checkpoint(path, config=None):
         q = cfg.quantization
         if q is not None and {"fp8_block": "fp8_block", "nvfp4": "nvfp4"}[q.method] != layout:
             log.warning("%s: config says %s but the tensors are laid out as %s", path, q.method, layout)
-        return Checkpoint(path, cfg, reader, layout)
+        return Checkpoint(path, cfg, reader, layout, mtp=mtp)
     except BaseException:
         reader.close()
         raise

@@ -152,7 +152,7 @@ class Model:
     # ---- construction ----
     @classmethod
     def from_tensors(cls, config, tensors, dtype=None, attention="absorbed", max_seq_len=4096, precision=None,
-                     index_keys="f32", kv_cache_dtype="f32"):
+                     index_keys="f32", kv_cache_dtype="f32", mtp=False):
         """Build a model from a config and a dict ``canonical name -> tensor``.
 
         config: a ``DeepseekConfig`` (anything with ``.to_native()``), a transformers config object
@@ -180,6 +180,10 @@ class Model:
         index_keys: DeepSeek-V3.2 only: "f32" (default; exact, transformers' keys) or "fp8" (the index-key
         cache as DeepSeek's reference stores it: Hadamard-rotated, e4m3 with a power-of-two scale per 128
         values; a quarter of the bytes; the selection can differ from f32 keys where two scores are close).
+        mtp: also load DeepSeek's multi-token-prediction layer (``model.layers.<num_hidden_layers>.*``:
+        enorm, hnorm, eh_proj, a decoder block, shared_head.norm, shared_head.head; the head falls back to
+        lm_head and the embedding to embed_tokens when absent), the draft model of
+        ``generate(..., speculative="mtp")``. Off by default: its weights and cache cost memory.
         """
         from .quant import check_precision, native_weight  # precision plumbing (kept local)
 
@@ -203,27 +207,29 @@ class Model:
             numel += n
             nbytes += b
             fmts[f] = fmts.get(f, 0) + b
-        native = lib.Model(native_cfg, prepared, int(max_seq_len), attention, kv_cache_dtype=kv_cache_dtype)
+        native = lib.Model(native_cfg, prepared, int(max_seq_len), attention, kv_cache_dtype=kv_cache_dtype,
+                           mtp=bool(mtp))
         info = {"params": numel, "bytes": nbytes, "formats": fmts, "attention": attention, "precision": precision,
-                "kv_cache_dtype": kv_cache_dtype}
+                "kv_cache_dtype": kv_cache_dtype, "mtp": bool(mtp)}
         return cls(native, config, info)
 
     @classmethod
     def from_pretrained(cls, path, dtype=None, attention="absorbed", max_seq_len=4096, precision=None, progress=None,
-                        index_keys="f32", kv_cache_dtype="f32"):
+                        index_keys="f32", kv_cache_dtype="f32", mtp=False):
         """Load a checkpoint: a directory (HF layouts, DeepSeek FP8, NVFP4 or converted dsv3) or a hub id
         in the local Hugging Face cache (:func:`dsv3.paths.resolve_checkpoint_dir`).
         Arguments as :meth:`from_tensors` (precision "fast" by default, "exact" for parity work);
-        progress: True / False / None: a bar over the tensors read (None: only in notebooks and terminals)."""
+        progress: True / False / None: a bar over the tensors read (None: only in notebooks and terminals).
+        mtp: load the checkpoint's MTP layer too (hub layout or a ``dsv3 convert --keep-mtp`` checkpoint)."""
         from .checkpoint import open_checkpoint  # the io module; imported lazily
         from .display import progress as _bar
 
-        ckpt = open_checkpoint(path)
+        ckpt = open_checkpoint(path, mtp=mtp)
         names = getattr(ckpt, "names", None)
         tensors = dict(_bar(ckpt.canonical_tensors(), total=len(names()) if names else None, desc="load",
                             enabled=progress, unit="tensor"))
         model = cls.from_tensors(ckpt.config, tensors, dtype=dtype, attention=attention, max_seq_len=max_seq_len,
-                                 precision=precision, index_keys=index_keys, kv_cache_dtype=kv_cache_dtype)
+                                 precision=precision, index_keys=index_keys, kv_cache_dtype=kv_cache_dtype, mtp=mtp)
         model._checkpoint = ckpt  # keeps memory-mapped shards open
         model._path = ckpt.path  # the tokenizer is loaded from here on first use (a hub id resolved)
         return model
@@ -249,22 +255,60 @@ class Model:
             raise ValueError(f"input_ids must be 1-dimensional [S], got shape {ids.shape}")
         return np.ascontiguousarray(ids, dtype=np.int64)
 
-    def forward(self, input_ids, logits="all"):
+    def forward(self, input_ids, logits="all", hidden=False, step_attention=False):
         """Run tokens after the cached ones; returns float32 logits. One C call.
 
         logits: "all" (default) returns [S, vocab], one row per position; "last" returns [1, vocab] for
         the last position only (the lm_head runs on one row: what generation needs); "none" returns an
         empty [0, vocab] array (the tokens only enter the cache).
+        hidden=True returns (logits, hidden [S, hidden_size]): the final-norm hidden states (what the
+        lm_head reads; the MTP layer's input). step_attention=True runs each token's attention core as
+        the one-token decode step at its position computes it: a verification forward of speculative
+        decoding, whose logits equal token-by-token decoding bitwise (dsv3_mtp.h says where).
         """
         if logits not in ("all", "last", "none"):
             raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
-        return self._native.forward(self._ids(input_ids), logits=logits)
+        return self._native.forward(self._ids(input_ids), logits=logits, hidden=bool(hidden),
+                                    step_attention=bool(step_attention))
 
     __call__ = forward
 
     def reset(self):
-        """Empty the KV cache."""
+        """Empty the KV cache (and the MTP layer's)."""
         self._native.reset()
+
+    def truncate(self, length):
+        """Cache rollback: keep the first ``length`` tokens of the KV cache (rejected draft tokens are
+        forgotten; the next forward continues at position ``length``)."""
+        self._native.truncate(int(length))
+
+    # ---- the MTP layer (mtp=True) ----
+    @property
+    def has_mtp(self):
+        """Whether the MTP layer is loaded (``mtp=True``)."""
+        return self._native.mtp_cache_len is not None
+
+    @property
+    def mtp_cache_len(self):
+        """Positions in the MTP layer's cache (None without an MTP layer)."""
+        return self._native.mtp_cache_len
+
+    def mtp_forward(self, input_ids, hidden, logits="last"):
+        """The MTP layer over S positions after its cached ones; one C call (csrc/include/dsv3_mtp.h).
+
+        Row i is position p = mtp_cache_len + i: ``input_ids[i]`` is the token at p + 1 and ``hidden[i]``
+        the main model's final-norm hidden state at p (``forward(..., hidden=True)``), or the MTP layer's
+        own output row of p - 1 for a chained draft. Returns (logits for t_{p+2} by ``logits`` as in
+        :meth:`forward`, hidden_out [S, hidden_size]: shared_head.norm's output, the next chained input).
+        """
+        if logits not in ("all", "last", "none"):
+            raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+        h = np.ascontiguousarray(hidden, dtype=np.float32)
+        return self._native.mtp_forward(self._ids(input_ids), h, logits=logits)
+
+    def mtp_truncate(self, length):
+        """Keep the first ``length`` positions of the MTP layer's cache."""
+        self._native.mtp_truncate(int(length))
 
     @property
     def cache_len(self):
@@ -293,7 +337,7 @@ class Model:
 
     def generate(self, inputs, max_new_tokens=16, *, do_sample=None, temperature=None, top_k=None, top_p=None,
                  min_p=None, repetition_penalty=None, stop=None, seed=None, eos_token_id=None, stream=False,
-                 logprobs=None, return_dict=False, tokenizer=None):
+                 logprobs=None, return_dict=False, tokenizer=None, speculative=None, num_draft=2):
         """Generate up to ``max_new_tokens`` tokens after ``inputs``, transformers-style.
 
         inputs: token ids (returns the new ids, int64), a str or a list of chat messages
@@ -309,6 +353,10 @@ class Model:
         stream=True returns an iterator of :class:`dsv3.generation.GenerationChunk` (text piece, id,
         logprob); ``logprobs`` (True, or n for the n most likely alternatives) or ``return_dict``
         return a :class:`dsv3.generation.GenerationOutput`.
+        speculative="mtp" (a model loaded with ``mtp=True``): draft ``num_draft`` tokens per step with the MTP
+        layer and verify them in one forward (:mod:`dsv3.speculative`): greedy output is plain greedy's bit
+        for bit, sampled output has plain sampling's distribution; ``self.speculative_stats`` then holds the
+        rounds, drafted and accepted tokens (``acceptance_rate``).
         """
         from .generation import GenerationParams, SequenceState, prompt_ids
 
@@ -322,7 +370,18 @@ class Model:
         if len(ids) > self.max_seq_len:
             raise ValueError(f"prompt of {len(ids)} tokens does not fit in max_seq_len {self.max_seq_len}")
         state = SequenceState(ids, params, tok, self.eos_token_ids(eos_token_id, tok))
-        chunks = self._generate_chunks(state)
+        if speculative is None:
+            chunks = self._generate_chunks(state)
+        else:
+            from .speculative import SpeculativeStats, speculative_chunks
+            if speculative != "mtp":
+                raise ValueError(f"speculative must be None or 'mtp', got {speculative!r}")
+            if not self.has_mtp:
+                raise ValueError("speculative='mtp' needs the MTP layer: load the model with mtp=True")
+            if isinstance(num_draft, bool) or not isinstance(num_draft, (int, np.integer)) or num_draft < 1:
+                raise ValueError(f"num_draft must be an int >= 1, got {num_draft!r}")
+            self.speculative_stats = SpeculativeStats()
+            chunks = speculative_chunks(self, state, int(num_draft), self.speculative_stats)
         if stream:
             return chunks
         for _ in chunks:

@@ -58,13 +58,17 @@ def test_tensor_table_export_is_consistent():
     names = [r["name"] for r in rows]
     assert len(set(names)) == len(names)
     assert {r["kind"] for r in rows} <= {"linear", "router", "vector"}
-    assert {r["scope"] for r in rows} == {"input", "layer", "dense", "moe", "expert", "output"}
+    assert {r["scope"] for r in rows} == {"input", "layer", "dense", "moe", "expert", "output", "mtp"}
     for r in rows:
         assert ("{expert}" in r["name"]) == (r["scope"] == "expert"), r
         assert ("{layer}" in r["name"]) == (r["scope"] not in ("input", "output")), r
     cfg = load_config(tiny_config())
+    L = cfg.num_hidden_layers
+    mtp = [n for n, _, _, _ in lib.tensor_slots(cfg.to_native(), L + 2)]  # the MTP layer: its own rows, its block
+    assert all(n.startswith(f"model.layers.{L}.") for n in mtp) and f"model.layers.{L}.eh_proj.weight" in mtp
+    assert f"model.layers.{L}.self_attn.kv_b_proj.weight" in mtp
     with pytest.raises(ValueError, match="part must be in"):
-        lib.tensor_slots(cfg.to_native(), cfg.num_hidden_layers + 2)
+        lib.tensor_slots(cfg.to_native(), L + 3)
 
 
 def test_no_python_copy_of_the_tensor_table():

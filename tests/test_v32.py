@@ -120,7 +120,7 @@ def test_dense_attention_would_fail(case):
 
 def _numpy_indexer(model, layer, x, positions_past=0):
     """Independent index scores of one layer for attention inputs x [S, hidden] at positions 0..S-1:
-    [S, S] with -inf above the diagonal (REFERENCE.md section 8)."""
+    [S, S] with -inf above the diagonal."""
     a = model.model.layers[layer].self_attn
     ix = a.indexer
     f = lambda t: t.detach().double().numpy()  # noqa: E731

@@ -46,6 +46,9 @@ dsv3_status dsv3_batch_release(dsv3_batch *b, int64_t slot, dsv3_error *err);
  * dst keeps the first n of its own): a prefix cache for prompts that start with tokens another slot
  * already holds. n in [0, length(src)]; dst's later rows are forgotten. */
 dsv3_status dsv3_batch_copy_prefix(dsv3_batch *b, int64_t src, int64_t dst, int64_t n, dsv3_error *err);
+/* Cache rollback: keep the first `length` (<= its length) tokens of a slot (rejected draft tokens);
+ * dsv3_batch_copy_prefix(b, slot, slot, length). */
+dsv3_status dsv3_batch_truncate(dsv3_batch *b, int64_t slot, int64_t length, dsv3_error *err);
 
 /* Output rows of a step: sum over sequences of 0 / 1 / n by their logits mode. */
 int64_t dsv3_batch_out_rows(const dsv3_batch_seq *seqs, int64_t nseq);

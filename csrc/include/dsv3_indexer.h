@@ -1,5 +1,5 @@
 /* DeepSeek-V3.2 sparse attention (DSA): the lightning indexer and MLA over the selected rows
- * (csrc/mla/indexer.c, csrc/mla/sparse.c). REFERENCE.md section 8; parity target: transformers'
+ * (csrc/mla/indexer.c, csrc/mla/sparse.c). Parity target: transformers'
  * DeepseekV32Indexer / DeepseekV32Attention (5.24), fp32.
  *
  * Per token, from the attention input x [hidden] and the q LoRA latent qa = q_a_layernorm(q_a_proj(x)):

@@ -1,6 +1,6 @@
 /* Storage formats of the MLA latent cache (csrc/mla/kv_cache.c): the one description of a cache row.
  *
- * A cached token of one layer is the f32 vector [c (kv_lora) | k_pe (rope)] (REFERENCE.md section 3).
+ * A cached token of one layer is the f32 vector [c (kv_lora) | k_pe (rope)].
  * It is stored in one of these row layouts (R = kv_lora, P = rope, offsets in bytes):
  *
  *   | dtype | latent c            | scales                            | k_pe          | bytes (V3: R 512, P 64) |

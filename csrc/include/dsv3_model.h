@@ -67,6 +67,18 @@ typedef struct {
 
 /* Grow m->ws to hold `tokens` new tokens attending to `rows` cached rows (past + tokens); no-op when
  * it already does. On failure (DSV3_E_NOMEM) the workspace keeps its previous buffers. */
+/* DeepSeek's multi-token-prediction (MTP, "nextn") layer: layer index num_hidden_layers of the checkpoint,
+ * loaded only after dsv3_model_enable_mtp (csrc/model/mtp.c; the API in dsv3_mtp.h). */
+typedef struct {
+    dsv3_vec enorm, hnorm;  /* [hidden] */
+    dsv3_weight eh_proj;    /* [hidden, 2 * hidden]: input [enorm(embed(next token)) | hnorm(hidden)] */
+    dsv3_layer layer;       /* the decoder block (MLA + dense MLP or MoE), with its own latent cache */
+    dsv3_vec head_norm;     /* shared_head.norm [hidden] */
+    dsv3_weight head;       /* shared_head.head [vocab, hidden]; absent: the model's lm_head (embed when tied) */
+    dsv3_weight embed;      /* the layer's own embed_tokens copy; absent: the model's embed_tokens */
+    int64_t cache_len;      /* positions in the MTP layer's cache */
+} dsv3_mtp;
+
 typedef struct dsv3_model dsv3_model;
 dsv3_status dsv3_model_reserve(dsv3_model *m, int64_t tokens, int64_t rows, dsv3_error *err);
 void dsv3_model_workspace_free(dsv3_workspace *ws);
@@ -86,6 +98,9 @@ struct dsv3_model {
     int64_t cache_len;     /* tokens in the cache */
     int prepared;
     dsv3_workspace ws;     /* scratch of forward and the probes */
+    dsv3_mtp *mtp;         /* owned; NULL unless dsv3_model_enable_mtp */
+    int attn_per_token;    /* set during dsv3_model_forward_hidden(step_attention): each token's attention core
+                            * runs as its own decode step (csrc/model/mtp.c) */
 };
 
 /* The latent cache's row layout of a model (its kv_cache_dtype); bytes per token = layers * row_bytes. */
@@ -107,6 +122,7 @@ typedef enum {
     DSV3_SCOPE_MOE,    /* layers >= first_k_dense_replace */
     DSV3_SCOPE_EXPERT, /* each routed expert of a MoE layer (a run of rows is expanded expert by expert) */
     DSV3_SCOPE_OUTPUT, /* once, after the layers (final norm, lm_head) */
+    DSV3_SCOPE_MTP,    /* the MTP layer's own tensors (part num_hidden_layers + 2, with its decoder block) */
     DSV3_SCOPE_COUNT
 } dsv3_tensor_scope;
 /* linear: a matmul weight (any storage format); router: read as float32 (the router's math);
@@ -127,6 +143,7 @@ typedef enum {
     DSV3_DIM_INDEX_Q,      /* V3.2 indexer: index_n_heads * index_head_dim */
     DSV3_DIM_INDEX_HEAD,   /* index_head_dim */
     DSV3_DIM_INDEX_HEADS,  /* index_n_heads */
+    DSV3_DIM_EH_IN,        /* 2 * hidden: the MTP layer's eh_proj input */
     DSV3_DIM_COUNT
 } dsv3_tensor_dim;
 /* Config conditions: when a row is present, when it may be absent. */
@@ -177,7 +194,9 @@ typedef struct {
 } dsv3_tensor_slot;
 
 /* The tensors of one part of a model with config c, in the canonical order: part 0 is before the
- * layers, part 1 + l decoder layer l, part num_hidden_layers + 1 after the layers. Returns the count
+ * layers, part 1 + l decoder layer l, part num_hidden_layers + 1 after the layers, part
+ * num_hidden_layers + 2 the MTP layer (its own tensors, then its decoder block as layer num_hidden_layers;
+ * loaded only by a model with dsv3_model_enable_mtp). Returns the count
  * (-1 for a part out of range) and fills out[0..count) when out is not NULL (weight = NULL). */
 int64_t dsv3_tensor_slots(const dsv3_model_config *c, int64_t part, dsv3_tensor_slot *out);
 /* Totals over every part without listing them (a config may call for billions of tensors): the number of

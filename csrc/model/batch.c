@@ -109,6 +109,12 @@ dsv3_status dsv3_batch_copy_prefix(dsv3_batch *b, int64_t src, int64_t dst, int6
     return DSV3_OK;
 }
 
+dsv3_status dsv3_batch_truncate(dsv3_batch *b, int64_t slot, int64_t length, dsv3_error *err)
+{
+    return dsv3_batch_copy_prefix(b, slot, slot, length, err);
+    return DSV3_OK;
+}
+
 int64_t dsv3_batch_out_rows(const dsv3_batch_seq *seqs, int64_t nseq)
 {
     int64_t r = 0;

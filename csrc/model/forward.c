@@ -7,6 +7,7 @@
  * at decode one (csrc/moe/experts.c), a dense MLP at decode one. */
 #include "dsv3_dtypes.h"
 #include "dsv3_model.h"
+#include "dsv3_mtp.h"
 #include "dsv3_ops.h"
 #include "model/model_internal.h"
 
@@ -17,8 +18,7 @@ static dsv3_status need_prepared(const dsv3_model *m, dsv3_error *err)
     return m->prepared ? DSV3_OK : dsv3_fail(err, DSV3_E_VALUE, "model is not prepared (missing weights)");
 }
 
-/* cos/sin [s, rope/2] for positions start.., in the workspace (reserved for s tokens). */
-static const float *rope_tables(dsv3_model *m, int64_t start, int64_t s)
+const float *dsv3_model_rope_tables(dsv3_model *m, int64_t start, int64_t s)
 {
     const int64_t half = m->cfg.qk_rope_head_dim / 2;
     float *cs = m->ws.rope;
@@ -36,6 +36,15 @@ static dsv3_status attention(dsv3_model *m, dsv3_layer *ly, const float *x, int6
     const int64_t half = m->cfg.qk_rope_head_dim / 2;
     void *cache = use_cache ? ly->cache : (void *)m->ws.cache; /* without the cache: s workspace rows (f32-sized) */
     const int64_t past = use_cache ? start : 0;
+    if (m->attn_per_token && s > 1) { /* a verification forward (dsv3_model_forward_hidden) */
+        if (m->index.topk > 0)
+            return dsv3_fail(err, DSV3_E_VALUE, "step_attention: not supported with DeepSeek-V3.2 sparse attention "
+                             "(index_topk > 0) yet");
+        dsv3_status st = dsv3_model_attention_per_token(m, ly, x, s, cs, cs + s * half, cache, past, out, isa, err);
+        if (st == DSV3_OK && use_cache)
+            ly->cache_rows = start + s;
+        return st;
+    }
     dsv3_status st;
     if (m->index.topk > 0) /* V3.2: sparse attention over the rows the indexer selects */
         st = dsv3_mla_forward_indexed(&m->mla, &ly->attn, &m->index, &ly->indexer, x, s, cs, cs + s * half, cache,
@@ -53,7 +62,7 @@ static dsv3_status attention(dsv3_model *m, dsv3_layer *ly, const float *x, int6
 static dsv3_status attention_at(dsv3_model *m, dsv3_layer *ly, const float *x, int64_t s, int64_t start,
                                 int use_cache, float *out, int isa, dsv3_error *err)
 {
-    return attention(m, ly, x, s, start, use_cache, rope_tables(m, start, s), out, isa, err);
+    return attention(m, ly, x, s, start, use_cache, dsv3_model_rope_tables(m, start, s), out, isa, err);
 }
 
 static dsv3_status ffn(dsv3_model *m, dsv3_layer *ly, const float *x, int64_t s, float *out, int isa,
@@ -77,8 +86,7 @@ dsv3_status dsv3_model_residual_ffn(dsv3_model *m, dsv3_layer *ly, float *h, int
     return st;
 }
 
-/* h [s, hidden] in place: h += attn(ln1(h)); h += ffn(ln2(h)). tmp: 2 * s * hidden floats; cs: rope_tables. */
-static dsv3_status decoder_layer(dsv3_model *m, dsv3_layer *ly, float *h, int64_t s, int64_t start, int use_cache,
+dsv3_status dsv3_model_decoder_layer(dsv3_model *m, dsv3_layer *ly, float *h, int64_t s, int64_t start, int use_cache,
                                  const float *cs, float *tmp, int isa, dsv3_error *err)
 {
     const int64_t D = m->cfg.hidden_size, n = s * D;
@@ -88,18 +96,22 @@ static dsv3_status decoder_layer(dsv3_model *m, dsv3_layer *ly, float *h, int64_
     return st == DSV3_OK ? dsv3_model_residual_ffn(m, ly, h, s, a, b, isa, err) : st;
 }
 
-void dsv3_model_embed_rows(const dsv3_model *m, const int64_t *ids, int64_t s, float *h)
+void dsv3_embed_rows(const dsv3_weight *e, int64_t D, const int64_t *ids, int64_t s, float *h)
 {
-    const int64_t D = m->cfg.hidden_size;
     for (int64_t i = 0; i < s; i++) {
-        if (m->embed.fmt == DSV3_FMT_F32) {
-            memcpy(h + i * D, (const float *)m->embed.data + ids[i] * D, (size_t)D * sizeof(float));
+        if (e->fmt == DSV3_FMT_F32) {
+            memcpy(h + i * D, (const float *)e->data + ids[i] * D, (size_t)D * sizeof(float));
         } else {
-            const uint16_t *r = (const uint16_t *)m->embed.data + ids[i] * D;
+            const uint16_t *r = (const uint16_t *)e->data + ids[i] * D;
             for (int64_t j = 0; j < D; j++)
                 h[i * D + j] = dsv3_bf16_to_f32(r[j]);
         }
     }
+}
+
+void dsv3_model_embed_rows(const dsv3_model *m, const int64_t *ids, int64_t s, float *h)
+{
+    dsv3_embed_rows(&m->embed, m->cfg.hidden_size, ids, s, h);
 }
 
 dsv3_model_call dsv3_model_call_begin(dsv3_model *m)
@@ -117,7 +129,7 @@ void dsv3_model_call_end(dsv3_model_call c)
 }
 
 static dsv3_status forward_pinned(dsv3_model *m, const int64_t *ids, int64_t s, float *logits,
-                                  dsv3_logits_mode which, int isa, dsv3_error *err)
+                                  dsv3_logits_mode which, float *hidden, int isa, dsv3_error *err)
 {
     const dsv3_model_config *c = &m->cfg;
     const int64_t D = c->hidden_size;
@@ -125,22 +137,32 @@ static dsv3_status forward_pinned(dsv3_model *m, const int64_t *ids, int64_t s, 
     if (st != DSV3_OK)
         return st;
     m->ws.lin.used = 0;
-    const float *cs = rope_tables(m, m->cache_len, s); /* the same positions in every layer */
+    const float *cs = dsv3_model_rope_tables(m, m->cache_len, s); /* the same positions in every layer */
     float *h = m->ws.h;
     dsv3_model_embed_rows(m, ids, s, h);
     for (int64_t l = 0; l < c->num_hidden_layers && st == DSV3_OK; l++)
-        st = decoder_layer(m, &m->layers[l], h, s, m->cache_len, 1, cs, h + s * D, isa, err);
-    if (st == DSV3_OK && which != DSV3_LOGITS_NONE) {
-        const int64_t first = which == DSV3_LOGITS_LAST ? s - 1 : 0; /* rows that get logits: [first, s) */
-        dsv3_rmsnorm_f32(h + first * D, s - first, D, m->norm.f32, c->rms_norm_eps, h + s * D);
-        st = dsv3_linear(h + s * D, s - first, c->tie_word_embeddings ? &m->embed : &m->lm_head, NULL, logits, isa,
-                         err);
-    }
+        st = dsv3_model_decoder_layer(m, &m->layers[l], h, s, m->cache_len, 1, cs, h + s * D, isa, err);
+    if (st != DSV3_OK || (which == DSV3_LOGITS_NONE && !hidden))
+        return st;
+    const int64_t first = which == DSV3_LOGITS_LAST ? s - 1 : 0; /* rows that get logits: [first, s) */
+    const int64_t from = hidden ? 0 : first;                      /* rows through the final norm: [from, s) */
+    float *normed = hidden ? hidden : h + s * D;                  /* row `from` first */
+    dsv3_rmsnorm_f32(h + from * D, s - from, D, m->norm.f32, c->rms_norm_eps, normed);
+    if (which != DSV3_LOGITS_NONE)
+        st = dsv3_linear(normed + (first - from) * D, s - first, c->tie_word_embeddings ? &m->embed : &m->lm_head,
+                         NULL, logits, isa, err);
     return st;
 }
 
 dsv3_status dsv3_model_forward_ex(dsv3_model *m, const int64_t *ids, int64_t s, float *logits, dsv3_logits_mode which,
                                   int isa, dsv3_error *err)
+{
+    return dsv3_model_forward_hidden(m, ids, s, logits, which, NULL, 0, isa, err);
+}
+
+dsv3_status dsv3_model_forward_hidden(dsv3_model *m, const int64_t *ids, int64_t s, float *logits,
+                                      dsv3_logits_mode which, float *hidden, int step_attention, int isa,
+                                      dsv3_error *err)
 {
     dsv3_status st = need_prepared(m, err);
     if (st != DSV3_OK)
@@ -166,7 +188,9 @@ dsv3_status dsv3_model_forward_ex(dsv3_model *m, const int64_t *ids, int64_t s, 
             return dsv3_fail(err, DSV3_E_VALUE, "the cache of layer %lld was changed by run_module(use_cache=True); "
                              "call reset() before forward", (long long)l);
     const dsv3_model_call scope = dsv3_model_call_begin(m);
-    st = forward_pinned(m, ids, s, logits, which, isa, err);
+    m->attn_per_token = step_attention != 0;
+    st = forward_pinned(m, ids, s, logits, which, hidden, isa, err);
+    m->attn_per_token = 0;
     dsv3_model_call_end(scope);
     if (st == DSV3_OK) {
         m->cache_len += s;
@@ -188,6 +212,19 @@ void dsv3_model_reset(dsv3_model *m)
     m->cache_len = 0;
     for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++)
         m->layers[l].cache_rows = 0;
+    if (m->mtp)
+        m->mtp->cache_len = m->mtp->layer.cache_rows = 0;
+}
+
+dsv3_status dsv3_model_truncate(dsv3_model *m, int64_t length, dsv3_error *err)
+{
+    if (length < 0 || length > m->cache_len)
+        return dsv3_fail(err, DSV3_E_VALUE, "truncate: length %lld is not in [0, %lld] (the tokens in the cache)",
+                         (long long)length, (long long)m->cache_len);
+    m->cache_len = length; /* rows past the length are never read: the next forward overwrites them */
+    for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++)
+        m->layers[l].cache_rows = length;
+    return DSV3_OK;
 }
 
 /* ---- probes ---- */
@@ -256,7 +293,7 @@ static dsv3_status run_module_pinned(dsv3_model *m, dsv3_module_kind kind, int64
         return dsv3_mlp_forward(&ly->moe.shared, x, s, out, m->ws.mlp, isa, err);
     case DSV3_MOD_DECODER_LAYER:
         memcpy(out, x, (size_t)(s * D) * sizeof(float));
-        return decoder_layer(m, ly, out, s, start_pos, use_cache, rope_tables(m, start_pos, s), m->ws.h, isa, err);
+        return dsv3_model_decoder_layer(m, ly, out, s, start_pos, use_cache, dsv3_model_rope_tables(m, start_pos, s), m->ws.h, isa, err);
     default:
         return dsv3_fail(err, DSV3_E_VALUE, "unknown module kind %d", (int)kind);
     }

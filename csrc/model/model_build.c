@@ -1,5 +1,6 @@
 /* Model construction: config checks, preparation and teardown (the tensor table: tensor_table.c). */
 #include "dsv3_model.h"
+#include "dsv3_mtp.h"
 #include "dsv3_dtypes.h"
 
 #include <string.h>
@@ -70,6 +71,21 @@ dsv3_kv_layout dsv3_model_kv_layout(const dsv3_model *m)
     return dsv3_kv_layout_of(m->mla.kv_dtype, m->cfg.kv_lora_rank, m->cfg.qk_rope_head_dim);
 }
 
+/* Layer l's kind (dense or MoE) and its table of routed experts; 0 when out of memory. */
+static int layer_init(dsv3_layer *ly, const dsv3_model_config *cfg, int64_t l)
+{
+    memset(ly, 0, sizeof *ly);
+    ly->is_moe = dsv3_layer_is_moe(cfg, l);
+    if (!ly->is_moe)
+        return 1;
+    ly->moe.experts = dsv3_alloc((size_t)cfg->n_routed_experts * sizeof(dsv3_mlp_weights));
+    if (!ly->moe.experts)
+        return 0;
+    memset(ly->moe.experts, 0, (size_t)cfg->n_routed_experts * sizeof(dsv3_mlp_weights));
+    ly->moe.has_shared = cfg->n_shared_experts > 0;
+    return 1;
+}
+
 dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, dsv3_attn_mode mode,
                               dsv3_model **out, dsv3_error *err)
 {
@@ -96,17 +112,9 @@ dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, ds
     memcpy(m->inv_freq, cfg->rope_inv_freq, (size_t)half * sizeof(float));
     m->cfg.rope_inv_freq = m->inv_freq;
     memset(m->layers, 0, (size_t)L * sizeof(dsv3_layer));
-    for (int64_t l = 0; l < L; l++) {
-        dsv3_layer *ly = &m->layers[l];
-        ly->is_moe = dsv3_layer_is_moe(cfg, l);
-        if (ly->is_moe) {
-            ly->moe.experts = dsv3_alloc((size_t)cfg->n_routed_experts * sizeof(dsv3_mlp_weights));
-            if (!ly->moe.experts)
-                goto nomem;
-            memset(ly->moe.experts, 0, (size_t)cfg->n_routed_experts * sizeof(dsv3_mlp_weights));
-            ly->moe.has_shared = cfg->n_shared_experts > 0;
-        }
-    }
+    for (int64_t l = 0; l < L; l++)
+        if (!layer_init(&m->layers[l], cfg, l))
+            goto nomem;
     m->mla = (dsv3_mla_dims){cfg->hidden_size, cfg->num_attention_heads, cfg->q_lora_rank, cfg->kv_lora_rank,
                              cfg->qk_nope_head_dim, cfg->qk_rope_head_dim, cfg->v_head_dim, cfg->softmax_scale,
                              cfg->rope_interleave, cfg->attention_bias, cfg->kv_cache_dtype};
@@ -127,28 +135,76 @@ static void free_vec(dsv3_vec *v)
     v->f32 = NULL;
 }
 
+static void layer_free(dsv3_layer *ly)
+{
+    dsv3_vec *vecs[] = {&ly->input_layernorm, &ly->post_attention_layernorm, &ly->attn.q_a_layernorm,
+                        &ly->attn.kv_a_layernorm, &ly->attn.q_a_bias, &ly->attn.kv_a_bias, &ly->attn.o_bias,
+                        &ly->moe.bias, &ly->indexer.k_norm, &ly->indexer.k_norm_bias};
+    for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++)
+        free_vec(vecs[i]);
+    dsv3_free(ly->attn.w_uk);
+    dsv3_free(ly->attn.w_uv);
+    dsv3_free(ly->moe.experts);
+    dsv3_free(ly->cache);
+    dsv3_free(ly->index_cache);
+}
+
+static void mtp_free(dsv3_mtp *t)
+{
+    if (!t)
+        return;
+    layer_free(&t->layer);
+    free_vec(&t->enorm);
+    free_vec(&t->hnorm);
+    free_vec(&t->head_norm);
+    dsv3_free(t);
+}
+
 void dsv3_model_free(dsv3_model *m)
 {
     if (!m)
         return;
-    for (int64_t l = 0; m->layers && l < m->cfg.num_hidden_layers; l++) {
-        dsv3_layer *ly = &m->layers[l];
-        dsv3_vec *vecs[] = {&ly->input_layernorm, &ly->post_attention_layernorm, &ly->attn.q_a_layernorm,
-                            &ly->attn.kv_a_layernorm, &ly->attn.q_a_bias, &ly->attn.kv_a_bias, &ly->attn.o_bias,
-                            &ly->moe.bias, &ly->indexer.k_norm, &ly->indexer.k_norm_bias};
-        for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++)
-            free_vec(vecs[i]);
-        dsv3_free(ly->attn.w_uk);
-        dsv3_free(ly->attn.w_uv);
-        dsv3_free(ly->moe.experts);
-        dsv3_free(ly->cache);
-        dsv3_free(ly->index_cache);
-    }
+    for (int64_t l = 0; m->layers && l < m->cfg.num_hidden_layers; l++)
+        layer_free(&m->layers[l]);
+    mtp_free(m->mtp);
     free_vec(&m->norm);
     dsv3_model_workspace_free(&m->ws);
     dsv3_free(m->layers);
     dsv3_free(m->inv_freq);
     dsv3_free(m);
+}
+
+dsv3_status dsv3_model_enable_mtp(dsv3_model *m, dsv3_error *err)
+{
+    if (m->prepared)
+        return dsv3_fail(err, DSV3_E_VALUE, "MTP: enable it before the weights are loaded (the model is prepared)");
+    if (m->mtp)
+        return DSV3_OK;
+    const dsv3_model_config *c = &m->cfg;
+    if (c->index_topk > 0)
+        return dsv3_fail(err, DSV3_E_VALUE, "MTP: not supported with DeepSeek-V3.2 sparse attention (index_topk > 0) "
+                         "yet");
+    if (c->num_hidden_layers >= c->first_k_dense_replace) { /* the MTP layer is MoE: checked like a main one */
+        if (c->moe_intermediate_size <= 0)
+            return dsv3_fail(err, DSV3_E_VALUE, "moe_intermediate_size must be positive, got %lld",
+                             (long long)c->moe_intermediate_size);
+        dsv3_status st = dsv3_router_check(&m->router, err);
+        if (st != DSV3_OK)
+            return st;
+    } else if (c->intermediate_size <= 0) {
+        return dsv3_fail(err, DSV3_E_VALUE, "intermediate_size must be positive, got %lld",
+                         (long long)c->intermediate_size);
+    }
+    dsv3_mtp *t = dsv3_alloc(sizeof *t);
+    if (!t)
+        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the MTP layer");
+    memset(t, 0, sizeof *t);
+    if (!layer_init(&t->layer, c, c->num_hidden_layers)) {
+        dsv3_free(t);
+        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the MTP layer's expert table");
+    }
+    m->mtp = t;
+    return DSV3_OK;
 }
 
 /* ---- preparation ---- */
@@ -165,6 +221,32 @@ static dsv3_status vec_to_f32(dsv3_vec *v, dsv3_error *err)
                                            : ((const float *)v->src.data)[i];
     dsv3_free(v->f32);
     v->f32 = f;
+    return DSV3_OK;
+}
+
+/* Absorbed attention's per-head W_UK/W_UV and the layer's latent cache (capacity rows). */
+static dsv3_status layer_prepare(dsv3_model *m, dsv3_layer *ly, int isa, dsv3_error *err)
+{
+    const int64_t row = dsv3_model_kv_layout(m).row_bytes;
+    if (m->attn_mode == DSV3_ATTN_ABSORBED) {
+        dsv3_status st = dsv3_mla_absorb(&m->mla, &ly->attn, isa, err);
+        if (st != DSV3_OK)
+            return st;
+    }
+    dsv3_free(ly->cache);
+    ly->cache = NULL;
+    size_t bytes;
+    if (!dsv3_mul_size((size_t)m->capacity, (size_t)row, &bytes) || !(ly->cache = dsv3_alloc(bytes)))
+        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the latent cache (%lld tokens x %lld bytes)",
+                         (long long)m->capacity, (long long)row);
+    dsv3_free(ly->index_cache);
+    ly->index_cache = NULL;
+    if (m->index.topk > 0 &&
+        (!dsv3_mul_size((size_t)m->capacity, (size_t)dsv3_indexer_key_row(&m->index) * sizeof(float), &bytes) ||
+         !(ly->index_cache = dsv3_alloc(bytes))))
+        return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the index-key cache (%lld tokens x %lld values)",
+                         (long long)m->capacity, (long long)m->index.head_dim);
+    ly->cache_rows = 0;
     return DSV3_OK;
 }
 
@@ -185,33 +267,18 @@ dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err)
         } else if (w->n != t->n || w->k != t->k) {
             st = dsv3_fail(err, DSV3_E_VALUE, "tensor %s: expected shape [%lld, %lld], got [%lld, %lld]", t->name,
                            (long long)t->n, (long long)t->k, (long long)w->n, (long long)w->k);
-        } else if ((t->is_vector || w == &m->embed) && w->fmt != DSV3_FMT_F32 && w->fmt != DSV3_FMT_BF16) {
+        } else if ((t->is_vector || w == &m->embed || (m->mtp && w == &m->mtp->embed)) && w->fmt != DSV3_FMT_F32 && w->fmt != DSV3_FMT_BF16) {
             st = dsv3_fail(err, DSV3_E_TYPE, "tensor %s must be float32 or bfloat16", t->name);
         } else if (t->is_vector) {
             st = vec_to_f32((dsv3_vec *)(void *)w, err); /* src is the first member of dsv3_vec */
         }
     }
     dsv3_free(slots);
-    const int64_t row = dsv3_model_kv_layout(m).row_bytes;
-    for (int64_t l = 0; l < m->cfg.num_hidden_layers && st == DSV3_OK; l++) {
-        dsv3_layer *ly = &m->layers[l];
-        if (m->attn_mode == DSV3_ATTN_ABSORBED)
-            st = dsv3_mla_absorb(&m->mla, &ly->attn, isa, err);
-        if (st != DSV3_OK)
-            break;
-        dsv3_free(ly->cache);
-        size_t bytes;
-        if (!dsv3_mul_size((size_t)m->capacity, (size_t)row, &bytes) || !(ly->cache = dsv3_alloc(bytes)))
-            st = dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the latent cache (%lld tokens x %lld bytes)",
-                           (long long)m->capacity, (long long)row);
-        dsv3_free(ly->index_cache);
-        ly->index_cache = NULL;
-        if (st == DSV3_OK && m->index.topk > 0 &&
-            (!dsv3_mul_size((size_t)m->capacity, (size_t)dsv3_indexer_key_row(&m->index) * sizeof(float), &bytes) ||
-             !(ly->index_cache = dsv3_alloc(bytes))))
-            st = dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the index-key cache (%lld tokens x %lld values)",
-                           (long long)m->capacity, (long long)m->index.head_dim);
-        ly->cache_rows = 0;
+    for (int64_t l = 0; l < m->cfg.num_hidden_layers && st == DSV3_OK; l++)
+        st = layer_prepare(m, &m->layers[l], isa, err);
+    if (st == DSV3_OK && m->mtp) {
+        st = layer_prepare(m, &m->mtp->layer, isa, err);
+        m->mtp->cache_len = 0;
     }
     if (st == DSV3_OK) /* a decode step (one token over up to the whole cache) allocates nothing */
         st = dsv3_model_reserve(m, 1, 1, err);

@@ -6,11 +6,28 @@
 
 /* h [s, hidden] = the embedding rows of ids [s] (ids already checked against the vocabulary). */
 void dsv3_model_embed_rows(const dsv3_model *m, const int64_t *ids, int64_t s, float *h);
+/* The same from embedding table e [vocab, D] (f32 or bf16). */
+void dsv3_embed_rows(const dsv3_weight *e, int64_t D, const int64_t *ids, int64_t s, float *h);
 
 /* The second half of a decoder layer, after its attention wrote o [s, hidden]: h += o, then
  * h += ffn(post_attention_layernorm(h)) (dense MLP or MoE). a, o: [s, hidden] temporaries. */
 dsv3_status dsv3_model_residual_ffn(dsv3_model *m, dsv3_layer *ly, float *h, int64_t s, float *a, float *o, int isa,
                                     dsv3_error *err);
+
+/* cos/sin [s, rope/2] for positions start.., in the workspace (reserved for s tokens). */
+const float *dsv3_model_rope_tables(dsv3_model *m, int64_t start, int64_t s);
+
+/* h [s, hidden] in place: h += attn(ln1(h)); h += ffn(ln2(h)). tmp: 2 * s * hidden floats; cs: rope tables of
+ * the positions start... With use_cache the layer's cache rows [0, start) are read and [start, start+s) written. */
+dsv3_status dsv3_model_decoder_layer(dsv3_model *m, dsv3_layer *ly, float *h, int64_t s, int64_t start, int use_cache,
+                                     const float *cs, float *tmp, int isa, dsv3_error *err);
+
+/* dsv3_mla_forward's steps with the attention core run once per token, each as the one-token decode step
+ * at its position computes it (csrc/model/mtp.c): x, out [s, hidden]; cache rows [0, past) are read and
+ * [past, past+s) written. */
+dsv3_status dsv3_model_attention_per_token(dsv3_model *m, dsv3_layer *ly, const float *x, int64_t s,
+                                           const float *cos_j, const float *sin_j, void *cache, int64_t past,
+                                           float *out, int isa, dsv3_error *err);
 
 /* One call of the model (forward, a batch step, a probe): the thread count pinned and the workspace's
  * linear arena bound for its whole duration (issue 9 defect 1: scratch sized for one count is used

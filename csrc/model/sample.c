@@ -5,6 +5,7 @@
  * Probabilities are exp((l - max) / T) in double: the numerator is <= 0, so a tiny temperature gives
  * 0 or 1 (greedy in the limit) instead of overflowing l / T to inf and then inf - inf to NaN. */
 #include "dsv3_model.h"
+#include "dsv3_mtp.h"
 
 #include <math.h>
 #include <stdlib.h> /* qsort */
@@ -84,6 +85,48 @@ static void raw_logprobs(const float *logits, int64_t vocab, int64_t token, floa
     }
 }
 
+/* The distribution a sampled (temperature > 0) draw uses: candidates c[0..n) (returned) in draw order with
+ * unnormalised probabilities c[i].p (0 for tokens min-p drops), *sum their total. v: the penalised logits,
+ * best: their argmax. */
+static int64_t distribution(const double *v, int64_t vocab, int64_t best, const dsv3_sampling *p, cand *c,
+                            double *sum_out)
+{
+    for (int64_t i = 0; i < vocab; i++)
+        c[i] = (cand){v[i], i};
+    int64_t n = vocab;
+    const int need_sort = (p->top_k > 0 && p->top_k < vocab) || p->top_p < 1.f;
+    if (need_sort) {
+        qsort(c, (size_t)vocab, sizeof *c, by_value_desc);
+        if (p->top_k > 0 && p->top_k < vocab)
+            n = p->top_k;
+    }
+    const double mx = v[best], t = (double)p->temperature;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        c[i].p = exp((c[i].p - mx) / t);
+        sum += c[i].p;
+    }
+    if (p->top_p < 1.f) { /* keep the smallest (sorted) prefix whose probability reaches top_p */
+        double cum = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            cum += c[i].p / sum;
+            if (cum >= p->top_p) {
+                n = i + 1;
+                break;
+            }
+        }
+    }
+    if (p->min_p > 0.f) /* drop tokens below min_p times the most likely one (whose p is 1) */
+        for (int64_t i = 0; i < n; i++)
+            if (c[i].p < (double)p->min_p)
+                c[i].p = 0.0;
+    sum = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        sum += c[i].p;
+    *sum_out = sum;
+    return n;
+}
+
 dsv3_status dsv3_sample_ex(const float *logits, int64_t vocab, const dsv3_sampling *p, const int64_t *seen,
                            int64_t n_seen, uint64_t *rng, int64_t *token, float *logprob, int64_t n_top,
                            int64_t *top_ids, float *top_logprobs, dsv3_error *err)
@@ -118,38 +161,8 @@ dsv3_status dsv3_sample_ex(const float *logits, int64_t vocab, const dsv3_sampli
     if (greedy) {
         *token = best;
     } else {
-        for (int64_t i = 0; i < vocab; i++)
-            c[i] = (cand){v[i], i};
-        int64_t n = vocab;
-        const int need_sort = (p->top_k > 0 && p->top_k < vocab) || p->top_p < 1.f;
-        if (need_sort) {
-            qsort(c, (size_t)vocab, sizeof *c, by_value_desc);
-            if (p->top_k > 0 && p->top_k < vocab)
-                n = p->top_k;
-        }
-        const double mx = v[best], t = (double)p->temperature;
-        double sum = 0.0;
-        for (int64_t i = 0; i < n; i++) {
-            c[i].p = exp((c[i].p - mx) / t);
-            sum += c[i].p;
-        }
-        if (p->top_p < 1.f) { /* keep the smallest (sorted) prefix whose probability reaches top_p */
-            double cum = 0.0;
-            for (int64_t i = 0; i < n; i++) {
-                cum += c[i].p / sum;
-                if (cum >= p->top_p) {
-                    n = i + 1;
-                    break;
-                }
-            }
-        }
-        if (p->min_p > 0.f) /* drop tokens below min_p times the most likely one (whose p is 1) */
-            for (int64_t i = 0; i < n; i++)
-                if (c[i].p < (double)p->min_p)
-                    c[i].p = 0.0;
-        sum = 0.0;
-        for (int64_t i = 0; i < n; i++)
-            sum += c[i].p;
+        double sum;
+        const int64_t n = distribution(v, vocab, best, p, c, &sum);
         const double u = (double)(splitmix64(rng) >> 11) * (1.0 / 9007199254740992.0) * sum;
         double acc = 0.0;
         *token = best; /* rounding can leave u == sum: the most likely token, never one that was cut */
@@ -190,4 +203,105 @@ dsv3_status dsv3_sample_rows(const float *logits, int64_t rows, int64_t vocab, c
                             top_logprobs ? top_logprobs + r * n_top : NULL, err);
     }
     return st;
+}
+
+/* ---- speculative sampling (dsv3_mtp.h) ---- */
+dsv3_status dsv3_sample_probs(const float *logits, int64_t vocab, const dsv3_sampling *p, const int64_t *seen,
+                              int64_t n_seen, double *probs, dsv3_error *err)
+{
+    if (vocab <= 0 || n_seen < 0)
+        return dsv3_fail(err, DSV3_E_VALUE, "sample_probs: empty logits or negative count");
+    dsv3_status st = check_params(p, err);
+    if (st != DSV3_OK)
+        return st;
+    for (int64_t i = 0; i < vocab; i++)
+        if (!isfinite(logits[i]))
+            return dsv3_fail(err, DSV3_E_VALUE, "sample_probs: logits[%lld] is %g", (long long)i, (double)logits[i]);
+    cand *c = dsv3_alloc((size_t)vocab * sizeof *c);
+    double *v = dsv3_alloc((size_t)vocab * sizeof *v);
+    if (!c || !v) {
+        dsv3_free(c);
+        dsv3_free(v);
+        return dsv3_fail(err, DSV3_E_NOMEM, "sample_probs: out of memory for %lld candidates", (long long)vocab);
+    }
+    for (int64_t i = 0; i < vocab; i++)
+        v[i] = logits[i];
+    if (p->repetition_penalty != 1.f)
+        penalise(logits, v, seen, n_seen, vocab, p->repetition_penalty);
+    int64_t best = 0;
+    for (int64_t i = 1; i < vocab; i++)
+        if (v[i] > v[best])
+            best = i;
+    memset(probs, 0, (size_t)vocab * sizeof *probs);
+    if (p->temperature <= 0.f) {
+        probs[best] = 1.0;
+    } else {
+        double sum;
+        const int64_t n = distribution(v, vocab, best, p, c, &sum);
+        for (int64_t i = 0; i < n; i++)
+            probs[c[i].id] = c[i].p / sum;
+    }
+    dsv3_free(c);
+    dsv3_free(v);
+    return DSV3_OK;
+}
+
+static double uniform(uint64_t *rng) { return (double)(splitmix64(rng) >> 11) * (1.0 / 9007199254740992.0); }
+
+dsv3_status dsv3_spec_accept(const double *p, const double *q, int64_t vocab, int64_t draft, uint64_t *rng,
+                             int *accepted, int64_t *token, dsv3_error *err)
+{
+    if (vocab <= 0 || draft < 0 || draft >= vocab)
+        return dsv3_fail(err, DSV3_E_VALUE, "spec_accept: draft %lld out of range [0, %lld)", (long long)draft,
+                         (long long)vocab);
+    if (!(q[draft] > 0.0))
+        return dsv3_fail(err, DSV3_E_VALUE, "spec_accept: the draft token %lld has probability 0 under q",
+                         (long long)draft);
+    /* accept with probability min(1, p/q): u < p/q, u in [0, 1) */
+    if (uniform(rng) * q[draft] < p[draft]) {
+        *accepted = 1;
+        *token = draft;
+        return DSV3_OK;
+    }
+    *accepted = 0;
+    double sum = 0.0;
+    for (int64_t i = 0; i < vocab; i++)
+        sum += p[i] > q[i] ? p[i] - q[i] : 0.0;
+    const int residual = sum > 0.0; /* p == q everywhere cannot reject; rounding could: then draw from p */
+    if (!residual)
+        for (int64_t i = 0; i < vocab; i++)
+            sum += p[i];
+    const double u = uniform(rng) * sum;
+    double acc = 0.0;
+    int64_t last = -1;
+    for (int64_t i = 0; i < vocab; i++) {
+        const double w = residual ? (p[i] > q[i] ? p[i] - q[i] : 0.0) : p[i];
+        if (w <= 0.0)
+            continue;
+        last = i;
+        acc += w;
+        if (u < acc)
+            break;
+    }
+    if (last < 0)
+        return dsv3_fail(err, DSV3_E_VALUE, "spec_accept: the target distribution p is all zero");
+    *token = last; /* rounding can leave u == sum: the last token with weight */
+    return DSV3_OK;
+}
+
+dsv3_status dsv3_token_logprobs(const float *logits, int64_t vocab, int64_t token, int64_t n_top, float *logprob,
+                                int64_t *top_ids, float *top_logprobs, dsv3_error *err)
+{
+    if (vocab <= 0 || token < 0 || token >= vocab || n_top < 0)
+        return dsv3_fail(err, DSV3_E_VALUE, "token_logprobs: token %lld out of range [0, %lld) or n_top < 0",
+                         (long long)token, (long long)vocab);
+    for (int64_t i = 0; i < vocab; i++)
+        if (!isfinite(logits[i]))
+            return dsv3_fail(err, DSV3_E_VALUE, "token_logprobs: logits[%lld] is %g", (long long)i, (double)logits[i]);
+    cand *c = dsv3_alloc((size_t)vocab * sizeof *c);
+    if (!c)
+        return dsv3_fail(err, DSV3_E_NOMEM, "token_logprobs: out of memory");
+    raw_logprobs(logits, vocab, token, logprob, n_top, top_ids, top_logprobs, c);
+    dsv3_free(c);
+    return DSV3_OK;
 }

@@ -5,6 +5,7 @@
  * Adding a tensor: one row below (name pattern, scope, kind, shape as two dims, when it is present, when it
  * may be absent, where its dsv3_weight lives), plus the member in the weight structs. */
 #include "dsv3_model.h"
+#include "dsv3_mtp.h"
 
 #include <stddef.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 #define L(member) offsetof(dsv3_layer, member)
 #define V(member) offsetof(dsv3_layer, member.src)
 #define X(member) offsetof(dsv3_mlp_weights, member)
+#define T(member) offsetof(dsv3_mtp, member)
 #define P "model.layers.{layer}."
 #define ALWAYS DSV3_WHEN_ALWAYS
 #define NEVER DSV3_WHEN_NEVER
@@ -51,22 +53,31 @@ const dsv3_tensor_row dsv3_tensor_rows[] = {
     {P "mlp.shared_experts.down_proj.weight",DSV3_SCOPE_MOE,    DSV3_KIND_LINEAR, DSV3_DIM_HIDDEN,       DSV3_DIM_SHARED_INTER,DSV3_WHEN_SHARED,          NEVER, L(moe.shared.down)},
     {"model.norm.weight",                    DSV3_SCOPE_OUTPUT, DSV3_KIND_VECTOR, DSV3_DIM_ONE,          DSV3_DIM_HIDDEN,      ALWAYS,                    NEVER, offsetof(dsv3_model, norm.src)},
     {"lm_head.weight",                       DSV3_SCOPE_OUTPUT, DSV3_KIND_VECTOR, DSV3_DIM_VOCAB,        DSV3_DIM_HIDDEN,      ALWAYS,                    DSV3_WHEN_TIED, offsetof(dsv3_model, lm_head)},
+    /* the MTP layer (layer index num_hidden_layers; csrc/model/mtp.c): these, then its decoder block */
+    {P "enorm.weight",                       DSV3_SCOPE_MTP,    DSV3_KIND_VECTOR, DSV3_DIM_ONE,          DSV3_DIM_HIDDEN,      ALWAYS,                    NEVER, T(enorm.src)},
+    {P "hnorm.weight",                       DSV3_SCOPE_MTP,    DSV3_KIND_VECTOR, DSV3_DIM_ONE,          DSV3_DIM_HIDDEN,      ALWAYS,                    NEVER, T(hnorm.src)},
+    {P "eh_proj.weight",                     DSV3_SCOPE_MTP,    DSV3_KIND_LINEAR, DSV3_DIM_HIDDEN,       DSV3_DIM_EH_IN,       ALWAYS,                    NEVER, T(eh_proj)},
+    {P "shared_head.norm.weight",            DSV3_SCOPE_MTP,    DSV3_KIND_VECTOR, DSV3_DIM_ONE,          DSV3_DIM_HIDDEN,      ALWAYS,                    NEVER, T(head_norm.src)},
+    {P "shared_head.head.weight",            DSV3_SCOPE_MTP,    DSV3_KIND_VECTOR, DSV3_DIM_VOCAB,        DSV3_DIM_HIDDEN,      ALWAYS,                    ALWAYS, T(head)},  /* absent: lm_head */
+    {P "embed_tokens.weight",                DSV3_SCOPE_MTP,    DSV3_KIND_VECTOR, DSV3_DIM_VOCAB,        DSV3_DIM_HIDDEN,      ALWAYS,                    ALWAYS, T(embed)}, /* absent: the model's */
 };
 const int dsv3_tensor_row_count = (int)(sizeof dsv3_tensor_rows / sizeof dsv3_tensor_rows[0]);
 
 #undef L
 #undef V
 #undef X
+#undef T
 #undef P
 #undef ALWAYS
 #undef NEVER
 
 /* ---- names of the enums (what Python sees) ---- */
-static const char *const scope_names[DSV3_SCOPE_COUNT] = {"input", "layer", "dense", "moe", "expert", "output"};
+static const char *const scope_names[DSV3_SCOPE_COUNT] = {"input", "layer", "dense", "moe", "expert", "output",
+                                                          "mtp"};
 static const char *const kind_names[DSV3_KIND_COUNT] = {"linear", "router", "vector"};
 static const char *const dim_names[DSV3_DIM_COUNT] = {
     "one", "hidden", "vocab", "q_lora", "q_heads", "kv_a", "kv_lora", "kv_b", "o_in", "inter", "moe_inter",
-    "shared_inter", "experts", "index_q", "index_head", "index_heads"};
+    "shared_inter", "experts", "index_q", "index_head", "index_heads", "eh_in"};
 static const char *const when_names[DSV3_WHEN_COUNT] = {
     "always", "never", "q_lora", "no_q_lora", "q_lora_bias", "attention_bias", "correction_bias", "shared_experts",
     "tied", "indexer"};
@@ -108,6 +119,7 @@ void dsv3_tensor_dims(const dsv3_model_config *c, int64_t *d)
     d[DSV3_DIM_INDEX_Q] = mul_sat(c->index_n_heads, c->index_head_dim);
     d[DSV3_DIM_INDEX_HEAD] = c->index_head_dim;
     d[DSV3_DIM_INDEX_HEADS] = c->index_n_heads;
+    d[DSV3_DIM_EH_IN] = mul_sat(2, c->hidden_size);
 }
 
 int dsv3_tensor_when_holds(const dsv3_model_config *c, dsv3_tensor_when w)
@@ -171,11 +183,11 @@ static void put(dsv3_tensor_slot *out, int64_t *n, const dsv3_model_config *c, c
 int64_t dsv3_tensor_slots(const dsv3_model_config *c, int64_t part, dsv3_tensor_slot *out)
 {
     const int64_t L = c->num_hidden_layers;
-    if (part < 0 || part > L + 1)
+    if (part < 0 || part > L + 2)
         return -1;
     int64_t dims[DSV3_DIM_COUNT], n = 0;
     dsv3_tensor_dims(c, dims);
-    const int64_t layer = part >= 1 && part <= L ? part - 1 : -1;
+    const int64_t layer = part >= 1 && part <= L ? part - 1 : part == L + 2 ? L : -1;
     const int moe = layer >= 0 && dsv3_layer_is_moe(c, layer);
     for (int i = 0; i < dsv3_tensor_row_count; i++) {
         const dsv3_tensor_row *r = &dsv3_tensor_rows[i];
@@ -189,6 +201,10 @@ int64_t dsv3_tensor_slots(const dsv3_model_config *c, int64_t part, dsv3_tensor_
         case DSV3_SCOPE_OUTPUT:
             if (part == L + 1)
                 put(out, &n, c, dims, r, -1, -1);
+            break;
+        case DSV3_SCOPE_MTP:
+            if (part == L + 2)
+                put(out, &n, c, dims, r, L, -1);
             break;
         case DSV3_SCOPE_LAYER:
         case DSV3_SCOPE_DENSE:
@@ -220,7 +236,8 @@ void dsv3_tensor_totals(const dsv3_model_config *c, int64_t *count, int64_t *val
     dsv3_tensor_dims(c, dims);
     const int64_t L = c->num_hidden_layers > 0 ? c->num_hidden_layers : 0;
     const int64_t dense = c->first_k_dense_replace < 0 ? 0 : c->first_k_dense_replace < L ? c->first_k_dense_replace : L;
-    const int64_t per_scope[DSV3_SCOPE_COUNT] = {1, L, dense, L - dense, mul_sat(L - dense, c->n_routed_experts), 1};
+    const int64_t per_scope[DSV3_SCOPE_COUNT] = {1, L, dense, L - dense, mul_sat(L - dense, c->n_routed_experts), 1,
+                                                 0 /* the MTP layer: not a tensor the model needs */};
     *count = *values = 0;
     for (int i = 0; i < dsv3_tensor_row_count; i++) {
         const dsv3_tensor_row *r = &dsv3_tensor_rows[i];
@@ -235,14 +252,17 @@ void dsv3_tensor_totals(const dsv3_model_config *c, int64_t *count, int64_t *val
 int64_t dsv3_model_slots(dsv3_model *m, dsv3_tensor_slot *out)
 {
     const dsv3_model_config *c = &m->cfg;
+    const int64_t L = c->num_hidden_layers;
     int64_t n = 0;
-    for (int64_t part = 0; part <= c->num_hidden_layers + 1; part++) {
+    for (int64_t part = 0; part <= L + (m->mtp ? 2 : 1); part++) {
         dsv3_tensor_slot *at = out ? out + n : NULL;
         const int64_t k = dsv3_tensor_slots(c, part, at);
         for (int64_t i = 0; at && i < k; i++) {
             const dsv3_tensor_slot *t = &at[i];
-            char *base = t->row->scope == DSV3_SCOPE_EXPERT ? (char *)&m->layers[t->layer].moe.experts[t->expert]
-                         : t->layer >= 0 ? (char *)&m->layers[t->layer] : (char *)m;
+            dsv3_layer *ly = t->layer == L ? &m->mtp->layer : t->layer >= 0 ? &m->layers[t->layer] : NULL;
+            char *base = t->row->scope == DSV3_SCOPE_EXPERT ? (char *)&ly->moe.experts[t->expert]
+                         : t->row->scope == DSV3_SCOPE_MTP ? (char *)m->mtp
+                         : ly ? (char *)ly : (char *)m;
             at[i].weight = (dsv3_weight *)(void *)(base + t->row->offset);
         }
         n += k;

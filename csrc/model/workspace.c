@@ -50,6 +50,24 @@ static dsv3_status reserve_own(dsv3_model *m, int64_t tokens, dsv3_error *err)
 
 static size_t most(size_t a, size_t b) { return a > b ? a : b; }
 
+/* The largest plan of any linear of one decoder layer for up to tt rows. */
+static size_t layer_plan_bytes(const dsv3_layer *ly, int64_t tt)
+{
+    size_t w = 0;
+    const dsv3_weight *ws_[] = {&ly->attn.q_proj, &ly->attn.q_a_proj, &ly->attn.q_b_proj, &ly->attn.kv_a_proj,
+                                &ly->attn.o_proj, &ly->mlp.gate, &ly->mlp.up, &ly->mlp.down, &ly->moe.gate,
+                                &ly->moe.shared.gate, &ly->moe.shared.up, &ly->moe.shared.down,
+                                &ly->indexer.wq_b, &ly->indexer.wk, &ly->indexer.weights_proj};
+    for (size_t i = 0; i < sizeof ws_ / sizeof ws_[0]; i++)
+        if (ws_[i]->data)
+            w = most(w, dsv3_linear_plan_bytes_upto(ws_[i], tt));
+    if (ly->is_moe && ly->moe.experts && ly->moe.experts[0].gate.data)
+        for (int j = 0; j < 3; j++)
+            w = most(w, dsv3_linear_plan_bytes_upto(j == 0 ? &ly->moe.experts[0].gate
+                                                      : j == 1 ? &ly->moe.experts[0].up : &ly->moe.experts[0].down, tt));
+    return w;
+}
+
 /* The linear arena: plans of up to DSV3_MOE_COLS_TOKENS rows of any of the model's weights, three live at
  * once (an MLP's gate, up, down), plus naive attention's kv_b_proj over all `rows` cached rows. */
 static dsv3_status reserve_lin(dsv3_model *m, int64_t tokens, int64_t rows, dsv3_error *err)
@@ -61,19 +79,13 @@ static dsv3_status reserve_lin(dsv3_model *m, int64_t tokens, int64_t rows, dsv3
         return DSV3_OK;
     const int64_t tt = t > ws->lin_tokens ? t : ws->lin_tokens, rr = r > ws->lin_rows ? r : ws->lin_rows;
     size_t w = dsv3_linear_plan_bytes_upto(m->cfg.tie_word_embeddings ? &m->embed : &m->lm_head, tt);
-    for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++) {
-        const dsv3_layer *ly = &m->layers[l];
-        const dsv3_weight *ws_[] = {&ly->attn.q_proj, &ly->attn.q_a_proj, &ly->attn.q_b_proj, &ly->attn.kv_a_proj,
-                                    &ly->attn.o_proj, &ly->mlp.gate, &ly->mlp.up, &ly->mlp.down, &ly->moe.gate,
-                                    &ly->moe.shared.gate, &ly->moe.shared.up, &ly->moe.shared.down,
-                                    &ly->indexer.wq_b, &ly->indexer.wk, &ly->indexer.weights_proj};
-        for (size_t i = 0; i < sizeof ws_ / sizeof ws_[0]; i++)
-            if (ws_[i]->data)
-                w = most(w, dsv3_linear_plan_bytes_upto(ws_[i], tt));
-        if (ly->is_moe && ly->moe.experts && ly->moe.experts[0].gate.data)
-            for (int j = 0; j < 3; j++)
-                w = most(w, dsv3_linear_plan_bytes_upto(j == 0 ? &ly->moe.experts[0].gate
-                                                          : j == 1 ? &ly->moe.experts[0].up : &ly->moe.experts[0].down, tt));
+    for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++)
+        w = most(w, layer_plan_bytes(&m->layers[l], tt));
+    if (m->mtp) { /* the MTP layer's block, its input projection and its own head */
+        w = most(w, layer_plan_bytes(&m->mtp->layer, tt));
+        w = most(w, dsv3_linear_plan_bytes_upto(&m->mtp->eh_proj, tt));
+        if (m->mtp->head.data)
+            w = most(w, dsv3_linear_plan_bytes_upto(&m->mtp->head, tt));
     }
     size_t need = 3 * w;
     if (rr > 0)

@@ -3,7 +3,7 @@
  * Batch(model: dsv3._dsv3.Model, slots: int, capacity: int)
  *   forward(ids int64 [T], seqs int64 [n, 3] (slot, new tokens, logits mode 0 none / 1 last / 2 all),
  *           hidden=False, isa=None) -> logits float32 [R, vocab] (, hidden float32 [R, hidden_size])
- *   release(slot), length(slot), copy_prefix(src, dst, n); slots, capacity.
+ *   release(slot), truncate(slot, length), length(slot), copy_prefix(src, dst, n); slots, capacity.
  * sample_rows(logits float32 [R, V], params float64 [R, 5] (temperature, top_k, top_p, min_p,
  *             repetition_penalty), seen int64 [*], seen_off int64 [R + 1], rngs int64 [R] (uint64
  *             states, bit-cast), n_top) -> (tokens int64 [R], logprobs float32 [R],
@@ -139,6 +139,18 @@ static PyObject *Batch_release(BatchObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static PyObject *Batch_truncate(BatchObject *self, PyObject *args)
+{
+    long long slot, length;
+    if (!PyArg_ParseTuple(args, "LL", &slot, &length) || !ready(self))
+        return NULL;
+    dsv3_error err = {0};
+    dsv3_status st = dsv3_batch_truncate(self->batch, (int64_t)slot, (int64_t)length, &err);
+    if (st != DSV3_OK)
+        return dsv3_py_raise(st, &err);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Batch_length(BatchObject *self, PyObject *arg)
 {
     long long slot = PyLong_AsLongLong(arg);
@@ -185,6 +197,8 @@ static PyMethodDef Batch_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Batch_forward, METH_VARARGS | METH_KEYWORDS,
      "forward(ids int64 [T], seqs int64 [n, 3], hidden=False, isa=None) -> logits [R, vocab] (, hidden)"},
     {"release", (PyCFunction)Batch_release, METH_O, "release(slot): forget the slot's tokens"},
+    {"truncate", (PyCFunction)Batch_truncate, METH_VARARGS,
+     "truncate(slot, length): keep the slot's first length tokens (cache rollback)"},
     {"length", (PyCFunction)Batch_length, METH_O, "length(slot) -> tokens cached in the slot"},
     {"copy_prefix", (PyCFunction)Batch_copy_prefix, METH_VARARGS,
      "copy_prefix(src, dst, n): slot dst holds the first n cached tokens of slot src (src == dst: truncate)"},

@@ -8,6 +8,7 @@
 #include "bind.h"
 #include "bind_mla.h"
 #include "dsv3_model.h"
+#include "dsv3_mtp.h"
 
 #include <stddef.h>
 #include <string.h>
@@ -226,12 +227,13 @@ static int fill_tensors(dsv3_model *m, PyObject *tensors)
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"config", "tensors", "max_seq_len", "attention", "isa", "kv_cache_dtype", NULL};
+    static char *kwlist[] = {"config", "tensors", "max_seq_len", "attention", "isa", "kv_cache_dtype", "mtp", NULL};
     PyObject *config, *tensors, *isa_obj = NULL;
     long long cap = 4096;
     const char *attention = "absorbed", *kv_dtype = "f32";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|LsOs", kwlist, &config, &tensors, &cap, &attention, &isa_obj,
-                                     &kv_dtype))
+    int mtp = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|LsOsp", kwlist, &config, &tensors, &cap, &attention, &isa_obj,
+                                     &kv_dtype, &mtp))
         return -1;
     if (self->model) {
         PyErr_SetString(PyExc_RuntimeError, "Model is already initialised");
@@ -268,7 +270,10 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
     dsv3_model *m = NULL;
     dsv3_status st = dsv3_model_create(&c, (int64_t)cap, mode, &m, &err);
     Py_DECREF(inv_freq); /* copied by create */
+    if (st == DSV3_OK && mtp)
+        st = dsv3_model_enable_mtp(m, &err);
     if (st != DSV3_OK) {
+        dsv3_model_free(m);
         dsv3_py_raise(st, &err);
         return -1;
     }
@@ -335,55 +340,154 @@ static PyObject *new_f32(int nd, npy_intp d0, npy_intp d1)
     return PyArray_SimpleNew(nd, dims, NPY_FLOAT32);
 }
 
+static int parse_which(const char *which_s, dsv3_logits_mode *which)
+{
+    if (strcmp(which_s, "all") == 0)
+        *which = DSV3_LOGITS_ALL;
+    else if (strcmp(which_s, "last") == 0)
+        *which = DSV3_LOGITS_LAST;
+    else if (strcmp(which_s, "none") == 0)
+        *which = DSV3_LOGITS_NONE;
+    else {
+        PyErr_Format(PyExc_ValueError, "logits must be 'all', 'last' or 'none', got '%s'", which_s);
+        return 0;
+    }
+    return 1;
+}
+
+/* ids copied while the GIL is held (the caller's array may change once it is released); NULL + exception. */
+static int64_t *copy_ids(PyArrayObject *ids)
+{
+    const npy_intp s = PyArray_DIM(ids, 0);
+    int64_t *c = (int64_t *)PyMem_Malloc(s > 0 ? (size_t)s * sizeof(int64_t) : 1);
+    if (!c)
+        return (int64_t *)PyErr_NoMemory();
+    if (s > 0)
+        memcpy(c, PyArray_DATA(ids), (size_t)s * sizeof(int64_t));
+    return c;
+}
+
 static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"input_ids", "isa", "logits", NULL};
+    static char *kwlist[] = {"input_ids", "isa", "logits", "hidden", "step_attention", NULL};
     PyObject *ids_obj, *isa_obj = NULL;
     const char *which_s = "all";
-    int isa;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|Os", kwlist, &ids_obj, &isa_obj, &which_s) ||
+    int isa, want_hidden = 0, step_attention = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|Ospp", kwlist, &ids_obj, &isa_obj, &which_s, &want_hidden,
+                                     &step_attention) ||
         !dsv3_py_isa_arg(isa_obj, &isa))
         return NULL;
     dsv3_logits_mode which;
-    if (strcmp(which_s, "all") == 0)
-        which = DSV3_LOGITS_ALL;
-    else if (strcmp(which_s, "last") == 0)
-        which = DSV3_LOGITS_LAST;
-    else if (strcmp(which_s, "none") == 0)
-        which = DSV3_LOGITS_NONE;
-    else
-        return PyErr_Format(PyExc_ValueError, "logits must be 'all', 'last' or 'none', got '%s'", which_s);
+    if (!parse_which(which_s, &which))
+        return NULL;
     PyArrayObject *ids = dsv3_py_check_array(ids_obj, "input_ids", DSV3_DT_I64, 1);
     if (!ids || !claim(self))
         return NULL;
     const npy_intp s = PyArray_DIM(ids, 0);
-    /* The ids are copied while the GIL is held: the caller's array may change (another thread) once
-     * it is released, and the core checks the ids before it reads them again (embedding rows). */
-    int64_t *ids_copy = (int64_t *)PyMem_Malloc(s > 0 ? (size_t)s * sizeof(int64_t) : 1);
+    /* The core checks the ids before it reads them again (embedding rows): they are copied first. */
+    int64_t *ids_copy = copy_ids(ids);
     /* all: [S, vocab]; last: [1, vocab] (S > 0); none: [0, vocab] */
     const npy_intp rows = which == DSV3_LOGITS_ALL ? s : (which == DSV3_LOGITS_LAST && s > 0 ? 1 : 0);
-    PyObject *out = ids_copy ? new_f32(2, rows, (npy_intp)self->model->cfg.vocab_size) : PyErr_NoMemory();
-    if (!out) {
+    PyObject *out = ids_copy ? new_f32(2, rows, (npy_intp)self->model->cfg.vocab_size) : NULL;
+    PyObject *hid = out && want_hidden ? new_f32(2, s, (npy_intp)self->model->cfg.hidden_size) : NULL;
+    if (!out || (want_hidden && !hid)) {
+        Py_XDECREF(out);
         PyMem_Free(ids_copy);
         self->busy = 0;
         return NULL;
     }
-    if (s > 0)
-        memcpy(ids_copy, PyArray_DATA(ids), (size_t)s * sizeof(int64_t));
     dsv3_error err = {0};
     dsv3_status st;
+    float *hp = hid ? (float *)PyArray_DATA((PyArrayObject *)hid) : NULL;
     Py_BEGIN_ALLOW_THREADS
-    st = dsv3_model_forward_ex(self->model, ids_copy, s, (float *)PyArray_DATA((PyArrayObject *)out), which, isa,
-                               &err);
+    st = dsv3_model_forward_hidden(self->model, ids_copy, s, (float *)PyArray_DATA((PyArrayObject *)out), which, hp,
+                                   step_attention, isa, &err);
     Py_END_ALLOW_THREADS
     PyMem_Free(ids_copy);
     self->busy = 0;
     if (st != DSV3_OK) {
         Py_DECREF(out);
+        Py_XDECREF(hid);
         return dsv3_py_raise(st, &err);
     }
-    return out;
+    return hid ? Py_BuildValue("(NN)", out, hid) : out;
 }
+
+static PyObject *Model_mtp_forward(ModelObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"input_ids", "hidden", "logits", "isa", NULL};
+    PyObject *ids_obj, *h_obj, *isa_obj = NULL;
+    const char *which_s = "last";
+    int isa;
+    dsv3_logits_mode which;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|sO", kwlist, &ids_obj, &h_obj, &which_s, &isa_obj) ||
+        !dsv3_py_isa_arg(isa_obj, &isa) || !parse_which(which_s, &which))
+        return NULL;
+    if (!self->model)
+        return PyErr_Format(PyExc_RuntimeError, "Model is not initialised");
+    PyArrayObject *ids = dsv3_py_check_array(ids_obj, "input_ids", DSV3_DT_I64, 1);
+    PyArrayObject *h = ids ? dsv3_py_check_array(h_obj, "hidden", DSV3_DT_F32, 2) : NULL;
+    if (!h)
+        return NULL;
+    const npy_intp s = PyArray_DIM(ids, 0), D = (npy_intp)self->model->cfg.hidden_size;
+    if (PyArray_DIM(h, 0) != s || PyArray_DIM(h, 1) != D)
+        return PyErr_Format(PyExc_ValueError, "hidden: expected shape [%lld, %lld] (one row per input id), got "
+                            "[%lld, %lld]", (long long)s, (long long)D, (long long)PyArray_DIM(h, 0),
+                            (long long)PyArray_DIM(h, 1));
+    if (!claim(self))
+        return NULL;
+    int64_t *ids_copy = copy_ids(ids);
+    const size_t hbytes = (size_t)(s * D) * sizeof(float);
+    float *h_copy = ids_copy ? PyMem_Malloc(hbytes ? hbytes : 1) : NULL;
+    const npy_intp rows = which == DSV3_LOGITS_ALL ? s : (which == DSV3_LOGITS_LAST && s > 0 ? 1 : 0);
+    PyObject *out = h_copy ? new_f32(2, rows, (npy_intp)self->model->cfg.vocab_size) : NULL;
+    PyObject *hid = out ? new_f32(2, s, D) : NULL;
+    if (!hid) {
+        if (ids_copy && !h_copy)
+            PyErr_NoMemory();
+        Py_XDECREF(out);
+        PyMem_Free(ids_copy);
+        PyMem_Free(h_copy);
+        self->busy = 0;
+        return NULL;
+    }
+    if (hbytes)
+        memcpy(h_copy, PyArray_DATA(h), hbytes);
+    dsv3_error err = {0};
+    dsv3_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dsv3_mtp_forward(self->model, ids_copy, h_copy, s, (float *)PyArray_DATA((PyArrayObject *)out), which,
+                          (float *)PyArray_DATA((PyArrayObject *)hid), isa, &err);
+    Py_END_ALLOW_THREADS
+    PyMem_Free(ids_copy);
+    PyMem_Free(h_copy);
+    self->busy = 0;
+    if (st != DSV3_OK) {
+        Py_DECREF(out);
+        Py_DECREF(hid);
+        return dsv3_py_raise(st, &err);
+    }
+    return Py_BuildValue("(NN)", out, hid);
+}
+
+/* truncate(length) / mtp_truncate(length): cache rollback. */
+static PyObject *truncate_with(ModelObject *self, PyObject *arg, dsv3_status (*fn)(dsv3_model *, int64_t, dsv3_error *))
+{
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (!claim(self))
+        return NULL;
+    dsv3_error err = {0};
+    dsv3_status st = fn(self->model, (int64_t)n, &err);
+    self->busy = 0;
+    if (st != DSV3_OK)
+        return dsv3_py_raise(st, &err);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Model_truncate(ModelObject *self, PyObject *arg) { return truncate_with(self, arg, dsv3_model_truncate); }
+static PyObject *Model_mtp_truncate(ModelObject *self, PyObject *arg) { return truncate_with(self, arg, dsv3_mtp_truncate); }
 
 static PyObject *Model_reset(ModelObject *self, PyObject *noargs)
 {
@@ -628,11 +732,19 @@ static PyObject *Model_moe_work(ModelObject *self, PyObject *noargs)
 
 static PyMethodDef Model_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Model_forward, METH_VARARGS | METH_KEYWORDS,
-     "forward(input_ids int64 [S], isa=None, logits='all') -> logits float32 [S, vocab] ('all'), [1, vocab] "
-     "('last': the last position only) or [0, vocab] ('none'); appends to the cache."},
+     "forward(input_ids int64 [S], isa=None, logits='all', hidden=False, step_attention=False) -> logits float32 "
+     "[S, vocab] ('all'), [1, vocab] ('last': the last position only) or [0, vocab] ('none'), or (logits, hidden "
+     "[S, hidden_size]: final-norm hidden states) with hidden=True; step_attention: each token's attention as a "
+     "decode step (verification, dsv3_mtp.h); appends to the cache."},
     {"_moe_work", (PyCFunction)Model_moe_work, METH_NOARGS,
      "internal: linear work items per thread in the last decode-path MoE block (tests)"},
-    {"reset", (PyCFunction)Model_reset, METH_NOARGS, "Empty the KV cache."},
+    {"reset", (PyCFunction)Model_reset, METH_NOARGS, "Empty the KV cache (and the MTP layer's)."},
+    {"truncate", (PyCFunction)Model_truncate, METH_O, "truncate(length): keep the first length cached tokens."},
+    {"mtp_truncate", (PyCFunction)Model_mtp_truncate, METH_O,
+     "mtp_truncate(length): keep the first length positions of the MTP layer's cache."},
+    {"mtp_forward", (PyCFunction)(void (*)(void))Model_mtp_forward, METH_VARARGS | METH_KEYWORDS,
+     "mtp_forward(input_ids int64 [S], hidden float32 [S, hidden], logits='last', isa=None) -> (logits, hidden_out "
+     "[S, hidden]): the MTP layer over S positions after its cached ones (dsv3_mtp.h)"},
     {"run_module", (PyCFunction)(void (*)(void))Model_run_module, METH_VARARGS | METH_KEYWORDS,
      "run_module(kind, layer, x float32 [S, hidden], start_pos=0, use_cache=False, indices=None, weights=None, "
      "isa=None)"},
@@ -641,7 +753,17 @@ static PyMethodDef Model_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *Model_mtp_cache_len(ModelObject *self, void *closure)
+{
+    (void)closure;
+    if (!self->model || !self->model->mtp)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong((long long)self->model->mtp->cache_len);
+}
+
 static PyGetSetDef Model_getset[] = {
+    {"mtp_cache_len", (getter)Model_mtp_cache_len, NULL, "positions in the MTP layer's cache (None: no MTP layer)",
+     NULL},
     {"cache_len", (getter)Model_cache_len, NULL, "tokens in the KV cache", NULL},
     {"capacity", (getter)Model_capacity, NULL, "maximum tokens in the KV cache (max_seq_len)", NULL},
     {"kv_cache_dtype", (getter)Model_kv_cache_dtype, NULL, "storage of the latent cache: 'f32', 'bf16' or 'fp8'", NULL},
@@ -766,8 +888,8 @@ static PyObject *py_tensor_slots(PyObject *self, PyObject *args)
         return NULL;
     const int64_t count = dsv3_tensor_slots(&c, (int64_t)part, NULL);
     if (count < 0)
-        return PyErr_Format(PyExc_ValueError, "part must be in 0..%lld (num_hidden_layers + 1), got %lld",
-                            (long long)c.num_hidden_layers + 1, part);
+        return PyErr_Format(PyExc_ValueError, "part must be in 0..%lld (num_hidden_layers + 2: the MTP layer), got %lld",
+                            (long long)c.num_hidden_layers + 2, part);
     dsv3_tensor_slot *slots = PyMem_Malloc((size_t)(count ? count : 1) * sizeof *slots);
     if (!slots)
         return PyErr_NoMemory();
@@ -817,18 +939,134 @@ static PyObject *py_config_choices(PyObject *self, PyObject *unused)
     return out;
 }
 
+/* params float64 [5] (temperature, top_k, top_p, min_p, repetition_penalty) -> dsv3_sampling; 0 + exception. */
+static int sampling_arg(PyObject *o, dsv3_sampling *sp)
+{
+    if (!PyArray_Check(o) || PyArray_TYPE((PyArrayObject *)o) != NPY_FLOAT64 || PyArray_NDIM((PyArrayObject *)o) != 1 ||
+        PyArray_DIM((PyArrayObject *)o, 0) != 5 || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)o)) {
+        PyErr_SetString(PyExc_TypeError, "params must be a C-contiguous float64 array [5] (temperature, top_k, top_p, "
+                        "min_p, repetition_penalty)");
+        return 0;
+    }
+    const double *d = (const double *)PyArray_DATA((PyArrayObject *)o);
+    *sp = (dsv3_sampling){(float)d[0], d[1] > 9e18 || d[1] != d[1] ? 0 : (int64_t)d[1], (float)d[2], (float)d[3],
+                          (float)d[4]};
+    return 1;
+}
+
+/* sample_probs(logits float32 [V], params float64 [5], seen int64 [n]) -> float64 [V] */
+static PyObject *py_sample_probs(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *lo_o, *par_o, *seen_o;
+    dsv3_sampling sp;
+    if (!PyArg_ParseTuple(args, "OOO", &lo_o, &par_o, &seen_o) || !sampling_arg(par_o, &sp))
+        return NULL;
+    PyArrayObject *lo = dsv3_py_check_array(lo_o, "logits", DSV3_DT_F32, 1);
+    PyArrayObject *seen = lo ? dsv3_py_check_array(seen_o, "seen", DSV3_DT_I64, 1) : NULL;
+    if (!seen)
+        return NULL;
+    npy_intp V = PyArray_DIM(lo, 0);
+    PyObject *out = PyArray_SimpleNew(1, &V, NPY_FLOAT64);
+    if (!out)
+        return NULL;
+    dsv3_error err = {0};
+    dsv3_status st = dsv3_sample_probs((const float *)PyArray_DATA(lo), V, &sp, (const int64_t *)PyArray_DATA(seen),
+                                       PyArray_DIM(seen, 0), (double *)PyArray_DATA((PyArrayObject *)out), &err);
+    if (st != DSV3_OK) {
+        Py_DECREF(out);
+        return dsv3_py_raise(st, &err);
+    }
+    return out;
+}
+
+/* spec_accept(p float64 [V], q float64 [V], draft, rng int64 [1] (advanced in place)) -> (accepted, token) */
+static PyObject *py_spec_accept(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *p_o, *q_o, *rng_o;
+    long long draft;
+    if (!PyArg_ParseTuple(args, "OOLO", &p_o, &q_o, &draft, &rng_o))
+        return NULL;
+    PyArrayObject *a[2] = {NULL, NULL};
+    PyObject *objs[2] = {p_o, q_o};
+    for (int i = 0; i < 2; i++)
+        if (!PyArray_Check(objs[i]) || PyArray_TYPE((PyArrayObject *)objs[i]) != NPY_FLOAT64 ||
+            PyArray_NDIM((PyArrayObject *)objs[i]) != 1 || !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)objs[i]))
+            return PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous float64 array [vocab]", i ? "q" : "p");
+        else
+            a[i] = (PyArrayObject *)objs[i];
+    if (PyArray_DIM(a[0], 0) != PyArray_DIM(a[1], 0))
+        return PyErr_Format(PyExc_ValueError, "p and q must have the same length, got %ld and %ld",
+                            (long)PyArray_DIM(a[0], 0), (long)PyArray_DIM(a[1], 0));
+    PyArrayObject *rng = dsv3_py_check_array(rng_o, "rng", DSV3_DT_I64, 1);
+    if (!rng)
+        return NULL;
+    if (PyArray_DIM(rng, 0) != 1 || !PyArray_ISWRITEABLE(rng))
+        return PyErr_Format(PyExc_ValueError, "rng must be a writeable int64 array [1]");
+    int accepted = 0;
+    int64_t tok = 0;
+    dsv3_error err = {0};
+    dsv3_status st = dsv3_spec_accept((const double *)PyArray_DATA(a[0]), (const double *)PyArray_DATA(a[1]),
+                                      PyArray_DIM(a[0], 0), (int64_t)draft, (uint64_t *)PyArray_DATA(rng), &accepted,
+                                      &tok, &err);
+    if (st != DSV3_OK)
+        return dsv3_py_raise(st, &err);
+    return Py_BuildValue("(OL)", accepted ? Py_True : Py_False, (long long)tok);
+}
+
+/* token_logprobs(logits float32 [V], token, n_top) -> (logprob, top_ids int64 [n_top], top_logprobs float32) */
+static PyObject *py_token_logprobs(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *lo_o;
+    long long token, n_top;
+    if (!PyArg_ParseTuple(args, "OLL", &lo_o, &token, &n_top))
+        return NULL;
+    PyArrayObject *lo = dsv3_py_check_array(lo_o, "logits", DSV3_DT_F32, 1);
+    if (!lo)
+        return NULL;
+    if (n_top < 0 || n_top > PyArray_DIM(lo, 0))
+        return PyErr_Format(PyExc_ValueError, "n_top must be in [0, %ld], got %lld", (long)PyArray_DIM(lo, 0), n_top);
+    npy_intp k = (npy_intp)n_top;
+    PyObject *ids = PyArray_SimpleNew(1, &k, NPY_INT64), *lps = PyArray_SimpleNew(1, &k, NPY_FLOAT32);
+    if (!ids || !lps) {
+        Py_XDECREF(ids);
+        Py_XDECREF(lps);
+        return NULL;
+    }
+    float lp = 0.f;
+    dsv3_error err = {0};
+    dsv3_status st = dsv3_token_logprobs((const float *)PyArray_DATA(lo), PyArray_DIM(lo, 0), (int64_t)token,
+                                         (int64_t)n_top, &lp, (int64_t *)PyArray_DATA((PyArrayObject *)ids),
+                                         (float *)PyArray_DATA((PyArrayObject *)lps), &err);
+    if (st != DSV3_OK) {
+        Py_DECREF(ids);
+        Py_DECREF(lps);
+        return dsv3_py_raise(st, &err);
+    }
+    return Py_BuildValue("(dNN)", (double)lp, ids, lps);
+}
+
 PyMethodDef dsv3_model_methods[] = {
     {"tensor_table", py_tensor_table, METH_NOARGS,
      "tensor_table() -> rows of the C tensor table (name pattern, scope, kind, shape dims, present, optional)"},
     {"tensor_slots", py_tensor_slots, METH_VARARGS,
      "tensor_slots(config, part) -> [(name, shape, kind, optional)] of part 0 (before the layers), 1 + l "
-     "(layer l) or num_hidden_layers + 1 (after)"},
+     "(layer l), num_hidden_layers + 1 (after) or num_hidden_layers + 2 (the MTP layer)"},
     {"tensor_totals", py_tensor_totals, METH_O,
      "tensor_totals(config) -> (number of tensors, number of values) of a model with that config (saturating)"},
     {"config_keys", py_config_keys, METH_NOARGS,
      "config_keys() -> every key of the native config dict (DeepseekConfig.to_native())"},
     {"config_choices", py_config_choices, METH_NOARGS,
      "config_choices() -> {'scoring_func': names, 'topk_method': names} in the C enums' order"},
+    {"sample_probs", py_sample_probs, METH_VARARGS,
+     "sample_probs(logits float32 [V], params float64 [5], seen int64 [n]) -> float64 [V]: the sampler's distribution"},
+    {"spec_accept", py_spec_accept, METH_VARARGS,
+     "spec_accept(p float64 [V], q float64 [V], draft, rng int64 [1]) -> (accepted, token): speculative sampling's "
+     "rule (the rng is advanced in place)"},
+    {"token_logprobs", py_token_logprobs, METH_VARARGS,
+     "token_logprobs(logits float32 [V], token, n_top) -> (logprob, top_ids, top_logprobs) of the raw logits"},
     {"sample", py_sample, METH_VARARGS,
      "sample(logits float32 [V], temperature, top_k, top_p, rng_state) -> (token, rng_state)"},
     {"mla_dots", (PyCFunction)(void (*)(void))dsv3_py_mla_dots, METH_VARARGS | METH_KEYWORDS,

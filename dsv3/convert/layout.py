@@ -115,10 +115,16 @@ class Dsv3Checkpoint(CheckpointReader):
     """A converted checkpoint opened by dsv3.checkpoint.open_checkpoint (layout "dsv3"): a
     dsv3.checkpoint.CheckpointReader, values zero-copy (numpy arrays or QuantizedTensor)."""
 
-    def __init__(self, path, config, reader):
+    def __init__(self, path, config, reader, mtp=False):
         super().__init__(path, config, reader, "dsv3")
         self._formats = {}
+        self._mtp = None
         self._check()
+        if mtp:  # the MTP layer is stored verbatim in its source layout: planned as the source reader does
+            from ..checkpoint import Checkpoint, mtp_shapes, tensor_layout
+            n = config.num_hidden_layers
+            keys = [k for k in reader.keys() if (layer_of(k) or 0) >= n]
+            self._mtp = Checkpoint(path, config, reader, tensor_layout(keys), entries=mtp_shapes(config))
 
     def _check(self):
         """Every canonical tensor of the config is there, with its shape and a float (or quantised)
@@ -130,7 +136,7 @@ class Dsv3Checkpoint(CheckpointReader):
         want = {n: s for n, s, _ in canonical_shapes(self.config)}
         floats = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
         seen, fmts = set(), {}
-        for name, v in self.canonical_tensors():
+        for name, v in self._main_tensors():
             if name not in want:
                 raise CheckpointError(f"{self.path}: tensor {name!r} is not one the config calls for")
             if tuple(v.shape) != tuple(want[name]):
@@ -149,7 +155,13 @@ class Dsv3Checkpoint(CheckpointReader):
         self._formats = fmts
 
     def canonical_tensors(self):
-        """Yield (canonical_name, value); values are zero-copy, valid while the checkpoint is open."""
+        """Yield (canonical_name, value); values are zero-copy, valid while the checkpoint is open. With
+        mtp, the MTP layer's tensors come last."""
+        yield from read_dsv3_checkpoint(self.path, self.reader, self.config)
+        if self._mtp is not None:
+            yield from self._mtp.canonical_tensors()
+
+    def _main_tensors(self):
         return read_dsv3_checkpoint(self.path, self.reader, self.config)
 
     def _format_counts(self):
@@ -160,7 +172,7 @@ class Dsv3Checkpoint(CheckpointReader):
         return {"options": {k: v for k, v in q.items() if k in ("default", "experts", "attention", "lm_head")}}
 
 
-def open_dsv3(path, config):
+def open_dsv3(path, config, mtp=False):
     """Open a dsv3 checkpoint directory whose config is already loaded (the open_checkpoint hook)."""
     if dsv3_section(path) is None:
         raise ValueError(f"{path}: has a dsv3 manifest but config.json has no dsv3 section "
@@ -170,7 +182,7 @@ def open_dsv3(path, config):
     reader = open_safetensors(path)
     try:
         check_config_fits(config, reader, path)
-        return Dsv3Checkpoint(path, config, reader)
+        return Dsv3Checkpoint(path, config, reader, mtp=mtp)
     except BaseException:
         reader.close()
         raise
