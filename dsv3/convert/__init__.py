@@ -18,8 +18,10 @@ On-disk dsv3 layout (DST):
   (experts [r*E/N, (r+1)*E/N), contiguous as in DeepSeek's convert.py) go to
   `model-ep<r>-of-ep<N>-KKKKK-of-NNNNN.safetensors` and everything else, once, to
   `model-shared-KKKKK-of-NNNNN.safetensors`; the index maps every tensor.
-- Copied verbatim (source names and formats): the V3.2 indexer's tensors (self_attn.indexer.*),
-  always, and with --keep-mtp the MTP layer's; the reader skips both, as open_checkpoint does.
+- The V3.2 indexer's tensors (self_attn.indexer.*) are canonical tensors of a deepseek_v32 config: wq_b
+  and wk take the --attention format, k_norm and weights_proj stay float (as every norm and the router).
+- Copied verbatim (source names and formats): with --keep-mtp the MTP layer's; the reader skips it, as
+  open_checkpoint does.
 - dsv3-manifest.json: source identity, options, per-shard state and per-tensor shard, dtype,
   shape, format and sha256 (see manifest.py).
 - .dsv3-convert.lock: exists while a conversion writes DST (it holds an flock on it and its pid in

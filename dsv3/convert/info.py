@@ -15,7 +15,7 @@ def info(path):
     """Summary of any checkpoint dsv3 reads (source or converted), as a dict: layout,
     architecture, tensor count, {format: [count, bytes]}, missing and unexpected canonical names
     (canonical names the config does not call for, and source tensors the reader did not use), and
-    what the reader skipped (MTP layers, V3.2 indexer); plus Checkpoint.summary()."""
+    what the reader skipped (MTP layers; V3.2 indexer tensors under a non-V3.2 config); plus Checkpoint.summary()."""
     from ..checkpoint import CheckpointError, open_checkpoint
     from ..paths import resolve_checkpoint_dir
     path = resolve_checkpoint_dir(path)  # a directory, or a hub id in the local cache; clear errors
