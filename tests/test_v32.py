@@ -302,3 +302,26 @@ def test_weight_formats_match_transformers_on_the_same_weights(tmp_path, fmt):
     assert any(hasattr(v, "fmt") or v.dtype != np.float32 for k, v in out.items() if ".indexer.wq_b" in k)
     rep = parity.run(config=cfg, tensors=out, modules="indexer logits top1", seq_len=40, progress=False)
     assert rep.passed, str(rep)
+
+
+@pytest.mark.parametrize("kv", ["bf16", "fp8"])
+def test_sparse_attention_over_a_bf16_or_fp8_latent_cache(case, kv):
+    """The selected rows are gathered in the cache's own layout. With a bf16 / fp8 latent cache the median
+    position past index_topk is within that cache's stated accuracy (tests/test_kv_cache_dtype.py) of
+    transformers fp32 (not every position: the rounding moves the next layers' indexer inputs, and a
+    selection with two close scores at the top-k boundary can flip), and decoding token by token gives
+    bitwise the prefill's logits. A wrong gather (row size or layout) would put every position past
+    index_topk far outside the bound."""
+    name, model, ids, ref = case
+    bound = {"bf16": 1e-2, "fp8": 8e-2}[kv]
+    cfg = H.native_config(model.config)
+    m = dsv3.Model.from_tensors(cfg, H.canonical_tensors(model), precision="exact", max_seq_len=128,
+                                kv_cache_dtype=kv)
+    k = model.config.index_topk
+    full = m.forward(ids)
+    per_pos = np.abs(full[k:] - ref[k:]).max(-1) / np.abs(ref).max()
+    assert np.median(per_pos) < bound, (name, kv, np.sort(per_pos))
+    m.reset()
+    p = 40
+    got = np.stack([m.forward(ids[:p])[-1]] + [m.forward(ids[i:i + 1])[0] for i in range(p, len(ids))])
+    assert np.array_equal(got, full[p - 1:]), (name, kv)
