@@ -61,6 +61,34 @@ static void penalise(const float *logits, double *v, const int64_t *seen, int64_
     }
 }
 
+/* The candidates' scratch and the penalised scores v [vocab] (double) of logits, and their argmax *best
+ * (the first of equal maxima); `what` names the caller in the out-of-memory message. */
+static dsv3_status penalised_scores(const float *logits, int64_t vocab, const dsv3_sampling *p, const int64_t *seen,
+                                    int64_t n_seen, const char *what, cand **cp, double **vp, int64_t *best,
+                                    dsv3_error *err)
+{
+    cand *c = dsv3_alloc((size_t)vocab * sizeof *c);
+    double *v = dsv3_alloc((size_t)vocab * sizeof *v);
+    if (!c || !v) {
+        dsv3_free(c);
+        dsv3_free(v);
+        return dsv3_fail(err, DSV3_E_NOMEM, "%s: out of memory for %lld candidates", what, (long long)vocab);
+    }
+    for (int64_t i = 0; i < vocab; i++)
+        v[i] = logits[i];
+    if (p->repetition_penalty != 1.f)
+        penalise(logits, v, seen, n_seen, vocab, p->repetition_penalty);
+    int64_t b = 0;
+    for (int64_t i = 1; i < vocab; i++)
+        if (v[i] > v[b])
+            b = i;
+    *cp = c;
+    *vp = v;
+    *best = b;
+    return DSV3_OK;
+}
+
+
 /* log-softmax of the raw logits at the requested ids (double accumulation). */
 static void raw_logprobs(const float *logits, int64_t vocab, int64_t token, float *logprob, int64_t n_top,
                          int64_t *top_ids, float *top_lp, cand *work)
@@ -143,21 +171,12 @@ dsv3_status dsv3_sample_ex(const float *logits, int64_t vocab, const dsv3_sampli
     for (int64_t i = 0; i < vocab; i++)
         if (isnan(logits[i]) || ((!greedy || logprob || n_top > 0) && !isfinite(logits[i])))
             return dsv3_fail(err, DSV3_E_VALUE, "sample: logits[%lld] is %g", (long long)i, (double)logits[i]);
-    cand *c = dsv3_alloc((size_t)vocab * sizeof *c);
-    double *v = dsv3_alloc((size_t)vocab * sizeof *v);
-    if (!c || !v) {
-        dsv3_free(c);
-        dsv3_free(v);
-        return dsv3_fail(err, DSV3_E_NOMEM, "sample: out of memory for %lld candidates", (long long)vocab);
-    }
-    for (int64_t i = 0; i < vocab; i++)
-        v[i] = logits[i];
-    if (p->repetition_penalty != 1.f)
-        penalise(logits, v, seen, n_seen, vocab, p->repetition_penalty);
+    cand *c = NULL;
+    double *v = NULL;
     int64_t best = 0;
-    for (int64_t i = 1; i < vocab; i++)
-        if (v[i] > v[best])
-            best = i;
+    st = penalised_scores(logits, vocab, p, seen, n_seen, "sample", &c, &v, &best, err);
+    if (st != DSV3_OK)
+        return st;
     if (greedy) {
         *token = best;
     } else {
@@ -217,21 +236,12 @@ dsv3_status dsv3_sample_probs(const float *logits, int64_t vocab, const dsv3_sam
     for (int64_t i = 0; i < vocab; i++)
         if (!isfinite(logits[i]))
             return dsv3_fail(err, DSV3_E_VALUE, "sample_probs: logits[%lld] is %g", (long long)i, (double)logits[i]);
-    cand *c = dsv3_alloc((size_t)vocab * sizeof *c);
-    double *v = dsv3_alloc((size_t)vocab * sizeof *v);
-    if (!c || !v) {
-        dsv3_free(c);
-        dsv3_free(v);
-        return dsv3_fail(err, DSV3_E_NOMEM, "sample_probs: out of memory for %lld candidates", (long long)vocab);
-    }
-    for (int64_t i = 0; i < vocab; i++)
-        v[i] = logits[i];
-    if (p->repetition_penalty != 1.f)
-        penalise(logits, v, seen, n_seen, vocab, p->repetition_penalty);
+    cand *c = NULL;
+    double *v = NULL;
     int64_t best = 0;
-    for (int64_t i = 1; i < vocab; i++)
-        if (v[i] > v[best])
-            best = i;
+    st = penalised_scores(logits, vocab, p, seen, n_seen, "sample_probs", &c, &v, &best, err);
+    if (st != DSV3_OK)
+        return st;
     memset(probs, 0, (size_t)vocab * sizeof *probs);
     if (p->temperature <= 0.f) {
         probs[best] = 1.0;
