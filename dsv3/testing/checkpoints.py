@@ -7,6 +7,7 @@ import ml_dtypes
 import numpy as np
 
 from .. import fused_experts
+from .._native import lib
 from ..checkpoint import canonical_shapes
 from ..config import load_config
 from ..safetensors_io import SINGLE_NAME, save_safetensors, shard_name, write_index
@@ -83,28 +84,18 @@ def _random(rng, name, shape, scale):
 
 
 def _mtp_and_indexer(cfg, mtp, indexer):
-    """Extra (name, shape, kind) entries: MTP layer N like V3's layer 61 and, for a config that is not
-    deepseek_v32, V3.2 indexer tensors (a deepseek_v32 config has them among its canonical tensors, in the
-    hub names, whatever `indexer` says)."""
-    extra = []
-    H = cfg.hidden_size
+    """Extra (name, shape, kind) entries, named and shaped by the C tensor table: MTP layer N like V3's layer 61
+    (part N + 2, its own embed_tokens copy included) and, for a config that is not deepseek_v32, V3.2 indexer
+    tensors (a deepseek_v32 config has them among its canonical tensors, in the hub names, whatever
+    `indexer` says)."""
+    extra, native = [], cfg.to_native()
     if indexer and not cfg.has_indexer:
-        nh, hd = cfg.index_n_heads or 4, cfg.index_head_dim or 16
-        for i in range(cfg.num_hidden_layers):
-            p = f"model.layers.{i}.self_attn.indexer."
-            extra += [(p + "wq_b.weight", (nh * hd, cfg.q_lora_rank or H), "extra"),
-                      (p + "wk.weight", (hd, H), "extra"), (p + "k_norm.weight", (hd,), "extra"),
-                      (p + "k_norm.bias", (hd,), "extra"), (p + "weights_proj.weight", (nh, H), "extra")]
+        fake = dict(native, index_n_heads=cfg.index_n_heads or 4, index_head_dim=cfg.index_head_dim or 16,
+                    index_topk=1, q_lora_rank=native["q_lora_rank"] or cfg.hidden_size)
+        extra += [(n, shape, "extra") for part in range(1, cfg.num_hidden_layers + 1)
+                  for n, shape, _, _ in lib.tensor_slots(fake, part) if ".self_attn.indexer." in n]
     if mtp:
-        N = cfg.num_hidden_layers
-        big = dict(cfg.to_dict(), num_hidden_layers=N + 1, first_k_dense_replace=min(cfg.first_k_dense_replace, N))
-        layer = [(n, s, "extra") for n, s, _ in canonical_shapes(load_config(big))
-                 if n.startswith(f"model.layers.{N}.")]
-        p = f"model.layers.{N}."
-        extra += [(p + "embed_tokens.weight", (cfg.vocab_size, H), "extra"), (p + "enorm.weight", (H,), "extra"),
-                  (p + "hnorm.weight", (H,), "extra"), (p + "eh_proj.weight", (H, 2 * H), "extra")] + layer + \
-                 [(p + "shared_head.norm.weight", (H,), "extra"),
-                  (p + "shared_head.head.weight", (cfg.vocab_size, H), "extra")]
+        extra += [(n, shape, "extra") for n, shape, _, _ in lib.tensor_slots(native, cfg.num_hidden_layers + 2)]
     return extra
 
 
