@@ -157,11 +157,12 @@ class Dsv3Checkpoint(CheckpointReader):
     def canonical_tensors(self):
         """Yield (canonical_name, value); values are zero-copy, valid while the checkpoint is open. With
         mtp, the MTP layer's tensors come last."""
-        yield from read_dsv3_checkpoint(self.path, self.reader, self.config)
+        yield from self._main_tensors()
         if self._mtp is not None:
             yield from self._mtp.canonical_tensors()
 
     def _main_tensors(self):
+        """The canonical tensors of the converted layers (the MTP layer's, kept verbatim, excluded)."""
         return read_dsv3_checkpoint(self.path, self.reader, self.config)
 
     def _format_counts(self):
