@@ -340,9 +340,10 @@ def mutate(target, data, rng):
     return pack_files(files)
 
 
-def random_fuzz(target, seconds, seed=0, max_runs=None, corpus=None):
+def random_fuzz(target, seconds, seed=0, max_runs=None, corpus=None, min_runs=0):
     """Seeded random mutation fuzzing (no coverage feedback, no atheris) for ``seconds`` or
-    ``max_runs`` inputs. Inputs that ran cleanly are kept as parents. Returns (runs, findings)
+    ``max_runs`` inputs, but at least ``min_runs`` inputs (so a loaded machine still runs a fixed
+    minimum of work). Inputs that ran cleanly are kept as parents. Returns (runs, findings)
     where findings is a list of (input bytes, exception)."""
     import time
     rng = random.Random(seed)
@@ -350,7 +351,7 @@ def random_fuzz(target, seconds, seed=0, max_runs=None, corpus=None):
     findings, runs = [], 0
     deadline = time.monotonic() + seconds
     with tempfile.TemporaryDirectory() as tmp:
-        while time.monotonic() < deadline and (max_runs is None or runs < max_runs):
+        while (runs < min_runs or time.monotonic() < deadline) and (max_runs is None or runs < max_runs):
             data = rng.choice(pool)
             for _ in range(rng.choice([1, 1, 2, 3])):
                 data = mutate(target, data, rng)
