@@ -132,8 +132,11 @@ static PyObject *Batch_release(BatchObject *self, PyObject *arg)
     long long slot = PyLong_AsLongLong(arg);
     if ((slot == -1 && PyErr_Occurred()) || !ready(self))
         return NULL;
+    if (!dsv3_py_model_claim(self->model)) /* never under a forward running on another thread */
+        return NULL;
     dsv3_error err = {0};
     dsv3_status st = dsv3_batch_release(self->batch, (int64_t)slot, &err);
+    dsv3_py_model_release(self->model);
     if (st != DSV3_OK)
         return dsv3_py_raise(st, &err);
     Py_RETURN_NONE;
@@ -144,8 +147,11 @@ static PyObject *Batch_truncate(BatchObject *self, PyObject *args)
     long long slot, length;
     if (!PyArg_ParseTuple(args, "LL", &slot, &length) || !ready(self))
         return NULL;
+    if (!dsv3_py_model_claim(self->model))
+        return NULL;
     dsv3_error err = {0};
     dsv3_status st = dsv3_batch_truncate(self->batch, (int64_t)slot, (int64_t)length, &err);
+    dsv3_py_model_release(self->model);
     if (st != DSV3_OK)
         return dsv3_py_raise(st, &err);
     Py_RETURN_NONE;
