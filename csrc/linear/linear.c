@@ -134,6 +134,15 @@ static void split_bf16x2_team(const float *x, int64_t m, int64_t k, int layout, 
         uint16_t *hr = xh + r * k, *lr = xl ? xl + r * k : NULL; /* no lo: x rounded once (fast mode) */
         uint16_t h[128], l[128];
         int64_t j = j0;
+        if (bs == 1) { /* natural order (bf16 weights): a straight, vectorisable conversion */
+            for (; j < j1 && lr; j++) {
+                hr[j] = dsv3_f32_to_bf16(xr[j]);
+                lr[j] = dsv3_f32_to_bf16(xr[j] - dsv3_bf16_to_f32(hr[j]));
+            }
+            for (; j < j1; j++)
+                hr[j] = dsv3_f32_to_bf16(xr[j]);
+            continue;
+        }
         for (; j + bs <= j1 && j + bs <= kb; j += bs) { /* full blocks (1024 is a multiple of bs) */
             for (int64_t o = 0; o < bs; o++) {
                 h[o] = dsv3_f32_to_bf16(xr[j + o]);
