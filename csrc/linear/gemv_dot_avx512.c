@@ -103,20 +103,23 @@ AI void dec_fp8_bf16(const uint8_t *p, const fp8_tables *t, const int is_int8, _
 
 #define DNR 4 /* rows of W per tile: each x vector loaded once serves DNR weight rows */
 
-/* Tiles of the bf16/fp8/int8 kernels: up to DOT_MR rows of x against dot_nr(mr) weight rows, so that for
- * M <= 8 every weight vector is loaded (and decoded) once and meets all M rows of x in registers (a
- * weight row is read from memory once per call, not once per 2 rows of x). Register budget: 2
- * accumulators (pa, pb) per (x row, weight row) <= 16, + nr decoded pairs (+ 4 fp8 tables); x vectors
- * are loaded straight into the vdpbf16ps. Each output's arithmetic is the same whatever the tile
- * (pa/pb chains over the 64-blocks, part = pa + pb per K group, acc += part * scale, one reduction),
- * so a row's result does not depend on M or on the tile that computed it (batched == one at a time). */
+/* Tiles of the bf16/fp8/int8 kernels (dot_rows): mr rows of x against nr weight rows. Each output's
+ * arithmetic is the same whatever the tile (pa/pb chains over the 64-blocks, part = pa + pb per K group,
+ * acc += part * scale, one reduction), so a row's result does not depend on M or on the tile that
+ * computed it (batched decode == one sequence at a time, bitwise).
+ *  - When all M rows of x fit in DOT_X_L1 bytes (hi, + lo in exact mode) and M <= DOT_MR: ONE pass, tiles
+ *    of all M rows against one weight row, the rows walked one after another (one sequential stream,
+ *    prefetched DOT_PF_AHEAD bytes ahead into L2, both lines of each 128-byte block): every weight byte
+ *    is loaded once and meets all M rows of x from L1 in registers (2 * M <= 16 accumulators).
+ *  - Otherwise (long rows: K = 4096 / 7168 at M >= 3): passes of up to mrmax (>= 2) rows of x over tiles
+ *    of dot_nr(mr) weight rows (the next tile's rows prefetched, PF_NEXT), which keeps x in L1; 8 rows of
+ *    x streamed from L2 per weight row were slower.
+ * Measured 2026-11-30 (a C loop over the kernel, one thread, CPU time, bf16 fast mode, weights from memory;
+ * GB/s of weights, before -> after): K = 1024: M = 2 10.8 -> 20.2, M = 3 9.8 -> 17.8, M = 4 9.3 -> 17.8,
+ * M = 8 7.3 -> 13.2, M = 16 5.3 -> 6.6; K = 2048 exact M = 2 13.1 -> 16.7; K = 4096 / 7168 unchanged. */
 #define DOT_MR 8
-#ifndef DOT_PF_AHEAD
 #define DOT_PF_AHEAD 4096
-#endif
-#ifndef DOT_X_L1
 #define DOT_X_L1 (16 << 10)
-#endif
 AI int dot_nr(int mr) { return mr <= 2 ? DNR : mr <= 4 ? 2 : 1; }
 
 /* The pa/pb chains of K range [k0, kend) (whole 64-blocks) for an mr x nr tile (rows m0.., weight rows
@@ -453,7 +456,7 @@ AI void dot_rows(dsv3_format f, const int lo, const dsv3_lin_args *a, int64_t n0
     t.lo1 = _mm512_loadu_si512(lob + 64);
     const int64_t K = a->w->k, xb = lo ? 4 : 2; /* x bytes per column (hi, lo) */
     const int seq = rows_sequential(a, (int)xb, K * (f == DSV3_FMT_BF16 ? 2 : 1));
-    const int64_t fit = DOT_X_L1 / (K * xb); /* rows of x whose K columns fit in DOT_X_L1 */
+    const int64_t fit = K > 0 ? DOT_X_L1 / (K * xb) : DOT_MR; /* rows of x that fit in DOT_X_L1 */
     const int mrmax = fit >= DOT_MR ? DOT_MR : fit > 2 ? (int)fit : 2;
     for (int64_t klo = 0; klo < K; klo += DSV3_GEMV_KC) { /* K chunks: x stays in L1 */
         const int64_t khi = klo + DSV3_GEMV_KC < K ? klo + DSV3_GEMV_KC : K;
