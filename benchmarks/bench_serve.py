@@ -14,7 +14,8 @@ weights from memory as a real model does.
    (with 1 thread it counts only the time the step ran), and a weight-traffic model: the weight bytes one
    step reads for 1 and for 8 tokens (every linear once per step; routed experts: the expected number
    of distinct experts that 8 tokens' top-k choices touch under uniform routing), whose quotient is the
-   ratio a purely bandwidth-bound decode would reach.
+   ratio a purely bandwidth-bound decode would reach; the measured ratios are also printed as a fraction
+   of it.
 2. server: `dsv3 serve` on 127.0.0.1 (its own process), `--clients` streaming chat clients at once
    vs the same requests one after another, through the `openai` client: total generated tokens/s and
    the mean time to first token.
@@ -98,7 +99,8 @@ def bench_decode(model, steps, rounds, batch):
             "cpu_ms_per_step_1": cpu[1] * 1e3, f"cpu_ms_per_step_{batch}": cpu[batch] * 1e3,
             "cpu_ratio": batch * cpu[1] / cpu[batch], "weight_mb_per_step_1": b1 / 1e6,
             f"weight_mb_per_step_{batch}": bn / 1e6, f"expected_distinct_experts_{batch}": distinct,
-            "bandwidth_bound_ratio": batch * b1 / bn, "steps": steps, "rounds": rounds}
+            "bandwidth_bound_ratio": batch * b1 / bn, "ratio_of_bound": best[batch] / best[1] / (batch * b1 / bn),
+            "cpu_ratio_of_bound": batch * cpu[1] / cpu[batch] / (batch * b1 / bn), "steps": steps, "rounds": rounds}
 
 
 def bench_server(path, clients, max_tokens, max_batch):
@@ -203,6 +205,8 @@ def main(argv=None):
               f"{d[f'weight_mb_per_step_{args.batch}']:.0f} MB (~{d[f'expected_distinct_experts_{args.batch}']:.1f} "
               f"distinct routed experts per MoE layer): a bandwidth-bound decode gains at most "
               f"{d['bandwidth_bound_ratio']:.2f}x")
+        print(f"batching gain as a fraction of that bound: {d['ratio_of_bound']:.0%} (wall time), "
+              f"{d['cpu_ratio_of_bound']:.0%} (CPU time)")
         del model
         if not args.no_server:
             s = bench_server(path, args.clients, args.max_tokens, args.batch)

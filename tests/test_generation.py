@@ -95,6 +95,25 @@ def test_sampler_rejects_bad_parameters():
             sample_rows(logits, [row])
 
 
+def test_sampler_rows_are_independent_and_first_error_wins():
+    """sample_rows splits its rows over the threads: every row (token, logprob, top list, rng state) equals
+    that row sampled alone, and with several bad rows the error is the first bad row's."""
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((9, 300)).astype(np.float32) * 3
+    rows = [(0.0 if i % 3 == 0 else 0.8, i % 4 * 5, 0.9 if i % 2 else 1.0, 0.0, 1.0 + 0.1 * (i % 3)) for i in range(9)]
+    seen = [list(range(i, i + 4)) for i in range(9)]
+    (tok, lp, ti, tl), rngs = sample_rows(logits, rows, seen, seeds=range(10, 19), n_top=4)
+    for i in range(9):
+        (t1, l1, i1, p1), r1 = sample_rows(logits[i], [rows[i]], [seen[i]], seeds=[10 + i], n_top=4)
+        assert t1[0] == tok[i] and l1[0] == lp[i] and r1[0] == rngs[i], i
+        np.testing.assert_array_equal(i1[0], ti[i])
+        np.testing.assert_array_equal(p1[0], tl[i])
+    bad = list(rows)
+    bad[5], bad[2] = (1.0, 0, 1, 1.5, 1), (1.0, 0, 0.0, 0, 1)  # row 2: top_p, row 5: min_p
+    with pytest.raises(ValueError, match="top_p"):
+        sample_rows(logits, bad, seen)
+
+
 def test_text_in_text_out(model):
     tok = model.tokenizer
     out = model.generate("Hello! How are you", 10)

@@ -322,3 +322,25 @@ def test_decode_row_tiles_are_bitwise_single_rows(fmt):
                 yr = dsv3.ops.linear(x, quant.quantize(w[r:r + 1], fmt), bias=None if b is None else b[r:r + 1],
                                      isa=isa)
                 np.testing.assert_array_equal(y[0, r], yr[0, 0], err_msg=f"{fmt} {isa} row {r}")
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp8_block", "int8"])
+@pytest.mark.parametrize("precision", ["exact", "fast"])
+def test_small_m_tiles_are_bitwise_single_rows(fmt, precision):
+    """The AVX-512 small-M kernels tile up to 8 rows of x against 1-4 weight rows, the tile shape chosen
+    from M and from how many rows of x fit in L1 (csrc/linear/gemv_dot_avx512.c dot_rows: one pass
+    of up to 8 rows over single weight rows, or passes of 2 rows over 4-row tiles); every row of every
+    M from 1 to 17 must come out bit for bit as that row alone (batched decode == one at a time).
+    K = 640 fits 8 rows (fast) / 6 rows (exact, hi + lo) per pass, K = 2600 only 2 (and a K tail);
+    N = 13 leaves partial tiles."""
+    if "avx512" not in ISAS:
+        pytest.skip("the tiled small-M kernels are AVX-512 only (this CPU has no AVX-512)")
+    if precision == "fast" and fmt == "int8":
+        pytest.skip("int8 fast mode runs the Q8 kernels (dot_q8_*.c), not these tiles")
+    for k in (640, 2600):
+        qt = quant.quantize(rnd((13, k), 61, 0.05), fmt)
+        x = rnd((17, k), 62)
+        single = np.stack([dsv3.ops.linear(x[r:r + 1], qt, isa="avx512", precision=precision)[0] for r in range(17)])
+        for m in range(2, 18):
+            np.testing.assert_array_equal(dsv3.ops.linear(x[:m], qt, isa="avx512", precision=precision), single[:m],
+                                          err_msg=f"{fmt} {precision} k={k} m={m}")

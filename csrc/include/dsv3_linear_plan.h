@@ -74,8 +74,9 @@ int dsv3_linear_plan_share_x(dsv3_lin_plan *p, const dsv3_lin_plan *src);
  * n plans (work split over the team) and ends with a barrier. */
 void dsv3_linear_prepare_team(dsv3_lin_plan *p, int n);
 /* Called by every thread of the team: runs this thread's share of the n plans' work items (a fixed
- * contiguous range of their concatenation). No barrier at the end. work (optional): work[thread] is
- * increased by the number of items this thread ran (a debug counter for tests). */
+ * contiguous range of their concatenation, split by an estimated cost per item: linear.c item_cost).
+ * No barrier at the end. work (optional): work[thread] is increased by the number of items this thread
+ * ran (a debug counter for tests). */
 void dsv3_linear_run_team(const dsv3_lin_plan *p, int n, int64_t *work);
 /* Number of work items of a plan (column groups of p->cols). */
 int64_t dsv3_linear_plan_items(const dsv3_lin_plan *p);

@@ -134,6 +134,15 @@ static void split_bf16x2_team(const float *x, int64_t m, int64_t k, int layout, 
         uint16_t *hr = xh + r * k, *lr = xl ? xl + r * k : NULL; /* no lo: x rounded once (fast mode) */
         uint16_t h[128], l[128];
         int64_t j = j0;
+        if (bs == 1) { /* natural order (bf16 weights): a straight, vectorisable conversion */
+            for (; j < j1 && lr; j++) {
+                hr[j] = dsv3_f32_to_bf16(xr[j]);
+                lr[j] = dsv3_f32_to_bf16(xr[j] - dsv3_bf16_to_f32(hr[j]));
+            }
+            for (; j < j1; j++)
+                hr[j] = dsv3_f32_to_bf16(xr[j]);
+            continue;
+        }
         for (; j + bs <= j1 && j + bs <= kb; j += bs) { /* full blocks (1024 is a multiple of bs) */
             for (int64_t o = 0; o < bs; o++) {
                 h[o] = dsv3_f32_to_bf16(xr[j + o]);
@@ -497,23 +506,38 @@ void dsv3_linear_run_items(const dsv3_lin_plan *p, int64_t i0, int64_t i1)
         p->kern(&p->a, c * cols, (c + 1) * cols < N ? (c + 1) * cols : N);
 }
 
+/* Relative cost of one work item of plan p, for the split of several plans over a team (a heuristic: it
+ * moves work between threads, never changes a result). An item is cols x K weights, read once; the
+ * small-M kernels spend more time per weight byte as rows of x are added (AVX-512 bf16, K = 1024, one
+ * thread, weights from memory, 2026-11-30: M = 1, 2, 4, 8 at about 1 : 1.1 : 1.25 : 1.7), so a decode
+ * MoE's shared expert (M = all tokens) next to routed experts of 1-3 rows weighs more than its bytes. */
+static int64_t item_cost(const dsv3_lin_plan *p)
+{
+    const int64_t m = p->a.m < 16 ? p->a.m : 16;
+    return (8 + m) * ((p->cols * p->a.w->k + 63) / 64);
+}
+
 void dsv3_linear_run_team(const dsv3_lin_plan *p, int n, int64_t *work)
 {
     int64_t total = 0;
     for (int i = 0; i < n; i++)
-        total += dsv3_linear_plan_items(&p[i]);
+        total += dsv3_linear_plan_items(&p[i]) * item_cost(&p[i]);
     const int64_t T = omp_get_num_threads(), me = omp_get_thread_num();
-    const int64_t b = total * me / T, e = total * (me + 1) / T; /* this thread's items of the concatenation */
-    int64_t base = 0;
+    const int64_t b = total * me / T, e = total * (me + 1) / T; /* this thread's cost range of the concatenation */
+    int64_t base = 0, ran = 0;
     for (int i = 0; i < n && base < e; i++) {
-        const int64_t ni = dsv3_linear_plan_items(&p[i]);
-        const int64_t i0 = b > base ? b - base : 0, i1 = e - base < ni ? e - base : ni;
-        if (i0 < i1)
+        const int64_t ni = dsv3_linear_plan_items(&p[i]), c = item_cost(&p[i]);
+        /* item j (cost range [base + j c, base + (j + 1) c)) belongs to the thread whose range holds its start */
+        const int64_t j0 = b > base ? (b - base + c - 1) / c : 0, j1 = (e - base + c - 1) / c;
+        const int64_t i0 = j0 < ni ? j0 : ni, i1 = j1 < ni ? j1 : ni;
+        if (i0 < i1) {
             dsv3_linear_run_items(&p[i], i0, i1);
-        base += ni;
+            ran += i1 - i0;
+        }
+        base += ni * c;
     }
     if (work)
-        work[me] += e - b;
+        work[me] += ran;
 }
 
 void dsv3_linear_plan_release(dsv3_lin_plan *p)

@@ -214,14 +214,32 @@ dsv3_status dsv3_sample_rows(const float *logits, int64_t rows, int64_t vocab, c
 {
     if (rows < 0)
         return dsv3_fail(err, DSV3_E_VALUE, "sample: negative row count");
-    dsv3_status st = DSV3_OK;
-    for (int64_t r = 0; r < rows && st == DSV3_OK; r++) { /* each row alone: batch-independent results */
+    /* Each row alone (its own rng, no shared state): batch-independent results, and rows may run on any
+     * thread. Rows split over the team (a decode step's rows are sampled while the other cores would
+     * idle: the log-softmax alone is one exp per vocabulary entry); the first failing row's error. */
+    int64_t bad = rows;
+    dsv3_error e0;
+    dsv3_status st0 = DSV3_OK;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(dsv3_num_threads()) if (rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
         const int64_t a = seen_off ? seen_off[r] : 0, b = seen_off ? seen_off[r + 1] : 0;
-        st = dsv3_sample_ex(logits + r * vocab, vocab, &params[r], seen ? seen + a : NULL, b - a, &rngs[r],
-                            &tokens[r], logprobs ? &logprobs[r] : NULL, n_top, top_ids ? top_ids + r * n_top : NULL,
-                            top_logprobs ? top_logprobs + r * n_top : NULL, err);
+        dsv3_error er;
+        const dsv3_status st = dsv3_sample_ex(logits + r * vocab, vocab, &params[r], seen ? seen + a : NULL, b - a,
+                                              &rngs[r], &tokens[r], logprobs ? &logprobs[r] : NULL, n_top,
+                                              top_ids ? top_ids + r * n_top : NULL,
+                                              top_logprobs ? top_logprobs + r * n_top : NULL, &er);
+        if (st != DSV3_OK) {
+#pragma omp critical(dsv3_sample_rows_err)
+            if (r < bad) {
+                bad = r;
+                st0 = st;
+                e0 = er;
+            }
+        }
     }
-    return st;
+    if (st0 != DSV3_OK && err)
+        *err = e0;
+    return st0;
 }
 
 /* ---- speculative sampling (dsv3_mtp.h) ---- */
