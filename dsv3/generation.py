@@ -241,8 +241,10 @@ def sample_states(logits, states):
     rngs = np.concatenate([s.rng for s in states]) if n else np.zeros(0, np.int64)
     n_top = max([s.params.logprobs or 0 for s in states] + [0])
     n_top = min(n_top, logits.shape[1])
+    want_lp = any(s.params.logprobs is not None for s in states)  # else no log-softmax per row
     tokens, lps, top_ids, top_lps = lib.sample_rows(np.ascontiguousarray(logits, np.float32), params,
-                                                    np.ascontiguousarray(seen_all, np.int64), off, rngs, n_top)
+                                                    np.ascontiguousarray(seen_all, np.int64), off, rngs, n_top,
+                                                    want_lp)
     tops = []
     for i, s in enumerate(states):
         s.rng[0] = rngs[i]

@@ -12,14 +12,14 @@ def model():
     return load(max_seq_len=96)
 
 
-def sample_rows(logits, rows, seen=None, seeds=None, n_top=0):
+def sample_rows(logits, rows, seen=None, seeds=None, n_top=0, want_logprobs=True):
     logits = np.ascontiguousarray(np.atleast_2d(logits), np.float32)
     R = logits.shape[0]
     seen = [np.asarray(s, np.int64) for s in (seen or [[]] * R)]
     off = np.concatenate([[0], np.cumsum([len(s) for s in seen])]).astype(np.int64)
     rngs = np.array(seeds if seeds is not None else list(range(R)), np.uint64).view(np.int64)
     out = _lib.sample_rows(logits, np.array(rows, np.float64).reshape(R, 5), np.concatenate(seen + [np.zeros(0, np.int64)]),
-                           off, rngs, n_top)
+                           off, rngs, n_top, want_logprobs)
     return out, rngs
 
 
@@ -108,6 +108,10 @@ def test_sampler_rows_are_independent_and_first_error_wins():
         assert t1[0] == tok[i] and l1[0] == lp[i] and r1[0] == rngs[i], i
         np.testing.assert_array_equal(i1[0], ti[i])
         np.testing.assert_array_equal(p1[0], tl[i])
+    (tok2, lp2, _, _), rngs2 = sample_rows(logits, rows, seen, seeds=range(10, 19), want_logprobs=False)
+    np.testing.assert_array_equal(tok2, tok)  # not asking for logprobs changes no draw
+    np.testing.assert_array_equal(rngs2, rngs)
+    assert np.isnan(lp2).all() and np.isfinite(lp).all()
     bad = list(rows)
     bad[5], bad[2] = (1.0, 0, 1, 1.5, 1), (1.0, 0, 0.0, 0, 1)  # row 2: top_p, row 5: min_p
     with pytest.raises(ValueError, match="top_p"):

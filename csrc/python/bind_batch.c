@@ -9,6 +9,7 @@
  *             states, bit-cast), n_top) -> (tokens int64 [R], logprobs float32 [R],
  *             top_ids int64 [R, n_top], top_logprobs float32 [R, n_top]); rngs advanced in place.
  */
+#include <math.h>
 #include "bind.h"
 #include "dsv3_batch.h"
 
@@ -235,7 +236,8 @@ static PyObject *py_sample_rows(PyObject *self, PyObject *args)
     (void)self;
     PyObject *lo_o, *par_o, *seen_o, *off_o, *rng_o;
     long long n_top;
-    if (!PyArg_ParseTuple(args, "OOOOOL", &lo_o, &par_o, &seen_o, &off_o, &rng_o, &n_top))
+    int want_lp = 1; /* 0: the chosen tokens' logprobs are not computed (NaN), saving a log-softmax per row */
+    if (!PyArg_ParseTuple(args, "OOOOOL|p", &lo_o, &par_o, &seen_o, &off_o, &rng_o, &n_top, &want_lp))
         return NULL;
     PyArrayObject *lo = dsv3_py_check_array(lo_o, "logits", DSV3_DT_F32, 2);
     PyArrayObject *par;
@@ -282,12 +284,16 @@ static PyObject *py_sample_rows(PyObject *self, PyObject *args)
         Py_XDECREF(tlp);
         return NULL;
     }
+    float *lpd = (float *)PyArray_DATA((PyArrayObject *)lp);
+    if (!want_lp)
+        for (npy_intp i = 0; i < R; i++)
+            lpd[i] = NAN;
     dsv3_error err = {0};
     dsv3_status st;
     Py_BEGIN_ALLOW_THREADS
     st = dsv3_sample_rows((const float *)PyArray_DATA(lo), R, V, sp, (const int64_t *)PyArray_DATA(seen), so,
                           (uint64_t *)PyArray_DATA(rng), (int64_t *)PyArray_DATA((PyArrayObject *)tok),
-                          (float *)PyArray_DATA((PyArrayObject *)lp), n_top,
+                          want_lp ? lpd : NULL, n_top,
                           (int64_t *)PyArray_DATA((PyArrayObject *)tid), (float *)PyArray_DATA((PyArrayObject *)tlp),
                           &err);
     Py_END_ALLOW_THREADS
@@ -310,7 +316,7 @@ static PyObject *py_sample_rows(PyObject *self, PyObject *args)
 PyMethodDef dsv3_batch_methods[] = {
     {"sample_rows", py_sample_rows, METH_VARARGS,
      "sample_rows(logits f32 [R, V], params f64 [R, 5], seen i64, seen_off i64 [R+1], rngs i64 [R] (advanced in "
-     "place), n_top) -> (tokens, logprobs, top_ids, top_logprobs)"},
+     "place), n_top, want_logprobs=True) -> (tokens, logprobs (NaN unless wanted), top_ids, top_logprobs)"},
     {NULL, NULL, 0, NULL},
 };
 
