@@ -98,6 +98,9 @@ typedef struct {
      * gemv runs) and its activation layout (DSV3_X_BF16_HI or one of the DSV3_X_Q8* layouts) */
     dsv3_lin_kernel fast[DSV3_ISA_COUNT];
     unsigned char fast_x[DSV3_ISA_COUNT];
+    /* fast mode, large M (where the ISA's gemm would run): kernel per ISA reading Q8 activations in
+     * natural order (DSV3_X_Q8); NULL: the gemm runs */
+    dsv3_lin_kernel fast_gemm[DSV3_ISA_COUNT];
 } dsv3_format_traits;
 
 extern const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT];

@@ -83,6 +83,8 @@ static float quant_block(const float *x, int64_t len, int8_t *q)
     return d;
 }
 
+float dsv3_act_q8_block32_scalar(const float *x, int8_t *q) { return quant_block(x, DSV3_Q8_BLOCK, q); }
+
 void dsv3_act_q8_describe(int64_t m, int64_t k, int layout, void *buf, dsv3_act_q8 *out)
 {
     const q8_sizes z = sizes(k, layout);
@@ -100,8 +102,10 @@ void dsv3_act_q8_describe(int64_t m, int64_t k, int layout, void *buf, dsv3_act_
     out->kb = z.kb;
 }
 
-void dsv3_act_q8_fill_team(const float *x, int64_t m, int64_t k, int layout, const dsv3_act_q8 *out)
+void dsv3_act_q8_fill_team(const float *x, int64_t m, int64_t k, int layout, int isa, const dsv3_act_q8 *out)
 {
+    float (*const block32)(const float *, int8_t *) =
+        isa >= DSV3_ISA_AVX2 ? dsv3_act_q8_block32_avx2 : dsv3_act_q8_block32_scalar;
     const q8_geom g = geom(layout);
     const q8_sizes z = sizes(k, layout);
     const int64_t nb = (k + DSV3_Q8_BLOCK - 1) / DSV3_Q8_BLOCK, kb = z.kb, nc = (k + 1023) / 1024;
@@ -118,8 +122,9 @@ void dsv3_act_q8_fill_team(const float *x, int64_t m, int64_t k, int layout, con
             const int64_t len = j + bl <= j1 ? bl : j1 - j, full = g.blk > 1 && j + g.blk <= kb;
             int8_t *dst = full ? tmp : qr + j; /* natural order outside full layout blocks */
             for (int64_t o = 0; o < len; o += DSV3_Q8_BLOCK)
-                d[r * nb + (j + o) / DSV3_Q8_BLOCK] =
-                    quant_block(xr + j + o, len - o < DSV3_Q8_BLOCK ? len - o : DSV3_Q8_BLOCK, dst + o);
+                d[r * nb + (j + o) / DSV3_Q8_BLOCK] = len - o >= DSV3_Q8_BLOCK
+                                                          ? block32(xr + j + o, dst + o)
+                                                          : quant_block(xr + j + o, len - o, dst + o);
             if (!full)
                 continue;
             for (int64_t o = 0; o < g.blk; o++) /* natural column o -> its place in the block */

@@ -256,7 +256,7 @@ static void q8_carve(dsv3_lin_plan *p, unsigned char **cur)
 }
 static void q8_prep(const dsv3_lin_plan *p)
 {
-    dsv3_act_q8_fill_team(p->a.x, p->a.m, p->a.w->k, p->xlayout, &p->q8);
+    dsv3_act_q8_fill_team(p->a.x, p->a.m, p->a.w->k, p->xlayout, p->isa, &p->q8);
 }
 
 static const act_layout act_layouts[DSV3_ACT_COUNT] = {
@@ -294,8 +294,14 @@ static choice choose(const dsv3_weight *w, int64_t m, dsv3_linear_mode mode, dsv
     const dsv3_format_traits *t = &dsv3_formats[w->fmt];
     choice c = {t->gemv[id], GEMV_COLS, DSV3_ACT_F32, DSV3_X_F32};
     if (mode == DSV3_LINEAR_WEIGHT_ONLY && t->gemm[id] && m >= gemm_min_m(w, id)) {
-        c.kern = t->gemm[id];
         c.cols = DSV3_GEMM_NR;
+        if (w->act == DSV3_ACT_FAST && t->fast_gemm[id]) { /* fast mode: Q8 integer GEMM (act_q8.h) */
+            c.kern = t->fast_gemm[id];
+            c.act = DSV3_ACT_Q8;
+            c.xlayout = DSV3_X_Q8;
+            return c;
+        }
+        c.kern = t->gemm[id];
         c.act = id == DSV3_ISA_AVX2 ? DSV3_ACT_F32 : DSV3_ACT_BF16; /* AVX2's f32-FMA GEMM reads f32 x */
         return c;
     }
@@ -409,6 +415,7 @@ dsv3_status dsv3_linear_plan(dsv3_lin_plan *p, const void *x, int x_bf16, int64_
     p->cols = c.cols;
     p->act = c.act;
     p->xlayout = c.xlayout;
+    p->isa = (int)id;
     p->x_bf16 = x_bf16;
     p->xin = x;
     p->a.m = m;
