@@ -1,13 +1,15 @@
-"""A/B of the fast-mode linear kernels between two builds of dsv3, in one process, interleaved.
+"""A/B of the linear kernels between builds of dsv3 (and/or precisions), in one process, interleaved.
 
-Each build's compiled module (dsv3/_dsv3*.so) is loaded side by side; both run ``linear(x, W)`` with
-precision="fast" on the same weights (copies totalling >= 256 MB, so that M = 1 streams from memory),
-alternating build by build, rep by rep; per build the best and the mean weight bytes per second are printed,
-and whether the outputs are bitwise equal to the first build's. The current build is ``cur`` (the dsv3 on
+Each build's compiled module (dsv3/_dsv3*.so) is loaded side by side; every (build, precision) runs
+``linear(x, W)`` (precision "fast" unless --precisions says otherwise) on the same weights (copies totalling
+>= 256 MB at M = 1, so that decode streams from memory), alternating run by run, rep by rep; per run the best
+call time, its weight bytes per second and the mean are printed, and whether the outputs are bitwise equal
+to the first run's. The current build is ``cur`` (the dsv3 on
 PYTHONPATH); any other argument is a directory holding a built ``dsv3`` package (e.g. a copy of main's).
 
     PYTHONPATH=$PWD python benchmarks/ab_linear_builds.py --builds /path/to/main,cur --formats int8,int4g32 --m 1
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/ab_linear_builds.py --builds /work/main,cur --isa avx2
+    PYTHONPATH=$PWD python benchmarks/ab_linear_builds.py --builds cur --precisions exact,fast --m 128 --isa avx2
 """
 import argparse
 import copy
@@ -48,9 +50,12 @@ def main():
     ap.add_argument("--m", type=int, default=1)
     ap.add_argument("--isa", default=None, help="kernel path (scalar, avx2, avx512); default: the active one")
     ap.add_argument("--reps", type=int, default=8)
+    ap.add_argument("--precisions", default="fast", help="comma-separated: exact, fast")
     args = ap.parse_args()
-    names = args.builds.split(",")
-    mods = [load(b) for b in names]
+    loaded = {b: load(b) for b in args.builds.split(",")}
+    runs = [(b, p) for b in loaded for p in args.precisions.split(",")]
+    names = [f"{b}/{p}" if len(args.precisions.split(",")) > 1 else b for b, p in runs]
+    mods = [(loaded[b], p) for b, p in runs]
     rng = np.random.default_rng(0)
     for f in args.formats.split(","):
         fmt, params = FORMATS[f]
@@ -58,23 +63,23 @@ def main():
             k, n = SHAPES[sn]
             w = quantize(rng.standard_normal((n, k)).astype(np.float32) * 0.02, fmt, **params)
             nbytes = n * k * (0.5 if fmt == "int4" else 1)
-            ncopy = max(2, int(256e6 / nbytes))
+            ncopy = max(2, int(256e6 / nbytes / max(1, args.m // 8)))  # large M: compute bound, fewer copies
             ws = [w.to_native()] + [copy.deepcopy(w).to_native() for _ in range(ncopy - 1)]
             x = rng.standard_normal((args.m, k)).astype(np.float32)
             best, total, ys = [1e9] * len(mods), [0.0] * len(mods), [None] * len(mods)
             for _ in range(args.reps):
-                for j, mod in enumerate(mods):
+                for j, (mod, prec) in enumerate(mods):
                     t1 = time.perf_counter()
                     for i in range(ncopy):
                         t0 = time.perf_counter()
-                        ys[j] = mod.linear(x, ws[i], None, "weight_only", args.isa, "fast")
+                        ys[j] = mod.linear(x, ws[i], None, "weight_only", args.isa, prec)
                         best[j] = min(best[j], time.perf_counter() - t0)
                     total[j] += time.perf_counter() - t1
             cols = []
             for j, name in enumerate(names):
                 same = "" if np.array_equal(ys[j], ys[0]) else f" (max diff {np.abs(ys[j] - ys[0]).max():.1e})"
-                cols.append(f"{name}: best {nbytes * args.m / best[j] / 1e9:5.1f} GB/s, mean "
-                            f"{nbytes * args.m * ncopy * args.reps / total[j] / 1e9:5.1f}{same}")
+                cols.append(f"{name}: best {best[j] * 1e3:.3f} ms = {nbytes / best[j] / 1e9:5.1f} GB/s, mean "
+                            f"{nbytes * ncopy * args.reps / total[j] / 1e9:5.1f}{same}")
             print(f"{f:8s} {sn:15s} M={args.m}  " + "   ".join(cols), flush=True)
 
 
