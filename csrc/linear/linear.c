@@ -1,13 +1,13 @@
 /* Linear dispatcher as a plan (dsv3_linear_plan.h): validates the weight, picks the kernel from the
  * format table for (format, ISA, M, mode), the activation layout it reads (act_layouts: bf16 -> f32,
  * dynamic activation quantisation, bf16 hi/lo split for the AVX-512 small-M dot kernels, bf16 copy
- * for the large-M path; in the fast mode, w->act, Q8 blocks (act_q8.c) or bf16 hi only, and from the GEMM threshold
- * the format's fast_gemm where it has one: AVX2 int4 on Q8 blocks) and the work split (small M: 4 columns per work item; large M: 32), and takes
- * the activation buffers from the caller's arena. Preparation and the kernels run inside the caller's
- * parallel region (dsv3_linear_prepare_team / dsv3_linear_run_team), so several linears share one
- * region; dsv3_linear_ex opens one region per call. Every y element is computed by exactly one
- * kernel call over the same aligned column group in a fixed order, so results do not depend on the
- * thread count.
+ * for the large-M path; in the fast mode, w->act, Q8 blocks (act_q8.c) or bf16 hi only, and from the
+ * GEMM threshold the format's fast_gemm where it has one: AVX2 int4 on Q8 blocks) and the work split
+ * (small M: 4 columns per work item; large M: 32), and takes the activation buffers from the caller's
+ * arena. Preparation and the kernels run inside the caller's parallel region (dsv3_linear_prepare_team /
+ * dsv3_linear_run_team), so several linears share one region; dsv3_linear_ex opens one region per call.
+ * Every y element is computed by exactly one kernel call over the same aligned column group in a fixed
+ * order, so results do not depend on the thread count.
  *
  * Packing decision: kernels read the checkpoint layout directly (rows of codes are contiguous and
  * streamable; scales are tiny). The large-M path decodes weight tiles into a per-thread bf16 buffer,
