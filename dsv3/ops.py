@@ -18,7 +18,8 @@ def linear(x, w, bias=None, mode="weight_only", isa=None, precision=None):
     path ("scalar", "avx2", "avx512"); None uses the active one.
     precision (mode "weight_only", small M): "exact" keeps activations at f32 level; "fast" lets int8/int4
     weights use activations quantised per block of 32 to int8 with integer dots, and fp8_block/nvfp4/bf16
-    on AVX-512 x rounded to bf16 (see dsv3.quant.PRECISIONS); None is "exact"
+    on AVX-512 x rounded to bf16 (see dsv3.quant.PRECISIONS); on AVX2 int4 weights keep the Q8 integer dots
+    at large M too (from 12 rows); None is "exact"
     (dsv3.quant.OPS_DEFAULT_PRECISION: unlike dsv3.Model, whose default is the engine's "fast").
 
     With DSV3_LINEAR_ONEDNN=1 (opt-in), on the active path (isa None), float32 weights with >= 8 rows

@@ -128,6 +128,71 @@ def test_q8_extreme_codes(fmt, params):
         np.testing.assert_allclose(fast(x, qt, isa), ref, rtol=1e-5, atol=1e-4)
 
 
+def test_q8_quantiser_simd_twin_same_codes():
+    """The AVX2 block quantiser (act_q8_avx2.c, used on the AVX2 and AVX-512 paths) writes the scalar one's
+    codes: through W = I (int8, K = N) a code differing by one would move y by d ~ amax / 127 of its block,
+    far above the f32 rounding of the kernels (<= 1e-6 of amax here). Random blocks at mixed scales, exact
+    ties (x = (n + 0.5) d), zero blocks and a K tail."""
+    rng = np.random.default_rng(11)
+    k = 32 * 24 + 16
+    x = (rng.standard_normal((7, k)) * 10.0 ** rng.integers(-3, 4, (7, 1))).astype(np.float32)
+    x[1, :] = np.tile(np.float32(127.0) * np.arange(-16, 16, dtype=np.float32) / 16.0, k // 32 + 1)[:k]  # ties
+    x[1, 0::32] = 127.0
+    x[2, 64:128] = 0.0
+    x[3, 5] = -x[3, :32].__abs__().max() * 2  # the amax on a negative value
+    qt = quant.quantize(np.eye(k, dtype=np.float32), "int8")
+    want = q8_linear_reference(x, quant.dequantize(qt))
+    ys = fast(x, qt, "scalar")
+    amax = np.repeat(np.abs(np.pad(x, ((0, 0), (0, (-k) % 32)))).reshape(7, -1, 32).max(axis=2), 32, axis=1)[:, :k]
+    assert np.all(np.abs(ys - want) <= 1e-6 * amax + 1e-30)
+    for isa in SIMD:
+        assert np.all(np.abs(fast(x, qt, isa) - ys) <= 1e-6 * amax + 1e-30), isa
+
+
+# large M on AVX2 (from the AVX2 GEMM threshold, 12 rows): int4 runs the Q8 integer GEMM (gemm_q8_avx2.c);
+# (AVX-512 keeps its bf16 GEMM from 32 rows whatever the precision: not a Q8 kernel)
+Q8_GEMM_ISAS = [i for i in ISAS if i in ("scalar", "avx2")]
+GEMM_SHAPES = [(12, 256, 40), (13, 512, 33), (40, 1000, 70), (64, 2048, 64), (130, 96, 9), (17, 7 * 64 + 48, 31)]
+
+
+@pytest.mark.parametrize("group", [32, 128])
+def test_q8_gemm_int4_matches_the_definition(group):
+    for i, (m, k, n) in enumerate(GEMM_SHAPES):
+        x, w = rnd((m, k), 300 + i), rnd((n, k), 400 + i)
+        bias = rnd((n,), 500 + i)
+        qt = quant.quantize(w, "int4", group=group)
+        wd = quant.dequantize(qt)
+        ref = q8_linear_reference(x, wd, bias)
+        t = scale_t(x, wd)
+        ys = fast(x, qt, "scalar", bias)
+        assert np.all(np.abs(ys - ref) <= 1e-5 * t + 1e-6), ("scalar", (m, k, n))
+        for isa in [i for i in Q8_GEMM_ISAS if i != "scalar"]:
+            y = fast(x, qt, isa, bias)
+            assert np.all(np.abs(y - ref) <= 1e-5 * t + 1e-6), (isa, (m, k, n))
+            assert np.all(np.abs(y - ys) <= 1e-5 * t + 1e-6), (isa, (m, k, n))
+
+
+def test_q8_gemm_rows_independent_of_m_and_threads():
+    """A row's result from the large-M kernel does not depend on the other rows in the call nor on the
+    thread count (fixed K order per output); the extreme codes stay exact."""
+    x, w = rnd((45, 640), 8), rnd((70, 640), 9)
+    x[0, :32] = 10.0
+    data = np.asarray(quant.quantize(w, "int4", group=32).arrays["weight"]).copy()
+    data[:3] = 0x88  # every code -8
+    qt = quant.from_checkpoint("int4", data, scale=np.full((70, 20), 0.1, np.float32), group=32)
+    before = dsv3.get_num_threads()
+    try:
+        for isa in Q8_GEMM_ISAS:
+            dsv3.set_num_threads(1)
+            y1 = fast(x, qt, isa)
+            dsv3.set_num_threads(2)
+            np.testing.assert_array_equal(fast(x, qt, isa), y1)
+            np.testing.assert_array_equal(fast(x[20:33], qt, isa), y1[20:33])
+            np.testing.assert_allclose(y1, q8_linear_reference(x, quant.dequantize(qt)), rtol=1e-5, atol=1e-4)
+    finally:
+        dsv3.set_num_threads(before)
+
+
 @pytest.mark.parametrize("fmt,params", BF16HI_FORMATS, ids=lambda v: str(v))
 def test_bf16hi_kernels(fmt, params):
     shapes = [(1, 256, 9), (2, 512, 13), (5, 1024, 6), (17, 384, 5), (3, 7 * 64 + 48, 5)]

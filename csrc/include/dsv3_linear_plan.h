@@ -47,6 +47,7 @@ typedef struct {
     int act;             /* dsv3_act_layout */
     int xlayout;         /* dsv3_xlayout of DSV3_ACT_BF16X2 / DSV3_ACT_BF16HI / DSV3_ACT_Q8 */
     dsv3_act_q8 q8;      /* DSV3_ACT_Q8: the prepared blocks (a.q8 points here) */
+    int isa;             /* dsv3_isa of the kernel (the Q8 quantiser runs the same ISA's code) */
     int x_bf16;          /* the caller's x is bf16 bits (else f32) */
     const void *xin;     /* the caller's activations [m, k] */
     float *xf;           /* f32 copy of a bf16 x (NULL when x is f32 or the layout reads bf16 directly) */

@@ -31,9 +31,11 @@ typedef enum { DSV3_SCALE_NONE = 0, DSV3_SCALE_F32 = 1, DSV3_SCALE_E4M3 = 2 } ds
 typedef struct {
     const int8_t *q;    /* [m, k] codes; full layout blocks in the kernel's order, the K tail natural */
     const float *d;     /* [m, ceil(k/32)] block scales: x ~= q * d */
-    const int32_t *c;   /* [m, k / lane] offset compensation per dot lane (SIMD layouts), else NULL */
-    const float *dl;    /* [m, k / lane] block scale of each dot lane (SIMD layouts), else NULL */
-    int64_t lanes;      /* row stride of c / dl (k / lane columns) */
+    const float *dl;    /* [m, kb / lane] block scale of each dot lane (SIMD layouts), else NULL */
+    const float *e;     /* [m, kb / 32] offset compensation of each Q8 block in the full layout blocks,
+                         * -off * d * (sum of its codes) (SIMD layouts: the kernels add off to the weights) */
+    const float *e4;    /* [m, ceil(kb / 128)] e summed per 128 columns, ((e0 + e1) + e2) + e3 */
+    int64_t lanes;      /* row stride of dl (kb / lane) */
     int64_t kb;         /* columns in full layout blocks (the rest is the natural-order tail) */
 } dsv3_act_q8;
 
@@ -68,8 +70,8 @@ typedef enum {
     /* fast mode (dsv3_format_traits.fast_x): */
     DSV3_X_BF16_HI = 4,   /* x rounded once to bf16 (hi only), in the order of the format's gemv_x */
     DSV3_X_Q8 = 5,        /* Q8 codes in natural order, no lane arrays (scalar twin, AVX2 int8) */
-    DSV3_X_Q8_L4 = 6,     /* natural order; dot lanes of 4 columns, compensation for weights + 128
-                           * (AVX-512 int8: vpdpbusd of w ^ 0x80 with x) */
+    DSV3_X_Q8_L4 = 6,     /* natural order; dot lanes of 4 columns (vpdpbusd lanes, sign trick)
+                           * (AVX-512 int8: vpdpbusd of abs(w) with x * sign(w)) */
     DSV3_X_Q8_EO64 = 7,   /* each 64-block as its 32 even then 32 odd columns; lanes of 8 columns,
                            * compensation for weights + 8 (AVX2 int4: low / high nibbles) */
     DSV3_X_Q8_EO128 = 8   /* the same with 128-blocks (AVX-512 int4) */
@@ -96,6 +98,9 @@ typedef struct {
      * gemv runs) and its activation layout (DSV3_X_BF16_HI or one of the DSV3_X_Q8* layouts) */
     dsv3_lin_kernel fast[DSV3_ISA_COUNT];
     unsigned char fast_x[DSV3_ISA_COUNT];
+    /* fast mode, large M (where the ISA's gemm would run): kernel per ISA reading Q8 activations in
+     * natural order (DSV3_X_Q8); NULL: the gemm runs */
+    dsv3_lin_kernel fast_gemm[DSV3_ISA_COUNT];
 } dsv3_format_traits;
 
 extern const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT];

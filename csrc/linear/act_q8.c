@@ -1,12 +1,15 @@
 /* Fast activation mode: x f32 -> Q8 (int8 codes per block of 32 columns + one f32 scale per block),
  * in the layout of the kernel that will read it (dsv3_xlayout DSV3_X_Q8*):
  *   - DSV3_X_Q8      natural order, no lane arrays (scalar twin; AVX2 int8 uses the sign trick)
- *   - DSV3_X_Q8_L4   natural order; lanes of 4 columns (one vpdpbusd int32 lane); c = -128 * lane sum,
- *                    because the AVX-512 int8 kernel feeds the weights as u8 w ^ 0x80 = w + 128
+ *   - DSV3_X_Q8_L4   natural order; lanes of 4 columns (one vpdpbusd int32 lane; AVX-512 int8, sign trick)
  *   - DSV3_X_Q8_EO64 / EO128: each full 64 / 128 block stored as its even then its odd columns (the
- *                    low / high nibbles of the int4 bytes); lanes of 8 columns, c = -8 * lane sum,
- *                    because the int4 kernels feed the nibbles as u8 w ^ 8 = w + 8
+ *                    low / high nibbles of the int4 bytes); lanes of 8 columns; offset 8, because the
+ *                    int4 kernels feed the nibbles as u8 w ^ 8 = w + 8
  * dl[lane] = d of the lane's block, so that a kernel scales an int32 lane vector with one multiply.
+ * The int4 kernels' offset adds off * (sum of the block's codes) to every block dot; they take it out once
+ * per output row, in f32, from e[b] = -off * d[b] * (sum of block b's codes) (times the weight scale of
+ * the block's group: e4 holds the sums of e per 128 columns for 128-column groups), instead of a
+ * compensation lane added to every int32 dot (one load less per weight vector).
  * The K tail beyond the last full layout block stays in natural order (kernels run the reference). */
 #include "linear/act_q8.h"
 
@@ -17,14 +20,14 @@
 typedef struct {
     int64_t blk;   /* columns of one layout block (1: natural) */
     int64_t lane;  /* columns of one dot lane (0: no lane arrays) */
-    int32_t off;   /* weight offset the kernel adds (compensated here) */
+    int32_t off;   /* weight offset the kernel adds (its compensation e / e4 written here; 0: none) */
     int eo;        /* even / odd split within each block */
 } q8_geom;
 
 static q8_geom geom(int layout)
 {
     switch (layout) {
-    case DSV3_X_Q8_L4: return (q8_geom){64, 4, 128, 0};
+    case DSV3_X_Q8_L4: return (q8_geom){64, 4, 0, 0};
     case DSV3_X_Q8_EO64: return (q8_geom){64, 8, 8, 1};
     case DSV3_X_Q8_EO128: return (q8_geom){128, 8, 8, 1};
     default: return (q8_geom){1, 0, 0, 0};
@@ -38,11 +41,23 @@ int dsv3_act_layout_is_q8(int layout)
 
 static int64_t up64(int64_t b) { return (b + 63) / 64 * 64; }
 
-size_t dsv3_act_q8_bytes(int64_t m, int64_t k, int layout)
+/* columns in full layout blocks, and the per-row counts of lanes, e and e4 entries */
+typedef struct {
+    int64_t kb, lanes, ne, ne4;
+} q8_sizes;
+
+static q8_sizes sizes(int64_t k, int layout)
 {
     const q8_geom g = geom(layout);
-    const int64_t nb = (k + DSV3_Q8_BLOCK - 1) / DSV3_Q8_BLOCK, lanes = g.lane ? k / g.blk * g.blk / g.lane : 0;
-    return (size_t)(up64(m * k) + up64(m * nb * 4) + 2 * up64(m * lanes * 4));
+    const int64_t kb = g.blk > 1 ? k / g.blk * g.blk : 0;
+    return (q8_sizes){kb, g.lane ? kb / g.lane : 0, g.off ? kb / DSV3_Q8_BLOCK : 0, g.off ? (kb + 127) / 128 : 0};
+}
+
+size_t dsv3_act_q8_bytes(int64_t m, int64_t k, int layout)
+{
+    const q8_sizes z = sizes(k, layout);
+    const int64_t nb = (k + DSV3_Q8_BLOCK - 1) / DSV3_Q8_BLOCK;
+    return (size_t)(up64(m * k) + up64(m * nb * 4) + up64(m * z.lanes * 4) + up64(m * z.ne * 4) + up64(m * z.ne4 * 4));
 }
 
 /* One block of up to 32 columns: the rounding rule of the fast mode (see act_q8.h). */
@@ -68,27 +83,35 @@ static float quant_block(const float *x, int64_t len, int8_t *q)
     return d;
 }
 
+float dsv3_act_q8_block32_scalar(const float *x, int8_t *q) { return quant_block(x, DSV3_Q8_BLOCK, q); }
+
 void dsv3_act_q8_describe(int64_t m, int64_t k, int layout, void *buf, dsv3_act_q8 *out)
 {
-    const q8_geom g = geom(layout);
-    const int64_t nb = (k + DSV3_Q8_BLOCK - 1) / DSV3_Q8_BLOCK, kb = k / g.blk * g.blk;
-    const int64_t lanes = g.lane ? kb / g.lane : 0;
-    out->q = buf;
-    out->d = (float *)((char *)buf + up64(m * k));
-    out->c = g.lane ? (int32_t *)((char *)out->d + up64(m * nb * 4)) : NULL;
-    out->dl = g.lane ? (float *)((char *)out->c + up64(m * lanes * 4)) : NULL;
-    out->lanes = lanes;
-    out->kb = g.blk > 1 ? kb : 0;
+    const q8_sizes z = sizes(k, layout);
+    const int64_t nb = (k + DSV3_Q8_BLOCK - 1) / DSV3_Q8_BLOCK;
+    char *p = buf;
+    out->q = (const int8_t *)p;
+    out->d = (const float *)(p += up64(m * k));
+    p += up64(m * nb * 4);
+    out->dl = z.lanes ? (const float *)p : NULL;
+    p += up64(m * z.lanes * 4);
+    out->e = z.ne ? (const float *)p : NULL;
+    p += up64(m * z.ne * 4);
+    out->e4 = z.ne4 ? (const float *)p : NULL;
+    out->lanes = z.lanes;
+    out->kb = z.kb;
 }
 
-void dsv3_act_q8_fill_team(const float *x, int64_t m, int64_t k, int layout, const dsv3_act_q8 *out)
+void dsv3_act_q8_fill_team(const float *x, int64_t m, int64_t k, int layout, int isa, const dsv3_act_q8 *out)
 {
+    float (*const block32)(const float *, int8_t *) =
+        isa >= DSV3_ISA_AVX2 ? dsv3_act_q8_block32_avx2 : dsv3_act_q8_block32_scalar;
     const q8_geom g = geom(layout);
-    const int64_t nb = (k + DSV3_Q8_BLOCK - 1) / DSV3_Q8_BLOCK, kb = k / g.blk * g.blk;
-    const int64_t lanes = out->lanes, nc = (k + 1023) / 1024;
+    const q8_sizes z = sizes(k, layout);
+    const int64_t nb = (k + DSV3_Q8_BLOCK - 1) / DSV3_Q8_BLOCK, kb = z.kb, nc = (k + 1023) / 1024;
     int8_t *q = (int8_t *)(void *)out->q;
     float *d = (float *)(void *)out->d, *dl = (float *)(void *)out->dl;
-    int32_t *c = (int32_t *)(void *)out->c;
+    float *e = (float *)(void *)out->e, *e4 = (float *)(void *)out->e4;
 #pragma omp for schedule(static) nowait
     for (int64_t t = 0; t < m * nc; t++) { /* 1024 is a multiple of every block size */
         const int64_t r = t / nc, j0 = t % nc * 1024, j1 = j0 + 1024 < k ? j0 + 1024 : k;
@@ -99,20 +122,28 @@ void dsv3_act_q8_fill_team(const float *x, int64_t m, int64_t k, int layout, con
             const int64_t len = j + bl <= j1 ? bl : j1 - j, full = g.blk > 1 && j + g.blk <= kb;
             int8_t *dst = full ? tmp : qr + j; /* natural order outside full layout blocks */
             for (int64_t o = 0; o < len; o += DSV3_Q8_BLOCK)
-                d[r * nb + (j + o) / DSV3_Q8_BLOCK] =
-                    quant_block(xr + j + o, len - o < DSV3_Q8_BLOCK ? len - o : DSV3_Q8_BLOCK, dst + o);
+                d[r * nb + (j + o) / DSV3_Q8_BLOCK] = len - o >= DSV3_Q8_BLOCK
+                                                          ? block32(xr + j + o, dst + o)
+                                                          : quant_block(xr + j + o, len - o, dst + o);
             if (!full)
                 continue;
             for (int64_t o = 0; o < g.blk; o++) /* natural column o -> its place in the block */
                 qr[j + (g.eo ? (o & 1) * (g.blk / 2) + (o >> 1) : o)] = tmp[o];
-            for (int64_t l = 0; l < g.blk / g.lane; l++) {
+            for (int64_t l = 0; l < g.blk / g.lane; l++)
+                dl[r * z.lanes + (j + l * g.lane) / g.lane] = d[r * nb + (j + l * g.lane) / DSV3_Q8_BLOCK];
+            for (int64_t o = 0; o < g.blk && g.off; o += DSV3_Q8_BLOCK) {
                 int32_t s = 0;
-                for (int64_t o = l * g.lane; o < (l + 1) * g.lane; o++)
-                    s += tmp[o];
-                const int64_t li = (j + l * g.lane) / g.lane;
-                c[r * lanes + li] = -g.off * s;
-                dl[r * lanes + li] = d[r * nb + (j + l * g.lane) / DSV3_Q8_BLOCK];
+                for (int64_t i = o; i < o + DSV3_Q8_BLOCK; i++)
+                    s += tmp[i];
+                const int64_t b = (j + o) / DSV3_Q8_BLOCK;
+                e[r * z.ne + b] = (float)(-g.off * s) * d[r * nb + b]; /* |off * s| <= 2^19: exact in f32 */
             }
+        }
+        for (int64_t c = j0; c < j1 && c < kb && g.off; c += 128) { /* e4 from this chunk's e (128 divides 1024) */
+            float s = 0.0f;
+            for (int64_t b = c / DSV3_Q8_BLOCK; b < (c + 128) / DSV3_Q8_BLOCK && b < kb / DSV3_Q8_BLOCK; b++)
+                s += e[r * z.ne + b];
+            e4[r * z.ne4 + c / 128] = s;
         }
     }
 }

@@ -18,9 +18,14 @@ size_t dsv3_act_q8_bytes(int64_t m, int64_t k, int layout);
  * NaN, never silent garbage. In two halves, for the linear plan (linear.c): describe points *out at the
  * pieces of buf (64-byte aligned, dsv3_act_q8_bytes: codes, scales and the layout's lane arrays), then
  * fill_team writes them from inside a parallel region (orphaned worksharing over (row, 1024-column chunk),
- * no barrier; every element written once, so the result does not depend on the thread count). */
+ * no barrier; every element written once, so the result does not depend on the thread count), with the
+ * block quantiser of `isa` (a dsv3_isa). */
 void dsv3_act_q8_describe(int64_t m, int64_t k, int layout, void *buf, dsv3_act_q8 *out);
-void dsv3_act_q8_fill_team(const float *x, int64_t m, int64_t k, int layout, const dsv3_act_q8 *out);
+void dsv3_act_q8_fill_team(const float *x, int64_t m, int64_t k, int layout, int isa, const dsv3_act_q8 *out);
+/* One full block of 32 columns by that rule: d (the codes in q); the AVX2 twin (act_q8_avx2.c, used on the
+ * AVX2 and AVX-512 paths) gives the same bits as the scalar one. */
+float dsv3_act_q8_block32_scalar(const float *x, int8_t *q);
+float dsv3_act_q8_block32_avx2(const float *x, int8_t *q);
 /* 1 for the Q8 layouts (DSV3_X_Q8*), 0 otherwise. */
 int dsv3_act_layout_is_q8(int layout);
 
@@ -33,6 +38,9 @@ void dsv3_q8_int8_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_q8_int4_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_q8_int8_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_q8_int4_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+/* Large-M fast kernel (AVX2, int4 weights): Q8 activations in natural order (DSV3_X_Q8), integer dots on
+ * weight tiles decoded per K block (gemm_q8_avx2.c); same definition as above. */
+void dsv3_gemm_q8_int4_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 /* The reference for one output over the natural-order columns [k0, k) of row m (k0 a multiple of 32):
  * the SIMD kernels use it for their K tail beyond the last full layout block. */
 float dsv3_q8_ref_dot(const dsv3_lin_args *a, int64_t m, int64_t n, int64_t k0);

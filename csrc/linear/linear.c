@@ -1,12 +1,13 @@
 /* Linear dispatcher as a plan (dsv3_linear_plan.h): validates the weight, picks the kernel from the
  * format table for (format, ISA, M, mode), the activation layout it reads (act_layouts: bf16 -> f32,
  * dynamic activation quantisation, bf16 hi/lo split for the AVX-512 small-M dot kernels, bf16 copy
- * for the large-M path; in the fast mode, w->act, Q8 blocks (act_q8.c) or bf16 hi only) and the work split (small M: 4 columns per work item; large M: 32), and takes
- * the activation buffers from the caller's arena. Preparation and the kernels run inside the caller's
- * parallel region (dsv3_linear_prepare_team / dsv3_linear_run_team), so several linears share one
- * region; dsv3_linear_ex opens one region per call. Every y element is computed by exactly one
- * kernel call over the same aligned column group in a fixed order, so results do not depend on the
- * thread count.
+ * for the large-M path; in the fast mode, w->act, Q8 blocks (act_q8.c) or bf16 hi only, and from the
+ * GEMM threshold the format's fast_gemm where it has one: AVX2 int4 on Q8 blocks) and the work split
+ * (small M: 4 columns per work item; large M: 32), and takes the activation buffers from the caller's
+ * arena. Preparation and the kernels run inside the caller's parallel region (dsv3_linear_prepare_team /
+ * dsv3_linear_run_team), so several linears share one region; dsv3_linear_ex opens one region per call.
+ * Every y element is computed by exactly one kernel call over the same aligned column group in a fixed
+ * order, so results do not depend on the thread count.
  *
  * Packing decision: kernels read the checkpoint layout directly (rows of codes are contiguous and
  * streamable; scales are tiny). The large-M path decodes weight tiles into a per-thread bf16 buffer,
@@ -265,7 +266,7 @@ static void q8_carve(dsv3_lin_plan *p, unsigned char **cur)
 }
 static void q8_prep(const dsv3_lin_plan *p)
 {
-    dsv3_act_q8_fill_team(p->a.x, p->a.m, p->a.w->k, p->xlayout, &p->q8);
+    dsv3_act_q8_fill_team(p->a.x, p->a.m, p->a.w->k, p->xlayout, p->isa, &p->q8);
 }
 
 static const act_layout act_layouts[DSV3_ACT_COUNT] = {
@@ -303,8 +304,14 @@ static choice choose(const dsv3_weight *w, int64_t m, dsv3_linear_mode mode, dsv
     const dsv3_format_traits *t = &dsv3_formats[w->fmt];
     choice c = {t->gemv[id], GEMV_COLS, DSV3_ACT_F32, DSV3_X_F32};
     if (mode == DSV3_LINEAR_WEIGHT_ONLY && t->gemm[id] && m >= gemm_min_m(w, id)) {
-        c.kern = t->gemm[id];
         c.cols = DSV3_GEMM_NR;
+        if (w->act == DSV3_ACT_FAST && t->fast_gemm[id]) { /* fast mode: Q8 integer GEMM (act_q8.h) */
+            c.kern = t->fast_gemm[id];
+            c.act = DSV3_ACT_Q8;
+            c.xlayout = DSV3_X_Q8;
+            return c;
+        }
+        c.kern = t->gemm[id];
         c.act = id == DSV3_ISA_AVX2 ? DSV3_ACT_F32 : DSV3_ACT_BF16; /* AVX2's f32-FMA GEMM reads f32 x */
         return c;
     }
@@ -418,6 +425,7 @@ dsv3_status dsv3_linear_plan(dsv3_lin_plan *p, const void *x, int x_bf16, int64_
     p->cols = c.cols;
     p->act = c.act;
     p->xlayout = c.xlayout;
+    p->isa = (int)id;
     p->x_bf16 = x_bf16;
     p->xin = x;
     p->a.m = m;

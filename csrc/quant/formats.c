@@ -117,7 +117,7 @@ const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT] = {
     [DSV3_FMT_INT4] = {"int4", 4, 1, -2, DSV3_SCALE_F32, 0, code_row_int4, scale_int4,
                        {dsv3_gemv_int4_scalar, dsv3_gemv_int4_avx2, dsv3_gemv_int4_dot_avx512},
                        {NULL, dsv3_gemm_int4_avx2, dsv3_gemm_int4_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2_N128},
-                       FAST_Q8(int4, DSV3_X_Q8_EO64, DSV3_X_Q8_EO128)},
+                       FAST_Q8(int4, DSV3_X_Q8_EO64, DSV3_X_Q8_EO128), .fast_gemm = {NULL, dsv3_gemm_q8_int4_avx2, NULL}},
 };
 
 dsv3_status dsv3_format_parse(const char *name, dsv3_format *out, dsv3_error *err)

@@ -271,7 +271,9 @@ static void linear_case(dsv3_format fmt, int64_t n, int64_t k, int group, int ue
                     const int64_t gm = fmt == DSV3_FMT_FP8_BLOCK ? 24 : 32; /* linear.c GEMM_MIN_M(_FP8) */
                     const int gemm = m >= gm && isas[i] == DSV3_ISA_AVX512 && dyn != 1;
                     /* AVX2 GEMM (linear.c GEMM_MIN_M_AVX2): f32 x, f32-exact in either weight-only mode */
-                    const int avx2_gemm = m >= 12 && isas[i] == DSV3_ISA_AVX2 && dyn != 1;
+                    /* ... except a fast-mode GEMM of the format table (fast_gemm: AVX2 int4, Q8 activations) */
+                    const int avx2_gemm = m >= 12 && isas[i] == DSV3_ISA_AVX2 && dyn != 1 &&
+                                          !(dyn == 2 && dsv3_formats[fmt].fast_gemm[isas[i]]);
                     if (dyn == 2 && (gemm || avx2_gemm || (!q8 && isas[i] == DSV3_ISA_AVX2))) /* no fast kernel */
                         compare(what, y, ref2, mag2, m * n, gemm ? 0x1p-7 : 3e-5);
                     else /* fast bf16-hi kernels keep x in f32 beyond the last full 64/128 block: bf16 bound */
