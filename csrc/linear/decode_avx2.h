@@ -115,4 +115,35 @@ static inline __attribute__((always_inline)) void dec16_nib(const uint8_t *p, __
                                   _mm_loadl_epi64((const __m128i *)((row) + (k)))))                 \
                             : dec_int4((row) + ((size_t)(k) >> 1)))
 
+/* ---- e4m3 as f16 (F16C), for the fast kernels (dot_fp_avx2.c, dot_q8_nvfp4_*.c) ----
+ * An e4m3 code s.eeee.mmm placed in the f16 bit positions s.0eeee.mmm0000000 is an f16 whose value is the
+ * e4m3 value times 2^(7-15) = 2^-8, subnormals included (e = 0: f16 subnormal m/8 * 2^-14 = 2^-8 * m/8 *
+ * 2^-6); vcvtph2ps then gives the f32 exactly. Callers fold 2^8 into a scale. The NaN codes S.1111.111
+ * would land on the finite 0x3f80: e4m3_f16_words turns them into the f16 NaN 0x7f00 (^ 0x4080);
+ * e4m3x32_f16 leaves them to its caller (dot_fp_avx2.c tracks them per row and reruns such a row). */
+
+/* 16 codes (bytes of b) -> 16 f16 words, NaN codes as f16 NaN. */
+static inline __attribute__((always_inline)) __m256i e4m3_f16_words(__m128i b)
+{
+    __m256i h = _mm256_slli_epi16(_mm256_cvtepu8_epi16(b), 8); /* sign at bit 15, magnitude at 14..8 */
+    h = _mm256_and_si256(_mm256_srai_epi16(h, 1), _mm256_set1_epi16((short)0xbf80));
+    const __m256i nan = _mm256_cmpeq_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x3f80)), _mm256_set1_epi16(0x3f80));
+    return _mm256_xor_si256(h, _mm256_and_si256(nan, _mm256_set1_epi16(0x4080)));
+}
+
+/* 32 codes -> 32 f16 words in bytes: high byte s | (b >> 1 & 0x3f), low byte b << 7 (bit 0 of the code).
+ * *lo holds codes 0-7 (low 128 bits) and 16-23 (high), *hi codes 8-15 and 24-31 (in-lane unpacks). */
+static inline __attribute__((always_inline)) void e4m3x32_f16(__m256i b, __m256i *lo, __m256i *hi)
+{
+    const __m256i h = _mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi8((char)0x80)),
+                                      _mm256_and_si256(_mm256_srli_epi16(b, 1), _mm256_set1_epi8(0x3f)));
+    const __m256i l = _mm256_and_si256(_mm256_slli_epi16(b, 7), _mm256_set1_epi8((char)0x80));
+    *lo = _mm256_unpacklo_epi8(l, h);
+    *hi = _mm256_unpackhi_epi8(l, h);
+}
+
+/* nvfp4 codes times 2 plus 12 (the integers 0..24, u8 for vpmaddubsw / vpdpbusd; the -0 code gives 12,
+ * i.e. 0): kernels add the compensation -12 * sum(x codes) of each dot lane. */
+#define LUT16_2E2M1_P12 12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0
+
 #endif

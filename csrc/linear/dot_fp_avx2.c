@@ -1,0 +1,192 @@
+/* AVX2 fast kernels of the floating-point weight formats (definitions in dot_fp.h).
+ *
+ * fp8_block: 32 e4m3 codes per step become f16 words with six byte operations and two in-lane unpacks, and
+ * f32 through vcvtph2ps (decode_avx2.h, e4m3x32_f16: value * 2^-8, the 2^8 applied once per output), then
+ * f32 FMA with x as given. About half the instructions of the exact kernel's decoder (gemv_template.h: 16
+ * codes per 12 instructions, a scale multiply per vector). Per 128-column group the partial sums are scaled
+ * once (DeepSeek's order). The NaN codes (S.1111.111, never written by the quantiser) would decode as 1.875:
+ * the maximum of the magnitude bytes is tracked per row, and a row that holds one is recomputed by the exact
+ * kernel, so it gives NaN as the reference decoder does.
+ *
+ * nvfp4: Q8 activations in DSV3_X_Q8_EO64 (act_q8.c: each 64-block as its 32 even then 32 odd columns, the
+ * low / high nibbles of the 32 weight bytes), the codes looked up by vpshufb as 2 e2m1 + 12 (u8 0..24), two
+ * vpmaddubsw (pair sums <= 2 * 24 * 127, their sum < 2^15) and vpmaddwd to 8 int32 lanes of 8 natural columns,
+ * plus the compensation -12 * (lane sum of x codes) = 3/2 of the layout's -8 * sum (exact: a multiple of 8).
+ * Lanes 2j, 2j+1 share the e4m3 block scale j (decoded through f16 for 8 blocks at a time); each lane's int32
+ * is scaled by d * scale in f32, and scale2 / 2 * 2^8 is applied once per output. The K tail after the last
+ * full 64-block runs the reference (dsv3_q8_nvfp4_ref_dot). Up to 4 rows of x share one decoded block.
+ *
+ * Decode (M = 1) walks a thread's rows one after another without software prefetch (one sequential stream,
+ * see dot_q8_avx512.c). */
+#include <immintrin.h>
+#include <stdint.h>
+
+#include "linear/decode_avx2.h"
+#include "linear/dot_fp.h"
+#include "linear/lin_common.h"
+
+#define MRX 4
+
+AI float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* ---- fp8_block ---- */
+
+/* Row n, rows [m0, m0 + mr) of x. 0 when the row holds a NaN code (y not written). */
+AI int fp8_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
+{
+    const dsv3_weight *w = a->w;
+    const int64_t K = w->k, Kv = K / 32 * 32, ng = (K + 127) / 128;
+    const uint8_t *row = (const uint8_t *)w->data + n * K;
+    const float *sc = (const float *)w->scale + (n / 128) * ng;
+    const float *x[MRX];
+    __m256 acc[MRX], p[MRX][4];
+    __m256i top = _mm256_setzero_si256();
+    const __m256i m7f = _mm256_set1_epi8(0x7f);
+    for (int i = 0; i < mr; i++) {
+        x[i] = a->x + (m0 + i) * K;
+        acc[i] = _mm256_setzero_ps();
+    }
+    for (int64_t g = 0; g * 128 < Kv; g++) {
+        const int64_t k1 = g * 128 + 128 < Kv ? g * 128 + 128 : Kv;
+        for (int i = 0; i < mr; i++)
+            p[i][0] = p[i][1] = p[i][2] = p[i][3] = _mm256_setzero_ps();
+        for (int64_t k = g * 128; k < k1; k += 32) {
+            const __m256i b = _mm256_loadu_si256((const __m256i *)(row + k));
+            top = _mm256_max_epu8(top, _mm256_and_si256(b, m7f));
+            __m256i lo, hi;
+            e4m3x32_f16(b, &lo, &hi);
+            const __m256 w0 = _mm256_cvtph_ps(_mm256_castsi256_si128(lo)); /* codes k + 0..7 */
+            const __m256 w1 = _mm256_cvtph_ps(_mm256_castsi256_si128(hi)); /* k + 8..15 */
+            const __m256 w2 = _mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)); /* k + 16..23 */
+            const __m256 w3 = _mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1)); /* k + 24..31 */
+            for (int i = 0; i < mr; i++) { /* one row: four chains; more rows: two per row */
+                const int c = mr == 1 ? 2 : 0;
+                p[i][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k), w0, p[i][0]);
+                p[i][1] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k + 8), w1, p[i][1]);
+                p[i][c] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k + 16), w2, p[i][c]);
+                p[i][c + 1] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k + 24), w3, p[i][c + 1]);
+            }
+        }
+        const __m256 sv = _mm256_set1_ps(sc[g]);
+        for (int i = 0; i < mr; i++) {
+            const __m256 s = mr == 1 ? _mm256_add_ps(_mm256_add_ps(p[i][0], p[i][1]), _mm256_add_ps(p[i][2], p[i][3]))
+                                     : _mm256_add_ps(p[i][0], p[i][1]);
+            acc[i] = _mm256_fmadd_ps(s, sv, acc[i]);
+        }
+    }
+    if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(top, m7f)))
+        return 0;
+    float tail[MRX] = {0};
+    if (Kv < K) { /* < 32 codes, all in the last group: the reference decode (NaN codes give NaN) */
+        float wt[32];
+        dsv3_formats[DSV3_FMT_FP8_BLOCK].code_row(w, n, Kv, K - Kv, wt);
+        for (int i = 0; i < mr; i++) {
+            float t = 0.0f;
+            for (int64_t j = Kv; j < K; j++)
+                t += x[i][j] * wt[j - Kv];
+            tail[i] = t * sc[Kv / 128];
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        a->y[(m0 + i) * w->n + n] = hsum8(acc[i]) * 256.0f + tail[i] + (a->bias ? a->bias[n] : 0.0f);
+    return 1;
+}
+
+void dsv3_fast_fp8_block_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1)
+{
+    for (int64_t n = n0; n < n1; n++) {
+        int ok = 1;
+        for (int64_t m0 = 0; m0 < a->m && ok; m0 += MRX)
+            switch (a->m - m0 < MRX ? a->m - m0 : MRX) {
+            case 1: ok = fp8_tile(1, a, n, m0); break;
+            case 2: ok = fp8_tile(2, a, n, m0); break;
+            case 3: ok = fp8_tile(3, a, n, m0); break;
+            default: ok = fp8_tile(4, a, n, m0); break;
+            }
+        if (!ok) /* a NaN code: the exact kernel for every row of x */
+            dsv3_gemv_fp8_block_avx2(a, n, n + 1);
+    }
+}
+
+/* ---- nvfp4 ---- */
+
+/* Block scales e4m3(s) * 2^-8 of 8 consecutive 16-blocks, each twice: lanes of the two 64-blocks at s8. */
+AI void nvfp4_lane_scales(const uint8_t *s8, __m256 *l0, __m256 *l1)
+{
+    const __m128i b = _mm_loadl_epi64((const __m128i *)s8);
+    const __m256i h = e4m3_f16_words(_mm_unpacklo_epi8(b, b));
+    *l0 = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+    *l1 = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+
+/* One 64-block at k (weight bytes p, lane scales ws) for mr rows of x. */
+AI void nvfp4_block(const int mr, const dsv3_act_q8 *x, const int64_t *xr, int64_t k, const uint8_t *p, __m256 ws,
+                    __m256 *acc)
+{
+    const __m256i lut = _mm256_setr_epi8(LUT16_2E2M1_P12, LUT16_2E2M1_P12), m4 = _mm256_set1_epi8(0x0f);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i b = _mm256_loadu_si256((const __m256i *)p);
+    const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, m4));
+    const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), m4));
+    for (int i = 0; i < mr; i++) {
+        const int8_t *q = x->q + xr[i];
+        const __m256i xe = _mm256_loadu_si256((const __m256i *)(q + k));
+        const __m256i xo = _mm256_loadu_si256((const __m256i *)(q + k + 32));
+        const __m256i c8 = _mm256_loadu_si256((const __m256i *)(x->c + xr[MRX + i] + k / 8));
+        const __m256 dl = _mm256_loadu_ps(x->dl + xr[MRX + i] + k / 8);
+        const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
+        const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(p16, ones), _mm256_add_epi32(c8, _mm256_srai_epi32(c8, 1)));
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dl, ws), acc[i]);
+    }
+}
+
+AI void nvfp4_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
+{
+    const dsv3_weight *w = a->w;
+    const dsv3_act_q8 *x = a->q8;
+    const int64_t K = w->k, kb = x->kb;
+    const uint8_t *row = (const uint8_t *)w->data + n * (K / 2), *sc = (const uint8_t *)w->scale + n * (K / 16);
+    int64_t xr[2 * MRX]; /* offsets of the x rows in q, then in c / dl */
+    __m256 acc[MRX];
+    for (int i = 0; i < mr; i++) {
+        xr[i] = (m0 + i) * K;
+        xr[MRX + i] = (m0 + i) * x->lanes;
+        acc[i] = _mm256_setzero_ps();
+    }
+    int64_t k = 0;
+    for (; k + 128 <= kb; k += 128) {
+        __m256 l0, l1;
+        nvfp4_lane_scales(sc + k / 16, &l0, &l1);
+        nvfp4_block(mr, x, xr, k, row + k / 2, l0, acc);
+        nvfp4_block(mr, x, xr, k + 64, row + k / 2 + 32, l1, acc);
+    }
+    if (k < kb) { /* one 64-block left: its 4 scales through the 8-scale decoder (a 4-byte load) */
+        int32_t s4;
+        memcpy(&s4, sc + k / 16, 4);
+        const __m256i h = e4m3_f16_words(_mm_unpacklo_epi8(_mm_cvtsi32_si128(s4), _mm_cvtsi32_si128(s4)));
+        nvfp4_block(mr, x, xr, k, row + k / 2, _mm256_cvtph_ps(_mm256_castsi256_si128(h)), acc);
+    }
+    const float g = w->scale2 * 128.0f; /* scale2 / 2 * 2^8 */
+    for (int i = 0; i < mr; i++) {
+        const float tail = kb < K ? dsv3_q8_nvfp4_ref_dot(a, m0 + i, n, kb) : 0.0f;
+        a->y[(m0 + i) * w->n + n] = hsum8(acc[i]) * g + tail + (a->bias ? a->bias[n] : 0.0f);
+    }
+}
+
+void dsv3_q8_nvfp4_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1)
+{
+    for (int64_t n = n0; n < n1; n++)
+        for (int64_t m0 = 0; m0 < a->m; m0 += MRX)
+            switch (a->m - m0 < MRX ? a->m - m0 : MRX) {
+            case 1: nvfp4_tile(1, a, n, m0); break;
+            case 2: nvfp4_tile(2, a, n, m0); break;
+            case 3: nvfp4_tile(3, a, n, m0); break;
+            default: nvfp4_tile(4, a, n, m0); break;
+            }
+}
