@@ -1,20 +1,21 @@
 /* AVX2 fast kernels of the floating-point weight formats (definitions in dot_fp.h).
  *
- * fp8_block: 32 e4m3 codes per step become f16 words with six byte operations and two in-lane unpacks, and
- * f32 through vcvtph2ps (decode_avx2.h, e4m3x32_f16: value * 2^-8, the 2^8 applied once per output), then
- * f32 FMA with x as given. About half the instructions of the exact kernel's decoder (gemv_template.h: 16
- * codes per 12 instructions, a scale multiply per vector). Per 128-column group the partial sums are scaled
- * once (DeepSeek's order). The NaN codes (S.1111.111, never written by the quantiser) would decode as 1.875:
- * the maximum of the magnitude bytes is tracked per row, and a row that holds one is recomputed by the exact
- * kernel, so it gives NaN as the reference decoder does.
+ * fp8_block: 32 e4m3 codes per step become 4 vectors of f32 (code * 2^-120) with 11 byte / unpack
+ * instructions (decode_avx2.h, e4m3x32_raw), against x prepared once per call in the decoder's order and
+ * times 2^56 (DSV3_X_F32_P32, linear.c: no shuffles for x, and products of at least 2^-70 stay normal); f32
+ * FMA into four partial chains per 128-column group, scaled once per group (DeepSeek's order), 2^64 applied
+ * once per output. The exact kernel (gemv_template.h) spends 24 instructions and 4 multiplies per 32 codes.
+ * The NaN codes (S.1111.111, never written by the quantiser) would decode as 480: the maximum of the magnitude
+ * bytes is tracked per row, and a row that holds one is recomputed by the exact kernel (on the caller's x
+ * order: the plain f32 x is the layout's input), so it gives NaN as the reference decoder does.
  *
- * nvfp4: Q8 activations in DSV3_X_Q8_EO64 (act_q8.c: each 64-block as its 32 even then 32 odd columns, the
- * low / high nibbles of the 32 weight bytes), the codes looked up by vpshufb as 2 e2m1 + 12 (u8 0..24), two
- * vpmaddubsw (pair sums <= 2 * 24 * 127, their sum < 2^15) and vpmaddwd to 8 int32 lanes of 8 natural columns,
- * plus the compensation -12 * (lane sum of x codes) = 3/2 of the layout's -8 * sum (exact: a multiple of 8).
- * Lanes 2j, 2j+1 share the e4m3 block scale j (decoded through f16 for 8 blocks at a time); each lane's int32
- * is scaled by d * scale in f32, and scale2 / 2 * 2^8 is applied once per output. The K tail after the last
- * full 64-block runs the reference (dsv3_q8_nvfp4_ref_dot). Up to 4 rows of x share one decoded block.
+ * nvfp4: Q8 activations in DSV3_X_Q8_EO64 (act_q8.c: each 64-block as its 32 even then 32 odd columns, met by
+ * the low / high nibbles of the 32 weight bytes), the codes looked up by vpshufb as 2 e2m1 (s8 -12..12), the
+ * sign trick (|code| as u8, x with the code's sign), two vpmaddubsw (pair sums <= 2 * 12 * 127, their sum
+ * < 2^15) and vpmaddwd to 8 int32 lanes of 8 natural columns. Lanes 2j, 2j+1 share the e4m3 block scale j
+ * (decoded through f16 for 8 blocks at a time); each lane's int32 is scaled by d * scale in f32, and
+ * scale2 / 2 * 2^8 is applied once per output. The K tail after the last full 64-block runs the reference
+ * (dsv3_q8_nvfp4_ref_dot). Up to 4 rows of x share one decoded block.
  *
  * Decode (M = 1) walks a thread's rows one after another without software prefetch (one sequential stream,
  * see dot_q8_avx512.c). */
@@ -37,7 +38,7 @@ AI float hsum8(__m256 v)
 
 /* ---- fp8_block ---- */
 
-/* Row n, rows [m0, m0 + mr) of x. 0 when the row holds a NaN code (y not written). */
+/* Row n, rows [m0, m0 + mr) of x (DSV3_X_F32_P32). 0 when the row holds a NaN code (y not written). */
 AI int fp8_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
 {
     const dsv3_weight *w = a->w;
@@ -59,18 +60,14 @@ AI int fp8_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
         for (int64_t k = g * 128; k < k1; k += 32) {
             const __m256i b = _mm256_loadu_si256((const __m256i *)(row + k));
             top = _mm256_max_epu8(top, _mm256_and_si256(b, m7f));
-            __m256i lo, hi;
-            e4m3x32_f16(b, &lo, &hi);
-            const __m256 w0 = _mm256_cvtph_ps(_mm256_castsi256_si128(lo)); /* codes k + 0..7 */
-            const __m256 w1 = _mm256_cvtph_ps(_mm256_castsi256_si128(hi)); /* k + 8..15 */
-            const __m256 w2 = _mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)); /* k + 16..23 */
-            const __m256 w3 = _mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1)); /* k + 24..31 */
+            __m256 wv[4];
+            e4m3x32_raw(b, wv);
             for (int i = 0; i < mr; i++) { /* one row: four chains; more rows: two per row */
                 const int c = mr == 1 ? 2 : 0;
-                p[i][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k), w0, p[i][0]);
-                p[i][1] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k + 8), w1, p[i][1]);
-                p[i][c] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k + 16), w2, p[i][c]);
-                p[i][c + 1] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k + 24), w3, p[i][c + 1]);
+                p[i][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k), wv[0], p[i][0]);
+                p[i][1] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k + 8), wv[1], p[i][1]);
+                p[i][c] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k + 16), wv[2], p[i][c]);
+                p[i][c + 1] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k + 24), wv[3], p[i][c + 1]);
             }
         }
         const __m256 sv = _mm256_set1_ps(sc[g]);
@@ -83,7 +80,7 @@ AI int fp8_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
     if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(top, m7f)))
         return 0;
     float tail[MRX] = {0};
-    if (Kv < K) { /* < 32 codes, all in the last group: the reference decode (NaN codes give NaN) */
+    if (Kv < K) { /* < 32 codes (natural order), all in the last group: the reference decode */
         float wt[32];
         dsv3_formats[DSV3_FMT_FP8_BLOCK].code_row(w, n, Kv, K - Kv, wt);
         for (int i = 0; i < mr; i++) {
@@ -93,9 +90,28 @@ AI int fp8_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
             tail[i] = t * sc[Kv / 128];
         }
     }
-    for (int i = 0; i < mr; i++)
-        a->y[(m0 + i) * w->n + n] = hsum8(acc[i]) * 256.0f + tail[i] + (a->bias ? a->bias[n] : 0.0f);
+    for (int i = 0; i < mr; i++) /* x carries 2^56, the codes 2^-120 */
+        a->y[(m0 + i) * w->n + n] = (hsum8(acc[i]) + tail[i] * 0x1p-120f) * 0x1p64f + (a->bias ? a->bias[n] : 0.0f);
     return 1;
+}
+
+/* The exact kernel for row n (a NaN code): on x in natural order, undone from the layout (rare). */
+static void fp8_exact_row(const dsv3_lin_args *a, int64_t n)
+{
+    const int64_t K = a->w->k, kb = K / 32 * 32;
+    float *xn = dsv3_alloc((size_t)(a->m * K) * sizeof(float));
+    if (!xn) { /* no memory for the copy: NaN (the row's value is NaN whatever x holds, unless x is 0) */
+        for (int64_t m = 0; m < a->m; m++)
+            a->y[m * a->w->n + n] = dsv3_bits_f32(0x7fc00000u);
+        return;
+    }
+    for (int64_t m = 0; m < a->m; m++)
+        for (int64_t j = 0; j < K; j++)
+            xn[m * K + j] = a->x[m * K + (j < kb ? (j & ~(int64_t)31) + 8 * ((j & 15) >> 2) + 4 * ((j & 31) >> 4) + (j & 3) : j)] * 0x1p-56f;
+    dsv3_lin_args e = *a;
+    e.x = xn;
+    dsv3_gemv_fp8_block_avx2(&e, n, n + 1);
+    dsv3_free(xn);
 }
 
 void dsv3_fast_fp8_block_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1)
@@ -109,8 +125,8 @@ void dsv3_fast_fp8_block_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1)
             case 3: ok = fp8_tile(3, a, n, m0); break;
             default: ok = fp8_tile(4, a, n, m0); break;
             }
-        if (!ok) /* a NaN code: the exact kernel for every row of x */
-            dsv3_gemv_fp8_block_avx2(a, n, n + 1);
+        if (!ok)
+            fp8_exact_row(a, n);
     }
 }
 
@@ -129,23 +145,21 @@ AI void nvfp4_lane_scales(const uint8_t *s8, __m256 *l0, __m256 *l1)
 AI void nvfp4_block(const int mr, const dsv3_act_q8 *x, const int64_t *xr, int64_t k, const uint8_t *p, __m256 ws,
                     __m256 *acc)
 {
-    const __m256i lut = _mm256_setr_epi8(LUT16_2E2M1_P12, LUT16_2E2M1_P12), m4 = _mm256_set1_epi8(0x0f);
+    const __m256i lut = _mm256_setr_epi8(LUT16_2E2M1_S8, LUT16_2E2M1_S8), m4 = _mm256_set1_epi8(0x0f);
     const __m256i ones = _mm256_set1_epi16(1);
     const __m256i b = _mm256_loadu_si256((const __m256i *)p);
     const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, m4));
     const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), m4));
+    const __m256i ulo = _mm256_abs_epi8(lo), uhi = _mm256_abs_epi8(hi);
     for (int i = 0; i < mr; i++) {
         const int8_t *q = x->q + xr[i];
-        const __m256i xe = _mm256_loadu_si256((const __m256i *)(q + k));
-        const __m256i xo = _mm256_loadu_si256((const __m256i *)(q + k + 32));
-        const __m256i c8 = _mm256_loadu_si256((const __m256i *)(x->c + xr[MRX + i] + k / 8));
+        const __m256i xe = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q + k)), lo);
+        const __m256i xo = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q + k + 32)), hi);
         const __m256 dl = _mm256_loadu_ps(x->dl + xr[MRX + i] + k / 8);
-        const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
-        const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(p16, ones), _mm256_add_epi32(c8, _mm256_srai_epi32(c8, 1)));
-        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dl, ws), acc[i]);
+        const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(ulo, xe), _mm256_maddubs_epi16(uhi, xo));
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), _mm256_mul_ps(dl, ws), acc[i]);
     }
 }
-
 AI void nvfp4_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
 {
     const dsv3_weight *w = a->w;
