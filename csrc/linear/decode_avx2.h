@@ -129,6 +129,15 @@ static inline __attribute__((always_inline)) __m256i e4m3_f16_words(__m128i b)
     return _mm256_xor_si256(h, _mm256_and_si256(nan, _mm256_set1_epi16(0x4080)));
 }
 
+/* The same for 8 codes (low 8 bytes of b) -> 8 f16 words. */
+static inline __attribute__((always_inline)) __m128i e4m3_f16_words8(__m128i b)
+{
+    __m128i h = _mm_slli_epi16(_mm_cvtepu8_epi16(b), 8);
+    h = _mm_and_si128(_mm_srai_epi16(h, 1), _mm_set1_epi16((short)0xbf80));
+    const __m128i nan = _mm_cmpeq_epi16(_mm_and_si128(h, _mm_set1_epi16(0x3f80)), _mm_set1_epi16(0x3f80));
+    return _mm_xor_si128(h, _mm_and_si128(nan, _mm_set1_epi16(0x4080)));
+}
+
 /* 32 e4m3 codes -> 4 vectors of 8 f32 = code * 2^-120 (the bf16 bit placement s.0000eeee.mmm0000 as the high
  * half of an f32; exact, subnormal codes become f32 denormals), with byte operations: the high byte
  * s.0000.eee (a vpshufb of the high nibble) and the low byte e.mmm.0000, interleaved in-lane into words and

@@ -160,6 +160,54 @@ AI void nvfp4_block(const int mr, const dsv3_act_q8 *x, const int64_t *xr, int64
         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), _mm256_mul_ps(dl, ws), acc[i]);
     }
 }
+/* 4 * 16 int16 lanes of 4 columns for the 64-block at k (bytes p), one row of x (sign trick) */
+AI __m256i nvfp4_p16(const int8_t *q, int64_t k, const uint8_t *p)
+{
+    const __m256i lut = _mm256_setr_epi8(LUT16_2E2M1_S8, LUT16_2E2M1_S8), m4 = _mm256_set1_epi8(0x0f);
+    const __m256i b = _mm256_loadu_si256((const __m256i *)p);
+    const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, m4));
+    const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), m4));
+    const __m256i xe = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q + k)), lo);
+    const __m256i xo = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q + k + 32)), hi);
+    return _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(lo), xe), _mm256_maddubs_epi16(_mm256_abs_epi8(hi), xo));
+}
+
+/* Decode (M = 1): per 128-block the two 64-blocks' int16 lanes are summed pairwise (vphaddw; a 16-column sum is
+ * at most 16 * 12 * 127 < 2^15) and widened by vpmaddwd to 8 int32 lanes, one per 16-block, in the order
+ * 0, 1, 4, 5 | 2, 3, 6, 7; the 8 block scales (no doubling) and the Q8 scales (each twice) are multiplied in
+ * natural order and put in that order with one vpermpd: one convert, multiply and FMA per 128 columns. */
+AI void nvfp4_row_m1(const dsv3_lin_args *a, int64_t n)
+{
+    const dsv3_weight *w = a->w;
+    const dsv3_act_q8 *x = a->q8;
+    const int64_t K = w->k, kb = x->kb;
+    const uint8_t *row = (const uint8_t *)w->data + n * (K / 2), *sc = (const uint8_t *)w->scale + n * (K / 16);
+    const __m256i ones = _mm256_set1_epi16(1), dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 128 <= kb; k += 128) {
+        const __m256i s = _mm256_madd_epi16(_mm256_hadd_epi16(nvfp4_p16(x->q, k, row + k / 2),
+                                                              nvfp4_p16(x->q, k + 64, row + k / 2 + 32)), ones);
+        const __m256 ws = _mm256_cvtph_ps(e4m3_f16_words8(_mm_loadl_epi64((const __m128i *)(sc + k / 16))));
+        const __m256 dv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(x->d + k / 32)), dup);
+        const __m256 sv = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_mul_ps(ws, dv)), 0xD8));
+        if ((k / 128) & 1)
+            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sv, acc1);
+        else
+            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sv, acc0);
+    }
+    __m256 acc[1] = {_mm256_add_ps(acc0, acc1)};
+    if (k < kb) { /* one 64-block left */
+        int32_t s4;
+        memcpy(&s4, sc + k / 16, 4);
+        const __m256i h = e4m3_f16_words(_mm_unpacklo_epi8(_mm_cvtsi32_si128(s4), _mm_cvtsi32_si128(s4)));
+        const int64_t xr[2 * MRX] = {0, 0, 0, 0, 0};
+        nvfp4_block(1, x, xr, k, row + k / 2, _mm256_cvtph_ps(_mm256_castsi256_si128(h)), acc);
+    }
+    const float tail = kb < K ? dsv3_q8_nvfp4_ref_dot(a, 0, n, kb) : 0.0f;
+    a->y[n] = hsum8(acc[0]) * (w->scale2 * 128.0f) + tail + (a->bias ? a->bias[n] : 0.0f);
+}
+
 AI void nvfp4_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
 {
     const dsv3_weight *w = a->w;
@@ -195,6 +243,11 @@ AI void nvfp4_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
 
 void dsv3_q8_nvfp4_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
+    if (a->m == 1) {
+        for (int64_t n = n0; n < n1; n++)
+            nvfp4_row_m1(a, n);
+        return;
+    }
     for (int64_t n = n0; n < n1; n++)
         for (int64_t m0 = 0; m0 < a->m; m0 += MRX)
             switch (a->m - m0 < MRX ? a->m - m0 : MRX) {
