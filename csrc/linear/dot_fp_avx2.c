@@ -15,7 +15,10 @@
  * < 2^15) and vpmaddwd to 8 int32 lanes of 8 natural columns. Lanes 2j, 2j+1 share the e4m3 block scale j
  * (decoded through f16 for 8 blocks at a time); each lane's int32 is scaled by d * scale in f32, and
  * scale2 / 2 * 2^8 is applied once per output. The K tail after the last full 64-block runs the reference
- * (dsv3_q8_nvfp4_ref_dot). Up to 4 rows of x share one decoded block.
+ * (dsv3_q8_nvfp4_ref_dot). Up to 4 rows of x share one decoded block (fp8: 2).
+ *
+ * Each row's arithmetic is the same whatever the number of rows of x, so a decode row (M = 1) equals the same
+ * row of a small batch bit for bit (tests/test_linear.py, test_decode_row_walk_is_bitwise_the_batch_row).
  *
  * Decode (M = 1) walks a thread's rows one after another without software prefetch (one sequential stream,
  * see dot_q8_avx512.c). */
@@ -27,6 +30,7 @@
 #include "linear/lin_common.h"
 
 #define MRX 4
+#define FP8_MR 2 /* rows of x per fp8 tile (four partial chains each) */
 
 AI float hsum8(__m256 v)
 {
@@ -45,8 +49,8 @@ AI int fp8_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
     const int64_t K = w->k, Kv = K / 32 * 32, ng = (K + 127) / 128;
     const uint8_t *row = (const uint8_t *)w->data + n * K;
     const float *sc = (const float *)w->scale + (n / 128) * ng;
-    const float *x[MRX];
-    __m256 acc[MRX], p[MRX][4];
+    const float *x[FP8_MR];
+    __m256 acc[FP8_MR], p[FP8_MR][4];
     __m256i top = _mm256_setzero_si256();
     const __m256i m7f = _mm256_set1_epi8(0x7f);
     for (int i = 0; i < mr; i++) {
@@ -62,24 +66,19 @@ AI int fp8_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
             top = _mm256_max_epu8(top, _mm256_and_si256(b, m7f));
             __m256 wv[4];
             e4m3x32_raw(b, wv);
-            for (int i = 0; i < mr; i++) { /* one row: four chains; more rows: two per row */
-                const int c = mr == 1 ? 2 : 0;
-                p[i][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k), wv[0], p[i][0]);
-                p[i][1] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k + 8), wv[1], p[i][1]);
-                p[i][c] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k + 16), wv[2], p[i][c]);
-                p[i][c + 1] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k + 24), wv[3], p[i][c + 1]);
-            }
+            for (int i = 0; i < mr; i++) /* four chains per row */
+                for (int v = 0; v < 4; v++)
+                    p[i][v] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k + 8 * v), wv[v], p[i][v]);
         }
         const __m256 sv = _mm256_set1_ps(sc[g]);
         for (int i = 0; i < mr; i++) {
-            const __m256 s = mr == 1 ? _mm256_add_ps(_mm256_add_ps(p[i][0], p[i][1]), _mm256_add_ps(p[i][2], p[i][3]))
-                                     : _mm256_add_ps(p[i][0], p[i][1]);
+            const __m256 s = _mm256_add_ps(_mm256_add_ps(p[i][0], p[i][1]), _mm256_add_ps(p[i][2], p[i][3]));
             acc[i] = _mm256_fmadd_ps(s, sv, acc[i]);
         }
     }
     if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(top, m7f)))
         return 0;
-    float tail[MRX] = {0};
+    float tail[FP8_MR] = {0};
     if (Kv < K) { /* < 32 codes (natural order), all in the last group: the reference decode */
         float wt[32];
         dsv3_formats[DSV3_FMT_FP8_BLOCK].code_row(w, n, Kv, K - Kv, wt);
@@ -118,13 +117,8 @@ void dsv3_fast_fp8_block_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
     for (int64_t n = n0; n < n1; n++) {
         int ok = 1;
-        for (int64_t m0 = 0; m0 < a->m && ok; m0 += MRX)
-            switch (a->m - m0 < MRX ? a->m - m0 : MRX) {
-            case 1: ok = fp8_tile(1, a, n, m0); break;
-            case 2: ok = fp8_tile(2, a, n, m0); break;
-            case 3: ok = fp8_tile(3, a, n, m0); break;
-            default: ok = fp8_tile(4, a, n, m0); break;
-            }
+        for (int64_t m0 = 0; m0 < a->m && ok; m0 += FP8_MR)
+            ok = a->m - m0 >= 2 ? fp8_tile(2, a, n, m0) : fp8_tile(1, a, n, m0);
         if (!ok)
             fp8_exact_row(a, n);
     }
@@ -132,16 +126,8 @@ void dsv3_fast_fp8_block_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1)
 
 /* ---- nvfp4 ---- */
 
-/* Block scales e4m3(s) * 2^-8 of 8 consecutive 16-blocks, each twice: lanes of the two 64-blocks at s8. */
-AI void nvfp4_lane_scales(const uint8_t *s8, __m256 *l0, __m256 *l1)
-{
-    const __m128i b = _mm_loadl_epi64((const __m128i *)s8);
-    const __m256i h = e4m3_f16_words(_mm_unpacklo_epi8(b, b));
-    *l0 = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
-    *l1 = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
-}
-
-/* One 64-block at k (weight bytes p, lane scales ws) for mr rows of x. */
+/* One 64-block at k (weight bytes p, lane scales ws: each block scale twice) for mr rows of x: 8 int32 lanes
+ * of 8 columns. Used for a last 64-block (kb not a multiple of 128). */
 AI void nvfp4_block(const int mr, const dsv3_act_q8 *x, const int64_t *xr, int64_t k, const uint8_t *p, __m256 ws,
                     __m256 *acc)
 {
@@ -160,94 +146,84 @@ AI void nvfp4_block(const int mr, const dsv3_act_q8 *x, const int64_t *xr, int64
         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), _mm256_mul_ps(dl, ws), acc[i]);
     }
 }
-/* 4 * 16 int16 lanes of 4 columns for the 64-block at k (bytes p), one row of x (sign trick) */
-AI __m256i nvfp4_p16(const int8_t *q, int64_t k, const uint8_t *p)
+
+/* The 64-block at k (bytes p) decoded once: signed codes (even, odd columns) and their magnitudes */
+typedef struct {
+    __m256i lo, hi, ulo, uhi;
+} nv64;
+
+AI nv64 nvfp4_dec64(const uint8_t *p)
 {
     const __m256i lut = _mm256_setr_epi8(LUT16_2E2M1_S8, LUT16_2E2M1_S8), m4 = _mm256_set1_epi8(0x0f);
     const __m256i b = _mm256_loadu_si256((const __m256i *)p);
-    const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, m4));
-    const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), m4));
-    const __m256i xe = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q + k)), lo);
-    const __m256i xo = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q + k + 32)), hi);
-    return _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(lo), xe), _mm256_maddubs_epi16(_mm256_abs_epi8(hi), xo));
+    nv64 d;
+    d.lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, m4));
+    d.hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), m4));
+    d.ulo = _mm256_abs_epi8(d.lo);
+    d.uhi = _mm256_abs_epi8(d.hi);
+    return d;
 }
 
-/* Decode (M = 1): per 128-block the two 64-blocks' int16 lanes are summed pairwise (vphaddw; a 16-column sum is
- * at most 16 * 12 * 127 < 2^15) and widened by vpmaddwd to 8 int32 lanes, one per 16-block, in the order
- * 0, 1, 4, 5 | 2, 3, 6, 7; the 8 block scales (no doubling) and the Q8 scales (each twice) are multiplied in
- * natural order and put in that order with one vpermpd: one convert, multiply and FMA per 128 columns. */
-AI void nvfp4_row_m1(const dsv3_lin_args *a, int64_t n)
+/* 16 int16 lanes of 4 columns: one row of x (codes q at k) against a decoded 64-block (sign trick) */
+AI __m256i nvfp4_p16(const int8_t *q, int64_t k, nv64 d)
 {
-    const dsv3_weight *w = a->w;
-    const dsv3_act_q8 *x = a->q8;
-    const int64_t K = w->k, kb = x->kb;
-    const uint8_t *row = (const uint8_t *)w->data + n * (K / 2), *sc = (const uint8_t *)w->scale + n * (K / 16);
-    const __m256i ones = _mm256_set1_epi16(1), dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + 128 <= kb; k += 128) {
-        const __m256i s = _mm256_madd_epi16(_mm256_hadd_epi16(nvfp4_p16(x->q, k, row + k / 2),
-                                                              nvfp4_p16(x->q, k + 64, row + k / 2 + 32)), ones);
-        const __m256 ws = _mm256_cvtph_ps(e4m3_f16_words8(_mm_loadl_epi64((const __m128i *)(sc + k / 16))));
-        const __m256 dv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(x->d + k / 32)), dup);
-        const __m256 sv = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_mul_ps(ws, dv)), 0xD8));
-        if ((k / 128) & 1)
-            acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sv, acc1);
-        else
-            acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sv, acc0);
-    }
-    __m256 acc[1] = {_mm256_add_ps(acc0, acc1)};
-    if (k < kb) { /* one 64-block left */
-        int32_t s4;
-        memcpy(&s4, sc + k / 16, 4);
-        const __m256i h = e4m3_f16_words(_mm_unpacklo_epi8(_mm_cvtsi32_si128(s4), _mm_cvtsi32_si128(s4)));
-        const int64_t xr[2 * MRX] = {0, 0, 0, 0, 0};
-        nvfp4_block(1, x, xr, k, row + k / 2, _mm256_cvtph_ps(_mm256_castsi256_si128(h)), acc);
-    }
-    const float tail = kb < K ? dsv3_q8_nvfp4_ref_dot(a, 0, n, kb) : 0.0f;
-    a->y[n] = hsum8(acc[0]) * (w->scale2 * 128.0f) + tail + (a->bias ? a->bias[n] : 0.0f);
+    const __m256i xe = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q + k)), d.lo);
+    const __m256i xo = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q + k + 32)), d.hi);
+    return _mm256_add_epi16(_mm256_maddubs_epi16(d.ulo, xe), _mm256_maddubs_epi16(d.uhi, xo));
 }
 
+/* Row n, rows [m0, m0 + mr) of x. Per 128-block the two 64-blocks' int16 lanes are summed pairwise (vphaddw; a
+ * 16-column sum is at most 16 * 12 * 127 < 2^15) and widened by vpmaddwd to 8 int32 lanes, one per 16-block, in
+ * the order 0, 1, 4, 5 | 2, 3, 6, 7; the 8 block scales (no doubling) times the Q8 scales (each twice) in
+ * natural order are put in that order with one vpermpd: one convert, multiply and FMA per 128 columns and row,
+ * into two accumulators (even / odd 128-blocks). Every row's arithmetic is the same whatever mr, so a decode
+ * row (M = 1) equals the same row of a batch bit for bit. */
 AI void nvfp4_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
 {
     const dsv3_weight *w = a->w;
     const dsv3_act_q8 *x = a->q8;
-    const int64_t K = w->k, kb = x->kb;
+    const int64_t K = w->k, kb = x->kb, nb = (K + DSV3_Q8_BLOCK - 1) / DSV3_Q8_BLOCK;
     const uint8_t *row = (const uint8_t *)w->data + n * (K / 2), *sc = (const uint8_t *)w->scale + n * (K / 16);
-    int64_t xr[2 * MRX]; /* offsets of the x rows in q, then in c / dl */
-    __m256 acc[MRX];
+    const __m256i ones = _mm256_set1_epi16(1), dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    int64_t xr[2 * MRX]; /* offsets of the x rows in q, then in dl */
+    __m256 acc0[MRX], acc1[MRX];
     for (int i = 0; i < mr; i++) {
         xr[i] = (m0 + i) * K;
         xr[MRX + i] = (m0 + i) * x->lanes;
-        acc[i] = _mm256_setzero_ps();
+        acc0[i] = acc1[i] = _mm256_setzero_ps();
     }
     int64_t k = 0;
     for (; k + 128 <= kb; k += 128) {
-        __m256 l0, l1;
-        nvfp4_lane_scales(sc + k / 16, &l0, &l1);
-        nvfp4_block(mr, x, xr, k, row + k / 2, l0, acc);
-        nvfp4_block(mr, x, xr, k + 64, row + k / 2 + 32, l1, acc);
+        const nv64 da = nvfp4_dec64(row + k / 2), db = nvfp4_dec64(row + k / 2 + 32);
+        const __m256 ws = _mm256_cvtph_ps(e4m3_f16_words8(_mm_loadl_epi64((const __m128i *)(sc + k / 16))));
+        for (int i = 0; i < mr; i++) {
+            const int8_t *q = x->q + xr[i];
+            const __m256i s = _mm256_madd_epi16(_mm256_hadd_epi16(nvfp4_p16(q, k, da), nvfp4_p16(q, k + 64, db)), ones);
+            const __m256 dv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(x->d + (m0 + i) * nb + k / 32)), dup);
+            const __m256 sv = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_mul_ps(ws, dv)), 0xD8));
+            if ((k / 128) & 1)
+                acc1[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sv, acc1[i]);
+            else
+                acc0[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sv, acc0[i]);
+        }
     }
-    if (k < kb) { /* one 64-block left: its 4 scales through the 8-scale decoder (a 4-byte load) */
+    for (int i = 0; i < mr; i++)
+        acc0[i] = _mm256_add_ps(acc0[i], acc1[i]);
+    if (k < kb) { /* one 64-block left: its 4 scales, each twice, for 8-column lanes */
         int32_t s4;
         memcpy(&s4, sc + k / 16, 4);
         const __m256i h = e4m3_f16_words(_mm_unpacklo_epi8(_mm_cvtsi32_si128(s4), _mm_cvtsi32_si128(s4)));
-        nvfp4_block(mr, x, xr, k, row + k / 2, _mm256_cvtph_ps(_mm256_castsi256_si128(h)), acc);
+        nvfp4_block(mr, x, xr, k, row + k / 2, _mm256_cvtph_ps(_mm256_castsi256_si128(h)), acc0);
     }
     const float g = w->scale2 * 128.0f; /* scale2 / 2 * 2^8 */
     for (int i = 0; i < mr; i++) {
         const float tail = kb < K ? dsv3_q8_nvfp4_ref_dot(a, m0 + i, n, kb) : 0.0f;
-        a->y[(m0 + i) * w->n + n] = hsum8(acc[i]) * g + tail + (a->bias ? a->bias[n] : 0.0f);
+        a->y[(m0 + i) * w->n + n] = hsum8(acc0[i]) * g + tail + (a->bias ? a->bias[n] : 0.0f);
     }
 }
 
 void dsv3_q8_nvfp4_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
-    if (a->m == 1) {
-        for (int64_t n = n0; n < n1; n++)
-            nvfp4_row_m1(a, n);
-        return;
-    }
     for (int64_t n = n0; n < n1; n++)
         for (int64_t m0 = 0; m0 < a->m; m0 += MRX)
             switch (a->m - m0 < MRX ? a->m - m0 : MRX) {

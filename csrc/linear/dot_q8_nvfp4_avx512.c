@@ -6,8 +6,9 @@
  * share the e4m3 block scale j: the 8 scale bytes of a 128-block are doubled and decoded through f16
  * (decode_avx2.h, value * 2^-8) with one vcvtph2ps; each lane is scaled by d * scale in f32 and
  * scale2 / 2 * 2^8 is applied once per output. This replaces the bf16-hi dot kernel (gemv_dot_avx512.c) as
- * nvfp4's fast kernel. Up to 4 rows of x share a decoded block; with one row two accumulators alternate
- * between 128-blocks. The K tail after the last full 128-block runs the reference (dsv3_q8_nvfp4_ref_dot).
+ * nvfp4's fast kernel. Up to 4 rows of x share a decoded block; two accumulators per row alternate between
+ * 128-blocks (the same arithmetic for every M: a decode row is bitwise the same row of a batch). The K tail
+ * after the last full 128-block runs the reference (dsv3_q8_nvfp4_ref_dot).
  * Decode (M = 1) walks a thread's rows one after another without software prefetch (dot_q8_avx512.c). */
 #include <immintrin.h>
 #include <stdint.h>
@@ -55,12 +56,11 @@ AI void nvfp4_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
         acc[i] = acc1[i] = _mm512_setzero_ps();
     }
     int64_t k = 0;
-    if (mr == 1)
-        for (; k + 256 <= kb; k += 256) {
-            block128(1, x, xr, k, row + k / 2, sc + k / 16, acc);
-            block128(1, x, xr, k + 128, row + k / 2 + 64, sc + k / 16 + 8, acc1);
-        }
-    for (; k < kb; k += 128)
+    for (; k + 256 <= kb; k += 256) { /* every mr alike: a decode row is bitwise the same row of a batch */
+        block128(mr, x, xr, k, row + k / 2, sc + k / 16, acc);
+        block128(mr, x, xr, k + 128, row + k / 2 + 64, sc + k / 16 + 8, acc1);
+    }
+    if (k < kb)
         block128(mr, x, xr, k, row + k / 2, sc + k / 16, acc);
     const float g = w->scale2 * 128.0f; /* scale2 / 2 * 2^8 */
     for (int i = 0; i < mr; i++) {
