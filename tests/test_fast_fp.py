@@ -5,8 +5,9 @@ fp8_block on AVX2, against references written here from the stated definitions.
   y = sum_b d_b * sum_{k in b} q_k * W[n, k] with W = dequantize(weight) (e4m3 block scale * scale2 * e2m1), in
   float64 here; the kernels sum exact int32 16-column dots then f32, so |y - ref| <= 1e-5 * T, T = |x| @ |W|^T;
   every SIMD kernel against its scalar twin (dsv3_q8_nvfp4_scalar) at the same bound.
-- fp8_block on AVX2: the weight-only definition on f32 x, y = x @ W^T (float64 here), 1e-5 * T; its scalar twin
-  is the exact scalar kernel (same definition, another summation order), at the same bound.
+- fp8_block on AVX2: the bf16-hi definition of AVX-512's fast kernel, y = bf16(x) @ W^T (float64 here), 1e-5 * T
+  (also for x scaled by 1e-12 and 1e12: the kernel carries x * 2^56); its scalar twin is the bf16-hi scalar kernel
+  (dsv3_fast_bf16hi_scalar), at the same bound. Every e4m3 code; a NaN code gives a NaN row.
 """
 import ml_dtypes
 import numpy as np
@@ -21,6 +22,7 @@ from test_fast_mode import q8_linear_reference, rnd, scale_t
 ISAS = [i for i in ("scalar", "avx2", "avx512") if i in lib.isa_info()[1]]
 SIMD = [i for i in ISAS if i != "scalar"]
 E4M3 = ml_dtypes.float8_e4m3fn
+BF16 = ml_dtypes.bfloat16
 needs_avx2 = pytest.mark.skipif("avx2" not in ISAS, reason="this CPU has no AVX2")
 
 # (m, k, n): M over the tiles (1, 2, 4, 11); K with full 128-blocks, a last 64-block (320, 448), 16/32-column
@@ -108,12 +110,13 @@ def test_fp8_avx2_fast_matches_the_definition():
         qt = quant.quantize(w, "fp8_block")
         wd = quant.dequantize(qt)
         t = scale_t(x, wd)
-        ref = x.astype(np.float64) @ wd.T.astype(np.float64) + bias
-        ys = dsv3.ops.linear(x, qt, bias=bias, isa="scalar", precision="exact")  # the scalar twin
-        for scale in (1.0, 1e-12, 1e12):  # x * 2^56 in the kernel's layout: no overflow, no denormal products
-            y = fast(x * np.float32(scale), qt, "avx2", bias * np.float32(scale))
-            assert np.all(np.abs(y - ref * scale) <= 1e-5 * t * scale), ((m, k, n), scale)
+        for scale in (1.0, 1e-12, 1e12):  # bf16(x) * 2^56 in the kernel's layout: no overflow, no denormal products
+            xs = x * np.float32(scale)
+            ref = xs.astype(BF16).astype(np.float64) @ wd.T.astype(np.float64) + bias
+            y = fast(xs, qt, "avx2", bias)
+            assert np.all(np.abs(y - ref) <= 1e-5 * t * scale + 1e-5 * np.abs(bias)), ((m, k, n), scale)
         y = fast(x, qt, "avx2", bias)
+        ys = fast(x, qt, "scalar", bias)  # the scalar twin (dsv3_fast_bf16hi_scalar)
         assert np.all(np.abs(y - ys) <= 1e-5 * t), (m, k, n)
         assert not np.array_equal(y, dsv3.ops.linear(x, qt, bias=bias, isa="avx2", precision="exact"))
 
@@ -133,7 +136,7 @@ def test_fp8_avx2_fast_codes():
     for m in (1, 3):
         x = rnd((m, k), m)
         t = scale_t(x, wd)
-        ref = x.astype(np.float64) @ wd.T.astype(np.float64)
+        ref = x.astype(BF16).astype(np.float64) @ wd.T.astype(np.float64)
         assert np.all(np.abs(fast(x, qt, "avx2") - ref) <= 1e-5 * t), m
     codes[7, 100] = 0x7F
     codes[129, 300] = 0xFF

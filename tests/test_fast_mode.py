@@ -6,11 +6,11 @@ written here from the definitions:
   y = sum_b d_b * sum_{k in b} q_k * W[n, k] with W = dequantize(weight) (so the weight scale and code are
   the format's): float64 here, the kernels sum int32 block dots then f32, so |y - ref| <= 1e-5 * T with
   T = |x| @ |W|^T per output; every SIMD path against the scalar twin at the same bound.
-- bf16-hi (bf16/fp8_block on AVX-512): y = bf16(x) @ W^T; the AVX-512 kernel against the scalar twin
+- bf16-hi (bf16/fp8_block on AVX-512, fp8_block on AVX2): y = bf16(x) @ W^T; the AVX-512 kernel against the scalar twin
   and float64, 1e-5 * T on K that is a multiple of 128 (beyond the last full 64/128 block the AVX-512 kernel
   keeps x in f32, so a K tail is checked at the bf16 bound 2^-8 * T).
 - Where a format has no fast kernel (f32; bf16 on AVX2) fast == exact bitwise. nvfp4 (Q8 on every ISA) and
-  fp8_block on AVX2 (f32 x, cheaper decode): tests/test_fast_fp.py.
+  more of fp8_block on AVX2: tests/test_fast_fp.py.
 - Model accuracy against transformers fp32 (same dequantised weights) on a small random model with a peaked
   lm_head: teacher-forced top-1 agreement and logit errors per format and mode, printed; thresholds are the
   values measured on 2026-11-29 with margin (see MODEL_FORMATS below).
@@ -144,9 +144,8 @@ def test_bf16hi_kernels(fmt, params):
         for isa in SIMD:
             y = fast(x, qt, isa)
             exact = dsv3.ops.linear(x, qt, isa=isa, precision="exact")
-            if isa == "avx2":  # no bf16 dot on AVX2: bf16 runs the exact kernel (fp8: test_fast_fp.py)
-                if fmt == "bf16":
-                    np.testing.assert_array_equal(y, exact)
+            if isa == "avx2" and (fmt == "bf16" or m >= 12):  # no bf16 dot on AVX2 / its GEMM from M = 12
+                np.testing.assert_array_equal(y, exact)
                 continue
             assert np.all(np.abs(y - ys) <= tol * t), (fmt, isa, (m, k, n))
             assert np.all(np.abs(y - ref) <= tol * t), (fmt, isa, (m, k, n))

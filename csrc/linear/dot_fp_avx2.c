@@ -1,13 +1,15 @@
 /* AVX2 fast kernels of the floating-point weight formats (definitions in dot_fp.h).
  *
- * fp8_block: 32 e4m3 codes per step become 4 vectors of f32 (code * 2^-120) with 11 byte / unpack
- * instructions (decode_avx2.h, e4m3x32_raw), against x prepared once per call in the decoder's order and
- * times 2^56 (DSV3_X_F32_P32, linear.c: no shuffles for x, and products of at least 2^-70 stay normal); f32
- * FMA into four partial chains per 128-column group, scaled once per group (DeepSeek's order), 2^64 applied
- * once per output. The exact kernel (gemv_template.h) spends 24 instructions and 4 multiplies per 32 codes.
- * The NaN codes (S.1111.111, never written by the quantiser) would decode as 480: the maximum of the magnitude
- * bytes is tracked per row, and a row that holds one is recomputed by the exact kernel (on the caller's x
- * order: the plain f32 x is the layout's input), so it gives NaN as the reference decoder does.
+ * fp8_block: the bf16-hi definition (act_q8.h: x rounded once to bf16, f32 sums), as on AVX-512. 32 e4m3 codes
+ * per step become 4 vectors of f32 (code * 2^-120) with 11 byte / unpack instructions (decode_avx2.h,
+ * e4m3x32_raw), against x prepared once per call as bf16 times 2^56 in the decoder's order (DSV3_X_BF16_P32,
+ * linear.c; a 32-byte load holds two vectors, one shift and one mask make them f32; products of at least 2^-70
+ * stay normal); f32 FMA into four partial chains per 128-column group, scaled once per group (DeepSeek's
+ * order), 2^64 applied once per output. bf16 x (14 KB at K = 7168) stays in L1 beside the weight stream,
+ * where an f32 copy (28 KB) was read from L2 at 8-9 GB/s per thread. The exact kernel (gemv_template.h)
+ * spends 24 instructions and 4 multiplies per 32 codes. The NaN codes (S.1111.111, never written by the
+ * quantiser) would decode as 480: the maximum of the magnitude bytes is tracked per row, and a row that holds
+ * one is recomputed by the exact kernel, so it gives NaN as the reference decoder does.
  *
  * nvfp4: Q8 activations in DSV3_X_Q8_EO64 (act_q8.c: each 64-block as its 32 even then 32 odd columns, met by
  * the low / high nibbles of the 32 weight bytes), the codes looked up by vpshufb as 2 e2m1 (s8 -12..12), the
@@ -30,7 +32,6 @@
 #include "linear/lin_common.h"
 
 #define MRX 4
-#define FP8_MR 2 /* rows of x per fp8 tile (four partial chains each) */
 
 AI float hsum8(__m256 v)
 {
@@ -42,84 +43,95 @@ AI float hsum8(__m256 v)
 
 /* ---- fp8_block ---- */
 
-/* Row n, rows [m0, m0 + mr) of x (DSV3_X_F32_P32). 0 when the row holds a NaN code (y not written). */
-AI int fp8_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
+/* Weight rows [n, n + nr), rows [m0, m0 + mr) of x (DSV3_X_BF16_P32), nr * mr <= 2: each x vector is loaded
+ * once for nr weight rows, each weight vector decoded once for mr rows of x. Decode (M = 1) walks single rows:
+ * measured 2026-11-30 (AVX2, one thread, thread CPU time, 160 MB of weight copies) pairs of rows took expert_down
+ * from 14.7 to 6.3 GB/s (expert_gate_up 13.1 -> 9.2). Every (weight row, x row) pair has its own four partial chains and accumulator, so its result
+ * is the same whatever tile it is computed in. Returns a mask of the weight rows that hold a NaN code (their
+ * y not written). */
+AI int fp8_tile(const int mr, const int nr, const dsv3_lin_args *a, int64_t n, int64_t m0)
 {
     const dsv3_weight *w = a->w;
     const int64_t K = w->k, Kv = K / 32 * 32, ng = (K + 127) / 128;
-    const uint8_t *row = (const uint8_t *)w->data + n * K;
-    const float *sc = (const float *)w->scale + (n / 128) * ng;
-    const float *x[FP8_MR];
-    __m256 acc[FP8_MR], p[FP8_MR][4];
-    __m256i top = _mm256_setzero_si256();
+    const uint8_t *row[2];
+    const float *sc[2];
+    const uint16_t *x[2];
+    __m256 acc[2], p[2][4];
+    __m256i top[2];
     const __m256i m7f = _mm256_set1_epi8(0x7f);
-    for (int i = 0; i < mr; i++) {
-        x[i] = a->x + (m0 + i) * K;
-        acc[i] = _mm256_setzero_ps();
+    for (int j = 0; j < nr; j++) {
+        row[j] = (const uint8_t *)w->data + (n + j) * K;
+        sc[j] = (const float *)w->scale + ((n + j) / 128) * ng;
+        top[j] = _mm256_setzero_si256();
     }
+    for (int i = 0; i < mr; i++)
+        x[i] = a->xh + (m0 + i) * K;
+    for (int t = 0; t < mr * nr; t++)
+        acc[t] = _mm256_setzero_ps();
     for (int64_t g = 0; g * 128 < Kv; g++) {
         const int64_t k1 = g * 128 + 128 < Kv ? g * 128 + 128 : Kv;
-        for (int i = 0; i < mr; i++)
-            p[i][0] = p[i][1] = p[i][2] = p[i][3] = _mm256_setzero_ps();
+        for (int t = 0; t < mr * nr; t++)
+            p[t][0] = p[t][1] = p[t][2] = p[t][3] = _mm256_setzero_ps();
         for (int64_t k = g * 128; k < k1; k += 32) {
-            const __m256i b = _mm256_loadu_si256((const __m256i *)(row + k));
-            top = _mm256_max_epu8(top, _mm256_and_si256(b, m7f));
-            __m256 wv[4];
-            e4m3x32_raw(b, wv);
-            for (int i = 0; i < mr; i++) /* four chains per row */
-                for (int v = 0; v < 4; v++)
-                    p[i][v] = _mm256_fmadd_ps(_mm256_loadu_ps(x[i] + k + 8 * v), wv[v], p[i][v]);
+            __m256 xv[2][4];
+            for (int i = 0; i < mr; i++) /* bf16 pairs: low words << 16, high words masked */
+                for (int h = 0; h < 2; h++) {
+                    const __m256i xb = _mm256_loadu_si256((const __m256i *)(x[i] + k + 16 * h));
+                    xv[i][2 * h] = _mm256_castsi256_ps(_mm256_slli_epi32(xb, 16));
+                    xv[i][2 * h + 1] = _mm256_castsi256_ps(_mm256_and_si256(xb, _mm256_set1_epi32((int)0xffff0000u)));
+                }
+            for (int j = 0; j < nr; j++) {
+                const __m256i b = _mm256_loadu_si256((const __m256i *)(row[j] + k));
+                top[j] = _mm256_max_epu8(top[j], _mm256_and_si256(b, m7f));
+                __m256 wv[4];
+                e4m3x32_raw(b, wv);
+                for (int i = 0; i < mr; i++) /* four chains per (weight row, x row) */
+                    for (int v = 0; v < 4; v++)
+                        p[j * mr + i][v] = _mm256_fmadd_ps(xv[i][v], wv[v], p[j * mr + i][v]);
+            }
         }
-        const __m256 sv = _mm256_set1_ps(sc[g]);
-        for (int i = 0; i < mr; i++) {
-            const __m256 s = _mm256_add_ps(_mm256_add_ps(p[i][0], p[i][1]), _mm256_add_ps(p[i][2], p[i][3]));
-            acc[i] = _mm256_fmadd_ps(s, sv, acc[i]);
+        for (int j = 0; j < nr; j++) {
+            const __m256 sv = _mm256_set1_ps(sc[j][g]);
+            for (int i = 0; i < mr; i++) {
+                const int t = j * mr + i;
+                acc[t] = _mm256_fmadd_ps(_mm256_add_ps(_mm256_add_ps(p[t][0], p[t][1]), _mm256_add_ps(p[t][2], p[t][3])),
+                                         sv, acc[t]);
+            }
         }
     }
-    if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(top, m7f)))
-        return 0;
-    float tail[FP8_MR] = {0};
-    if (Kv < K) { /* < 32 codes (natural order), all in the last group: the reference decode */
+    int nan = 0;
+    for (int j = 0; j < nr; j++) {
+        if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(top[j], m7f))) {
+            nan |= 1 << j;
+            continue;
+        }
         float wt[32];
-        dsv3_formats[DSV3_FMT_FP8_BLOCK].code_row(w, n, Kv, K - Kv, wt);
+        if (Kv < K) /* < 32 codes (natural order), all in the last group: the reference decode */
+            dsv3_formats[DSV3_FMT_FP8_BLOCK].code_row(w, n + j, Kv, K - Kv, wt);
         for (int i = 0; i < mr; i++) {
-            float t = 0.0f;
-            for (int64_t j = Kv; j < K; j++)
-                t += x[i][j] * wt[j - Kv];
-            tail[i] = t * sc[Kv / 128];
+            float tail = 0.0f;
+            for (int64_t q = Kv; q < K; q++)
+                tail += dsv3_bf16_to_f32(x[i][q]) * wt[q - Kv];
+            if (Kv < K)
+                tail *= sc[j][Kv / 128];
+            /* x carries 2^56, the codes 2^-120 */
+            a->y[(m0 + i) * w->n + n + j] =
+                (hsum8(acc[j * mr + i]) + tail * 0x1p-120f) * 0x1p64f + (a->bias ? a->bias[n + j] : 0.0f);
         }
     }
-    for (int i = 0; i < mr; i++) /* x carries 2^56, the codes 2^-120 */
-        a->y[(m0 + i) * w->n + n] = (hsum8(acc[i]) + tail[i] * 0x1p-120f) * 0x1p64f + (a->bias ? a->bias[n] : 0.0f);
-    return 1;
+    return nan;
 }
 
-/* The exact kernel for row n (a NaN code): on x in natural order, undone from the layout (rare). */
-static void fp8_exact_row(const dsv3_lin_args *a, int64_t n)
-{
-    const int64_t K = a->w->k, kb = K / 32 * 32;
-    float *xn = dsv3_alloc((size_t)(a->m * K) * sizeof(float));
-    if (!xn) { /* no memory for the copy: NaN (the row's value is NaN whatever x holds, unless x is 0) */
-        for (int64_t m = 0; m < a->m; m++)
-            a->y[m * a->w->n + n] = dsv3_bits_f32(0x7fc00000u);
-        return;
-    }
-    for (int64_t m = 0; m < a->m; m++)
-        for (int64_t j = 0; j < K; j++)
-            xn[m * K + j] = a->x[m * K + (j < kb ? (j & ~(int64_t)31) + 8 * ((j & 15) >> 2) + 4 * ((j & 31) >> 4) + (j & 3) : j)] * 0x1p-56f;
-    dsv3_lin_args e = *a;
-    e.x = xn;
-    dsv3_gemv_fp8_block_avx2(&e, n, n + 1);
-    dsv3_free(xn);
-}
+/* A row with a NaN code: the exact kernel (on the caller's f32 x, a->x), which gives NaN. */
+static void fp8_exact_row(const dsv3_lin_args *a, int64_t n) { dsv3_gemv_fp8_block_avx2(a, n, n + 1); }
 
 void dsv3_fast_fp8_block_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
-    for (int64_t n = n0; n < n1; n++) {
-        int ok = 1;
-        for (int64_t m0 = 0; m0 < a->m && ok; m0 += FP8_MR)
-            ok = a->m - m0 >= 2 ? fp8_tile(2, a, n, m0) : fp8_tile(1, a, n, m0);
-        if (!ok)
+    for (int64_t n = n0; n < n1; n++) { /* pairs of x rows */
+        int nan = 0;
+        for (int64_t m0 = 0; m0 < a->m; m0 += 2)
+            nan |= a->m - m0 >= 2 ? fp8_tile(2, 1, a, n, m0) : fp8_tile(1, 1, a, n, m0);
+        if (nan)
             fp8_exact_row(a, n);
     }
 }
