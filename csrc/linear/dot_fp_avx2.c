@@ -44,11 +44,11 @@ AI float hsum8(__m256 v)
 /* ---- fp8_block ---- */
 
 /* Weight rows [n, n + nr), rows [m0, m0 + mr) of x (DSV3_X_BF16_P32), nr * mr <= 2: each x vector is loaded
- * once for nr weight rows, each weight vector decoded once for mr rows of x. Decode (M = 1) walks single rows:
- * measured 2026-11-30 (AVX2, one thread, thread CPU time, 160 MB of weight copies) pairs of rows took expert_down
- * from 14.7 to 6.3 GB/s (expert_gate_up 13.1 -> 9.2). Every (weight row, x row) pair has its own four partial chains and accumulator, so its result
- * is the same whatever tile it is computed in. Returns a mask of the weight rows that hold a NaN code (their
- * y not written). */
+ * once for nr weight rows, each weight vector decoded once for mr rows of x. Every (weight row, x row) pair has
+ * its own four partial chains and accumulator, so its result is the same whatever tile it is computed in.
+ * Decode (M = 1) walks single rows: measured 2026-11-30 (AVX2, one thread, thread CPU time, 160 MB of weight
+ * copies), pairs of rows took expert_down from 14.7 to 6.3 GB/s (expert_gate_up 13.1 -> 9.2). Returns a mask
+ * of the weight rows that hold a NaN code (their y not written). */
 AI int fp8_tile(const int mr, const int nr, const dsv3_lin_args *a, int64_t n, int64_t m0)
 {
     const dsv3_weight *w = a->w;
@@ -94,8 +94,8 @@ AI int fp8_tile(const int mr, const int nr, const dsv3_lin_args *a, int64_t n, i
             const __m256 sv = _mm256_set1_ps(sc[j][g]);
             for (int i = 0; i < mr; i++) {
                 const int t = j * mr + i;
-                acc[t] = _mm256_fmadd_ps(_mm256_add_ps(_mm256_add_ps(p[t][0], p[t][1]), _mm256_add_ps(p[t][2], p[t][3])),
-                                         sv, acc[t]);
+                const __m256 ps = _mm256_add_ps(_mm256_add_ps(p[t][0], p[t][1]), _mm256_add_ps(p[t][2], p[t][3]));
+                acc[t] = _mm256_fmadd_ps(ps, sv, acc[t]);
             }
         }
     }
@@ -211,7 +211,8 @@ AI void nvfp4_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
         for (int i = 0; i < mr; i++) {
             const int8_t *q = x->q + xr[i];
             const __m256i s = _mm256_madd_epi16(_mm256_hadd_epi16(nvfp4_p16(q, k, da), nvfp4_p16(q, k + 64, db)), ones);
-            const __m256 dv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(x->d + (m0 + i) * nb + k / 32)), dup);
+            const __m128 d4 = _mm_loadu_ps(x->d + (m0 + i) * nb + k / 32);
+            const __m256 dv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d4), dup);
             const __m256 sv = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_mul_ps(ws, dv)), 0xD8));
             if ((k / 128) & 1)
                 acc1[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sv, acc1[i]);
