@@ -1,14 +1,15 @@
 /* Fast-mode kernels of the floating-point weight formats (fp8_block, nvfp4), referenced by the format
  * table (csrc/quant/formats.c) only. dsv3_lin_kernel signature.
  *
- * fp8_block, AVX2 (dot_fp_avx2.c): x stays f32 (DSV3_X_F32), e4m3 decoded through f16 (vcvtph2ps), f32 FMA;
- * the definition is the weight-only one, y = sum_g s(n, g) sum_{k in g} x[m, k] e4m3(n, k), so its scalar
- * twin is dsv3_gemv_fp8_block_scalar (sums in another order: equal within 1e-5 * sum |x| |W|).
+ * fp8_block, AVX2 (dot_fp_avx2.c): the bf16-hi definition of the AVX-512 fast kernel (act_q8.h),
+ * y = sum_g s(n, g) sum_{k in g} bf16(x[m, k]) e4m3(n, k) with f32 sums, x prepared once per call as bf16 in the
+ * decoder's order (DSV3_X_BF16_P32), e4m3 decoded with byte operations and unpacks, f32 FMA; its scalar twin is
+ * dsv3_fast_bf16hi_scalar (sums in another order: equal within 1e-5 * sum |x| |W|).
  *
  * nvfp4, every ISA: Q8 activations (act_q8.h; scalar DSV3_X_Q8, AVX2 DSV3_X_Q8_EO64, AVX-512 DSV3_X_Q8_EO128)
  * times the e2m1 codes doubled (the integers -12..12) in exact int32 dots per 16-column block:
  *     y[m, n] = (sum_b  D(b) * d[m, b / 2] * e4m3(s[n, b]))  * scale2 / 2,  D(b) = sum_{k in b} q[m, k] * 2 e2m1(n, k)
- * (+ bias). The SIMD kernels sum 8-column lanes in another order (bound as above). */
+ * (+ bias). The SIMD kernels sum 8- or 16-column lanes in another order (bound as above). */
 #ifndef DSV3_DOT_FP_H
 #define DSV3_DOT_FP_H
 

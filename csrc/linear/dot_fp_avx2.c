@@ -14,10 +14,10 @@
  * nvfp4: Q8 activations in DSV3_X_Q8_EO64 (act_q8.c: each 64-block as its 32 even then 32 odd columns, met by
  * the low / high nibbles of the 32 weight bytes), the codes looked up by vpshufb as 2 e2m1 (s8 -12..12), the
  * sign trick (|code| as u8, x with the code's sign), two vpmaddubsw (pair sums <= 2 * 12 * 127, their sum
- * < 2^15) and vpmaddwd to 8 int32 lanes of 8 natural columns. Lanes 2j, 2j+1 share the e4m3 block scale j
- * (decoded through f16 for 8 blocks at a time); each lane's int32 is scaled by d * scale in f32, and
- * scale2 / 2 * 2^8 is applied once per output. The K tail after the last full 64-block runs the reference
- * (dsv3_q8_nvfp4_ref_dot). Up to 4 rows of x share one decoded block (fp8: 2).
+ * < 2^15) per 64-block; per 128-block vphaddw + vpmaddwd make 8 int32 lanes, one per 16-column block (see
+ * nvfp4_tile), scaled by d * e4m3 block scale (decoded through f16, 8 at a time) with one FMA; scale2 / 2 * 2^8
+ * is applied once per output. A last 64-block (kb not a multiple of 128) uses 8-column lanes; the K tail after
+ * it runs the reference (dsv3_q8_nvfp4_ref_dot). Up to 4 rows of x share one decoded block (fp8: 2).
  *
  * Each row's arithmetic is the same whatever the number of rows of x, so a decode row (M = 1) equals the same
  * row of a small batch bit for bit (tests/test_linear.py, test_decode_row_walk_is_bitwise_the_batch_row).
