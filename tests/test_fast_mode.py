@@ -6,10 +6,11 @@ written here from the definitions:
   y = sum_b d_b * sum_{k in b} q_k * W[n, k] with W = dequantize(weight) (so the weight scale and code are
   the format's): float64 here, the kernels sum int32 block dots then f32, so |y - ref| <= 1e-5 * T with
   T = |x| @ |W|^T per output; every SIMD path against the scalar twin at the same bound.
-- bf16-hi (bf16/fp8_block/nvfp4 on AVX-512): y = bf16(x) @ W^T; the AVX-512 kernel against the scalar twin
+- bf16-hi (bf16/fp8_block on AVX-512, fp8_block on AVX2): y = bf16(x) @ W^T; the AVX-512 kernel against the scalar twin
   and float64, 1e-5 * T on K that is a multiple of 128 (beyond the last full 64/128 block the AVX-512 kernel
   keeps x in f32, so a K tail is checked at the bf16 bound 2^-8 * T).
-- Where a format has no fast kernel (f32; fp8_block/nvfp4/bf16 on AVX2) fast == exact bitwise.
+- Where a format has no fast kernel (f32; bf16 on AVX2) fast == exact bitwise. nvfp4 (Q8 on every ISA) and
+  more of fp8_block on AVX2: tests/test_fast_fp.py.
 - Model accuracy against transformers fp32 (same dequantised weights) on a small random model with a peaked
   lm_head: teacher-forced top-1 agreement and logit errors per format and mode, printed; thresholds are the
   values measured on 2026-11-29 with margin (see MODEL_FORMATS below).
@@ -25,7 +26,7 @@ from dsv3._native import lib
 ISAS = [i for i in ("scalar", "avx2", "avx512") if i in lib.isa_info()[1]]
 SIMD = [i for i in ISAS if i != "scalar"]
 Q8_FORMATS = [("int8", {}), ("int4", {"group": 32}), ("int4", {"group": 128})]
-BF16HI_FORMATS = [("bf16", {}), ("fp8_block", {}), ("nvfp4", {})]
+BF16HI_FORMATS = [("bf16", {}), ("fp8_block", {})]
 BF16 = ml_dtypes.bfloat16
 
 
@@ -208,7 +209,7 @@ def test_bf16hi_kernels(fmt, params):
         for isa in SIMD:
             y = fast(x, qt, isa)
             exact = dsv3.ops.linear(x, qt, isa=isa, precision="exact")
-            if isa == "avx2":  # no bf16 dot on AVX2: the exact f32 kernels run
+            if isa == "avx2" and (fmt == "bf16" or m >= 12):  # no bf16 dot on AVX2 / its GEMM from M = 12
                 np.testing.assert_array_equal(y, exact)
                 continue
             assert np.all(np.abs(y - ys) <= tol * t), (fmt, isa, (m, k, n))
@@ -293,7 +294,9 @@ CLEAR = 1.0            # a "clear winner": transformers' top-1 logit leads the s
 # (bf16-hi), 0.47 (int8, int4/g32), except int4/g128 whose 12.0 is a token
 # whose routed experts changed (a MoE router sees a slightly different hidden state: any perturbation does this).
 EXACT_MAX_ERR = 2e-3
-FAST_MEDIAN_ERR = {"bf16": 0.04, "fp8_block": 0.04, "nvfp4": 0.04, "int8": 0.15, "int4": 0.15}
+# nvfp4's fast mode is Q8 since 2026-11-30 (it was bf16-hi): the Q8 bound; measured then: nvfp4 fast median 0.080
+# (AVX-512) / 0.035 (AVX2), top-1 0.95 / 0.94, clear winners 1.000; AVX2 fp8_block now has its fast kernel too
+FAST_MEDIAN_ERR = {"bf16": 0.04, "fp8_block": 0.04, "nvfp4": 0.15, "int8": 0.15, "int4": 0.15}
 FAST_MAX_ERR = 25.0
 FAST_MIN_TOP1 = 0.85   # every position (near-ties among 256 logits can flip); clear winners: all
 

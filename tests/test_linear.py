@@ -291,7 +291,9 @@ def test_decode_row_walk_is_bitwise_the_batch_row(fmt, params, precision):
     rows_sequential; dot_q8_*.c): the per-row arithmetic is the same, so a decode row equals the same
     row of a small batch bit for bit. K = 576 takes the row walk, K = 2560 (exact: 10 KB of x hi + lo
     per row, more than 8 KB and than the row) the 4-row tiles at M = 1 too; N = 11 leaves a partial tile."""
-    paths = [i for i in ISAS if i == "avx512" or (precision == "fast" and fmt in ("int8", "int4") and i != "scalar")]
+    fast_simd = ("int8", "int4", "nvfp4") if precision == "fast" else ()
+    paths = [i for i in ISAS if i == "avx512" or (fmt in fast_simd and i != "scalar")
+             or (precision == "fast" and fmt == "fp8_block" and i == "avx2")]
     if not paths:
         pytest.skip("no kernel with a separate decode walk for this format/precision on this CPU")
     for k in (576, 2560):

@@ -74,7 +74,11 @@ typedef enum {
                            * (AVX-512 int8: vpdpbusd of abs(w) with x * sign(w)) */
     DSV3_X_Q8_EO64 = 7,   /* each 64-block as its 32 even then 32 odd columns; lanes of 8 columns,
                            * compensation for weights + 8 (AVX2 int4: low / high nibbles) */
-    DSV3_X_Q8_EO128 = 8   /* the same with 128-blocks (AVX-512 int4) */
+    DSV3_X_Q8_EO128 = 8,  /* the same with 128-blocks (AVX-512 int4) */
+    DSV3_X_BF16_P32 = 9   /* x rounded once to bf16 (RNE) times 2^56 (exact for |x| < 2^71), each full 32-block
+                           * in the order of the AVX2 fast fp8 kernel (dot_fp_avx2.c): natural column o at
+                           * 16 * (v >> 1) + 2 * e + (v & 1), v = (o & 15) >> 2, e = 4 * (o >> 4) + (o & 3);
+                           * the K tail natural */
 } dsv3_xlayout;
 
 typedef struct {

@@ -115,4 +115,52 @@ static inline __attribute__((always_inline)) void dec16_nib(const uint8_t *p, __
                                   _mm_loadl_epi64((const __m128i *)((row) + (k)))))                 \
                             : dec_int4((row) + ((size_t)(k) >> 1)))
 
+/* ---- fast-mode decoders (dot_fp_avx2.c, dot_q8_nvfp4_*.c) ----
+ * e4m3 as f16 (F16C): the code s.eeee.mmm placed in the f16 bit positions s.0eeee.mmm0000000 is an f16 whose
+ * value is the e4m3 value times 2^(7-15) = 2^-8, subnormals included (e = 0: the f16 subnormal m/8 * 2^-14);
+ * vcvtph2ps gives the f32 exactly. Used for scales (the nvfp4 block scales, 8-16 at a time); callers fold 2^8
+ * into another factor. The NaN codes S.1111.111 would land on the finite 0x3f80: they become the f16 NaN
+ * 0x7f00 (^ 0x4080). 16 codes (bytes of b) -> 16 f16 words. */
+static inline __attribute__((always_inline)) __m256i e4m3_f16_words(__m128i b)
+{
+    __m256i h = _mm256_slli_epi16(_mm256_cvtepu8_epi16(b), 8); /* sign at bit 15, magnitude at 14..8 */
+    h = _mm256_and_si256(_mm256_srai_epi16(h, 1), _mm256_set1_epi16((short)0xbf80));
+    const __m256i nan = _mm256_cmpeq_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x3f80)), _mm256_set1_epi16(0x3f80));
+    return _mm256_xor_si256(h, _mm256_and_si256(nan, _mm256_set1_epi16(0x4080)));
+}
+
+/* The same for 8 codes (low 8 bytes of b) -> 8 f16 words. */
+static inline __attribute__((always_inline)) __m128i e4m3_f16_words8(__m128i b)
+{
+    __m128i h = _mm_slli_epi16(_mm_cvtepu8_epi16(b), 8);
+    h = _mm_and_si128(_mm_srai_epi16(h, 1), _mm_set1_epi16((short)0xbf80));
+    const __m128i nan = _mm_cmpeq_epi16(_mm_and_si128(h, _mm_set1_epi16(0x3f80)), _mm_set1_epi16(0x3f80));
+    return _mm_xor_si128(h, _mm_and_si128(nan, _mm_set1_epi16(0x4080)));
+}
+
+/* 32 e4m3 codes -> 4 vectors of 8 f32 = code * 2^-120 (the bf16 bit placement s.0000eeee.mmm0000 as the high
+ * half of an f32; exact, subnormal codes become f32 denormals), with byte operations: the high byte
+ * s.0000.eee (a vpshufb of the high nibble) and the low byte e.mmm.0000, interleaved in-lane into words and
+ * then into dwords with zero. Order: w[0] = codes 0-3 | 16-19, w[1] = 4-7 | 20-23, w[2] = 8-11 | 24-27,
+ * w[3] = 12-15 | 28-31 (the activation layout DSV3_X_F32_P32 matches it). NaN codes are not special here
+ * (the caller checks them). 11 instructions per 32 codes; vcvtph2ps (two uops on Zen 4) measured 1.4x slower. */
+#define LUT16_E4M3_HI 0, 1, 2, 3, 4, 5, 6, 7, (char)0x80, (char)0x81, (char)0x82, (char)0x83, (char)0x84, \
+                      (char)0x85, (char)0x86, (char)0x87
+static inline __attribute__((always_inline)) void e4m3x32_raw(__m256i b, __m256 *w)
+{
+    const __m256i lut = _mm256_setr_epi8(LUT16_E4M3_HI, LUT16_E4M3_HI), z = _mm256_setzero_si256();
+    const __m256i h = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), _mm256_set1_epi8(0x0f)));
+    const __m256i l = _mm256_and_si256(_mm256_slli_epi16(b, 4), _mm256_set1_epi8((char)0xf0));
+    const __m256i lo = _mm256_unpacklo_epi8(l, h), hi = _mm256_unpackhi_epi8(l, h);
+    w[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, lo));
+    w[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, lo));
+    w[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, hi));
+    w[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, hi));
+}
+
+/* nvfp4 codes doubled, 2 e2m1 (the integers -12..12; -0 gives 0) */
+#define LUT16_2E2M1_S8 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12
+/* their magnitudes (u8 for vpdpbusd) */
+#define LUT16_2E2M1_ABS 0, 1, 2, 3, 4, 6, 8, 12, 0, 1, 2, 3, 4, 6, 8, 12
+
 #endif

@@ -269,6 +269,29 @@ static void q8_prep(const dsv3_lin_plan *p)
     dsv3_act_q8_fill_team(p->a.x, p->a.m, p->a.w->k, p->xlayout, p->isa, &p->q8);
 }
 
+/* DSV3_ACT_BF16P (fast fp8 on AVX2): bf16(x) * 2^56 with each full 32-block permuted (DSV3_X_BF16_P32) */
+static size_t bf16p_bytes(int64_t m, int64_t k, int xl) { (void)xl; return round64((size_t)(m * k) * 2); }
+static void bf16p_carve(dsv3_lin_plan *p, unsigned char **cur)
+{
+    p->a.xh = take(cur, (size_t)(p->a.m * p->a.w->k) * 2);
+    p->a.xl = NULL;
+}
+static void bf16p_prep(const dsv3_lin_plan *p)
+{
+    const float *x = p->a.x; /* f32 (a bf16 x converted in p->xf) */
+    uint16_t *o = (uint16_t *)(void *)p->a.xh;
+    const int64_t k = p->a.w->k, kb = k / 32 * 32, nc = (k + 1023) / 1024;
+#pragma omp for schedule(static) nowait
+    for (int64_t t = 0; t < p->a.m * nc; t++) { /* (row, 1024-column chunk): M = 1 uses every thread */
+        const int64_t r = t / nc, j0 = t % nc * 1024, j1 = j0 + 1024 < k ? j0 + 1024 : k;
+        for (int64_t j = j0; j < j1; j++) {
+            const int64_t v = (j & 15) >> 2, e = 4 * ((j & 31) >> 4) + (j & 3);
+            o[r * k + (j < kb ? (j & ~(int64_t)31) + 16 * (v >> 1) + 2 * e + (v & 1) : j)] =
+                dsv3_f32_to_bf16(x[r * k + j] * 0x1p56f);
+        }
+    }
+}
+
 static const act_layout act_layouts[DSV3_ACT_COUNT] = {
     [DSV3_ACT_F32] = {none_bytes, none_carve, none_prep},
     [DSV3_ACT_BF16] = {bf16_bytes, bf16_carve, bf16_prep},
@@ -277,6 +300,7 @@ static const act_layout act_layouts[DSV3_ACT_COUNT] = {
     [DSV3_ACT_INT8Q] = {int8q_bytes, int8q_carve, int8q_prep},
     [DSV3_ACT_BF16HI] = {bf16hi_bytes, bf16hi_carve, bf16hi_prep},
     [DSV3_ACT_Q8] = {q8_bytes, q8_carve, q8_prep},
+    [DSV3_ACT_BF16P] = {bf16p_bytes, bf16p_carve, bf16p_prep},
 };
 
 /* Whether the layout needs x in f32 first (bf16 input converted into p->xf before its own preparation). */
@@ -323,6 +347,9 @@ static choice choose(const dsv3_weight *w, int64_t m, dsv3_linear_mode mode, dsv
         } else if (t->fast_x[id] == DSV3_X_BF16_HI) {
             c.act = DSV3_ACT_BF16HI;
             c.xlayout = t->gemv_x[id]; /* hi in the order of the format's decoder */
+        } else if (t->fast_x[id] == DSV3_X_BF16_P32) {
+            c.act = DSV3_ACT_BF16P;
+            c.xlayout = DSV3_X_BF16_P32;
         }
         return c;
     }

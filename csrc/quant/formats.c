@@ -6,6 +6,7 @@
 
 #include "dsv3_dtypes.h"
 #include "linear/act_q8.h"
+#include "linear/dot_fp.h"
 #include "linear/lin_kernels.h"
 
 /* ---- scalar reference decode: unscaled code values ---- */
@@ -105,11 +106,16 @@ const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT] = {
                             /* same kernels, activation scales in xs */
                             {dsv3_gemv_fp8_block_scalar, dsv3_gemv_fp8_block_avx2, dsv3_gemv_fp8_block_dot_avx512},
                             {0, 0, DSV3_X_BF16X2_P64},
-                            FAST_BF16HI(fp8_block)},
+                            /* fast: x rounded to bf16; AVX2 (no bf16 dot) converts it back to f32 in the order
+                             * of its cheaper e4m3 decoder (dot_fp.h) */
+                            .fast = {dsv3_fast_bf16hi_scalar, dsv3_fast_fp8_block_avx2,
+                                     dsv3_gemv_fp8_block_dot1_avx512},
+                            .fast_x = {DSV3_X_F32, DSV3_X_BF16_P32, DSV3_X_BF16_HI}},
     [DSV3_FMT_NVFP4] = {"nvfp4", 4, 1, 16, DSV3_SCALE_E4M3, 1, code_row_nvfp4, scale_nvfp4,
                         {dsv3_gemv_nvfp4_scalar, dsv3_gemv_nvfp4_avx2, dsv3_gemv_nvfp4_dot_avx512},
                         {NULL, dsv3_gemm_nvfp4_avx2, dsv3_gemm_nvfp4_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2_N128},
-                        FAST_BF16HI(nvfp4)},
+                        /* fast: Q8 activations, integer dots with the doubled e2m1 codes (dot_fp.h) */
+                        FAST_Q8(nvfp4, DSV3_X_Q8_EO64, DSV3_X_Q8_EO128)},
     [DSV3_FMT_INT8] = {"int8", 8, 1, -1, DSV3_SCALE_F32, 0, code_row_int8, scale_int8,
                        {dsv3_gemv_int8_scalar, dsv3_gemv_int8_avx2, dsv3_gemv_int8_dot_avx512},
                        {NULL, dsv3_gemm_int8_avx2, dsv3_gemm_int8_avx512}, KERNELS(dyn, int8), {0, 0, DSV3_X_BF16X2_P64},

@@ -146,8 +146,8 @@ static void act_codes(dsv3_format fmt, const float *x, int64_t m, int64_t k, dou
     }
 }
 
-/* The fast mode's activations (w.act = DSV3_ACT_FAST, act_q8.h), per its header: int8/int4 weights see x
- * quantised per block of 32 (d = amax/127, q = round-half-even(x/d)); bf16/fp8_block/nvfp4 see bf16(x). */
+/* The fast mode's activations (w.act = DSV3_ACT_FAST, act_q8.h), per its header: int8/int4/nvfp4 weights see x
+ * quantised per block of 32 (d = amax/127, q = round-half-even(x/d)); bf16/fp8_block see bf16(x). */
 static void fast_codes(dsv3_format fmt, double *xd, int64_t m, int64_t k)
 {
     for (int64_t r = 0; r < m; r++)
@@ -159,7 +159,7 @@ static void fast_codes(dsv3_format fmt, double *xd, int64_t m, int64_t k)
                 amax = fmaxf(amax, fabsf((float)xr[j]));
             const float d = amax / 127.0f;
             for (int64_t j = c0; j < c1; j++)
-                if (fmt == DSV3_FMT_INT8 || fmt == DSV3_FMT_INT4)
+                if (fmt == DSV3_FMT_INT8 || fmt == DSV3_FMT_INT4 || fmt == DSV3_FMT_NVFP4)
                     xr[j] = d > 0 ? (double)nearbyintf((float)xr[j] / d) * d : 0.0;
                 else
                     xr[j] = dsv3_bf16_to_f32(dsv3_f32_to_bf16((float)xr[j]));
@@ -233,7 +233,7 @@ static void linear_case(dsv3_format fmt, int64_t n, int64_t k, int group, int ue
             if (dyn == 2 && fmt == DSV3_FMT_F32)
                 continue;
             q.w.act = dyn == 2 ? DSV3_ACT_FAST : DSV3_ACT_EXACT;
-            const int q8 = fmt == DSV3_FMT_INT8 || fmt == DSV3_FMT_INT4;
+            const int q8 = fmt == DSV3_FMT_INT8 || fmt == DSV3_FMT_INT4 || fmt == DSV3_FMT_NVFP4;
             for (int xbf = 0; xbf < 2; xbf++) {
                 for (int64_t i = 0; i < m * k; i++) {
                     xb[i] = dsv3_f32_to_bf16(x[i]);
@@ -274,7 +274,8 @@ static void linear_case(dsv3_format fmt, int64_t n, int64_t k, int group, int ue
                     /* ... except a fast-mode GEMM of the format table (fast_gemm: AVX2 int4, Q8 activations) */
                     const int avx2_gemm = m >= 12 && isas[i] == DSV3_ISA_AVX2 && dyn != 1 &&
                                           !(dyn == 2 && dsv3_formats[fmt].fast_gemm[isas[i]]);
-                    if (dyn == 2 && (gemm || avx2_gemm || (!q8 && isas[i] == DSV3_ISA_AVX2))) /* no fast kernel */
+                    const int bf16_avx2 = fmt == DSV3_FMT_BF16 && isas[i] == DSV3_ISA_AVX2;
+                    if (dyn == 2 && (gemm || avx2_gemm || bf16_avx2)) /* no fast kernel */
                         compare(what, y, ref2, mag2, m * n, gemm ? 0x1p-7 : 3e-5);
                     else /* fast bf16-hi kernels keep x in f32 beyond the last full 64/128 block: bf16 bound */
                         compare(what, y, ref, mag, m * n, gemm ? 0x1p-7 : dyn == 2 && !q8 ? 0x1p-8 : 3e-5);

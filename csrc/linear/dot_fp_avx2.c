@@ -1,0 +1,248 @@
+/* AVX2 fast kernels of the floating-point weight formats (definitions in dot_fp.h).
+ *
+ * fp8_block: the bf16-hi definition (act_q8.h: x rounded once to bf16, f32 sums), as on AVX-512. 32 e4m3 codes
+ * per step become 4 vectors of f32 (code * 2^-120) with 11 byte / unpack instructions (decode_avx2.h,
+ * e4m3x32_raw), against x prepared once per call as bf16 times 2^56 in the decoder's order (DSV3_X_BF16_P32,
+ * linear.c; a 32-byte load holds two vectors, one shift and one mask make them f32; products of at least 2^-70
+ * stay normal); f32 FMA into four partial chains per 128-column group, scaled once per group (DeepSeek's
+ * order), 2^64 applied once per output. bf16 x (14 KB at K = 7168) stays in L1 beside the weight stream,
+ * where an f32 copy (28 KB) was read from L2 at 8-9 GB/s per thread. The exact kernel (gemv_template.h)
+ * spends 24 instructions and 4 multiplies per 32 codes. The NaN codes (S.1111.111, never written by the
+ * quantiser) would decode as 480: the maximum of the magnitude bytes is tracked per row, and a row that holds
+ * one is recomputed by the exact kernel, so it gives NaN as the reference decoder does.
+ *
+ * nvfp4: Q8 activations in DSV3_X_Q8_EO64 (act_q8.c: each 64-block as its 32 even then 32 odd columns, met by
+ * the low / high nibbles of the 32 weight bytes), the codes looked up by vpshufb as 2 e2m1 (s8 -12..12), the
+ * sign trick (|code| as u8, x with the code's sign), two vpmaddubsw (pair sums <= 2 * 12 * 127, their sum
+ * < 2^15) per 64-block; per 128-block vphaddw + vpmaddwd make 8 int32 lanes, one per 16-column block (see
+ * nvfp4_tile), scaled by d * e4m3 block scale (decoded through f16, 8 at a time) with one FMA; scale2 / 2 * 2^8
+ * is applied once per output. A last 64-block (kb not a multiple of 128) uses 8-column lanes; the K tail after
+ * it runs the reference (dsv3_q8_nvfp4_ref_dot). Up to 4 rows of x share one decoded block (fp8: 2).
+ *
+ * Each row's arithmetic is the same whatever the number of rows of x, so a decode row (M = 1) equals the same
+ * row of a small batch bit for bit (tests/test_linear.py, test_decode_row_walk_is_bitwise_the_batch_row).
+ *
+ * Decode (M = 1) walks a thread's rows one after another without software prefetch (one sequential stream,
+ * see dot_q8_avx512.c). */
+#include <immintrin.h>
+#include <stdint.h>
+
+#include "linear/decode_avx2.h"
+#include "linear/dot_fp.h"
+#include "linear/lin_common.h"
+
+#define MRX 4
+
+AI float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* ---- fp8_block ---- */
+
+/* Weight rows [n, n + nr), rows [m0, m0 + mr) of x (DSV3_X_BF16_P32), nr * mr <= 2: each x vector is loaded
+ * once for nr weight rows, each weight vector decoded once for mr rows of x. Every (weight row, x row) pair has
+ * its own four partial chains and accumulator, so its result is the same whatever tile it is computed in.
+ * Decode (M = 1) walks single rows: measured 2026-11-30 (AVX2, one thread, thread CPU time, 160 MB of weight
+ * copies), pairs of rows took expert_down from 14.7 to 6.3 GB/s (expert_gate_up 13.1 -> 9.2). Returns a mask
+ * of the weight rows that hold a NaN code (their y not written). */
+AI int fp8_tile(const int mr, const int nr, const dsv3_lin_args *a, int64_t n, int64_t m0)
+{
+    const dsv3_weight *w = a->w;
+    const int64_t K = w->k, Kv = K / 32 * 32, ng = (K + 127) / 128;
+    const uint8_t *row[2];
+    const float *sc[2];
+    const uint16_t *x[2];
+    __m256 acc[2], p[2][4];
+    __m256i top[2];
+    const __m256i m7f = _mm256_set1_epi8(0x7f);
+    for (int j = 0; j < nr; j++) {
+        row[j] = (const uint8_t *)w->data + (n + j) * K;
+        sc[j] = (const float *)w->scale + ((n + j) / 128) * ng;
+        top[j] = _mm256_setzero_si256();
+    }
+    for (int i = 0; i < mr; i++)
+        x[i] = a->xh + (m0 + i) * K;
+    for (int t = 0; t < mr * nr; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int64_t g = 0; g * 128 < Kv; g++) {
+        const int64_t k1 = g * 128 + 128 < Kv ? g * 128 + 128 : Kv;
+        for (int t = 0; t < mr * nr; t++)
+            p[t][0] = p[t][1] = p[t][2] = p[t][3] = _mm256_setzero_ps();
+        for (int64_t k = g * 128; k < k1; k += 32) {
+            __m256 xv[2][4];
+            for (int i = 0; i < mr; i++) /* bf16 pairs: low words << 16, high words masked */
+                for (int h = 0; h < 2; h++) {
+                    const __m256i xb = _mm256_loadu_si256((const __m256i *)(x[i] + k + 16 * h));
+                    xv[i][2 * h] = _mm256_castsi256_ps(_mm256_slli_epi32(xb, 16));
+                    xv[i][2 * h + 1] = _mm256_castsi256_ps(_mm256_and_si256(xb, _mm256_set1_epi32((int)0xffff0000u)));
+                }
+            for (int j = 0; j < nr; j++) {
+                const __m256i b = _mm256_loadu_si256((const __m256i *)(row[j] + k));
+                top[j] = _mm256_max_epu8(top[j], _mm256_and_si256(b, m7f));
+                __m256 wv[4];
+                e4m3x32_raw(b, wv);
+                for (int i = 0; i < mr; i++) /* four chains per (weight row, x row) */
+                    for (int v = 0; v < 4; v++)
+                        p[j * mr + i][v] = _mm256_fmadd_ps(xv[i][v], wv[v], p[j * mr + i][v]);
+            }
+        }
+        for (int j = 0; j < nr; j++) {
+            const __m256 sv = _mm256_set1_ps(sc[j][g]);
+            for (int i = 0; i < mr; i++) {
+                const int t = j * mr + i;
+                const __m256 ps = _mm256_add_ps(_mm256_add_ps(p[t][0], p[t][1]), _mm256_add_ps(p[t][2], p[t][3]));
+                acc[t] = _mm256_fmadd_ps(ps, sv, acc[t]);
+            }
+        }
+    }
+    int nan = 0;
+    for (int j = 0; j < nr; j++) {
+        if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(top[j], m7f))) {
+            nan |= 1 << j;
+            continue;
+        }
+        float wt[32];
+        if (Kv < K) /* < 32 codes (natural order), all in the last group: the reference decode */
+            dsv3_formats[DSV3_FMT_FP8_BLOCK].code_row(w, n + j, Kv, K - Kv, wt);
+        for (int i = 0; i < mr; i++) {
+            float tail = 0.0f;
+            for (int64_t q = Kv; q < K; q++)
+                tail += dsv3_bf16_to_f32(x[i][q]) * wt[q - Kv];
+            if (Kv < K)
+                tail *= sc[j][Kv / 128];
+            /* x carries 2^56, the codes 2^-120 */
+            a->y[(m0 + i) * w->n + n + j] =
+                (hsum8(acc[j * mr + i]) + tail * 0x1p-120f) * 0x1p64f + (a->bias ? a->bias[n + j] : 0.0f);
+        }
+    }
+    return nan;
+}
+
+/* A row with a NaN code: the exact kernel (on the caller's f32 x, a->x), which gives NaN. */
+static void fp8_exact_row(const dsv3_lin_args *a, int64_t n) { dsv3_gemv_fp8_block_avx2(a, n, n + 1); }
+
+void dsv3_fast_fp8_block_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1)
+{
+    for (int64_t n = n0; n < n1; n++) { /* pairs of x rows */
+        int nan = 0;
+        for (int64_t m0 = 0; m0 < a->m; m0 += 2)
+            nan |= a->m - m0 >= 2 ? fp8_tile(2, 1, a, n, m0) : fp8_tile(1, 1, a, n, m0);
+        if (nan)
+            fp8_exact_row(a, n);
+    }
+}
+
+/* ---- nvfp4 ---- */
+
+/* One 64-block at k (weight bytes p, lane scales ws: each block scale twice) for mr rows of x: 8 int32 lanes
+ * of 8 columns. Used for a last 64-block (kb not a multiple of 128). */
+AI void nvfp4_block(const int mr, const dsv3_act_q8 *x, const int64_t *xr, int64_t k, const uint8_t *p, __m256 ws,
+                    __m256 *acc)
+{
+    const __m256i lut = _mm256_setr_epi8(LUT16_2E2M1_S8, LUT16_2E2M1_S8), m4 = _mm256_set1_epi8(0x0f);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i b = _mm256_loadu_si256((const __m256i *)p);
+    const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, m4));
+    const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), m4));
+    const __m256i ulo = _mm256_abs_epi8(lo), uhi = _mm256_abs_epi8(hi);
+    for (int i = 0; i < mr; i++) {
+        const int8_t *q = x->q + xr[i];
+        const __m256i xe = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q + k)), lo);
+        const __m256i xo = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q + k + 32)), hi);
+        const __m256 dl = _mm256_loadu_ps(x->dl + xr[MRX + i] + k / 8);
+        const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(ulo, xe), _mm256_maddubs_epi16(uhi, xo));
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), _mm256_mul_ps(dl, ws), acc[i]);
+    }
+}
+
+/* The 64-block at k (bytes p) decoded once: signed codes (even, odd columns) and their magnitudes */
+typedef struct {
+    __m256i lo, hi, ulo, uhi;
+} nv64;
+
+AI nv64 nvfp4_dec64(const uint8_t *p)
+{
+    const __m256i lut = _mm256_setr_epi8(LUT16_2E2M1_S8, LUT16_2E2M1_S8), m4 = _mm256_set1_epi8(0x0f);
+    const __m256i b = _mm256_loadu_si256((const __m256i *)p);
+    nv64 d;
+    d.lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, m4));
+    d.hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), m4));
+    d.ulo = _mm256_abs_epi8(d.lo);
+    d.uhi = _mm256_abs_epi8(d.hi);
+    return d;
+}
+
+/* 16 int16 lanes of 4 columns: one row of x (codes q at k) against a decoded 64-block (sign trick) */
+AI __m256i nvfp4_p16(const int8_t *q, int64_t k, nv64 d)
+{
+    const __m256i xe = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q + k)), d.lo);
+    const __m256i xo = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q + k + 32)), d.hi);
+    return _mm256_add_epi16(_mm256_maddubs_epi16(d.ulo, xe), _mm256_maddubs_epi16(d.uhi, xo));
+}
+
+/* Row n, rows [m0, m0 + mr) of x. Per 128-block the two 64-blocks' int16 lanes are summed pairwise (vphaddw; a
+ * 16-column sum is at most 16 * 12 * 127 < 2^15) and widened by vpmaddwd to 8 int32 lanes, one per 16-block, in
+ * the order 0, 1, 4, 5 | 2, 3, 6, 7; the 8 block scales (no doubling) times the Q8 scales (each twice) in
+ * natural order are put in that order with one vpermpd: one convert, multiply and FMA per 128 columns and row,
+ * into two accumulators (even / odd 128-blocks). Every row's arithmetic is the same whatever mr, so a decode
+ * row (M = 1) equals the same row of a batch bit for bit. */
+AI void nvfp4_tile(const int mr, const dsv3_lin_args *a, int64_t n, int64_t m0)
+{
+    const dsv3_weight *w = a->w;
+    const dsv3_act_q8 *x = a->q8;
+    const int64_t K = w->k, kb = x->kb, nb = (K + DSV3_Q8_BLOCK - 1) / DSV3_Q8_BLOCK;
+    const uint8_t *row = (const uint8_t *)w->data + n * (K / 2), *sc = (const uint8_t *)w->scale + n * (K / 16);
+    const __m256i ones = _mm256_set1_epi16(1), dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    int64_t xr[2 * MRX]; /* offsets of the x rows in q, then in dl */
+    __m256 acc0[MRX], acc1[MRX];
+    for (int i = 0; i < mr; i++) {
+        xr[i] = (m0 + i) * K;
+        xr[MRX + i] = (m0 + i) * x->lanes;
+        acc0[i] = acc1[i] = _mm256_setzero_ps();
+    }
+    int64_t k = 0;
+    for (; k + 128 <= kb; k += 128) {
+        const nv64 da = nvfp4_dec64(row + k / 2), db = nvfp4_dec64(row + k / 2 + 32);
+        const __m256 ws = _mm256_cvtph_ps(e4m3_f16_words8(_mm_loadl_epi64((const __m128i *)(sc + k / 16))));
+        for (int i = 0; i < mr; i++) {
+            const int8_t *q = x->q + xr[i];
+            const __m256i s = _mm256_madd_epi16(_mm256_hadd_epi16(nvfp4_p16(q, k, da), nvfp4_p16(q, k + 64, db)), ones);
+            const __m128 d4 = _mm_loadu_ps(x->d + (m0 + i) * nb + k / 32);
+            const __m256 dv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d4), dup);
+            const __m256 sv = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_mul_ps(ws, dv)), 0xD8));
+            if ((k / 128) & 1)
+                acc1[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sv, acc1[i]);
+            else
+                acc0[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sv, acc0[i]);
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        acc0[i] = _mm256_add_ps(acc0[i], acc1[i]);
+    if (k < kb) { /* one 64-block left: its 4 scales, each twice, for 8-column lanes */
+        int32_t s4;
+        memcpy(&s4, sc + k / 16, 4);
+        const __m256i h = e4m3_f16_words(_mm_unpacklo_epi8(_mm_cvtsi32_si128(s4), _mm_cvtsi32_si128(s4)));
+        nvfp4_block(mr, x, xr, k, row + k / 2, _mm256_cvtph_ps(_mm256_castsi256_si128(h)), acc0);
+    }
+    const float g = w->scale2 * 128.0f; /* scale2 / 2 * 2^8 */
+    for (int i = 0; i < mr; i++) {
+        const float tail = kb < K ? dsv3_q8_nvfp4_ref_dot(a, m0 + i, n, kb) : 0.0f;
+        a->y[(m0 + i) * w->n + n] = hsum8(acc0[i]) * g + tail + (a->bias ? a->bias[n] : 0.0f);
+    }
+}
+
+void dsv3_q8_nvfp4_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1)
+{
+    for (int64_t n = n0; n < n1; n++)
+        for (int64_t m0 = 0; m0 < a->m; m0 += MRX)
+            switch (a->m - m0 < MRX ? a->m - m0 : MRX) {
+            case 1: nvfp4_tile(1, a, n, m0); break;
+            case 2: nvfp4_tile(2, a, n, m0); break;
+            case 3: nvfp4_tile(3, a, n, m0); break;
+            default: nvfp4_tile(4, a, n, m0); break;
+            }
+}

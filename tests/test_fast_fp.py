@@ -1,0 +1,165 @@
+"""Fast-mode kernels of the floating-point weight formats (csrc/linear/dot_fp.h): nvfp4 Q8 on every ISA and
+fp8_block on AVX2, against references written here from the stated definitions.
+
+- nvfp4: x quantised to Q8 (test_fast_mode.q8_reference: blocks of 32, d = amax/127, round half to even), then
+  y = sum_b d_b * sum_{k in b} q_k * W[n, k] with W = dequantize(weight) (e4m3 block scale * scale2 * e2m1), in
+  float64 here; the kernels sum exact int32 16-column dots then f32, so |y - ref| <= 1e-5 * T, T = |x| @ |W|^T;
+  every SIMD kernel against its scalar twin (dsv3_q8_nvfp4_scalar) at the same bound.
+- fp8_block on AVX2: the bf16-hi definition of AVX-512's fast kernel, y = bf16(x) @ W^T (float64 here), 1e-5 * T
+  (also for x scaled by 1e-12 and 1e12: the kernel carries x * 2^56); its scalar twin is the bf16-hi scalar kernel
+  (dsv3_fast_bf16hi_scalar), at the same bound. Every e4m3 code; a NaN code gives a NaN row.
+"""
+import ml_dtypes
+import numpy as np
+import pytest
+
+import dsv3
+from dsv3 import quant
+from dsv3._native import lib
+
+from test_fast_mode import q8_linear_reference, rnd, scale_t
+
+ISAS = [i for i in ("scalar", "avx2", "avx512") if i in lib.isa_info()[1]]
+SIMD = [i for i in ISAS if i != "scalar"]
+E4M3 = ml_dtypes.float8_e4m3fn
+BF16 = ml_dtypes.bfloat16
+needs_avx2 = pytest.mark.skipif("avx2" not in ISAS, reason="this CPU has no AVX2")
+
+# (m, k, n): M over the tiles (1, 2, 4, 11); K with full 128-blocks, a last 64-block (320, 448), 16/32-column
+# tails beyond the last full 64 / 128 block (48, 496, 1008), the expert row length 7168
+NVFP4_SHAPES = [(1, 256, 9), (1, 320, 7), (2, 512, 13), (3, 448, 8), (4, 1008, 7), (11, 384, 5), (1, 48, 3),
+                (5, 160, 6), (1, 7168, 6), (1, 496, 4)]
+# fp8: K tails that are not a multiple of 32 (50, 7 * 64 + 48 + 5) and partial last 128-groups
+FP8_SHAPES = [(1, 256, 9), (2, 512, 13), (3, 448, 8), (4, 1000, 7), (11, 384, 5), (1, 50, 3), (5, 160, 6),
+              (1, 7168, 5), (1, 501, 130), (6, 2048, 3)]
+
+
+def fast(x, qt, isa, bias=None):
+    return dsv3.ops.linear(x, qt, bias=bias, isa=isa, precision="fast")
+
+
+def nvfp4_tensor(codes, scale_codes, scale2):
+    """nvfp4 weight from nibble codes [n, k] (element 2i in the low nibble) and e4m3 scale bytes [n, k/16]."""
+    codes = np.asarray(codes, np.uint8)
+    data = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+    return quant.from_checkpoint("nvfp4", data, scale=np.asarray(scale_codes, np.uint8).view(E4M3),
+                                 scale2=np.array(scale2, np.float32))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_nvfp4_q8_matches_the_definition(isa):
+    for i, (m, k, n) in enumerate(NVFP4_SHAPES):
+        x, w = rnd((m, k), i), rnd((n, k), 100 + i)
+        bias = rnd((n,), 200 + i)
+        qt = quant.quantize(w, "nvfp4")
+        wd = quant.dequantize(qt)
+        ref, t = q8_linear_reference(x, wd, bias), scale_t(x, wd)
+        y = fast(x, qt, isa, bias)
+        assert np.all(np.abs(y - ref) <= 1e-5 * t + 1e-6), (isa, (m, k, n))
+        if isa != "scalar":
+            ys = fast(x, qt, "scalar", bias)
+            assert np.all(np.abs(y - ys) <= 1e-5 * t + 1e-6), (isa, (m, k, n))
+            assert not np.array_equal(y, dsv3.ops.linear(x, qt, bias=bias, isa=isa, precision="exact"))
+
+
+def test_nvfp4_q8_extreme_codes_and_scales():
+    """Every code +-6 against saturated x (the largest int16 pair sums of the AVX2 kernel), the -0 code,
+    subnormal and largest e4m3 block scales, a global scale; a NaN block scale makes its row NaN."""
+    m, k, n = 2, 384, 5
+    x = rnd((m, k), 1)
+    x[0, :32] = 10.0   # codes +127 in block 0
+    x[1, 32:64] = -3.0  # codes -127 in block 1
+    codes = np.zeros((n, k), np.uint8)
+    codes[0] = 0x7                    # +6 everywhere
+    codes[1] = 0xF                    # -6 everywhere
+    codes[2, ::2], codes[2, 1::2] = 0x8, 0x7  # -0 and +6
+    codes[3] = np.arange(k) % 16      # every code
+    codes[4] = (np.arange(k) * 7) % 16
+    sc = np.full((n, k // 16), 0x38, np.uint8)  # 1.0
+    sc[0, ::3] = 0x01                 # smallest subnormal, 2^-9
+    sc[1, 1::2] = 0x7E                # 448
+    sc[3] = np.arange(k // 16) * 5 % 0x7E
+    sc[4, 2] = 0xFE                   # -448
+    qt = nvfp4_tensor(codes, sc, 0.37)
+    wd = quant.dequantize(qt)
+    ref, t = q8_linear_reference(x, wd), scale_t(x, wd)
+    for isa in ISAS:
+        y = fast(x, qt, isa)
+        assert np.all(np.abs(y - ref) <= 1e-5 * t + 1e-6), isa
+    sc[2, 5] = 0x7F  # NaN scale code: row 2 is NaN, the others unchanged
+    qt = nvfp4_tensor(codes, sc, 0.37)
+    for isa in ISAS:
+        y = fast(x, qt, isa)
+        assert np.all(np.isnan(y[:, 2])) and np.all(np.isfinite(np.delete(y, 2, axis=1))), isa
+
+
+def test_nvfp4_non_finite_activations_give_nan():
+    x, w = rnd((2, 256), 6), rnd((4, 256), 7)
+    x[0, 40] = np.nan
+    x[1, 200] = np.inf
+    qt = quant.quantize(w, "nvfp4")
+    for isa in ISAS:
+        assert np.all(np.isnan(fast(x, qt, isa))), isa
+
+
+@needs_avx2
+def test_fp8_avx2_fast_matches_the_definition():
+    for i, (m, k, n) in enumerate(FP8_SHAPES):
+        x, w = rnd((m, k), i), rnd((n, k), 50 + i)
+        bias = rnd((n,), 60 + i)
+        qt = quant.quantize(w, "fp8_block")
+        wd = quant.dequantize(qt)
+        t = scale_t(x, wd)
+        for scale in (1.0, 1e-12, 1e12):  # bf16(x) * 2^56 in the kernel's layout: no overflow, no denormal products
+            xs = x * np.float32(scale)
+            ref = xs.astype(BF16).astype(np.float64) @ wd.T.astype(np.float64) + bias
+            y = fast(xs, qt, "avx2", bias)
+            assert np.all(np.abs(y - ref) <= 1e-5 * t * scale + 1e-5 * np.abs(bias)), ((m, k, n), scale)
+        y = fast(x, qt, "avx2", bias)
+        ys = fast(x, qt, "scalar", bias)  # the scalar twin (dsv3_fast_bf16hi_scalar)
+        assert np.all(np.abs(y - ys) <= 1e-5 * t), (m, k, n)
+        assert not np.array_equal(y, dsv3.ops.linear(x, qt, bias=bias, isa="avx2", precision="exact"))
+
+
+@needs_avx2
+def test_fp8_avx2_fast_codes():
+    """Every e4m3 code (subnormals, +-448, -0) decodes exactly; a NaN code makes its row (only) NaN, through
+    the exact kernel, in both tile paths (M = 1 and M > 1)."""
+    k, n = 384, 130  # two 128-row scale blocks
+    codes = np.tile(np.arange(256, dtype=np.uint8), (n, 2))[:, :k].copy()
+    codes[(codes & 0x7F) == 0x7F] = 0x42
+    for r in range(n):
+        codes[r] = np.roll(codes[r], r)
+    scale = np.array([[0.5, 2.0, 0.25], [3.0, 1e-3, 7.0]], np.float32)
+    qt = quant.from_checkpoint("fp8_block", codes.view(E4M3), scale=scale)
+    wd = quant.dequantize(qt)
+    for m in (1, 3):
+        x = rnd((m, k), m)
+        t = scale_t(x, wd)
+        ref = x.astype(BF16).astype(np.float64) @ wd.T.astype(np.float64)
+        assert np.all(np.abs(fast(x, qt, "avx2") - ref) <= 1e-5 * t), m
+    codes[7, 100] = 0x7F
+    codes[129, 300] = 0xFF
+    qt = quant.from_checkpoint("fp8_block", codes.view(E4M3), scale=scale)
+    for m in (1, 3):
+        y = fast(rnd((m, k), 9), qt, "avx2")
+        nan = np.isnan(y)
+        assert nan[:, 7].all() and nan[:, 129].all() and nan.sum() == 2 * m, m
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "fp8_block"])
+def test_fast_fp_independent_of_threads_and_x_dtype(fmt):
+    x, w = rnd((5, 640), 4), rnd((70, 640), 5)
+    qt = quant.quantize(w, fmt)
+    before = dsv3.get_num_threads()
+    try:
+        for isa in ISAS:
+            for xm in (x, x[:1]):
+                dsv3.set_num_threads(1)
+                y1 = fast(xm, qt, isa)
+                dsv3.set_num_threads(2)
+                np.testing.assert_array_equal(y1, fast(xm, qt, isa))
+                xb = xm.astype(ml_dtypes.bfloat16)
+                np.testing.assert_array_equal(fast(xb, qt, isa), fast(xb.astype(np.float32), qt, isa))
+    finally:
+        dsv3.set_num_threads(before)
