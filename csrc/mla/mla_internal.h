@@ -40,6 +40,14 @@ static inline int64_t dsv3_mla_part_tokens(const dsv3_mla_dims *d, int64_t s)
     return ib < 1 ? 1 : ib > s ? s : ib;
 }
 
+/* W_UV runs as one linear per head (csrc/linear/ plans over row views of kv_b_proj) on chunks of at most
+ * this many tokens: below every ISA's GEMM threshold, so a token's W_UV output never depends on how many
+ * tokens (sequences of a batch) share its chunk. */
+#define DSV3_MLA_UV_TOKENS 8
+
+/* Bytes of the W_UV plans' arena for chunks of up to m tokens (any format, mode and ISA). */
+size_t dsv3_mla_uv_arena_bytes(const dsv3_mla_dims *d, int64_t m);
+
 /* ---- expanded attention (prefill): flash-style over K/V expanded from the latent ----
  * The cached rows are expanded with kv_b_proj in chunks of flash_chunk rows (one GEMM each); every
  * (head, block of FLASH_Q queries) task walks the chunk's rows in blocks of FLASH_KV with an online
