@@ -2,7 +2,8 @@
  * the order of wsum_rows_scalar.c bit for bit (attend_kernels.h). Each row chunk is decoded in
  * registers by the linear layer's decoders (csrc/linear/decode_avx2.h), scaled by the format
  * table's group scale (one f32 multiply, as dsv3_dequantize), and fused-multiply-added into a tile of
- * TI p rows x NV vectors of 8 columns; columns past the last full vector run the scalar twin. */
+ * TI p rows x NV vectors of 8 columns (4-bit formats: blocks of 16 columns split even / odd, tile4);
+ * columns past the last full vector run the scalar twin. */
 #include "attend_kernels.h"
 #include "dsv3_quant.h"
 #include "linear/decode_avx2.h"
@@ -48,6 +49,58 @@ AI void tile(const float *p, int64_t ldp, int ni, const dsv3_weight *w, const ds
                 _mm256_storeu_ps(out + i * ldo + c + 8 * v, acc[i][v]);
 }
 
+/* 4-bit formats: 8 bytes = 16 codes per block, decoded as even columns (low nibbles) and odd columns
+ * (high nibbles) into separate accumulators, interleaved once at the store (every output keeps its one
+ * fused multiply-add chain in ascending t). int4's two's complement comes from the float trick
+ * (0x4B000000 | (u ^ 8)) - (2^23 + 8) = u ^ 8 - 8, exact; e2m1 from the 8-entry magnitude table + sign. */
+AI __m256 nib_value(__m256i u, const dsv3_format f)
+{
+    if (f == DSV3_FMT_NVFP4) {
+        const __m256 mag = _mm256_permutevar8x32_ps(_mm256_setr_ps(0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f), u);
+        const __m256i sign = _mm256_and_si256(_mm256_slli_epi32(u, 28), _mm256_set1_epi32((int)0x80000000u));
+        return _mm256_xor_ps(mag, _mm256_castsi256_ps(sign));
+    }
+    const __m256i b = _mm256_xor_si256(u, _mm256_set1_epi32(0x4B000008));
+    return _mm256_sub_ps(_mm256_castsi256_ps(b), _mm256_set1_ps(8388616.0f));
+}
+
+/* One tile of a 4-bit format: p rows [0, ni) x columns [c, c + 16 nb). */
+AI void tile4(const float *p, int64_t ldp, int ni, const dsv3_weight *w, const dsv3_format f, int64_t n0, int64_t T,
+              int64_t c, const int nb, float *out, int64_t ldo)
+{
+    const dsv3_format_traits *ft = &dsv3_formats[f];
+    const int64_t G = dsv3_weight_kgroup(w), rb = w->k / 2;
+    __m256 ae[TI][2], ao[TI][2], we[2], wo[2];
+    for (int i = 0; i < TI; i++)
+        for (int b = 0; b < 2; b++)
+            ae[i][b] = ao[i][b] = _mm256_setzero_ps();
+    const uint8_t *row = (const uint8_t *)w->data + n0 * rb;
+    for (int64_t t = 0; t < T; t++, row += rb) {
+        for (int b = 0; b < nb; b++) {
+            const int64_t k = c + 16 * b;
+            const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + k / 2)));
+            const __m256 s = _mm256_set1_ps(ft->group_scale(w, n0 + t, k / G)); /* 16 columns: one group */
+            we[b] = _mm256_mul_ps(nib_value(_mm256_and_si256(v, _mm256_set1_epi32(15)), f), s);
+            wo[b] = _mm256_mul_ps(nib_value(_mm256_srli_epi32(v, 4), f), s);
+        }
+        for (int i = 0; i < TI; i++)
+            if (i < ni) {
+                const __m256 pv = _mm256_set1_ps(p[i * ldp + t]);
+                for (int b = 0; b < nb; b++) {
+                    ae[i][b] = _mm256_fmadd_ps(pv, we[b], ae[i][b]);
+                    ao[i][b] = _mm256_fmadd_ps(pv, wo[b], ao[i][b]);
+                }
+            }
+    }
+    for (int i = 0; i < TI; i++)
+        if (i < ni)
+            for (int b = 0; b < nb; b++) {
+                const __m256 l = _mm256_unpacklo_ps(ae[i][b], ao[i][b]), h = _mm256_unpackhi_ps(ae[i][b], ao[i][b]);
+                _mm256_storeu_ps(out + i * ldo + c + 16 * b, _mm256_permute2f128_ps(l, h, 0x20));
+                _mm256_storeu_ps(out + i * ldo + c + 16 * b + 8, _mm256_permute2f128_ps(l, h, 0x31));
+            }
+}
+
 AI void wsum_rows_fmt(const float *p, int64_t np, int64_t ldp, const dsv3_weight *w, const dsv3_format f, int64_t n0,
                       int64_t T, float *out, int64_t ldo)
 {
@@ -55,6 +108,12 @@ AI void wsum_rows_fmt(const float *p, int64_t np, int64_t ldp, const dsv3_weight
     for (int64_t i = 0; i < np; i += TI) {
         const int ni = np - i < TI ? (int)(np - i) : TI;
         int64_t c = 0;
+        if (f == DSV3_FMT_INT4 || f == DSV3_FMT_NVFP4) {
+            for (; c + 32 <= kf; c += 32)
+                tile4(p + i * ldp, ldp, ni, w, f, n0, T, c, 2, out + i * ldo, ldo);
+            for (; c + 16 <= kf; c += 16)
+                tile4(p + i * ldp, ldp, ni, w, f, n0, T, c, 1, out + i * ldo, ldo);
+        }
         for (; c + 8 * NV <= kf; c += 8 * NV)
             tile(p + i * ldp, ldp, ni, w, f, n0, T, c, NV, out + i * ldo, ldo);
         for (; c < kf; c += 8)
