@@ -85,8 +85,11 @@ typedef struct {
 
 /* Absorbed attention of several sequences' tokens in one call (one team): W_UK / W_UV are read once
  * per token tile over all segments (adjacent segments share tiles), the KV blocks of each token run
- * over its own cache. Every token's result is bitwise the one a single-sequence call gives (the same
- * kernel calls; wsum rows do not depend on their tile). ws reserved for (sum of n, max past+n). */
+ * over its own cache. Every token's latent query and latent sum are bitwise the ones a single-sequence
+ * call gives (wsum rows do not depend on their tile); its W_UV output is one row of a linear call over the
+ * chunk's tokens (DSV3_MLA_UV_TOKENS), so it is bitwise the single-sequence one wherever the linear
+ * layer's small-M kernel gives rows independently of the row count (dsv3_batch.h's contract for every
+ * linear). ws reserved for (sum of n, max past+n). */
 dsv3_status dsv3_mla_attend_absorbed_segs(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
                                           const dsv3_mla_seg *segs, int64_t nseg, float *attn, dsv3_mla_scratch *ws,
                                           int isa, dsv3_error *err);
