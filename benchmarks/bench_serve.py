@@ -51,14 +51,14 @@ def bench_config(hidden, layers, vocab):
 
 
 def step_weight_bytes(cfg, tokens, bytes_per_param=2):
-    """Weight bytes one decode step over `tokens` sequences reads (bf16 weights; the absorbed attention's
-    f32 W_UK/W_UV once per step), with the expected count of distinct routed experts under uniform
+    """Weight bytes one decode step over `tokens` sequences reads (bf16 weights; the absorbed attention reads
+    W_UK/W_UV from kv_b_proj in its stored format once per step), with the expected count of distinct routed experts under uniform
     routing, E (1 - ((E - k) / E)^n) for n tokens of top-k (independent choices)."""
     h, heads, L = cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers
     q = h * cfg.q_lora_rank + cfg.q_lora_rank * heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim) \
         if cfg.q_lora_rank else h * heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim)
     attn = q + h * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) + heads * cfg.v_head_dim * h
-    uk_uv = heads * (cfg.qk_nope_head_dim + cfg.v_head_dim) * cfg.kv_lora_rank * 4
+    uk_uv = heads * (cfg.qk_nope_head_dim + cfg.v_head_dim) * cfg.kv_lora_rank * bytes_per_param
     E, k, dense_layers = cfg.n_routed_experts, cfg.num_experts_per_tok, cfg.first_k_dense_replace
     distinct = E * (1 - ((E - k) / E) ** tokens) if tokens > 1 else k
     expert = 3 * h * cfg.moe_intermediate_size

@@ -71,7 +71,7 @@ def runner(tmp_path_factory):
     return exe
 
 
-@pytest.mark.parametrize("concern", ["dtypes", "linear", "errors", "model", "overflow", "indexer"])
+@pytest.mark.parametrize("concern", ["dtypes", "linear", "errors", "model", "overflow", "indexer", "absorb"])
 def test_c_core(runner, concern):
     """Runs one concern of the C runner under ASan/UBSan/LSan; its output is the failure message."""
     env = dict(os.environ)

@@ -42,12 +42,25 @@ typedef struct {
     dsv3_weight kv_b_proj;   /* [heads*(nope+v), kv_lora] */
     dsv3_weight o_proj;      /* [hidden, heads*v] */
     dsv3_vec q_a_bias, kv_a_bias, o_bias; /* attention_bias only: [q_lora], [kv_lora+rope], [hidden] */
-    float *w_uk;             /* owned, absorbed mode: [heads, nope, kv_lora] */
-    float *w_uv;             /* owned, absorbed mode: [heads, kv_lora, v] (W_UV_h transposed) */
+    /* Absorbed mode reads W_UK / W_UV from kv_b_proj in its stored format (no dequantised copies):
+     * W_UK_h = rows [h(nope+v), +nope) through the weighted-row-sum kernels (dsv3_mla_wsum_rows);
+     * W_UV_h = rows [h(nope+v)+nope, +v) as a linear over the latent (K = kv_lora), run by the linear
+     * plans (csrc/linear/) on w_uv[h], a row view of kv_b_proj (or of uv_f32, below). */
+    dsv3_weight *w_uv;       /* owned, absorbed mode (dsv3_mla_absorb): [heads] row views; NULL before */
+    float *uv_f32;           /* owned fallback, NULL unless kv_b_proj is fp8_block with head rows that do not
+                              * start on its 128-row scale blocks (small configs): the W_UV rows in f32
+                              * [heads*v, kv_lora] (a row view would read another block's scale) */
 } dsv3_mla_weights;
 
-/* Derive per-head f32 W_UK / W_UV from kv_b_proj (any format dsv3_linear reads: x = identity). */
+/* Prepare absorbed mode: the per-head W_UV row views of kv_b_proj (any format dsv3_linear reads; the
+ * view keeps its act precision), and the f32 fallback rows where a view cannot be taken. Nothing is
+ * dequantised otherwise. isa: the path the fallback's dequantisation runs on. */
 dsv3_status dsv3_mla_absorb(const dsv3_mla_dims *d, dsv3_mla_weights *w, int isa, dsv3_error *err);
+/* Frees what dsv3_mla_absorb made (w_uv, uv_f32); safe on weights never absorbed. */
+void dsv3_mla_absorb_free(dsv3_mla_weights *w);
+/* Bytes dsv3_mla_absorb holds for these weights (views + fallback rows; 0 when not absorbed): the
+ * memory absorbed mode costs beyond the checkpoint's own arrays. */
+size_t dsv3_mla_absorbed_bytes(const dsv3_mla_dims *d, const dsv3_mla_weights *w);
 
 /* Scratch of dsv3_mla_forward, reserved for up to `tokens` new tokens over up to `rows` cached rows
  * (past + s) on `threads` threads in one mode. All buffers live in one owned block; reserving grows
@@ -64,7 +77,8 @@ typedef struct {
     float *qa;    /* [tokens, q_lora]: compressed queries (q_lora > 0) */
     float *attn;  /* [tokens, heads*v]: per-head attention outputs before o_proj */
     float *qc;    /* absorbed: [tokens, heads, kv_lora+rope] latent queries */
-    float *lat;   /* absorbed: [tokens, heads, kv_lora] weighted latent sums; naive: [rows, kv_lora] */
+    float *lat;   /* absorbed: [heads, tokens, kv_lora] weighted latent sums (the W_UV linears' x, one
+                   * head's tokens contiguous); naive: [rows, kv_lora] */
     float *probs; /* absorbed: [threads, head group, block rows] scores; naive: [threads, rows] */
     float *kv;    /* naive: [rows, heads, nope+v] expanded K | V */
     float *part;  /* absorbed: per-block partials of a token chunk: [chunk, heads, blocks, kv_lora], then
@@ -74,6 +88,10 @@ typedef struct {
     float *fstate; /* expanded: [tokens, heads, 2] running (max, sum) of the online softmax */
     float *fthr;  /* expanded: [threads, FLASH_Q, FLASH_KV + v] scores and P.V of one block */
     float *fresh; /* [tokens, kv_lora+rope]: new latent rows in f32 before a bf16/fp8 cache stores them */
+    float *uvy;   /* absorbed: W_UV outputs of one token chunk [heads, chunk, v] (DSV3_MLA_UV_TOKENS) */
+    float *uvplan; /* absorbed: [heads] dsv3_lin_plan of the W_UV linears of one chunk (bytes) */
+    float *uvarena; /* absorbed: their activation arena (uvarena_bytes): no allocation in the pass */
+    size_t uvarena_bytes;
     void *block;  /* owned */
 } dsv3_mla_scratch;
 
@@ -104,6 +122,11 @@ dsv3_status dsv3_mla_wsum(const float *p, int64_t np, int64_t ldp, const float *
                           int64_t n, float *out, int64_t ldo, int isa, dsv3_error *err);
 
 dsv3_status dsv3_mla_expsum(float *x, int64_t n, float m, float *sum, int isa, dsv3_error *err);
+/* wsum over rows [n0, n0+T) of a weight in its stored format (absorbed attention's W_UK product):
+ *   out[i*ldo + r] = sum_{t<T} p[i*ldp + t] * W[n0 + t, r]   (i < np, r < w->k)
+ * bit for bit dsv3_mla_wsum over the rows as dsv3_dequantize gives them, on every ISA. */
+dsv3_status dsv3_mla_wsum_rows(const float *p, int64_t np, int64_t ldp, const dsv3_weight *w, int64_t n0, int64_t T,
+                               float *out, int64_t ldo, int isa, dsv3_error *err);
 
 /* dots / wsum with b / x the cache rows `rows` in layout g (any dtype; bf16/fp8 converted in registers):
  *   dots_kv: out[i*ldo + j] = a[i*lda : +R+P] . row_j          (j < nb)

@@ -6,8 +6,9 @@
  *   dsv3_model_slots(m, ...)                  lists every tensor slot by canonical name and shape,
  *                                             the loader fills slot->weight (no copies: the caller
  *                                             keeps the memory alive for the model's lifetime);
- *   dsv3_model_prepare(m)                     checks every slot, converts 1-D params to f32, derives
- *                                             per-head W_UK/W_UV, allocates the latent cache and
+ *   dsv3_model_prepare(m)                     checks every slot, converts 1-D params to f32, makes
+ *                                             the per-head W_UV views of kv_b_proj (no copies),
+ *                                             allocates the latent cache and
  *                                             the workspace for decode;
  *   dsv3_model_forward(m, ids, s, logits)     prefill or decode: appends s tokens to the cache
  *                                             (a decode step allocates nothing);

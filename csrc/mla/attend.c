@@ -1,6 +1,7 @@
 /* The two attention formulations over the latent cache. Work is split over (token, head) pairs;
  * every pair is computed by one thread in a fixed order, so results do not depend on threads. */
 #include "dsv3_dtypes.h"
+#include "dsv3_linear_plan.h"
 #include "dsv3_ops.h"
 #include "attend_kernels.h"
 #include "kv_rows.h"
@@ -62,11 +63,16 @@ dsv3_status dsv3_mla_attend_naive(const dsv3_mla_dims *d, const dsv3_mla_weights
  *   are the M dimension of the block's products, so each cached row is read once per group):
  *     s_t = scale * qc[i,h] . cache[t];  m_b = max_t s_t;  p_t = exp(s_t - m_b);  l_b = sum_t p_t;
  *     acc_b[i,h] = sum_t p_t cache[t][:R]
- *   lat[i,h] = sum_b w_b acc_b[i,h] with w_b = exp(m_b - max_b m_b) / sum_b exp(m_b - max m) l_b
- *   out[i,h] = W_UV_h lat[i,h]                              (as lat[i,h] . W_UV_h^T rows)
- * Every pass is split over outputs (qc and out: (head, token tile); blocks: (token, head group,
- * block); reduction: (token, head)) and every output has one fixed summation order, so results do
- * not depend on the thread count. */
+ *   lat[h,i] = sum_b w_b acc_b[i,h] with w_b = exp(m_b - max_b m_b) / sum_b exp(m_b - max m) l_b
+ *   out[i,h] = W_UV_h lat[h,i]                              (a linear over the latent, K = kv_lora)
+ * W_UK and W_UV are read from kv_b_proj in its stored format: W_UK_h's rows by the weighted-row-sum
+ * kernels (wsum_rows: each row decoded in registers once per token tile, the order of the f32 wsum, so
+ * exact mode is bit for bit the product with the dequantised rows), W_UV_h by the linear layer's plans
+ * over its row view (dsv3_mla_absorb), prepared and run inside this region (the activation layout,
+ * Q8 or bf16 in the fast precision mode, follows the plan as for every linear).
+ * Every pass is split over outputs (qc: (head, token tile); blocks: (token, head group, block);
+ * reduction: (token, head); out: the plans' fixed column items) and every output has one fixed
+ * summation order, so results do not depend on the thread count. */
 #define TOKEN_TILE 8 /* rows per wsum call over tokens (the kernel's register tile) */
 
 static void absorbed_block(const dsv3_attend_kernels *K, const dsv3_mla_dims *d, const float *qc_i,
@@ -139,6 +145,24 @@ static const dsv3_mla_seg *seg_token(const dsv3_mla_seg *segs, int64_t k, int64_
     return segs;
 }
 
+/* The W_UV linears of one chunk of m tokens: plan h reads lat rows [m, R] of head h (lat: [H, s, R],
+ * already offset to the chunk) and writes ws->uvy [h, m, V]; activation buffers from ws's arena. */
+static dsv3_status uv_plan(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *lat, int64_t s, int64_t m,
+                           dsv3_mla_scratch *ws, dsv3_isa isa, dsv3_lin_plan *plans, dsv3_error *err)
+{
+    dsv3_lin_arena arena = {(unsigned char *)(void *)ws->uvarena, ws->uvarena_bytes, 0};
+    const int64_t H = d->heads, R = d->kv_lora, V = d->v;
+    dsv3_status st = DSV3_OK;
+    int64_t h = 0;
+    for (; h < H && st == DSV3_OK; h++)
+        st = dsv3_linear_plan(&plans[h], lat + h * s * R, 0, m, &w->w_uv[h], NULL, ws->uvy + h * m * V,
+                              DSV3_LINEAR_WEIGHT_ONLY, (int)isa, &arena, err);
+    if (st != DSV3_OK)
+        while (--h >= 0)
+            dsv3_linear_plan_release(&plans[h]);
+    return st;
+}
+
 dsv3_status dsv3_mla_attend_absorbed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
                                      int64_t s, const void *cache, int64_t past, float *attn,
                                      dsv3_mla_scratch *ws, int isa, dsv3_error *err)
@@ -171,6 +195,8 @@ dsv3_status dsv3_mla_attend_absorbed_segs(const dsv3_mla_dims *d, const dsv3_mla
                                                                           : DSV3_MLA_KV_BLOCK;
     float *qc = ws->qc, *lat = ws->lat, *acc = ws->part, *stat = ws->part + ib * H * nbm * R;
     const int nt = dsv3_num_threads();
+    dsv3_lin_plan *plans = (dsv3_lin_plan *)(void *)ws->uvplan;
+    dsv3_status uv_st = DSV3_OK;
 #pragma omp parallel num_threads(nt) /* one team for all passes */
     {
         float *sc = ws->probs + (int64_t)omp_get_thread_num() * HG * bl_max;
@@ -178,8 +204,8 @@ dsv3_status dsv3_mla_attend_absorbed_segs(const dsv3_mla_dims *d, const dsv3_mla
         for (int64_t it = 0; it < H * tiles; it++) { /* qc: latent query and rope part per (head, token tile) */
             int64_t i0 = 0;
             const int64_t h = it % H, ni = seg_tile(segs, nseg, it / H, &i0);
-            K->wsum(q + (i0 * H + h) * qk, ni, H * qk, w->w_uk + h * nope * R, R, nope, R,
-                    qc + (i0 * H + h) * row, H * row);
+            K->wsum_rows(q + (i0 * H + h) * qk, ni, H * qk, &w->kv_b_proj, h * (nope + V), nope,
+                         qc + (i0 * H + h) * row, H * row);
             for (int64_t i = i0; i < i0 + ni; i++)
                 for (int64_t e = 0; e < rope; e++)
                     qc[(i * H + h) * row + R + e] = q[(i * H + h) * qk + nope + e];
@@ -205,22 +231,35 @@ dsv3_status dsv3_mla_attend_absorbed_segs(const dsv3_mla_dims *d, const dsv3_mla
                 const int64_t Ti = sg->past + j + 1;
                 const int64_t nb = dsv3_mla_ceil_div(Ti, dsv3_mla_block_rows(d, Ti));
                 absorbed_reduce(K, acc + ih * nbm * R, stat + 2 * ih * nbm, nb, R,
-                                lat + ((sg->off + j) * H + ih % H) * R);
+                                lat + ((ih % H) * s + b0 + ih / H) * R);
             }
         }
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < H * tiles; it++) { /* out: W_UV per (head, token tile) */
-            int64_t i0 = 0;
-            const int64_t h = it % H, ni = seg_tile(segs, nseg, it / H, &i0);
-            K->wsum(lat + (i0 * H + h) * R, ni, H * R, w->w_uv + h * R * V, V, R, V, attn + (i0 * H + h) * V,
-                    H * V);
+        for (int64_t c0 = 0; c0 < s; c0 += DSV3_MLA_UV_TOKENS) { /* out: W_UV per head, chunks of tokens */
+            const int64_t m = s - c0 < DSV3_MLA_UV_TOKENS ? s - c0 : DSV3_MLA_UV_TOKENS;
+#pragma omp single
+            uv_st = uv_plan(d, w, lat + c0 * R, s, m, ws, which, plans, err);
+            if (uv_st == DSV3_OK) { /* the same value on every thread (read after the single's barrier) */
+                dsv3_linear_prepare_team(plans, (int)H);
+                dsv3_linear_run_team(plans, (int)H, NULL);
+#pragma omp barrier
+#pragma omp for schedule(static)
+                for (int64_t ih = 0; ih < m * H; ih++) { /* [head, token] -> attn rows */
+                    int64_t j;
+                    const int64_t i = ih / H, h = ih % H;
+                    const dsv3_mla_seg *sg = seg_token(segs, c0 + i, &j);
+                    memcpy(attn + ((sg->off + j) * H + h) * V, ws->uvy + (h * m + i) * V, (size_t)V * sizeof(float));
+                }
+#pragma omp single
+                for (int64_t h = 0; h < H; h++)
+                    dsv3_linear_plan_release(&plans[h]);
+            }
         }
     }
-    return DSV3_OK;
+    return uv_st;
 }
 
 /* Expanded (flash) vs absorbed for s new tokens after past rows. Prompts (past < s) always run
- * expanded: measured 1.4-2.7x faster from s = 2 (the absorbed form reads f32 W_UK/W_UV, twice the
+ * expanded: measured 1.4-2.7x faster from s = 2 (when the absorbed form read f32 W_UK/W_UV, twice the
  * bf16 kv_b_proj, and does 1088 FMAs per (query, row, head) against 320). With a long past, by FMAs,
  * the kv_b GEMM over every cached row weighted by gemm_weight (its cost per FMA relative to the
  * attention kernels: measured crossovers s ~ 128 at past 1024-2048 on AVX-512, s ~ 256 on AVX2,
@@ -242,69 +281,111 @@ int dsv3_mla_prefer_expanded(const dsv3_mla_dims *d, int64_t s, int64_t past, ds
     return expanded < absorbed;
 }
 
-/* W[n, r] of kv_b_proj as f32: read directly for f32/bf16, otherwise dequantised once through
- * dsv3_linear against the identity (wt[r, n] = W[n, r]), so any format the linear module reads works. */
-static dsv3_status kv_b_element_source(const dsv3_weight *w, int isa, float **wt, dsv3_error *err)
+/* Whether rows [n0, n0+n) of w can be viewed as a weight of their own: every format whose scales are per
+ * row (or none) can; fp8_block shares one scale per 128 rows, so only at a multiple of 128. */
+static int row_view_ok(const dsv3_weight *w, int64_t n0)
 {
-    const int64_t R = w->k, N = w->n;
-    *wt = NULL;
-    if (w->fmt == DSV3_FMT_F32 || w->fmt == DSV3_FMT_BF16)
-        return DSV3_OK;
-    float *eye = dsv3_alloc((size_t)(R * R) * sizeof(float));
-    *wt = dsv3_alloc((size_t)(R * N) * sizeof(float));
-    dsv3_status st = DSV3_OK;
-    if (!eye || !*wt) {
-        st = dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory dequantising kv_b_proj");
-    } else {
-        memset(eye, 0, (size_t)(R * R) * sizeof(float));
-        for (int64_t r = 0; r < R; r++)
-            eye[r * R + r] = 1.f;
-        st = dsv3_linear(eye, R, w, NULL, *wt, isa, err);
-    }
-    dsv3_free(eye);
-    if (st != DSV3_OK) {
-        dsv3_free(*wt);
-        *wt = NULL;
-    }
-    return st;
+    const int bn = dsv3_formats[w->fmt].block_n;
+    return bn <= 1 || n0 % bn == 0;
 }
 
-static float kv_b_at(const dsv3_weight *w, const float *wt, int64_t n, int64_t r)
+/* Rows [n0, n0+n) of w as a weight of their own (codes and scales are row-major). */
+static dsv3_weight row_view(const dsv3_weight *w, int64_t n0, int64_t n)
 {
-    if (wt)
-        return wt[r * w->n + n];
-    if (w->fmt == DSV3_FMT_F32)
-        return ((const float *)w->data)[n * w->k + r];
-    return dsv3_bf16_to_f32(((const uint16_t *)w->data)[n * w->k + r]);
+    const dsv3_format_traits *t = &dsv3_formats[w->fmt];
+    dsv3_weight v = *w;
+    v.n = n;
+    v.data = (const uint8_t *)w->data + (size_t)(n0 * w->k * t->code_bits / 8);
+    if (t->scale_kind != DSV3_SCALE_NONE) {
+        size_t bytes;
+        int64_t sr, sc;
+        dsv3_error e;
+        (void)dsv3_quant_layout(w->fmt, w->n, w->k, w->group, &bytes, &sr, &sc, &e);
+        const int64_t bn = t->block_n > 1 ? t->block_n : 1;
+        const size_t es = t->scale_kind == DSV3_SCALE_E4M3 ? 1 : sizeof(float);
+        v.scale = (const uint8_t *)w->scale + (size_t)(n0 / bn * sc) * es;
+    }
+    v.packed = NULL;
+    return v;
+}
+
+void dsv3_mla_absorb_free(dsv3_mla_weights *w)
+{
+    dsv3_free(w->w_uv);
+    dsv3_free(w->uv_f32);
+    w->w_uv = NULL;
+    w->uv_f32 = NULL;
+}
+
+size_t dsv3_mla_absorbed_bytes(const dsv3_mla_dims *d, const dsv3_mla_weights *w)
+{
+    if (!w->w_uv)
+        return 0;
+    return (size_t)d->heads * sizeof(dsv3_weight) +
+           (w->uv_f32 ? (size_t)(d->heads * d->v * d->kv_lora) * sizeof(float) : 0);
+}
+
+/* The f32 fallback rows (see dsv3_mla_weights.uv_f32): kv_b_proj dequantised (dsv3_dequantize, the
+ * values every kernel decodes) and its W_UV rows kept. */
+static dsv3_status uv_f32_rows(const dsv3_mla_dims *d, const dsv3_weight *kvb, float **out, dsv3_error *err)
+{
+    const int64_t R = d->kv_lora, H = d->heads, kvw = d->nope + d->v;
+    float *all = dsv3_alloc((size_t)(kvb->n * R) * sizeof(float));
+    float *uv = dsv3_alloc((size_t)(H * d->v * R) * sizeof(float));
+    dsv3_status st = (!all || !uv) ? dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory for the W_UV rows")
+                                   : dsv3_dequantize(kvb, all, err);
+    if (st == DSV3_OK)
+        for (int64_t h = 0; h < H; h++)
+            memcpy(uv + h * d->v * R, all + (h * kvw + d->nope) * R, (size_t)(d->v * R) * sizeof(float));
+    dsv3_free(all);
+    if (st != DSV3_OK) {
+        dsv3_free(uv);
+        uv = NULL;
+    }
+    *out = uv;
+    return st;
 }
 
 dsv3_status dsv3_mla_absorb(const dsv3_mla_dims *d, dsv3_mla_weights *w, int isa, dsv3_error *err)
 {
     const int64_t R = d->kv_lora, H = d->heads, kvw = d->nope + d->v;
-    float *wt = NULL;
-    float *uk = dsv3_alloc((size_t)(H * d->nope * R) * sizeof(float));
-    float *uv = dsv3_alloc((size_t)(H * d->v * R) * sizeof(float));
-    dsv3_status st = (!uk || !uv) ? dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory for W_UK/W_UV")
-                                  : kv_b_element_source(&w->kv_b_proj, isa, &wt, err);
-    if (st != DSV3_OK) {
-        dsv3_free(uk);
+    const dsv3_weight *kvb = &w->kv_b_proj;
+    dsv3_isa which;
+    dsv3_status st = dsv3_isa_resolve(isa, &which, err);
+    if (st == DSV3_OK)
+        st = dsv3_weight_validate(kvb, err);
+    if (st == DSV3_OK && (kvb->n != H * kvw || kvb->k != R))
+        st = dsv3_fail(err, DSV3_E_VALUE, "attention: kv_b_proj is [%lld, %lld], expected [%lld, %lld]",
+                       (long long)kvb->n, (long long)kvb->k, (long long)(H * kvw), (long long)R);
+    if (st != DSV3_OK)
+        return st;
+    int views = 1;
+    for (int64_t h = 0; h < H; h++)
+        views &= row_view_ok(kvb, h * kvw + d->nope);
+    float *f32 = NULL;
+    dsv3_weight *uv = dsv3_alloc((size_t)H * sizeof(dsv3_weight));
+    if (!uv)
+        return dsv3_fail(err, DSV3_E_NOMEM, "attention: out of memory for the W_UV views");
+    if (!views && (st = uv_f32_rows(d, kvb, &f32, err)) != DSV3_OK) {
         dsv3_free(uv);
         return st;
     }
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t e = 0; e < kvw; e++) {
-            if (e < d->nope)
-                for (int64_t r = 0; r < R; r++)
-                    uk[(h * d->nope + e) * R + r] = kv_b_at(&w->kv_b_proj, wt, h * kvw + e, r);
-            else /* transposed: out = lat . rows of W_UV_h^T */
-                for (int64_t r = 0; r < R; r++)
-                    uv[(h * R + r) * d->v + e - d->nope] = kv_b_at(&w->kv_b_proj, wt, h * kvw + e, r);
+    for (int64_t h = 0; h < H; h++) {
+        if (views) {
+            uv[h] = row_view(kvb, h * kvw + d->nope, d->v);
+        } else {
+            memset(&uv[h], 0, sizeof uv[h]);
+            uv[h].fmt = DSV3_FMT_F32;
+            uv[h].n = d->v;
+            uv[h].k = R;
+            uv[h].data = f32 + h * d->v * R;
+            uv[h].scale2 = 1.f;
+            uv[h].act = kvb->act;
         }
-    dsv3_free(wt);
-    dsv3_free(w->w_uk);
-    dsv3_free(w->w_uv);
-    w->w_uk = uk;
+    }
+    dsv3_mla_absorb_free(w);
     w->w_uv = uv;
+    w->uv_f32 = f32;
     return DSV3_OK;
 }
 
@@ -329,6 +410,20 @@ dsv3_status dsv3_mla_wsum(const float *p, int64_t np, int64_t ldp, const float *
         st = dsv3_fail(err, DSV3_E_VALUE, "mla wsum: bad sizes");
     if (st == DSV3_OK)
         dsv3_attend_table(which)->wsum(p, np, ldp, x, ldx, T, n, out, ldo);
+    return st;
+}
+
+dsv3_status dsv3_mla_wsum_rows(const float *p, int64_t np, int64_t ldp, const dsv3_weight *w, int64_t n0, int64_t T,
+                               float *out, int64_t ldo, int isa, dsv3_error *err)
+{
+    dsv3_isa which;
+    dsv3_status st = dsv3_isa_resolve(isa, &which, err);
+    if (st == DSV3_OK)
+        st = dsv3_weight_validate(w, err);
+    if (st == DSV3_OK && (np < 0 || T < 0 || n0 < 0 || n0 > w->n - T || ldp < T || ldo < w->k))
+        st = dsv3_fail(err, DSV3_E_VALUE, "mla wsum_rows: bad sizes");
+    if (st == DSV3_OK)
+        dsv3_attend_table(which)->wsum_rows(p, np, ldp, w, n0, T, out, ldo);
     return st;
 }
 

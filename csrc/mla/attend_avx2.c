@@ -331,4 +331,5 @@ static void wsum_kv_avx2(const float *p, int64_t np, int64_t ldp, const dsv3_kv_
     }
 }
 
-const dsv3_attend_kernels dsv3_attend_avx2 = {dots_avx2, wsum_avx2, expsum_avx2, dots_kv_avx2, wsum_kv_avx2};
+const dsv3_attend_kernels dsv3_attend_avx2 = {dots_avx2, wsum_avx2, expsum_avx2, dots_kv_avx2, wsum_kv_avx2,
+                                              dsv3_wsum_rows_avx2};

@@ -312,4 +312,4 @@ static void wsum_kv_avx512(const float *p, int64_t np, int64_t ldp, const dsv3_k
 }
 
 const dsv3_attend_kernels dsv3_attend_avx512 = {dots_avx512, wsum_avx512, expsum_avx512, dots_kv_avx512,
-                                                wsum_kv_avx512};
+                                                wsum_kv_avx512, dsv3_wsum_rows_avx512};

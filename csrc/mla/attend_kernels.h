@@ -19,6 +19,7 @@
 
 #include "dsv3.h"
 #include "dsv3_kv_cache.h"
+#include "dsv3_linear.h"
 
 #include <math.h>
 #include <string.h>
@@ -36,12 +37,31 @@ typedef void (*dsv3_mla_dots_kv_fn)(const float *a, int64_t na, int64_t lda, con
 typedef void (*dsv3_mla_wsum_kv_fn)(const float *p, int64_t np, int64_t ldp, const dsv3_kv_layout *g,
                                     const uint8_t *rows, int64_t T, float *out, int64_t ldo);
 
+/* wsum over the rows [n0, n0+T) of a weight in its stored format (absorbed attention's W_UK product
+ * q_lat = W_UK^T q_nope read from kv_b_proj directly):
+ *   out[i*ldo + r] = sum_{t<T} p[i*ldp + t] * W[n0 + t, r]      (i < np, r < w->k)
+ * W[n, r] = code(n, r) * group_scale(n, r / G) rounded once to f32 (the format table's scalar decode,
+ * what dsv3_dequantize gives), each output one fused multiply-add chain from +0 in ascending t: bit
+ * for bit wsum over the dequantised rows, on every ISA (csrc/mla/wsum_rows_*.c). */
+typedef void (*dsv3_mla_wsum_rows_fn)(const float *p, int64_t np, int64_t ldp, const dsv3_weight *w, int64_t n0,
+                                      int64_t T, float *out, int64_t ldo);
+void dsv3_wsum_rows_scalar(const float *p, int64_t np, int64_t ldp, const dsv3_weight *w, int64_t n0, int64_t T,
+                           float *out, int64_t ldo);
+void dsv3_wsum_rows_avx2(const float *p, int64_t np, int64_t ldp, const dsv3_weight *w, int64_t n0, int64_t T,
+                         float *out, int64_t ldo);
+void dsv3_wsum_rows_avx512(const float *p, int64_t np, int64_t ldp, const dsv3_weight *w, int64_t n0, int64_t T,
+                           float *out, int64_t ldo);
+/* The scalar twin over columns [c0, c1) only (the SIMD kernels' column tail). */
+void dsv3_wsum_rows_cols_scalar(const float *p, int64_t np, int64_t ldp, const dsv3_weight *w, int64_t n0,
+                                int64_t T, int64_t c0, int64_t c1, float *out, int64_t ldo);
+
 typedef struct {
     dsv3_mla_dots_fn dots;
     dsv3_mla_wsum_fn wsum;
     dsv3_mla_expsum_fn expsum;
     dsv3_mla_dots_kv_fn dots_kv;
     dsv3_mla_wsum_kv_fn wsum_kv;
+    dsv3_mla_wsum_rows_fn wsum_rows;
 } dsv3_attend_kernels;
 
 extern const dsv3_attend_kernels dsv3_attend_scalar;

@@ -85,7 +85,7 @@ static void wsum_kv_scalar(const float *p, int64_t np, int64_t ldp, const dsv3_k
 }
 
 const dsv3_attend_kernels dsv3_attend_scalar = {dots_scalar, wsum_scalar, expsum_scalar, dots_kv_scalar,
-                                                wsum_kv_scalar};
+                                                wsum_kv_scalar, dsv3_wsum_rows_scalar};
 
 const dsv3_attend_kernels *dsv3_attend_table(dsv3_isa isa)
 {

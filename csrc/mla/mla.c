@@ -115,8 +115,8 @@ dsv3_status dsv3_mla_check_call(const dsv3_mla_dims *d, const dsv3_mla_weights *
     if (d->rope % 2 != 0 || d->rope > 512)
         return dsv3_fail(err, DSV3_E_VALUE, "attention: qk_rope_head_dim must be even and <= 512, got %lld",
                          (long long)d->rope);
-    if (mode == DSV3_ATTN_ABSORBED && (!w->w_uk || !w->w_uv))
-        return dsv3_fail(err, DSV3_E_VALUE, "attention: absorbed mode needs W_UK/W_UV (dsv3_mla_absorb)");
+    if (mode == DSV3_ATTN_ABSORBED && !w->w_uv)
+        return dsv3_fail(err, DSV3_E_VALUE, "attention: absorbed mode needs the W_UV views (dsv3_mla_absorb)");
     if ((unsigned)d->kv_dtype >= DSV3_KV_DTYPE_COUNT)
         return dsv3_fail(err, DSV3_E_VALUE, "attention: unknown kv cache dtype %d", (int)d->kv_dtype);
     return DSV3_OK;

@@ -40,6 +40,14 @@ static inline int64_t dsv3_mla_part_tokens(const dsv3_mla_dims *d, int64_t s)
     return ib < 1 ? 1 : ib > s ? s : ib;
 }
 
+/* W_UV runs as one linear per head (csrc/linear/ plans over row views of kv_b_proj) on chunks of at most
+ * this many tokens: below every ISA's GEMM threshold, so a token's W_UV output never depends on how many
+ * tokens (sequences of a batch) share its chunk. */
+#define DSV3_MLA_UV_TOKENS 8
+
+/* Bytes of the W_UV plans' arena for chunks of up to m tokens (any format, mode and ISA). */
+size_t dsv3_mla_uv_arena_bytes(const dsv3_mla_dims *d, int64_t m);
+
 /* ---- expanded attention (prefill): flash-style over K/V expanded from the latent ----
  * The cached rows are expanded with kv_b_proj in chunks of flash_chunk rows (one GEMM each); every
  * (head, block of FLASH_Q queries) task walks the chunk's rows in blocks of FLASH_KV with an online
@@ -77,8 +85,11 @@ typedef struct {
 
 /* Absorbed attention of several sequences' tokens in one call (one team): W_UK / W_UV are read once
  * per token tile over all segments (adjacent segments share tiles), the KV blocks of each token run
- * over its own cache. Every token's result is bitwise the one a single-sequence call gives (the same
- * kernel calls; wsum rows do not depend on their tile). ws reserved for (sum of n, max past+n). */
+ * over its own cache. Every token's latent query and latent sum are bitwise the ones a single-sequence
+ * call gives (wsum rows do not depend on their tile); its W_UV output is one row of a linear call over the
+ * chunk's tokens (DSV3_MLA_UV_TOKENS), so it is bitwise the single-sequence one wherever the linear
+ * layer's small-M kernel gives rows independently of the row count (dsv3_batch.h's contract for every
+ * linear). ws reserved for (sum of n, max past+n). */
 dsv3_status dsv3_mla_attend_absorbed_segs(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const float *q,
                                           const dsv3_mla_seg *segs, int64_t nseg, float *attn, dsv3_mla_scratch *ws,
                                           int isa, dsv3_error *err);

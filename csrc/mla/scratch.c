@@ -1,11 +1,17 @@
 /* The attention scratch (dsv3_mla_scratch): one block carved into named buffers, grown on demand. */
+#include "dsv3_linear_plan.h"
 #include "mla_internal.h"
 
 #include <string.h>
 
 /* Floats of each buffer of a scratch for (tokens, rows, threads, mode), in the struct's order. */
 enum { BUF_Q, BUF_QA, BUF_ATTN, BUF_QC, BUF_LAT, BUF_PROBS, BUF_KV, BUF_PART, BUF_EX, BUF_FSTATE, BUF_FTHR,
-       BUF_FRESH, BUF_COUNT };
+       BUF_FRESH, BUF_UVY, BUF_UVPLAN, BUF_UVARENA, BUF_COUNT };
+
+size_t dsv3_mla_uv_arena_bytes(const dsv3_mla_dims *d, int64_t m)
+{
+    return (size_t)d->heads * (dsv3_linear_bound_bytes(d->kv_lora, m) + 256); /* + per-plan alignment slack */
+}
 
 static void buffer_sizes(const dsv3_mla_dims *d, dsv3_attn_mode mode, int64_t tokens, int64_t rows, int threads,
                          int64_t n[BUF_COUNT])
@@ -29,6 +35,10 @@ static void buffer_sizes(const dsv3_mla_dims *d, dsv3_attn_mode mode, int64_t to
     n[BUF_LAT] = tokens * H * R;
     n[BUF_PROBS] = (int64_t)threads * DSV3_MLA_HEAD_GROUP * bl;
     n[BUF_PART] = dsv3_mla_part_tokens(d, tokens) * H * dsv3_mla_nb_max(d) * (R + 2);
+    const int64_t uvt = tokens < DSV3_MLA_UV_TOKENS ? tokens : DSV3_MLA_UV_TOKENS;
+    n[BUF_UVY] = uvt * H * d->v;
+    n[BUF_UVPLAN] = dsv3_mla_ceil_div(H * (int64_t)sizeof(dsv3_lin_plan), (int64_t)sizeof(float));
+    n[BUF_UVARENA] = dsv3_mla_ceil_div((int64_t)dsv3_mla_uv_arena_bytes(d, uvt), (int64_t)sizeof(float));
     if (tokens > 1) {
         const int64_t c = dsv3_mla_flash_chunk(d);
         n[BUF_EX] = c * (R + H * (d->nope + d->v) + H * (d->nope + d->rope) + H * d->v);
@@ -60,9 +70,11 @@ dsv3_status dsv3_mla_scratch_reserve(dsv3_mla_scratch *ws, const dsv3_mla_dims *
                          "cached rows", (long long)tokens, (long long)rows);
     dsv3_free(ws->block);
     float **bufs[BUF_COUNT] = {&ws->q,    &ws->qa,   &ws->attn, &ws->qc,     &ws->lat, &ws->probs,
-                               &ws->kv,   &ws->part, &ws->ex,   &ws->fstate, &ws->fthr, &ws->fresh};
+                               &ws->kv,   &ws->part, &ws->ex,   &ws->fstate, &ws->fthr, &ws->fresh,
+                               &ws->uvy,  &ws->uvplan, &ws->uvarena};
     for (int i = 0; i < BUF_COUNT; i++)
         *bufs[i] = n[i] > 0 ? at[i] : NULL;
+    ws->uvarena_bytes = (size_t)n[BUF_UVARENA] * sizeof(float);
     ws->block = block;
     ws->tokens = tokens;
     ws->rows = rows;

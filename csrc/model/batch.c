@@ -190,8 +190,8 @@ static dsv3_status attention_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq
     dsv3_mla_scratch *ws = &m->ws.mla;
     const int64_t half = d->rope / 2, row = b->row;
     const float *cos_j = cs, *sin_j = cs + t * half;
-    if (m->attn_mode == DSV3_ATTN_ABSORBED && (!w->w_uk || !w->w_uv))
-        return dsv3_fail(err, DSV3_E_VALUE, "attention: absorbed mode needs W_UK/W_UV (dsv3_mla_absorb)");
+    if (m->attn_mode == DSV3_ATTN_ABSORBED && !w->w_uv)
+        return dsv3_fail(err, DSV3_E_VALUE, "attention: absorbed mode needs the W_UV views (dsv3_mla_absorb)");
     dsv3_status st = dsv3_mla_project_q(d, w, x, t, cos_j, sin_j, ws->q, ws->qa, isa, err);
     float *ckv = m->ws.cache; /* [t, row]: kv_a_proj of every token, then copied into each slot's cache */
     if (st == DSV3_OK)

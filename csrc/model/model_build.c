@@ -142,8 +142,7 @@ static void layer_free(dsv3_layer *ly)
                         &ly->moe.bias, &ly->indexer.k_norm, &ly->indexer.k_norm_bias};
     for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++)
         free_vec(vecs[i]);
-    dsv3_free(ly->attn.w_uk);
-    dsv3_free(ly->attn.w_uv);
+    dsv3_mla_absorb_free(&ly->attn);
     dsv3_free(ly->moe.experts);
     dsv3_free(ly->cache);
     dsv3_free(ly->index_cache);
@@ -224,7 +223,8 @@ static dsv3_status vec_to_f32(dsv3_vec *v, dsv3_error *err)
     return DSV3_OK;
 }
 
-/* Absorbed attention's per-head W_UK/W_UV and the layer's latent cache (capacity rows). */
+/* Absorbed attention's per-head W_UV row views of kv_b_proj (dsv3_mla_absorb: no dequantised copies) and
+ * the layer's latent cache (capacity rows). */
 static dsv3_status layer_prepare(dsv3_model *m, dsv3_layer *ly, int isa, dsv3_error *err)
 {
     const int64_t row = dsv3_model_kv_layout(m).row_bytes;

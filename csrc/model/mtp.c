@@ -16,8 +16,8 @@ dsv3_status dsv3_model_attention_per_token(dsv3_model *m, dsv3_layer *ly, const 
     const dsv3_mla_weights *w = &ly->attn;
     dsv3_mla_scratch *ws = &m->ws.mla;
     const int64_t qk = d->nope + d->rope, H = d->heads;
-    if (m->attn_mode == DSV3_ATTN_ABSORBED && (!w->w_uk || !w->w_uv))
-        return dsv3_fail(err, DSV3_E_VALUE, "attention: absorbed mode needs W_UK/W_UV (dsv3_mla_absorb)");
+    if (m->attn_mode == DSV3_ATTN_ABSORBED && !w->w_uv)
+        return dsv3_fail(err, DSV3_E_VALUE, "attention: absorbed mode needs the W_UV views (dsv3_mla_absorb)");
     dsv3_status st = dsv3_mla_scratch_reserve(ws, d, m->attn_mode, s, past + s, err);
     if (st == DSV3_OK) /* the steps of dsv3_mla_forward (csrc/mla/mla.c), the projections over all s rows */
         st = dsv3_mla_project_q(d, w, x, s, cos_j, sin_j, ws->q, ws->qa, isa, err);

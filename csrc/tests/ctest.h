@@ -58,6 +58,7 @@ void test_linear(void);
 void test_linear_plan(void);
 void test_errors(void);
 void test_model(void);
+void test_absorb(void);
 void test_overflow(void);
 void test_indexer(void);
 

@@ -60,6 +60,7 @@ static const struct {
     {"model", test_model},
     {"overflow", test_overflow},
     {"indexer", test_indexer},
+    {"absorb", test_absorb},
 };
 
 int main(int argc, char **argv)
