@@ -14,7 +14,8 @@
  * the dense MLP / MoE over all the step's tokens (each expert's weights read once for every sequence). Every operation works row by row in a fixed
  * order, so a sequence's results do not depend on the other sequences of the step: bitwise equal to
  * dsv3_model_forward where dsv3_linear's kernel choice does not change with the row count (f32
- * weights, or fewer rows than its GEMM threshold: 32 for bf16, 24 for fp8_block).
+ * weights, or fewer rows than its GEMM threshold: on AVX-512 32 for bf16, 24 for fp8_block; on AVX2 12,
+ * linear.c GEMM_MIN_M*; every small-M kernel computes a row the same way whatever the rows beside it).
  */
 #ifndef DSV3_BATCH_H
 #define DSV3_BATCH_H

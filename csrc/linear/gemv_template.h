@@ -346,11 +346,16 @@ AI void gemv_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
             }
         return;
     }
+    /* The small-group formats run a row of x with four FMA chains (group_scaled_body, nvfp4's second
+     * slot) and several rows with two: so that a row's result never depends on the rows beside it
+     * (batched decode bitwise a sequence alone, dsv3_batch.h), they run every row as the one-row walk
+     * (each row decodes the weight row again: exact mode favours that guarantee over M > 1 speed). */
+    const int one_row = f == DSV3_FMT_NVFP4 || f == DSV3_FMT_INT4 || (f == DSV3_FMT_FP8_BLOCK && !a->xs);
     for (int64_t klo = 0; klo < a->w->k; klo += DSV3_GEMV_KC) {
         const int64_t khi = klo + DSV3_GEMV_KC < a->w->k ? klo + DSV3_GEMV_KC : a->w->k;
         for (int64_t n = n0; n < n1; n++)
-            for (int64_t m0 = 0; m0 < a->m; m0 += MR) {
-                switch (a->m - m0 < MR ? a->m - m0 : MR) {
+            for (int64_t m0 = 0; m0 < a->m; m0 += one_row ? 1 : MR) {
+                switch (one_row || a->m - m0 < MR ? (one_row ? 1 : a->m - m0) : MR) {
                 case 1: gemv_tile(f, 1, a, n, m0, klo, khi); break;
                 case 2: gemv_tile(f, 2, a, n, m0, klo, khi); break;
                 case 3: gemv_tile(f, 3, a, n, m0, klo, khi); break;
