@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #include "dsv3.h"
+#include "dsv3_quant.h"
 
 extern int ctest_failures, ctest_checks;
 
@@ -49,6 +50,16 @@ void ctest_check(int ok, const char *file, int line, const char *fmt, ...)
 uint64_t ctest_next(uint64_t *s);
 float ctest_uniform(uint64_t *s);
 void ctest_fill(float *a, int64_t n, float scale, uint64_t *s);
+
+/* A random weight [n, k] (uniform in [-amp, amp)) quantised to fmt with group (0: the format's own), in
+ * buffers the struct owns (ctest_qweight_free). 1 on success; 0 when the layout is refused or memory runs
+ * out (nothing to free then). */
+typedef struct {
+    dsv3_weight w;
+    void *data, *scale;
+} ctest_qweight;
+int ctest_qweight_random(ctest_qweight *q, dsv3_format fmt, int group, int64_t n, int64_t k, float amp, uint64_t *rng);
+void ctest_qweight_free(ctest_qweight *q);
 
 /* ISAs this CPU supports, scalar first; returns the count. */
 int ctest_isas(dsv3_isa out[DSV3_ISA_COUNT]);

@@ -12,40 +12,6 @@
 #include "dsv3_mla.h"
 #include "dsv3_quant.h"
 
-typedef struct {
-    dsv3_weight w;
-    void *data, *scale;
-} aweight;
-
-static int aweight_make(aweight *q, dsv3_format fmt, int group, int64_t n, int64_t k, uint64_t *rng)
-{
-    dsv3_error err = {0};
-    size_t bytes;
-    int64_t sr, sc;
-    memset(q, 0, sizeof *q);
-    if (dsv3_quant_layout(fmt, n, k, group, &bytes, &sr, &sc, &err) != DSV3_OK)
-        return 0;
-    float *src = malloc((size_t)(n * k) * sizeof(float));
-    q->data = malloc(bytes);
-    q->scale = malloc((size_t)(sr * sc + 1) * sizeof(float));
-    if (!src || !q->data || !q->scale) {
-        free(src);
-        return 0;
-    }
-    ctest_fill(src, n * k, 0.7f, rng);
-    float s2 = 1.0f;
-    CHECK_OK(dsv3_quantize(fmt, src, n, k, group, 0, q->data, q->scale, &s2, &err), &err);
-    free(src);
-    q->w = (dsv3_weight){fmt, n, k, q->data, sr ? q->scale : NULL, s2, group, 0, NULL, DSV3_ACT_EXACT};
-    return 1;
-}
-
-static void aweight_free(aweight *q)
-{
-    free(q->data);
-    free(q->scale);
-}
-
 static const struct {
     dsv3_format fmt;
     int group;
@@ -60,8 +26,8 @@ static void wsum_rows_cases(const dsv3_isa *isas, int n_isa, uint64_t *rng)
     for (int f = 0; f < NFMT; f++)
         for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++) {
             const int64_t K = Ks[ki];
-            aweight q;
-            if (!aweight_make(&q, FMTS[f].fmt, FMTS[f].group, N, K, rng))
+            ctest_qweight q;
+            if (!ctest_qweight_random(&q, FMTS[f].fmt, FMTS[f].group, N, K, 0.7f, rng))
                 continue; /* shape the format does not store (nvfp4 K % 16) */
             float *deq = malloc((size_t)(N * K) * sizeof(float)), *p = malloc(9 * 100 * sizeof(float));
             float *ref = malloc((size_t)(9 * K) * sizeof(float)), *out = malloc((size_t)(9 * K) * sizeof(float));
@@ -86,7 +52,7 @@ static void wsum_rows_cases(const dsv3_isa *isas, int n_isa, uint64_t *rng)
             free(p);
             free(ref);
             free(out);
-            aweight_free(&q);
+            ctest_qweight_free(&q);
         }
 }
 
@@ -104,8 +70,8 @@ static void absorb_cases(uint64_t *rng)
             d.nope = dims[c][2];
             d.v = dims[c][3];
             const int64_t H = d.heads, R = d.kv_lora, kvw = d.nope + d.v;
-            aweight q;
-            if (!aweight_make(&q, FMTS[f].fmt, FMTS[f].group, H * kvw, R, rng))
+            ctest_qweight q;
+            if (!ctest_qweight_random(&q, FMTS[f].fmt, FMTS[f].group, H * kvw, R, 0.7f, rng))
                 continue;
             dsv3_mla_weights w;
             memset(&w, 0, sizeof w);
@@ -135,7 +101,7 @@ static void absorb_cases(uint64_t *rng)
             CHECK(dsv3_mla_absorbed_bytes(&d, &w) == 0 && !w.w_uv && !w.uv_f32, "absorb_free");
             w.kv_b_proj.n = H * kvw - 1; /* a kv_b_proj of the wrong shape is refused with a message */
             CHECK_FAIL(dsv3_mla_absorb(&d, &w, -1, &err), DSV3_E_VALUE, &err);
-            aweight_free(&q);
+            ctest_qweight_free(&q);
         }
 }
 

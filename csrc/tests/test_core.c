@@ -3,6 +3,7 @@
  * exits 0 only when every check passed. Usage: test_core [concern ...] (default: all but overflow,
  * which holds checks of known, reported bugs). */
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ctest.h"
@@ -38,6 +39,37 @@ void ctest_fill(float *a, int64_t n, float scale, uint64_t *s)
 {
     for (int64_t i = 0; i < n; i++)
         a[i] = scale * ctest_uniform(s);
+}
+
+int ctest_qweight_random(ctest_qweight *q, dsv3_format fmt, int group, int64_t n, int64_t k, float amp, uint64_t *rng)
+{
+    dsv3_error err = {0};
+    size_t bytes;
+    int64_t sr, sc;
+    memset(q, 0, sizeof *q);
+    if (dsv3_quant_layout(fmt, n, k, group, &bytes, &sr, &sc, &err) != DSV3_OK)
+        return 0;
+    float *src = malloc((size_t)(n * k) * sizeof(float));
+    q->data = malloc(bytes);
+    q->scale = malloc((size_t)(sr * sc + 1) * sizeof(float));
+    if (!src || !q->data || !q->scale) {
+        free(src);
+        ctest_qweight_free(q);
+        return 0;
+    }
+    ctest_fill(src, n * k, amp, rng);
+    float s2 = 1.0f;
+    CHECK_OK(dsv3_quantize(fmt, src, n, k, group, 0, q->data, q->scale, &s2, &err), &err);
+    free(src);
+    q->w = (dsv3_weight){fmt, n, k, q->data, sr ? q->scale : NULL, s2, group, 0, NULL, DSV3_ACT_EXACT};
+    return 1;
+}
+
+void ctest_qweight_free(ctest_qweight *q)
+{
+    free(q->data);
+    free(q->scale);
+    q->data = q->scale = NULL;
 }
 
 int ctest_isas(dsv3_isa out[DSV3_ISA_COUNT])

@@ -11,51 +11,19 @@
 #include "dsv3_dtypes.h"
 #include "dsv3_linear_plan.h"
 
-typedef struct {
-    dsv3_weight w;
-    void *data, *scale;
-} pweight;
-
-static int pweight_make(pweight *q, dsv3_format fmt, int64_t n, int64_t k, uint64_t *rng)
-{
-    dsv3_error err = {0};
-    size_t bytes;
-    int64_t sr, sc;
-    const int group = fmt == DSV3_FMT_INT4 ? 32 : fmt == DSV3_FMT_FP8_BLOCK ? 128 : 0;
-    memset(q, 0, sizeof *q);
-    if (dsv3_quant_layout(fmt, n, k, group, &bytes, &sr, &sc, &err) != DSV3_OK)
-        return 0;
-    float *src = malloc((size_t)(n * k) * sizeof(float));
-    q->data = malloc(bytes);
-    q->scale = malloc((size_t)(sr * sc + 1) * sizeof(float));
-    if (!src || !q->data || !q->scale) {
-        free(src);
-        return 0;
-    }
-    ctest_fill(src, n * k, 0.5f, rng);
-    float s2 = 1.0f;
-    CHECK_OK(dsv3_quantize(fmt, src, n, k, group, 0, q->data, q->scale, &s2, &err), &err);
-    free(src);
-    q->w = (dsv3_weight){fmt, n, k, q->data, sr ? q->scale : NULL, s2, group, 0, NULL, DSV3_ACT_EXACT};
-    return 1;
-}
-
-static void pweight_free(pweight *q)
-{
-    free(q->data);
-    free(q->scale);
-}
+/* The group each format's plans are tested with (int4 32, fp8_block 128, others their own). */
+static int plan_group(dsv3_format fmt) { return fmt == DSV3_FMT_INT4 ? 32 : fmt == DSV3_FMT_FP8_BLOCK ? 128 : 0; }
 
 /* dyn: 0 weight-only, 1 dynamic activation quantisation, 2 weight-only in the fast mode (w.act) */
 static void plan_case(dsv3_format fmt, int64_t m, int xbf, int dyn, dsv3_isa isa, uint64_t *rng)
 {
     const int64_t k = 300, n1 = 37, n2 = 70;
     dsv3_error err = {0};
-    pweight a, b;
-    if (!pweight_make(&a, fmt, n1, k, rng))
+    ctest_qweight a, b;
+    if (!ctest_qweight_random(&a, fmt, plan_group(fmt), n1, k, 0.5f, rng))
         return;
-    if (!pweight_make(&b, fmt, n2, k, rng)) {
-        pweight_free(&a);
+    if (!ctest_qweight_random(&b, fmt, plan_group(fmt), n2, k, 0.5f, rng)) {
+        ctest_qweight_free(&a);
         return;
     }
     if (dyn == 2)
@@ -122,8 +90,8 @@ static void plan_case(dsv3_format fmt, int64_t m, int xbf, int dyn, dsv3_isa isa
     }
 done:
     free(x); free(ref); free(y); free(bias); free(xb); free(mem);
-    pweight_free(&a);
-    pweight_free(&b);
+    ctest_qweight_free(&a);
+    ctest_qweight_free(&b);
 }
 
 void test_linear_plan(void)
