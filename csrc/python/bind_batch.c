@@ -6,8 +6,9 @@
  *   release(slot), truncate(slot, length), length(slot), copy_prefix(src, dst, n); slots, capacity.
  * sample_rows(logits float32 [R, V], params float64 [R, 5] (temperature, top_k, top_p, min_p,
  *             repetition_penalty), seen int64 [*], seen_off int64 [R + 1], rngs int64 [R] (uint64
- *             states, bit-cast), n_top) -> (tokens int64 [R], logprobs float32 [R],
- *             top_ids int64 [R, n_top], top_logprobs float32 [R, n_top]); rngs advanced in place.
+ *             states, bit-cast), n_top[, want_logprobs=1]) -> (tokens int64 [R], logprobs float32 [R]
+ *             (NaN when not wanted: no log-softmax), top_ids int64 [R, n_top], top_logprobs float32
+ *             [R, n_top]); rngs advanced in place.
  */
 #include <math.h>
 #include "bind.h"
@@ -316,7 +317,7 @@ static PyObject *py_sample_rows(PyObject *self, PyObject *args)
 PyMethodDef dsv3_batch_methods[] = {
     {"sample_rows", py_sample_rows, METH_VARARGS,
      "sample_rows(logits f32 [R, V], params f64 [R, 5], seen i64, seen_off i64 [R+1], rngs i64 [R] (advanced in "
-     "place), n_top, want_logprobs=True) -> (tokens, logprobs (NaN unless wanted), top_ids, top_logprobs)"},
+     "place), n_top[, want_logprobs=True]) -> (tokens, logprobs (NaN unless wanted), top_ids, top_logprobs)"},
     {NULL, NULL, 0, NULL},
 };
 
