@@ -8,9 +8,12 @@
  * of dsv3_mtp_forward (dsv3_mtp.h): row j of a sequence is position p = length(slot) + j, with the token
  * t_{p+1} in ids and the main model's hidden state h_p (or a chained step's g) in hidden_in.
  *
- * This first version runs the sequences of a step one after another (each exactly as dsv3_mtp_forward
- * runs it alone, so a sequence's drafts never depend on the rest of the batch); the main model's
- * verification of every sequence's drafts is one ragged step (dsv3_batch.h, DSV3_BATCH_VERIFY). */
+ * One call runs the layer over every sequence of a step as dsv3_batch_forward runs the main layers: eh_proj,
+ * norms, the attention projections, MoE / MLP and the head over all the step's rows at once (the layer's
+ * weights read once for all sequences), the attention core of each sequence over its slot's cache in the
+ * form it would take alone; a sequence's rows are bitwise those of dsv3_mtp_forward on it alone under the
+ * same condition as dsv3_batch.h's (dsv3_linear's kernel not changing with the row count). The main
+ * model's verification of every sequence's drafts is one ragged step (dsv3_batch.h, DSV3_BATCH_VERIFY). */
 #ifndef DSV3_BATCH_MTP_H
 #define DSV3_BATCH_MTP_H
 

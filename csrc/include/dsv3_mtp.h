@@ -41,13 +41,6 @@ dsv3_status dsv3_model_truncate(dsv3_model *m, int64_t length, dsv3_error *err);
 dsv3_status dsv3_mtp_forward(dsv3_model *m, const int64_t *ids, const float *hidden_in, int64_t s, float *logits,
                              dsv3_logits_mode which, float *hidden_out, int isa, dsv3_error *err);
 
-/* dsv3_mtp_forward over a caller's latent cache instead of the layer's own (the batched engine's per-slot
- * MTP caches, dsv3_batch_mtp.h): cache holds `capacity` rows in dsv3_model_kv_layout(m), rows [0, start)
- * are read and [start, start + s) written. The model's own MTP cache and its length are untouched. */
-dsv3_status dsv3_mtp_forward_at(dsv3_model *m, void *cache, int64_t start, int64_t capacity, const int64_t *ids,
-                                const float *hidden_in, int64_t s, float *logits, dsv3_logits_mode which,
-                                float *hidden_out, int isa, dsv3_error *err);
-
 /* Keep the first `length` (<= its cache length) positions of the MTP layer's cache. */
 dsv3_status dsv3_mtp_truncate(dsv3_model *m, int64_t length, dsv3_error *err);
 

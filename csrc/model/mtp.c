@@ -31,12 +31,12 @@ dsv3_status dsv3_model_attention_per_token(dsv3_model *m, dsv3_layer *ly, const 
     return st;
 }
 
-static dsv3_status mtp_pinned(dsv3_model *m, const int64_t *ids, const float *hin, int64_t s, int64_t start,
-                              float *logits, dsv3_logits_mode which, float *hout, int isa, dsv3_error *err)
+static dsv3_status mtp_pinned(dsv3_model *m, const int64_t *ids, const float *hin, int64_t s, float *logits,
+                              dsv3_logits_mode which, float *hout, int isa, dsv3_error *err)
 {
     dsv3_mtp *t = m->mtp;
     const dsv3_model_config *c = &m->cfg;
-    const int64_t D = c->hidden_size;
+    const int64_t D = c->hidden_size, start = t->cache_len;
     const float eps = c->rms_norm_eps;
     dsv3_status st = dsv3_model_reserve(m, s, start + s, err);
     if (st != DSV3_OK)
@@ -63,9 +63,8 @@ static dsv3_status mtp_pinned(dsv3_model *m, const int64_t *ids, const float *hi
     return dsv3_linear(normed + (first - from) * D, s - first, head, NULL, logits, isa, err);
 }
 
-dsv3_status dsv3_mtp_forward_at(dsv3_model *m, void *cache, int64_t start, int64_t capacity, const int64_t *ids,
-                                const float *hidden_in, int64_t s, float *logits, dsv3_logits_mode which,
-                                float *hidden_out, int isa, dsv3_error *err)
+dsv3_status dsv3_mtp_forward(dsv3_model *m, const int64_t *ids, const float *hidden_in, int64_t s, float *logits,
+                             dsv3_logits_mode which, float *hidden_out, int isa, dsv3_error *err)
 {
     if (!m->prepared)
         return dsv3_fail(err, DSV3_E_VALUE, "model is not prepared (missing weights)");
@@ -76,35 +75,18 @@ dsv3_status dsv3_mtp_forward_at(dsv3_model *m, void *cache, int64_t start, int64
         return dsv3_fail(err, DSV3_E_VALUE, "MTP forward needs at least one token");
     if ((unsigned)which > DSV3_LOGITS_ALL)
         return dsv3_fail(err, DSV3_E_VALUE, "MTP forward: unknown logits mode %d (all, last or none)", (int)which);
-    if ((which != DSV3_LOGITS_NONE && !logits) || !hidden_in || !cache)
-        return dsv3_fail(err, DSV3_E_VALUE, "MTP forward: %s is NULL",
-                         !cache ? "the cache" : hidden_in ? "logits" : "hidden_in");
-    if (start < 0 || s > capacity - start)
+    if ((which != DSV3_LOGITS_NONE && !logits) || !hidden_in)
+        return dsv3_fail(err, DSV3_E_VALUE, "MTP forward: %s is NULL", hidden_in ? "logits" : "hidden_in");
+    if (s > m->capacity - t->cache_len)
         return dsv3_fail(err, DSV3_E_VALUE, "%lld tokens do not fit in the MTP layer's cache: %lld of %lld positions "
-                         "used (max_seq_len)", (long long)s, (long long)start, (long long)capacity);
+                         "used (max_seq_len)", (long long)s, (long long)t->cache_len, (long long)m->capacity);
     for (int64_t i = 0; i < s; i++)
         if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size)
             return dsv3_fail(err, DSV3_E_VALUE, "token id %lld at position %lld is out of range [0, %lld)",
                              (long long)ids[i], (long long)i, (long long)m->cfg.vocab_size);
-    void *own = t->layer.cache;
-    const int64_t rows = t->layer.cache_rows;
-    t->layer.cache = cache; /* the decoder block reads and writes its layer's cache */
     const dsv3_model_call scope = dsv3_model_call_begin(m);
-    dsv3_status st = mtp_pinned(m, ids, hidden_in, s, start, logits, which, hidden_out, isa, err);
+    dsv3_status st = mtp_pinned(m, ids, hidden_in, s, logits, which, hidden_out, isa, err);
     dsv3_model_call_end(scope);
-    t->layer.cache = own;
-    t->layer.cache_rows = rows;
-    return st;
-}
-
-dsv3_status dsv3_mtp_forward(dsv3_model *m, const int64_t *ids, const float *hidden_in, int64_t s, float *logits,
-                             dsv3_logits_mode which, float *hidden_out, int isa, dsv3_error *err)
-{
-    if (!m->mtp)
-        return dsv3_fail(err, DSV3_E_VALUE, "the model has no MTP layer (load it with mtp=True)");
-    dsv3_mtp *t = m->mtp;
-    dsv3_status st = dsv3_mtp_forward_at(m, t->layer.cache, t->cache_len, m->capacity, ids, hidden_in, s, logits,
-                                         which, hidden_out, isa, err);
     if (st == DSV3_OK)
         t->cache_len += s;
     t->layer.cache_rows = t->cache_len; /* a failed step leaves the cache as it was */
