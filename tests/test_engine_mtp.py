@@ -120,13 +120,14 @@ def test_batch_mtp_slots_equal_the_models_mtp_layer():
         Engine(m, speculative="eagle")
 
 
-@pytest.mark.parametrize("damp", [0.0, 0.4, None])
-def test_engine_greedy_speculative_equals_plain(damp):
+@pytest.mark.parametrize("damp,kw", [(0.0, {}), (0.4, {}), (None, {}), (0.4, {"attention": "naive"}),
+                                     (0.4, {"kv_cache_dtype": "bf16"})])
+def test_engine_greedy_speculative_equals_plain(damp, kw):
     """Greedy: the speculative engine's tokens are plain decoding's (Model.generate and the engine without
     speculation), bit for bit, for several draft lengths, prompts joining as others leave, at every acceptance
-    level; its acceptance counts are Model.generate's (the same drafts); and a sequence running into
-    max_seq_len stops where plain decoding does."""
-    m, ncfg = _tiny(damp)
+    level, naive attention and a bf16 latent cache too; its acceptance counts are Model.generate's (the same
+    drafts); and a sequence running into max_seq_len stops where plain decoding does."""
+    m, ncfg = _tiny(damp, **kw)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, ncfg["vocab_size"], n) for n in (5, 1, 12, 3, 9)]
     news = [20, 11, 16, 1, 25]
