@@ -26,6 +26,7 @@ sequence never depend on the other sequences. ``num_draft`` is each sequence's o
 import numpy as np
 
 from ._native import lib
+from .model import _native_config
 from .speculative import SpeculativeStats, _rows, accept
 
 __all__ = ["MTPSpeculator"]
@@ -58,6 +59,10 @@ class MTPSpeculator:
         self.engine = engine
         self.num_draft = int(num_draft)
         self.mtp = lib.BatchMTP(model._native, engine.batch.slots, engine.max_seq_len)
+        # one more latent row per token and slot (the MTP layer's), counted in the engine's cache bytes
+        # (kv_budget_bytes sized the slots for the main layers only)
+        engine.kv_cache_bytes += engine.batch.slots * engine.max_seq_len * (
+            model.cache_bytes_per_token // _native_config(model.config)["num_hidden_layers"])
         self.stats = SpeculativeStats()
         engine.max_step_tokens = max(engine.max_step_tokens, engine.batch.slots * (self.num_draft + 1))
 

@@ -114,6 +114,8 @@ def test_batch_mtp_slots_equal_the_models_mtp_layer():
         dsv3._lib.BatchMTP(plain._native, 2, 8)
     with pytest.raises(ValueError, match="mtp=True"):
         Engine(plain, speculative="mtp")
+    L = ncfg["num_hidden_layers"]  # the MTP caches count in the engine's cache bytes: one more layer
+    assert Engine(m, max_batch=2, speculative="mtp").kv_cache_bytes * L == Engine(m, max_batch=2).kv_cache_bytes * (L + 1)
     with pytest.raises(ValueError, match="num_draft"):
         Engine(m, speculative="mtp", num_draft=0)
     with pytest.raises(ValueError, match="speculative"):
