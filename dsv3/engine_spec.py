@@ -18,8 +18,10 @@ sequences together:
 
 Prefill chunks ask for the logits and hidden states of every row (the MTP layer needs the main model's
 hidden state at each prompt position), so a speculative engine's prefill also runs the head over every
-prompt token. The MTP forward runs per sequence inside one C call (dsv3_batch_mtp.h); its results for a
-sequence never depend on the other sequences. ``num_draft`` is each sequence's own: a sequence drafts
+prompt token. The MTP forward of a step is one ragged C call like the main model's (dsv3_batch_mtp.h: the
+layer's weights read once for all sequences, each sequence's attention over its own slot), so a sequence's
+drafts do not depend on the other sequences (bitwise where the batched step's are). ``num_draft`` is each
+sequence's own: a sequence drafts
 ``min(num_draft, room left in its slot - 1, tokens left to generate - 1)`` tokens whatever the batch holds
 (the engine's step budget is raised to fit every slot's verification chunk).
 """
