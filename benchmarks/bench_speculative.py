@@ -15,6 +15,12 @@ gives tokens/s ratios (speculative / plain) as the median over interleaved repet
 
     PYTHONPATH=$PWD python benchmarks/bench_speculative.py            # ~3 minutes on 2 cores
     PYTHONPATH=$PWD python benchmarks/bench_speculative.py --quick
+
+``--engine``: the batched engine instead (dsv3.engine.Engine, speculative="mtp" vs none) with 1 and 4
+sequences decoding together: decode tokens/s of each (all sequences' new tokens over the wall time of
+Engine.generate, prefill included) and the ratio, same models, greedy outputs checked equal first.
+
+    PYTHONPATH=$PWD python benchmarks/bench_speculative.py --engine --num-draft 2
 """
 import argparse
 import json
@@ -59,11 +65,55 @@ def timed(fn):
     return time.perf_counter() - t, out
 
 
+def engine_bench(models, vocab, new, reps, k, json_path):
+    """Engine tokens/s with and without speculation at 1 and 4 sequences (interleaved repetitions)."""
+    from dsv3.engine import Engine
+    prompts = [np.random.default_rng(10 + i).integers(0, vocab, 16) for i in range(4)]
+    engines = {(name, spec): Engine(m, max_batch=4, max_seq_len=256, **({"speculative": "mtp", "num_draft": k}
+                                                                         if spec else {}))
+               for name, m in models.items() for spec in (False, True)}
+    for name, m in models.items():  # warm up, check tokens (bf16 weights: bitwise only while a step's rows stay
+        ref = [m.generate(p, new) for p in prompts]  # under the linear's GEMM threshold, dsv3_batch.h)
+        outs = [[o.token_ids for o in engines[(name, spec)].generate(prompts, max_new_tokens=new)]
+                for spec in (False, True)]
+        for spec in (False, True):
+            if not all(np.array_equal(r, o) for r, o in zip(outs[0] if spec else ref, outs[spec])):
+                print(f"note: {name}: {'speculative vs plain engine' if spec else 'engine vs generate'} tokens differ")
+    times = {(name, spec, n): [] for name in models for spec in (False, True) for n in (1, 4)}
+    acc = {}
+    for _ in range(reps):
+        for name in models:
+            for n in (1, 4):
+                for spec in (False, True):
+                    e = engines[(name, spec)]
+                    before = (e.speculative_stats.drafted, e.speculative_stats.accepted) if spec else None
+                    times[(name, spec, n)].append(timed(lambda: e.generate(prompts[:n], max_new_tokens=new))[0])
+                    if spec:
+                        d = e.speculative_stats.drafted - before[0]
+                        acc[(name, n)] = (e.speculative_stats.accepted - before[1]) / d if d else 0.0
+    print(f"engine, num_draft {k}: {new} new tokens per sequence (prompts of 16), {reps} interleaved reps, "
+          f"{dsv3.cpu_info()['isa']}, {dsv3.cpu_info()['num_threads']} threads")
+    print(f"{'MTP layer':10} {'seqs':>4} {'acceptance':>10} {'plain tok/s':>11} {'spec tok/s':>10} {'ratio':>6}")
+    rows = []
+    for name in models:
+        for n in (1, 4):
+            tp = n * new / float(np.median(times[(name, False, n)]))
+            ts = n * new / float(np.median(times[(name, True, n)]))
+            ratio = float(np.median(np.array(times[(name, False, n)]) / np.array(times[(name, True, n)])))
+            rows.append({"mtp": name, "seqs": n, "k": k, "acceptance": acc[(name, n)], "plain_tok_s": tp,
+                         "spec_tok_s": ts, "speedup": ratio})
+            print(f"{name:10} {n:>4} {acc[(name, n)]:>10.2f} {tp:>11.1f} {ts:>10.1f} {ratio:>5.2f}x")
+    with open(json_path, "w") as f:
+        json.dump({"engine": True, "num_draft": k, "new_tokens": new, "rows": rows}, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", default="bench_speculative.json")
+    ap.add_argument("--engine", action="store_true", help="the batched engine at 1 and 4 sequences instead")
+    ap.add_argument("--num-draft", type=int, default=2, help="draft tokens per round with --engine (default 2)")
     a = ap.parse_args()
     layers, vocab, hidden, new = (2, 4000, 512, 24) if a.quick else (4, 16000, 1024, 48)
     cfg = bench_config(layers, vocab, hidden)
@@ -75,6 +125,8 @@ def main():
     rand = {k: v for k, v in agreeing_mtp(main_t, layers, 0.3).items() if not k.startswith(f"model.layers.{layers}.")}
     rand.update(random_tensors([e for e in mtp_shapes(cfg) if "shared_head.head" not in e[0]], 1))
     models["random"] = dsv3.Model.from_tensors(cfg, rand, dtype="bfloat16", mtp=True, max_seq_len=256)
+    if a.engine:
+        return engine_bench(models, vocab, new, a.reps, a.num_draft, a.json)
     prompt = np.random.default_rng(2).integers(0, vocab, 16)
     ks = (1, 2, 3)
     times = {(m, k): [] for m in models for k in (0,) + ks}

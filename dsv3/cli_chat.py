@@ -1,5 +1,6 @@
 """`dsv3 chat CHECKPOINT`: an interactive chat in the terminal. Each reply streams token by token and
-ends with its speed; /reset forgets the conversation, /quit (or end of input) leaves."""
+ends with its speed; /reset forgets the conversation, /quit (or end of input) leaves. ``--speculative mtp``
+drafts tokens with the checkpoint's MTP layer (:mod:`dsv3.speculative`) and also shows the acceptance rate."""
 import sys
 import time
 
@@ -16,16 +17,23 @@ def add_arguments(parser):
     parser.add_argument("--max-seq-len", type=int, default=4096, help="conversation length in tokens (default 4096)")
     parser.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="f32",
                         help="latent KV cache storage: f32 (default), bf16 (half) or fp8 (about a quarter)")
+    parser.add_argument("--speculative", choices=("mtp",),
+                        help="speculative decoding: 'mtp' drafts with the checkpoint's MTP layer (a checkpoint "
+                             "converted with --keep-mtp, or the hub layout); greedy replies are unchanged")
+    parser.add_argument("--num-draft", type=int, default=2, help="draft tokens per step with --speculative (default 2)")
 
 
-def chat(model, system=None, max_new_tokens=256, temperature=0.7, top_p=0.95, seed=None, stdin=None, stdout=None):
-    """Run the chat loop over ``stdin``/``stdout`` until /quit or end of input; returns the turns taken."""
+def chat(model, system=None, max_new_tokens=256, temperature=0.7, top_p=0.95, seed=None, stdin=None, stdout=None,
+         speculative=None, num_draft=2):
+    """Run the chat loop over ``stdin``/``stdout`` until /quit or end of input; returns the turns taken.
+    speculative, num_draft: as ``Model.generate`` (each reply then also reports the draft acceptance rate)."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     tok = model.tokenizer
     if tok is None or not tok.chat_template:
         raise ValueError("the checkpoint has no tokenizer with a chat template (tokenizer.json, tokenizer_config.json)")
     base = [{"role": "system", "content": system}] if system else []
     history, turns = list(base), 0
+    spec = {} if speculative is None else {"speculative": speculative, "num_draft": num_draft}
     interactive = stdin.isatty() if hasattr(stdin, "isatty") else False
     stdout.write("dsv3 chat: /reset forgets the conversation, /quit leaves\n")
     while True:
@@ -47,7 +55,8 @@ def chat(model, system=None, max_new_tokens=256, temperature=0.7, top_p=0.95, se
         history.append({"role": "user", "content": line})
         try:
             stream = model.generate(history, max_new_tokens, do_sample=temperature > 0, temperature=temperature or None,
-                                    top_p=top_p, seed=None if seed is None else seed + turns, stream=True)
+                                    top_p=top_p, seed=None if seed is None else seed + turns, stream=True,
+                                    **spec)
             t0, n, reply, first = time.perf_counter(), 0, [], None
             for chunk in stream:
                 if first is None:
@@ -62,14 +71,32 @@ def chat(model, system=None, max_new_tokens=256, temperature=0.7, top_p=0.95, se
             continue
         dt = time.perf_counter() - t0
         rate = (n - 1) / (dt - first) if n > 1 and dt > first else float("nan")
-        stdout.write(f"\n[{n} tokens, {rate:.1f} tokens/s, first token {first * 1000:.0f} ms]\n")
+        extra = ""
+        if speculative is not None:
+            st = model.speculative_stats
+            extra = f", {st.acceptance_rate:.0%} of drafts accepted, {st.tokens_per_round:.2f} tokens per step"
+        stdout.write(f"\n[{n} tokens, {rate:.1f} tokens/s, first token {first * 1000:.0f} ms{extra}]\n")
         history.append({"role": "assistant", "content": "".join(reply)})
         turns += 1
     return turns
 
 
 def run(args):
+    from .checkpoint import CheckpointError
     from .model import Model
-    model = Model.from_pretrained(args.checkpoint, max_seq_len=args.max_seq_len, kv_cache_dtype=args.kv_cache_dtype)
-    chat(model, args.system, args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    if args.speculative and args.num_draft < 1:
+        print(f"dsv3 chat: --num-draft must be >= 1, got {args.num_draft}", file=sys.stderr)
+        return 2
+    try:
+        model = Model.from_pretrained(args.checkpoint, max_seq_len=args.max_seq_len,
+                                      kv_cache_dtype=args.kv_cache_dtype, mtp=args.speculative == "mtp")
+    except CheckpointError as e:
+        if args.speculative and "no MTP layer" in str(e):
+            print(f"dsv3 chat: --speculative mtp needs the checkpoint's MTP layer, and {args.checkpoint} has none "
+                  "(convert the original checkpoint with `dsv3 convert --keep-mtp`, or run without --speculative)",
+                  file=sys.stderr)
+            return 1
+        raise
+    chat(model, args.system, args.max_new_tokens, args.temperature, args.top_p, args.seed,
+         speculative=args.speculative, num_draft=args.num_draft)
     return 0

@@ -18,6 +18,10 @@ shares more with a sequence still prefilling waits for those rows rather than co
 copied rows were computed in another step (perhaps in the other attention form, absorbed vs expanded), so
 results then equal the uncached ones within f32 rounding rather than bitwise; off by default.
 
+With ``speculative="mtp"`` (a model loaded with ``mtp=True``) each decoding sequence drafts ``num_draft``
+tokens with DeepSeek's MTP layer and the step verifies them (:mod:`dsv3.engine_spec`); ``speculative_stats``
+counts rounds, drafted and accepted tokens.
+
 The engine is not thread-safe: one thread calls submit/cancel/step (the server's scheduler thread).
 """
 import collections
@@ -70,10 +74,12 @@ class Engine:
     running sequences keep decoding meanwhile). max_step_tokens: tokens per step over all sequences.
     prefix_cache: reuse cached prompt prefixes across requests (module docstring); ``prefix_hit_tokens``
     counts the prompt tokens so taken.
+    speculative, num_draft: as ``Model.generate`` (``"mtp"``: speculative decoding with the MTP layer,
+    :mod:`dsv3.engine_spec`; greedy output unchanged bit for bit).
     """
 
     def __init__(self, model, max_batch=8, max_seq_len=None, kv_budget_bytes=None, prefill_chunk=256,
-                 max_step_tokens=1024, tokenizer=None, prefix_cache=False):
+                 max_step_tokens=1024, tokenizer=None, prefix_cache=False, speculative=None, num_draft=2):
         cfg = _native_config(model.config)
         cap = int(max_seq_len or model.max_seq_len)
         if cap < 1:
@@ -106,6 +112,15 @@ class Engine:
         self.running = []
         self.steps = 0
         self.cancelled = 0  # requests cancelled before they finished
+        self.spec = None
+        if speculative is not None:
+            from .engine_spec import MTPSpeculator
+            self.spec = MTPSpeculator(self, speculative, num_draft)
+
+    @property
+    def speculative_stats(self):
+        """:class:`dsv3.speculative.SpeculativeStats` over every sequence (None without speculation)."""
+        return self.spec.stats if self.spec is not None else None
 
     @property
     def kv_cache_dtype(self):
@@ -173,6 +188,8 @@ class Engine:
                 n = self._common(toks, prompt) if min(len(toks), len(prompt) - 1) > hit else 0
                 if n > hit:
                     src, hit = slot, n
+        if self.spec is not None:  # the slot's MTP cache must cover the same prefix
+            hit = self.spec.prefix_hit(src, hit)
         dst = src if src in self.free else self.free[0]
         self.free.remove(dst)
         if hit:
@@ -181,6 +198,8 @@ class Engine:
         else:
             self.batch.release(dst)
             self.slot_tokens[dst] = []
+        if self.spec is not None:
+            self.spec.admit(src, dst, hit)
         req.slot, req.fed, req.cached_tokens = dst, hit, hit
         self.prefix_hit_tokens += hit
         self.running.append(req)
@@ -215,6 +234,8 @@ class Engine:
             self._admit(self.waiting.popleft())
         if not self.running:
             return []
+        if self.spec is not None:
+            return self.spec.step()
         budget = self.max_step_tokens
         plan, ids = [], []
         for req in self.running:  # decode tokens first: they are cheap and keep latency low

@@ -163,8 +163,13 @@ def create_app(engine, model_name="dsv3", scheduler=None):
     @app.get("/health")
     async def health():
         eng = sched.engine
-        return {"status": "ok" if sched._thread.is_alive() else "stopped", "running": len(eng.running),
-                "waiting": len(eng.waiting), "free_slots": len(eng.free), "steps": sched.steps}
+        out = {"status": "ok" if sched._thread.is_alive() else "stopped", "running": len(eng.running),
+               "waiting": len(eng.waiting), "free_slots": len(eng.free), "steps": sched.steps}
+        spec = getattr(eng, "speculative_stats", None)
+        if spec is not None:  # Engine(speculative="mtp"): drafts so far
+            out["speculative"] = {"rounds": spec.rounds, "drafted": spec.drafted, "accepted": spec.accepted,
+                                  "acceptance_rate": spec.acceptance_rate}
+        return out
 
     @app.get("/v1/models")
     async def models():
@@ -313,11 +318,12 @@ def create_app(engine, model_name="dsv3", scheduler=None):
 
 
 def serve(path, host="127.0.0.1", port=8000, max_batch=8, max_seq_len=4096, model_name=None, dtype=None,
-          log_level="info", sock=None, ready=None, kv_cache_dtype="f32", prefix_cache=False):
+          log_level="info", sock=None, ready=None, kv_cache_dtype="f32", prefix_cache=False, speculative=None,
+          num_draft=2):
     """Load the checkpoint at ``path`` and serve it until interrupted. ``sock``: an already bound socket
     (tests bind port 0); ``ready``: a threading.Event set once the server accepts connections;
-    kv_cache_dtype: "f32", "bf16" or "fp8" (:meth:`dsv3.Model.from_tensors`); ``prefix_cache``: the
-    engine's (dsv3.engine.Engine)."""
+    kv_cache_dtype: "f32", "bf16" or "fp8" (:meth:`dsv3.Model.from_tensors`); ``prefix_cache``,
+    ``speculative``, ``num_draft``: the engine's (dsv3.engine.Engine; "mtp" loads the checkpoint's MTP layer)."""
     import os
 
     import uvicorn
@@ -325,8 +331,10 @@ def serve(path, host="127.0.0.1", port=8000, max_batch=8, max_seq_len=4096, mode
     from .engine import Engine
     from .model import Model
 
-    model = Model.from_pretrained(path, dtype=dtype, max_seq_len=max_seq_len, kv_cache_dtype=kv_cache_dtype)
-    engine = Engine(model, max_batch=max_batch, max_seq_len=max_seq_len, prefix_cache=prefix_cache)
+    model = Model.from_pretrained(path, dtype=dtype, max_seq_len=max_seq_len, kv_cache_dtype=kv_cache_dtype,
+                                  mtp=speculative == "mtp")
+    engine = Engine(model, max_batch=max_batch, max_seq_len=max_seq_len, prefix_cache=prefix_cache,
+                    speculative=speculative, num_draft=num_draft)
     name = model_name or os.path.basename(os.path.normpath(path))
     app = create_app(engine, name)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ._native import lib
 
-__all__ = ["SpeculativeStats", "speculative_chunks"]
+__all__ = ["SpeculativeStats", "speculative_chunks", "accept"]
 
 
 @dataclass
@@ -125,22 +125,29 @@ def _round(model, state, pending, draft_logits, ghost, k, stats):
     drafts, qrows = _draft(model, state, draft_logits, ghost, k)
     logits, hid = model.forward(np.array([pending] + drafts, np.int64), logits="all", hidden=True,
                                 step_attention=True)
-    greedy = state.params.temperature <= 0
-    if greedy:
-        toks, lps, tops = _rows(state, logits, [drafts[:j] for j in range(k + 1)])
-        a = 0
-        while a < k and drafts[a] == toks[a]:
-            a += 1
-        new = [(toks[j], lps[j], tops[j]) for j in range(a + 1)]
-    else:
-        new = _accept_sampled(state, logits, drafts, qrows)
-        a = len(new) - 1
+    new = accept(state, logits, drafts, qrows)
+    a = len(new) - 1
     stats.rounds += 1
     stats.drafted += k
     stats.accepted += a
     model.truncate(L + a + 1)
     model.mtp_truncate(Lm)
     return new, hid[:a + 1]
+
+
+def accept(state, logits, drafts, qrows):
+    """The tokens one verification gives: [(token, logprob, top)] for the accepted drafts, then the one the
+    main model adds (step 3 of the module docstring). logits: the verification rows [k + 1, vocab] of
+    [pending, d_1..d_k]; qrows: the draft distributions' logits rows (used when sampling). Advances the
+    state's rng as plain decoding's sampler would for greedy, by the acceptance rule's draws otherwise."""
+    k = len(drafts)
+    if state.params.temperature <= 0:
+        toks, lps, tops = _rows(state, logits, [drafts[:j] for j in range(k + 1)])
+        a = 0
+        while a < k and drafts[a] == toks[a]:
+            a += 1
+        return [(toks[j], lps[j], tops[j]) for j in range(a + 1)]
+    return _accept_sampled(state, logits, drafts, qrows)
 
 
 def _accept_sampled(state, logits, drafts, qrows):

@@ -25,8 +25,13 @@
 typedef struct {
     int64_t slot;    /* in [0, slots) */
     int64_t n;       /* new tokens (>= 1), appended at the slot's length */
-    int64_t logits;  /* dsv3_logits_mode: output rows for none / the last / every new token */
+    int64_t logits;  /* dsv3_logits_mode: output rows for none / the last / every new token; or DSV3_BATCH_VERIFY */
 } dsv3_batch_seq;
+
+/* logits mode of a speculative verification chunk (dsv3_batch_mtp.h): output rows for every new token, and
+ * each token's attention core runs as the one-token decode step at its position computes it (as
+ * dsv3_model_forward_hidden's step_attention), so row j is bitwise the logits decoding would give there. */
+#define DSV3_BATCH_VERIFY 3
 
 typedef struct dsv3_batch dsv3_batch;
 

@@ -19,7 +19,8 @@ struct dsv3_batch {
     int64_t *rows;      /* owned: [tokens] output row selection scratch, grown per step */
     int64_t rows_cap;
     float *sel;         /* owned: [rows_cap, hidden] normed hidden states of the output rows */
-    dsv3_mla_seg *segs; /* owned: [slots] the step's sequences for the attention core */
+    dsv3_mla_seg *segs; /* owned: [segs_cap] the step's sequences (a verification chunk: its tokens) */
+    int64_t segs_cap;
 };
 
 dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacity, dsv3_batch **out,
@@ -59,6 +60,7 @@ dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacit
                          "(%.1f MiB)", (long long)slots, (long long)slot_capacity, (double)n / (1 << 20));
     }
     memset(b->len, 0, (size_t)slots * sizeof(int64_t));
+    b->segs_cap = slots;
     *out = b;
     return DSV3_OK;
 }
@@ -119,7 +121,7 @@ int64_t dsv3_batch_out_rows(const dsv3_batch_seq *seqs, int64_t nseq)
 {
     int64_t r = 0;
     for (int64_t i = 0; i < nseq; i++)
-        r += seqs[i].logits == DSV3_LOGITS_ALL ? seqs[i].n : seqs[i].logits == DSV3_LOGITS_LAST;
+        r += seqs[i].logits >= DSV3_LOGITS_ALL ? seqs[i].n : seqs[i].logits == DSV3_LOGITS_LAST;
     return r;
 }
 
@@ -149,8 +151,8 @@ static dsv3_status check_step(const dsv3_batch *b, const int64_t *ids, const dsv
                              "batch: sequence %lld (slot %lld): %lld new tokens do not fit (%lld of %lld positions used)",
                              (long long)i, (long long)q->slot, (long long)q->n, (long long)b->len[q->slot],
                              (long long)b->cap);
-        if (q->logits < DSV3_LOGITS_NONE || q->logits > DSV3_LOGITS_ALL)
-            return dsv3_fail(err, DSV3_E_VALUE, "batch: sequence %lld: logits mode %lld is not none/last/all",
+        if (q->logits < DSV3_LOGITS_NONE || q->logits > DSV3_BATCH_VERIFY)
+            return dsv3_fail(err, DSV3_E_VALUE, "batch: sequence %lld: logits mode %lld is not none/last/all/verify",
                              (long long)i, (long long)q->logits);
         t += q->n;
         mr = b->len[q->slot] + q->n > mr ? b->len[q->slot] + q->n : mr;
@@ -196,17 +198,22 @@ static dsv3_status attention_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq
     float *ckv = m->ws.cache; /* [t, row]: kv_a_proj of every token, then copied into each slot's cache */
     if (st == DSV3_OK)
         st = dsv3_linear(x, t, &w->kv_a_proj, d->attention_bias ? w->kv_a_bias.f32 : NULL, ckv, isa, err);
+    int64_t nseg = 0;
     for (int64_t i = 0, off = 0; i < nseq && st == DSV3_OK; off += seqs[i].n, i++) {
         const int64_t n = seqs[i].n, past = b->len[seqs[i].slot];
         uint8_t *cache = slot_cache(b, seqs[i].slot, l);
         dsv3_mla_finish_latent(d, w, ckv + off * row, n, cos_j + off * half, sin_j + off * half);
         dsv3_kv_store_rows(&b->kv, ckv + off * row, n, cache + past * b->kv.row_bytes); /* in the cache's dtype */
-        b->segs[i] = (dsv3_mla_seg){cache, past, n, off};
+        if (seqs[i].logits == DSV3_BATCH_VERIFY) /* token j attends rows [0, past + j] as a decode step */
+            for (int64_t j = 0; j < n; j++)
+                b->segs[nseg++] = (dsv3_mla_seg){cache, past + j, 1, off + j};
+        else
+            b->segs[nseg++] = (dsv3_mla_seg){cache, past, n, off};
     }
     /* each sequence in the form it would take alone; the absorbed ones (decode) in one call that reads
      * W_UK / W_UV once for all of them */
     if (st == DSV3_OK)
-        st = dsv3_mla_attend_many(d, w, m->attn_mode, ws->q, b->segs, nseq, ws->attn, ws, isa, err);
+        st = dsv3_mla_attend_many(d, w, m->attn_mode, ws->q, b->segs, nseg, ws->attn, ws, isa, err);
     if (st == DSV3_OK)
         st = dsv3_linear(ws->attn, t, &w->o_proj, d->attention_bias ? w->o_bias.f32 : NULL, out, isa, err);
     return st;
@@ -224,7 +231,7 @@ static dsv3_status layer_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq *se
     return st == DSV3_OK ? dsv3_model_residual_ffn(m, ly, h, t, a, o, isa, err) : st; /* as forward's layer */
 }
 
-/* Indices (into the step's tokens) of the output rows, in order; grows b->rows / b->sel. */
+/* Indices (into the step's tokens) of the output rows, in order; grows b->rows / b->sel (and b->segs). */
 static dsv3_status select_rows(dsv3_batch *b, const dsv3_batch_seq *seqs, int64_t nseq, int64_t r, dsv3_error *err)
 {
     if (r > b->rows_cap) {
@@ -241,8 +248,19 @@ static dsv3_status select_rows(dsv3_batch *b, const dsv3_batch_seq *seqs, int64_
         b->sel = sel;
         b->rows_cap = r;
     }
+    int64_t nseg = 0; /* attention segments: one per sequence, one per token of a verification chunk */
+    for (int64_t i = 0; i < nseq; i++)
+        nseg += seqs[i].logits == DSV3_BATCH_VERIFY ? seqs[i].n : 1;
+    if (nseg > b->segs_cap) {
+        dsv3_mla_seg *segs = dsv3_alloc((size_t)nseg * sizeof *segs);
+        if (!segs)
+            return dsv3_fail(err, DSV3_E_NOMEM, "batch: out of memory for %lld attention segments", (long long)nseg);
+        dsv3_free(b->segs);
+        b->segs = segs;
+        b->segs_cap = nseg;
+    }
     for (int64_t i = 0, off = 0, k = 0; i < nseq; off += seqs[i].n, i++) {
-        if (seqs[i].logits == DSV3_LOGITS_ALL)
+        if (seqs[i].logits >= DSV3_LOGITS_ALL)
             for (int64_t j = 0; j < seqs[i].n; j++)
                 b->rows[k++] = off + j;
         else if (seqs[i].logits == DSV3_LOGITS_LAST)

@@ -49,6 +49,7 @@ extern PyMethodDef dsv3_quant_methods[];
 int dsv3_model_init_types(PyObject *module);
 extern PyMethodDef dsv3_batch_methods[];
 int dsv3_batch_init_types(PyObject *module);
+int dsv3_batch_mtp_init_types(PyObject *module); /* bind_batch_mtp.c */
 /* bind_model.c: the dsv3_model of a dsv3._dsv3.Model, claimed for a GIL-free call (TypeError or
  * RuntimeError "in use" and NULL otherwise); release with dsv3_py_model_release. */
 struct dsv3_model;

@@ -1,7 +1,8 @@
 /* _dsv3 bindings of the batched engine (dsv3_batch) and the row sampler.
  *
  * Batch(model: dsv3._dsv3.Model, slots: int, capacity: int)
- *   forward(ids int64 [T], seqs int64 [n, 3] (slot, new tokens, logits mode 0 none / 1 last / 2 all),
+ *   forward(ids int64 [T], seqs int64 [n, 3] (slot, new tokens, logits mode 0 none / 1 last / 2 all /
+ *           3 verify: all, each token's attention as its decode step, dsv3_batch.h),
  *           hidden=False, isa=None) -> logits float32 [R, vocab] (, hidden float32 [R, hidden_size])
  *   release(slot), truncate(slot, length), length(slot), copy_prefix(src, dst, n); slots, capacity.
  * sample_rows(logits float32 [R, V], params float64 [R, 5] (temperature, top_k, top_p, min_p,
@@ -93,8 +94,9 @@ static PyObject *Batch_forward(BatchObject *self, PyObject *args, PyObject *kw)
         return PyErr_Format(PyExc_ValueError, "seqs ask for %lld tokens but ids holds %ld", (long long)total,
                             (long)PyArray_DIM(ids, 0));
     for (npy_intp i = 0; i < n; i++)
-        if (sq[i].logits < 0 || sq[i].logits > 2)
-            return PyErr_Format(PyExc_ValueError, "seqs[%ld]: logits mode %lld is not 0 (none), 1 (last) or 2 (all)",
+        if (sq[i].logits < 0 || sq[i].logits > DSV3_BATCH_VERIFY)
+            return PyErr_Format(PyExc_ValueError, "seqs[%ld]: logits mode %lld is not 0 (none), 1 (last), 2 (all) or "
+                                "3 (verify)",
                                 (long)i, (long long)sq[i].logits);
     dsv3_model *m = dsv3_py_model_claim(self->model);
     if (!m)

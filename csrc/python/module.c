@@ -41,7 +41,8 @@ PyMODINIT_FUNC PyInit__dsv3(void)
     for (size_t i = 0; i < sizeof TABLES / sizeof TABLES[0]; i++)
         if (add_table(m, TABLES[i]) < 0)
             goto fail;
-    if (dsv3_model_init_types(m) < 0 || dsv3_quant_init_types(m) < 0 || dsv3_batch_init_types(m) < 0)
+    if (dsv3_model_init_types(m) < 0 || dsv3_quant_init_types(m) < 0 || dsv3_batch_init_types(m) < 0 ||
+        dsv3_batch_mtp_init_types(m) < 0)
         goto fail;
     dsv3_error err = {0};
     dsv3_status s = dsv3_init(&err);

@@ -8,8 +8,10 @@
 
 #include "ctest.h"
 #include "dsv3_batch.h"
+#include "dsv3_batch_mtp.h"
 #include "dsv3_dtypes.h"
 #include "dsv3_model.h"
+#include "dsv3_mtp.h"
 #include "dsv3_quant.h"
 
 enum { MAX_BUFS = 4096, CAP = 16 };
@@ -133,6 +135,8 @@ static int fill_slot(arena *a, const dsv3_tensor_slot *t, int64_t index)
 }
 
 /* Creates a model and fills every non-optional slot (or copies the weights of `like`). */
+static int build_mtp; /* build() also enables the MTP layer (model_batch_mtp) */
+
 static dsv3_model *build(const dsv3_model_config *c, dsv3_attn_mode mode, arena *a, dsv3_model *like)
 {
     dsv3_error err = {0};
@@ -140,6 +144,8 @@ static dsv3_model *build(const dsv3_model_config *c, dsv3_attn_mode mode, arena 
     CHECK_OK(dsv3_model_create(c, CAP, mode, &m, &err), &err);
     if (!m)
         return NULL;
+    if (build_mtp)
+        CHECK_OK(dsv3_model_enable_mtp(m, &err), &err);
     const int64_t count = dsv3_model_slots(m, NULL);
     dsv3_tensor_slot *slots = calloc((size_t)count, sizeof *slots), *src = NULL;
     int ok = slots != NULL;
@@ -334,6 +340,13 @@ static void model_batch(dsv3_model *m, const int64_t *ids, const float *ref, con
     CHECK_FAIL(dsv3_batch_release(b, -1, &err), DSV3_E_VALUE, &err);
     CHECK_OK(dsv3_batch_forward(b, step1, s1, 1, lo, NULL, -1, &err), &err); /* the slot is reused */
     CHECK(memcmp(lo, ref, (size_t)(5 * V) * sizeof(float)) == 0, "%s: reused slot differs", name);
+    /* a verification chunk (speculative decoding): each row as its decode step computes it */
+    const dsv3_batch_seq sv[1] = {{2, 2, DSV3_BATCH_VERIFY}}, bad_mode[1] = {{2, 1, DSV3_BATCH_VERIFY + 1}};
+    CHECK(dsv3_batch_out_rows(sv, 1) == 2, "%s: verification out rows", name);
+    CHECK_FAIL(dsv3_batch_forward(b, ids + 5, bad_mode, 1, lo, NULL, -1, &err), DSV3_E_VALUE, &err);
+    CHECK_OK(dsv3_batch_forward(b, ids + 5, sv, 1, lo, hid, -1, &err), &err);
+    CHECK(memcmp(lo, ref + 5 * V, (size_t)(2 * V) * sizeof(float)) == 0,
+          "%s: verification chunk differs from decode steps", name);
     /* sampling: a tiny temperature is greedy (was inf - inf = NaN), logprobs of the raw logits */
     const float l[4] = {0.3f, 2.5f, -1.0f, 2.4f};
     const dsv3_sampling sp = {1e-40f, 0, 1.f, 0.f, 1.f};
@@ -346,6 +359,70 @@ done:
     dsv3_batch_free(b);
     free(lo);
     free(hid);
+}
+
+/* The batched engine's per-slot MTP caches (csrc/model/batch_mtp.c): each slot's rows are bitwise the
+ * model's own MTP forward of that sequence alone; copy_prefix / truncate; a failed step moves no length. */
+static void model_batch_mtp(const dsv3_model_config *c, const char *name)
+{
+    arena a;
+    a.n = 0;
+    a.rng = 99;
+    build_mtp = 1;
+    dsv3_model *m = build(c, DSV3_ATTN_ABSORBED, &a, NULL);
+    build_mtp = 0;
+    dsv3_error err = {0};
+    dsv3_batch_mtp *b = NULL;
+    const int64_t V = c->vocab_size, D = c->hidden_size, ids[6] = {4, 9, 1, 30, 2, 7};
+    float *h = malloc((size_t)(6 * D) * sizeof(float)), *ref = malloc((size_t)(6 * V) * sizeof(float));
+    float *g = malloc((size_t)(6 * D) * sizeof(float)), *lo = malloc((size_t)(6 * V) * sizeof(float));
+    float *go = malloc((size_t)(6 * D) * sizeof(float));
+    if (m)
+        CHECK_OK(dsv3_batch_mtp_create(m, 2, CAP, &b, &err), &err);
+    if (!m || !b || !h || !ref || !g || !lo || !go) {
+        CHECK(0, "%s: batch MTP setup failed", name);
+        goto done;
+    }
+    ctest_fill(h, 6 * D, 1.f, &a.rng);
+    dsv3_model_reset(m);
+    CHECK_OK(dsv3_mtp_forward(m, ids, h, 4, NULL, DSV3_LOGITS_NONE, NULL, -1, &err), &err);
+    CHECK_OK(dsv3_mtp_forward(m, ids + 4, h + 4 * D, 2, ref, DSV3_LOGITS_ALL, g, -1, &err), &err);
+    const dsv3_batch_seq s1[1] = {{1, 4, DSV3_LOGITS_NONE}}, s2[1] = {{1, 2, DSV3_LOGITS_ALL}};
+    CHECK_OK(dsv3_batch_mtp_forward(b, ids, h, s1, 1, NULL, NULL, -1, &err), &err);
+    CHECK_OK(dsv3_batch_mtp_forward(b, ids + 4, h + 4 * D, s2, 1, lo, go, -1, &err), &err);
+    CHECK(memcmp(lo, ref, (size_t)(2 * V) * sizeof(float)) == 0 && memcmp(go, g, (size_t)(2 * D) * sizeof(float)) == 0,
+          "%s: batch MTP slot differs from the model's MTP layer", name);
+    /* slot 0 takes slot 1's first 4 positions; both run their last 2 again, last rows only (g of the last) */
+    CHECK_OK(dsv3_batch_mtp_copy_prefix(b, 1, 0, 4, &err), &err);
+    CHECK_OK(dsv3_batch_mtp_copy_prefix(b, 1, 1, 4, &err), &err);
+    const int64_t two[4] = {ids[4], ids[5], ids[4], ids[5]};
+    memcpy(go, h + 4 * D, (size_t)(2 * D) * sizeof(float));
+    memcpy(go + 2 * D, h + 4 * D, (size_t)(2 * D) * sizeof(float));
+    const dsv3_batch_seq s3[2] = {{0, 2, DSV3_LOGITS_LAST}, {1, 2, DSV3_LOGITS_LAST}};
+    CHECK_OK(dsv3_batch_mtp_forward(b, two, go, s3, 2, lo, NULL, -1, &err), &err);
+    CHECK(memcmp(lo, ref + V, (size_t)V * sizeof(float)) == 0 && memcmp(lo + V, ref + V, (size_t)V * sizeof(float)) == 0,
+          "%s: batch MTP after copy_prefix / truncate differs", name);
+    CHECK(dsv3_batch_mtp_length(b, 0) == 6 && dsv3_batch_mtp_length(b, 1) == 6 && dsv3_batch_mtp_length(b, 2) == -1,
+          "%s: batch MTP lengths", name);
+    /* errors: a failed sequence after a good one moves no length */
+    const dsv3_batch_seq bad[2] = {{0, 1, DSV3_LOGITS_LAST}, {1, CAP, DSV3_LOGITS_LAST}};
+    const dsv3_batch_seq verify[1] = {{0, 1, DSV3_BATCH_VERIFY}}, dup[2] = {{0, 1, 1}, {0, 1, 1}};
+    CHECK_FAIL(dsv3_batch_mtp_forward(b, ids, h, bad, 2, lo, NULL, -1, &err), DSV3_E_VALUE, &err);
+    CHECK_FAIL(dsv3_batch_mtp_forward(b, ids, h, verify, 1, lo, NULL, -1, &err), DSV3_E_VALUE, &err);
+    CHECK_FAIL(dsv3_batch_mtp_forward(b, ids, h, dup, 2, lo, NULL, -1, &err), DSV3_E_VALUE, &err);
+    CHECK_FAIL(dsv3_batch_mtp_forward(b, ids, h, s3, 1, NULL, NULL, -1, &err), DSV3_E_VALUE, &err);
+    CHECK_FAIL(dsv3_batch_mtp_copy_prefix(b, 0, 1, 7, &err), DSV3_E_VALUE, &err);
+    CHECK(dsv3_batch_mtp_length(b, 0) == 6 && dsv3_batch_mtp_length(b, 1) == 6, "%s: a failed step moved a length",
+          name);
+done:
+    dsv3_batch_mtp_free(b);
+    dsv3_model_free(m);
+    arena_free(&a);
+    free(h);
+    free(ref);
+    free(g);
+    free(lo);
+    free(go);
 }
 
 static void model_case(const dsv3_model_config *c, const char *name)
@@ -487,6 +564,7 @@ void test_model(void)
     dsv3_model_config c;
     base_config(&c, inv);
     model_case(&c, "q_lora+noaux_tc");
+    model_batch_mtp(&c, "q_lora+noaux_tc");
     c.kv_cache_dtype = DSV3_KV_BF16; /* the same checks over a bf16 / fp8 latent cache (ASan-checked reads) */
     model_case(&c, "q_lora+noaux_tc, bf16 cache");
     variant_config(&c, inv);
