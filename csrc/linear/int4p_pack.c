@@ -10,14 +10,17 @@ size_t dsv3_int4_packed_bytes(int64_t n, int64_t k, int group)
     return int4p_code_bytes(n, k) + (size_t)((n + 15) / 16) * (size_t)((k + group - 1) / group) * 16 * sizeof(float);
 }
 
-/* The 8 natural nibbles of row n's columns [8c, 8c + 8) (code 0 past k) as one word, nibble j = column 8c + j. */
-static uint32_t natural_chunk(const dsv3_weight *w, int64_t n, int64_t c)
+/* Natural words (little-endian loads of the stored bytes: nibble j of each 32-bit half = column 8c + j, two's
+ * complement) -> packed words: byte i of each half = nibbles i and i + 4 of that half, each + 8 (v ^ 8 per
+ * nibble). Two chunks per 64-bit word; no shift crosses a 32-bit half. */
+static inline uint64_t pack_words(uint64_t v)
 {
-    const uint8_t *row = (const uint8_t *)w->data + n * (w->k / 2);
-    const int64_t have = w->k / 2 - 4 * c; /* bytes of this chunk inside the row */
-    uint8_t b[4] = {0, 0, 0, 0};
-    memcpy(b, row + 4 * c, (size_t)(have < 4 ? have : 4));
-    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    const uint64_t m16 = 0x0000ffff0000ffffull, m0 = 0x0000000f0000000full;
+    v ^= 0x8888888888888888ull;
+    const uint64_t lo = v & m16, hi = (v >> 16) & m16; /* nibbles 0-3, 4-7 of each chunk */
+    const uint64_t bl = (lo & m0) | (lo & m0 << 4) << 4 | (lo & m0 << 8) << 8 | (lo & m0 << 12) << 12;
+    const uint64_t bh = (hi & m0) | (hi & m0 << 4) << 4 | (hi & m0 << 8) << 8 | (hi & m0 << 12) << 12;
+    return bl | bh << 4;
 }
 
 void dsv3_int4_pack_team(const dsv3_weight *w, void *buf)
@@ -31,13 +34,22 @@ void dsv3_int4_pack_team(const dsv3_weight *w, void *buf)
         uint8_t *out = codes + g * K8 * 64;
         for (int r = 0; r < 16; r++) {
             const int64_t n = 16 * g + r;
-            for (int64_t c = 0; c < K8; c++) {
-                /* two's complement nibble v -> v ^ 8 = code + 8; packed byte i = nibbles i and i + 4 */
-                const uint32_t v = n < N ? natural_chunk(w, n, c) ^ 0x88888888u : 0x88888888u;
-                uint32_t p = 0;
-                for (int i = 0; i < 4; i++)
-                    p |= (((v >> (4 * i)) & 15u) | ((v >> (16 + 4 * i)) & 15u) << 4) << (8 * i);
-                memcpy(out + c * 64 + r * 4, &p, 4);
+            const uint8_t *row = n < N ? (const uint8_t *)w->data + n * (w->k / 2) : NULL;
+            int64_t c = 0;
+            for (; n < N && 4 * c + 8 <= w->k / 2; c += 2) { /* two full chunks */
+                uint64_t v;
+                memcpy(&v, row + 4 * c, 8);
+                v = pack_words(v);
+                memcpy(out + c * 64 + r * 4, &v, 4);
+                memcpy(out + (c + 1) * 64 + r * 4, (const unsigned char *)&v + 4, 4);
+            }
+            for (; c < K8; c++) { /* the partial last chunk (code 0 past K), padding rows */
+                uint8_t b[4] = {0, 0, 0, 0};
+                for (int64_t i = 0; n < N && i < 4 && 4 * c + i < w->k / 2; i++)
+                    b[i] = row[4 * c + i];
+                const uint32_t v = (uint32_t)pack_words((uint64_t)b[0] | (uint64_t)b[1] << 8 | (uint64_t)b[2] << 16 |
+                                                        (uint64_t)b[3] << 24);
+                memcpy(out + c * 64 + r * 4, &v, 4);
             }
             for (int64_t j = 0; j < ngrp; j++)
                 scales[(g * ngrp + j) * 16 + r] = n < N ? src[n * ngrp + j] : 0.0f;

@@ -53,6 +53,9 @@ dsv3_status dsv3_model_pack(dsv3_model *m, const dsv3_tensor_slot *slots, int64_
     unsigned char *buf = dsv3_alloc(total);
     if (!buf)
         return dsv3_fail(err, DSV3_E_NOMEM, "out of memory packing the int4 weights (%zu bytes)", total);
+#ifdef MADV_HUGEPAGE
+    (void)madvise(buf, total, MADV_HUGEPAGE); /* fewer faults while packing, fewer TLB misses while decoding */
+#endif
 #pragma omp parallel num_threads(dsv3_num_threads())
     {
         size_t off = 0;
