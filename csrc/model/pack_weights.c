@@ -21,18 +21,13 @@ static size_t packed_size(const dsv3_tensor_slot *t)
     return (dsv3_weight_packed_bytes(w) + 63) & ~(size_t)63;
 }
 
-/* Hands the whole pages inside [p, p + bytes) back (see above); advisory, errors ignored. */
-static void page_out(const void *p, size_t bytes)
+/* madvise over the whole pages inside [p, p + bytes); advisory, errors ignored. */
+static void advise(const void *p, size_t bytes, int advice)
 {
-#ifdef MADV_PAGEOUT
     const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)p + pg - 1) / pg * pg,
                     b = ((uintptr_t)p + bytes) / pg * pg;
     if (b > a)
-        (void)madvise((void *)a, b - a, MADV_PAGEOUT);
-#else
-    (void)p;
-    (void)bytes;
-#endif
+        (void)madvise((void *)a, b - a, advice);
 }
 
 dsv3_status dsv3_model_pack(dsv3_model *m, const dsv3_tensor_slot *slots, int64_t count, dsv3_error *err)
@@ -54,7 +49,7 @@ dsv3_status dsv3_model_pack(dsv3_model *m, const dsv3_tensor_slot *slots, int64_
     if (!buf)
         return dsv3_fail(err, DSV3_E_NOMEM, "out of memory packing the int4 weights (%zu bytes)", total);
 #ifdef MADV_HUGEPAGE
-    (void)madvise(buf, total, MADV_HUGEPAGE); /* fewer faults while packing, fewer TLB misses while decoding */
+    advise(buf, total, MADV_HUGEPAGE); /* fewer faults while packing, fewer TLB misses while decoding */
 #endif
 #pragma omp parallel num_threads(dsv3_num_threads())
     {
@@ -77,7 +72,9 @@ dsv3_status dsv3_model_pack(dsv3_model *m, const dsv3_tensor_slot *slots, int64_
         size_t db;
         int64_t sr, sc;
         if (dsv3_quant_layout(w->fmt, w->n, w->k, w->group, &db, &sr, &sc, NULL) == DSV3_OK)
-            page_out(w->data, db);
+#ifdef MADV_PAGEOUT
+            advise(w->data, db, MADV_PAGEOUT);
+#endif
     }
     m->packed = buf;
     m->packed_bytes = total;
