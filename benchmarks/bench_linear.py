@@ -71,6 +71,10 @@ VARIANTS = {
     "int8/fast": ("int8", {}, "weight_only", "int8_dot"),
     "int4/fast": ("int4", {"group": 128}, "weight_only", "int8_dot"),
     "int4g32/fast": ("int4", {"group": 32}, "weight_only", "int8_dot"),
+    # the fast mode on the packed int4 layout a model loads in the fast precision (dsv3.quant.packed_native,
+    # csrc/linear/int4p.h); the /fast variants above read the stored layout
+    "int4/fast+packed": ("int4", {"group": 128}, "weight_only", "int8_dot"),
+    "int4g32/fast+packed": ("int4", {"group": 32}, "weight_only", "int8_dot"),
 }
 # The plain bf16/f32 variants measure dsv3.ops.linear with its opt-in oneDNN route
 # (DSV3_LINEAR_ONEDNN=1: f32 M >= 8, bf16 M >= 32); the /own variants run with DSV3_LINEAR_ONEDNN=0,
@@ -341,7 +345,16 @@ def bench_variant(shape_name, variant, w32, args, found, roof, est, notes, out_r
         run_ws = [p if p is not None else c for p, c in zip(packed, copies)]
     elif fmt not in ("f32", "bf16"):
         notes.add("packing cost: dsv3.quant.pack is not in this build")
-    precision = "fast" if variant.endswith("/fast") else "exact"
+    if variant.endswith("+packed"):
+        packer = getattr(sys.modules.get("dsv3.quant"), "packed_native", None)
+        if packer is None:
+            notes.add(f"{variant}: skipped, dsv3.quant.packed_native is not in this build")
+            return
+        t0 = now()
+        run_ws = [packer(copies[0])]
+        t_pack = now() - t0
+        run_ws += [packer(c) for c in copies[1:]]
+    precision = "fast" if variant.endswith(("/fast", "+packed")) else "exact"
     try:
         call_dsv3, impl = dsv3_caller(found, mode, variant in OWN, precision)
     except NotImplementedError as e:

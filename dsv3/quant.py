@@ -18,7 +18,10 @@ as in a checkpoint (all math runs in C, see csrc/include/dsv3_quant.h for the ex
 
 Packing: the kernels read these checkpoint layouts directly (rows of codes stream contiguously; the
 large-M path decodes bf16 tiles on the fly), so :func:`pack` is a zero-cost relabelling with layout
-version ``PACKED_LAYOUT``; a converted checkpoint stores the arrays unchanged.
+version ``PACKED_LAYOUT``; a converted checkpoint stores the arrays unchanged. One exception at load: a
+model loaded in the fast precision repacks its int4 weights once into a kernel layout (16 rows interleaved,
+csrc/linear/int4p.h; ``DSV3_PACK=0`` keeps the stored layout); :func:`packed_native` gives that layout for
+:func:`dsv3.ops.linear`.
 """
 import numpy as np
 import ml_dtypes
@@ -65,6 +68,17 @@ def native_weight(value, precision):
     else:
         return value
     d["act"] = precision
+    return d
+
+
+def packed_native(value):
+    """The binding's weight dict of an int4 :class:`QuantizedTensor` (or its native dict) with its packed
+    kernel layout added (``"packed"``: uint8, csrc/linear/int4p.h) and ``"act": "fast"``: a packed weight runs
+    in the fast precision only (``dsv3.ops.linear(..., precision="fast")``)."""
+    d = value.to_native() if isinstance(value, QuantizedTensor) else dict(value)
+    d.pop("packed", None)
+    d["packed"] = lib.pack_weight(d)
+    d["act"] = "fast"
     return d
 
 

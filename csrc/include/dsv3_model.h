@@ -100,6 +100,9 @@ struct dsv3_model {
     int prepared;
     dsv3_workspace ws;     /* scratch of forward and the probes */
     dsv3_mtp *mtp;         /* owned; NULL unless dsv3_model_enable_mtp */
+    void *packed;          /* owned: the packed kernel layouts of the fast-precision int4 weights (their
+                            * dsv3_weight.packed point here; csrc/model/pack_weights.c), or NULL */
+    size_t packed_bytes;
     int attn_per_token;    /* set during dsv3_model_forward_hidden(step_attention): each token's attention core
                             * runs as its own decode step (csrc/model/mtp.c) */
 };

@@ -78,7 +78,9 @@ typedef enum {
     DSV3_X_BF16_P32 = 9   /* x rounded once to bf16 (RNE) times 2^56 (exact for |x| < 2^71), each full 32-block
                            * in the order of the AVX2 fast fp8 kernel (dot_fp_avx2.c): natural column o at
                            * 16 * (v >> 1) + 2 * e + (v & 1), v = (o & 15) >> 2, e = 4 * (o >> 4) + (o & 3);
-                           * the K tail natural */
+                           * the K tail natural */,
+    DSV3_X_Q8_O8 = 10     /* natural order, no lane arrays; e / e4 compensation for weights + 8 (full 32-blocks:
+                           * packed int4, int4p.h) */
 } dsv3_xlayout;
 
 typedef struct {
@@ -105,6 +107,15 @@ typedef struct {
     /* fast mode, large M (where the ISA's gemm would run): kernel per ISA reading Q8 activations in
      * natural order (DSV3_X_Q8); NULL: the gemm runs */
     dsv3_lin_kernel fast_gemm[DSV3_ISA_COUNT];
+    /* packed layout for the fast mode (dsv3_weight.packed; NULL / 0: the format has none): buffer bytes for
+     * (n, k, group), the packer from the stored layout (team-callable, no barrier), the small-M kernels on it
+     * per ISA, their activation layout and the rows of one work item (the layout's row interleave). The
+     * large-M kernels (gemm, fast_gemm) of such a format read either layout. */
+    size_t (*packed_bytes)(int64_t n, int64_t k, int group);
+    void (*pack_team)(const dsv3_weight *w, void *buf);
+    dsv3_lin_kernel packed_fast[DSV3_ISA_COUNT];
+    unsigned char packed_x;
+    int packed_rows;
 } dsv3_format_traits;
 
 extern const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT];
@@ -130,6 +141,12 @@ dsv3_status dsv3_weight_validate(const dsv3_weight *w, dsv3_error *err);
  * naming its [row, col]; f32/bf16 store it as it is. */
 dsv3_status dsv3_quantize(dsv3_format fmt, const float *w, int64_t n, int64_t k, int group, int ue8m0,
                           void *data, void *scale, float *scale2, dsv3_error *err);
+/* Bytes of w's packed layout (dsv3_format_traits.packed_bytes), 0 when its format has none. */
+size_t dsv3_weight_packed_bytes(const dsv3_weight *w);
+/* Packs w (stored layout) into buf (dsv3_weight_packed_bytes, 64-byte aligned) over a thread team; the caller
+ * then sets w->packed = buf (the kernels read only the packed copy from then on; w->data stays the stored
+ * layout for other readers). A packed weight runs in the fast precision only (dsv3_linear refuses exact). */
+dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, dsv3_error *err);
 /* out f32 [n, k] = code * group_scale, exactly (the kernels' reference). */
 dsv3_status dsv3_dequantize(const dsv3_weight *w, float *out, dsv3_error *err);
 

@@ -5,6 +5,7 @@
  *   - DSV3_X_Q8_EO64 / EO128: each full 64 / 128 block stored as its even then its odd columns (the
  *                    low / high nibbles of the int4 bytes); lanes of 8 columns; offset 8, because the
  *                    int4 kernels feed the nibbles as u8 w ^ 8 = w + 8
+ *   - DSV3_X_Q8_O8   natural order, no lane arrays, offset 8 (packed int4, int4p.h: e / e4 per full 32-block)
  * dl[lane] = d of the lane's block, so that a kernel scales an int32 lane vector with one multiply.
  * The int4 kernels' offset adds off * (sum of the block's codes) to every block dot; they take it out once
  * per output row, in f32, from e[b] = -off * d[b] * (sum of block b's codes) (times the weight scale of
@@ -30,13 +31,14 @@ static q8_geom geom(int layout)
     case DSV3_X_Q8_L4: return (q8_geom){64, 4, 0, 0};
     case DSV3_X_Q8_EO64: return (q8_geom){64, 8, 8, 1};
     case DSV3_X_Q8_EO128: return (q8_geom){128, 8, 8, 1};
+    case DSV3_X_Q8_O8: return (q8_geom){32, 0, 8, 0};
     default: return (q8_geom){1, 0, 0, 0};
     }
 }
 
 int dsv3_act_layout_is_q8(int layout)
 {
-    return layout >= DSV3_X_Q8 && layout <= DSV3_X_Q8_EO128;
+    return (layout >= DSV3_X_Q8 && layout <= DSV3_X_Q8_EO128) || layout == DSV3_X_Q8_O8;
 }
 
 static int64_t up64(int64_t b) { return (b + 63) / 64 * 64; }
@@ -129,7 +131,7 @@ void dsv3_act_q8_fill_team(const float *x, int64_t m, int64_t k, int layout, int
                 continue;
             for (int64_t o = 0; o < g.blk; o++) /* natural column o -> its place in the block */
                 qr[j + (g.eo ? (o & 1) * (g.blk / 2) + (o >> 1) : o)] = tmp[o];
-            for (int64_t l = 0; l < g.blk / g.lane; l++)
+            for (int64_t l = 0; g.lane && l < g.blk / g.lane; l++)
                 dl[r * z.lanes + (j + l * g.lane) / g.lane] = d[r * nb + (j + l * g.lane) / DSV3_Q8_BLOCK];
             for (int64_t o = 0; o < g.blk && g.off; o += DSV3_Q8_BLOCK) {
                 int32_t s = 0;

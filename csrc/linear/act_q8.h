@@ -41,6 +41,14 @@ void dsv3_q8_int4_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 /* Large-M fast kernel (AVX2, int4 weights): Q8 activations in natural order (DSV3_X_Q8), integer dots on
  * weight tiles decoded per K block (gemm_q8_avx2.c); same definition as above. */
 void dsv3_gemm_q8_int4_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+/* Packed int4 (int4p.h, dsv3_weight.packed): the fast kernels on that layout (x in DSV3_X_Q8_O8; bitwise the
+ * same on every ISA, see dot_q8_int4p_scalar.c), the buffer size and the packer (team-callable: orphaned
+ * worksharing over row groups, no barrier; every byte of buf written). */
+void dsv3_q8_int4p_scalar(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+void dsv3_q8_int4p_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+void dsv3_q8_int4p_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
+size_t dsv3_int4_packed_bytes(int64_t n, int64_t k, int group);
+void dsv3_int4_pack_team(const dsv3_weight *w, void *buf);
 /* The reference for one output over the natural-order columns [k0, k) of row m (k0 a multiple of 32):
  * the SIMD kernels use it for their K tail beyond the last full layout block. */
 float dsv3_q8_ref_dot(const dsv3_lin_args *a, int64_t m, int64_t n, int64_t k0);

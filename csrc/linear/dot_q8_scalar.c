@@ -2,12 +2,16 @@
  *   y[m, n] = sum_b (sum_{k in b} q[m, k] code(n, k)) * d[m, b] * s(n, 32b / G)   (int32 block dots)
  * Scales come from the format table (group_scale). */
 #include "linear/act_q8.h"
+#include "linear/int4p.h"
 
-/* int8 weights: code = the stored int8; int4: the two's complement nibble (element 2i low). */
+/* int8 weights: code = the stored int8; int4: the two's complement nibble (element 2i low), or the packed
+ * layout's code (int4p.h) when the weight has one. */
 static int32_t code_at(const dsv3_weight *w, int64_t n, int64_t k)
 {
     if (w->fmt == DSV3_FMT_INT8)
         return ((const int8_t *)w->data)[n * w->k + k];
+    if (w->packed)
+        return int4p_code(w, n, k);
     const uint8_t b = ((const uint8_t *)w->data)[n * (w->k / 2) + k / 2];
     const int v = (k & 1) ? b >> 4 : b & 15;
     return v >= 8 ? v - 16 : v;

@@ -36,6 +36,12 @@ AI void decode_tile(dsv3_format f, const dsv3_weight *w, int64_t n0, int nc, uin
         const uint8_t *row = row_ptr(f, w, n);
         if (f == DSV3_FMT_BF16) /* already bf16 codes */
             memcpy(tmp, row, (size_t)kv * 2);
+        else if (f == DSV3_FMT_INT4 && w->packed) /* the packed layout (int4p.h): 16 codes per 2 chunks */
+            for (int64_t k = 0; k < kv; k += 16) {
+                const __m128i c8 = int4p_dec16(int4p_chunk(w, n, k / 8), int4p_chunk(w, n, k / 8 + 1));
+                _mm256_storeu_si256((__m256i *)(tmp + k),
+                                    (__m256i)_mm512_cvtneps_pbh(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c8))));
+            }
         else
             for (int64_t k = 0; k < kv; k += 16)
                 _mm256_storeu_si256((__m256i *)(tmp + k), (__m256i)_mm512_cvtneps_pbh(DEC(f, w, row, k)));

@@ -53,9 +53,15 @@ AI void transpose8i(__m256i *r)
     r[7] = _mm256_castps_si256(_mm256_permute2f128_ps(s3, s7, 0x31));
 }
 
-/* The 32 int4 codes of columns [k, k + 32) of weight row n as s8 in natural order (zero beyond K). */
+/* The 32 int4 codes of columns [k, k + 32) of weight row n as s8 in natural order (zero beyond K), from the
+ * stored or the packed layout (int4p.h; its chunks past K read as code 0). */
 AI __m256i decode32(const dsv3_weight *w, int64_t n, int64_t k)
 {
+    if (w->packed) {
+        const int64_t c = k / 8;
+        return _mm256_set_m128i(int4p_dec16(int4p_chunk(w, n, c + 2), int4p_chunk(w, n, c + 3)),
+                                int4p_dec16(int4p_chunk(w, n, c), int4p_chunk(w, n, c + 1)));
+    }
     const uint8_t *row = (const uint8_t *)w->data + n * (w->k / 2);
     __m128i b;
     if (k + 32 <= w->k) {
@@ -91,7 +97,7 @@ AI void pack_tile(const dsv3_weight *w, int64_t n0, int nc, int64_t k0, int64_t 
             _mm256_store_si256((__m256i *)&t->comp[b][g * 8], _mm256_mullo_epi32(sum, _mm256_set1_epi32(-128)));
             for (int c = 0; c < 8; c++) {
                 const int64_t n = n0 + g * 8 + c;
-                t->s[b][g * 8 + c] = g * 8 + c < nc ? ((const float *)w->scale)[n * ng + (k0 + 32 * b) / w->group] : 0.0f;
+                t->s[b][g * 8 + c] = g * 8 + c < nc ? gscale(DSV3_FMT_INT4, w, n, (k0 + 32 * b) / w->group, ng) : 0.0f;
             }
         }
 }

@@ -4,6 +4,7 @@
 #define DSV3_LIN_COMMON_H
 
 #include "dsv3_dtypes.h"
+#include "linear/int4p.h"
 #include "linear/lin_kernels.h"
 
 #define AI static inline __attribute__((always_inline))
@@ -35,7 +36,7 @@ AI float gscale(dsv3_format f, const dsv3_weight *w, int64_t n, int64_t g, int64
     case DSV3_FMT_FP8_BLOCK: return ((const float *)w->scale)[(n / 128) * ng + g];
     case DSV3_FMT_NVFP4: return e4m3_fast(((const uint8_t *)w->scale)[n * ng + g]) * w->scale2;
     case DSV3_FMT_INT8: return ((const float *)w->scale)[n];
-    case DSV3_FMT_INT4: return ((const float *)w->scale)[n * ng + g];
+    case DSV3_FMT_INT4: return w->packed ? int4p_scale(w, n, g) : ((const float *)w->scale)[n * ng + g];
     default: return 1.0f;
     }
 }

@@ -10,8 +10,12 @@
  * order, so results do not depend on the thread count.
  *
  * Packing decision: kernels read the checkpoint layout directly (rows of codes are contiguous and
- * streamable; scales are tiny). The large-M path decodes weight tiles into a per-thread bf16 buffer,
- * which is its "packing", done on the fly and amortised over M rows. dsv3_weight.packed stays NULL. */
+ * streamable; scales are tiny), except int4 in the fast mode: a model loaded in the fast precision repacks
+ * it once (dsv3_weight.packed, csrc/linear/int4p.h: 16 rows interleaved, so the decode kernels need no
+ * horizontal reduction; measured faster at M = 1, see BENCHMARKS.md), and a packed weight's small-M calls run
+ * the format's packed_fast kernels on work items of its 16-row groups; its large-M kernels decode tiles from
+ * the packed copy. The large-M path decodes weight tiles into a per-thread buffer, its "packing" done on the
+ * fly and amortised over M rows. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -339,6 +343,13 @@ static choice choose(const dsv3_weight *w, int64_t m, dsv3_linear_mode mode, dsv
         c.act = id == DSV3_ISA_AVX2 ? DSV3_ACT_F32 : DSV3_ACT_BF16; /* AVX2's f32-FMA GEMM reads f32 x */
         return c;
     }
+    if (w->packed) { /* packed layout (fast mode only, check_args): its own small-M kernels and work items */
+        c.kern = t->packed_fast[id];
+        c.cols = t->packed_rows;
+        c.act = DSV3_ACT_Q8;
+        c.xlayout = t->packed_x;
+        return c;
+    }
     if (mode == DSV3_LINEAR_WEIGHT_ONLY && w->act == DSV3_ACT_FAST && t->fast[id]) { /* fast mode (act_q8.h) */
         c.kern = t->fast[id];
         if (dsv3_act_layout_is_q8(t->fast_x[id])) {
@@ -394,6 +405,9 @@ static dsv3_status check_args(const void *x, int64_t m, const dsv3_weight *w, co
     if ((st = dsv3_isa_resolve(isa, id, err)) != DSV3_OK)
         return st;
     const dsv3_format_traits *t = &dsv3_formats[w->fmt];
+    if (w->packed && (!t->packed_fast[*id] || w->act != DSV3_ACT_FAST || mode != DSV3_LINEAR_WEIGHT_ONLY))
+        return dsv3_fail(err, DSV3_E_VALUE, "linear: a packed %s weight runs in the fast precision and mode "
+                         "'weight_only' only (the exact kernels read the stored layout)", t->name);
     if (mode == DSV3_LINEAR_DYNAMIC && !t->dynamic[*id])
         return dsv3_fail(err, DSV3_E_VALUE, "linear: mode 'dynamic' supports fp8_block and int8 weights, not %s",
                          t->name);

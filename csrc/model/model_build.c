@@ -2,6 +2,7 @@
 #include "dsv3_model.h"
 #include "dsv3_mtp.h"
 #include "dsv3_dtypes.h"
+#include "model_internal.h"
 
 #include <string.h>
 
@@ -168,6 +169,7 @@ void dsv3_model_free(dsv3_model *m)
     mtp_free(m->mtp);
     free_vec(&m->norm);
     dsv3_model_workspace_free(&m->ws);
+    dsv3_free(m->packed);
     dsv3_free(m->layers);
     dsv3_free(m->inv_freq);
     dsv3_free(m);
@@ -273,6 +275,8 @@ dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err)
             st = vec_to_f32((dsv3_vec *)(void *)w, err); /* src is the first member of dsv3_vec */
         }
     }
+    if (st == DSV3_OK) /* before the absorbed views of kv_b_proj are taken (it is never packed anyway) */
+        st = dsv3_model_pack(m, slots, count, err);
     dsv3_free(slots);
     for (int64_t l = 0; l < m->cfg.num_hidden_layers && st == DSV3_OK; l++)
         st = layer_prepare(m, &m->layers[l], isa, err);

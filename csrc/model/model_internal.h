@@ -4,6 +4,9 @@
 
 #include "dsv3_model.h"
 
+/* Repacks the fast-precision weights of slots that have a packed kernel layout into m->packed (pack_weights.c). */
+dsv3_status dsv3_model_pack(dsv3_model *m, const dsv3_tensor_slot *slots, int64_t count, dsv3_error *err);
+
 /* h [s, hidden] = the embedding rows of ids [s] (ids already checked against the vocabulary). */
 void dsv3_model_embed_rows(const dsv3_model *m, const int64_t *ids, int64_t s, float *h);
 /* The same from embedding table e [vocab, D] (f32 or bf16). */

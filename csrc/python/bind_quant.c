@@ -147,7 +147,36 @@ static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw)
     return out;
 }
 
+/* pack_weight(w) -> uint8 [bytes]: w's packed kernel layout (csrc/linear/int4p.h), for the dict key "packed" */
+static PyObject *py_pack_weight(PyObject *self, PyObject *wo)
+{
+    (void)self;
+    dsv3_weight w;
+    if (!dsv3_py_weight(wo, "weight", -1, -1, &w))
+        return NULL;
+    w.packed = NULL;
+    const size_t bytes = dsv3_weight_packed_bytes(&w);
+    if (!bytes)
+        return PyErr_Format(PyExc_ValueError, "pack_weight: %s weights have no packed layout",
+                            dsv3_formats[w.fmt].name);
+    npy_intp dims[1] = {(npy_intp)bytes};
+    PyObject *out = PyArray_SimpleNew(1, dims, NPY_UINT8);
+    if (!out)
+        return NULL;
+    dsv3_error err = {0};
+    dsv3_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = dsv3_weight_pack(&w, PyArray_DATA((PyArrayObject *)out), &err);
+    Py_END_ALLOW_THREADS
+    if (st != DSV3_OK) {
+        Py_DECREF(out);
+        return dsv3_py_raise(st, &err);
+    }
+    return out;
+}
+
 PyMethodDef dsv3_quant_methods[] = {
+    {"pack_weight", py_pack_weight, METH_O, "pack_weight(weight) -> uint8 [bytes] (the packed kernel layout)"},
     {"quantize", (PyCFunction)(void (*)(void))py_quantize, METH_VARARGS | METH_KEYWORDS,
      "quantize(w, fmt, group=0, ue8m0=False) -> dict(data, scale, scale2)"},
     {"dequantize", py_dequantize, METH_O, "dequantize(weight) -> float32 [n, k]"},

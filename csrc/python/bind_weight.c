@@ -1,5 +1,5 @@
 /* Python objects -> dsv3_weight (see bind.h): a float32/bfloat16 array, or the dict form
- * {"format", "shape", "data", "scale", "scale2", "group", "ue8m0", "act"} returned by
+ * {"format", "shape", "data", "scale", "scale2", "group", "ue8m0", "act", "packed"} returned by
  * dsv3.quant.QuantizedTensor.to_native(). Every array is checked against the format's layout
  * (dsv3_quant_layout): dtype, shape, contiguity and alignment, with errors naming the field. */
 #include "bind.h"
@@ -133,6 +133,25 @@ static int weight_from_dict(PyObject *d, const char *what, dsv3_weight *out)
         snprintf(name, sizeof name, "%s['act']", what);
         if (!dsv3_py_act_arg(act, name, &out->act))
             return 0;
+    }
+    PyObject *pk = PyDict_GetItemString(d, "packed"); /* the kernel layout from dsv3.quant.packed_native */
+    if (pk && pk != Py_None) {
+        char name[160];
+        snprintf(name, sizeof name, "%s['packed']", what);
+        const size_t pb = dsv3_weight_packed_bytes(out);
+        if (!pb) {
+            PyErr_Format(PyExc_ValueError, "%s: %s weights have no packed layout", name, dsv3_formats[fmt].name);
+            return 0;
+        }
+        PyArrayObject *a = dsv3_py_check_array_any(pk, name, U8, 1, NULL);
+        if (!a)
+            return 0;
+        if ((size_t)PyArray_DIM(a, 0) != pb) {
+            PyErr_Format(PyExc_ValueError, "%s: expected %zu bytes for this shape and group, got %zd", name, pb,
+                         (Py_ssize_t)PyArray_DIM(a, 0));
+            return 0;
+        }
+        out->packed = PyArray_DATA(a);
     }
     PyObject *s2 = PyDict_GetItemString(d, "scale2");
     if (fmt == DSV3_FMT_NVFP4) {

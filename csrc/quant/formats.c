@@ -7,6 +7,7 @@
 #include "dsv3_dtypes.h"
 #include "linear/act_q8.h"
 #include "linear/dot_fp.h"
+#include "linear/int4p.h"
 #include "linear/lin_kernels.h"
 
 /* ---- scalar reference decode: unscaled code values ---- */
@@ -50,6 +51,11 @@ static void code_row_int8(const dsv3_weight *w, int64_t n, int64_t k0, int64_t l
 
 static void code_row_int4(const dsv3_weight *w, int64_t n, int64_t k0, int64_t len, float *out)
 {
+    if (w->packed) { /* the packed layout (int4p.h) once a weight has it */
+        for (int64_t i = 0; i < len; i++)
+            out[i] = (float)int4p_code(w, n, k0 + i);
+        return;
+    }
     for (int64_t i = 0; i < len; i++) {
         const int v = nibble_at(w, n, k0 + i);
         out[i] = (float)(v >= 8 ? v - 16 : v);
@@ -81,6 +87,8 @@ static float scale_int8(const dsv3_weight *w, int64_t n, int64_t g)
 
 static float scale_int4(const dsv3_weight *w, int64_t n, int64_t g)
 {
+    if (w->packed)
+        return int4p_scale(w, n, g);
     return ((const float *)w->scale)[n * ((w->k + w->group - 1) / w->group) + g];
 }
 
@@ -123,7 +131,10 @@ const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT] = {
     [DSV3_FMT_INT4] = {"int4", 4, 1, -2, DSV3_SCALE_F32, 0, code_row_int4, scale_int4,
                        {dsv3_gemv_int4_scalar, dsv3_gemv_int4_avx2, dsv3_gemv_int4_dot_avx512},
                        {NULL, dsv3_gemm_int4_avx2, dsv3_gemm_int4_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2_N128},
-                       FAST_Q8(int4, DSV3_X_Q8_EO64, DSV3_X_Q8_EO128), .fast_gemm = {NULL, dsv3_gemm_q8_int4_avx2, NULL}},
+                       FAST_Q8(int4, DSV3_X_Q8_EO64, DSV3_X_Q8_EO128), .fast_gemm = {NULL, dsv3_gemm_q8_int4_avx2, NULL},
+                       /* packed at load in the fast mode: 16 rows interleaved (int4p.h) */
+                       .packed_bytes = dsv3_int4_packed_bytes, .pack_team = dsv3_int4_pack_team,
+                       .packed_fast = KERNELS(q8, int4p), .packed_x = DSV3_X_Q8_O8, .packed_rows = DSV3_INT4P_ROWS},
 };
 
 dsv3_status dsv3_format_parse(const char *name, dsv3_format *out, dsv3_error *err)
@@ -167,6 +178,29 @@ dsv3_status dsv3_quant_layout(dsv3_format fmt, int64_t n, int64_t k, int group, 
         *scale_rows = t->block_n > 1 ? (n + t->block_n - 1) / t->block_n : n;
         *scale_cols = t->block_k == -1 ? 1 : (k + g - 1) / g;
     }
+    return DSV3_OK;
+}
+
+size_t dsv3_weight_packed_bytes(const dsv3_weight *w)
+{
+    const dsv3_format_traits *t = &dsv3_formats[w->fmt];
+    return t->packed_bytes ? t->packed_bytes(w->n, w->k, w->group) : 0;
+}
+
+dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, dsv3_error *err)
+{
+    const dsv3_weight src = {.fmt = w->fmt, .n = w->n, .k = w->k, .data = w->data, .scale = w->scale,
+                             .scale2 = w->scale2, .group = w->group, .ue8m0 = w->ue8m0}; /* the stored layout */
+    dsv3_status st = dsv3_weight_validate(&src, err);
+    if (st != DSV3_OK)
+        return st;
+    const dsv3_format_traits *t = &dsv3_formats[w->fmt];
+    if (!t->pack_team)
+        return dsv3_fail(err, DSV3_E_VALUE, "%s weights have no packed layout", t->name);
+    if (!buf)
+        return dsv3_fail(err, DSV3_E_VALUE, "%s: no buffer to pack into", t->name);
+#pragma omp parallel num_threads(dsv3_num_threads())
+    t->pack_team(&src, buf);
     return DSV3_OK;
 }
 
