@@ -26,7 +26,8 @@ from dsv3.quant import quantize
 # name -> (K, N): the routed-expert shapes of bench_peers' default model, and DeepSeek-V3's
 SHAPES = {"peers_gate_up": (2048, 1024), "peers_down": (1024, 2048),
           "expert_gate_up": (7168, 2048), "expert_down": (2048, 7168)}
-FORMATS = {"int8": ("int8", {}), "int4": ("int4", {"group": 128}), "int4g32": ("int4", {"group": 32})}
+FORMATS = {"int8": ("int8", {}), "int4": ("int4", {"group": 128}), "int4g32": ("int4", {"group": 32}),
+           "fp8_block": ("fp8_block", {}), "nvfp4": ("nvfp4", {})}
 
 
 def load(build):
@@ -40,6 +41,12 @@ def load(build):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def u8(d):
+    """float8 arrays as uint8 views (each loaded module knows only its own import's float8 dtype)"""
+    return {key: v.view(np.uint8) if isinstance(v, np.ndarray) and v.dtype.itemsize == 1 and v.dtype.kind == "V"
+            else v for key, v in d.items()}
 
 
 def main():
@@ -62,9 +69,9 @@ def main():
         for sn in args.shapes.split(","):
             k, n = SHAPES[sn]
             w = quantize(rng.standard_normal((n, k)).astype(np.float32) * 0.02, fmt, **params)
-            nbytes = n * k * (0.5 if fmt == "int4" else 1)
+            nbytes = n * k * (0.5 if fmt in ("int4", "nvfp4") else 1)  # code bytes
             ncopy = max(2, int(256e6 / nbytes / max(1, args.m // 8)))  # large M: compute bound, fewer copies
-            ws = [w.to_native()] + [copy.deepcopy(w).to_native() for _ in range(ncopy - 1)]
+            ws = [u8(w.to_native())] + [u8(copy.deepcopy(w).to_native()) for _ in range(ncopy - 1)]
             x = rng.standard_normal((args.m, k)).astype(np.float32)
             best, total, ys = [1e9] * len(mods), [0.0] * len(mods), [None] * len(mods)
             for _ in range(args.reps):
