@@ -48,6 +48,28 @@ AI float hsum8(__m256 v)
 
 /* ---- fp8_block ---- */
 
+/* 32 columns at k of weight rows row[0..nr) against rows x[0..mr) of x into the chains p (and the NaN trackers top) */
+AI void fp8_step(const int mr, const int nr, const uint8_t *const *row, const uint16_t *const *x, int64_t k,
+                 __m256 (*p)[4], __m256i *top)
+{
+    __m256 xv[2][4];
+    for (int i = 0; i < mr; i++) /* bf16 pairs: low words << 16, high words masked */
+        for (int h = 0; h < 2; h++) {
+            const __m256i xb = _mm256_loadu_si256((const __m256i *)(x[i] + k + 16 * h));
+            xv[i][2 * h] = _mm256_castsi256_ps(_mm256_slli_epi32(xb, 16));
+            xv[i][2 * h + 1] = _mm256_castsi256_ps(_mm256_and_si256(xb, _mm256_set1_epi32((int)0xffff0000u)));
+        }
+    for (int j = 0; j < nr; j++) {
+        const __m256i b = _mm256_loadu_si256((const __m256i *)(row[j] + k));
+        top[j] = _mm256_max_epu8(top[j], _mm256_and_si256(b, _mm256_set1_epi8(0x7f)));
+        __m256 wv[4];
+        e4m3x32_raw(b, wv);
+        for (int i = 0; i < mr; i++) /* four chains per (weight row, x row) */
+            for (int v = 0; v < 4; v++)
+                p[j * mr + i][v] = _mm256_fmadd_ps(xv[i][v], wv[v], p[j * mr + i][v]);
+    }
+}
+
 /* Weight rows [n, n + nr), rows [m0, m0 + mr) of x (DSV3_X_BF16_P32), nr * mr <= 2: each x vector is loaded
  * once for nr weight rows, each weight vector decoded once for mr rows of x. Every (weight row, x row) pair has
  * its own four partial chains and accumulator, so its result is the same whatever tile it is computed in.
@@ -77,24 +99,14 @@ AI int fp8_tile(const int mr, const int nr, const dsv3_lin_args *a, int64_t n, i
         const int64_t k1 = g * 128 + 128 < Kv ? g * 128 + 128 : Kv;
         for (int t = 0; t < mr * nr; t++)
             p[t][0] = p[t][1] = p[t][2] = p[t][3] = _mm256_setzero_ps();
-        for (int64_t k = g * 128; k < k1; k += 32) {
-            __m256 xv[2][4];
-            for (int i = 0; i < mr; i++) /* bf16 pairs: low words << 16, high words masked */
-                for (int h = 0; h < 2; h++) {
-                    const __m256i xb = _mm256_loadu_si256((const __m256i *)(x[i] + k + 16 * h));
-                    xv[i][2 * h] = _mm256_castsi256_ps(_mm256_slli_epi32(xb, 16));
-                    xv[i][2 * h + 1] = _mm256_castsi256_ps(_mm256_and_si256(xb, _mm256_set1_epi32((int)0xffff0000u)));
-                }
-            for (int j = 0; j < nr; j++) {
-                const __m256i b = _mm256_loadu_si256((const __m256i *)(row[j] + k));
-                top[j] = _mm256_max_epu8(top[j], _mm256_and_si256(b, m7f));
-                __m256 wv[4];
-                e4m3x32_raw(b, wv);
-                for (int i = 0; i < mr; i++) /* four chains per (weight row, x row) */
-                    for (int v = 0; v < 4; v++)
-                        p[j * mr + i][v] = _mm256_fmadd_ps(xv[i][v], wv[v], p[j * mr + i][v]);
-            }
-        }
+        if (k1 - g * 128 == 128) { /* a full group: four steps, unrolled */
+            fp8_step(mr, nr, row, x, g * 128, p, top);
+            fp8_step(mr, nr, row, x, g * 128 + 32, p, top);
+            fp8_step(mr, nr, row, x, g * 128 + 64, p, top);
+            fp8_step(mr, nr, row, x, g * 128 + 96, p, top);
+        } else
+            for (int64_t k = g * 128; k < k1; k += 32)
+                fp8_step(mr, nr, row, x, k, p, top);
         for (int j = 0; j < nr; j++) {
             const __m256 sv = _mm256_set1_ps(sc[j][g]);
             for (int i = 0; i < mr; i++) {
