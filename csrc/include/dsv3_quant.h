@@ -79,9 +79,8 @@ typedef enum {
                            * compensation for weights + 8 (AVX2 int4: low / high nibbles) */
     DSV3_X_Q8_EO128 = 8,  /* the same with 128-blocks (AVX-512 int4) */
     DSV3_X_BF16_P32 = 9   /* x rounded once to bf16 (RNE) times 2^56 (exact for |x| < 2^71), each full 32-block
-                           * in the order of the AVX2 fast fp8 kernel (dot_fp_avx2.c): natural column o at
-                           * 16 * (v >> 1) + 2 * e + (v & 1), v = (o & 15) >> 2, e = 4 * (o >> 4) + (o & 3);
-                           * the K tail natural */,
+                           * in the order of the AVX2 fast fp8 kernel (dot_fp_avx2.c): natural column o at o
+                           * with bits 3 and 4 swapped (columns 0-7, 16-23, 8-15, 24-31); the K tail natural */,
     DSV3_X_Q8_EO64C = 10  /* DSV3_X_Q8_EO64 without e / e4, with c16 (the AVX2 nvfp4 kernel: weights + 12) */
 } dsv3_xlayout;
 
