@@ -26,7 +26,8 @@ from dsv3.quant import quantize
 # name -> (K, N): the routed-expert shapes of bench_peers' default model, and DeepSeek-V3's
 SHAPES = {"peers_gate_up": (2048, 1024), "peers_down": (1024, 2048),
           "expert_gate_up": (7168, 2048), "expert_down": (2048, 7168)}
-FORMATS = {"int8": ("int8", {}), "int4": ("int4", {"group": 128}), "int4g32": ("int4", {"group": 32})}
+FORMATS = {"int8": ("int8", {}), "int4": ("int4", {"group": 128}), "int4g32": ("int4", {"group": 32}),
+           "fp8_block": ("fp8_block", {}), "nvfp4": ("nvfp4", {})}
 
 
 def load(build):
@@ -42,6 +43,12 @@ def load(build):
     return mod
 
 
+def u8(d):
+    """float8 arrays as uint8 views (each loaded module knows only its own import's float8 dtype)"""
+    return {key: v.view(np.uint8) if isinstance(v, np.ndarray) and v.dtype.itemsize == 1 and v.dtype.kind == "V"
+            else v for key, v in d.items()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--builds", required=True, help="comma-separated build directories, or cur")
@@ -51,7 +58,14 @@ def main():
     ap.add_argument("--isa", default=None, help="kernel path (scalar, avx2, avx512); default: the active one")
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--precisions", default="fast", help="comma-separated: exact, fast")
+    ap.add_argument("--kn", default=None, help="K,N: one shape of these sizes instead of --shapes")
+    ap.add_argument("--in-cache", action="store_true",
+                    help="compute rate: one weight copy (size it with --kn to stay in the L2), batches of 50 calls "
+                         "timed by thread CPU time, the best batch per run (use OMP_NUM_THREADS=1)")
     args = ap.parse_args()
+    if args.kn:
+        SHAPES["custom"] = tuple(int(v) for v in args.kn.split(","))
+        args.shapes = "custom"
     loaded = {b: load(b) for b in args.builds.split(",")}
     runs = [(b, p) for b in loaded for p in args.precisions.split(",")]
     names = [f"{b}/{p}" if len(args.precisions.split(",")) > 1 else b for b, p in runs]
@@ -62,13 +76,20 @@ def main():
         for sn in args.shapes.split(","):
             k, n = SHAPES[sn]
             w = quantize(rng.standard_normal((n, k)).astype(np.float32) * 0.02, fmt, **params)
-            nbytes = n * k * (0.5 if fmt == "int4" else 1)
-            ncopy = max(2, int(256e6 / nbytes / max(1, args.m // 8)))  # large M: compute bound, fewer copies
-            ws = [w.to_native()] + [copy.deepcopy(w).to_native() for _ in range(ncopy - 1)]
+            nbytes = n * k * (0.5 if fmt in ("int4", "nvfp4") else 1)  # code bytes
+            ncopy = 1 if args.in_cache else max(2, int(256e6 / nbytes / max(1, args.m // 8)))  # large M: fewer
+            ws = [u8(w.to_native())] + [u8(copy.deepcopy(w).to_native()) for _ in range(ncopy - 1)]
             x = rng.standard_normal((args.m, k)).astype(np.float32)
             best, total, ys = [1e9] * len(mods), [0.0] * len(mods), [None] * len(mods)
             for _ in range(args.reps):
                 for j, (mod, prec) in enumerate(mods):
+                    if args.in_cache:
+                        t1 = time.thread_time()
+                        for _ in range(50):
+                            ys[j] = mod.linear(x, ws[0], None, "weight_only", args.isa, prec)
+                        best[j] = min(best[j], (time.thread_time() - t1) / 50)
+                        total[j] += (time.thread_time() - t1) / 50
+                        continue
                     t1 = time.perf_counter()
                     for i in range(ncopy):
                         t0 = time.perf_counter()

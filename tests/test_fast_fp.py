@@ -163,3 +163,79 @@ def test_fast_fp_independent_of_threads_and_x_dtype(fmt):
                 np.testing.assert_array_equal(fast(xb, qt, isa), fast(xb.astype(np.float32), qt, isa))
     finally:
         dsv3.set_num_threads(before)
+
+
+# K: full 128-blocks only, + a last 64-block, + a 16-column tail after it, + a tail after full 128-blocks
+ROW_KS = [256, 320, 336, 400]
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "fp8_block"])
+def test_fast_fp_rows_do_not_depend_on_m(fmt):
+    """Every row of a call with M = 1..13 rows is bitwise the M = 1 result of that row (the tiles of 1-4 rows
+    do the same arithmetic per row), on every ISA, below the GEMM threshold (AVX2: from 12 rows the f32 GEMM,
+    another kernel, runs)."""
+    for k in ROW_KS:
+        x, w = rnd((13, k), k), rnd((9, k), k + 1)
+        qt = quant.quantize(w, fmt)
+        for isa in ISAS:
+            one = np.concatenate([fast(x[i:i + 1], qt, isa) for i in range(13)])
+            for m in range(1, 12 if isa == "avx2" else 14):
+                np.testing.assert_array_equal(fast(x[:m], qt, isa), one[:m], err_msg=f"{isa} k={k} m={m}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_nvfp4_q8_nan_scale_anywhere_gives_only_its_row_nan(isa):
+    """A NaN block scale in the first block, a middle one, the last full 128-block, a last 64-block or the K tail
+    makes exactly its row NaN; the other rows are bitwise those of the weight without it."""
+    k, n = 400, 6  # 3 full 128-blocks, a 64-block, a 16-column tail: scale blocks 0..24
+    x = rnd((3, k), 11)
+    base = quant.quantize(rnd((n, k), 12), "nvfp4")
+    codes = np.zeros((n, k), np.uint8)
+    data = np.asarray(base.arrays["weight"]).view(np.uint8)
+    codes[:, 0::2], codes[:, 1::2] = data & 15, data >> 4
+    sc = np.asarray(base.arrays["weight_scale"]).view(np.uint8).copy()
+    scale2 = float(np.asarray(base.arrays["weight_scale_2"]).reshape(-1)[0])
+    y0 = fast(x, nvfp4_tensor(codes, sc, scale2), isa)
+    for block in (0, 9, 23, 24, 20):
+        s = sc.copy()
+        s[block % n, block] = 0x7F if block % 2 else 0xFF
+        y = fast(x, nvfp4_tensor(codes, s, scale2), isa)
+        assert np.isnan(y[:, block % n]).all(), (isa, block)
+        np.testing.assert_array_equal(np.delete(y, block % n, axis=1), np.delete(y0, block % n, axis=1))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_nvfp4_q8_saturated_codes_every_block_kind(isa):
+    """x codes +-127 everywhere against codes +-6 (the largest int16 sums of the AVX2 kernel, whose weights enter
+    as 2 e2m1 + 12 in 0..24) and every code, over full 128-blocks, a last 64-block and a tail: the reference."""
+    k, n = 464, 4
+    x = np.where(np.arange(k) % 3 == 0, -1.0, 1.0).astype(np.float32)[None, :] * np.array([[1.0], [-2.0]], np.float32)
+    codes = np.zeros((n, k), np.uint8)
+    codes[0], codes[1] = 0x7, 0xF
+    codes[2] = np.arange(k) % 16
+    codes[3] = np.where(np.arange(k) % 3 == 0, 0xF, 0x7)  # the sign of x: every product +6 * 127
+    sc = np.full((n, k // 16), 0x38, np.uint8)
+    sc[2] = np.arange(k // 16) % 0x7E
+    qt = nvfp4_tensor(codes, sc, 1.5)
+    wd = quant.dequantize(qt)
+    ref, t = q8_linear_reference(x, wd), scale_t(x, wd)
+    y = fast(x, qt, isa)
+    assert np.all(np.abs(y - ref) <= 1e-5 * t + 1e-6), isa
+    assert abs(y[0, 3] - 6 * 1.5 * k * np.sign(ref[0, 3])) <= 1e-5 * t[0, 3]
+
+
+@needs_avx2
+def test_fp8_avx2_subnormal_codes_and_tiny_x():
+    """Rows of subnormal e4m3 codes only (decoded to f32 denormals, times x carrying 2^56) against the bf16-hi
+    definition, with x of ordinary size and of 1e-20."""
+    k, n = 288, 3
+    codes = np.zeros((n, k), np.uint8)
+    codes[0] = np.arange(k) % 8                          # +subnormals (and zero)
+    codes[1] = 0x80 | (np.arange(k) % 8)                 # -subnormals
+    codes[2] = np.where(np.arange(k) % 2 == 0, 0x01, 0x7E)  # the smallest and the largest magnitude
+    qt = quant.from_checkpoint("fp8_block", codes.view(E4M3), scale=np.array([[0.75, 3.0, 1e-3]], np.float32))
+    wd = quant.dequantize(qt)
+    for s in (1.0, 1e-20):
+        x = rnd((2, k), 3) * np.float32(s)
+        ref = x.astype(BF16).astype(np.float64) @ wd.T.astype(np.float64)
+        assert np.all(np.abs(fast(x, qt, "avx2") - ref) <= 1e-5 * scale_t(x, wd) + 1e-30), s

@@ -35,6 +35,9 @@ typedef struct {
     const float *e;     /* [m, kb / 32] offset compensation of each Q8 block in the full layout blocks,
                          * -off * d * (sum of its codes) (SIMD layouts: the kernels add off to the weights) */
     const float *e4;    /* [m, ceil(kb / 128)] e summed per 128 columns, ((e0 + e1) + e2) + e3 */
+    const int32_t *c16; /* DSV3_X_Q8_EO64C: [m, kb / 128 * 8] 12 * (sum of the codes) of each 16-column block of
+                         * the full 128-blocks, per 128 in the order 0, 1, 4, 5, 2, 3, 6, 7, else NULL */
+    const float *d16;   /* DSV3_X_Q8_EO64C: [m, kb / 128 * 8] d of each of those 16-column blocks, same order */
     int64_t lanes;      /* row stride of dl (kb / lane) */
     int64_t kb;         /* columns in full layout blocks (the rest is the natural-order tail) */
 } dsv3_act_q8;
@@ -76,11 +79,11 @@ typedef enum {
                            * compensation for weights + 8 (AVX2 int4: low / high nibbles) */
     DSV3_X_Q8_EO128 = 8,  /* the same with 128-blocks (AVX-512 int4) */
     DSV3_X_BF16_P32 = 9   /* x rounded once to bf16 (RNE) times 2^56 (exact for |x| < 2^71), each full 32-block
-                           * in the order of the AVX2 fast fp8 kernel (dot_fp_avx2.c): natural column o at
-                           * 16 * (v >> 1) + 2 * e + (v & 1), v = (o & 15) >> 2, e = 4 * (o >> 4) + (o & 3);
-                           * the K tail natural */,
-    DSV3_X_Q8_O8 = 10     /* natural order, no lane arrays; e / e4 compensation for weights + 8 (full 32-blocks:
+                           * in the order of the AVX2 fast fp8 kernel (dot_fp_avx2.c): natural column o at o
+                           * with bits 3 and 4 swapped (columns 0-7, 16-23, 8-15, 24-31); the K tail natural */,
+    DSV3_X_Q8_O8 = 10,    /* natural order, no lane arrays; e / e4 compensation for weights + 8 (full 32-blocks:
                            * packed int4, int4p.h) */
+    DSV3_X_Q8_EO64C = 11  /* DSV3_X_Q8_EO64 without e / e4, with c16 (the AVX2 nvfp4 kernel: weights + 12) */
 } dsv3_xlayout;
 
 typedef struct {

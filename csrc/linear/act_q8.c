@@ -6,6 +6,10 @@
  *                    low / high nibbles of the int4 bytes); lanes of 8 columns; offset 8, because the
  *                    int4 kernels feed the nibbles as u8 w ^ 8 = w + 8
  *   - DSV3_X_Q8_O8   natural order, no lane arrays, offset 8 (packed int4, int4p.h: e / e4 per full 32-block)
+ *   - DSV3_X_Q8_EO64C the EO64 order and lanes without e / e4, with c16 (the AVX2 nvfp4 kernel feeds its
+ *                    doubled e2m1 codes as u8 2 e2m1 + 12 and subtracts c16 = 12 * (sum of the codes) from
+ *                    each 16-column int32 dot: exact, no sign trick) and d16, the d of each 16-block in
+ *                    the kernel's lane order
  * dl[lane] = d of the lane's block, so that a kernel scales an int32 lane vector with one multiply.
  * The int4 kernels' offset adds off * (sum of the block's codes) to every block dot; they take it out once
  * per output row, in f32, from e[b] = -off * d[b] * (sum of block b's codes) (times the weight scale of
@@ -23,43 +27,47 @@ typedef struct {
     int64_t lane;  /* columns of one dot lane (0: no lane arrays) */
     int32_t off;   /* weight offset the kernel adds (its compensation e / e4 written here; 0: none) */
     int eo;        /* even / odd split within each block */
+    int32_t off16; /* weight offset whose compensation c16 (int32 per 16 columns of each full 128) is written */
 } q8_geom;
 
 static q8_geom geom(int layout)
 {
     switch (layout) {
-    case DSV3_X_Q8_L4: return (q8_geom){64, 4, 0, 0};
-    case DSV3_X_Q8_EO64: return (q8_geom){64, 8, 8, 1};
-    case DSV3_X_Q8_EO128: return (q8_geom){128, 8, 8, 1};
-    case DSV3_X_Q8_O8: return (q8_geom){32, 0, 8, 0};
-    default: return (q8_geom){1, 0, 0, 0};
+    case DSV3_X_Q8_L4: return (q8_geom){64, 4, 0, 0, 0};
+    case DSV3_X_Q8_EO64: return (q8_geom){64, 8, 8, 1, 0};
+    case DSV3_X_Q8_EO128: return (q8_geom){128, 8, 8, 1, 0};
+    case DSV3_X_Q8_O8: return (q8_geom){32, 0, 8, 0, 0};
+    case DSV3_X_Q8_EO64C: return (q8_geom){64, 8, 0, 1, 12};
+    default: return (q8_geom){1, 0, 0, 0, 0};
     }
 }
 
 int dsv3_act_layout_is_q8(int layout)
 {
-    return (layout >= DSV3_X_Q8 && layout <= DSV3_X_Q8_EO128) || layout == DSV3_X_Q8_O8;
+    return (layout >= DSV3_X_Q8 && layout <= DSV3_X_Q8_EO128) || layout == DSV3_X_Q8_O8 || layout == DSV3_X_Q8_EO64C;
 }
 
 static int64_t up64(int64_t b) { return (b + 63) / 64 * 64; }
 
-/* columns in full layout blocks, and the per-row counts of lanes, e and e4 entries */
+/* columns in full layout blocks, and the per-row counts of lanes, e, e4 and c16 entries */
 typedef struct {
-    int64_t kb, lanes, ne, ne4;
+    int64_t kb, lanes, ne, ne4, nc16;
 } q8_sizes;
 
 static q8_sizes sizes(int64_t k, int layout)
 {
     const q8_geom g = geom(layout);
     const int64_t kb = g.blk > 1 ? k / g.blk * g.blk : 0;
-    return (q8_sizes){kb, g.lane ? kb / g.lane : 0, g.off ? kb / DSV3_Q8_BLOCK : 0, g.off ? (kb + 127) / 128 : 0};
+    return (q8_sizes){kb, g.lane ? kb / g.lane : 0, g.off ? kb / DSV3_Q8_BLOCK : 0, g.off ? (kb + 127) / 128 : 0,
+                      g.off16 ? kb / 128 * 8 : 0};
 }
 
 size_t dsv3_act_q8_bytes(int64_t m, int64_t k, int layout)
 {
     const q8_sizes z = sizes(k, layout);
     const int64_t nb = (k + DSV3_Q8_BLOCK - 1) / DSV3_Q8_BLOCK;
-    return (size_t)(up64(m * k) + up64(m * nb * 4) + up64(m * z.lanes * 4) + up64(m * z.ne * 4) + up64(m * z.ne4 * 4));
+    return (size_t)(up64(m * k) + up64(m * nb * 4) + up64(m * z.lanes * 4) + up64(m * z.ne * 4) + up64(m * z.ne4 * 4) +
+                    2 * up64(m * z.nc16 * 4));
 }
 
 /* One block of up to 32 columns: the rounding rule of the fast mode (see act_q8.h). */
@@ -100,6 +108,10 @@ void dsv3_act_q8_describe(int64_t m, int64_t k, int layout, void *buf, dsv3_act_
     out->e = z.ne ? (const float *)p : NULL;
     p += up64(m * z.ne * 4);
     out->e4 = z.ne4 ? (const float *)p : NULL;
+    p += up64(m * z.ne4 * 4);
+    out->c16 = z.nc16 ? (const int32_t *)p : NULL;
+    p += up64(m * z.nc16 * 4);
+    out->d16 = z.nc16 ? (const float *)p : NULL;
     out->lanes = z.lanes;
     out->kb = z.kb;
 }
@@ -114,6 +126,9 @@ void dsv3_act_q8_fill_team(const float *x, int64_t m, int64_t k, int layout, int
     int8_t *q = (int8_t *)(void *)out->q;
     float *d = (float *)(void *)out->d, *dl = (float *)(void *)out->dl;
     float *e = (float *)(void *)out->e, *e4 = (float *)(void *)out->e4;
+    int32_t *c16 = (int32_t *)(void *)out->c16;
+    float *d16 = (float *)(void *)out->d16;
+    static const int8_t lane16[8] = {0, 1, 4, 5, 2, 3, 6, 7}; /* c16 position of 16-block j of a 128 */
 #pragma omp for schedule(static) nowait
     for (int64_t t = 0; t < m * nc; t++) { /* 1024 is a multiple of every block size */
         const int64_t r = t / nc, j0 = t % nc * 1024, j1 = j0 + 1024 < k ? j0 + 1024 : k;
@@ -139,6 +154,14 @@ void dsv3_act_q8_fill_team(const float *x, int64_t m, int64_t k, int layout, int
                     s += tmp[i];
                 const int64_t b = (j + o) / DSV3_Q8_BLOCK;
                 e[r * z.ne + b] = (float)(-g.off * s) * d[r * nb + b]; /* |off * s| <= 2^19: exact in f32 */
+            }
+            for (int64_t o = 0; o < g.blk && g.off16 && j + o < z.nc16 / 8 * 128; o += 16) {
+                int32_t s = 0;
+                for (int64_t i = o; i < o + 16; i++)
+                    s += tmp[i];
+                const int64_t b = (j + o) / 16; /* natural 16-block */
+                c16[r * z.nc16 + b / 8 * 8 + lane16[b % 8]] = g.off16 * s;
+                d16[r * z.nc16 + b / 8 * 8 + lane16[b % 8]] = d[r * nb + b / 2];
             }
         }
         for (int64_t c = j0; c < j1 && c < kb && g.off; c += 128) { /* e4 from this chunk's e (128 divides 1024) */

@@ -6,7 +6,7 @@
  * decoder's order (DSV3_X_BF16_P32), e4m3 decoded with byte operations and unpacks, f32 FMA; its scalar twin is
  * dsv3_fast_bf16hi_scalar (sums in another order: equal within 1e-5 * sum |x| |W|).
  *
- * nvfp4, every ISA: Q8 activations (act_q8.h; scalar DSV3_X_Q8, AVX2 DSV3_X_Q8_EO64, AVX-512 DSV3_X_Q8_EO128)
+ * nvfp4, every ISA: Q8 activations (act_q8.h; scalar DSV3_X_Q8, AVX2 DSV3_X_Q8_EO64C, AVX-512 DSV3_X_Q8_EO128)
  * times the e2m1 codes doubled (the integers -12..12) in exact int32 dots per 16-column block:
  *     y[m, n] = (sum_b  D(b) * d[m, b / 2] * e4m3(s[n, b]))  * scale2 / 2,  D(b) = sum_{k in b} q[m, k] * 2 e2m1(n, k)
  * (+ bias). The SIMD kernels sum 8- or 16-column lanes in another order (bound as above). */

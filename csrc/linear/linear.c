@@ -288,11 +288,16 @@ static void bf16p_prep(const dsv3_lin_plan *p)
 #pragma omp for schedule(static) nowait
     for (int64_t t = 0; t < p->a.m * nc; t++) { /* (row, 1024-column chunk): M = 1 uses every thread */
         const int64_t r = t / nc, j0 = t % nc * 1024, j1 = j0 + 1024 < k ? j0 + 1024 : k;
-        for (int64_t j = j0; j < j1; j++) {
-            const int64_t v = (j & 15) >> 2, e = 4 * ((j & 31) >> 4) + (j & 3);
-            o[r * k + (j < kb ? (j & ~(int64_t)31) + 16 * (v >> 1) + 2 * e + (v & 1) : j)] =
-                dsv3_f32_to_bf16(x[r * k + j] * 0x1p56f);
+        const float *xr = x + r * k;
+        uint16_t *orow = o + r * k;
+        int64_t j = j0;
+        for (; j + 8 <= j1; j += 8) { /* runs of 8 columns (kb is a multiple of 32): bits 3 and 4 swapped */
+            const int64_t dst = j < kb ? (j & ~(int64_t)31) + ((j & 8) << 1) + ((j & 16) >> 1) : j;
+            for (int i = 0; i < 8; i++)
+                orow[dst + i] = dsv3_f32_to_bf16(xr[j + i] * 0x1p56f);
         }
+        for (; j < j1; j++) /* the K tail (natural) */
+            orow[j] = dsv3_f32_to_bf16(xr[j] * 0x1p56f);
     }
 }
 

@@ -123,7 +123,7 @@ const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT] = {
                         {dsv3_gemv_nvfp4_scalar, dsv3_gemv_nvfp4_avx2, dsv3_gemv_nvfp4_dot_avx512},
                         {NULL, dsv3_gemm_nvfp4_avx2, dsv3_gemm_nvfp4_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2_N128},
                         /* fast: Q8 activations, integer dots with the doubled e2m1 codes (dot_fp.h) */
-                        FAST_Q8(nvfp4, DSV3_X_Q8_EO64, DSV3_X_Q8_EO128)},
+                        FAST_Q8(nvfp4, DSV3_X_Q8_EO64C, DSV3_X_Q8_EO128)},
     [DSV3_FMT_INT8] = {"int8", 8, 1, -1, DSV3_SCALE_F32, 0, code_row_int8, scale_int8,
                        {dsv3_gemv_int8_scalar, dsv3_gemv_int8_avx2, dsv3_gemv_int8_dot_avx512},
                        {NULL, dsv3_gemm_int8_avx2, dsv3_gemm_int8_avx512}, KERNELS(dyn, int8), {0, 0, DSV3_X_BF16X2_P64},
