@@ -31,10 +31,15 @@ typedef struct {
 typedef struct dsv3_batch dsv3_batch;
 
 /* A pool of `slots` sequences of up to `slot_capacity` tokens each over prepared model m (which
- * must outlive the batch). Allocates slots * layers * slot_capacity * (kv_lora + rope) floats. */
+ * must outlive the batch). Allocates slots * slot_capacity * dsv3_batch_token_bytes(m) bytes of caches.
+ * DeepSeek-V3.2 (index_topk > 0): each slot also caches its tokens' index keys, and each token attends
+ * to the rows its indexer selects among its own sequence's, as dsv3_model_forward. */
 dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacity, dsv3_batch **out,
                               dsv3_error *err);
 void dsv3_batch_free(dsv3_batch *b);
+/* Cache bytes of one token over all layers, in a slot as in the model's own cache: its latent row (the
+ * kv_cache_dtype layout) plus, for V3.2, its index-key row (csrc/model/batch_v32.c). */
+int64_t dsv3_batch_token_bytes(const dsv3_model *m);
 
 int64_t dsv3_batch_slots(const dsv3_batch *b);
 int64_t dsv3_batch_capacity(const dsv3_batch *b);
