@@ -212,3 +212,68 @@ def test_generate_text_through_engine(model):
     for t, o in zip(texts, outs):
         model.reset()
         assert o.text == model.generate(t, 8)
+
+
+def test_many_sparse_queries_in_one_step(model):
+    """Two long prefills and two decode tokens in one step: more sparse queries than one gather group holds
+    (64), so the groups' boundaries fall inside a sequence; every row equals that sequence run alone."""
+    rng = np.random.default_rng(5)
+    p = [rng.integers(0, 512, n) for n in (12, 9, 90, 50)]
+    nxt = rng.integers(0, 512, 2)
+    ref = [single(model, [(p[0], 0), (nxt[:1], 1)])[1], single(model, [(p[1], 0), (nxt[1:], 1)])[1],
+           single(model, [(p[2], 2)])[0], single(model, [(p[3], 2)])[0]]
+    b = dsv3._lib.Batch(model._native, 4, 100)
+    b.forward(np.concatenate(p[:2]), np.array([[0, 12, 0], [3, 9, 0]], np.int64))
+    lo = b.forward(np.concatenate([nxt[:1], p[2], nxt[1:], p[3]]),
+                   np.array([[0, 1, 1], [1, 90, 2], [3, 1, 1], [2, 50, 2]], np.int64))
+    assert np.array_equal(lo[0], ref[0][0]) and np.array_equal(lo[1:91], ref[2])
+    assert np.array_equal(lo[91], ref[1][0]) and np.array_equal(lo[92:], ref[3])
+
+
+def test_serve_command_v32(ckpt):
+    """`dsv3 serve` on a V3.2 checkpoint: a completion and a streamed chat reply (prompts longer than
+    index_topk) equal Model.generate."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("fastapi")
+    openai = pytest.importorskip("openai")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = subprocess.Popen([sys.executable, "-m", "dsv3", "serve", ckpt, "--port", str(port), "--max-seq-len", "64",
+                          "--max-batch", "3", "--model-name", "v32"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(600):  # up to 60 s
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if p.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, p.stdout.read()[-3000:]
+        m = dsv3.Model.from_pretrained(ckpt, max_seq_len=64)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=60)
+        prompt = "Once upon a time, in a land far away, there lived"
+        assert len(m.tokenizer.encode(prompt)) > TOPK
+        r = c.completions.create(model="v32", prompt=prompt, max_tokens=8, temperature=0)
+        assert r.choices[0].text == m.generate(prompt, 8)
+        msgs = [{"role": "user", "content": "Tell me about the sea and the ships on it"}]
+        parts = [ev.choices[0].delta.content or "" for ev in
+                 c.chat.completions.create(model="v32", messages=msgs, max_tokens=8, seed=3, stream=True)]
+        assert "".join(parts) == m.generate(msgs, 8, do_sample=True, seed=3)
+    finally:
+        p.terminate()
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
