@@ -48,9 +48,9 @@ int64_t dsv3_batch_length(const dsv3_batch *b, int64_t slot);
 /* Forget a slot's tokens (the sequence left); its cache rows are reused by the next one. */
 dsv3_status dsv3_batch_release(dsv3_batch *b, int64_t slot, dsv3_error *err);
 
-/* Slot dst holds the first n cached tokens of slot src (their cache rows copied for every layer; src ==
- * dst keeps the first n of its own): a prefix cache for prompts that start with tokens another slot
- * already holds. n in [0, length(src)]; dst's later rows are forgotten. */
+/* Slot dst holds the first n cached tokens of slot src (their cache rows, and V3.2 index keys, copied
+ * for every layer; src == dst keeps the first n of its own): a prefix cache for prompts that start with
+ * tokens another slot already holds. n in [0, length(src)]; dst's later rows are forgotten. */
 dsv3_status dsv3_batch_copy_prefix(dsv3_batch *b, int64_t src, int64_t dst, int64_t n, dsv3_error *err);
 /* Cache rollback: keep the first `length` (<= its length) tokens of a slot (rejected draft tokens);
  * dsv3_batch_copy_prefix(b, slot, slot, length). */
