@@ -18,7 +18,6 @@
 
 #define GATHER_BUDGET ((int64_t)32 << 20) /* bytes of gathered latent rows per group of sparse queries */
 #define GROUP_MAX 64                       /* sparse queries per group at most */
-#define SCORE_BLOCK_ROWS 64                /* dsv3_indexer_scores' kblk rows per thread (indexer.c SCORE_BLOCK) */
 
 struct dsv3_batch_index {
     dsv3_indexer_dims ix;
@@ -136,7 +135,7 @@ static dsv3_status run_group(dsv3_batch_index *x, dsv3_model *m, int64_t l, int6
         float *score = is->score + (int64_t)me * is->rows;
         const int64_t i = x->qrow[j];
         dsv3_indexer_scores(ix, is->q + i * H * hd, is->w + i * H, x->qkeys[j], x->qT[j], score,
-                            is->kblk + (int64_t)me * SCORE_BLOCK_ROWS * hd);
+                            is->kblk + (int64_t)me * DSV3_INDEXER_SCORE_BLOCK * hd);
         const int64_t *sel = x->sel + j * kmax;
         const int64_t c = dsv3_indexer_select(score, x->qT[j], ix->topk, x->sel + j * kmax,
                                               is->order + (int64_t)me * is->rows);
