@@ -41,8 +41,11 @@ import dsv3
 from dsv3.testing.checkpoints import tiny_config, write_checkpoint
 
 
-def bench_config(hidden, layers, vocab):
-    return tiny_config(
+def bench_config(hidden, layers, vocab, index_topk=0):
+    """The benchmark's model; index_topk > 0: DeepSeek-V3.2 (deepseek_v32, lightning indexer of 16 heads of 128)."""
+    v32 = dict(model_type="deepseek_v32", architectures=["DeepseekV32ForCausalLM"], index_n_heads=16,
+               index_head_dim=128, index_topk=index_topk) if index_topk > 0 else {}
+    return tiny_config(**v32,
         vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, moe_intermediate_size=hidden,
         num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=8, q_lora_rank=384,
         kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=16,
@@ -176,6 +179,8 @@ def main(argv=None):
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--no-server", action="store_true")
+    p.add_argument("--index-topk", type=int, default=0,
+                   help="> 0: a DeepSeek-V3.2 model whose indexer keeps this many rows per query")
     p.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                   "bench_serve.json"))
     args = p.parse_args(argv)
@@ -183,7 +188,7 @@ def main(argv=None):
         args.hidden, args.layers, args.decode_steps, args.rounds, args.max_tokens = 512, 2, 16, 2, 16
     work = tempfile.mkdtemp(prefix="dsv3-bench-serve-")
     try:
-        cfg = dsv3.load_config(bench_config(args.hidden, args.layers, args.vocab))
+        cfg = dsv3.load_config(bench_config(args.hidden, args.layers, args.vocab, args.index_topk))
         path = os.path.join(work, "ckpt")
         write_checkpoint(path, cfg, layout="hf", dtype="bfloat16", shards=1, scale=cfg.hidden_size ** -0.5,
                          tokenizer=True)

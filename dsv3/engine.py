@@ -69,8 +69,9 @@ class Engine:
 
     max_batch: sequence slots (at most this many run in one step). max_seq_len: tokens per slot
     (default the model's). The slots' latent caches use the model's ``kv_cache_dtype`` (chosen at
-    ``Model.from_pretrained(..., kv_cache_dtype=...)``). kv_budget_bytes: if given, the slots are limited
-    so that their latent caches fit in it. prefill_chunk: prompt tokens a sequence feeds per step (long prompts are chunked, so
+    ``Model.from_pretrained(..., kv_cache_dtype=...)``); a DeepSeek-V3.2 model's slots also cache their tokens'
+    index keys (``model.cache_bytes_per_token`` counts both). kv_budget_bytes: if given, the slots are limited
+    so that their caches fit in it. prefill_chunk: prompt tokens a sequence feeds per step (long prompts are chunked, so
     running sequences keep decoding meanwhile). max_step_tokens: tokens per step over all sequences.
     prefix_cache: reuse cached prompt prefixes across requests (module docstring); ``prefix_hit_tokens``
     counts the prompt tokens so taken.

@@ -327,7 +327,8 @@ class Model:
 
     @property
     def cache_bytes_per_token(self):
-        """Latent KV cache bytes per token over all layers (one row of the dtype's layout per layer)."""
+        """KV cache bytes per token over all layers: one latent row of the dtype's layout per layer, plus for
+        DeepSeek-V3.2 one index-key row per layer (what a batched-engine slot and the model's own cache hold)."""
         return self._native.cache_bytes_per_token
 
     @property

@@ -195,10 +195,11 @@ def test_thread_count_does_not_change_the_bits(case):
     assert np.array_equal(a, b)
 
 
-def test_probes_without_cache_and_batch_refusal(case):
+def test_probes_without_cache_and_batched_engine(case):
     """run_module("attention") without the cache equals the layer's attention in the full forward (its
-    own index keys, sparse past index_topk); the batched engine says it does not support V3.2 yet."""
-    _, model, ids, _ = case
+    own index keys, sparse past index_topk); the batched engine runs V3.2 (tests/test_engine_v32.py): a
+    prefill of 40 then decode tokens, beside another sequence, equal transformers' logits."""
+    _, model, ids, logits = case
     m = dsv3_model(model)
     x = np.random.default_rng(3).standard_normal((len(ids), model.config.hidden_size)).astype(np.float32)
     got = m.run_module("attention", 0, x)
@@ -209,9 +210,14 @@ def test_probes_without_cache_and_batch_refusal(case):
         mask = torch.full((len(ids), len(ids)), float("-inf")).triu(1)[None, None]
         ref = a(torch.tensor(x)[None], position_embeddings=pe, attention_mask=mask)[0][0].numpy()
     assert rel(got, ref) < TOL
-    from dsv3.engine import Engine
-    with pytest.raises(ValueError, match="V3.2"):
-        Engine(m, max_batch=2)
+    b = dsv3._lib.Batch(m._native, 2, 128)
+    other = np.asarray(ids[::-1], np.int64)
+    rows = [b.forward(np.concatenate([other[:20], ids[:40]]).astype(np.int64),
+                      np.array([[0, 20, 0], [1, 40, 2]], np.int64))]
+    for i in range(40, len(ids)):
+        rows.append(b.forward(np.array([ids[i], other[i - 20]], np.int64), np.array([[1, 1, 1], [0, 1, 1]]))[:1])
+    got = np.concatenate(rows)
+    assert rel(got, logits) < TOL and np.array_equal(got.argmax(-1), logits.argmax(-1))
 
 
 def _parity_v32_config(tmp_path):

@@ -36,10 +36,15 @@ typedef struct {
 typedef struct dsv3_batch dsv3_batch;
 
 /* A pool of `slots` sequences of up to `slot_capacity` tokens each over prepared model m (which
- * must outlive the batch). Allocates slots * layers * slot_capacity * (kv_lora + rope) floats. */
+ * must outlive the batch). Allocates slots * slot_capacity * dsv3_batch_token_bytes(m) bytes of caches.
+ * DeepSeek-V3.2 (index_topk > 0): each slot also caches its tokens' index keys, and each token attends
+ * to the rows its indexer selects among its own sequence's, as dsv3_model_forward. */
 dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacity, dsv3_batch **out,
                               dsv3_error *err);
 void dsv3_batch_free(dsv3_batch *b);
+/* Cache bytes of one token over all layers, in a slot as in the model's own cache: its latent row (the
+ * kv_cache_dtype layout) plus, for V3.2, its index-key row (csrc/model/batch_v32.c). */
+int64_t dsv3_batch_token_bytes(const dsv3_model *m);
 
 int64_t dsv3_batch_slots(const dsv3_batch *b);
 int64_t dsv3_batch_capacity(const dsv3_batch *b);
@@ -48,9 +53,9 @@ int64_t dsv3_batch_length(const dsv3_batch *b, int64_t slot);
 /* Forget a slot's tokens (the sequence left); its cache rows are reused by the next one. */
 dsv3_status dsv3_batch_release(dsv3_batch *b, int64_t slot, dsv3_error *err);
 
-/* Slot dst holds the first n cached tokens of slot src (their cache rows copied for every layer; src ==
- * dst keeps the first n of its own): a prefix cache for prompts that start with tokens another slot
- * already holds. n in [0, length(src)]; dst's later rows are forgotten. */
+/* Slot dst holds the first n cached tokens of slot src (their cache rows, and V3.2 index keys, copied
+ * for every layer; src == dst keeps the first n of its own): a prefix cache for prompts that start with
+ * tokens another slot already holds. n in [0, length(src)]; dst's later rows are forgotten. */
 dsv3_status dsv3_batch_copy_prefix(dsv3_batch *b, int64_t src, int64_t dst, int64_t n, dsv3_error *err);
 /* Cache rollback: keep the first `length` (<= its length) tokens of a slot (rejected draft tokens);
  * dsv3_batch_copy_prefix(b, slot, slot, length). */

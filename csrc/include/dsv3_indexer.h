@@ -59,7 +59,7 @@ typedef struct {
     float *w;        /* [tokens, heads]: per-head weights (times heads^-0.5) */
     float *keys;     /* [tokens, key_row]: index keys of a call without a cache */
     float *kf;       /* [tokens, head_dim]: f32 keys before FP8 packing */
-    float *kblk;     /* [threads, 64 * head_dim]: FP8 keys of one block dequantised */
+    float *kblk;     /* [threads, DSV3_INDEXER_SCORE_BLOCK * head_dim]: FP8 keys of one block dequantised */
     float *score;    /* [threads, rows]: one query's scores */
     uint64_t *order; /* [threads, rows]: sortable (score, position) keys of one query */
     int64_t *sel;    /* [DSV3_INDEXER_CHUNK, topk]: selected rows of a chunk of queries, ascending */
@@ -68,6 +68,7 @@ typedef struct {
 } dsv3_indexer_scratch;
 
 #define DSV3_INDEXER_CHUNK 32 /* queries whose selections are computed in one parallel region */
+#define DSV3_INDEXER_SCORE_BLOCK 64 /* keys per block of dot products in dsv3_indexer_scores (kblk rows) */
 
 dsv3_status dsv3_indexer_scratch_reserve(dsv3_indexer_scratch *ws, const dsv3_mla_dims *d,
                                          const dsv3_indexer_dims *ix, int64_t tokens, int64_t rows, dsv3_error *err);

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #define INDEX_NORM_EPS 1e-6 /* transformers: nn.LayerNorm(index_head_dim, eps=1e-6) */
-#define SCORE_BLOCK 64      /* keys per block of dot products in dsv3_indexer_scores */
+#define SCORE_BLOCK DSV3_INDEXER_SCORE_BLOCK /* keys per block of dot products in dsv3_indexer_scores */
 
 dsv3_status dsv3_indexer_check(const dsv3_mla_dims *d, const dsv3_indexer_dims *ix, dsv3_error *err)
 {

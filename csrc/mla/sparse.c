@@ -26,7 +26,7 @@ static void select_chunk(const dsv3_indexer_dims *ix, dsv3_indexer_scratch *iws,
         const int me = omp_get_thread_num();
         float *score = iws->score + (int64_t)me * iws->rows;
         dsv3_indexer_scores(ix, iws->q + i * H * hd, iws->w + i * H, keys, T, score,
-                            iws->kblk + (int64_t)me * 64 * hd);
+                            iws->kblk + (int64_t)me * DSV3_INDEXER_SCORE_BLOCK * hd);
         counts[j] = dsv3_indexer_select(score, T, ix->topk, iws->sel + j * ix->topk,
                                         iws->order + (int64_t)me * iws->rows);
     }

@@ -5,6 +5,7 @@
 #include "dsv3_batch.h"
 #include "dsv3_ops.h"
 #include "mla/mla_internal.h"
+#include "model/batch_v32.h"
 #include "model/model_internal.h"
 
 #include <string.h>
@@ -21,6 +22,7 @@ struct dsv3_batch {
     float *sel;         /* owned: [rows_cap, hidden] normed hidden states of the output rows */
     dsv3_mla_seg *segs; /* owned: [segs_cap] the step's sequences (a verification chunk: its tokens) */
     int64_t segs_cap;
+    dsv3_batch_index *index; /* owned, V3.2 only: the slots' index-key caches (csrc/model/batch_v32.c) */
 };
 
 dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacity, dsv3_batch **out,
@@ -29,9 +31,6 @@ dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacit
     *out = NULL;
     if (!m || !m->prepared)
         return dsv3_fail(err, DSV3_E_VALUE, "batch: the model is not prepared");
-    if (m->index.topk > 0)
-        return dsv3_fail(err, DSV3_E_VALUE, "batch: DeepSeek-V3.2 sparse attention (deepseek_v32, index_topk > 0) "
-                         "is not supported by the batched engine yet; use Model.forward / generate");
     if (slots < 1 || slot_capacity < 1)
         return dsv3_fail(err, DSV3_E_VALUE, "batch: need at least one slot of at least one token (got %lld x %lld)",
                          (long long)slots, (long long)slot_capacity);
@@ -61,6 +60,11 @@ dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacit
     }
     memset(b->len, 0, (size_t)slots * sizeof(int64_t));
     b->segs_cap = slots;
+    const dsv3_status st = dsv3_batch_index_create(m, slots, slot_capacity, &b->index, err); /* V3.2 */
+    if (st != DSV3_OK) {
+        dsv3_batch_free(b);
+        return st;
+    }
     *out = b;
     return DSV3_OK;
 }
@@ -74,6 +78,7 @@ void dsv3_batch_free(dsv3_batch *b)
     dsv3_free(b->rows);
     dsv3_free(b->sel);
     dsv3_free(b->segs);
+    dsv3_batch_index_free(b->index);
     dsv3_free(b);
 }
 
@@ -107,6 +112,7 @@ dsv3_status dsv3_batch_copy_prefix(dsv3_batch *b, int64_t src, int64_t dst, int6
     if (src != dst)
         for (int64_t l = 0; l < b->m->cfg.num_hidden_layers; l++)
             memcpy(slot_cache(b, dst, l), slot_cache(b, src, l), (size_t)(n * b->kv.row_bytes));
+    dsv3_batch_index_copy(b->index, src, dst, n); /* V3.2: the index keys of the same rows */
     b->len[dst] = n;
     return DSV3_OK;
 }
@@ -154,6 +160,9 @@ static dsv3_status check_step(const dsv3_batch *b, const int64_t *ids, const dsv
         if (q->logits < DSV3_LOGITS_NONE || q->logits > DSV3_BATCH_VERIFY)
             return dsv3_fail(err, DSV3_E_VALUE, "batch: sequence %lld: logits mode %lld is not none/last/all/verify",
                              (long long)i, (long long)q->logits);
+        if (q->logits == DSV3_BATCH_VERIFY && b->index)
+            return dsv3_fail(err, DSV3_E_VALUE, "batch: sequence %lld: the verification mode (speculative decoding) "
+                             "is not supported with DeepSeek-V3.2 sparse attention (index_topk > 0)", (long long)i);
         t += q->n;
         mr = b->len[q->slot] + q->n > mr ? b->len[q->slot] + q->n : mr;
     }
@@ -212,7 +221,9 @@ static dsv3_status attention_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq
     }
     /* each sequence in the form it would take alone; the absorbed ones (decode) in one call that reads
      * W_UK / W_UV once for all of them */
-    if (st == DSV3_OK)
+    if (st == DSV3_OK && b->index) /* V3.2: dense or over the rows each query's indexer selects */
+        st = dsv3_batch_index_attend(b->index, m, l, seqs, b->segs, nseq, x, t, cs, isa, err);
+    else if (st == DSV3_OK)
         st = dsv3_mla_attend_many(d, w, m->attn_mode, ws->q, b->segs, nseg, ws->attn, ws, isa, err);
     if (st == DSV3_OK)
         st = dsv3_linear(ws->attn, t, &w->o_proj, d->attention_bias ? w->o_bias.f32 : NULL, out, isa, err);

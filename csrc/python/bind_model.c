@@ -7,6 +7,7 @@
  */
 #include "bind.h"
 #include "bind_mla.h"
+#include "dsv3_batch.h"
 #include "dsv3_model.h"
 #include "dsv3_mtp.h"
 
@@ -694,8 +695,7 @@ static PyObject *Model_cache_bytes_per_token(ModelObject *self, void *closure)
     (void)closure;
     if (!self->model)
         return PyLong_FromLong(0);
-    return PyLong_FromLongLong((long long)(dsv3_model_kv_layout(self->model).row_bytes *
-                                           self->model->cfg.num_hidden_layers));
+    return PyLong_FromLongLong((long long)dsv3_batch_token_bytes(self->model)); /* latent + V3.2 index keys */
 }
 
 static PyObject *Model_capacity(ModelObject *self, void *closure)
@@ -768,7 +768,8 @@ static PyGetSetDef Model_getset[] = {
     {"capacity", (getter)Model_capacity, NULL, "maximum tokens in the KV cache (max_seq_len)", NULL},
     {"kv_cache_dtype", (getter)Model_kv_cache_dtype, NULL, "storage of the latent cache: 'f32', 'bf16' or 'fp8'", NULL},
     {"cache_bytes_per_token", (getter)Model_cache_bytes_per_token, NULL,
-     "latent cache bytes per token over all layers (row bytes of the dtype's layout x layers)", NULL},
+     "KV cache bytes per token over all layers: the latent row (the dtype's layout) plus, for V3.2, the "
+     "index-key row, x layers", NULL},
     {"attention", (getter)Model_attention, NULL, "'absorbed' or 'naive'", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -203,9 +203,36 @@ static void v32_model(void)
         CHECK(sel[i * 3] >= 0 && sel[i * 3] < sel[i * 3 + 1] && sel[i * 3 + 1] < sel[i * 3 + 2] && sel[i * 3 + 2] <= i,
               "v32 probe: query %lld rows not ascending / causal", (long long)i);
     CHECK_FAIL(dsv3_model_indexer(ab, 2, x, S, sel, scores, -1, &err), DSV3_E_VALUE, &err);
+    /* the batched engine (csrc/model/batch_v32.c): a prefill of 6 beside another sequence, then decode
+     * steps beside its decode tokens, then a copied prefix: bitwise the model's own prefill + decode */
+    dsv3_model_reset(ab);
+    CHECK_OK(dsv3_model_forward(ab, ids, 6, got, -1, &err), &err);
+    for (int64_t i = 6; i < S; i++)
+        CHECK_OK(dsv3_model_forward(ab, ids + i, 1, got + i * V, -1, &err), &err);
     dsv3_batch *b = NULL;
-    CHECK_FAIL(dsv3_batch_create(ab, 2, 16, &b, &err), DSV3_E_VALUE, &err);
-    CHECK(b == NULL && strstr(err.msg, "V3.2") != NULL, "batch refusal message: %s", err.msg);
+    float *lo = malloc((size_t)(6 * V) * sizeof(float));
+    CHECK_OK(dsv3_batch_create(ab, 2, 16, &b, &err), &err);
+    if (b && lo) {
+        const int64_t step1[10] = {5, 9, 2, 13, ids[0], ids[1], ids[2], ids[3], ids[4], ids[5]};
+        const dsv3_batch_seq s1[2] = {{0, 4, DSV3_LOGITS_NONE}, {1, 6, DSV3_LOGITS_ALL}};
+        CHECK_OK(dsv3_batch_forward(b, step1, s1, 2, lo, NULL, -1, &err), &err);
+        CHECK(memcmp(lo, got, (size_t)(6 * V) * sizeof(float)) == 0, "v32 batch: prefill differs from forward");
+        for (int64_t i = 6; i < S; i++) {
+            const int64_t step[2] = {ids[i], 7};
+            const dsv3_batch_seq s2[2] = {{1, 1, DSV3_LOGITS_LAST}, {0, 1, DSV3_LOGITS_NONE}};
+            CHECK_OK(dsv3_batch_forward(b, step, s2, 2, lo, NULL, -1, &err), &err);
+            CHECK(memcmp(lo, got + i * V, (size_t)V * sizeof(float)) == 0, "v32 batch: decode %lld differs",
+                  (long long)i);
+        }
+        CHECK_OK(dsv3_batch_copy_prefix(b, 1, 0, 9, &err), &err); /* slot 0 continues slot 1's first 9 */
+        const dsv3_batch_seq s3[1] = {{0, 1, DSV3_LOGITS_LAST}};
+        CHECK_OK(dsv3_batch_forward(b, ids + 9, s3, 1, lo, NULL, -1, &err), &err);
+        CHECK(memcmp(lo, got + 9 * V, (size_t)V * sizeof(float)) == 0, "v32 batch: copied prefix differs");
+    } else {
+        CHECK(0, "v32 batch setup failed");
+    }
+    dsv3_batch_free(b);
+    free(lo);
     /* impossible indexer configs */
     dsv3_model *bad = NULL;
     v32_config(&c, inv);

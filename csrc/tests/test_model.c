@@ -571,5 +571,13 @@ void test_model(void)
     model_case(&c, "q_proj+bias+softmax+tied");
     c.kv_cache_dtype = DSV3_KV_FP8;
     model_case(&c, "q_proj+bias+softmax+tied, fp8 cache");
+    base_config(&c, inv); /* DeepSeek-V3.2: index_topk 3 < the 5-token prefill, so the batch's selection runs */
+    c.index_n_heads = 4;
+    c.index_head_dim = 16;
+    c.index_topk = 3;
+    model_case(&c, "V3.2 indexer, index_topk 3");
+    c.kv_cache_dtype = DSV3_KV_FP8;
+    c.index_key_fp8 = 1;
+    model_case(&c, "V3.2 indexer, fp8 cache and index keys");
     model_failures();
 }

@@ -1,0 +1,279 @@
+"""DeepSeek-V3.2 (sparse attention, the lightning indexer) in the batched engine: each slot caches its own
+index keys and each token attends to the rows its indexer selects among its own sequence's. A ragged batch
+equals each sequence run alone through Model.forward with the same chunks, bitwise in exact mode
+(index_topk 8, prompts up to 30 tokens, so most queries select); slot reuse, truncate and copy_prefix keep
+the index keys in step with the latent rows; the Engine (its KV budget counts the index keys), generate
+through the engine and the OpenAI server run V3.2."""
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+import dsv3
+from dsv3.engine import Engine
+from dsv3.model import _native_config
+from dsv3.parity import default_config
+from dsv3.testing.checkpoints import write_checkpoint
+
+TOPK = 8
+
+
+def v32_config(**over):
+    cfg = default_config()
+    cfg.update(model_type="deepseek_v32", architectures=["DeepseekV32ForCausalLM"], index_n_heads=8,
+               index_head_dim=16, index_topk=TOPK, **over)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ckpt():
+    d = os.path.join(tempfile.mkdtemp(prefix="dsv3-v32-engine-"), "v32")
+    cfg = dsv3.load_config(v32_config())
+    write_checkpoint(d, cfg, layout="hf", dtype="float32", shards=1, scale=cfg.hidden_size ** -0.5, tokenizer=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def model(ckpt):
+    return dsv3.Model.from_pretrained(ckpt, max_seq_len=128, precision="exact")
+
+
+def single(model, chunks, isa=None, kv=None):
+    """Each chunk (ids, logits mode) fed alone through Model.forward after the previous ones."""
+    model.reset()
+    out = []
+    for ids, mode in chunks:
+        lo = model._native.forward(np.asarray(ids, np.int64), isa=isa, logits={0: "none", 1: "last", 2: "all"}[mode])
+        out.append(None if mode == 0 else lo)
+    return out
+
+
+def test_ragged_steps_bitwise_equal_one_at_a_time(model):
+    """Four sequences of different lengths, chunked prefill crossing index_topk inside a chunk, decode
+    tokens and prefill chunks in one step, slots out of order: every logits row equals the sequence run
+    alone (Model.forward with the same chunks), bitwise; a dense model (index_topk huge) differs, so the
+    selection is exercised."""
+    rng = np.random.default_rng(0)
+    p = [rng.integers(0, 512, n) for n in (30, 5, 13, 21)]
+    d = rng.integers(0, 512, (4, 3))
+    slots = [3, 0, 2, 5]
+    # per sequence: its chunks in step order (None: not in that step)
+    plan = [
+        [(p[0][:6], 2), (p[0][6:17], 2), (p[0][17:], 1), (d[0][:1], 1), (d[0][1:], 2)],
+        [(p[1], 2), (d[1][:1], 1), (d[1][1:2], 1), (d[1][2:], 1), None],
+        [(p[2][:12], 0), (p[2][12:], 1), (d[2][:1], 2), (d[2][1:], 2), None],
+        [None, (p[3][:7], 1), (p[3][7:], 2), (d[3][:1], 1), (d[3][1:], 2)],
+    ]
+    ref = [single(model, [c for c in chunks if c is not None]) for chunks in plan]
+    model.reset()
+    b = dsv3._lib.Batch(model._native, 6, 64)
+    got = [[] for _ in plan]
+    for step in range(5):
+        seqs, ids, who = [], [], []
+        for i, chunks in enumerate(plan):
+            if chunks[step] is not None:
+                seqs.append([slots[i], len(chunks[step][0]), chunks[step][1]])
+                ids.append(chunks[step][0])
+                who.append(i)
+        lo = b.forward(np.concatenate(ids).astype(np.int64), np.array(seqs, np.int64))
+        r = 0
+        for i, (_, n, mode) in zip(who, seqs):
+            k = {0: 0, 1: 1, 2: n}[mode]
+            got[i].append(lo[r:r + k] if mode else None)
+            r += k
+        assert r == len(lo)
+    for i in range(len(plan)):
+        assert len(got[i]) == len(ref[i])
+        for g, want in zip(got[i], ref[i]):
+            assert (g is None) == (want is None)
+            if g is not None:
+                assert np.array_equal(g, want), (i, np.abs(g - want).max())
+    assert [b.length(s) for s in slots] == [33, 8, 16, 24]
+    # the whole sequence 0 at once through Model.forward equals its chunked logits within rounding
+    model.reset()
+    full = model.forward(np.concatenate([p[0], d[0]]))
+    assert np.allclose(full[5:17], np.concatenate(ref[0][:2])[5:], atol=1e-4 * np.abs(full).max())
+    # the selection matters: dense attention over the same weights gives other logits past index_topk
+    dense = dsv3.Model.from_tensors(dict(_native_config(model.config), index_topk=10 ** 6),
+                                    dict(model._checkpoint.canonical_tensors()), precision="exact", max_seq_len=128)
+    df = dense.forward(np.concatenate([p[0], d[0]]))
+    assert np.allclose(df[:TOPK], full[:TOPK], atol=1e-4 * np.abs(full).max())
+    assert np.abs(df[TOPK:] - full[TOPK:]).max() > 1e-2 * np.abs(full).max()
+
+
+def test_slot_reuse_truncate_and_copy_prefix(model):
+    """A released slot serves a new sequence as a fresh one; truncate then new tokens equals Model.forward
+    then Model.truncate then the same tokens; copy_prefix gives another slot the index keys with the latent
+    rows (its continuation equals the source's own), bitwise."""
+    rng = np.random.default_rng(1)
+    a, bb, c = rng.integers(0, 512, 20), rng.integers(0, 512, 17), rng.integers(0, 512, 6)
+    b = dsv3._lib.Batch(model._native, 3, 48)
+    b.forward(np.concatenate([a, bb]), np.array([[1, 20, 0], [2, 17, 0]], np.int64))
+    b.release(1)
+    lo = b.forward(np.concatenate([c, bb[:1]]), np.array([[1, 6, 2], [2, 1, 1]], np.int64))
+    assert np.array_equal(lo[:6], single(model, [(c, 2)])[0])
+    assert np.array_equal(lo[6], single(model, [(bb, 0), (bb[:1], 1)])[1][0])
+    # truncate slot 2 (18 tokens) to 11, then 9 new tokens (past index_topk) and a decode token
+    b.truncate(2, 11)
+    new = rng.integers(0, 512, 9)
+    lo = b.forward(new, np.array([[2, 9, 2]], np.int64))
+    model.reset()
+    model.forward(np.concatenate([bb, bb[:1]]), logits="none")
+    model.truncate(11)
+    want = model.forward(new)
+    assert np.array_equal(lo, want)
+    # copy slot 2's first 15 rows to slot 0; both continue with the same tokens: equal rows
+    b.copy_prefix(2, 0, 15)
+    b.truncate(2, 15)
+    tail = rng.integers(0, 512, 10)
+    lo = b.forward(np.concatenate([tail, tail]), np.array([[0, 10, 2], [2, 10, 2]], np.int64))
+    assert np.array_equal(lo[:10], lo[10:])
+    model.truncate(15)
+    assert np.array_equal(lo[:10], model.forward(tail))
+    with pytest.raises(ValueError, match="cannot copy"):
+        b.copy_prefix(1, 0, 7)
+
+
+@pytest.mark.parametrize("kv,keys", [("bf16", "f32"), ("fp8", "fp8")])
+def test_cache_dtypes_and_fp8_index_keys(ckpt, kv, keys):
+    """A bf16 / fp8 latent cache (the selected rows gathered in that layout) and FP8 index keys: batched
+    equals one at a time, bitwise."""
+    m = dsv3.Model.from_pretrained(ckpt, max_seq_len=64, precision="exact", kv_cache_dtype=kv, index_keys=keys)
+    rng = np.random.default_rng(2)
+    p = [rng.integers(0, 512, n) for n in (19, 11)]
+    nxt = rng.integers(0, 512, 2)
+    ref = [single(m, [(q, 2), (nxt[i:i + 1], 1)]) for i, q in enumerate(p)]
+    b = dsv3._lib.Batch(m._native, 2, 32)
+    lo = b.forward(np.concatenate(p), np.array([[0, 19, 2], [1, 11, 2]], np.int64))
+    assert np.array_equal(lo[:19], ref[0][0]) and np.array_equal(lo[19:], ref[1][0])
+    lo = b.forward(nxt[::-1].copy(), np.array([[1, 1, 1], [0, 1, 1]], np.int64))
+    assert np.array_equal(lo[0], ref[1][1][0]) and np.array_equal(lo[1], ref[0][1][0])
+
+
+def test_threads_and_isa_do_not_change_the_bits(model):
+    """One thread gives the bits of many; the AVX2 and scalar kernel paths each equal their own
+    one-at-a-time run."""
+    rng = np.random.default_rng(3)
+    p = [rng.integers(0, 512, n) for n in (17, 12, 4)]
+    seqs = np.array([[0, 17, 2], [1, 12, 2], [2, 4, 2]], np.int64)
+    ids = np.concatenate(p)
+    runs = {}
+    before = dsv3.get_num_threads()
+    for nt in (before, 1):
+        dsv3.set_num_threads(nt)
+        try:
+            runs[nt] = dsv3._lib.Batch(model._native, 3, 32).forward(ids, seqs)
+        finally:
+            dsv3.set_num_threads(before)
+    assert np.array_equal(runs[before], runs[1])
+    for isa in ("avx2", "scalar"):
+        if isa not in dsv3.cpu_info()["supported_isas"]:
+            continue
+        lo = dsv3._lib.Batch(model._native, 3, 32).forward(ids, seqs, isa=isa)
+        ref = np.concatenate([single(model, [(q, 2)], isa=isa)[0] for q in p])
+        assert np.array_equal(lo, ref), isa
+
+
+def test_engine_generates_v32_and_counts_index_keys(model):
+    """Engine.generate of several prompts together (chunked prefill, slots reused) equals Model.generate
+    one at a time; the slots' bytes include the index keys (per token and layer: the latent row plus
+    index_head_dim f32 keys), and kv_budget_bytes limits the slots by that size."""
+    c = model.config
+    per_token = c.num_hidden_layers * 4 * (c.kv_lora_rank + c.qk_rope_head_dim + c.index_head_dim)
+    assert model.cache_bytes_per_token == per_token
+    eng = Engine(model, max_batch=3, max_seq_len=64, prefill_chunk=7)
+    assert eng.kv_cache_bytes == 3 * 64 * per_token
+    assert Engine(model, max_batch=8, max_seq_len=64, kv_budget_bytes=2 * 64 * per_token + 1).max_batch == 2
+    with pytest.raises(ValueError, match="holds no slot"):
+        Engine(model, max_batch=2, max_seq_len=64, kv_budget_bytes=64 * per_token - 1)
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(0, 512, n) for n in (14, 3, 22, 9, 11)]
+    outs = eng.generate(prompts, max_new_tokens=10)
+    for pr, o in zip(prompts, outs):
+        model.reset()
+        assert list(o.token_ids) == list(model.generate(pr, max_new_tokens=10)), len(pr)
+    # prefix cache: a prompt extending another's shares its rows (index keys included)
+    eng = Engine(model, max_batch=2, max_seq_len=64, prefill_chunk=7, prefix_cache=True)
+    first = eng.generate([prompts[2]], max_new_tokens=4)[0]
+    longer = np.concatenate([prompts[2], first.token_ids, rng.integers(0, 512, 5)])
+    got = eng.generate([longer], max_new_tokens=6)[0]
+    assert eng.prefix_hit_tokens >= len(prompts[2])
+    model.reset()
+    ref = model.generate(longer, max_new_tokens=6, return_dict=True)
+    assert list(got.token_ids) == list(ref.token_ids)
+
+
+def test_generate_text_through_engine(model):
+    """Text in, text out through the engine on the checkpoint's tokenizer, as Model.generate."""
+    eng = Engine(model, max_batch=2, max_seq_len=96)
+    texts = ["Hello there, how are you today?", "Tell me a story about a dragon and a knight"]
+    outs = eng.generate(texts, max_new_tokens=8)
+    for t, o in zip(texts, outs):
+        model.reset()
+        assert o.text == model.generate(t, 8)
+
+
+def test_many_sparse_queries_in_one_step(model):
+    """Two long prefills and two decode tokens in one step: more sparse queries than one gather group holds
+    (64), so the groups' boundaries fall inside a sequence; every row equals that sequence run alone."""
+    rng = np.random.default_rng(5)
+    p = [rng.integers(0, 512, n) for n in (12, 9, 90, 50)]
+    nxt = rng.integers(0, 512, 2)
+    ref = [single(model, [(p[0], 0), (nxt[:1], 1)])[1], single(model, [(p[1], 0), (nxt[1:], 1)])[1],
+           single(model, [(p[2], 2)])[0], single(model, [(p[3], 2)])[0]]
+    b = dsv3._lib.Batch(model._native, 4, 100)
+    b.forward(np.concatenate(p[:2]), np.array([[0, 12, 0], [3, 9, 0]], np.int64))
+    lo = b.forward(np.concatenate([nxt[:1], p[2], nxt[1:], p[3]]),
+                   np.array([[0, 1, 1], [1, 90, 2], [3, 1, 1], [2, 50, 2]], np.int64))
+    assert np.array_equal(lo[0], ref[0][0]) and np.array_equal(lo[1:91], ref[2])
+    assert np.array_equal(lo[91], ref[1][0]) and np.array_equal(lo[92:], ref[3])
+
+
+def test_serve_command_v32(ckpt):
+    """`dsv3 serve` on a V3.2 checkpoint: a completion and a streamed chat reply (prompts longer than
+    index_topk) equal Model.generate."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("fastapi")
+    openai = pytest.importorskip("openai")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = subprocess.Popen([sys.executable, "-m", "dsv3", "serve", ckpt, "--port", str(port), "--max-seq-len", "64",
+                          "--max-batch", "3", "--model-name", "v32"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(600):  # up to 60 s
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if p.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, p.stdout.read()[-3000:]
+        m = dsv3.Model.from_pretrained(ckpt, max_seq_len=64)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=60)
+        prompt = "Once upon a time, in a land far away, there lived"
+        assert len(m.tokenizer.encode(prompt)) > TOPK
+        r = c.completions.create(model="v32", prompt=prompt, max_tokens=8, temperature=0)
+        assert r.choices[0].text == m.generate(prompt, 8)
+        msgs = [{"role": "user", "content": "Tell me about the sea and the ships on it"}]
+        parts = [ev.choices[0].delta.content or "" for ev in
+                 c.chat.completions.create(model="v32", messages=msgs, max_tokens=8, seed=3, stream=True)]
+        assert "".join(parts) == m.generate(msgs, 8, do_sample=True, seed=3)
+    finally:
+        p.terminate()
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
