@@ -135,6 +135,18 @@ def test_slot_reuse_truncate_and_copy_prefix(model):
         b.copy_prefix(1, 0, 7)
 
 
+def test_verification_mode_refused_with_v32(model):
+    """The speculative verification mode (logits mode 3) is refused for a V3.2 model with a clear error, and
+    the refused step changes no slot."""
+    b = dsv3._lib.Batch(model._native, 2, 32)
+    ids = np.arange(5, dtype=np.int64)
+    b.forward(ids[:3], np.array([[0, 3, 0]], np.int64))
+    with pytest.raises(ValueError, match="verification mode .* not supported with DeepSeek-V3.2"):
+        b.forward(ids[:2], np.array([[0, 2, 3]], np.int64))
+    lo = b.forward(ids[3:4], np.array([[0, 1, 1]], np.int64))
+    assert np.array_equal(lo[0], single(model, [(ids[:3], 0), (ids[3:4], 1)])[1][0])
+
+
 @pytest.mark.parametrize("kv,keys", [("bf16", "f32"), ("fp8", "fp8")])
 def test_cache_dtypes_and_fp8_index_keys(ckpt, kv, keys):
     """A bf16 / fp8 latent cache (the selected rows gathered in that layout) and FP8 index keys: batched
