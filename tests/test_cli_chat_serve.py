@@ -1,14 +1,12 @@
 """`dsv3 chat` driven through stdin, and `dsv3 serve` started as a command on 127.0.0.1."""
 import io
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-from serve_helpers import checkpoint_dir, load
+from serve_helpers import checkpoint_dir, load, served
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,31 +35,7 @@ def test_chat_command_reads_stdin():
 def test_serve_command_answers_on_loopback():
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("uvicorn")
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    p = subprocess.Popen([sys.executable, "-m", "dsv3", "serve", checkpoint_dir(), "--port", str(port),
-                          "--max-seq-len", "64", "--model-name", "tiny"], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
-    try:
-        for _ in range(600):  # up to 60 s
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if p.poll() is not None:
-                break
-            time.sleep(0.1)
+    with served(checkpoint_dir(), "--model-name", "tiny") as port:
         r = httpx.post(f"http://127.0.0.1:{port}/v1/completions",
                        json={"model": "tiny", "prompt": "Hello", "max_tokens": 3, "temperature": 0}, timeout=60)
         assert r.status_code == 200 and r.json()["choices"][0]["text"] == load(64).generate("Hello", 3)
-    finally:
-        p.terminate()
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)

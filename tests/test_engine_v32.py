@@ -15,6 +15,7 @@ from dsv3.engine import Engine
 from dsv3.model import _native_config
 from dsv3.parity import default_config
 from dsv3.testing.checkpoints import write_checkpoint
+from serve_helpers import served
 
 TOPK = 8
 
@@ -245,33 +246,11 @@ def test_many_sparse_queries_in_one_step(model):
 def test_serve_command_v32(ckpt):
     """`dsv3 serve` on a V3.2 checkpoint: a completion and a streamed chat reply (prompts longer than
     index_topk) equal Model.generate."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    httpx = pytest.importorskip("httpx")
     pytest.importorskip("uvicorn")
     pytest.importorskip("fastapi")
     openai = pytest.importorskip("openai")
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    p = subprocess.Popen([sys.executable, "-m", "dsv3", "serve", ckpt, "--port", str(port), "--max-seq-len", "64",
-                          "--max-batch", "3", "--model-name", "v32"], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
-    try:
-        for _ in range(600):  # up to 60 s
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if p.poll() is not None:
-                break
-            time.sleep(0.1)
-        assert p.poll() is None, p.stdout.read()[-3000:]
+    pytest.importorskip("httpx")
+    with served(ckpt, "--max-batch", "3", "--model-name", "v32") as port:
         m = dsv3.Model.from_pretrained(ckpt, max_seq_len=64)
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=60)
         prompt = "Once upon a time, in a land far away, there lived"
@@ -282,10 +261,3 @@ def test_serve_command_v32(ckpt):
         parts = [ev.choices[0].delta.content or "" for ev in
                  c.chat.completions.create(model="v32", messages=msgs, max_tokens=8, seed=3, stream=True)]
         assert "".join(parts) == m.generate(msgs, 8, do_sample=True, seed=3)
-    finally:
-        p.terminate()
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)

@@ -1,12 +1,8 @@
 """`dsv3 serve --speculative mtp`: the OpenAI server over a speculative engine (the MTP layer drafts) gives
 the tokens of plain decoding, streamed or not, and reports the acceptance on /health; the command line
 passes the option through and says clearly when the checkpoint has no MTP layer."""
-import os
 import socket
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
 
@@ -16,19 +12,8 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 import dsv3  # noqa: E402
-from serve_helpers import checkpoint_dir, load  # noqa: E402
+from serve_helpers import checkpoint_dir, free_port, load, served, start_serve  # noqa: E402
 from test_chat_mtp import mtp_checkpoint_dir  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
 
 def test_server_with_speculative_engine_equals_generate():
     import uvicorn
@@ -75,42 +60,17 @@ def test_server_with_speculative_engine_equals_generate():
         th.join(timeout=10)
 
 
-def _serve(ckpt, port, *extra):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, "-m", "dsv3", "serve", ckpt, "--port", str(port), "--max-seq-len", "64",
-                             "--model-name", "tiny", *extra], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
 def test_serve_command_speculative_mtp():
-    port = _port()
-    p = _serve(mtp_checkpoint_dir(), port, "--speculative", "mtp", "--num-draft", "2")
-    try:
-        for _ in range(600):  # up to 60 s
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if p.poll() is not None:
-                break
-            time.sleep(0.1)
+    with served(mtp_checkpoint_dir(), "--model-name", "tiny", "--speculative", "mtp", "--num-draft", "2") as port:
         r = httpx.post(f"http://127.0.0.1:{port}/v1/completions",
                        json={"model": "tiny", "prompt": "Hello", "max_tokens": 5, "temperature": 0}, timeout=60)
         ref = dsv3.Model.from_pretrained(mtp_checkpoint_dir(), max_seq_len=64).generate("Hello", 5)
         assert r.status_code == 200 and r.json()["choices"][0]["text"] == ref
         assert "speculative" in httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
-    finally:
-        p.terminate()
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
 
 
 def test_serve_command_speculative_without_mtp_layer_says_so():
-    p = _serve(checkpoint_dir(), _port(), "--speculative", "mtp")
+    p = start_serve(checkpoint_dir(), free_port(), "--model-name", "tiny", "--speculative", "mtp")
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 1
     assert "MTP layer" in out and "--keep-mtp" in out and "Traceback" not in out
