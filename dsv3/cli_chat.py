@@ -4,6 +4,7 @@ drafts tokens with the checkpoint's MTP layer (:mod:`dsv3.speculative`) and also
 import sys
 import time
 
+from . import cli_speculative
 from .model import KV_CACHE_DTYPES
 
 
@@ -17,10 +18,7 @@ def add_arguments(parser):
     parser.add_argument("--max-seq-len", type=int, default=4096, help="conversation length in tokens (default 4096)")
     parser.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="f32",
                         help="latent KV cache storage: f32 (default), bf16 (half) or fp8 (about a quarter)")
-    parser.add_argument("--speculative", choices=("mtp",),
-                        help="speculative decoding: 'mtp' drafts with the checkpoint's MTP layer (a checkpoint "
-                             "converted with --keep-mtp, or the hub layout); greedy replies are unchanged")
-    parser.add_argument("--num-draft", type=int, default=2, help="draft tokens per step with --speculative (default 2)")
+    cli_speculative.add_arguments(parser, "replies are")
 
 
 def chat(model, system=None, max_new_tokens=256, temperature=0.7, top_p=0.95, seed=None, stdin=None, stdout=None,
@@ -84,19 +82,17 @@ def chat(model, system=None, max_new_tokens=256, temperature=0.7, top_p=0.95, se
 def run(args):
     from .checkpoint import CheckpointError
     from .model import Model
-    if args.speculative and args.num_draft < 1:
-        print(f"dsv3 chat: --num-draft must be >= 1, got {args.num_draft}", file=sys.stderr)
-        return 2
+    bad = cli_speculative.bad_num_draft(args, "chat")
+    if bad is not None:
+        return bad
     try:
         model = Model.from_pretrained(args.checkpoint, max_seq_len=args.max_seq_len,
                                       kv_cache_dtype=args.kv_cache_dtype, mtp=args.speculative == "mtp")
     except CheckpointError as e:
-        if args.speculative and "no MTP layer" in str(e):
-            print(f"dsv3 chat: --speculative mtp needs the checkpoint's MTP layer, and {args.checkpoint} has none "
-                  "(convert the original checkpoint with `dsv3 convert --keep-mtp`, or run without --speculative)",
-                  file=sys.stderr)
-            return 1
-        raise
+        rc = cli_speculative.no_mtp_layer(args, "chat", e)
+        if rc is None:
+            raise
+        return rc
     chat(model, args.system, args.max_new_tokens, args.temperature, args.top_p, args.seed,
          speculative=args.speculative, num_draft=args.num_draft)
     return 0

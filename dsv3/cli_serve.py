@@ -2,6 +2,7 @@
 streaming, /v1/models, /health) over the batched engine. Needs the `serve` extra (FastAPI, uvicorn)."""
 import sys
 
+from . import cli_speculative
 from .model import KV_CACHE_DTYPES
 
 
@@ -19,10 +20,7 @@ def add_arguments(parser):
                         help="reuse the cached rows of prompt prefixes other requests fed (a conversation's next "
                              "turn, shared system prompts, n > 1); results then equal uncached ones within f32 "
                              "rounding, not bitwise")
-    parser.add_argument("--speculative", choices=("mtp",),
-                        help="speculative decoding: 'mtp' drafts with the checkpoint's MTP layer (a checkpoint "
-                             "converted with --keep-mtp, or the hub layout); greedy output is unchanged")
-    parser.add_argument("--num-draft", type=int, default=2, help="draft tokens per step with --speculative (default 2)")
+    cli_speculative.add_arguments(parser, "output is")
 
 
 def run(args):
@@ -34,19 +32,17 @@ def run(args):
         print(f"dsv3 serve: {e}; install the server extra: pip install 'dsv3[serve]'", file=sys.stderr)
         return 1
     from .checkpoint import CheckpointError
-    if args.speculative and args.num_draft < 1:
-        print(f"dsv3 serve: --num-draft must be >= 1, got {args.num_draft}", file=sys.stderr)
-        return 2
+    bad = cli_speculative.bad_num_draft(args, "serve")
+    if bad is not None:
+        return bad
     print(f"dsv3 serve: loading {args.checkpoint}; OpenAI API at http://{args.host}:{args.port}/v1", file=sys.stderr)
     try:
         serve(args.checkpoint, host=args.host, port=args.port, max_batch=args.max_batch, max_seq_len=args.max_seq_len,
               model_name=args.model_name, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
               prefix_cache=args.prefix_cache, speculative=args.speculative, num_draft=args.num_draft)
     except CheckpointError as e:
-        if args.speculative and "no MTP layer" in str(e):
-            print(f"dsv3 serve: --speculative mtp needs the checkpoint's MTP layer, and {args.checkpoint} has none "
-                  "(convert the original checkpoint with `dsv3 convert --keep-mtp`, or run without --speculative)",
-                  file=sys.stderr)
-            return 1
-        raise
+        rc = cli_speculative.no_mtp_layer(args, "serve", e)
+        if rc is None:
+            raise
+        return rc
     return 0
