@@ -1,7 +1,7 @@
-/* AVX2 attention kernels: the exact order of attend_scalar.c (see attend_kernels.h). The 16-lane
- * order of dots and expsum is kept with two 8-lane halves (lo: lanes 0-7, hi: lanes 8-15), whose
- * sum is the first step of the pairwise tree. Register tiles: dots 3 queries x 2 rows, wsum 6 rows
- * x 16 columns. Tails load zeros (maskload), which add nothing to a lane. */
+/* AVX2 attention kernels: the bodies of attend_template.h in the exact order of attend_scalar.c (see
+ * attend_kernels.h). The 16 lanes of dots and expsum are two 8-lane halves (lo: lanes 0-7, hi: lanes
+ * 8-15), whose sum is the first step of the pairwise tree. Register tiles: dots 3 queries x 2 rows, wsum
+ * 6 rows x 16 columns. Tails load zeros (maskload), which add nothing to a lane. */
 #include "attend_kernels.h"
 #include "kv_rows.h"
 #include "linear/decode_avx2.h"
@@ -18,121 +18,52 @@ AI __m256i mask8(int64_t left)
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(l), idx);
 }
 
-/* The pairwise tree of the 16-lane contract over (lo, hi). */
-AI float hsum_lohi(__m256 lo, __m256 hi)
+/* ---- 16 lanes: two __m256 ---- */
+typedef struct {
+    __m256 lo, hi;
+} V;
+
+AI V v_pair(__m256 lo, __m256 hi)
 {
-    const __m256 a8 = _mm256_add_ps(lo, hi);
+    V v;
+    v.lo = lo;
+    v.hi = hi;
+    return v;
+}
+AI V v_zero(void) { return v_pair(_mm256_setzero_ps(), _mm256_setzero_ps()); }
+AI V v_set1(float s) { return v_pair(_mm256_set1_ps(s), _mm256_set1_ps(s)); }
+AI V v_load(const float *p) { return v_pair(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)); }
+AI V v_load_n(const float *p, int64_t n) { return v_pair(_mm256_maskload_ps(p, mask8(n)), _mm256_maskload_ps(p + 8, mask8(n - 8))); }
+AI void v_store(float *p, V v)
+{
+    _mm256_storeu_ps(p, v.lo);
+    _mm256_storeu_ps(p + 8, v.hi);
+}
+AI void v_store_n(float *p, V v, int64_t n)
+{
+    _mm256_maskstore_ps(p, mask8(n), v.lo);
+    _mm256_maskstore_ps(p + 8, mask8(n - 8), v.hi);
+}
+AI V v_add(V a, V b) { return v_pair(_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)); }
+AI V v_sub(V a, V b) { return v_pair(_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi)); }
+AI V v_fma(V a, V b, V c) { return v_pair(_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)); }
+AI V v_fma_n(V a, V b, V c, int64_t n)
+{
+    (void)n; /* a and b are zero past n: c + 0 */
+    return v_fma(a, b, c);
+}
+AI V v_and_n(V v, int64_t n)
+{
+    return v_pair(_mm256_and_ps(v.lo, _mm256_castsi256_ps(mask8(n))), _mm256_and_ps(v.hi, _mm256_castsi256_ps(mask8(n - 8))));
+}
+
+/* The pairwise tree of the 16-lane contract over (lo, hi). */
+AI float v_hsum(V v)
+{
+    const __m256 a8 = _mm256_add_ps(v.lo, v.hi);
     const __m128 a4 = _mm_add_ps(_mm256_castps256_ps128(a8), _mm256_extractf128_ps(a8, 1));
     const __m128 a2 = _mm_add_ps(a4, _mm_movehl_ps(a4, a4));
     return _mm_cvtss_f32(_mm_add_ss(a2, _mm_shuffle_ps(a2, a2, 1)));
-}
-
-AI void dots_tile(const float *a, int64_t lda, const float *b, int64_t ldb, int64_t n, float *out, int64_t ldo,
-                  const int MA, const int NB)
-{
-    __m256 lo[3][2], hi[3][2], bl[2], bh[2];
-    for (int i = 0; i < MA; i++)
-        for (int j = 0; j < NB; j++)
-            lo[i][j] = hi[i][j] = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + 16 <= n; k += 16) {
-        for (int j = 0; j < NB; j++) {
-            bl[j] = _mm256_loadu_ps(b + j * ldb + k);
-            bh[j] = _mm256_loadu_ps(b + j * ldb + k + 8);
-        }
-        for (int i = 0; i < MA; i++) {
-            const __m256 al = _mm256_loadu_ps(a + i * lda + k), ah = _mm256_loadu_ps(a + i * lda + k + 8);
-            for (int j = 0; j < NB; j++) {
-                lo[i][j] = _mm256_fmadd_ps(al, bl[j], lo[i][j]);
-                hi[i][j] = _mm256_fmadd_ps(ah, bh[j], hi[i][j]);
-            }
-        }
-    }
-    if (k < n) {
-        const __m256i ml = mask8(n - k), mh = mask8(n - k - 8);
-        for (int j = 0; j < NB; j++) {
-            bl[j] = _mm256_maskload_ps(b + j * ldb + k, ml);
-            bh[j] = _mm256_maskload_ps(b + j * ldb + k + 8, mh);
-        }
-        for (int i = 0; i < MA; i++) {
-            const __m256 al = _mm256_maskload_ps(a + i * lda + k, ml);
-            const __m256 ah = _mm256_maskload_ps(a + i * lda + k + 8, mh);
-            for (int j = 0; j < NB; j++) {
-                lo[i][j] = _mm256_fmadd_ps(al, bl[j], lo[i][j]);
-                hi[i][j] = _mm256_fmadd_ps(ah, bh[j], hi[i][j]);
-            }
-        }
-    }
-    for (int i = 0; i < MA; i++)
-        for (int j = 0; j < NB; j++)
-            out[i * ldo + j] = hsum_lohi(lo[i][j], hi[i][j]);
-}
-
-static void dots_avx2(const float *a, int64_t na, int64_t lda, const float *b, int64_t nb, int64_t ldb, int64_t n,
-                      float *out, int64_t ldo)
-{
-    for (int64_t j = 0; j < nb; j += 2)
-        for (int64_t i = 0; i < na; i += 3) {
-            const int ma = na - i < 3 ? (int)(na - i) : 3, nbb = nb - j < 2 ? 1 : 2;
-            const float *ai = a + i * lda, *bj = b + j * ldb;
-            float *o = out + i * ldo + j;
-            switch (ma * 4 + nbb) {
-            case 3 * 4 + 2: dots_tile(ai, lda, bj, ldb, n, o, ldo, 3, 2); break;
-            case 3 * 4 + 1: dots_tile(ai, lda, bj, ldb, n, o, ldo, 3, 1); break;
-            case 2 * 4 + 2: dots_tile(ai, lda, bj, ldb, n, o, ldo, 2, 2); break;
-            case 2 * 4 + 1: dots_tile(ai, lda, bj, ldb, n, o, ldo, 2, 1); break;
-            case 1 * 4 + 2: dots_tile(ai, lda, bj, ldb, n, o, ldo, 1, 2); break;
-            default: dots_tile(ai, lda, bj, ldb, n, o, ldo, 1, 1); break;
-            }
-        }
-}
-
-AI void wsum_tile(const float *p, int64_t ldp, const float *x, int64_t ldx, int64_t T, float *out, int64_t ldo,
-                  __m256i m0, __m256i m1, const int MR, const int NC)
-{
-    __m256 acc[6][2];
-    for (int i = 0; i < MR; i++)
-        for (int c = 0; c < NC; c++)
-            acc[i][c] = _mm256_setzero_ps();
-    for (int64_t t = 0; t < T; t++) {
-        const float *xt = x + t * ldx;
-        const __m256 x0 = _mm256_maskload_ps(xt, m0);
-        const __m256 x1 = NC > 1 ? _mm256_maskload_ps(xt + 8, m1) : x0;
-        for (int i = 0; i < MR; i++) {
-            const __m256 pv = _mm256_broadcast_ss(p + i * ldp + t);
-            acc[i][0] = _mm256_fmadd_ps(pv, x0, acc[i][0]);
-            if (NC > 1)
-                acc[i][1] = _mm256_fmadd_ps(pv, x1, acc[i][1]);
-        }
-    }
-    for (int i = 0; i < MR; i++) {
-        _mm256_maskstore_ps(out + i * ldo, m0, acc[i][0]);
-        if (NC > 1)
-            _mm256_maskstore_ps(out + i * ldo + 8, m1, acc[i][1]);
-    }
-}
-
-#define WSUM_CASE(mr) \
-    case mr: \
-        if (nc == 2) \
-            wsum_tile(p + i * ldp, ldp, x + r, ldx, T, out + i * ldo + r, ldo, m0, m1, mr, 2); \
-        else \
-            wsum_tile(p + i * ldp, ldp, x + r, ldx, T, out + i * ldo + r, ldo, m0, m1, mr, 1); \
-        break;
-
-static void wsum_avx2(const float *p, int64_t np, int64_t ldp, const float *x, int64_t ldx, int64_t T, int64_t n,
-                      float *out, int64_t ldo)
-{
-    for (int64_t r = 0; r < n; r += 16) {
-        const __m256i m0 = mask8(n - r), m1 = mask8(n - r - 8);
-        const int nc = n - r > 8 ? 2 : 1;
-        for (int64_t i = 0; i < np; i += 6) {
-            switch (np - i < 6 ? (int)(np - i) : 6) {
-                WSUM_CASE(1) WSUM_CASE(2) WSUM_CASE(3) WSUM_CASE(4) WSUM_CASE(5) WSUM_CASE(6)
-            default: break;
-            }
-        }
-    }
 }
 
 /* dsv3_mla_exp on 8 lanes: the same operations in the same order. */
@@ -154,32 +85,7 @@ AI __m256 exp8(__m256 x)
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
-
-static float expsum_avx2(float *x, int64_t n, float m)
-{
-    const __m256 mv = _mm256_set1_ps(m);
-    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16) {
-        const __m256 a = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
-        const __m256 b = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), mv));
-        _mm256_storeu_ps(x + j, a);
-        _mm256_storeu_ps(x + j + 8, b);
-        lo = _mm256_add_ps(lo, a);
-        hi = _mm256_add_ps(hi, b);
-    }
-    if (j < n) {
-        const __m256i ml = mask8(n - j), mh = mask8(n - j - 8);
-        const __m256 a = _mm256_and_ps(exp8(_mm256_sub_ps(_mm256_maskload_ps(x + j, ml), mv)), _mm256_castsi256_ps(ml));
-        const __m256 b = _mm256_and_ps(exp8(_mm256_sub_ps(_mm256_maskload_ps(x + j + 8, mh), mv)),
-                                       _mm256_castsi256_ps(mh));
-        _mm256_maskstore_ps(x + j, ml, a);
-        _mm256_maskstore_ps(x + j + 8, mh, b);
-        lo = _mm256_add_ps(lo, a);
-        hi = _mm256_add_ps(hi, b);
-    }
-    return hsum_lohi(lo, hi);
-}
+AI V v_exp(V x) { return v_pair(exp8(x.lo), exp8(x.hi)); }
 
 /* ---- bf16 / fp8 cache rows, converted in registers (the f32 values dsv3_kv_elem gives) ---- */
 
@@ -206,130 +112,35 @@ AI __m256 kv_load8(const dsv3_kv_layout *g, const uint8_t *row, int64_t k, int64
     return _mm256_loadu_ps(tmp);
 }
 
-AI void dots_kv_tile(const float *a, int64_t lda, const dsv3_kv_layout *g, const uint8_t *b, float *out, int64_t ldo,
-                     const int MA, const int NB, const int DT)
+AI V kv_load(const dsv3_kv_layout *g, const uint8_t *row, int64_t k, int64_t lim, const int DT)
 {
-    const int64_t n = g->R + g->P, rb = g->row_bytes;
-    __m256 lo[3][2], hi[3][2], bl[2], bh[2];
-    for (int i = 0; i < MA; i++)
-        for (int j = 0; j < NB; j++)
-            lo[i][j] = hi[i][j] = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + 16 <= n; k += 16) {
-        for (int j = 0; j < NB; j++) {
-            bl[j] = kv_load8(g, b + j * rb, k, 8, DT);
-            bh[j] = kv_load8(g, b + j * rb, k + 8, 8, DT);
-        }
-        for (int i = 0; i < MA; i++) {
-            const __m256 al = _mm256_loadu_ps(a + i * lda + k), ah = _mm256_loadu_ps(a + i * lda + k + 8);
-            for (int j = 0; j < NB; j++) {
-                lo[i][j] = _mm256_fmadd_ps(al, bl[j], lo[i][j]);
-                hi[i][j] = _mm256_fmadd_ps(ah, bh[j], hi[i][j]);
-            }
-        }
-    }
-    if (k < n) {
-        const __m256i ml = mask8(n - k), mh = mask8(n - k - 8);
-        for (int j = 0; j < NB; j++) {
-            bl[j] = kv_load8(g, b + j * rb, k, n - k, DT);
-            bh[j] = kv_load8(g, b + j * rb, k + 8, n - k - 8, DT);
-        }
-        for (int i = 0; i < MA; i++) {
-            const __m256 al = _mm256_maskload_ps(a + i * lda + k, ml);
-            const __m256 ah = _mm256_maskload_ps(a + i * lda + k + 8, mh);
-            for (int j = 0; j < NB; j++) {
-                lo[i][j] = _mm256_fmadd_ps(al, bl[j], lo[i][j]);
-                hi[i][j] = _mm256_fmadd_ps(ah, bh[j], hi[i][j]);
-            }
-        }
-    }
-    for (int i = 0; i < MA; i++)
-        for (int j = 0; j < NB; j++)
-            out[i * ldo + j] = hsum_lohi(lo[i][j], hi[i][j]);
+    return v_pair(kv_load8(g, row, k, lim, DT), kv_load8(g, row, k + 8, lim - 8, DT));
 }
 
-#define DOTS_KV_BODY(dt) \
-    for (int64_t j = 0; j < nb; j += 2) \
-        for (int64_t i = 0; i < na; i += 3) { \
-            const int ma = na - i < 3 ? (int)(na - i) : 3, nbb = nb - j < 2 ? 1 : 2; \
-            const float *ai = a + i * lda; \
-            const uint8_t *bj = rows + j * g->row_bytes; \
-            float *o = out + i * ldo + j; \
-            switch (ma * 4 + nbb) { \
-            case 3 * 4 + 2: dots_kv_tile(ai, lda, g, bj, o, ldo, 3, 2, dt); break; \
-            case 3 * 4 + 1: dots_kv_tile(ai, lda, g, bj, o, ldo, 3, 1, dt); break; \
-            case 2 * 4 + 2: dots_kv_tile(ai, lda, g, bj, o, ldo, 2, 2, dt); break; \
-            case 2 * 4 + 1: dots_kv_tile(ai, lda, g, bj, o, ldo, 2, 1, dt); break; \
-            case 1 * 4 + 2: dots_kv_tile(ai, lda, g, bj, o, ldo, 1, 2, dt); break; \
-            default: dots_kv_tile(ai, lda, g, bj, o, ldo, 1, 1, dt); break; \
-            } \
-        }
+/* ---- native width: 8 lanes ---- */
+#define WL 8
+typedef __m256 W;
+typedef __m256i WM;
+#define w_lanes mask8
+#define kvw_load kv_load8
+AI W w_zero(void) { return _mm256_setzero_ps(); }
+AI W w_maskload(const float *p, WM m) { return _mm256_maskload_ps(p, m); }
+AI void w_maskstore(float *p, WM m, W v) { _mm256_maskstore_ps(p, m, v); }
+AI W w_bcast(const float *p) { return _mm256_broadcast_ss(p); }
+AI W w_fma(W a, W b, W c) { return _mm256_fmadd_ps(a, b, c); }
 
-static void dots_kv_avx2(const float *a, int64_t na, int64_t lda, const dsv3_kv_layout *g, const uint8_t *rows,
-                         int64_t nb, float *out, int64_t ldo)
-{
-    if (g->dtype == DSV3_KV_BF16) {
-        DOTS_KV_BODY(DSV3_KV_BF16)
-    } else {
-        DOTS_KV_BODY(DSV3_KV_FP8)
-    }
-}
+/* ---- tiles ---- */
+#define DOTS_MA 3
+#define DOTS_NB 2
+#define DOTS_CASES(X) EACH_3(UPTO_2, X)
+#define DOTS_KV_MA 3
+#define DOTS_KV_NB 2
+#define DOTS_KV_CASES(X) EACH_3(UPTO_2, X)
+#define DOTS_MAX_MA 3
+#define DOTS_MAX_NB 2
+#define WSUM_MR 6
+#define WSUM_CASES(X) X(1) X(2) X(3) X(4) X(5) X(6)
+#define ATTEND_TABLE dsv3_attend_avx2
+#define WSUM_ROWS_FN dsv3_wsum_rows_avx2
 
-AI void wsum_kv_tile(const float *p, int64_t ldp, const dsv3_kv_layout *g, const uint8_t *rows, int64_t T, int64_t r,
-                     float *out, int64_t ldo, __m256i m0, __m256i m1, const int MR, const int NC, const int DT)
-{
-    __m256 acc[6][2];
-    for (int i = 0; i < MR; i++)
-        for (int c = 0; c < NC; c++)
-            acc[i][c] = _mm256_setzero_ps();
-    for (int64_t t = 0; t < T; t++) {
-        const uint8_t *row = rows + t * g->row_bytes;
-        const __m256 x0 = kv_load8(g, row, r, g->R - r, DT);
-        const __m256 x1 = NC > 1 ? kv_load8(g, row, r + 8, g->R - r - 8, DT) : x0;
-        for (int i = 0; i < MR; i++) {
-            const __m256 pv = _mm256_broadcast_ss(p + i * ldp + t);
-            acc[i][0] = _mm256_fmadd_ps(pv, x0, acc[i][0]);
-            if (NC > 1)
-                acc[i][1] = _mm256_fmadd_ps(pv, x1, acc[i][1]);
-        }
-    }
-    for (int i = 0; i < MR; i++) {
-        _mm256_maskstore_ps(out + i * ldo, m0, acc[i][0]);
-        if (NC > 1)
-            _mm256_maskstore_ps(out + i * ldo + 8, m1, acc[i][1]);
-    }
-}
-
-#define WSUM_KV_CASE(mr, dt) \
-    case mr: \
-        if (nc == 2) \
-            wsum_kv_tile(p + i * ldp, ldp, g, rows, T, r, out + i * ldo + r, ldo, m0, m1, mr, 2, dt); \
-        else \
-            wsum_kv_tile(p + i * ldp, ldp, g, rows, T, r, out + i * ldo + r, ldo, m0, m1, mr, 1, dt); \
-        break;
-#define WSUM_KV_BODY(dt) \
-    for (int64_t r = 0; r < n; r += 16) { \
-        const __m256i m0 = mask8(n - r), m1 = mask8(n - r - 8); \
-        const int nc = n - r > 8 ? 2 : 1; \
-        for (int64_t i = 0; i < np; i += 6) { \
-            switch (np - i < 6 ? (int)(np - i) : 6) { \
-                WSUM_KV_CASE(1, dt) WSUM_KV_CASE(2, dt) WSUM_KV_CASE(3, dt) \
-                WSUM_KV_CASE(4, dt) WSUM_KV_CASE(5, dt) WSUM_KV_CASE(6, dt) \
-            default: break; \
-            } \
-        } \
-    }
-
-static void wsum_kv_avx2(const float *p, int64_t np, int64_t ldp, const dsv3_kv_layout *g, const uint8_t *rows,
-                         int64_t T, float *out, int64_t ldo)
-{
-    const int64_t n = g->R;
-    if (g->dtype == DSV3_KV_BF16) {
-        WSUM_KV_BODY(DSV3_KV_BF16)
-    } else {
-        WSUM_KV_BODY(DSV3_KV_FP8)
-    }
-}
-
-const dsv3_attend_kernels dsv3_attend_avx2 = {dots_avx2, wsum_avx2, expsum_avx2, dots_kv_avx2, wsum_kv_avx2,
-                                              dsv3_wsum_rows_avx2};
+#include "attend_template.h"

@@ -1,6 +1,7 @@
-/* AVX-512 attention kernels: the exact order of attend_scalar.c (see attend_kernels.h), with
- * register tiles (dots: 4 queries x 4 rows; wsum: 8 rows x 32 columns) so every loaded cache row
- * or weight row serves several outputs. Tails use masked loads; masked lanes keep their value. */
+/* AVX-512 attention kernels: the bodies of attend_template.h in the exact order of attend_scalar.c (see
+ * attend_kernels.h), with register tiles (dots: 4 queries x 4 rows, 8 queries x 2 cache rows; wsum: 8 rows
+ * x 32 columns) so every loaded cache row or weight row serves several outputs. Tails use masked loads;
+ * in the dots tail, masked lanes keep their accumulator. */
 #include "attend_kernels.h"
 #include "kv_rows.h"
 
@@ -8,7 +9,26 @@
 
 #define AI static inline __attribute__((always_inline))
 
-AI float hsum16(__m512 v)
+/* ---- 16 lanes: one __m512 ---- */
+typedef __m512 V;
+
+AI __mmask16 lanes(int64_t left)
+{
+    return left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u);
+}
+AI V v_zero(void) { return _mm512_setzero_ps(); }
+AI V v_set1(float s) { return _mm512_set1_ps(s); }
+AI V v_load(const float *p) { return _mm512_loadu_ps(p); }
+AI V v_load_n(const float *p, int64_t n) { return _mm512_maskz_loadu_ps(lanes(n), p); }
+AI void v_store(float *p, V v) { _mm512_storeu_ps(p, v); }
+AI void v_store_n(float *p, V v, int64_t n) { _mm512_mask_storeu_ps(p, lanes(n), v); }
+AI V v_add(V a, V b) { return _mm512_add_ps(a, b); }
+AI V v_sub(V a, V b) { return _mm512_sub_ps(a, b); }
+AI V v_fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+AI V v_fma_n(V a, V b, V c, int64_t n) { return _mm512_mask3_fmadd_ps(a, b, c, lanes(n)); }
+AI V v_and_n(V v, int64_t n) { return _mm512_maskz_mov_ps(lanes(n), v); }
+
+AI float v_hsum(V v)
 {
     const __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
     const __m128 a4 = _mm_add_ps(_mm256_castps256_ps128(a8), _mm256_extractf128_ps(a8, 1));
@@ -16,109 +36,8 @@ AI float hsum16(__m512 v)
     return _mm_cvtss_f32(_mm_add_ss(a2, _mm_shuffle_ps(a2, a2, 1)));
 }
 
-AI void dots_tile(const float *a, int64_t lda, const float *b, int64_t ldb, int64_t n, float *out, int64_t ldo,
-                  const int MA, const int NB)
-{
-    __m512 acc[4][4], bv[4];
-    for (int i = 0; i < MA; i++)
-        for (int j = 0; j < NB; j++)
-            acc[i][j] = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 16 <= n; k += 16) {
-        for (int j = 0; j < NB; j++)
-            bv[j] = _mm512_loadu_ps(b + j * ldb + k);
-        for (int i = 0; i < MA; i++) {
-            const __m512 av = _mm512_loadu_ps(a + i * lda + k);
-            for (int j = 0; j < NB; j++)
-                acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
-        }
-    }
-    if (k < n) {
-        const __mmask16 m = (__mmask16)((1u << (n - k)) - 1u);
-        for (int j = 0; j < NB; j++)
-            bv[j] = _mm512_maskz_loadu_ps(m, b + j * ldb + k);
-        for (int i = 0; i < MA; i++) {
-            const __m512 av = _mm512_maskz_loadu_ps(m, a + i * lda + k);
-            for (int j = 0; j < NB; j++)
-                acc[i][j] = _mm512_mask3_fmadd_ps(av, bv[j], acc[i][j], m);
-        }
-    }
-    for (int i = 0; i < MA; i++)
-        for (int j = 0; j < NB; j++)
-            out[i * ldo + j] = hsum16(acc[i][j]);
-}
-
-#define DOTS_CASE(ma, nb) \
-    case (ma) * 8 + (nb): dots_tile(a + i * lda, lda, b + j * ldb, ldb, n, out + i * ldo + j, ldo, ma, nb); break;
-#define DOTS_ROW(ma) DOTS_CASE(ma, 1) DOTS_CASE(ma, 2) DOTS_CASE(ma, 3) DOTS_CASE(ma, 4)
-
-/* Rows of b outer, so the 4 loaded rows stay in L1 while every query tile passes over them. */
-static void dots_avx512(const float *a, int64_t na, int64_t lda, const float *b, int64_t nb, int64_t ldb,
-                        int64_t n, float *out, int64_t ldo)
-{
-    for (int64_t j = 0; j < nb; j += 4)
-        for (int64_t i = 0; i < na; i += 4) {
-            const int ma = na - i < 4 ? (int)(na - i) : 4, nbb = nb - j < 4 ? (int)(nb - j) : 4;
-            switch (ma * 8 + nbb) {
-                DOTS_ROW(1) DOTS_ROW(2) DOTS_ROW(3) DOTS_ROW(4)
-            default: break;
-            }
-        }
-}
-
-AI void wsum_tile(const float *p, int64_t ldp, const float *x, int64_t ldx, int64_t T, float *out, int64_t ldo,
-                  __mmask16 m0, __mmask16 m1, const int MR, const int NC)
-{
-    __m512 acc[8][2];
-    for (int i = 0; i < MR; i++)
-        for (int c = 0; c < NC; c++)
-            acc[i][c] = _mm512_setzero_ps();
-    for (int64_t t = 0; t < T; t++) {
-        const float *xt = x + t * ldx;
-        const __m512 x0 = _mm512_maskz_loadu_ps(m0, xt);
-        const __m512 x1 = NC > 1 ? _mm512_maskz_loadu_ps(m1, xt + 16) : x0;
-        for (int i = 0; i < MR; i++) {
-            const __m512 pv = _mm512_set1_ps(p[i * ldp + t]);
-            acc[i][0] = _mm512_fmadd_ps(pv, x0, acc[i][0]);
-            if (NC > 1)
-                acc[i][1] = _mm512_fmadd_ps(pv, x1, acc[i][1]);
-        }
-    }
-    for (int i = 0; i < MR; i++) {
-        _mm512_mask_storeu_ps(out + i * ldo, m0, acc[i][0]);
-        if (NC > 1)
-            _mm512_mask_storeu_ps(out + i * ldo + 16, m1, acc[i][1]);
-    }
-}
-
-#define WSUM_CASE(mr) \
-    case mr: \
-        if (nc == 2) \
-            wsum_tile(p + i * ldp, ldp, x + r, ldx, T, out + i * ldo + r, ldo, m0, m1, mr, 2); \
-        else \
-            wsum_tile(p + i * ldp, ldp, x + r, ldx, T, out + i * ldo + r, ldo, m0, m1, mr, 1); \
-        break;
-
-static __mmask16 lanes(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u); }
-
-static void wsum_avx512(const float *p, int64_t np, int64_t ldp, const float *x, int64_t ldx, int64_t T, int64_t n,
-                        float *out, int64_t ldo)
-{
-    for (int64_t r = 0; r < n; r += 32) {
-        const __mmask16 m0 = lanes(n - r), m1 = n - r > 16 ? lanes(n - r - 16) : 0;
-        const int nc = n - r > 16 ? 2 : 1;
-        for (int64_t i = 0; i < np; i += 8) {
-            switch (np - i < 8 ? (int)(np - i) : 8) {
-                WSUM_CASE(1) WSUM_CASE(2) WSUM_CASE(3) WSUM_CASE(4)
-                WSUM_CASE(5) WSUM_CASE(6) WSUM_CASE(7) WSUM_CASE(8)
-            default: break;
-            }
-        }
-    }
-}
-
 /* dsv3_mla_exp on 16 lanes: the same operations in the same order. */
-AI __m512 exp16(__m512 x)
+AI V v_exp(V x)
 {
     x = _mm512_max_ps(x, _mm512_set1_ps(DSV3_EXP_MIN));
     const __m512 shift = _mm512_set1_ps(DSV3_EXP_SHIFT);
@@ -135,25 +54,6 @@ AI __m512 exp16(__m512 x)
     p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
     const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-}
-
-static float expsum_avx512(float *x, int64_t n, float m)
-{
-    const __m512 mv = _mm512_set1_ps(m);
-    __m512 acc = _mm512_setzero_ps();
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16) {
-        const __m512 v = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + j), mv));
-        _mm512_storeu_ps(x + j, v);
-        acc = _mm512_add_ps(acc, v);
-    }
-    if (j < n) {
-        const __mmask16 k = lanes(n - j);
-        const __m512 v = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), mv));
-        _mm512_mask_storeu_ps(x + j, k, v);
-        acc = _mm512_mask_add_ps(acc, k, acc, v);
-    }
-    return hsum16(acc);
 }
 
 /* ---- bf16 / fp8 cache rows, converted in registers (the f32 values dsv3_kv_elem gives) ---- */
@@ -197,119 +97,32 @@ AI __m512 kv_load16(const dsv3_kv_layout *g, const uint8_t *row, int64_t k, int6
     return _mm512_loadu_ps(tmp);
 }
 
-/* Tiles of up to 8 queries x 2 rows (a head group is 8 heads): each converted row chunk serves 8 FMAs. */
-AI void dots_kv_tile(const float *a, int64_t lda, const dsv3_kv_layout *g, const uint8_t *b, float *out, int64_t ldo,
-                     const int MA, const int NB, const int DT)
-{
-    const int64_t n = g->R + g->P, rb = g->row_bytes;
-    __m512 acc[8][2], bv[2];
-    for (int i = 0; i < MA; i++)
-        for (int j = 0; j < NB; j++)
-            acc[i][j] = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 16 <= n; k += 16) {
-        for (int j = 0; j < NB; j++)
-            bv[j] = kv_load16(g, b + j * rb, k, 16, DT);
-        for (int i = 0; i < MA; i++) {
-            const __m512 av = _mm512_loadu_ps(a + i * lda + k);
-            for (int j = 0; j < NB; j++)
-                acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
-        }
-    }
-    if (k < n) {
-        const __mmask16 m = (__mmask16)((1u << (n - k)) - 1u);
-        for (int j = 0; j < NB; j++)
-            bv[j] = kv_load16(g, b + j * rb, k, n - k, DT);
-        for (int i = 0; i < MA; i++) {
-            const __m512 av = _mm512_maskz_loadu_ps(m, a + i * lda + k);
-            for (int j = 0; j < NB; j++)
-                acc[i][j] = _mm512_mask3_fmadd_ps(av, bv[j], acc[i][j], m);
-        }
-    }
-    for (int i = 0; i < MA; i++)
-        for (int j = 0; j < NB; j++)
-            out[i * ldo + j] = hsum16(acc[i][j]);
-}
+#define kv_load kv_load16
 
-#define DOTS_KV_CASE(ma, nb, dt) \
-    case (ma) * 4 + (nb): dots_kv_tile(a + i * lda, lda, g, rows + j * g->row_bytes, out + i * ldo + j, ldo, ma, nb, dt); break;
-#define DOTS_KV_ROW(ma, dt) DOTS_KV_CASE(ma, 1, dt) DOTS_KV_CASE(ma, 2, dt)
-#define DOTS_KV_BODY(dt) \
-    for (int64_t j = 0; j < nb; j += 2) \
-        for (int64_t i = 0; i < na; i += 8) { \
-            const int ma = na - i < 8 ? (int)(na - i) : 8, nbb = nb - j < 2 ? (int)(nb - j) : 2; \
-            switch (ma * 4 + nbb) { \
-                DOTS_KV_ROW(1, dt) DOTS_KV_ROW(2, dt) DOTS_KV_ROW(3, dt) DOTS_KV_ROW(4, dt) \
-                DOTS_KV_ROW(5, dt) DOTS_KV_ROW(6, dt) DOTS_KV_ROW(7, dt) DOTS_KV_ROW(8, dt) \
-            default: break; \
-            } \
-        }
+/* ---- native width: 16 lanes too ---- */
+#define WL 16
+typedef __m512 W;
+typedef __mmask16 WM;
+#define w_lanes lanes
+#define w_zero v_zero
+#define w_fma v_fma
+#define kvw_load kv_load16
+AI W w_maskload(const float *p, WM m) { return _mm512_maskz_loadu_ps(m, p); }
+AI void w_maskstore(float *p, WM m, W v) { _mm512_mask_storeu_ps(p, m, v); }
+AI W w_bcast(const float *p) { return _mm512_set1_ps(*p); }
 
-static void dots_kv_avx512(const float *a, int64_t na, int64_t lda, const dsv3_kv_layout *g, const uint8_t *rows,
-                           int64_t nb, float *out, int64_t ldo)
-{
-    if (g->dtype == DSV3_KV_BF16) {
-        DOTS_KV_BODY(DSV3_KV_BF16)
-    } else {
-        DOTS_KV_BODY(DSV3_KV_FP8)
-    }
-}
+/* ---- tiles ---- */
+#define DOTS_MA 4
+#define DOTS_NB 4
+#define DOTS_CASES(X) EACH_4(UPTO_4, X)
+#define DOTS_KV_MA 8
+#define DOTS_KV_NB 2
+#define DOTS_KV_CASES(X) EACH_8(UPTO_2, X)
+#define DOTS_MAX_MA 8
+#define DOTS_MAX_NB 4
+#define WSUM_MR 8
+#define WSUM_CASES(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8)
+#define ATTEND_TABLE dsv3_attend_avx512
+#define WSUM_ROWS_FN dsv3_wsum_rows_avx512
 
-AI void wsum_kv_tile(const float *p, int64_t ldp, const dsv3_kv_layout *g, const uint8_t *rows, int64_t T, int64_t r,
-                     float *out, int64_t ldo, __mmask16 m0, __mmask16 m1, const int MR, const int NC, const int DT)
-{
-    __m512 acc[8][2];
-    for (int i = 0; i < MR; i++)
-        for (int c = 0; c < NC; c++)
-            acc[i][c] = _mm512_setzero_ps();
-    for (int64_t t = 0; t < T; t++) {
-        const uint8_t *row = rows + t * g->row_bytes;
-        const __m512 x0 = kv_load16(g, row, r, g->R - r, DT);
-        const __m512 x1 = NC > 1 ? kv_load16(g, row, r + 16, g->R - r - 16, DT) : x0;
-        for (int i = 0; i < MR; i++) {
-            const __m512 pv = _mm512_set1_ps(p[i * ldp + t]);
-            acc[i][0] = _mm512_fmadd_ps(pv, x0, acc[i][0]);
-            if (NC > 1)
-                acc[i][1] = _mm512_fmadd_ps(pv, x1, acc[i][1]);
-        }
-    }
-    for (int i = 0; i < MR; i++) {
-        _mm512_mask_storeu_ps(out + i * ldo, m0, acc[i][0]);
-        if (NC > 1)
-            _mm512_mask_storeu_ps(out + i * ldo + 16, m1, acc[i][1]);
-    }
-}
-
-#define WSUM_KV_CASE(mr, dt) \
-    case mr: \
-        if (nc == 2) \
-            wsum_kv_tile(p + i * ldp, ldp, g, rows, T, r, out + i * ldo + r, ldo, m0, m1, mr, 2, dt); \
-        else \
-            wsum_kv_tile(p + i * ldp, ldp, g, rows, T, r, out + i * ldo + r, ldo, m0, m1, mr, 1, dt); \
-        break;
-#define WSUM_KV_BODY(dt) \
-    for (int64_t r = 0; r < n; r += 32) { \
-        const __mmask16 m0 = lanes(n - r), m1 = n - r > 16 ? lanes(n - r - 16) : 0; \
-        const int nc = n - r > 16 ? 2 : 1; \
-        for (int64_t i = 0; i < np; i += 8) { \
-            switch (np - i < 8 ? (int)(np - i) : 8) { \
-                WSUM_KV_CASE(1, dt) WSUM_KV_CASE(2, dt) WSUM_KV_CASE(3, dt) WSUM_KV_CASE(4, dt) \
-                WSUM_KV_CASE(5, dt) WSUM_KV_CASE(6, dt) WSUM_KV_CASE(7, dt) WSUM_KV_CASE(8, dt) \
-            default: break; \
-            } \
-        } \
-    }
-
-static void wsum_kv_avx512(const float *p, int64_t np, int64_t ldp, const dsv3_kv_layout *g, const uint8_t *rows,
-                           int64_t T, float *out, int64_t ldo)
-{
-    const int64_t n = g->R;
-    if (g->dtype == DSV3_KV_BF16) {
-        WSUM_KV_BODY(DSV3_KV_BF16)
-    } else {
-        WSUM_KV_BODY(DSV3_KV_FP8)
-    }
-}
-
-const dsv3_attend_kernels dsv3_attend_avx512 = {dots_avx512, wsum_avx512, expsum_avx512, dots_kv_avx512,
-                                                wsum_kv_avx512, dsv3_wsum_rows_avx512};
+#include "attend_template.h"
