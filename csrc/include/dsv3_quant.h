@@ -119,6 +119,9 @@ typedef struct {
     dsv3_lin_kernel packed_fast[DSV3_ISA_COUNT];
     unsigned char packed_x;
     int packed_rows;
+    /* the inverse of pack_team (team-callable, no barrier): the stored layout's data and scale arrays
+     * (dsv3_quant_layout sizes) from w->packed, for a checkpoint that stores only the packed layout */
+    void (*unpack_team)(const dsv3_weight *w, void *data, void *scale);
 } dsv3_format_traits;
 
 extern const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT];
@@ -150,6 +153,12 @@ size_t dsv3_weight_packed_bytes(const dsv3_weight *w);
  * then sets w->packed = buf (the kernels read only the packed copy from then on; w->data stays the stored
  * layout for other readers). A packed weight runs in the fast precision only (dsv3_linear refuses exact). */
 dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, dsv3_error *err);
+/* The inverse: w->packed -> the stored layout in the caller's data / scale buffers (dsv3_quant_layout sizes),
+ * over a thread team. A weight may come with only its packed layout (w->data NULL: a checkpoint converted
+ * with dsv3 convert --pack); the exact kernels need this stored layout back. */
+dsv3_status dsv3_weight_unpack(const dsv3_weight *w, void *data, void *scale, dsv3_error *err);
+/* Alignment (bytes) of dsv3_weight.packed: the layout's chunks and scale groups are 64-byte vectors. */
+#define DSV3_PACKED_ALIGN 64
 /* out f32 [n, k] = code * group_scale, exactly (the kernels' reference). */
 dsv3_status dsv3_dequantize(const dsv3_weight *w, float *out, dsv3_error *err);
 

@@ -59,3 +59,23 @@ void dsv3_int4_pack_team(const dsv3_weight *w, void *buf)
 #pragma omp single nowait
     memset(codes + NG * K8 * 64, 0x88, int4p_code_bytes(N, w->k) - (size_t)(NG * K8 * 64));
 }
+
+/* The inverse (packed -> the checkpoint layout: codes u8 [n, k/2], scales f32 [n, ngrp]), for a model that
+ * needs the stored layout (exact precision) from a checkpoint that stores only the packed one. Team-callable
+ * (no barrier); every output byte is written. */
+void dsv3_int4_unpack_team(const dsv3_weight *w, void *data, void *scale)
+{
+    const int64_t N = w->n, K2 = w->k / 2, ngrp = int4p_ngrp(w);
+    uint8_t *out = data;
+    float *sc = scale;
+#pragma omp for schedule(static) nowait
+    for (int64_t n = 0; n < N; n++) {
+        uint8_t *row = out + n * K2;
+        for (int64_t b = 0; b < K2; b++) { /* byte b: columns 2b (low nibble), 2b + 1 (high), two's complement */
+            const int lo = int4p_code(w, n, 2 * b), hi = int4p_code(w, n, 2 * b + 1);
+            row[b] = (uint8_t)((lo & 15) | (hi & 15) << 4);
+        }
+        for (int64_t j = 0; j < ngrp; j++)
+            sc[n * ngrp + j] = int4p_scale(w, n, j);
+    }
+}

@@ -159,10 +159,20 @@ static PyObject *py_pack_weight(PyObject *self, PyObject *wo)
     if (!bytes)
         return PyErr_Format(PyExc_ValueError, "pack_weight: %s weights have no packed layout",
                             dsv3_formats[w.fmt].name);
-    npy_intp dims[1] = {(npy_intp)bytes};
-    PyObject *out = PyArray_SimpleNew(1, dims, NPY_UINT8);
-    if (!out)
+    /* DSV3_PACKED_ALIGN-aligned (the layout's contract): a view into a slightly larger owned array */
+    npy_intp dims[1] = {(npy_intp)bytes}, rdims[1] = {(npy_intp)(bytes + DSV3_PACKED_ALIGN - 1)};
+    PyObject *raw = PyArray_SimpleNew(1, rdims, NPY_UINT8);
+    if (!raw)
         return NULL;
+    char *p = PyArray_DATA((PyArrayObject *)raw);
+    p += (DSV3_PACKED_ALIGN - (uintptr_t)p % DSV3_PACKED_ALIGN) % DSV3_PACKED_ALIGN;
+    PyObject *out = PyArray_New(&PyArray_Type, 1, dims, NPY_UINT8, NULL, p, 0, NPY_ARRAY_CARRAY, NULL);
+    if (!out || PyArray_SetBaseObject((PyArrayObject *)out, raw) < 0) { /* steals raw, also on failure */
+        if (!out)
+            Py_DECREF(raw);
+        Py_XDECREF(out);
+        return NULL;
+    }
     dsv3_error err = {0};
     dsv3_status st;
     Py_BEGIN_ALLOW_THREADS
