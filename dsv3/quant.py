@@ -167,7 +167,8 @@ class QuantizedTensor:
 
 def _validate(qt):
     """Checks every array against the format (dtype, shape, contiguity) in C without computing."""
-    lib.linear(np.zeros((0, qt.shape[1]), np.float32), qt.to_native())
+    # a packed tensor: the fast precision (the only one reading that layout); size and alignment checked
+    lib.linear(np.zeros((0, qt.shape[1]), np.float32), qt.to_native(), precision="fast" if qt.is_packed else None)
     return qt
 
 
@@ -207,25 +208,28 @@ def dequantize(qt):
     return lib.dequantize(qt.to_native())
 
 
-def from_checkpoint(fmt, weight=None, scale=None, scale2=None, input_scale=None, packed=None, shape=None,
+def from_checkpoint(fmt, weight=None, scale=None, scale2=None, input_scale=None, weight_packed=None, shape=None,
                     **params):
     """Wrap arrays read from a checkpoint (e.g. safetensors) without copying.
 
     fp8_block: weight [N, K] float8_e4m3fn, scale = weight_scale_inv; nvfp4: weight uint8 [N, K/2],
     scale = weight_scale (float8_e4m3fn), scale2 = weight_scale_2, input_scale optional; int8/int4:
-    scale = weight_scale. A packed int4 tensor (``dsv3 convert --pack``): packed = weight_packed (uint8,
-    64-byte aligned), shape = (N, K), params group and ``packed="int4p"``, no weight / scale. Arrays are
+    scale = weight_scale. A packed int4 tensor (``dsv3 convert --pack``): weight_packed (uint8, 64-byte
+    aligned), shape = (N, K), params group (and ``packed="int4p"``), no weight / scale. Arrays are
     checked (dtype, shape, contiguity, alignment) and kept as given.
     """
     _check_fmt(fmt)
-    if packed is not None:
+    if weight_packed is not None:
         if weight is not None or scale is not None:
             raise ValueError(f"from_checkpoint: a packed {fmt} tensor has only its packed array "
                              f"({PACKED_ARRAY}), not weight / scale as well")
         if shape is None:
             raise ValueError("from_checkpoint: a packed tensor needs its shape (N, K)")
+        if params.get("packed", INT4P_LAYOUT) != INT4P_LAYOUT:
+            raise ValueError(f"from_checkpoint: params say layout {params['packed']!r} but the packed array "
+                             f"({PACKED_ARRAY}, layout {INT4P_LAYOUT!r}) is given")
         params = dict(params, packed=INT4P_LAYOUT)
-        return _validate(QuantizedTensor(fmt, shape, {PACKED_ARRAY: packed}, params))
+        return _validate(QuantizedTensor(fmt, shape, {PACKED_ARRAY: weight_packed}, params))
     if params.get("packed") == INT4P_LAYOUT:
         raise ValueError(f"from_checkpoint: params say packed layout {INT4P_LAYOUT!r} but no packed array "
                          f"({PACKED_ARRAY}) is given")

@@ -3,9 +3,8 @@
 A value is a numpy array (float32 / bfloat16) or a dsv3.quant.QuantizedTensor. On disk a
 quantised tensor `X.weight` is stored as its QuantizedTensor arrays named as checkpoints name
 them: `X.weight` (codes), `X.weight_scale_inv` (fp8_block), `X.weight_scale`, `X.weight_scale_2`,
-`X.input_scale` (nvfp4; int8/int4 use `X.weight_scale`). With `dsv3 convert --pack`, an int4 tensor the
-engine packs (dsv3_tensor_packs) is stored as its packed layout alone, `X.weight_packed` (uint8, 64-byte
-aligned in the file; dsv3.quant.pack), with params {"group", "packed": "int4p"}.
+`X.input_scale` (nvfp4; int8/int4 use `X.weight_scale`), or its packed layout `X.weight_packed` (--pack;
+dsv3.quant's table and dsv3/convert/__init__.py say where each is described).
 """
 import ml_dtypes
 import numpy as np
@@ -14,7 +13,7 @@ from .plan import ROW_BLOCK
 
 # QuantizedTensor array name -> keyword of dsv3.quant.from_checkpoint
 FROM_CHECKPOINT_ARG = {"weight": "weight", "weight_scale_inv": "scale", "weight_scale": "scale",
-                       "weight_scale_2": "scale2", "input_scale": "input_scale", "weight_packed": "packed"}
+                       "weight_scale_2": "scale2", "input_scale": "input_scale", "weight_packed": "weight_packed"}
 
 
 def _quant():
@@ -115,7 +114,6 @@ def make_value(arrays, fmt, params, shape=None):
     if fmt in (None, "bf16", "f32") and set(arrays) == {"weight"}:
         return arrays["weight"]
     kwargs = {FROM_CHECKPOINT_ARG[k]: v for k, v in arrays.items()}
-    if "packed" in kwargs:
+    if "weight_packed" in kwargs:
         kwargs["shape"] = shape
-    params = {k: v for k, v in params.items() if k != "packed" or "packed" not in kwargs}
     return _quant().from_checkpoint(fmt, **kwargs, **params)
