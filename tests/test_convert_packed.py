@@ -281,3 +281,20 @@ def test_unpack_inverts_pack_bitwise(n, k, group):
     q8 = quant.quantize(w, "int8")
     assert quant.pack(q8).arrays["weight"] is q8.arrays["weight"]
     assert quant.pack(q8).params["packed"] == quant.PACKED_LAYOUT
+
+
+@pytest.mark.parametrize("n,k,group", [(37, 96, 32), (16, 256, 128), (5, 40, 32), (130, 136, 128), (19, 1048, 32),
+                                       (3, 8, 32), (17, 2, 32)])
+def test_simd_packer_bitwise_equals_the_scalar_twin(n, k, group):
+    """The packer's AVX2 / AVX-512 row steps (csrc/linear/int4p_pack_*.c) give the scalar packer's bytes: whole
+    steps, the scalar tail after them (K / 8 not a multiple of 8 or 16), a partial last chunk, padding rows; codes
+    -8 and 7 included. The scalar packer itself is checked against int4p.h in numpy (test_int4_packed.py)."""
+    from test_int4_packed import layout_reference, random_int4
+    qt, codes = random_int4(n, k, group, n + k)
+    ref = lib.pack_weight(qt.to_native(), isa="scalar")
+    c, s = layout_reference(codes, qt.arrays["weight_scale"], group)
+    cb = c.size
+    assert ref[:cb].tobytes() == c.tobytes() and ref[-s.size * 4:].tobytes() == s.tobytes()
+    for isa in [i for i in ("avx2", "avx512") if i in lib.isa_info()[1]]:
+        got = lib.pack_weight(qt.to_native(), isa=isa)
+        assert got.tobytes() == ref.tobytes(), isa

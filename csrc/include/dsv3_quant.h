@@ -115,7 +115,7 @@ typedef struct {
      * per ISA, their activation layout and the rows of one work item (the layout's row interleave). The
      * large-M kernels (gemm, fast_gemm) of such a format read either layout. */
     size_t (*packed_bytes)(int64_t n, int64_t k, int group);
-    void (*pack_team)(const dsv3_weight *w, void *buf);
+    void (*pack_team)(const dsv3_weight *w, void *buf, dsv3_isa isa); /* isa: a supported one; same bytes on each */
     dsv3_lin_kernel packed_fast[DSV3_ISA_COUNT];
     unsigned char packed_x;
     int packed_rows;
@@ -152,7 +152,7 @@ size_t dsv3_weight_packed_bytes(const dsv3_weight *w);
 /* Packs w (stored layout) into buf (dsv3_weight_packed_bytes, 64-byte aligned) over a thread team; the caller
  * then sets w->packed = buf (the kernels read only the packed copy from then on; w->data stays the stored
  * layout for other readers). A packed weight runs in the fast precision only (dsv3_linear refuses exact). */
-dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, dsv3_error *err);
+dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, int isa, dsv3_error *err); /* isa -1: active */
 /* The inverse: w->packed -> the stored layout in the caller's data / scale buffers (dsv3_quant_layout sizes),
  * over a thread team. A weight may come with only its packed layout (w->data NULL: a checkpoint converted
  * with dsv3 convert --pack); the exact kernels need this stored layout back. */

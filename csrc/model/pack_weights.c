@@ -67,13 +67,14 @@ dsv3_status dsv3_model_pack(dsv3_model *m, const dsv3_tensor_slot *slots, int64_
 #ifdef MADV_HUGEPAGE
     advise(buf, total, MADV_HUGEPAGE); /* fewer faults while packing, fewer TLB misses while decoding */
 #endif
+    const dsv3_isa isa = dsv3_isa_active();
 #pragma omp parallel num_threads(dsv3_num_threads())
     {
         size_t off = 0;
         for (int64_t i = 0; i < count; i++) {
             const size_t b = packed_size(&slots[i]);
             if (b)
-                dsv3_formats[slots[i].weight->fmt].pack_team(slots[i].weight, buf + off);
+                dsv3_formats[slots[i].weight->fmt].pack_team(slots[i].weight, buf + off, isa);
             off += b;
         }
     }

@@ -147,10 +147,16 @@ static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw)
     return out;
 }
 
-/* pack_weight(w) -> uint8 [bytes]: w's packed kernel layout (csrc/linear/int4p.h), for the dict key "packed" */
-static PyObject *py_pack_weight(PyObject *self, PyObject *wo)
+/* pack_weight(w, isa=None) -> uint8 [bytes]: w's packed kernel layout (csrc/linear/int4p.h), for the dict key
+ * "packed"; isa: the packer's row step (the same bytes on every ISA) */
+static PyObject *py_pack_weight(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
+    static char *kwlist[] = {"weight", "isa", NULL};
+    PyObject *wo, *isa_obj = NULL;
+    int isa;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwlist, &wo, &isa_obj) || !dsv3_py_isa_arg(isa_obj, &isa))
+        return NULL;
     dsv3_weight w;
     if (!dsv3_py_weight(wo, "weight", -1, -1, &w))
         return NULL;
@@ -176,7 +182,7 @@ static PyObject *py_pack_weight(PyObject *self, PyObject *wo)
     dsv3_error err = {0};
     dsv3_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = dsv3_weight_pack(&w, PyArray_DATA((PyArrayObject *)out), &err);
+    st = dsv3_weight_pack(&w, PyArray_DATA((PyArrayObject *)out), isa, &err);
     Py_END_ALLOW_THREADS
     if (st != DSV3_OK) {
         Py_DECREF(out);
@@ -186,7 +192,8 @@ static PyObject *py_pack_weight(PyObject *self, PyObject *wo)
 }
 
 PyMethodDef dsv3_quant_methods[] = {
-    {"pack_weight", py_pack_weight, METH_O, "pack_weight(weight) -> uint8 [bytes] (the packed kernel layout)"},
+    {"pack_weight", (PyCFunction)(void (*)(void))py_pack_weight, METH_VARARGS | METH_KEYWORDS,
+     "pack_weight(weight, isa=None) -> uint8 [bytes] (the packed kernel layout, 64-byte aligned)"},
     {"quantize", (PyCFunction)(void (*)(void))py_quantize, METH_VARARGS | METH_KEYWORDS,
      "quantize(w, fmt, group=0, ue8m0=False) -> dict(data, scale, scale2)"},
     {"dequantize", py_dequantize, METH_O, "dequantize(weight) -> float32 [n, k]"},

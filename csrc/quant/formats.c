@@ -188,7 +188,7 @@ size_t dsv3_weight_packed_bytes(const dsv3_weight *w)
     return t->packed_bytes ? t->packed_bytes(w->n, w->k, w->group) : 0;
 }
 
-dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, dsv3_error *err)
+dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, int isa, dsv3_error *err)
 {
     const dsv3_weight src = {.fmt = w->fmt, .n = w->n, .k = w->k, .data = w->data, .scale = w->scale,
                              .scale2 = w->scale2, .group = w->group, .ue8m0 = w->ue8m0}; /* the stored layout */
@@ -200,8 +200,11 @@ dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, dsv3_error *err)
         return dsv3_fail(err, DSV3_E_VALUE, "%s weights have no packed layout", t->name);
     if (!buf)
         return dsv3_fail(err, DSV3_E_VALUE, "%s: no buffer to pack into", t->name);
+    dsv3_isa id;
+    if ((st = dsv3_isa_resolve(isa, &id, err)) != DSV3_OK)
+        return st;
 #pragma omp parallel num_threads(dsv3_num_threads())
-    t->pack_team(&src, buf);
+    t->pack_team(&src, buf, id);
     return DSV3_OK;
 }
 
