@@ -298,3 +298,17 @@ def test_simd_packer_bitwise_equals_the_scalar_twin(n, k, group):
     for isa in [i for i in ("avx2", "avx512") if i in lib.isa_info()[1]]:
         got = lib.pack_weight(qt.to_native(), isa=isa)
         assert got.tobytes() == ref.tobytes(), isa
+
+
+def test_tensors_kept_as_stored_in_int4_are_packed_too(ckpts, tmp_path):
+    """A tensor the options keep as stored (lm_head without --lm-head) that the source holds in int4 is packed
+    like the converted ones: a fast load of the result packs nothing (the peers model's case: a --pack of a dsv3
+    int4 conversion with an int4 lm_head)."""
+    mid, dst = str(tmp_path / "mid"), str(tmp_path / "dst")
+    convert(ckpts["src"], mid, format="int4", lm_head="int4", group=32, quiet=True)
+    convert(mid, dst, format="int4", group=32, pack=True, quiet=True)
+    vals = dict(read_dsv3_checkpoint(dst))
+    assert vals["lm_head.weight"].is_packed
+    m = dsv3.Model.from_pretrained(dst)
+    assert m.packing["at_load"] == 0 and m.packing["stored"] > 0
+    np.testing.assert_array_equal(m.forward(IDS), _logits(mid))

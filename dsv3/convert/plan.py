@@ -61,7 +61,7 @@ class Options:
 
     def packs(self, name, fmt):
         """Whether tensor `name` converted to `fmt` is stored in the packed layout: --pack, a format with one,
-        and a tensor the engine packs (lib.tensor_packs: the engine's one rule)."""
+        and a tensor the engine packs (lib.tensor_packs: the engine's one rule). fmt: the stored format."""
         if not self.pack or fmt is None:
             return False
         from .._native import lib
@@ -150,10 +150,10 @@ def build_items(entries, opts, n_experts):
     """entries: iterable of (canonical name, shape, nbytes, src_fmt) in source order.
     Returns the output items in the order they complete while streaming the same source."""
     items, pending = [], {}
-    for name, shape, nbytes, _src_fmt in entries:
+    for name, shape, nbytes, src_fmt in entries:
         fmt = target_format(name, shape, opts)
         m = PER_EXPERT.match(name)
-        pack = opts.packs(name, fmt)
+        pack = opts.packs(name, fmt or src_fmt)  # kept as stored (fmt None): packed if stored in such a format
         if m and m.group(3) in ("gate_proj", "up_proj") and can_fuse_gate_up(fmt, shape[0], pack):
             prefix = f"{m.group(1)}.{m.group(2)}."
             got = pending.setdefault(prefix, {})

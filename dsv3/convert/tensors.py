@@ -62,7 +62,7 @@ def convert_value(v, fmt, group=128, pack=False):
     Returns (arrays dict {suffix: ndarray}, params dict). Same format -> the source codes and
     scales are copied bit-exactly; otherwise dequantise (C) then quantise (C)."""
     if fmt is None:
-        return _stored(v) if is_quantized(v) else ({"weight": v}, {})
+        return _stored(v, pack) if is_quantized(v) else ({"weight": v}, {})
     if fmt == "bf16":
         if not is_quantized(v) and v.dtype == ml_dtypes.bfloat16:
             return {"weight": v}, {}
