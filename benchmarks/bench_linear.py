@@ -96,7 +96,9 @@ def api():
     try:
         import dsv3.quant as quant
         found["quantize"] = getattr(quant, "quantize", None)
-        found["pack"] = getattr(quant, "pack", None)
+        # the checkpoint layout the kernels read (dsv3.quant.pack now builds int4's packed layout, which the
+        # "+packed" variants measure through packed_native; older builds: pack was this relabelling)
+        found["pack"] = getattr(quant, "stored_layout", None) or getattr(quant, "pack", None)
         found["dequantize"] = getattr(quant, "dequantize", None)
     except ImportError:
         pass

@@ -24,6 +24,10 @@ def add_arguments(p):
     p.add_argument("--lm-head", choices=FORMATS, help="quantise lm_head too (default: kept as stored)")
     p.add_argument("--group", type=int, choices=(32, 128), default=128,
                    help="K group of int4 scales (default 128; 32 = llama.cpp Q4_0 granularity)")
+    p.add_argument("--pack", action="store_true",
+                   help="store int4 weights in the packed kernel layout (16 rows interleaved, f32 scales; all but "
+                        "kv_b_proj): a fast-precision load then reads them in place, no repacking and no owned "
+                        "copy; an exact-precision load unpacks them (an owned copy of their stored size)")
     p.add_argument("--keep-mtp", action="store_true", help="copy the MTP layer verbatim")
     p.add_argument("--ep", type=int, default=1, metavar="N", help="write routed experts as N expert-parallel parts")
     p.add_argument("--threads", type=int, metavar="N", help="threads of the C quantisers")
@@ -40,7 +44,8 @@ def run(args):
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     m = convert(args.src, args.dst, format=args.format, experts=args.experts, attention=args.attention,
                 lm_head=args.lm_head, keep_mtp=args.keep_mtp, ep=args.ep, threads=args.threads,
-                quiet=quiet, shard_bytes=parse_size(args.shard_size), group=args.group)
+                quiet=quiet, shard_bytes=parse_size(args.shard_size), group=args.group,
+                pack=args.pack)
     done = bool(m.get("already_complete"))
     if args.json:
         import json

@@ -152,7 +152,7 @@ class Model:
     # ---- construction ----
     @classmethod
     def from_tensors(cls, config, tensors, dtype=None, attention="absorbed", max_seq_len=4096, precision=None,
-                     index_keys="f32", kv_cache_dtype="f32", mtp=False):
+                     index_keys="f32", kv_cache_dtype="f32", mtp=False, pack=None):
         """Build a model from a config and a dict ``canonical name -> tensor``.
 
         config: a ``DeepseekConfig`` (anything with ``.to_native()``), a transformers config object
@@ -184,10 +184,25 @@ class Model:
         enorm, hnorm, eh_proj, a decoder block, shared_head.norm, shared_head.head; the head falls back to
         lm_head and the embedding to embed_tokens when absent), the draft model of
         ``generate(..., speculative="mtp")``. Off by default: its weights and cache cost memory.
+        pack: the packed kernel layout of the int4 weights (16 rows interleaved with pre-decoded scales,
+        csrc/linear/int4p.h; every int4 weight but kv_b_proj), which the fast precision's int4 kernels read
+        (measured faster at M = 1, BENCHMARKS.md). None (default): int4 weights stored in the checkpoint
+        layout are packed at load in the fast precision (an owned copy of their size, built at ~1 GB/s; the
+        stored pages are then dropped from the resident set) unless ``DSV3_PACK=0``; weights stored packed
+        (``dsv3 convert --pack``, ``dsv3.quant.pack``) are read in place. True: pack (ValueError with
+        precision="exact", whose kernels read the stored layout; ignores ``DSV3_PACK``). False: never pack;
+        stored-packed weights are unpacked at load (an owned copy of their stored size). The exact
+        precision unpacks stored-packed weights the same way (parity work on a ``--pack`` checkpoint works,
+        at that cost). :attr:`packing` says what was done.
         """
-        from .quant import check_precision, native_weight  # precision plumbing (kept local)
+        from .quant import check_precision, native_weight, unpack  # precision plumbing (kept local)
 
         precision = check_precision(precision)
+        if pack not in (None, True, False):
+            raise TypeError(f"pack must be None, True or False, got {pack!r}")
+        if pack is True and precision == "exact":
+            raise ValueError("pack=True: the packed int4 layout is read by the fast precision only; load with "
+                             "precision='fast', or with pack=None / False for the exact precision")
         dtype = _dtype_arg(dtype)
         if attention not in ("absorbed", "naive"):
             raise ValueError(f"attention must be 'absorbed' or 'naive', got {attention!r}")
@@ -201,26 +216,39 @@ class Model:
             raise ValueError(f"index_keys must be 'f32' or 'fp8', got {index_keys!r}")
         native_cfg["index_key_fp8"] = int(index_keys == "fp8")
         prepared, numel, nbytes, fmts = {}, 0, 0, {}
+        stored_packed = unpacked = 0
         for name, value in tensors.items():
+            if getattr(value, "is_packed", False):
+                if precision == "exact" or pack is False:  # the stored layout back: an owned copy
+                    value = unpack(value)
+                    unpacked += value.nbytes
+                else:
+                    stored_packed += value.nbytes
             v, n, b, f = _prepare_tensor(name, value, dtype)
             prepared[name] = native_weight(v, precision) if precision != "exact" else v
             numel += n
             nbytes += b
             fmts[f] = fmts.get(f, 0) + b
         native = lib.Model(native_cfg, prepared, int(max_seq_len), attention, kv_cache_dtype=kv_cache_dtype,
-                           mtp=bool(mtp))
+                           mtp=bool(mtp), pack=pack)
         info = {"params": numel, "bytes": nbytes, "formats": fmts, "attention": attention, "precision": precision,
-                "kv_cache_dtype": kv_cache_dtype, "mtp": bool(mtp)}
+                "kv_cache_dtype": kv_cache_dtype, "mtp": bool(mtp),
+                "packing": {"stored": stored_packed, "at_load": int(native.packed_at_load_bytes),
+                            "unpacked_at_load": unpacked}}
         return cls(native, config, info)
 
     @classmethod
     def from_pretrained(cls, path, dtype=None, attention="absorbed", max_seq_len=4096, precision=None, progress=None,
-                        index_keys="f32", kv_cache_dtype="f32", mtp=False):
+                        index_keys="f32", kv_cache_dtype="f32", mtp=False, pack=None):
         """Load a checkpoint: a directory (HF layouts, DeepSeek FP8, NVFP4 or converted dsv3) or a hub id
         in the local Hugging Face cache (:func:`dsv3.paths.resolve_checkpoint_dir`).
         Arguments as :meth:`from_tensors` (precision "fast" by default, "exact" for parity work);
         progress: True / False / None: a bar over the tensors read (None: only in notebooks and terminals).
-        mtp: load the checkpoint's MTP layer too (hub layout or a ``dsv3 convert --keep-mtp`` checkpoint)."""
+        mtp: load the checkpoint's MTP layer too (hub layout or a ``dsv3 convert --keep-mtp`` checkpoint).
+        pack: None / True / False, the packed int4 layout as :meth:`from_tensors` says: None packs int4 at load
+        in the fast precision (unless ``DSV3_PACK=0``) and reads a ``dsv3 convert --pack`` checkpoint's packed
+        weights in place (zero-copy: the mmapped file); False never packs (unpacks stored-packed weights);
+        True packs (ValueError with precision="exact")."""
         from .checkpoint import open_checkpoint  # the io module; imported lazily
         from .display import progress as _bar
 
@@ -229,7 +257,8 @@ class Model:
         tensors = dict(_bar(ckpt.canonical_tensors(), total=len(names()) if names else None, desc="load",
                             enabled=progress, unit="tensor"))
         model = cls.from_tensors(ckpt.config, tensors, dtype=dtype, attention=attention, max_seq_len=max_seq_len,
-                                 precision=precision, index_keys=index_keys, kv_cache_dtype=kv_cache_dtype, mtp=mtp)
+                                 precision=precision, index_keys=index_keys, kv_cache_dtype=kv_cache_dtype, mtp=mtp,
+                                 pack=pack)
         model._checkpoint = ckpt  # keeps memory-mapped shards open
         model._path = ckpt.path  # the tokenizer is loaded from here on first use (a hub id resolved)
         return model
@@ -241,6 +270,7 @@ class Model:
                         "memory": human_bytes(i["bytes"]),
                         "formats": {k: human_bytes(v) for k, v in i["formats"].items()},
                         "attention": i["attention"], "precision": i["precision"],
+                        **({"int4 layout": self._packing_text()} if self._packing_text() else {}),
                         "cache": f"{self.cache_len}/{self.max_seq_len} tokens, {self.kv_cache_dtype}, "
                                  f"{human_bytes(self.cache_bytes)} ({self.cache_bytes_per_token:,} bytes/token)"},
                        title="dsv3.Model")._repr_html_()
@@ -482,6 +512,22 @@ class Model:
         return self._info["precision"]
 
     @property
+    def packing(self):
+        """Bytes of weights in the packed int4 kernel layout by origin: ``stored`` (read in place from the
+        checkpoint, ``dsv3 convert --pack``), ``at_load`` (packed at load: an owned buffer), and
+        ``unpacked_at_load`` (stored packed, unpacked for the exact precision or ``pack=False``: owned)."""
+        return dict(self._info["packing"])
+
+    def _packing_text(self):
+        p = self._info["packing"]
+        parts = [f"{what} {p[key] / 2**20:.1f} MiB" for key, what in
+                 (("stored", "packed, stored (read in place)"), ("at_load", "packed at load (owned)"),
+                  ("unpacked_at_load", "unpacked at load (owned)")) if p[key]]
+        if not parts and "int4" not in self._info["formats"]:
+            return None
+        return "; ".join(parts) or "stored layout"
+
+    @property
     def nbytes(self):
         """Bytes of weights the model reads (as stored: quantised formats count their packed size)."""
         return self._info["bytes"]
@@ -499,6 +545,8 @@ class Model:
         ptxt = f"{p / 1e9:.2f}B" if p >= 1e9 else f"{p / 1e6:.2f}M"
         return (f"dsv3.Model({arch}: {layers} layers ({dense} dense{moe_txt}), hidden {c['hidden_size']}, "
                 f"{c['num_attention_heads']} heads, vocab {c['vocab_size']}; {ptxt} params, "
-                f"{self._info['bytes'] / 2**20:.1f} MiB [{fmts}]; attention {self._info['attention']}, "
+                f"{self._info['bytes'] / 2**20:.1f} MiB [{fmts}]; "
+                + (f"int4 layout: {self._packing_text()}; " if self._packing_text() else "")
+                + f"attention {self._info['attention']}, "
                 f"cache {self.cache_len}/{self.max_seq_len} {self.kv_cache_dtype} "
                 f"({self.cache_bytes / 2**20:.1f} MiB))")

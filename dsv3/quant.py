@@ -17,11 +17,23 @@ as in a checkpoint (all math runs in C, see csrc/include/dsv3_quant.h for the ex
 ============  ===============================================================================
 
 Packing: the kernels read these checkpoint layouts directly (rows of codes stream contiguously; the
-large-M path decodes bf16 tiles on the fly), so :func:`pack` is a zero-cost relabelling with layout
-version ``PACKED_LAYOUT``; a converted checkpoint stores the arrays unchanged. One exception at load: a
-model loaded in the fast precision repacks its int4 weights once into a kernel layout (16 rows interleaved,
-csrc/linear/int4p.h; ``DSV3_PACK=0`` keeps the stored layout); :func:`packed_native` gives that layout for
-:func:`dsv3.ops.linear`.
+large-M path decodes bf16 tiles on the fly), except int4 in the fast precision, whose kernels read a packed
+layout (16 rows interleaved, pre-decoded f32 scales: csrc/linear/int4p.h; the formats that have one:
+``lib.packed_formats()``). A model loaded in the fast precision builds it once at load (an owned copy;
+``DSV3_PACK=0`` or ``Model.from_pretrained(..., pack=False)`` keeps the stored layout), or reads it in place
+from a checkpoint that stores it (``dsv3 convert --pack``). :func:`pack` gives a tensor in that layout:
+
+============  ===============================================================================
+``int4``      params ``packed`` = ``"int4p"``: one array ``weight_packed`` uint8 [bytes]
+              (``lib.pack_weight``), no ``weight`` / ``weight_scale``; the shape (N, K) and ``group``
+              come with it (a checkpoint: the config's tensor shapes and dsv3.quantization params);
+              its data must start at a multiple of ``lib.PACKED_ALIGN`` (64) bytes
+============  ===============================================================================
+
+and :func:`unpack` the stored layout back (an owned copy). For the other formats the kernel layout is the
+checkpoint layout itself: :func:`pack` only records it (params ``packed`` = ``"ckpt-1"``, as
+:func:`stored_layout` does for every format). :func:`packed_native` gives a weight's packed layout next to
+its stored arrays for :func:`dsv3.ops.linear`.
 """
 import numpy as np
 import ml_dtypes
@@ -38,7 +50,9 @@ PRECISIONS = ("exact", "fast")
 DEFAULT_PRECISION = "fast"  # the engine default (dsv3.Model); the ONE place it is set
 # dsv3.ops.linear is a building block checked against references: it stays exact unless asked.
 OPS_DEFAULT_PRECISION = "exact"
-PACKED_LAYOUT = "ckpt-1"
+PACKED_LAYOUT = "ckpt-1"  # the checkpoint layout itself (params["packed"] of stored_layout)
+INT4P_LAYOUT = "int4p"   # the packed int4 kernel layout (csrc/linear/int4p.h), stored as "weight_packed"
+PACKED_ARRAY = "weight_packed"
 _SCALE_NAME = {"fp8_block": "weight_scale_inv", "nvfp4": "weight_scale", "int8": "weight_scale",
                "int4": "weight_scale"}
 _PARAMS = {"f32": {}, "bf16": {}, "fp8_block": {"ue8m0": False}, "nvfp4": {"group": 16},
@@ -76,8 +90,9 @@ def packed_native(value):
     kernel layout added (``"packed"``: uint8, csrc/linear/int4p.h) and ``"act": "fast"``: a packed weight runs
     in the fast precision only (``dsv3.ops.linear(..., precision="fast")``)."""
     d = value.to_native() if isinstance(value, QuantizedTensor) else dict(value)
-    d.pop("packed", None)
-    d["packed"] = lib.pack_weight(d)
+    if d.get("packed") is None or d.get("data") is not None:
+        d.pop("packed", None)
+        d["packed"] = lib.pack_weight(d)
     d["act"] = "fast"
     return d
 
@@ -91,8 +106,10 @@ def _params(fmt, given):
     params = dict(_PARAMS[fmt])
     for key, value in given.items():
         if key == "packed":
-            if value != PACKED_LAYOUT:
-                raise ValueError(f"unknown packed layout {value!r} (this build reads {PACKED_LAYOUT!r})")
+            known = (PACKED_LAYOUT, INT4P_LAYOUT) if fmt in lib.packed_formats() else (PACKED_LAYOUT,)
+            if value not in known:
+                raise ValueError(f"unknown packed layout {value!r} for {fmt} (this build reads "
+                                 f"{' or '.join(repr(k) for k in known)})")
         elif key not in params:
             raise TypeError(f"{fmt}: unexpected parameter {key!r} (allowed: {', '.join(params) or 'none'})")
         params[key] = value
@@ -126,8 +143,17 @@ class QuantizedTensor:
         """Bytes of all stored arrays."""
         return int(sum(np.asarray(a).nbytes for a in self.arrays.values()))
 
+    @property
+    def is_packed(self):
+        """Whether the arrays hold the packed kernel layout (``weight_packed``) instead of the stored one."""
+        return self.params.get("packed") == INT4P_LAYOUT
+
     def to_native(self):
-        """The dict the C binding accepts (dsv3_py_weight): format, shape, data, scale, scale2, group."""
+        """The dict the C binding accepts (dsv3_py_weight): format, shape, data, scale, scale2, group (a packed
+        tensor: data and scale None, ``packed`` its packed layout)."""
+        if self.is_packed:
+            return {"format": self.fmt, "shape": self.shape, "data": None, "scale": None,
+                    "group": int(self.params.get("group", 0)), "ue8m0": 0, "packed": self.arrays[PACKED_ARRAY]}
         d = {"format": self.fmt, "shape": self.shape, "data": self.arrays["weight"],
              "scale": self.arrays.get(_SCALE_NAME.get(self.fmt, ""), None),
              "group": int(self.params.get("group", 0)), "ue8m0": int(self.params.get("ue8m0", False))}
@@ -141,7 +167,8 @@ class QuantizedTensor:
 
 def _validate(qt):
     """Checks every array against the format (dtype, shape, contiguity) in C without computing."""
-    lib.linear(np.zeros((0, qt.shape[1]), np.float32), qt.to_native())
+    # a packed tensor: the fast precision (the only one reading that layout); size and alignment checked
+    lib.linear(np.zeros((0, qt.shape[1]), np.float32), qt.to_native(), precision="fast" if qt.is_packed else None)
     return qt
 
 
@@ -181,14 +208,31 @@ def dequantize(qt):
     return lib.dequantize(qt.to_native())
 
 
-def from_checkpoint(fmt, weight, scale=None, scale2=None, input_scale=None, **params):
+def from_checkpoint(fmt, weight=None, scale=None, scale2=None, input_scale=None, weight_packed=None, shape=None,
+                    **params):
     """Wrap arrays read from a checkpoint (e.g. safetensors) without copying.
 
     fp8_block: weight [N, K] float8_e4m3fn, scale = weight_scale_inv; nvfp4: weight uint8 [N, K/2],
     scale = weight_scale (float8_e4m3fn), scale2 = weight_scale_2, input_scale optional; int8/int4:
-    scale = weight_scale. Arrays are checked (dtype, shape, contiguity) and kept as given.
+    scale = weight_scale. A packed int4 tensor (``dsv3 convert --pack``): weight_packed (uint8, 64-byte
+    aligned), shape = (N, K), params group (and ``packed="int4p"``), no weight / scale. Arrays are
+    checked (dtype, shape, contiguity, alignment) and kept as given.
     """
     _check_fmt(fmt)
+    if weight_packed is not None:
+        if weight is not None or scale is not None:
+            raise ValueError(f"from_checkpoint: a packed {fmt} tensor has only its packed array "
+                             f"({PACKED_ARRAY}), not weight / scale as well")
+        if shape is None:
+            raise ValueError("from_checkpoint: a packed tensor needs its shape (N, K)")
+        if params.get("packed", INT4P_LAYOUT) != INT4P_LAYOUT:
+            raise ValueError(f"from_checkpoint: params say layout {params['packed']!r} but the packed array "
+                             f"({PACKED_ARRAY}, layout {INT4P_LAYOUT!r}) is given")
+        params = dict(params, packed=INT4P_LAYOUT)
+        return _validate(QuantizedTensor(fmt, shape, {PACKED_ARRAY: weight_packed}, params))
+    if params.get("packed") == INT4P_LAYOUT:
+        raise ValueError(f"from_checkpoint: params say packed layout {INT4P_LAYOUT!r} but no packed array "
+                         f"({PACKED_ARRAY}) is given")
     if not isinstance(weight, np.ndarray) or weight.ndim != 2:
         raise ValueError(f"from_checkpoint: weight must be a 2-D numpy array, got {type(weight).__name__}"
                          + (f" with shape {weight.shape}" if isinstance(weight, np.ndarray) else ""))
@@ -210,13 +254,41 @@ def from_checkpoint(fmt, weight, scale=None, scale2=None, input_scale=None, **pa
     return _validate(QuantizedTensor(fmt, shape, arrays, params))
 
 
-def pack(qt):
-    """The kernel layout of ``qt``: version ``PACKED_LAYOUT`` ("ckpt-1") is the checkpoint layout
-    itself (measured: decoding in registers from it streams at the bandwidth limit), so this shares
-    the arrays and only records the layout in ``params['packed']``."""
+def stored_layout(qt):
+    """``qt`` in the checkpoint layout, recorded as version ``PACKED_LAYOUT`` ("ckpt-1") in
+    ``params['packed']``: shares the arrays (a packed tensor is unpacked: an owned copy)."""
     if not isinstance(qt, QuantizedTensor):
-        raise TypeError(f"pack expects a QuantizedTensor, got {type(qt).__name__}")
+        raise TypeError(f"stored_layout expects a QuantizedTensor, got {type(qt).__name__}")
+    if qt.is_packed:
+        qt = unpack(qt)
     params = dict(qt.params)
     params["packed"] = PACKED_LAYOUT
-    out = QuantizedTensor(qt.fmt, qt.shape, qt.arrays, params)
-    return out
+    return QuantizedTensor(qt.fmt, qt.shape, qt.arrays, params)
+
+
+def pack(qt):
+    """The kernel layout of ``qt``: for int4 the packed layout (params ``packed`` = "int4p", one array
+    ``weight_packed`` built by ``lib.pack_weight``: one pass over the codes, an owned array); for the formats
+    without one (``lib.packed_formats()``) the checkpoint layout itself (:func:`stored_layout`: the arrays are
+    shared). An already packed tensor is returned as it is."""
+    if not isinstance(qt, QuantizedTensor):
+        raise TypeError(f"pack expects a QuantizedTensor, got {type(qt).__name__}")
+    if qt.is_packed:
+        return qt
+    if qt.fmt not in lib.packed_formats():
+        return stored_layout(qt)
+    params = {k: v for k, v in qt.params.items() if k != "packed"}
+    params["packed"] = INT4P_LAYOUT
+    return QuantizedTensor(qt.fmt, qt.shape, {PACKED_ARRAY: lib.pack_weight(qt.to_native())}, params)
+
+
+def unpack(qt):
+    """The stored (checkpoint) layout of a packed tensor (:func:`pack`'s inverse, bit for bit; owned arrays of
+    the stored size, one pass in C); other tensors are returned as they are."""
+    if not isinstance(qt, QuantizedTensor):
+        raise TypeError(f"unpack expects a QuantizedTensor, got {type(qt).__name__}")
+    if not qt.is_packed:
+        return qt
+    out = lib.unpack_weight(qt.to_native())
+    params = {k: v for k, v in qt.params.items() if k != "packed"}
+    return QuantizedTensor(qt.fmt, qt.shape, {"weight": out["data"], _SCALE_NAME[qt.fmt]: out["scale"]}, params)

@@ -5,6 +5,10 @@ Format: 8-byte little-endian header length L, L bytes of JSON header
 ``{"name": {"dtype": "BF16", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}}``,
 then the data area; offsets are relative to the data area.
 
+Alignment fill: a writer asked to align a tensor's data (:meth:`SafetensorsWriter.add` ``align``: the packed
+int4 layout wants 64 bytes) puts zero bytes before it as a uint8 entry named ``PAD_PREFIX`` + its offset, so
+the spans stay contiguous as the format requires (the safetensors library reads the file); every reader here
+(:func:`read_header`) leaves those entries out: they are not tensors of the checkpoint.
 Arrays returned by :meth:`SafetensorsReader.get` are read-only numpy views of the memory-mapped
 file. They stay valid while the reader is open; an array keeps its file's mapping alive through its
 ``.base``, so closing the reader while arrays are still referenced is safe (the mapping is released
@@ -101,6 +105,8 @@ def read_header(path, f=None, bad=None):
         raise _err(path, "__metadata__ must map strings to strings")
     tensors = {}
     for name, info in hdr.items():
+        if name.startswith(PAD_PREFIX):  # alignment fill, not a tensor
+            continue
         try:
             tensors[name] = _entry(path, name, info, data_len)
         except SafetensorsError as e:
@@ -353,6 +359,7 @@ def open_safetensors(path):
 
 # ---------------------------------------------------------------- writing
 PARTIAL_SUFFIX = ".partial"
+PAD_PREFIX = "__dsv3_align__."  # alignment fill entries (see the module doc)
 # bytes reserved in the header per array, on top of its name (dtype, shape, offsets as JSON)
 _ENTRY_RESERVE = 128
 
@@ -371,27 +378,38 @@ class SafetensorsWriter:
     only a ``*.partial`` file, which no reader takes for a checkpoint shard. ``names_hint``: base names of
     the tensors it will hold (sizes the reserved header; 4 arrays per name are assumed, the most a
     quantised tensor has). ``metadata``: the header's ``__metadata__`` (str -> str; empty: none).
-    ``hashes``: compute each array's sha256 while writing (returned by :meth:`add`)."""
+    ``hashes``: compute each array's sha256 while writing (returned by :meth:`add`). ``align``: the data
+    area starts at a multiple of it (default 8), the most :meth:`add` may ask for."""
 
-    def __init__(self, path, names_hint, metadata=None, hashes=True):
+    def __init__(self, path, names_hint, metadata=None, hashes=True, align=8):
         self.path = path
         self.metadata = {"format": "pt"} if metadata is None else dict(metadata)
         self.hashes = hashes
+        self.align = align
         self.tmp = path + PARTIAL_SUFFIX
         self.reserve = sum(4 * (len(n) + 24 + _ENTRY_RESERVE) for n in names_hint) + 64
-        self.reserve += -self.reserve % 8
+        self.reserve += -(8 + self.reserve) % align
         self.entries = {}
         self.offset = 0
         self.f = open(self.tmp, "wb")
         self.f.seek(8 + self.reserve)
 
-    def add(self, name, arr, digest=None):
+    def add(self, name, arr, digest=None, align=None):
         """Append one array (or a list of arrays forming its row blocks, written one after the
         other = concatenated along axis 0 without a copy); returns its manifest record.
         `digest`: its sha256 (or a function returning it, called after writing) if the caller
-        computes it; otherwise it is computed here."""
+        computes it; otherwise it is computed here. `align`: its data starts at a multiple of this many
+        bytes in the file (a divisor of the writer's ``align``; alignment fill before it, see the module doc)."""
         if name in self.entries:
             raise ValueError(f"tensor {name} written twice to {os.path.basename(self.path)}")
+        if align and self.offset % align:
+            if self.align % align:
+                raise ValueError(f"tensor {name}: alignment {align} does not divide the writer's {self.align}")
+            fill = -self.offset % align
+            self.f.write(bytes(fill))
+            self.entries[f"{PAD_PREFIX}{self.offset}"] = {"dtype": "U8", "shape": [fill],
+                                                        "data_offsets": [self.offset, self.offset + fill]}
+            self.offset += fill
         parts = [np.asarray(a) for a in arr] if isinstance(arr, (list, tuple)) else [np.asarray(arr)]
         first = parts[0]
         if any(p.dtype != first.dtype or p.shape[1:] != first.shape[1:] or p.ndim == 0 for p in parts[1:]):
@@ -433,7 +451,7 @@ class SafetensorsWriter:
         return os.path.getsize(self.path)
 
     def _rewrite(self, header):
-        header += b" " * (-len(header) % 8)
+        header += b" " * (-(8 + len(header)) % self.align)
         moved = self.tmp + ".2"
         with open(moved, "wb") as out:
             out.write(len(header).to_bytes(8, "little"))

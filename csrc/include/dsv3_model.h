@@ -103,6 +103,8 @@ struct dsv3_model {
     void *packed;          /* owned: the packed kernel layouts of the fast-precision int4 weights (their
                             * dsv3_weight.packed point here; csrc/model/pack_weights.c), or NULL */
     size_t packed_bytes;
+    int pack;              /* packing at load of the fast-precision int4 weights: -1 unless DSV3_PACK=0 (the
+                            * default), 0 never, 1 always (pack_weights.c); set before dsv3_model_prepare */
     int attn_per_token;    /* set during dsv3_model_forward_hidden(step_attention): each token's attention core
                             * runs as its own decode step (csrc/model/mtp.c) */
 };
@@ -210,6 +212,10 @@ void dsv3_tensor_totals(const dsv3_model_config *c, int64_t *count, int64_t *val
 int64_t dsv3_model_slots(dsv3_model *m, dsv3_tensor_slot *out);
 
 dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err);
+/* Whether the tensor of this canonical name takes the packed kernel layout when its format has one (the one
+ * rule: packing at load, csrc/model/pack_weights.c, and dsv3 convert --pack follow it). kv_b_proj does not:
+ * absorbed attention reads its stored rows directly. */
+int dsv3_tensor_packs(const char *name);
 
 /* Run s tokens (ids [s]) after the cached ones; logits [s, vocab]. */
 dsv3_status dsv3_model_forward(dsv3_model *m, const int64_t *ids, int64_t s, float *logits, int isa,

@@ -115,10 +115,13 @@ typedef struct {
      * per ISA, their activation layout and the rows of one work item (the layout's row interleave). The
      * large-M kernels (gemm, fast_gemm) of such a format read either layout. */
     size_t (*packed_bytes)(int64_t n, int64_t k, int group);
-    void (*pack_team)(const dsv3_weight *w, void *buf);
+    void (*pack_team)(const dsv3_weight *w, void *buf, dsv3_isa isa); /* isa: a supported one; same bytes on each */
     dsv3_lin_kernel packed_fast[DSV3_ISA_COUNT];
     unsigned char packed_x;
     int packed_rows;
+    /* the inverse of pack_team (team-callable, no barrier): the stored layout's data and scale arrays
+     * (dsv3_quant_layout sizes) from w->packed, for a checkpoint that stores only the packed layout */
+    void (*unpack_team)(const dsv3_weight *w, void *data, void *scale);
 } dsv3_format_traits;
 
 extern const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT];
@@ -149,7 +152,13 @@ size_t dsv3_weight_packed_bytes(const dsv3_weight *w);
 /* Packs w (stored layout) into buf (dsv3_weight_packed_bytes, 64-byte aligned) over a thread team; the caller
  * then sets w->packed = buf (the kernels read only the packed copy from then on; w->data stays the stored
  * layout for other readers). A packed weight runs in the fast precision only (dsv3_linear refuses exact). */
-dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, dsv3_error *err);
+dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, int isa, dsv3_error *err); /* isa -1: active */
+/* The inverse: w->packed -> the stored layout in the caller's data / scale buffers (dsv3_quant_layout sizes),
+ * over a thread team. A weight may come with only its packed layout (w->data NULL: a checkpoint converted
+ * with dsv3 convert --pack); the exact kernels need this stored layout back. */
+dsv3_status dsv3_weight_unpack(const dsv3_weight *w, void *data, void *scale, dsv3_error *err);
+/* Alignment (bytes) of dsv3_weight.packed: the layout's chunks and scale groups are 64-byte vectors. */
+#define DSV3_PACKED_ALIGN 64
 /* out f32 [n, k] = code * group_scale, exactly (the kernels' reference). */
 dsv3_status dsv3_dequantize(const dsv3_weight *w, float *out, dsv3_error *err);
 

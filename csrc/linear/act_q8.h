@@ -48,7 +48,8 @@ void dsv3_q8_int4p_scalar(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_q8_int4p_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_q8_int4p_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 size_t dsv3_int4_packed_bytes(int64_t n, int64_t k, int group);
-void dsv3_int4_pack_team(const dsv3_weight *w, void *buf);
+void dsv3_int4_pack_team(const dsv3_weight *w, void *buf, dsv3_isa isa);
+void dsv3_int4_unpack_team(const dsv3_weight *w, void *data, void *scale);
 /* The reference for one output over the natural-order columns [k0, k) of row m (k0 a multiple of 32):
  * the SIMD kernels use it for their K tail beyond the last full layout block. */
 float dsv3_q8_ref_dot(const dsv3_lin_args *a, int64_t m, int64_t n, int64_t k0);

@@ -1,7 +1,13 @@
-/* The int4 packer: checkpoint layout (dsv3_quant.h) -> the packed layout (int4p.h), once at load. */
+/* The int4 packer: checkpoint layout (dsv3_quant.h) -> the packed layout (int4p.h), once at load (or once per
+ * weight in dsv3 convert --pack). The whole chunks of each row go through the ISA's row step (int4p_pack_*.c,
+ * 64 / 32 stored bytes a step); pack_words below is their scalar twin and does the rest. */
 #include "linear/int4p.h"
 
 #include "linear/act_q8.h"
+#include "linear/int4p_pack.h"
+
+typedef int64_t (*row_step)(const uint8_t *row, int64_t chunks, uint8_t *out);
+static const row_step ROW_STEP[DSV3_ISA_COUNT] = {NULL, dsv3_int4_pack_row_avx2, dsv3_int4_pack_row_avx512};
 
 size_t dsv3_int4_packed_bytes(int64_t n, int64_t k, int group)
 {
@@ -23,9 +29,10 @@ static inline uint64_t pack_words(uint64_t v)
     return bl | bh << 4;
 }
 
-void dsv3_int4_pack_team(const dsv3_weight *w, void *buf)
+void dsv3_int4_pack_team(const dsv3_weight *w, void *buf, dsv3_isa isa)
 {
     const int64_t N = w->n, NG = (N + 15) / 16, K8 = (w->k + 7) / 8, ngrp = (w->k + w->group - 1) / w->group;
+    const row_step step = ROW_STEP[isa];
     uint8_t *codes = buf;
     float *scales = (float *)(void *)(codes + int4p_code_bytes(N, w->k));
     const float *src = w->scale;
@@ -35,7 +42,7 @@ void dsv3_int4_pack_team(const dsv3_weight *w, void *buf)
         for (int r = 0; r < 16; r++) {
             const int64_t n = 16 * g + r;
             const uint8_t *row = n < N ? (const uint8_t *)w->data + n * (w->k / 2) : NULL;
-            int64_t c = 0;
+            int64_t c = n < N && step ? step(row, w->k / 8, out + r * 4) : 0; /* whole chunks, SIMD */
             for (; n < N && 4 * c + 8 <= w->k / 2; c += 2) { /* two full chunks */
                 uint64_t v;
                 memcpy(&v, row + 4 * c, 8);
@@ -58,4 +65,24 @@ void dsv3_int4_pack_team(const dsv3_weight *w, void *buf)
     /* the code area's alignment pad (after the last group) */
 #pragma omp single nowait
     memset(codes + NG * K8 * 64, 0x88, int4p_code_bytes(N, w->k) - (size_t)(NG * K8 * 64));
+}
+
+/* The inverse (packed -> the checkpoint layout: codes u8 [n, k/2], scales f32 [n, ngrp]), for a model that
+ * needs the stored layout (exact precision) from a checkpoint that stores only the packed one. Team-callable
+ * (no barrier); every output byte is written. */
+void dsv3_int4_unpack_team(const dsv3_weight *w, void *data, void *scale)
+{
+    const int64_t N = w->n, K2 = w->k / 2, ngrp = int4p_ngrp(w);
+    uint8_t *out = data;
+    float *sc = scale;
+#pragma omp for schedule(static) nowait
+    for (int64_t n = 0; n < N; n++) {
+        uint8_t *row = out + n * K2;
+        for (int64_t b = 0; b < K2; b++) { /* byte b: columns 2b (low nibble), 2b + 1 (high), two's complement */
+            const int lo = int4p_code(w, n, 2 * b), hi = int4p_code(w, n, 2 * b + 1);
+            row[b] = (uint8_t)((lo & 15) | (hi & 15) << 4);
+        }
+        for (int64_t j = 0; j < ngrp; j++)
+            sc[n * ngrp + j] = int4p_scale(w, n, j);
+    }
 }

@@ -102,6 +102,7 @@ dsv3_status dsv3_model_create(const dsv3_model_config *cfg, int64_t capacity, ds
     if (!m)
         return dsv3_fail(err, DSV3_E_NOMEM, "out of memory for the model");
     memset(m, 0, sizeof *m);
+    m->pack = -1;
     m->cfg = *cfg;
     m->capacity = capacity;
     m->attn_mode = mode;
@@ -263,7 +264,7 @@ dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err)
     for (int64_t i = 0; i < count && st == DSV3_OK; i++) {
         const dsv3_tensor_slot *t = &slots[i];
         const dsv3_weight *w = t->weight;
-        if (!w->data) {
+        if (!w->data && !w->packed) { /* packed only: a dsv3 convert --pack checkpoint */
             if (!t->optional)
                 st = dsv3_fail(err, DSV3_E_VALUE, "missing tensor %s", t->name);
         } else if (w->n != t->n || w->k != t->k) {

@@ -4,7 +4,10 @@
  * the kernels read only the packed copies, so the stored pages (file-backed mmap of a checkpoint) are handed
  * back to the kernel with MADV_PAGEOUT: they stay valid (a reader that still wants them faults them in again)
  * but no longer count in the resident set. kv_b_proj keeps its stored layout: absorbed attention reads its
- * rows directly (wsum_rows, per-head W_UV views; csrc/mla). DSV3_PACK=0 turns packing off (A/B measurements). */
+ * rows directly (wsum_rows, per-head W_UV views; csrc/mla). dsv3_model.pack chooses: -1 (default) packs unless
+ * DSV3_PACK=0 (A/B measurements), 0 never, 1 always. A weight that arrives already packed (a checkpoint
+ * converted with dsv3 convert --pack: dsv3_weight.packed points into the mmapped file, data may be NULL) is
+ * read in place: nothing is copied for it. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -13,10 +16,12 @@
 #include "dsv3_quant.h"
 #include "model_internal.h"
 
+int dsv3_tensor_packs(const char *name) { return !strstr(name, "kv_b_proj"); }
+
 static size_t packed_size(const dsv3_tensor_slot *t)
 {
     const dsv3_weight *w = t->weight;
-    if (t->is_vector || !w->data || w->act != DSV3_ACT_FAST || strstr(t->name, "kv_b_proj"))
+    if (t->is_vector || !w->data || w->packed || w->act != DSV3_ACT_FAST || !dsv3_tensor_packs(t->name))
         return 0;
     return (dsv3_weight_packed_bytes(w) + 63) & ~(size_t)63;
 }
@@ -32,13 +37,24 @@ static void advise(const void *p, size_t bytes, int advice)
 
 dsv3_status dsv3_model_pack(dsv3_model *m, const dsv3_tensor_slot *slots, int64_t count, dsv3_error *err)
 {
-    for (int64_t i = 0; i < count; i++) /* a second prepare: back to the stored layout first */
-        slots[i].weight->packed = NULL;
+    const unsigned char *own = m->packed;
+    for (int64_t i = 0; i < count; i++) { /* a second prepare: the weights packed here back to the stored layout */
+        const unsigned char *p = slots[i].weight->packed;
+        if (own && p >= own && p < own + m->packed_bytes)
+            slots[i].weight->packed = NULL;
+    }
     dsv3_free(m->packed);
     m->packed = NULL;
     m->packed_bytes = 0;
+    for (int64_t i = 0; i < count; i++) { /* stored packed: only the fast kernels read that layout */
+        const dsv3_weight *w = slots[i].weight;
+        if (w->packed && w->act != DSV3_ACT_FAST)
+            return dsv3_fail(err, DSV3_E_VALUE, "tensor %s is stored in the packed %s layout, which only the fast "
+                             "precision reads (unpack it for the exact precision)", slots[i].name,
+                             dsv3_formats[w->fmt].name);
+    }
     const char *env = getenv("DSV3_PACK");
-    if (env && strcmp(env, "0") == 0)
+    if (m->pack == 0 || (m->pack < 0 && env && strcmp(env, "0") == 0))
         return DSV3_OK;
     size_t total = 0;
     for (int64_t i = 0; i < count; i++)
@@ -51,13 +67,14 @@ dsv3_status dsv3_model_pack(dsv3_model *m, const dsv3_tensor_slot *slots, int64_
 #ifdef MADV_HUGEPAGE
     advise(buf, total, MADV_HUGEPAGE); /* fewer faults while packing, fewer TLB misses while decoding */
 #endif
+    const dsv3_isa isa = dsv3_isa_active();
 #pragma omp parallel num_threads(dsv3_num_threads())
     {
         size_t off = 0;
         for (int64_t i = 0; i < count; i++) {
             const size_t b = packed_size(&slots[i]);
             if (b)
-                dsv3_formats[slots[i].weight->fmt].pack_team(slots[i].weight, buf + off);
+                dsv3_formats[slots[i].weight->fmt].pack_team(slots[i].weight, buf + off, isa);
             off += b;
         }
     }

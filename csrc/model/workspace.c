@@ -59,9 +59,9 @@ static size_t layer_plan_bytes(const dsv3_layer *ly, int64_t tt)
                                 &ly->moe.shared.gate, &ly->moe.shared.up, &ly->moe.shared.down,
                                 &ly->indexer.wq_b, &ly->indexer.wk, &ly->indexer.weights_proj};
     for (size_t i = 0; i < sizeof ws_ / sizeof ws_[0]; i++)
-        if (ws_[i]->data)
+        if (ws_[i]->data || ws_[i]->packed)
             w = most(w, dsv3_linear_plan_bytes_upto(ws_[i], tt));
-    if (ly->is_moe && ly->moe.experts && ly->moe.experts[0].gate.data)
+    if (ly->is_moe && ly->moe.experts && (ly->moe.experts[0].gate.data || ly->moe.experts[0].gate.packed))
         for (int j = 0; j < 3; j++)
             w = most(w, dsv3_linear_plan_bytes_upto(j == 0 ? &ly->moe.experts[0].gate
                                                       : j == 1 ? &ly->moe.experts[0].up : &ly->moe.experts[0].down, tt));
@@ -84,7 +84,7 @@ static dsv3_status reserve_lin(dsv3_model *m, int64_t tokens, int64_t rows, dsv3
     if (m->mtp) { /* the MTP layer's block, its input projection and its own head */
         w = most(w, layer_plan_bytes(&m->mtp->layer, tt));
         w = most(w, dsv3_linear_plan_bytes_upto(&m->mtp->eh_proj, tt));
-        if (m->mtp->head.data)
+        if (m->mtp->head.data || m->mtp->head.packed)
             w = most(w, dsv3_linear_plan_bytes_upto(&m->mtp->head, tt));
     }
     size_t need = 3 * w;

@@ -46,6 +46,8 @@ extern PyMethodDef dsv3_probe_methods[];
 extern PyMethodDef dsv3_ops_methods[];
 extern PyMethodDef dsv3_model_methods[];
 extern PyMethodDef dsv3_quant_methods[];
+extern PyMethodDef dsv3_weight_methods[]; /* bind_weight.c */
+int dsv3_weight_init(PyObject *module);
 int dsv3_model_init_types(PyObject *module);
 extern PyMethodDef dsv3_batch_methods[];
 int dsv3_batch_init_types(PyObject *module);

@@ -228,14 +228,20 @@ static int fill_tensors(dsv3_model *m, PyObject *tensors)
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"config", "tensors", "max_seq_len", "attention", "isa", "kv_cache_dtype", "mtp", NULL};
-    PyObject *config, *tensors, *isa_obj = NULL;
+    static char *kwlist[] = {"config", "tensors", "max_seq_len", "attention", "isa", "kv_cache_dtype", "mtp", "pack",
+                             NULL};
+    PyObject *config, *tensors, *isa_obj = NULL, *pack_obj = Py_None;
     long long cap = 4096;
     const char *attention = "absorbed", *kv_dtype = "f32";
     int mtp = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|LsOsp", kwlist, &config, &tensors, &cap, &attention, &isa_obj,
-                                     &kv_dtype, &mtp))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|LsOspO", kwlist, &config, &tensors, &cap, &attention, &isa_obj,
+                                     &kv_dtype, &mtp, &pack_obj))
         return -1;
+    if (pack_obj != Py_None && !PyBool_Check(pack_obj)) {
+        PyErr_Format(PyExc_TypeError, "pack must be None, True or False, got %R", pack_obj);
+        return -1;
+    }
+    const int pack = pack_obj == Py_None ? -1 : pack_obj == Py_True;
     if (self->model) {
         PyErr_SetString(PyExc_RuntimeError, "Model is already initialised");
         return -1;
@@ -271,6 +277,8 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
     dsv3_model *m = NULL;
     dsv3_status st = dsv3_model_create(&c, (int64_t)cap, mode, &m, &err);
     Py_DECREF(inv_freq); /* copied by create */
+    if (st == DSV3_OK)
+        m->pack = pack; /* packing at load (csrc/model/pack_weights.c) */
     if (st == DSV3_OK && mtp)
         st = dsv3_model_enable_mtp(m, &err);
     if (st != DSV3_OK) {
@@ -761,7 +769,16 @@ static PyObject *Model_mtp_cache_len(ModelObject *self, void *closure)
     return PyLong_FromLongLong((long long)self->model->mtp->cache_len);
 }
 
+static PyObject *Model_packed_at_load_bytes(ModelObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(self->model ? self->model->packed_bytes : 0);
+}
+
 static PyGetSetDef Model_getset[] = {
+    {"packed_at_load_bytes", (getter)Model_packed_at_load_bytes, NULL,
+     "bytes of the owned buffer holding the weights packed at load (0: none; stored-packed weights are read in "
+     "place)", NULL},
     {"mtp_cache_len", (getter)Model_mtp_cache_len, NULL, "positions in the MTP layer's cache (None: no MTP layer)",
      NULL},
     {"cache_len", (getter)Model_cache_len, NULL, "tokens in the KV cache", NULL},

@@ -147,10 +147,16 @@ static PyObject *py_linear(PyObject *self, PyObject *args, PyObject *kw)
     return out;
 }
 
-/* pack_weight(w) -> uint8 [bytes]: w's packed kernel layout (csrc/linear/int4p.h), for the dict key "packed" */
-static PyObject *py_pack_weight(PyObject *self, PyObject *wo)
+/* pack_weight(w, isa=None) -> uint8 [bytes]: w's packed kernel layout (csrc/linear/int4p.h), for the dict key
+ * "packed"; isa: the packer's row step (the same bytes on every ISA) */
+static PyObject *py_pack_weight(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
+    static char *kwlist[] = {"weight", "isa", NULL};
+    PyObject *wo, *isa_obj = NULL;
+    int isa;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O", kwlist, &wo, &isa_obj) || !dsv3_py_isa_arg(isa_obj, &isa))
+        return NULL;
     dsv3_weight w;
     if (!dsv3_py_weight(wo, "weight", -1, -1, &w))
         return NULL;
@@ -159,14 +165,24 @@ static PyObject *py_pack_weight(PyObject *self, PyObject *wo)
     if (!bytes)
         return PyErr_Format(PyExc_ValueError, "pack_weight: %s weights have no packed layout",
                             dsv3_formats[w.fmt].name);
-    npy_intp dims[1] = {(npy_intp)bytes};
-    PyObject *out = PyArray_SimpleNew(1, dims, NPY_UINT8);
-    if (!out)
+    /* DSV3_PACKED_ALIGN-aligned (the layout's contract): a view into a slightly larger owned array */
+    npy_intp dims[1] = {(npy_intp)bytes}, rdims[1] = {(npy_intp)(bytes + DSV3_PACKED_ALIGN - 1)};
+    PyObject *raw = PyArray_SimpleNew(1, rdims, NPY_UINT8);
+    if (!raw)
         return NULL;
+    char *p = PyArray_DATA((PyArrayObject *)raw);
+    p += (DSV3_PACKED_ALIGN - (uintptr_t)p % DSV3_PACKED_ALIGN) % DSV3_PACKED_ALIGN;
+    PyObject *out = PyArray_New(&PyArray_Type, 1, dims, NPY_UINT8, NULL, p, 0, NPY_ARRAY_CARRAY, NULL);
+    if (!out || PyArray_SetBaseObject((PyArrayObject *)out, raw) < 0) { /* steals raw, also on failure */
+        if (!out)
+            Py_DECREF(raw);
+        Py_XDECREF(out);
+        return NULL;
+    }
     dsv3_error err = {0};
     dsv3_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = dsv3_weight_pack(&w, PyArray_DATA((PyArrayObject *)out), &err);
+    st = dsv3_weight_pack(&w, PyArray_DATA((PyArrayObject *)out), isa, &err);
     Py_END_ALLOW_THREADS
     if (st != DSV3_OK) {
         Py_DECREF(out);
@@ -176,7 +192,8 @@ static PyObject *py_pack_weight(PyObject *self, PyObject *wo)
 }
 
 PyMethodDef dsv3_quant_methods[] = {
-    {"pack_weight", py_pack_weight, METH_O, "pack_weight(weight) -> uint8 [bytes] (the packed kernel layout)"},
+    {"pack_weight", (PyCFunction)(void (*)(void))py_pack_weight, METH_VARARGS | METH_KEYWORDS,
+     "pack_weight(weight, isa=None) -> uint8 [bytes] (the packed kernel layout, 64-byte aligned)"},
     {"quantize", (PyCFunction)(void (*)(void))py_quantize, METH_VARARGS | METH_KEYWORDS,
      "quantize(w, fmt, group=0, ue8m0=False) -> dict(data, scale, scale2)"},
     {"dequantize", py_dequantize, METH_O, "dequantize(weight) -> float32 [n, k]"},

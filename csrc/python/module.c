@@ -4,7 +4,7 @@
 
 static PyMethodDef *const TABLES[] = {
     dsv3_cpu_methods, dsv3_dtype_methods, dsv3_onednn_methods, dsv3_probe_methods,
-    dsv3_ops_methods, dsv3_model_methods, dsv3_quant_methods, dsv3_batch_methods,
+    dsv3_ops_methods, dsv3_model_methods, dsv3_quant_methods, dsv3_batch_methods, dsv3_weight_methods,
 };
 
 static struct PyModuleDef moduledef = {
@@ -42,7 +42,7 @@ PyMODINIT_FUNC PyInit__dsv3(void)
         if (add_table(m, TABLES[i]) < 0)
             goto fail;
     if (dsv3_model_init_types(m) < 0 || dsv3_quant_init_types(m) < 0 || dsv3_batch_init_types(m) < 0 ||
-        dsv3_batch_mtp_init_types(m) < 0)
+        dsv3_batch_mtp_init_types(m) < 0 || dsv3_weight_init(m) < 0)
         goto fail;
     dsv3_error err = {0};
     dsv3_status s = dsv3_init(&err);

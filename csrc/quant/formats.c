@@ -134,7 +134,8 @@ const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT] = {
                        FAST_Q8(int4, DSV3_X_Q8_EO64, DSV3_X_Q8_EO128), .fast_gemm = {NULL, dsv3_gemm_q8_int4_avx2, NULL},
                        /* packed at load in the fast mode: 16 rows interleaved (int4p.h) */
                        .packed_bytes = dsv3_int4_packed_bytes, .pack_team = dsv3_int4_pack_team,
-                       .packed_fast = KERNELS(q8, int4p), .packed_x = DSV3_X_Q8_O8, .packed_rows = DSV3_INT4P_ROWS},
+                       .packed_fast = KERNELS(q8, int4p), .packed_x = DSV3_X_Q8_O8, .packed_rows = DSV3_INT4P_ROWS,
+                       .unpack_team = dsv3_int4_unpack_team},
 };
 
 dsv3_status dsv3_format_parse(const char *name, dsv3_format *out, dsv3_error *err)
@@ -187,7 +188,7 @@ size_t dsv3_weight_packed_bytes(const dsv3_weight *w)
     return t->packed_bytes ? t->packed_bytes(w->n, w->k, w->group) : 0;
 }
 
-dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, dsv3_error *err)
+dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, int isa, dsv3_error *err)
 {
     const dsv3_weight src = {.fmt = w->fmt, .n = w->n, .k = w->k, .data = w->data, .scale = w->scale,
                              .scale2 = w->scale2, .group = w->group, .ue8m0 = w->ue8m0}; /* the stored layout */
@@ -199,8 +200,28 @@ dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, dsv3_error *err)
         return dsv3_fail(err, DSV3_E_VALUE, "%s weights have no packed layout", t->name);
     if (!buf)
         return dsv3_fail(err, DSV3_E_VALUE, "%s: no buffer to pack into", t->name);
+    dsv3_isa id;
+    if ((st = dsv3_isa_resolve(isa, &id, err)) != DSV3_OK)
+        return st;
 #pragma omp parallel num_threads(dsv3_num_threads())
-    t->pack_team(&src, buf);
+    t->pack_team(&src, buf, id);
+    return DSV3_OK;
+}
+
+dsv3_status dsv3_weight_unpack(const dsv3_weight *w, void *data, void *scale, dsv3_error *err)
+{
+    dsv3_status st = dsv3_weight_validate(w, err);
+    if (st != DSV3_OK)
+        return st;
+    const dsv3_format_traits *t = &dsv3_formats[w->fmt];
+    if (!t->unpack_team)
+        return dsv3_fail(err, DSV3_E_VALUE, "%s weights have no packed layout", t->name);
+    if (!w->packed)
+        return dsv3_fail(err, DSV3_E_VALUE, "%s weight: no packed layout to unpack", t->name);
+    if (!data || !scale)
+        return dsv3_fail(err, DSV3_E_VALUE, "%s: no buffers to unpack into", t->name);
+#pragma omp parallel num_threads(dsv3_num_threads())
+    t->unpack_team(w, data, scale);
     return DSV3_OK;
 }
 
@@ -214,6 +235,13 @@ dsv3_status dsv3_weight_validate(const dsv3_weight *w, dsv3_error *err)
     if (st != DSV3_OK)
         return st;
     const dsv3_format_traits *t = &dsv3_formats[w->fmt];
+    if (w->packed && !t->packed_bytes)
+        return dsv3_fail(err, DSV3_E_VALUE, "%s weights have no packed layout", t->name);
+    if (w->packed && (uintptr_t)w->packed % DSV3_PACKED_ALIGN)
+        return dsv3_fail(err, DSV3_E_VALUE, "%s weight: packed layout at %p is not %d-byte aligned", t->name,
+                         w->packed, DSV3_PACKED_ALIGN);
+    if (w->packed && !w->data) /* packed only (dsv3 convert --pack): the kernels read the packed copy alone */
+        return DSV3_OK;
     if (!w->data)
         return dsv3_fail(err, DSV3_E_VALUE, "%s weight: data is NULL", t->name);
     if (t->scale_kind != DSV3_SCALE_NONE && !w->scale)

@@ -14,6 +14,13 @@ On-disk dsv3 layout (DST):
   when the format's scales split exactly at row I (bf16, int8, int4; fp8_block when I % 128 == 0);
   otherwise (nvfp4, whose gate and up have their own global scale) gate_proj / up_proj stay separate.
   kv_b_proj is stored as is (the reader hands it to the model unsplit).
+- With --pack (the "pack" option; at least one int4 target format): every int4 tensor the engine packs
+  (lib.tensor_packs: all but kv_b_proj) is stored as its packed kernel layout alone, one uint8 array
+  `X.weight_packed` (csrc/linear/int4p.h, dsv3.quant.pack; no `X.weight` / `X.weight_scale`), whose data
+  starts at a multiple of lib.PACKED_ALIGN (64) bytes in its shard (alignment fill entries before it:
+  dsv3.safetensors_io.PAD_PREFIX, which the readers skip); its params in "formats" / "tensor_params" carry
+  "packed": "int4p" (the checkpoint layout: "ckpt-1") and its shape is the config's (the tensor table).
+  Routed experts' gate_proj / up_proj then stay separate. The loader checks size and alignment.
 - Shard files: `model-KKKKK-of-NNNNN.safetensors`; with --ep N, the routed experts of rank r
   (experts [r*E/N, (r+1)*E/N), contiguous as in DeepSeek's convert.py) go to
   `model-ep<r>-of-ep<N>-KKKKK-of-NNNNN.safetensors` and everything else, once, to

@@ -13,7 +13,8 @@ def expected_names(cfg):
 
 def info(path):
     """Summary of any checkpoint dsv3 reads (source or converted), as a dict: layout,
-    architecture, tensor count, {format: [count, bytes]}, missing and unexpected canonical names
+    architecture, tensor count, {format: [count, bytes]} ("int4 (packed)": tensors stored in the packed kernel
+    layout by ``dsv3 convert --pack``, read in place by a fast-precision load), missing and unexpected canonical names
     (canonical names the config does not call for, and source tensors the reader did not use), and
     what the reader skipped (MTP layers; V3.2 indexer tensors under a non-V3.2 config); plus Checkpoint.summary()."""
     from ..checkpoint import CheckpointError, open_checkpoint
@@ -25,8 +26,8 @@ def info(path):
         return _info_from_headers(path, str(e))
     cfg = ckpt.config
     formats, seen = {}, set()
-    for name, v in ckpt.canonical_tensors():
-        f = formats.setdefault(value_format(v), [0, 0])
+    for name, v in ckpt.canonical_tensors():  # "int4 (packed)": stored in the packed kernel layout (--pack)
+        f = formats.setdefault(value_format(v) + (" (packed)" if getattr(v, "is_packed", False) else ""), [0, 0])
         f[0] += 1
         f[1] += int(v.nbytes)
         seen.add(name)

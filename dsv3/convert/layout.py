@@ -10,7 +10,7 @@ from ..checkpoint import CheckpointReader, layer_of, skip_reason
 from .tensors import make_value, split_rows
 
 log = logging.getLogger("dsv3.convert")
-_SUFFIXES = ("weight_scale_inv", "weight_scale_2", "weight_scale", "input_scale", "weight")
+_SUFFIXES = ("weight_scale_inv", "weight_scale_2", "weight_scale", "input_scale", "weight_packed", "weight")
 _GATE_UP = re.compile(r"^(.*\.experts\.\d+\.)gate_up_proj\.weight$")
 
 
@@ -53,15 +53,21 @@ def _group_arrays(keys):
     return groups
 
 
-def _value(path, base, parts, arrays, fmt, params):
-    """make_value for one stored tensor; ValueError naming it when its arrays do not fit."""
-    if "weight" not in arrays:
+def _value(path, base, parts, arrays, fmt, params, shapes):
+    """make_value for one stored tensor; ValueError naming it when its arrays do not fit. shapes():
+    {canonical name: shape} of the config (a packed tensor's shape comes from there)."""
+    if "weight" not in arrays and "weight_packed" not in arrays:
         raise ValueError(f"{path}: tensor {base!r} is missing; only {sorted(parts.values())} are stored")
     if fmt is None and set(arrays) != {"weight"}:
         raise ValueError(f"{path}: tensor {base!r} is stored with {sorted(parts.values())} but config.json's "
                          f"dsv3.quantization.tensors gives it no format")
+    shape = None
+    if "weight_packed" in arrays:
+        shape = shapes().get(base)
+        if shape is None:
+            raise ValueError(f"{path}: tensor {base!r} is stored packed but is not a tensor of the config")
     try:
-        return make_value(arrays, fmt, params)
+        return make_value(arrays, fmt, params, shape)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: tensor {base!r} ({fmt}): {e}") from None
 
@@ -83,7 +89,14 @@ def read_dsv3_checkpoint(path, reader=None, config=None):
     if reader is None:
         from ..safetensors_io import open_safetensors
         reader = open_safetensors(path)
-    skipped = set()
+    skipped, shape_table = set(), {}
+
+    def shapes():
+        if not shape_table:
+            from ..checkpoint import canonical_shapes
+            shape_table.update((n, tuple(s)) for n, s, _ in canonical_shapes(config))
+        return shape_table
+
     for base, parts in _group_arrays(list(reader.keys())).items():
         why = skip_reason(base, config)  # copied verbatim by convert, not canonical tensors
         if why == "mtp":
@@ -103,10 +116,10 @@ def read_dsv3_checkpoint(path, reader=None, config=None):
                 raise ValueError(f"{path}: tensor {base!r} (gate and up rows, fused) needs an even number of rows, "
                                  f"got shape {None if w is None else list(w.shape)}")
             gate, up = split_rows(arrays, fmt, w.shape[0] // 2)
-            yield m.group(1) + "gate_proj.weight", _value(path, base, parts, gate, fmt, params)
-            yield m.group(1) + "up_proj.weight", _value(path, base, parts, up, fmt, params)
+            yield m.group(1) + "gate_proj.weight", _value(path, base, parts, gate, fmt, params, shapes)
+            yield m.group(1) + "up_proj.weight", _value(path, base, parts, up, fmt, params, shapes)
         else:
-            yield base, _value(path, base, parts, arrays, fmt, params)
+            yield base, _value(path, base, parts, arrays, fmt, params, shapes)
     for layer in sorted(skipped):
         log.info("skipping MTP layer %d of %s (kept verbatim by --keep-mtp)", layer, path)
 

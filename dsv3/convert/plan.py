@@ -28,6 +28,7 @@ class Options:
     ep: int = 1
     shard_bytes: int = DEFAULT_SHARD_BYTES
     group: int = 128         # K group of int4 scales (32 or 128)
+    pack: bool = False       # store int4 tensors the engine packs in the packed kernel layout (tensors.py)
 
     def validate(self):
         for field in ("format", "experts", "attention", "lm_head"):
@@ -41,10 +42,30 @@ class Options:
             raise ValueError(f"ep must be a positive int, got {self.ep!r}")
         if not isinstance(self.shard_bytes, int) or self.shard_bytes < 1:
             raise ValueError(f"shard_bytes must be a positive int, got {self.shard_bytes!r}")
+        if not isinstance(self.pack, bool):
+            raise ValueError(f"pack must be a bool, got {self.pack!r}")
+        if self.pack:
+            from .._native import lib
+            chosen = {self.format, self.experts, self.attention, self.lm_head} - {None}
+            if not chosen & set(lib.packed_formats()):
+                raise ValueError(f"--pack stores the packed kernel layout of {' / '.join(lib.packed_formats())} "
+                                 f"weights, but no weight is converted to it (formats: "
+                                 f"{', '.join(sorted(chosen))}); use --format int4 (or --experts int4 ...)")
         return self
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.pack:  # absent when off: manifests written before the option still resume
+            del d["pack"]
+        return d
+
+    def packs(self, name, fmt):
+        """Whether tensor `name` converted to `fmt` is stored in the packed layout: --pack, a format with one,
+        and a tensor the engine packs (lib.tensor_packs: the engine's one rule). fmt: the stored format."""
+        if not self.pack or fmt is None:
+            return False
+        from .._native import lib
+        return fmt in lib.packed_formats() and lib.tensor_packs(name)
 
 
 @dataclasses.dataclass
@@ -59,6 +80,7 @@ class Item:
     est_bytes: int
     raw: bool = False   # copied verbatim from the source files (--keep-mtp)
     shard: str = None
+    pack: bool = False  # stored in the packed kernel layout (Options.packs)
 
 
 def is_routed_expert(name):
@@ -106,11 +128,12 @@ def estimate_bytes(fmt, shape, src_nbytes):
     return n * k // 2 + 4 * n * math.ceil(k / 32)
 
 
-def can_fuse_gate_up(fmt, rows):
+def can_fuse_gate_up(fmt, rows, packed=False):
     """gate and up of one expert are stored as one gate_up [2I, H] tensor when the format's
     scales split exactly at row I (fp8_block needs I % 128 == 0; nvfp4 has a per-tensor global
-    scale, so its gate and up stay separate)."""
-    if fmt in (None, "nvfp4"):
+    scale, so its gate and up stay separate); packed tensors stay separate (each its own packed layout,
+    which the reader hands to the model as is)."""
+    if fmt in (None, "nvfp4") or packed:
         return False
     return rows % ROW_BLOCK.get(fmt, 1) == 0
 
@@ -127,10 +150,11 @@ def build_items(entries, opts, n_experts):
     """entries: iterable of (canonical name, shape, nbytes, src_fmt) in source order.
     Returns the output items in the order they complete while streaming the same source."""
     items, pending = [], {}
-    for name, shape, nbytes, _src_fmt in entries:
+    for name, shape, nbytes, src_fmt in entries:
         fmt = target_format(name, shape, opts)
         m = PER_EXPERT.match(name)
-        if m and m.group(3) in ("gate_proj", "up_proj") and can_fuse_gate_up(fmt, shape[0]):
+        pack = opts.packs(name, fmt or src_fmt)  # kept as stored (fmt None): packed if stored in such a format
+        if m and m.group(3) in ("gate_proj", "up_proj") and can_fuse_gate_up(fmt, shape[0], pack):
             prefix = f"{m.group(1)}.{m.group(2)}."
             got = pending.setdefault(prefix, {})
             got[m.group(3)] = (name, shape, nbytes)
@@ -145,7 +169,7 @@ def build_items(entries, opts, n_experts):
                               gb + ub, estimate_bytes(fmt, fused, gb + ub)))
             continue
         items.append(Item(name, (name,), fmt, _group(name, opts, n_experts), nbytes,
-                          estimate_bytes(fmt, shape, nbytes)))
+                          estimate_bytes(fmt, shape, nbytes), pack=pack))
     if pending:
         raise ValueError(f"experts with gate_proj but no up_proj (or the reverse): {sorted(pending)[:3]}")
     return items

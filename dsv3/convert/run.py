@@ -209,7 +209,7 @@ class _Streamer:
         converted = []
         for src, v in zip(it.sources, values):
             try:
-                converted.append(convert_value(v, it.fmt, group))
+                converted.append(convert_value(v, it.fmt, group, pack=it.pack))
             except ValueError as e:  # e.g. a NaN weight quantize refuses: say which tensor
                 raise ValueError(f"{src}: {e}") from e
         if len(converted) == 1:
@@ -279,11 +279,12 @@ class _Streamer:
 
     def _commit(self, it, arrays, params, stored_fmt, sources):
         w = self.writers.get(it.shard)
+        align = _packed_align() if self.m["options"].get("pack") else None
         if w is None:
             w = self.writers[it.shard] = ShardWriter(os.path.join(self.dst, it.shard),
-                                                     self.m["shards"][it.shard]["items"])
-        for disk, arr, digest in arrays:
-            rec = w.add(disk, arr, digest.result)  # hashed concurrently by the hasher thread
+                                                     self.m["shards"][it.shard]["items"], align=align or 8)
+        for disk, arr, digest in arrays:  # hashed concurrently by the hasher thread
+            rec = w.add(disk, arr, digest.result, align=align if it.pack else None)
             rec.update(shard=it.shard, format=stored_fmt)
             with self.lock:
                 self.m["tensors"][disk] = rec
@@ -304,6 +305,13 @@ class _Streamer:
         with self.lock:
             self.m["shards"][fname].update(complete=True, size=size)
             mf.save(self.dst, self.m)
+
+
+def _packed_align():
+    """Where a packed layout starts in a shard: the kernels' vector alignment (lib.PACKED_ALIGN, the loader
+    checks it)."""
+    from .._native import lib
+    return lib.PACKED_ALIGN
 
 
 def _lookahead(pairs, window=64 << 20):
@@ -371,7 +379,7 @@ def _finish(src, dst, m, opts, cfg):
 
 
 def convert(src, dst, format="bf16", experts=None, attention=None, lm_head=None, keep_mtp=False, ep=1,
-            threads=None, quiet=False, shard_bytes=None, group=128):
+            threads=None, quiet=False, shard_bytes=None, group=128, pack=False):
     """Convert checkpoint directory `src` (any layout dsv3.checkpoint.open_checkpoint reads) into a
     dsv3 checkpoint in `dst`.
 
@@ -380,13 +388,16 @@ def convert(src, dst, format="bf16", experts=None, attention=None, lm_head=None,
     (lm_head stays as stored unless given); keep_mtp: copy the MTP layer verbatim; ep: split the
     routed experts into `ep` expert-parallel file sets; threads: dsv3.set_num_threads for the C
     quantisers; shard_bytes: target shard size; group: K group of int4 scales (32 or 128; 32 is
-    llama.cpp's Q4_0 granularity). Re-running on an interrupted `dst` resumes it; on a finished one
+    llama.cpp's Q4_0 granularity); pack: store every int4 weight the engine packs (all but kv_b_proj,
+    ``lib.tensor_packs``) in its packed kernel layout (``X.weight_packed``, 64-byte aligned; gate and up stay
+    separate), so a fast-precision load reads it in place instead of repacking it (ValueError when no weight
+    is int4). Re-running on an interrupted `dst` resumes it; on a finished one
     (same source and options, shards verified) does nothing and returns its manifest with
     ``"already_complete": True``. Returns the manifest (dict). Raises DestinationLocked (OSError) while another conversion
     writes to `dst`."""
     src, dst = _check_paths(src, dst)
     opts = Options(format=format, experts=experts, attention=attention, lm_head=lm_head,
-                   keep_mtp=bool(keep_mtp), ep=ep, group=group,
+                   keep_mtp=bool(keep_mtp), ep=ep, group=group, pack=pack,
                    shard_bytes=DEFAULT_SHARD_BYTES if shard_bytes is None else shard_bytes).validate()
     if threads is not None:
         from ..cpu import set_num_threads

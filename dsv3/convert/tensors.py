@@ -3,7 +3,8 @@
 A value is a numpy array (float32 / bfloat16) or a dsv3.quant.QuantizedTensor. On disk a
 quantised tensor `X.weight` is stored as its QuantizedTensor arrays named as checkpoints name
 them: `X.weight` (codes), `X.weight_scale_inv` (fp8_block), `X.weight_scale`, `X.weight_scale_2`,
-`X.input_scale` (nvfp4; int8/int4 use `X.weight_scale`).
+`X.input_scale` (nvfp4; int8/int4 use `X.weight_scale`), or its packed layout `X.weight_packed` (--pack;
+dsv3.quant's table and dsv3/convert/__init__.py say where each is described).
 """
 import ml_dtypes
 import numpy as np
@@ -12,7 +13,7 @@ from .plan import ROW_BLOCK
 
 # QuantizedTensor array name -> keyword of dsv3.quant.from_checkpoint
 FROM_CHECKPOINT_ARG = {"weight": "weight", "weight_scale_inv": "scale", "weight_scale": "scale",
-                       "weight_scale_2": "scale2", "input_scale": "input_scale"}
+                       "weight_scale_2": "scale2", "input_scale": "input_scale", "weight_packed": "weight_packed"}
 
 
 def _quant():
@@ -46,23 +47,22 @@ def to_float(v):
     return np.asarray(v, dtype=np.float32)
 
 
-def _stored(qt):
-    """Arrays and params of a QuantizedTensor in the layout the kernels read: dsv3.quant.pack's
-    (which records its layout version in params['packed']; for layout "ckpt-1" it is the checkpoint
-    layout itself, so the arrays are unchanged)."""
-    pack = getattr(_quant(), "pack", None)
-    if pack is not None:
-        qt = pack(qt)
+def _stored(qt, pack=False):
+    """Arrays and params of a QuantizedTensor as stored: with pack, its packed kernel layout
+    (dsv3.quant.pack: int4 -> "weight_packed"); otherwise the checkpoint layout (dsv3.quant.stored_layout,
+    which records layout version "ckpt-1" in params['packed'] and shares the arrays)."""
+    qt = _quant().pack(qt) if pack else _quant().stored_layout(qt)
     return dict(qt.arrays), dict(qt.params)
 
 
-def convert_value(v, fmt, group=128):
-    """Arrays to store for value v in format fmt (None: as stored); group: int4's K group.
+def convert_value(v, fmt, group=128, pack=False):
+    """Arrays to store for value v in format fmt (None: as stored); group: int4's K group; pack: store
+    the packed kernel layout (formats that have one; the caller decides which tensors: plan.Item.pack).
 
     Returns (arrays dict {suffix: ndarray}, params dict). Same format -> the source codes and
     scales are copied bit-exactly; otherwise dequantise (C) then quantise (C)."""
     if fmt is None:
-        return _stored(v) if is_quantized(v) else ({"weight": v}, {})
+        return _stored(v, pack) if is_quantized(v) else ({"weight": v}, {})
     if fmt == "bf16":
         if not is_quantized(v) and v.dtype == ml_dtypes.bfloat16:
             return {"weight": v}, {}
@@ -71,8 +71,8 @@ def convert_value(v, fmt, group=128):
         return {"weight": to_float(v).astype(ml_dtypes.bfloat16)}, {}
     params = {"group": group} if fmt == "int4" else {}
     if is_quantized(v) and v.fmt == fmt and all(v.params.get(k) == p for k, p in params.items()):
-        return _stored(v)
-    return _stored(_quant().quantize(to_float(v), fmt, **params))
+        return _stored(v, pack)
+    return _stored(_quant().quantize(to_float(v), fmt, **params), pack)
 
 
 def fuse_rows(parts, fmt, rows):
@@ -108,10 +108,12 @@ def split_rows(arrays, fmt, rows):
     return first, second
 
 
-def make_value(arrays, fmt, params):
-    """Value (array or QuantizedTensor, zero copy) from stored arrays."""
+def make_value(arrays, fmt, params, shape=None):
+    """Value (array or QuantizedTensor, zero copy) from stored arrays; shape: (N, K) of a packed tensor
+    (its one array does not carry it)."""
     if fmt in (None, "bf16", "f32") and set(arrays) == {"weight"}:
         return arrays["weight"]
     kwargs = {FROM_CHECKPOINT_ARG[k]: v for k, v in arrays.items()}
-    weight = kwargs.pop("weight")
-    return _quant().from_checkpoint(fmt, weight, **kwargs, **params)
+    if "weight_packed" in kwargs:
+        kwargs["shape"] = shape
+    return _quant().from_checkpoint(fmt, **kwargs, **params)

@@ -8,9 +8,10 @@ __all__ = ["PARTIAL_SUFFIX", "ShardWriter", "array_bytes", "sha256_of", "hash_fi
 METADATA = {"format": "pt", "writer": "dsv3.convert"}
 
 
-def ShardWriter(path, names_hint):
-    """A SafetensorsWriter for one output shard of dsv3 convert (records sha256 digests)."""
-    return SafetensorsWriter(path, names_hint, metadata=METADATA)
+def ShardWriter(path, names_hint, align=8):
+    """A SafetensorsWriter for one output shard of dsv3 convert (records sha256 digests); align: the most
+    any of its tensors asks for (64 with --pack: the packed int4 layout, lib.PACKED_ALIGN)."""
+    return SafetensorsWriter(path, names_hint, metadata=METADATA, align=align)
 
 
 def sha256_of(arr):
