@@ -20,8 +20,8 @@
 #include "dsv3_quant.h"
 #include "model_internal.h"
 
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22
+#if defined(__linux__) && !defined(MADV_POPULATE_READ)
+#define MADV_POPULATE_READ 22 /* Linux 5.14; older C libraries lack the name */
 #endif
 
 /* Bytes of the weight's codes (*data) and scales (*scale) as stored; 0 where nothing is read in place. */
@@ -61,8 +61,11 @@ static void populate_range(const void *p, size_t bytes)
                     b = ((uintptr_t)p + bytes + pg - 1) / pg * pg;
     if (!bytes)
         return;
-    if (madvise((void *)a, b - a, MADV_POPULATE_READ) != 0)
-        (void)madvise((void *)a, b - a, MADV_WILLNEED);
+#ifdef MADV_POPULATE_READ
+    if (madvise((void *)a, b - a, MADV_POPULATE_READ) == 0)
+        return;
+#endif
+    (void)madvise((void *)a, b - a, MADV_WILLNEED);
 }
 
 void dsv3_model_populate(const dsv3_model *m, const dsv3_tensor_slot *slots, int64_t count)
