@@ -26,7 +26,7 @@ from dsv3.quant import quantize
 # name -> (K, N): the routed-expert shapes of bench_peers' default model, and DeepSeek-V3's
 SHAPES = {"peers_gate_up": (2048, 1024), "peers_down": (1024, 2048),
           "expert_gate_up": (7168, 2048), "expert_down": (2048, 7168)}
-FORMATS = {"int8": ("int8", {}), "int4": ("int4", {"group": 128}), "int4g32": ("int4", {"group": 32}),
+FORMATS = {"bf16": ("bf16", {}), "int8": ("int8", {}), "int4": ("int4", {"group": 128}), "int4g32": ("int4", {"group": 32}),
            "fp8_block": ("fp8_block", {}), "nvfp4": ("nvfp4", {})}
 
 
@@ -40,6 +40,9 @@ def load(build):
     spec = importlib.util.spec_from_file_location("_dsv3", so[0])
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    import ml_dtypes  # the dtypes the current module knows (bf16 weights are checked against them)
+    mod._register_dtypes(**{n: getattr(ml_dtypes, n) for n in ("bfloat16", "float8_e4m3fn", "float8_e5m2",
+                                                                 "float8_e8m0fnu", "float4_e2m1fn")})
     return mod
 
 
@@ -76,7 +79,7 @@ def main():
         for sn in args.shapes.split(","):
             k, n = SHAPES[sn]
             w = quantize(rng.standard_normal((n, k)).astype(np.float32) * 0.02, fmt, **params)
-            nbytes = n * k * (0.5 if fmt in ("int4", "nvfp4") else 1)  # code bytes
+            nbytes = n * k * (0.5 if fmt in ("int4", "nvfp4") else 2 if fmt == "bf16" else 1)  # code bytes
             ncopy = 1 if args.in_cache else max(2, int(256e6 / nbytes / max(1, args.m // 8)))  # large M: fewer
             ws = [u8(w.to_native())] + [u8(copy.deepcopy(w).to_native()) for _ in range(ncopy - 1)]
             x = rng.standard_normal((args.m, k)).astype(np.float32)

@@ -307,7 +307,7 @@ def test_decode_row_walk_is_bitwise_the_batch_row(fmt, params, precision):
 @pytest.mark.parametrize("fmt", ["f32", "bf16", "int8"])
 def test_decode_row_tiles_are_bitwise_single_rows(fmt):
     """Decode (M = 1) with rows long enough that x outgrows the one-row walk (K = 2600: 10 KB of f32 x on
-    AVX2, of bf16 hi + lo on AVX-512) reads several weight rows per pass (gemv_template.h rows4_m1,
+    AVX2, of bf16 hi + lo on AVX-512) reads several weight rows per pass (gemv_template.h gemv_rows_onegroup,
     gemv_dot_avx512.c 4-row tiles); every row must still come out bit for bit as when it is the only row
     (a one-row weight takes the single-row path), with and without bias, on every SIMD path."""
     k, n = 2600, 11

@@ -152,3 +152,30 @@ def test_extreme_scales_every_path(fmt, params):
                 rel = 8e-3 if isa == "avx512" and m >= 24 else 1e-5
                 # absolute slack for results in the f32 subnormal range (products below 2^-126 round there)
                 assert np.all(np.abs(y - ref) <= tol(x, wd, rel) + 1e-43), (fmt, mag, m, isa, np.abs(y - ref).max())
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="needs AVX2")
+@pytest.mark.parametrize("fmt,precision", [("f32", "exact"), ("f32", "fast"), ("bf16", "exact"), ("bf16", "fast"),
+                                            ("int8", "exact")])  # int8 fast: the Q8 kernels (dot_q8_avx2.c)
+def test_one_group_walk_rows_are_bitwise_single_rows(fmt, precision):
+    """The one-group formats' AVX2 small-M walk (gemv_template.h gemv_onegroup: four FMA chains per row; tiles
+    of 1 or 4 weight rows at M = 1, of 2 rows of x at M > 1): every row of every M below the GEMM (1..11), and
+    every weight row of a 4-row tile (N = 11: tiles and a remainder; K > 2048 takes them), is bit for bit that
+    row computed alone; K tails of 1-3 vectors and of K % 8 != 0 elements; and within the f32 bound of
+    float64 x @ dequantize(W)^T."""
+    for k in (37, 56, 1000, 2600):
+        qt = quant.quantize(rnd((11, k), 61, 0.05), fmt)
+        wd = quant.dequantize(qt).astype(np.float64)
+        bias = rnd((11,), 62)
+        x = rnd((AVX2_GEMM_MIN_M - 1, k), 63)
+        single = np.stack([dsv3.ops.linear(x[r:r + 1], qt, bias=bias, isa="avx2", precision=precision)[0]
+                           for r in range(len(x))])
+        ref = x.astype(np.float64) @ wd.T + bias
+        assert np.all(np.abs(single - ref) <= tol(x, wd) + 1e-6 * np.abs(bias)), (fmt, k)
+        for m in range(2, len(x) + 1):
+            np.testing.assert_array_equal(dsv3.ops.linear(x[:m], qt, bias=bias, isa="avx2", precision=precision),
+                                          single[:m], err_msg=f"{fmt} {precision} k={k} m={m}")
+        for r in range(11):
+            yr = dsv3.ops.linear(x[:1], quant.quantize(rnd((11, k), 61, 0.05)[r:r + 1], fmt), bias=bias[r:r + 1],
+                                 isa="avx2", precision=precision)
+            np.testing.assert_array_equal(yr[0, 0], single[0, r], err_msg=f"{fmt} {precision} k={k} row {r}")

@@ -9,8 +9,9 @@
  * suffix). Structure (BLIS-like: the framework owns tiling, the decoder knows registers):
  * threads own disjoint output columns n; for each n the weight row is streamed once from memory
  * per tile of up to 4 rows of x (M <= 4 reads it once, larger M re-reads it from L1/L2).
- * Two schemes, chosen per format at compile time:
- *  - epilogue (f32, bf16, int8, fp8 dynamic): per K group an fp32 partial dot, then
+ * The one-group formats (f32, bf16, int8 weight-only) have their own walk (gemv_onegroup: four FMA
+ * chains per row). The others, two schemes chosen per format at compile time:
+ *  - epilogue (fp8 dynamic): per K group an fp32 partial dot, then
  *    acc += partial * scale (* activation scale), DeepSeek fp8_gemm's order;
  *  - scaled decode (nvfp4, int4, fp8 weight-only): each decoded vector is multiplied by its group
  *    scale and accumulated directly (no per-group epilogue: cheap for 16/32-wide groups).
@@ -274,61 +275,93 @@ AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n
     }
 }
 
-/* Decode (M = 1) of a one-group format (f32, bf16, int8 weight-only: G = K) whose f32 x is larger than
- * 8 KB and than a weight row (bf16 / int8 with K > 2048): nr <= 4 weight rows per pass, so each x vector
- * (from L2 once x outgrows L1: 28 KB at K = 7168) is loaded once for nr rows. Every row's arithmetic is
- * gemv_tile's for mr = 1 operation by operation (two partial chains, one epilogue FMA, the same K tail
- * and final sums), so results are bitwise those of the one-row walk. Measured 2026-11-30 (AVX2, one
- * thread, best of 100 alternating calls, 256 MB of weight copies): 7168 -> 2048 bf16 12.2 -> 19.5 GB/s,
- * int8 8.8 -> 13.8; 7168 -> 1536 bf16 13.3 -> 19.1, int8 8.5 -> 13.9 (bitwise equal outputs). */
-AI int rows4_m1(dsv3_format f, const dsv3_lin_args *a)
+/* One-group formats (f32, bf16, int8 weight-only: G = K, no activation scale) take their own walk: every
+ * (row of x, weight row) pair runs four FMA chains (vectors k / VL mod 4), summed (p0 + p1) + (p2 + p3), one
+ * multiply by the row scale, the K tail and the reduction, whatever the tile. Two chains bounded the one-row
+ * walk at 2 VL codes per FMA latency: bf16 from L2 at 27 GB/s on AVX2 (Zen 4, one thread), about the read
+ * bandwidth, so decode could not run ahead of its misses; four chains: 34-36 GB/s (llama.cpp's bf16 dot runs
+ * four too). Tiles: decode (M = 1) walks one weight row at a time (one prefetch stream: walking 2-4 rows of
+ * 1-4 KB at once measured slower), or four when the f32 x outgrows 8 KB of L1 (K > 2048: one x load, from L2,
+ * for four rows; 16 chains, as fast as the former 4 x 2 there); M > 1 runs tiles of two rows of x against
+ * one weight row (8 chains fit the AVX2 register file; the second pass re-reads the row from L1). Each row's
+ * arithmetic is the same in every tile, so results are bitwise independent of M, of the rows beside it and
+ * of the thread count. */
+AI int onegroup_walk(dsv3_format f, const dsv3_lin_args *a)
 {
-    const int64_t xb = a->w->k * 4, rowb = f == DSV3_FMT_F32 ? xb : f == DSV3_FMT_BF16 ? xb / 2 : xb / 4;
-    return a->m == 1 && !a->xs && DSV3_GEMV_KC >= a->w->k && xb > 8192 && xb > rowb &&
-           (f == DSV3_FMT_F32 || f == DSV3_FMT_BF16 || f == DSV3_FMT_INT8);
+    return !a->xs && DSV3_GEMV_KC >= a->w->k && (f == DSV3_FMT_F32 || f == DSV3_FMT_BF16 || f == DSV3_FMT_INT8);
 }
 
-AI void gemv_tile4_m1(dsv3_format f, const int nr, const dsv3_lin_args *a, int64_t n0)
+AI void gemv_onegroup(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, int64_t n0, int64_t m0)
 {
     const dsv3_weight *w = a->w;
     const int64_t K = w->k, Kv = K / VL * VL;
-    const float *x = a->x;
+    const float *x[2];
     const uint8_t *row[4];
-    V p0[4], p1[4];
-    for (int j = 0; j < nr; j++) {
+    V p[4][4]; /* [x row or weight row][chain] */
+    for (int i = 0; i < mr; i++)
+        x[i] = a->x + (m0 + i) * K;
+    for (int j = 0; j < nr; j++)
         row[j] = row_ptr(f, w, n0 + j);
-        p0[j] = p1[j] = V_ZERO();
-    }
+    for (int t = 0; t < 4; t++)
+        for (int c = 0; c < 4; c++)
+            p[t][c] = V_ZERO();
     int64_t k = 0;
-    for (; k + 2 * VL <= Kv; k += 2 * VL) {
-        const V xa = V_LOADU(x + k), xb = V_LOADU(x + k + VL);
-        for (int j = 0; j < nr; j++) {
-            p0[j] = V_FMA(xa, DEC(f, w, row[j], k), p0[j]);
-            p1[j] = V_FMA(xb, DEC(f, w, row[j], k + VL), p1[j]);
+    for (; k + 4 * VL <= Kv; k += 4 * VL) {
+        if (nr > 1) {
+            for (int c = 0; c < 4; c++) {
+                const V xv = V_LOADU(x[0] + k + c * VL);
+                for (int j = 0; j < nr; j++)
+                    p[j][c] = V_FMA(xv, DEC(f, w, row[j], k + c * VL), p[j][c]);
+            }
+        } else {
+            for (int c = 0; c < 4; c++) {
+                const V wv = DEC(f, w, row[0], k + c * VL);
+                for (int i = 0; i < mr; i++)
+                    p[i][c] = V_FMA(V_LOADU(x[i] + k + c * VL), wv, p[i][c]);
+            }
         }
     }
-    if (k < Kv) {
-        const V xa = V_LOADU(x + k);
-        for (int j = 0; j < nr; j++)
-            p0[j] = V_FMA(xa, DEC(f, w, row[j], k), p0[j]);
-    }
-    for (int j = 0; j < nr; j++) {
-        const int64_t n = n0 + j;
+    for (int c = 0; c < 3 && k < Kv; c++, k += VL) /* 1-3 vectors left: chains 0, 1, 2 */
+        for (int t = 0; t < (nr > 1 ? nr : mr); t++)
+            p[t][c] = V_FMA(V_LOADU(x[nr > 1 ? 0 : t] + k), DEC(f, w, row[nr > 1 ? t : 0], k), p[t][c]);
+    for (int t = 0; t < (nr > 1 ? nr : mr); t++) {
+        const int i = nr > 1 ? 0 : t;
+        const int64_t n = n0 + (nr > 1 ? t : 0);
         const float s = gscale(f, w, n, 0, 1);
-        const V acc = V_FMA(V_ADD(p0[j], p1[j]), V_SET1(s), V_ZERO()), z = V_ZERO();
+        const V acc = V_MUL(V_ADD(V_ADD(p[t][0], p[t][1]), V_ADD(p[t][2], p[t][3])), V_SET1(s));
         float tail = 0.0f;
-        if (Kv < K) {
+        if (Kv < K) { /* K tail: scalar decode once per row, added after the vector sum */
             float wt[VL];
             dsv3_formats[f].code_row(w, n, Kv, K - Kv, wt);
-            float p = 0.0f;
-            for (int64_t q = Kv; q < K; q++)
-                p += x[q] * wt[q - Kv];
-            tail = p * s;
+            float q = 0.0f;
+            for (int64_t j = Kv; j < K; j++)
+                q += x[i][j] * wt[j - Kv];
+            tail = q * s;
         }
-        float *y = a->y + n;
-        *y = V_REDUCE(V_ADD(V_ADD(acc, z), V_ADD(z, z))) + tail;
+        float *y = a->y + (m0 + i) * w->n + n;
+        *y = V_REDUCE(acc) + tail;
         if (a->bias)
             *y += a->bias[n];
+    }
+}
+
+AI void gemv_rows_onegroup(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
+{
+    if (a->m == 1) {
+        int64_t n = n0;
+        if (a->w->k * 4 > 8192) /* f32 x beyond 8 KB of L1: four weight rows per x load */
+            for (; n + 4 <= n1; n += 4)
+                gemv_onegroup(f, 1, 4, a, n, 0);
+        for (; n < n1; n++)
+            gemv_onegroup(f, 1, 1, a, n, 0);
+        return;
+    }
+    for (int64_t n = n0; n < n1; n++) {
+        int64_t m0 = 0;
+        for (; m0 + 2 <= a->m; m0 += 2)
+            gemv_onegroup(f, 2, 1, a, n, m0);
+        if (m0 < a->m)
+            gemv_onegroup(f, 1, 1, a, n, m0);
     }
 }
 
@@ -336,14 +369,8 @@ AI void gemv_tile4_m1(dsv3_format f, const int nr, const dsv3_lin_args *a, int64
  * past; per-chunk sums are added to y in chunk order (fixed). */
 AI void gemv_rows(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
-    if (rows4_m1(f, a)) {
-        for (int64_t n = n0; n < n1; n += 4)
-            switch (n1 - n < 4 ? n1 - n : 4) {
-            case 1: gemv_tile4_m1(f, 1, a, n); break;
-            case 2: gemv_tile4_m1(f, 2, a, n); break;
-            case 3: gemv_tile4_m1(f, 3, a, n); break;
-            default: gemv_tile4_m1(f, 4, a, n); break;
-            }
+    if (onegroup_walk(f, a)) {
+        gemv_rows_onegroup(f, a, n0, n1);
         return;
     }
     /* The small-group formats run a row of x with four FMA chains (group_scaled_body, nvfp4's second

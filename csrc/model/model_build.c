@@ -278,6 +278,8 @@ dsv3_status dsv3_model_prepare(dsv3_model *m, int isa, dsv3_error *err)
     }
     if (st == DSV3_OK) /* before the absorbed views of kv_b_proj are taken (it is never packed anyway) */
         st = dsv3_model_pack(m, slots, count, err);
+    if (st == DSV3_OK)
+        dsv3_model_populate(m, slots, count);
     dsv3_free(slots);
     for (int64_t l = 0; l < m->cfg.num_hidden_layers && st == DSV3_OK; l++)
         st = layer_prepare(m, &m->layers[l], isa, err);

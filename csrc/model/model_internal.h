@@ -6,6 +6,8 @@
 
 /* Repacks the fast-precision weights of slots that have a packed kernel layout into m->packed (pack_weights.c). */
 dsv3_status dsv3_model_pack(dsv3_model *m, const dsv3_tensor_slot *slots, int64_t count, dsv3_error *err);
+/* After packing: page tables of the weights read in place filled (populate_weights.c); advisory. */
+void dsv3_model_populate(const dsv3_model *m, const dsv3_tensor_slot *slots, int64_t count);
 
 /* h [s, hidden] = the embedding rows of ids [s] (ids already checked against the vocabulary). */
 void dsv3_model_embed_rows(const dsv3_model *m, const int64_t *ids, int64_t s, float *h);
