@@ -55,6 +55,7 @@ typedef struct {
     int64_t m;
     const dsv3_weight *w;
     const dsv3_act_q8 *q8;   /* fast mode, int8/int4 weights: Q8 activations, else NULL */
+    const float *xp;       /* fast fp8_block on AVX2, DSV3_X_F32_P32: bf16(x) * 2^56 as f32 [m, k], else NULL */
     const float *bias;     /* [n] or NULL */
     float *y;              /* [m, n] */
 } dsv3_lin_args;
@@ -83,7 +84,10 @@ typedef enum {
                            * with bits 3 and 4 swapped (columns 0-7, 16-23, 8-15, 24-31); the K tail natural */,
     DSV3_X_Q8_O8 = 10,    /* natural order, no lane arrays; e / e4 compensation for weights + 8 (full 32-blocks:
                            * packed int4, int4p.h) */
-    DSV3_X_Q8_EO64C = 11  /* DSV3_X_Q8_EO64 without e / e4, with c16 (the AVX2 nvfp4 kernel: weights + 12) */
+    DSV3_X_Q8_EO64C = 11, /* DSV3_X_Q8_EO64 without e / e4, with c16 (the AVX2 nvfp4 kernel: weights + 12) */
+    DSV3_X_F32_P32 = 12   /* the values of DSV3_X_BF16_P32 (bf16(x) * 2^56) as f32, each full 32-block in the order
+                           * of the decoded vectors (dot_fp_avx2.c): natural column c at 8 v + 4 (c >> 4) + ((c & 7) >> 1),
+                           * v = ((c >> 3) & 1) * 2 + (c & 1); the K tail natural (the AVX2 fast fp8 kernel, small K) */
 } dsv3_xlayout;
 
 typedef struct {
@@ -150,6 +154,9 @@ size_t dsv3_weight_packed_bytes(const dsv3_weight *w);
  * then sets w->packed = buf (the kernels read only the packed copy from then on; w->data stays the stored
  * layout for other readers). A packed weight runs in the fast precision only (dsv3_linear refuses exact). */
 dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, dsv3_error *err);
+/* 1 when rows [r0, r1) of w hold a NaN code (fp8_block: an e4m3 S.1111.111; other formats: 0). The scan behind
+ * dsv3_weight.nan_free (the model loader runs it on its fp8_block weights, split over threads by rows). */
+int dsv3_weight_rows_nan(const dsv3_weight *w, int64_t r0, int64_t r1);
 /* out f32 [n, k] = code * group_scale, exactly (the kernels' reference). */
 dsv3_status dsv3_dequantize(const dsv3_weight *w, float *out, dsv3_error *err);
 

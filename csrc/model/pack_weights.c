@@ -30,10 +30,24 @@ static void advise(const void *p, size_t bytes, int advice)
         (void)madvise((void *)a, b - a, advice);
 }
 
+/* dsv3_weight.nan_free of the fast-precision fp8_block weights: one scan of their codes (a weight per task), so
+ * the fast kernels skip their per-row NaN checks (dot_fp_avx2.c) */
+static void scan_nan(const dsv3_tensor_slot *slots, int64_t count)
+{
+#pragma omp parallel for schedule(dynamic, 1) num_threads(dsv3_num_threads())
+    for (int64_t i = 0; i < count; i++) {
+        if (slots[i].is_vector)
+            continue;
+        dsv3_weight *w = slots[i].weight;
+        w->nan_free = w->data && w->fmt == DSV3_FMT_FP8_BLOCK && w->act == DSV3_ACT_FAST && !dsv3_weight_rows_nan(w, 0, w->n);
+    }
+}
+
 dsv3_status dsv3_model_pack(dsv3_model *m, const dsv3_tensor_slot *slots, int64_t count, dsv3_error *err)
 {
     for (int64_t i = 0; i < count; i++) /* a second prepare: back to the stored layout first */
         slots[i].weight->packed = NULL;
+    scan_nan(slots, count);
     dsv3_free(m->packed);
     m->packed = NULL;
     m->packed_bytes = 0;

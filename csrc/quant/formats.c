@@ -204,6 +204,19 @@ dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, dsv3_error *err)
     return DSV3_OK;
 }
 
+int dsv3_weight_rows_nan(const dsv3_weight *w, int64_t r0, int64_t r1)
+{
+    if (w->fmt != DSV3_FMT_FP8_BLOCK)
+        return 0;
+    const uint8_t *p = (const uint8_t *)w->data + r0 * w->k;
+    const int64_t len = (r1 - r0) * w->k;
+    int bad = 0;
+    for (int64_t i0 = 0; i0 < len && !bad; i0 += 4096) /* chunks, vectorisable, early out */
+        for (int64_t i = i0; i < (i0 + 4096 < len ? i0 + 4096 : len); i++)
+            bad |= (p[i] & 0x7f) == 0x7f;
+    return bad;
+}
+
 dsv3_status dsv3_weight_validate(const dsv3_weight *w, dsv3_error *err)
 {
     size_t bytes;
