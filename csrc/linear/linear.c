@@ -285,23 +285,41 @@ static void bf16p_carve(dsv3_lin_plan *p, unsigned char **cur)
     p->a.xh = take(cur, (size_t)(p->a.m * p->a.w->k) * 2);
     p->a.xl = NULL;
 }
-/* Both fill their buffer (bf16 o16 or f32 o32) from the f32 x (a bf16 x converted in p->xf) */
+/* Both hold bf16(x * 2^56) (a bf16 x converted in p->xf first), each full 32-block in the order of the AVX2 fast
+ * fp8 decoder (decode_avx2.h, e4m3x32_raw: vector v holds the codes 4 j + v, j = 0..7): as f32, natural column c
+ * at 8 (c & 3) + (c >> 2); as bf16 pairs (two 16-column loads, low / high words of each dword), at
+ * 16 ((c & 3) >> 1) + 2 (c >> 2) + (c & 1). The K tail stays natural. */
+static int p32_pos(int f32, int c) { return f32 ? 8 * (c & 3) + (c >> 2) : 16 * ((c & 3) >> 1) + 2 * (c >> 2) + (c & 1); }
+
 static void p32_prep(const dsv3_lin_plan *p, uint16_t *o16, float *o32)
 {
     const float *x = p->a.x;
     const int64_t k = p->a.w->k, kb = k / 32 * 32, nc = (k + 1023) / 1024;
+    unsigned char pos[32];
+    for (int c = 0; c < 32; c++)
+        pos[c] = (unsigned char)p32_pos(o32 != NULL, c);
 #pragma omp for schedule(static) nowait
     for (int64_t t = 0; t < p->a.m * nc; t++) { /* (row, 1024-column chunk): M = 1 uses every thread */
         const int64_t r = t / nc, j0 = t % nc * 1024, j1 = j0 + 1024 < k ? j0 + 1024 : k;
         const float *xr = x + r * k;
-        for (int64_t j = j0; j < j1; j++) {
-            const uint16_t h = dsv3_f32_to_bf16(xr[j] * 0x1p56f);
-            const int64_t c = j & 31, b = j - c;
-            if (o16) /* bits 3 and 4 of the column swapped */
-                o16[r * k + (j < kb ? b + ((c & 8) << 1) + ((c & 16) >> 1) + (c & 7) : j)] = h;
-            else /* the decoded vectors' order */
-                o32[r * k + (j < kb ? b + 8 * (((c >> 3) & 1) * 2 + (c & 1)) + 4 * (c >> 4) + ((c & 7) >> 1) : j)] =
-                    dsv3_bf16_to_f32(h);
+        uint16_t h[32];
+        int64_t j = j0;
+        for (; j + 32 <= j1 && j + 32 <= kb; j += 32) { /* full blocks (1024 is a multiple of 32) */
+            for (int c = 0; c < 32; c++)
+                h[c] = dsv3_f32_to_bf16(xr[j + c] * 0x1p56f);
+            for (int c = 0; c < 32; c++) {
+                if (o16)
+                    o16[r * k + j + pos[c]] = h[c];
+                else
+                    o32[r * k + j + pos[c]] = dsv3_bf16_to_f32(h[c]);
+            }
+        }
+        for (; j < j1; j++) { /* the K tail (natural) */
+            const uint16_t v = dsv3_f32_to_bf16(xr[j] * 0x1p56f);
+            if (o16)
+                o16[r * k + j] = v;
+            else
+                o32[r * k + j] = dsv3_bf16_to_f32(v);
         }
     }
 }
