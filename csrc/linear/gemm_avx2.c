@@ -58,20 +58,40 @@ AI void pack_tile(dsv3_format f, const dsv3_weight *w, int64_t n0, int nc, int64
             row[r] = row_ptr(f, w, n0 + c0 + r);
         float s[8] = {0};
         int64_t gcur = -1;
-        for (int64_t j = 0; j < kv; j += 8) {
+        for (int64_t j = 0; j < kv;) {
             const int64_t g = (k0 + j) / G;
             if (g != gcur) { /* 8 | G: one scale per row for the 8 codes */
                 for (int r = 0; r < rows; r++)
                     s[r] = gscale(f, w, n0 + c0 + r, g, ng);
                 gcur = g;
             }
-            __m256 v[8];
+            __m256 v[8], v2[8];
+            if (f == DSV3_FMT_FP8_BLOCK && j + 16 <= kv) { /* 16 codes per row at once (dec16_e4m3_raw, exact, NaN
+                                                           * codes included): code * 2^-120 * 2^120 is the code */
+                for (int r = 0; r < 8; r++) {
+                    if (r < rows) {
+                        dec16_e4m3_raw(row[r] + k0 + j, &v[r], &v2[r]);
+                        v[r] = _mm256_mul_ps(_mm256_mul_ps(v[r], _mm256_set1_ps(0x1p120f)), _mm256_set1_ps(s[r]));
+                        v2[r] = _mm256_mul_ps(_mm256_mul_ps(v2[r], _mm256_set1_ps(0x1p120f)), _mm256_set1_ps(s[r]));
+                    } else
+                        v[r] = v2[r] = _mm256_setzero_ps();
+                }
+                transpose8(v);
+                transpose8(v2);
+                for (int q = 0; q < 8; q++) {
+                    _mm256_store_ps(dst + (j + q) * 16, v[q]);
+                    _mm256_store_ps(dst + (j + 8 + q) * 16, v2[q]);
+                }
+                j += 16;
+                continue;
+            }
             for (int r = 0; r < 8; r++)
                 v[r] = r < rows ? _mm256_mul_ps(DEC(f, w, row[r], k0 + j), _mm256_set1_ps(s[r]))
                                 : _mm256_setzero_ps();
             transpose8(v);
             for (int q = 0; q < 8; q++)
                 _mm256_store_ps(dst + (j + q) * 16, v[q]);
+            j += 8;
         }
         if (kv < kc) { /* K tail (< 8 columns): the format table's scalar decode */
             float code[8];
