@@ -301,3 +301,23 @@ def test_model_fast_fp8_nan_code_still_gives_nan():
     qts[name] = quant.from_checkpoint("fp8_block", codes.view(E4M3), scale=qts[name].arrays["weight_scale_inv"])
     out = dsv3.Model.from_tensors(native_config(hf.config), qts, precision="fast").forward(ids)
     assert np.isnan(out).all()
+
+
+@needs_avx2
+def test_fp8_avx2_gemm_scanned_weight_same_tiles():
+    """The AVX2 GEMM (M >= 12) decodes fp8 tiles 32 codes of 8 rows at a time (gemm_avx2.c, pack_fp8_32), with the
+    NaN-code fix-up unless the weight was scanned free of them: both give bitwise the results of each other (and
+    the float64 reference within 1e-5 * T), for K with 32-code tails (300, 1000), partial 8-row groups (N = 13),
+    scales of every size (1e-30 .. 1e30: |s| >= 2^8 takes a second multiply), both precisions."""
+    for k, n in ((256, 13), (300, 40), (1000, 7)):
+        for mag in (1e-30, 0.02, 1e30):
+            qt = quant.quantize(rnd((n, k), k + n, mag), "fp8_block")
+            wd = quant.dequantize(qt).astype(np.float64)
+            d = quant.nan_scanned_native(qt)
+            for m in (12, 40):
+                x = rnd((m, k), m, 1e-6 if mag > 1 else 1.0)
+                t = np.abs(x.astype(np.float64)) @ np.abs(wd).T
+                for precision in ("exact", "fast"):
+                    y = dsv3.ops.linear(x, qt, isa="avx2", precision=precision)
+                    np.testing.assert_array_equal(dsv3.ops.linear(x, d, isa="avx2", precision=precision), y)
+                    assert np.all(np.abs(y - x.astype(np.float64) @ wd.T) <= 1e-5 * t + 1e-43), (k, n, mag, m)

@@ -1,16 +1,22 @@
 /* AVX2 fast kernels of the floating-point weight formats (definitions in dot_fp.h).
  *
  * fp8_block: the bf16-hi definition (act_q8.h: x rounded once to bf16, f32 sums), as on AVX-512. 32 e4m3 codes
- * per step become 4 vectors of f32 (code * 2^-120) with 10 instructions, 6 of them shuffles or shifts
- * (decode_avx2.h, e4m3x32_raw; full 128-groups unrolled; 2026-11-30, one thread, thread CPU time, 2048 x 256
- * weights in L2: 40.5 -> 38.6 us against the byte-LUT decoder of 9 shuffles / shifts), against x prepared once per call as bf16 times 2^56 in the decoder's order (DSV3_X_BF16_P32,
- * linear.c; a 32-byte load holds two vectors, one shift and one mask make them f32; products of at least 2^-70
- * stay normal); f32 FMA into four partial chains per 128-column group, scaled once per group (DeepSeek's
- * order), 2^64 applied once per output. bf16 x (14 KB at K = 7168) stays in L1 beside the weight stream,
- * where an f32 copy (28 KB) was read from L2 at 8-9 GB/s per thread. The exact kernel (gemv_template.h)
- * spends 24 instructions and 4 multiplies per 32 codes. The NaN codes (S.1111.111, never written by the
- * quantiser) would decode as 480: the maximum of the magnitude bytes is tracked per row, and a row that holds
- * one is recomputed by the exact kernel, so it gives NaN as the reference decoder does.
+ * per step become 4 vectors of f32 (code * 2^-120; vector v = codes 4 j + v) with 9 shifts and masks, no shuffle
+ * (decode_avx2.h, e4m3x32_raw; full 128-groups unrolled), against x prepared once per call as bf16(x) * 2^56 in
+ * the decoder's order (products of at least 2^-70 stay normal): as f32 (DSV3_X_F32_P32, linear.c) up to
+ * K = 4096, where x (16 KB) stays in L1 / L2 and each vector meets its codes in one FMA with a memory operand;
+ * as bf16 (DSV3_X_BF16_P32: a 32-byte load holds two vectors, one shift and one mask make them f32) above, where
+ * an f32 copy (28 KB at K = 7168) no longer stays in L1 beside the weight stream (measured 2026-11-30, one
+ * thread: 8.7 against 17.4 GB/s on expert_gate_up). Both layouts hold the same values, so the results are the
+ * same. f32 FMA into four partial chains per 128-column group, scaled once per group (DeepSeek's order), 2^64
+ * applied once per output. The exact kernel (gemv_template.h) spends 24 instructions and 4 multiplies per 32
+ * codes. The NaN codes (S.1111.111, never written by the quantiser) would decode as 480: a weight scanned once
+ * (dsv3_weight.nan_free: the model loader's scan, csrc/model/pack_weights.c) runs without checks; otherwise the
+ * maximum of the magnitude bytes is tracked per row (2 instructions per 32 codes, 12-15 % of the kernel), and a
+ * row that holds one is recomputed by the exact kernel, so it gives NaN as the reference decoder does.
+ * Measured 2026-11-30 (BENCHMARKS.md, "fp8 on AVX2 (stop 12)"): one thread, thread CPU time, 2048 x 256 weights
+ * in L2: 14.1 -> 20.6 GB/s (K = 7168: 12.4 -> 15.3) against the tracked bf16-x kernel with the 10-instruction
+ * decoder; bitwise the same between the tracked and untracked kernels.
  *
  * nvfp4: Q8 activations in DSV3_X_Q8_EO64C (act_q8.c: each 64-block as its 32 even then 32 odd columns, met by
  * the low / high nibbles of the 32 weight bytes; per 16-column block of the full 128-blocks c16 = 12 * (sum of

@@ -115,7 +115,8 @@ const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT] = {
                             {dsv3_gemv_fp8_block_scalar, dsv3_gemv_fp8_block_avx2, dsv3_gemv_fp8_block_dot_avx512},
                             {0, 0, DSV3_X_BF16X2_P64},
                             /* fast: x rounded to bf16; AVX2 (no bf16 dot) converts it back to f32 in the order
-                             * of its cheaper e4m3 decoder (dot_fp.h) */
+                             * of its cheaper e4m3 decoder (dot_fp.h; the plan prepares it as f32, DSV3_X_F32_P32,
+                             * up to K = 4096) */
                             .fast = {dsv3_fast_bf16hi_scalar, dsv3_fast_fp8_block_avx2,
                                      dsv3_gemv_fp8_block_dot1_avx512},
                             .fast_x = {DSV3_X_F32, DSV3_X_BF16_P32, DSV3_X_BF16_HI}},
