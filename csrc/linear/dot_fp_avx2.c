@@ -15,7 +15,7 @@
  * maximum of the magnitude bytes is tracked per row (2 instructions per 32 codes, 12-15 % of the kernel), and a
  * row that holds one is recomputed by the exact kernel, so it gives NaN as the reference decoder does.
  * Measured 2026-11-30 (BENCHMARKS.md, "fp8 on AVX2 (stop 12)"): one thread, thread CPU time, 2048 x 256 weights
- * in L2: 14.1 -> 20.6 GB/s (K = 7168: 12.4 -> 15.3) against the tracked bf16-x kernel with the 10-instruction
+ * in L2: 14.1 -> 20.1 GB/s (K = 7168: 12.4 -> 15.6) against the tracked bf16-x kernel with the 10-instruction
  * decoder; bitwise the same between the tracked and untracked kernels.
  *
  * nvfp4: Q8 activations in DSV3_X_Q8_EO64C (act_q8.c: each 64-block as its 32 even then 32 odd columns, met by
