@@ -46,8 +46,9 @@ AI void transpose8(__m256 *r)
 /* fp8: 32 codes at k of rows row[0..rows) (the rest zero) times their scales s, stored at dst + q * 16 (q < 32, 8
  * rows each). The 8 loads, seen as 8 dwords each, are transposed 8x8 (dword t of row j -> dword j of vector t),
  * so vector t holds 4 consecutive codes of every row and e4m3x32_raw (vector v = byte v of every dword) decodes
- * it straight into 4 columns of the tile: 24 shuffles and 9 instructions per 32 codes of 8 rows, where decoding
- * rows and transposing the f32 (the 8-code path below) takes 3 transposes and 8 decodes per 8 codes.
+ * it straight into 4 columns of the tile: one 8x8 transpose and 8 decodes of 9 instructions per 32 codes of 8
+ * rows, where the 8-code path below decodes 8 codes of each row at a time (32 decodes) and transposes the f32
+ * (4 transposes). Measured 2026-11-30 (one thread, 2048 x 256 in L2, M = 12): 0.213 -> 0.163 ms per call.
  * The NaN codes become the quiet NaN with their sign (as e4m3_bits_raw), unless the weight was scanned free of
  * them; code * 2^-120 times s * 2^120 (exact for |s| < 2^8) or times 2^120, then s: the code times s rounded
  * once, bitwise the tiles of the 8-code path. */
