@@ -10,6 +10,8 @@ PYTHONPATH); any other argument is a directory holding a built ``dsv3`` package 
     PYTHONPATH=$PWD python benchmarks/ab_linear_builds.py --builds /path/to/main,cur --formats int8,int4g32 --m 1
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/ab_linear_builds.py --builds /work/main,cur --isa avx2
     PYTHONPATH=$PWD python benchmarks/ab_linear_builds.py --builds cur --precisions exact,fast --m 128 --isa avx2
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/ab_linear_builds.py --builds /path/to/main,cur \
+        --formats fp8_block --isa avx2 --nan-scanned
 """
 import argparse
 import copy
@@ -61,6 +63,9 @@ def main():
     ap.add_argument("--isa", default=None, help="kernel path (scalar, avx2, avx512); default: the active one")
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--precisions", default="fast", help="comma-separated: exact, fast")
+    ap.add_argument("--nan-scanned", action="store_true",
+                    help="give the weights as the model loader prepares them: \"nan_free\" from one scan of the codes "
+                         "(dsv3.quant.nan_scanned_native; builds without the key ignore it)")
     ap.add_argument("--kn", default=None, help="K,N: one shape of these sizes instead of --shapes")
     ap.add_argument("--in-cache", action="store_true",
                     help="compute rate: one weight copy (size it with --kn to stay in the L2), batches of 50 calls "
@@ -82,6 +87,9 @@ def main():
             nbytes = n * k * (0.5 if fmt in ("int4", "nvfp4") else 2 if fmt == "bf16" else 1)  # code bytes
             ncopy = 1 if args.in_cache else max(2, int(256e6 / nbytes / max(1, args.m // 8)))  # large M: fewer
             ws = [u8(w.to_native())] + [u8(copy.deepcopy(w).to_native()) for _ in range(ncopy - 1)]
+            if args.nan_scanned:
+                for d in ws:
+                    d["nan_free"] = current.weight_nan_free(d)
             x = rng.standard_normal((args.m, k)).astype(np.float32)
             best, total, ys = [1e9] * len(mods), [0.0] * len(mods), [None] * len(mods)
             for _ in range(args.reps):

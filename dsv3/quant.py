@@ -97,6 +97,16 @@ def packed_native(value):
     return d
 
 
+def nan_scanned_native(value):
+    """The binding's weight dict of a :class:`QuantizedTensor` (or its native dict) with ``"nan_free"`` set by one
+    scan of its codes (fp8_block: no e4m3 NaN code S.1111.111), as a model loader prepares its weights: the fast
+    fp8 kernels then skip their per-row NaN checks (csrc/linear/dot_fp_avx2.c). The dict promises what the scan
+    found; changing ``"data"`` afterwards voids it."""
+    d = value.to_native() if isinstance(value, QuantizedTensor) else dict(value)
+    d["nan_free"] = lib.weight_nan_free(d)
+    return d
+
+
 def _check_fmt(fmt):
     if fmt not in FORMATS:
         raise ValueError(f"unknown weight format {fmt!r} (expected one of {', '.join(FORMATS)})")

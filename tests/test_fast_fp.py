@@ -239,3 +239,85 @@ def test_fp8_avx2_subnormal_codes_and_tiny_x():
         x = rnd((2, k), 3) * np.float32(s)
         ref = x.astype(BF16).astype(np.float64) @ wd.T.astype(np.float64)
         assert np.all(np.abs(fast(x, qt, "avx2") - ref) <= 1e-5 * scale_t(x, wd) + 1e-30), s
+
+
+@needs_avx2
+def test_fp8_avx2_nan_scanned_weight_is_bitwise_the_checked_one():
+    """A weight scanned once for NaN codes (dsv3.quant.nan_scanned_native sets "nan_free", as the model loader
+    does) runs the AVX2 kernel without its per-row NaN checks: bitwise the results of the checking kernel, in both
+    x layouts (f32 up to K = 4096, bf16 above: K = 4096 / 4160 / 7168 below), for every tile (M = 1..4)."""
+    for i, (m, k, n) in enumerate(FP8_SHAPES + [(4, 4096, 3), (3, 4160, 2)]):
+        x, w = rnd((m, k), i), rnd((n, k), 70 + i)
+        bias = rnd((n,), 80 + i)
+        qt = quant.quantize(w, "fp8_block")
+        d = quant.nan_scanned_native(qt)
+        assert d["nan_free"] is True
+        for mm in range(1, m + 1):
+            np.testing.assert_array_equal(fast(x[:mm], d, "avx2", bias), fast(x[:mm], qt, "avx2", bias),
+                                          err_msg=f"{(m, k, n)} m={mm}")
+
+
+def test_nan_scan_finds_every_nan_code():
+    """The scan behind "nan_free" (dsv3_weight_rows_nan): a NaN code (0x7f or 0xff) in the first byte, the last
+    byte or the middle of the codes is found; other codes (0x7e, 0xfe, 0x80) are not NaN; formats other than
+    fp8_block have no NaN codes; a weight whose scan finds one keeps the kernels' checks (its row NaN)."""
+    n, k = 5, 300
+    codes = (np.arange(n * k).reshape(n, k) % 0x7E).astype(np.uint8)
+    codes[1, 3], codes[2, 7], codes[3, 11] = 0x7E, 0xFE, 0x80
+    scale = np.ones((1, 3), np.float32)
+    assert lib.weight_nan_free(quant.from_checkpoint("fp8_block", codes.view(E4M3), scale=scale).to_native())
+    for pos, code in (((0, 0), 0x7F), ((n - 1, k - 1), 0xFF), ((2, 150), 0x7F)):
+        c = codes.copy()
+        c[pos] = code
+        qt = quant.from_checkpoint("fp8_block", c.view(E4M3), scale=scale)
+        d = quant.nan_scanned_native(qt)
+        assert d["nan_free"] is False, pos
+        for isa in ISAS:
+            for m in (1, 3):
+                y = fast(rnd((m, k), 5), d, isa)
+                assert np.isnan(y[:, pos[0]]).all() and np.isfinite(np.delete(y, pos[0], axis=1)).all(), (isa, pos)
+    for fmt in ("int8", "nvfp4", "bf16"):
+        assert quant.nan_scanned_native(quant.quantize(rnd((4, 64), 1), fmt))["nan_free"] is True, fmt
+
+
+def test_model_fast_fp8_nan_code_still_gives_nan():
+    """A model loaded in the fast precision scans its fp8_block weights once (csrc/model/pack_weights.c): the
+    weights without NaN codes run the kernels without per-row checks (finite logits), and a NaN code in one
+    weight still makes the logits NaN (on the active ISA; the suite runs again with DSV3_ISA=avx2)."""
+    pytest.importorskip("torch")
+    from dsv3 import parity_hf
+    from hf_reference import native_config
+    from test_fast_mode import _is_linear, _small_config
+
+    hf = parity_hf.build_model(_small_config())
+    canon = parity_hf.hf_to_canonical(parity_hf.random_state_dict(hf, 0))
+    qts = {k: (quant.quantize(v, "fp8_block") if _is_linear(k) else v) for k, v in canon.items()}
+    ids = np.arange(1, 9, dtype=np.int64)
+    out = dsv3.Model.from_tensors(native_config(hf.config), qts, precision="fast").forward(ids)
+    assert np.isfinite(out).all()
+    name = "model.layers.0.mlp.down_proj.weight"
+    codes = np.asarray(qts[name].arrays["weight"]).view(np.uint8).copy()
+    codes[3, 40] = 0x7F
+    qts[name] = quant.from_checkpoint("fp8_block", codes.view(E4M3), scale=qts[name].arrays["weight_scale_inv"])
+    out = dsv3.Model.from_tensors(native_config(hf.config), qts, precision="fast").forward(ids)
+    assert np.isnan(out).all()
+
+
+@needs_avx2
+def test_fp8_avx2_gemm_scanned_weight_same_tiles():
+    """The AVX2 GEMM (M >= 12) decodes fp8 tiles 32 codes of 8 rows at a time (gemm_avx2.c, pack_fp8_32), with the
+    NaN-code fix-up unless the weight was scanned free of them: both give bitwise the results of each other (and
+    the float64 reference within 1e-5 * T), for K with 32-code tails (300, 1000), partial 8-row groups (N = 13),
+    scales of every size (1e-30 .. 1e30: |s| >= 2^8 takes a second multiply), both precisions."""
+    for k, n in ((256, 13), (300, 40), (1000, 7)):
+        for mag in (1e-30, 0.02, 1e30):
+            qt = quant.quantize(rnd((n, k), k + n, mag), "fp8_block")
+            wd = quant.dequantize(qt).astype(np.float64)
+            d = quant.nan_scanned_native(qt)
+            for m in (12, 40):
+                x = rnd((m, k), m, 1e-6 if mag > 1 else 1.0)
+                t = np.abs(x.astype(np.float64)) @ np.abs(wd).T
+                for precision in ("exact", "fast"):
+                    y = dsv3.ops.linear(x, qt, isa="avx2", precision=precision)
+                    np.testing.assert_array_equal(dsv3.ops.linear(x, d, isa="avx2", precision=precision), y)
+                    assert np.all(np.abs(y - x.astype(np.float64) @ wd.T) <= 1e-5 * t + 1e-43), (k, n, mag, m)

@@ -35,6 +35,9 @@ typedef struct {
     int ue8m0;          /* fp8_block: scales are powers of two (informational) */
     const void *packed; /* optional kernel layout prepared by the linear module, or NULL */
     int act;            /* dsv3_act: activation precision the kernels may use for this weight */
+    int nan_free;       /* 1: data was checked to hold no NaN code (fp8_block: e4m3 S.1111.111; the model loader's
+                         * scan, dsv3_weight_scan_nan), so the fast kernels skip their per-row NaN checks; 0: not
+                         * known (the kernels check). A wrong 1 turns NaN weights into finite ones. */
 } dsv3_weight;
 
 /* y[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n]); x float32 [m, k], y float32 [m, n].

@@ -38,6 +38,7 @@ typedef enum {
     DSV3_ACT_BF16HI,     /* fast mode: x rounded once to bf16 (no lo part), in the gemv's xlayout: a->xh */
     DSV3_ACT_Q8,         /* fast mode: Q8 blocks of 32 (act_q8.h) in the kernel's DSV3_X_Q8* layout: a->q8 */
     DSV3_ACT_BF16P,      /* fast mode: bf16(x) times 2^56, full 32-blocks permuted (DSV3_X_BF16_P32): a->xh */
+    DSV3_ACT_F32P,       /* the same values as f32 (DSV3_X_F32_P32): a->xp */
     DSV3_ACT_COUNT
 } dsv3_act_layout;
 

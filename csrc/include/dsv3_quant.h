@@ -55,6 +55,7 @@ typedef struct {
     int64_t m;
     const dsv3_weight *w;
     const dsv3_act_q8 *q8;   /* fast mode, int8/int4 weights: Q8 activations, else NULL */
+    const float *xp;       /* fast fp8_block on AVX2, DSV3_X_F32_P32: bf16(x) * 2^56 as f32 [m, k], else NULL */
     const float *bias;     /* [n] or NULL */
     float *y;              /* [m, n] */
 } dsv3_lin_args;
@@ -79,11 +80,14 @@ typedef enum {
                            * compensation for weights + 8 (AVX2 int4: low / high nibbles) */
     DSV3_X_Q8_EO128 = 8,  /* the same with 128-blocks (AVX-512 int4) */
     DSV3_X_BF16_P32 = 9   /* x rounded once to bf16 (RNE) times 2^56 (exact for |x| < 2^71), each full 32-block
-                           * in the order of the AVX2 fast fp8 kernel (dot_fp_avx2.c): natural column o at o
-                           * with bits 3 and 4 swapped (columns 0-7, 16-23, 8-15, 24-31); the K tail natural */,
+                           * in the order of the AVX2 fast fp8 decoder (decode_avx2.h, e4m3x32_raw): natural column c
+                           * at 16 ((c & 3) >> 1) + 2 (c >> 2) + (c & 1); the K tail natural */,
     DSV3_X_Q8_O8 = 10,    /* natural order, no lane arrays; e / e4 compensation for weights + 8 (full 32-blocks:
                            * packed int4, int4p.h) */
-    DSV3_X_Q8_EO64C = 11  /* DSV3_X_Q8_EO64 without e / e4, with c16 (the AVX2 nvfp4 kernel: weights + 12) */
+    DSV3_X_Q8_EO64C = 11, /* DSV3_X_Q8_EO64 without e / e4, with c16 (the AVX2 nvfp4 kernel: weights + 12) */
+    DSV3_X_F32_P32 = 12   /* the values of DSV3_X_BF16_P32 (bf16(x) * 2^56) as f32, each full 32-block in the order
+                           * of the decoded vectors (e4m3x32_raw): natural column c at 8 (c & 3) + (c >> 2); the K tail
+                           * natural (the AVX2 fast fp8 kernel, small K) */
 } dsv3_xlayout;
 
 typedef struct {
@@ -159,6 +163,9 @@ dsv3_status dsv3_weight_pack(const dsv3_weight *w, void *buf, int isa, dsv3_erro
 dsv3_status dsv3_weight_unpack(const dsv3_weight *w, void *data, void *scale, dsv3_error *err);
 /* Alignment (bytes) of dsv3_weight.packed: the layout's chunks and scale groups are 64-byte vectors. */
 #define DSV3_PACKED_ALIGN 64
+/* 1 when rows [r0, r1) of w hold a NaN code (fp8_block: an e4m3 S.1111.111; other formats: 0). The scan behind
+ * dsv3_weight.nan_free (the model loader runs it on its fp8_block weights, split over threads by rows). */
+int dsv3_weight_rows_nan(const dsv3_weight *w, int64_t r0, int64_t r1);
 /* out f32 [n, k] = code * group_scale, exactly (the kernels' reference). */
 dsv3_status dsv3_dequantize(const dsv3_weight *w, float *out, dsv3_error *err);
 

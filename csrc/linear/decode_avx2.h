@@ -139,22 +139,21 @@ static inline __attribute__((always_inline)) __m128i e4m3_f16_words8(__m128i b)
 }
 
 /* 32 e4m3 codes -> 4 vectors of 8 f32 = code * 2^-120 (the bf16 bit placement s.0000eeee.mmm0000 as the high
- * half of an f32; exact, subnormal codes become f32 denormals). Order: w[0] = codes 0, 2, 4, 6 | 16, 18, 20, 22,
- * w[1] = 1, 3, 5, 7 | 17, 19, 21, 23, w[2] = 8, 10, 12, 14 | 24, 26, 28, 30, w[3] = 9, 11, 13, 15 | 25, 27, 29, 31
- * (the activation layout DSV3_X_BF16_P32 matches it). Unpacking with zero puts every code in the high byte of
- * a word (s.eeee.mmm.00000000), an arithmetic shift right by 4 puts sign and magnitude at the bf16 places (the
- * copies of the sign are masked off below); as dwords, the high words are masked into f32 in place (w[1],
- * w[3]) and the low words shifted up 16 first (w[0], w[2]). NaN codes are not special here (the caller checks
- * them). 10 instructions per 32 codes, 6 of them shuffles or shifts (the byte-LUT decoder before it: 9 of 11). */
+ * half of an f32; exact, subnormal codes become f32 denormals), w[v] = codes 4 j + v (j = 0..7: byte v of dword
+ * j; the activation layouts DSV3_X_BF16_P32 / DSV3_X_F32_P32 match it). As words, an arithmetic shift right by 4
+ * puts the high byte's sign and magnitude at the bf16 places (codes 4 j + 1 and 4 j + 3; the copies of the sign
+ * above and the low byte's top bits below are masked off); shifting the words left by 8 first does the same for
+ * the low bytes (4 j, 4 j + 2). The high words are f32 in place (w[3], w[2]), the low words are shifted up 16
+ * (w[1], w[0]). NaN codes are not special here (the caller checks them). 9 instructions per 32 codes, 5 of them
+ * shifts, no shuffle (the unpack-with-zero decoder before it: 10, 6 shuffles or shifts; the byte-LUT one: 11). */
 static inline __attribute__((always_inline)) void e4m3x32_raw(__m256i b, __m256 *w)
 {
-    const __m256i z = _mm256_setzero_si256(), m = _mm256_set1_epi32((int)0x87f00000u);
-    const __m256i lo = _mm256_srai_epi16(_mm256_unpacklo_epi8(z, b), 4);
-    const __m256i hi = _mm256_srai_epi16(_mm256_unpackhi_epi8(z, b), 4);
-    w[0] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(lo, 16), m));
-    w[1] = _mm256_castsi256_ps(_mm256_and_si256(lo, m));
-    w[2] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(hi, 16), m));
-    w[3] = _mm256_castsi256_ps(_mm256_and_si256(hi, m));
+    const __m256i m = _mm256_set1_epi32((int)0x87f00000u);
+    const __m256i u = _mm256_srai_epi16(b, 4), t = _mm256_srai_epi16(_mm256_slli_epi16(b, 8), 4);
+    w[0] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(t, 16), m));
+    w[1] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(u, 16), m));
+    w[2] = _mm256_castsi256_ps(_mm256_and_si256(t, m));
+    w[3] = _mm256_castsi256_ps(_mm256_and_si256(u, m));
 }
 
 /* nvfp4 codes doubled, 2 e2m1 (the integers -12..12; -0 gives 0) */

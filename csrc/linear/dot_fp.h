@@ -3,7 +3,8 @@
  *
  * fp8_block, AVX2 (dot_fp_avx2.c): the bf16-hi definition of the AVX-512 fast kernel (act_q8.h),
  * y = sum_g s(n, g) sum_{k in g} bf16(x[m, k]) e4m3(n, k) with f32 sums, x prepared once per call as bf16 in the
- * decoder's order (DSV3_X_BF16_P32), e4m3 decoded with byte operations and unpacks, f32 FMA; its scalar twin is
+ * decoder's order (DSV3_X_F32_P32 up to K = 4096 as f32, DSV3_X_BF16_P32 above), e4m3 decoded with shifts and
+ * masks, f32 FMA, without per-row NaN checks for a weight scanned once (dsv3_weight.nan_free); its scalar twin is
  * dsv3_fast_bf16hi_scalar (sums in another order: equal within 1e-5 * sum |x| |W|).
  *
  * nvfp4, every ISA: Q8 activations (act_q8.h; scalar DSV3_X_Q8, AVX2 DSV3_X_Q8_EO64C, AVX-512 DSV3_X_Q8_EO128)

@@ -1,16 +1,22 @@
 /* AVX2 fast kernels of the floating-point weight formats (definitions in dot_fp.h).
  *
  * fp8_block: the bf16-hi definition (act_q8.h: x rounded once to bf16, f32 sums), as on AVX-512. 32 e4m3 codes
- * per step become 4 vectors of f32 (code * 2^-120) with 10 instructions, 6 of them shuffles or shifts
- * (decode_avx2.h, e4m3x32_raw; full 128-groups unrolled; 2026-11-30, one thread, thread CPU time, 2048 x 256
- * weights in L2: 40.5 -> 38.6 us against the byte-LUT decoder of 9 shuffles / shifts), against x prepared once per call as bf16 times 2^56 in the decoder's order (DSV3_X_BF16_P32,
- * linear.c; a 32-byte load holds two vectors, one shift and one mask make them f32; products of at least 2^-70
- * stay normal); f32 FMA into four partial chains per 128-column group, scaled once per group (DeepSeek's
- * order), 2^64 applied once per output. bf16 x (14 KB at K = 7168) stays in L1 beside the weight stream,
- * where an f32 copy (28 KB) was read from L2 at 8-9 GB/s per thread. The exact kernel (gemv_template.h)
- * spends 24 instructions and 4 multiplies per 32 codes. The NaN codes (S.1111.111, never written by the
- * quantiser) would decode as 480: the maximum of the magnitude bytes is tracked per row, and a row that holds
- * one is recomputed by the exact kernel, so it gives NaN as the reference decoder does.
+ * per step become 4 vectors of f32 (code * 2^-120; vector v = codes 4 j + v) with 9 shifts and masks, no shuffle
+ * (decode_avx2.h, e4m3x32_raw; full 128-groups unrolled), against x prepared once per call as bf16(x) * 2^56 in
+ * the decoder's order (products of at least 2^-70 stay normal): as f32 (DSV3_X_F32_P32, linear.c) up to
+ * K = 4096, where x (16 KB) stays in L1 / L2 and each vector meets its codes in one FMA with a memory operand;
+ * as bf16 (DSV3_X_BF16_P32: a 32-byte load holds two vectors, one shift and one mask make them f32) above, where
+ * an f32 copy (28 KB at K = 7168) no longer stays in L1 beside the weight stream (measured 2026-11-30, one
+ * thread: 8.7 against 17.4 GB/s on expert_gate_up). Both layouts hold the same values, so the results are the
+ * same. f32 FMA into four partial chains per 128-column group, scaled once per group (DeepSeek's order), 2^64
+ * applied once per output. The exact kernel (gemv_template.h) spends 24 instructions and 4 multiplies per 32
+ * codes. The NaN codes (S.1111.111, never written by the quantiser) would decode as 480: a weight scanned once
+ * (dsv3_weight.nan_free: the model loader's scan, csrc/model/pack_weights.c) runs without checks; otherwise the
+ * maximum of the magnitude bytes is tracked per row (2 instructions per 32 codes, 12-15 % of the kernel), and a
+ * row that holds one is recomputed by the exact kernel, so it gives NaN as the reference decoder does.
+ * Measured 2026-11-30 (BENCHMARKS.md, "fp8 on AVX2 (stop 12)"): one thread, thread CPU time, 2048 x 256 weights
+ * in L2: 14.1 -> 20.1 GB/s (K = 7168: 12.4 -> 15.6) against the tracked bf16-x kernel with the 10-instruction
+ * decoder; bitwise the same between the tracked and untracked kernels.
  *
  * nvfp4: Q8 activations in DSV3_X_Q8_EO64C (act_q8.c: each 64-block as its 32 even then 32 odd columns, met by
  * the low / high nibbles of the 32 weight bytes; per 16-column block of the full 128-blocks c16 = 12 * (sum of
@@ -49,41 +55,54 @@ AI float hsum8(__m256 v)
 
 /* ---- fp8_block ---- */
 
-/* 32 columns at k of weight rows row[0..nr) against rows x[0..mr) of x into the chains p (and the NaN trackers top) */
-AI void fp8_step(const int mr, const int nr, const uint8_t *const *row, const uint16_t *const *x, int64_t k,
-                 __m256 (*p)[4], __m256i *top)
+/* x rows of a tile: bf16 (DSV3_X_BF16_P32, h) or f32 (DSV3_X_F32_P32, f), the same values bf16(x) * 2^56 */
+typedef struct {
+    const uint16_t *h[2];
+    const float *f[2];
+} fp8_x;
+
+/* 32 columns at k of weight rows row[0..nr) against rows [0, mr) of x into the chains p; track: the NaN trackers
+ * top (the weight is not known to be free of NaN codes); xf: x in f32 (one FMA with a memory operand per vector,
+ * no conversion), else bf16 (low words shifted up, high words masked) */
+AI void fp8_step(const int mr, const int nr, const int track, const int xf, const uint8_t *const *row,
+                 const fp8_x *x, int64_t k, __m256 (*p)[4], __m256i *top)
 {
     __m256 xv[2][4];
-    for (int i = 0; i < mr; i++) /* bf16 pairs: low words << 16, high words masked */
-        for (int h = 0; h < 2; h++) {
-            const __m256i xb = _mm256_loadu_si256((const __m256i *)(x[i] + k + 16 * h));
-            xv[i][2 * h] = _mm256_castsi256_ps(_mm256_slli_epi32(xb, 16));
-            xv[i][2 * h + 1] = _mm256_castsi256_ps(_mm256_and_si256(xb, _mm256_set1_epi32((int)0xffff0000u)));
-        }
+    if (!xf)
+        for (int i = 0; i < mr; i++)
+            for (int h = 0; h < 2; h++) {
+                const __m256i xb = _mm256_loadu_si256((const __m256i *)(x->h[i] + k + 16 * h));
+                xv[i][2 * h] = _mm256_castsi256_ps(_mm256_slli_epi32(xb, 16));
+                xv[i][2 * h + 1] = _mm256_castsi256_ps(_mm256_and_si256(xb, _mm256_set1_epi32((int)0xffff0000u)));
+            }
     for (int j = 0; j < nr; j++) {
         const __m256i b = _mm256_loadu_si256((const __m256i *)(row[j] + k));
-        top[j] = _mm256_max_epu8(top[j], _mm256_and_si256(b, _mm256_set1_epi8(0x7f)));
+        if (track)
+            top[j] = _mm256_max_epu8(top[j], _mm256_and_si256(b, _mm256_set1_epi8(0x7f)));
         __m256 wv[4];
         e4m3x32_raw(b, wv);
         for (int i = 0; i < mr; i++) /* four chains per (weight row, x row) */
             for (int v = 0; v < 4; v++)
-                p[j * mr + i][v] = _mm256_fmadd_ps(xv[i][v], wv[v], p[j * mr + i][v]);
+                p[j * mr + i][v] = _mm256_fmadd_ps(xf ? _mm256_loadu_ps(x->f[i] + k + 8 * v) : xv[i][v], wv[v],
+                                                   p[j * mr + i][v]);
     }
 }
 
-/* Weight rows [n, n + nr), rows [m0, m0 + mr) of x (DSV3_X_BF16_P32), nr * mr <= 2: each x vector is loaded
- * once for nr weight rows, each weight vector decoded once for mr rows of x. Every (weight row, x row) pair has
- * its own four partial chains and accumulator, so its result is the same whatever tile it is computed in.
- * Decode (M = 1) walks single rows: measured 2026-11-30 (AVX2, one thread, thread CPU time, 160 MB of weight
- * copies), pairs of rows took expert_down from 14.7 to 6.3 GB/s (expert_gate_up 13.1 -> 9.2). Returns a mask
- * of the weight rows that hold a NaN code (their y not written). */
-AI int fp8_tile(const int mr, const int nr, const dsv3_lin_args *a, int64_t n, int64_t m0)
+/* Weight rows [n, n + nr), rows [m0, m0 + mr) of x, nr * mr <= 2: each x vector is loaded once for nr weight
+ * rows, each weight vector decoded once for mr rows of x. Every (weight row, x row) pair has its own four
+ * partial chains and accumulator, so its result is the same whatever tile it is computed in, and the same in
+ * either x layout (the same f32 values meet the same decoded codes in the same order). Decode (M = 1) walks
+ * single rows: measured 2026-11-30 (AVX2, one thread, thread CPU time, 160 MB of weight copies), pairs of rows
+ * took expert_down from 14.7 to 6.3 GB/s (expert_gate_up 13.1 -> 9.2). Returns a mask of the weight rows that
+ * hold a NaN code (their y not written; always 0 without track). */
+AI int fp8_tile(const int mr, const int nr, const int track, const int xf, const dsv3_lin_args *a, int64_t n,
+                int64_t m0)
 {
     const dsv3_weight *w = a->w;
     const int64_t K = w->k, Kv = K / 32 * 32, ng = (K + 127) / 128;
     const uint8_t *row[2];
     const float *sc[2];
-    const uint16_t *x[2];
+    fp8_x x;
     __m256 acc[2], p[2][4];
     __m256i top[2];
     const __m256i m7f = _mm256_set1_epi8(0x7f);
@@ -92,8 +111,10 @@ AI int fp8_tile(const int mr, const int nr, const dsv3_lin_args *a, int64_t n, i
         sc[j] = (const float *)w->scale + ((n + j) / 128) * ng;
         top[j] = _mm256_setzero_si256();
     }
-    for (int i = 0; i < mr; i++)
-        x[i] = a->xh + (m0 + i) * K;
+    for (int i = 0; i < mr; i++) {
+        x.h[i] = xf ? NULL : a->xh + (m0 + i) * K;
+        x.f[i] = xf ? a->xp + (m0 + i) * K : NULL;
+    }
     for (int t = 0; t < mr * nr; t++)
         acc[t] = _mm256_setzero_ps();
     for (int64_t g = 0; g * 128 < Kv; g++) {
@@ -101,13 +122,13 @@ AI int fp8_tile(const int mr, const int nr, const dsv3_lin_args *a, int64_t n, i
         for (int t = 0; t < mr * nr; t++)
             p[t][0] = p[t][1] = p[t][2] = p[t][3] = _mm256_setzero_ps();
         if (k1 - g * 128 == 128) { /* a full group: four steps, unrolled */
-            fp8_step(mr, nr, row, x, g * 128, p, top);
-            fp8_step(mr, nr, row, x, g * 128 + 32, p, top);
-            fp8_step(mr, nr, row, x, g * 128 + 64, p, top);
-            fp8_step(mr, nr, row, x, g * 128 + 96, p, top);
+            fp8_step(mr, nr, track, xf, row, &x, g * 128, p, top);
+            fp8_step(mr, nr, track, xf, row, &x, g * 128 + 32, p, top);
+            fp8_step(mr, nr, track, xf, row, &x, g * 128 + 64, p, top);
+            fp8_step(mr, nr, track, xf, row, &x, g * 128 + 96, p, top);
         } else
             for (int64_t k = g * 128; k < k1; k += 32)
-                fp8_step(mr, nr, row, x, k, p, top);
+                fp8_step(mr, nr, track, xf, row, &x, k, p, top);
         for (int j = 0; j < nr; j++) {
             const __m256 sv = _mm256_set1_ps(sc[j][g]);
             for (int i = 0; i < mr; i++) {
@@ -119,7 +140,7 @@ AI int fp8_tile(const int mr, const int nr, const dsv3_lin_args *a, int64_t n, i
     }
     int nan = 0;
     for (int j = 0; j < nr; j++) {
-        if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(top[j], m7f))) {
+        if (track && _mm256_movemask_epi8(_mm256_cmpeq_epi8(top[j], m7f))) {
             nan |= 1 << j;
             continue;
         }
@@ -129,7 +150,7 @@ AI int fp8_tile(const int mr, const int nr, const dsv3_lin_args *a, int64_t n, i
         for (int i = 0; i < mr; i++) {
             float tail = 0.0f;
             for (int64_t q = Kv; q < K; q++)
-                tail += dsv3_bf16_to_f32(x[i][q]) * wt[q - Kv];
+                tail += (xf ? x.f[i][q] : dsv3_bf16_to_f32(x.h[i][q])) * wt[q - Kv];
             if (Kv < K)
                 tail *= sc[j][Kv / 128];
             /* x carries 2^56, the codes 2^-120 */
@@ -143,15 +164,24 @@ AI int fp8_tile(const int mr, const int nr, const dsv3_lin_args *a, int64_t n, i
 /* A row with a NaN code: the exact kernel (on the caller's f32 x, a->x), which gives NaN. */
 static void fp8_exact_row(const dsv3_lin_args *a, int64_t n) { dsv3_gemv_fp8_block_avx2(a, n, n + 1); }
 
-void dsv3_fast_fp8_block_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1)
+/* Rows [n0, n1), pairs of x rows; track and xf as in fp8_step */
+AI void fp8_rows(const int track, const int xf, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
-    for (int64_t n = n0; n < n1; n++) { /* pairs of x rows */
+    for (int64_t n = n0; n < n1; n++) {
         int nan = 0;
         for (int64_t m0 = 0; m0 < a->m; m0 += 2)
-            nan |= a->m - m0 >= 2 ? fp8_tile(2, 1, a, n, m0) : fp8_tile(1, 1, a, n, m0);
+            nan |= a->m - m0 >= 2 ? fp8_tile(2, 1, track, xf, a, n, m0) : fp8_tile(1, 1, track, xf, a, n, m0);
         if (nan)
             fp8_exact_row(a, n);
     }
+}
+
+void dsv3_fast_fp8_block_avx2(const dsv3_lin_args *a, int64_t n0, int64_t n1)
+{
+    if (a->w->nan_free) /* checked once (dsv3_weight_scan_nan): no tracking */
+        a->xp ? fp8_rows(0, 1, a, n0, n1) : fp8_rows(0, 0, a, n0, n1);
+    else
+        a->xp ? fp8_rows(1, 1, a, n0, n1) : fp8_rows(1, 0, a, n0, n1);
 }
 
 /* ---- nvfp4 ---- */

@@ -43,6 +43,43 @@ AI void transpose8(__m256 *r)
     r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
+/* fp8: 32 codes at k of rows row[0..rows) (the rest zero) times their scales s, stored at dst + q * 16 (q < 32, 8
+ * rows each). The 8 loads, seen as 8 dwords each, are transposed 8x8 (dword t of row j -> dword j of vector t),
+ * so vector t holds 4 consecutive codes of every row and e4m3x32_raw (vector v = byte v of every dword) decodes
+ * it straight into 4 columns of the tile: one 8x8 transpose and 8 decodes of 9 instructions per 32 codes of 8
+ * rows, where the 8-code path below decodes 8 codes of each row at a time (32 decodes) and transposes the f32
+ * (4 transposes). Measured 2026-11-30 (one thread, 2048 x 256 in L2, M = 12): 0.213 -> 0.163 ms per call.
+ * The NaN codes become the quiet NaN with their sign (as e4m3_bits_raw), unless the weight was scanned free of
+ * them; code * 2^-120 times s * 2^120 (exact for |s| < 2^8) or times 2^120, then s: the code times s rounded
+ * once, bitwise the tiles of the 8-code path. */
+AI void pack_fp8_32(const uint8_t *const *row, int rows, int64_t k, const float *s, int nan_free, float *dst)
+{
+    __m256 b[8];
+    for (int r = 0; r < 8; r++)
+        b[r] = r < rows ? _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *)(row[r] + k))) : _mm256_setzero_ps();
+    transpose8(b);
+    const __m256 sv = _mm256_loadu_ps(s);
+    const __m256 sa = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), sv); /* |s| < 2^8: s * 2^120 is finite and exact */
+    const int one = _mm256_movemask_ps(_mm256_cmp_ps(sa, _mm256_set1_ps(0x1p8f), _CMP_LT_OQ)) == 0xff;
+    const __m256 s1 = one ? _mm256_mul_ps(sv, _mm256_set1_ps(0x1p120f)) : _mm256_set1_ps(0x1p120f);
+    const __m256i mag = _mm256_set1_epi32(0x07f00000), q = _mm256_set1_epi32(0x78300000);
+    for (int t = 0; t < 8; t++) {
+        __m256 wv[4];
+        e4m3x32_raw(_mm256_castps_si256(b[t]), wv);
+        for (int v = 0; v < 4; v++) {
+            __m256i bits = _mm256_castps_si256(wv[v]);
+            if (!nan_free) {
+                const __m256i nan = _mm256_cmpeq_epi32(_mm256_and_si256(bits, mag), mag);
+                bits = _mm256_xor_si256(bits, _mm256_and_si256(nan, q));
+            }
+            __m256 x = _mm256_mul_ps(_mm256_castsi256_ps(bits), s1);
+            if (!one)
+                x = _mm256_mul_ps(x, sv);
+            _mm256_store_ps(dst + (4 * t + v) * 16, x);
+        }
+    }
+}
+
 /* Decode W[n0 + c, k0 + j] * scale for c < nc (zero for nc <= c < NR), j < kc, into the tile:
  * column c at half c / 16, element (j, c) at tile[(c / 16) * KC * 16 + j * 16 + c % 16]. */
 AI void pack_tile(dsv3_format f, const dsv3_weight *w, int64_t n0, int nc, int64_t k0, int64_t kc, float *tile)
@@ -58,7 +95,7 @@ AI void pack_tile(dsv3_format f, const dsv3_weight *w, int64_t n0, int nc, int64
             row[r] = row_ptr(f, w, n0 + c0 + r);
         float s[8] = {0};
         int64_t gcur = -1;
-        for (int64_t j = 0; j < kv; j += 8) {
+        for (int64_t j = 0; j < kv;) {
             const int64_t g = (k0 + j) / G;
             if (g != gcur) { /* 8 | G: one scale per row for the 8 codes */
                 for (int r = 0; r < rows; r++)
@@ -66,12 +103,18 @@ AI void pack_tile(dsv3_format f, const dsv3_weight *w, int64_t n0, int nc, int64
                 gcur = g;
             }
             __m256 v[8];
+            if (f == DSV3_FMT_FP8_BLOCK && j + 32 <= kv) { /* 32 codes of the 8 rows at once: pack_fp8_32 */
+                pack_fp8_32(row, rows, k0 + j, s, w->nan_free, dst + j * 16);
+                j += 32;
+                continue;
+            }
             for (int r = 0; r < 8; r++)
                 v[r] = r < rows ? _mm256_mul_ps(DEC(f, w, row[r], k0 + j), _mm256_set1_ps(s[r]))
                                 : _mm256_setzero_ps();
             transpose8(v);
             for (int q = 0; q < 8; q++)
                 _mm256_store_ps(dst + (j + q) * 16, v[q]);
+            j += 8;
         }
         if (kv < kc) { /* K tail (< 8 columns): the format table's scalar decode */
             float code[8];

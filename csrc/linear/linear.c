@@ -57,6 +57,11 @@
  * and the design promises thread-count independent results; so by default our own kernels run. */
 #define ONEDNN_F32_MIN_M 8
 #define GEMV_COLS 4 /* output columns per work item in the small-M kernels */
+/* The AVX2 fast fp8 kernel reads x as f32 (DSV3_X_F32_P32: no conversion in the loop) up to this K, bf16
+ * above (DSV3_X_BF16_P32: half the bytes beside the weight stream); the same values, the same results. */
+#ifndef FP8_F32X_MAX_K
+#define FP8_F32X_MAX_K 4096
+#endif
 
 /* ---- activation preparation: team-callable pieces (orphaned worksharing, no barrier) ---- */
 
@@ -280,26 +285,50 @@ static void bf16p_carve(dsv3_lin_plan *p, unsigned char **cur)
     p->a.xh = take(cur, (size_t)(p->a.m * p->a.w->k) * 2);
     p->a.xl = NULL;
 }
-static void bf16p_prep(const dsv3_lin_plan *p)
+/* Both hold bf16(x * 2^56) (a bf16 x converted in p->xf first), each full 32-block in the order of the AVX2 fast
+ * fp8 decoder (decode_avx2.h, e4m3x32_raw: vector v holds the codes 4 j + v, j = 0..7): as f32, natural column c
+ * at 8 (c & 3) + (c >> 2); as bf16 pairs (two 16-column loads, low / high words of each dword), at
+ * 16 ((c & 3) >> 1) + 2 (c >> 2) + (c & 1). The K tail stays natural. */
+static int p32_pos(int f32, int c) { return f32 ? 8 * (c & 3) + (c >> 2) : 16 * ((c & 3) >> 1) + 2 * (c >> 2) + (c & 1); }
+
+static void p32_prep(const dsv3_lin_plan *p, uint16_t *o16, float *o32)
 {
-    const float *x = p->a.x; /* f32 (a bf16 x converted in p->xf) */
-    uint16_t *o = (uint16_t *)(void *)p->a.xh;
+    const float *x = p->a.x;
     const int64_t k = p->a.w->k, kb = k / 32 * 32, nc = (k + 1023) / 1024;
+    unsigned char pos[32];
+    for (int c = 0; c < 32; c++)
+        pos[c] = (unsigned char)p32_pos(o32 != NULL, c);
 #pragma omp for schedule(static) nowait
     for (int64_t t = 0; t < p->a.m * nc; t++) { /* (row, 1024-column chunk): M = 1 uses every thread */
         const int64_t r = t / nc, j0 = t % nc * 1024, j1 = j0 + 1024 < k ? j0 + 1024 : k;
         const float *xr = x + r * k;
-        uint16_t *orow = o + r * k;
+        uint16_t h[32];
         int64_t j = j0;
-        for (; j + 8 <= j1; j += 8) { /* runs of 8 columns (kb is a multiple of 32): bits 3 and 4 swapped */
-            const int64_t dst = j < kb ? (j & ~(int64_t)31) + ((j & 8) << 1) + ((j & 16) >> 1) : j;
-            for (int i = 0; i < 8; i++)
-                orow[dst + i] = dsv3_f32_to_bf16(xr[j + i] * 0x1p56f);
+        for (; j + 32 <= j1 && j + 32 <= kb; j += 32) { /* full blocks (1024 is a multiple of 32) */
+            for (int c = 0; c < 32; c++)
+                h[c] = dsv3_f32_to_bf16(xr[j + c] * 0x1p56f);
+            for (int c = 0; c < 32; c++) {
+                if (o16)
+                    o16[r * k + j + pos[c]] = h[c];
+                else
+                    o32[r * k + j + pos[c]] = dsv3_bf16_to_f32(h[c]);
+            }
         }
-        for (; j < j1; j++) /* the K tail (natural) */
-            orow[j] = dsv3_f32_to_bf16(xr[j] * 0x1p56f);
+        for (; j < j1; j++) { /* the K tail (natural) */
+            const uint16_t v = dsv3_f32_to_bf16(xr[j] * 0x1p56f);
+            if (o16)
+                o16[r * k + j] = v;
+            else
+                o32[r * k + j] = dsv3_bf16_to_f32(v);
+        }
     }
 }
+static void bf16p_prep(const dsv3_lin_plan *p) { p32_prep(p, (uint16_t *)(void *)p->a.xh, NULL); }
+
+/* DSV3_ACT_F32P: the same values as f32 in the decoded vectors' order (DSV3_X_F32_P32) */
+static size_t f32p_bytes(int64_t m, int64_t k, int xl) { (void)xl; return round64((size_t)(m * k) * 4); }
+static void f32p_carve(dsv3_lin_plan *p, unsigned char **cur) { p->a.xp = take(cur, (size_t)(p->a.m * p->a.w->k) * 4); }
+static void f32p_prep(const dsv3_lin_plan *p) { p32_prep(p, NULL, (float *)(void *)p->a.xp); }
 
 static const act_layout act_layouts[DSV3_ACT_COUNT] = {
     [DSV3_ACT_F32] = {none_bytes, none_carve, none_prep},
@@ -310,6 +339,7 @@ static const act_layout act_layouts[DSV3_ACT_COUNT] = {
     [DSV3_ACT_BF16HI] = {bf16hi_bytes, bf16hi_carve, bf16hi_prep},
     [DSV3_ACT_Q8] = {q8_bytes, q8_carve, q8_prep},
     [DSV3_ACT_BF16P] = {bf16p_bytes, bf16p_carve, bf16p_prep},
+    [DSV3_ACT_F32P] = {f32p_bytes, f32p_carve, f32p_prep},
 };
 
 /* Whether the layout needs x in f32 first (bf16 input converted into p->xf before its own preparation). */
@@ -363,9 +393,9 @@ static choice choose(const dsv3_weight *w, int64_t m, dsv3_linear_mode mode, dsv
         } else if (t->fast_x[id] == DSV3_X_BF16_HI) {
             c.act = DSV3_ACT_BF16HI;
             c.xlayout = t->gemv_x[id]; /* hi in the order of the format's decoder */
-        } else if (t->fast_x[id] == DSV3_X_BF16_P32) {
-            c.act = DSV3_ACT_BF16P;
-            c.xlayout = DSV3_X_BF16_P32;
+        } else if (t->fast_x[id] == DSV3_X_BF16_P32) { /* f32 where x stays in L1 / L2 (FP8_F32X_MAX_K) */
+            c.act = w->k <= FP8_F32X_MAX_K ? DSV3_ACT_F32P : DSV3_ACT_BF16P;
+            c.xlayout = w->k <= FP8_F32X_MAX_K ? DSV3_X_F32_P32 : DSV3_X_BF16_P32;
         }
         return c;
     }

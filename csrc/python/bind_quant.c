@@ -191,7 +191,24 @@ static PyObject *py_pack_weight(PyObject *self, PyObject *args, PyObject *kw)
     return out;
 }
 
+/* weight_nan_free(w) -> bool: w's codes hold no NaN code (dsv3_weight_rows_nan over every row), for the dict
+ * key "nan_free" */
+static PyObject *py_weight_nan_free(PyObject *self, PyObject *wo)
+{
+    (void)self;
+    dsv3_weight w;
+    if (!dsv3_py_weight(wo, "weight", -1, -1, &w))
+        return NULL;
+    int bad;
+    Py_BEGIN_ALLOW_THREADS
+    bad = dsv3_weight_rows_nan(&w, 0, w.n);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(!bad);
+}
+
 PyMethodDef dsv3_quant_methods[] = {
+    {"weight_nan_free", py_weight_nan_free, METH_O,
+     "weight_nan_free(weight) -> bool (no NaN code in its data; fp8_block: e4m3 S.1111.111)"},
     {"pack_weight", (PyCFunction)(void (*)(void))py_pack_weight, METH_VARARGS | METH_KEYWORDS,
      "pack_weight(weight, isa=None) -> uint8 [bytes] (the packed kernel layout, 64-byte aligned)"},
     {"quantize", (PyCFunction)(void (*)(void))py_quantize, METH_VARARGS | METH_KEYWORDS,

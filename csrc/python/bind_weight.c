@@ -1,5 +1,5 @@
 /* Python objects -> dsv3_weight (see bind.h): a float32/bfloat16 array, or the dict form
- * {"format", "shape", "data", "scale", "scale2", "group", "ue8m0", "act", "packed"} returned by
+ * {"format", "shape", "data", "scale", "scale2", "group", "ue8m0", "act", "packed", "nan_free"} returned by
  * dsv3.quant.QuantizedTensor.to_native(). Every array is checked against the format's layout
  * (dsv3_quant_layout): dtype, shape, contiguity and alignment, with errors naming the field.
  * "packed" (uint8 [dsv3_weight_packed_bytes], DSV3_PACKED_ALIGN-aligned: csrc/linear/int4p.h) may come
@@ -143,6 +143,13 @@ static int weight_from_dict(PyObject *d, const char *what, dsv3_weight *out)
         snprintf(name, sizeof name, "%s['act']", what);
         if (!dsv3_py_act_arg(act, name, &out->act))
             return 0;
+    }
+    PyObject *nf = PyDict_GetItemString(d, "nan_free"); /* the scan's verdict, from dsv3.quant.nan_scanned_native */
+    if (nf && nf != Py_None) {
+        const int v = PyObject_IsTrue(nf);
+        if (v < 0)
+            return 0;
+        out->nan_free = v;
     }
     if (pk) {
         char name[160];

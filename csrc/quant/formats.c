@@ -115,7 +115,8 @@ const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT] = {
                             {dsv3_gemv_fp8_block_scalar, dsv3_gemv_fp8_block_avx2, dsv3_gemv_fp8_block_dot_avx512},
                             {0, 0, DSV3_X_BF16X2_P64},
                             /* fast: x rounded to bf16; AVX2 (no bf16 dot) converts it back to f32 in the order
-                             * of its cheaper e4m3 decoder (dot_fp.h) */
+                             * of its cheaper e4m3 decoder (dot_fp.h; the plan prepares it as f32, DSV3_X_F32_P32,
+                             * up to K = 4096) */
                             .fast = {dsv3_fast_bf16hi_scalar, dsv3_fast_fp8_block_avx2,
                                      dsv3_gemv_fp8_block_dot1_avx512},
                             .fast_x = {DSV3_X_F32, DSV3_X_BF16_P32, DSV3_X_BF16_HI}},
@@ -223,6 +224,19 @@ dsv3_status dsv3_weight_unpack(const dsv3_weight *w, void *data, void *scale, ds
 #pragma omp parallel num_threads(dsv3_num_threads())
     t->unpack_team(w, data, scale);
     return DSV3_OK;
+}
+
+int dsv3_weight_rows_nan(const dsv3_weight *w, int64_t r0, int64_t r1)
+{
+    if (w->fmt != DSV3_FMT_FP8_BLOCK)
+        return 0;
+    const uint8_t *p = (const uint8_t *)w->data + r0 * w->k;
+    const int64_t len = (r1 - r0) * w->k;
+    int bad = 0;
+    for (int64_t i0 = 0; i0 < len && !bad; i0 += 4096) /* chunks, vectorisable, early out */
+        for (int64_t i = i0; i < (i0 + 4096 < len ? i0 + 4096 : len); i++)
+            bad |= (p[i] & 0x7f) == 0x7f;
+    return bad;
 }
 
 dsv3_status dsv3_weight_validate(const dsv3_weight *w, dsv3_error *err)

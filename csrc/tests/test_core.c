@@ -61,7 +61,7 @@ int ctest_qweight_random(ctest_qweight *q, dsv3_format fmt, int group, int64_t n
     float s2 = 1.0f;
     CHECK_OK(dsv3_quantize(fmt, src, n, k, group, 0, q->data, q->scale, &s2, &err), &err);
     free(src);
-    q->w = (dsv3_weight){fmt, n, k, q->data, sr ? q->scale : NULL, s2, group, 0, NULL, DSV3_ACT_EXACT};
+    q->w = (dsv3_weight){fmt, n, k, q->data, sr ? q->scale : NULL, s2, group, 0, NULL, DSV3_ACT_EXACT, 0};
     return 1;
 }
 

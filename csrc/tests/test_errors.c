@@ -88,7 +88,7 @@ static void linear_errors(void)
     float x[2 * 64], y[2 * 8], wf[8 * 64], sc[8] = {1, 1, 1, 1, 1, 1, 1, 1};
     memset(x, 0, sizeof x);
     memset(wf, 0, sizeof wf);
-    const dsv3_weight good = {DSV3_FMT_F32, 8, 64, wf, NULL, 1.0f, 0, 0, NULL, DSV3_ACT_EXACT};
+    const dsv3_weight good = {DSV3_FMT_F32, 8, 64, wf, NULL, 1.0f, 0, 0, NULL, DSV3_ACT_EXACT, 0};
     dsv3_weight w = good;
     CHECK_OK(dsv3_linear(x, 2, &w, NULL, y, -1, &err), &err);
     CHECK_OK(dsv3_linear(NULL, 0, &w, NULL, NULL, -1, &err), &err);
@@ -139,7 +139,7 @@ static void linear_huge_m(void)
 {
     dsv3_error err = {0};
     float x[64] = {0}, y[8], wf[8 * 64] = {0};
-    const dsv3_weight w = {DSV3_FMT_F32, 8, 64, wf, NULL, 1.0f, 0, 0, NULL, DSV3_ACT_EXACT};
+    const dsv3_weight w = {DSV3_FMT_F32, 8, 64, wf, NULL, 1.0f, 0, 0, NULL, DSV3_ACT_EXACT, 0};
     const int64_t huge[] = {(int64_t)1 << 58, INT64_MAX / 2, INT64_MAX};
     for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++)
         for (int mode = 0; mode < 2; mode++) {

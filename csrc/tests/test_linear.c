@@ -73,7 +73,7 @@ static int qweight_make(qweight *q, dsv3_format fmt, const float *src, int64_t n
         return 0;
     }
     CHECK_OK(dsv3_quantize(fmt, src, n, k, group, ue8m0, q->data, q->scale, &scale2, &err), &err);
-    q->w = (dsv3_weight){fmt, n, k, q->data, q->scale, scale2, group, ue8m0, NULL, DSV3_ACT_EXACT};
+    q->w = (dsv3_weight){fmt, n, k, q->data, q->scale, scale2, group, ue8m0, NULL, DSV3_ACT_EXACT, 0};
     if (fmt == DSV3_FMT_FP8_BLOCK)
         q->w.group = 128;
     const char *name = dsv3_formats[fmt].name;
