@@ -17,9 +17,8 @@ struct dsv3_batch {
     dsv3_kv_layout kv;  /* the model's cache row layout (its kv_cache_dtype) */
     uint8_t *cache;     /* owned: [slots, layers, cap] rows of kv.row_bytes */
     int64_t *len;       /* owned: [slots] tokens cached */
-    int64_t *rows;      /* owned: [tokens] output row selection scratch, grown per step */
-    int64_t rows_cap;
-    float *sel;         /* owned: [rows_cap, hidden] normed hidden states of the output rows */
+    float *sel;         /* owned: [sel_cap, hidden] normed hidden states of the logits rows */
+    int64_t sel_cap;
     dsv3_mla_seg *segs; /* owned: [segs_cap] the step's sequences (a verification chunk: its tokens) */
     int64_t segs_cap;
     dsv3_batch_index *index; /* owned, V3.2 only: the slots' index-key caches (csrc/model/batch_v32.c) */
@@ -75,7 +74,6 @@ void dsv3_batch_free(dsv3_batch *b)
         return;
     dsv3_free(b->cache);
     dsv3_free(b->len);
-    dsv3_free(b->rows);
     dsv3_free(b->sel);
     dsv3_free(b->segs);
     dsv3_batch_index_free(b->index);
@@ -123,11 +121,39 @@ dsv3_status dsv3_batch_truncate(dsv3_batch *b, int64_t slot, int64_t length, dsv
     return DSV3_OK;
 }
 
+/* A sequence's output rows are always its last ones: its last `count` new tokens. */
+static int64_t seq_logits_rows(const dsv3_batch_seq *q)
+{
+    switch (q->logits) {
+    case DSV3_LOGITS_ALL:
+    case DSV3_BATCH_VERIFY:
+        return q->n;
+    case DSV3_LOGITS_LAST:
+    case DSV3_BATCH_HIDDEN_ALL + DSV3_LOGITS_LAST:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int64_t seq_hidden_rows(const dsv3_batch_seq *q)
+{
+    return q->logits >= DSV3_BATCH_HIDDEN_ALL ? q->n : seq_logits_rows(q);
+}
+
 int64_t dsv3_batch_out_rows(const dsv3_batch_seq *seqs, int64_t nseq)
 {
     int64_t r = 0;
     for (int64_t i = 0; i < nseq; i++)
-        r += seqs[i].logits >= DSV3_LOGITS_ALL ? seqs[i].n : seqs[i].logits == DSV3_LOGITS_LAST;
+        r += seq_logits_rows(&seqs[i]);
+    return r;
+}
+
+int64_t dsv3_batch_hidden_rows(const dsv3_batch_seq *seqs, int64_t nseq)
+{
+    int64_t r = 0;
+    for (int64_t i = 0; i < nseq; i++)
+        r += seq_hidden_rows(&seqs[i]);
     return r;
 }
 
@@ -157,9 +183,9 @@ static dsv3_status check_step(const dsv3_batch *b, const int64_t *ids, const dsv
                              "batch: sequence %lld (slot %lld): %lld new tokens do not fit (%lld of %lld positions used)",
                              (long long)i, (long long)q->slot, (long long)q->n, (long long)b->len[q->slot],
                              (long long)b->cap);
-        if (q->logits < DSV3_LOGITS_NONE || q->logits > DSV3_BATCH_VERIFY)
-            return dsv3_fail(err, DSV3_E_VALUE, "batch: sequence %lld: logits mode %lld is not none/last/all/verify",
-                             (long long)i, (long long)q->logits);
+        if (q->logits < DSV3_LOGITS_NONE || q->logits > DSV3_BATCH_HIDDEN_ALL + DSV3_LOGITS_LAST)
+            return dsv3_fail(err, DSV3_E_VALUE, "batch: sequence %lld: logits mode %lld is not none/last/all/verify "
+                             "or hidden-all with none/last (0..5)", (long long)i, (long long)q->logits);
         if (q->logits == DSV3_BATCH_VERIFY && b->index)
             return dsv3_fail(err, DSV3_E_VALUE, "batch: sequence %lld: the verification mode (speculative decoding) "
                              "is not supported with DeepSeek-V3.2 sparse attention (index_topk > 0)", (long long)i);
@@ -242,22 +268,16 @@ static dsv3_status layer_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq *se
     return st == DSV3_OK ? dsv3_model_residual_ffn(m, ly, h, t, a, o, isa, err) : st; /* as forward's layer */
 }
 
-/* Indices (into the step's tokens) of the output rows, in order; grows b->rows / b->sel (and b->segs). */
-static dsv3_status select_rows(dsv3_batch *b, const dsv3_batch_seq *seqs, int64_t nseq, int64_t r, dsv3_error *err)
+/* Grows b->sel to r output rows and b->segs to the step's attention segments. */
+static dsv3_status reserve_step(dsv3_batch *b, const dsv3_batch_seq *seqs, int64_t nseq, int64_t r, dsv3_error *err)
 {
-    if (r > b->rows_cap) {
-        int64_t *rows = dsv3_alloc((size_t)r * sizeof(int64_t));
+    if (r > b->sel_cap) {
         float *sel = dsv3_alloc((size_t)(r * b->m->cfg.hidden_size) * sizeof(float));
-        if (!rows || !sel) {
-            dsv3_free(rows);
-            dsv3_free(sel);
+        if (!sel)
             return dsv3_fail(err, DSV3_E_NOMEM, "batch: out of memory for %lld output rows", (long long)r);
-        }
-        dsv3_free(b->rows);
         dsv3_free(b->sel);
-        b->rows = rows;
         b->sel = sel;
-        b->rows_cap = r;
+        b->sel_cap = r;
     }
     int64_t nseg = 0; /* attention segments: one per sequence, one per token of a verification chunk */
     for (int64_t i = 0; i < nseq; i++)
@@ -270,14 +290,19 @@ static dsv3_status select_rows(dsv3_batch *b, const dsv3_batch_seq *seqs, int64_
         b->segs = segs;
         b->segs_cap = nseg;
     }
-    for (int64_t i = 0, off = 0, k = 0; i < nseq; off += seqs[i].n, i++) {
-        if (seqs[i].logits >= DSV3_LOGITS_ALL)
-            for (int64_t j = 0; j < seqs[i].n; j++)
-                b->rows[k++] = off + j;
-        else if (seqs[i].logits == DSV3_LOGITS_LAST)
-            b->rows[k++] = off + seqs[i].n - 1;
-    }
     return DSV3_OK;
+}
+
+/* The final norm of each sequence's last `rows(seq)` tokens of h [t, D] into out, in order. */
+static void norm_rows(const dsv3_model *m, const dsv3_batch_seq *seqs, int64_t nseq, const float *h,
+                      int64_t (*rows)(const dsv3_batch_seq *), float *out)
+{
+    const int64_t D = m->cfg.hidden_size;
+    for (int64_t i = 0, off = 0, k = 0; i < nseq; off += seqs[i].n, i++) {
+        const int64_t c = rows(&seqs[i]);
+        dsv3_rmsnorm_f32(h + (off + seqs[i].n - c) * D, c, D, m->norm.f32, m->cfg.rms_norm_eps, out + k * D);
+        k += c;
+    }
 }
 
 static dsv3_status batch_forward_pinned(dsv3_batch *b, const int64_t *ids, const dsv3_batch_seq *seqs, int64_t nseq,
@@ -294,7 +319,7 @@ static dsv3_status batch_forward_pinned(dsv3_batch *b, const int64_t *ids, const
         return dsv3_fail(err, DSV3_E_VALUE, "batch: %lld logits rows asked but no output buffer", (long long)r);
     st = dsv3_model_reserve(m, t, max_rows, err); /* the model's workspace, grown once for this step */
     if (st == DSV3_OK)
-        st = select_rows(b, seqs, nseq, r, err);
+        st = reserve_step(b, seqs, nseq, r, err);
     m->ws.lin.used = 0;
     if (st != DSV3_OK)
         return st;
@@ -303,17 +328,12 @@ static dsv3_status batch_forward_pinned(dsv3_batch *b, const int64_t *ids, const
     dsv3_model_embed_rows(m, ids, t, h);
     for (int64_t l = 0; l < c->num_hidden_layers && st == DSV3_OK; l++)
         st = layer_step(b, l, seqs, nseq, h, t, cs, a, o, isa, err);
-    if (st != DSV3_OK || r == 0) {
-        if (st == DSV3_OK)
-            for (int64_t i = 0; i < nseq; i++)
-                b->len[seqs[i].slot] += seqs[i].n;
-        return st;
-    }
-    for (int64_t k = 0; k < r; k++) /* only the rows asked go through the final norm and the head */
-        dsv3_rmsnorm_f32(h + b->rows[k] * D, 1, D, m->norm.f32, c->rms_norm_eps, b->sel + k * D);
-    st = dsv3_linear(b->sel, r, c->tie_word_embeddings ? &m->embed : &m->lm_head, NULL, logits, isa, err);
     if (st == DSV3_OK && hidden)
-        memcpy(hidden, b->sel, (size_t)(r * D) * sizeof(float));
+        norm_rows(m, seqs, nseq, h, seq_hidden_rows, hidden);
+    if (st == DSV3_OK && r > 0) { /* only the logits rows go through the final norm and the head */
+        norm_rows(m, seqs, nseq, h, seq_logits_rows, b->sel);
+        st = dsv3_linear(b->sel, r, c->tie_word_embeddings ? &m->embed : &m->lm_head, NULL, logits, isa, err);
+    }
     if (st == DSV3_OK)
         for (int64_t i = 0; i < nseq; i++)
             b->len[seqs[i].slot] += seqs[i].n;

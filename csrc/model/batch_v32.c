@@ -37,10 +37,11 @@ struct dsv3_batch_index {
     dsv3_mla_seg *segs;   /* owned: [slots + group] the attention core's segments */
 };
 
-int64_t dsv3_batch_token_bytes(const dsv3_model *m)
+int64_t dsv3_batch_token_bytes(const dsv3_model *m, int with_mtp)
 {
     const int64_t keys = m->index.topk > 0 ? dsv3_indexer_key_row(&m->index) * (int64_t)sizeof(float) : 0;
-    return (dsv3_model_kv_layout(m).row_bytes + keys) * m->cfg.num_hidden_layers;
+    const int64_t row = dsv3_model_kv_layout(m).row_bytes;
+    return (row + keys) * m->cfg.num_hidden_layers + (with_mtp && m->mtp ? row : 0);
 }
 
 dsv3_status dsv3_batch_index_create(const dsv3_model *m, int64_t slots, int64_t cap, dsv3_batch_index **out,

@@ -2,9 +2,11 @@
  *
  * Batch(model: dsv3._dsv3.Model, slots: int, capacity: int)
  *   forward(ids int64 [T], seqs int64 [n, 3] (slot, new tokens, logits mode 0 none / 1 last / 2 all /
- *           3 verify: all, each token's attention as its decode step, dsv3_batch.h),
- *           hidden=False, isa=None) -> logits float32 [R, vocab] (, hidden float32 [R, hidden_size])
+ *           3 verify: all, each token's attention as its decode step / 4, 5: none, last with the hidden
+ *           states of every new token, dsv3_batch.h), hidden=False, isa=None)
+ *           -> logits float32 [R, vocab] (, hidden float32 [RH, hidden_size]: R rows, or n for modes 4 / 5)
  *   release(slot), truncate(slot, length), length(slot), copy_prefix(src, dst, n); slots, capacity.
+ * batch_token_bytes(model, mtp=False) -> int: a slot's cache bytes per token (dsv3_batch_token_bytes).
  * sample_rows(logits float32 [R, V], params float64 [R, 5] (temperature, top_k, top_p, min_p,
  *             repetition_penalty), seen int64 [*], seen_off int64 [R + 1], rngs int64 [R] (uint64
  *             states, bit-cast), n_top[, want_logprobs=1]) -> (tokens int64 [R], logprobs float32 [R]
@@ -94,15 +96,16 @@ static PyObject *Batch_forward(BatchObject *self, PyObject *args, PyObject *kw)
         return PyErr_Format(PyExc_ValueError, "seqs ask for %lld tokens but ids holds %ld", (long long)total,
                             (long)PyArray_DIM(ids, 0));
     for (npy_intp i = 0; i < n; i++)
-        if (sq[i].logits < 0 || sq[i].logits > DSV3_BATCH_VERIFY)
-            return PyErr_Format(PyExc_ValueError, "seqs[%ld]: logits mode %lld is not 0 (none), 1 (last), 2 (all) or "
-                                "3 (verify)",
+        if (sq[i].logits < 0 || sq[i].logits > DSV3_BATCH_HIDDEN_ALL + DSV3_LOGITS_LAST)
+            return PyErr_Format(PyExc_ValueError, "seqs[%ld]: logits mode %lld is not 0 (none), 1 (last), 2 (all), "
+                                "3 (verify), 4 (none, hidden all) or 5 (last, hidden all)",
                                 (long)i, (long long)sq[i].logits);
     dsv3_model *m = dsv3_py_model_claim(self->model);
     if (!m)
         return NULL;
     const npy_intp r = (npy_intp)dsv3_batch_out_rows(sq, n);
-    npy_intp dl[2] = {r, (npy_intp)m->cfg.vocab_size}, dh[2] = {r, (npy_intp)m->cfg.hidden_size};
+    npy_intp dl[2] = {r, (npy_intp)m->cfg.vocab_size};
+    npy_intp dh[2] = {(npy_intp)dsv3_batch_hidden_rows(sq, n), (npy_intp)m->cfg.hidden_size};
     PyObject *lo = PyArray_SimpleNew(2, dl, NPY_FLOAT32);
     PyObject *hi = lo && want_hidden ? PyArray_SimpleNew(2, dh, NPY_FLOAT32) : NULL;
     if (!lo || (want_hidden && !hi)) {
@@ -205,7 +208,8 @@ static PyObject *Batch_copy_prefix(BatchObject *self, PyObject *args)
 
 static PyMethodDef Batch_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Batch_forward, METH_VARARGS | METH_KEYWORDS,
-     "forward(ids int64 [T], seqs int64 [n, 3], hidden=False, isa=None) -> logits [R, vocab] (, hidden)"},
+     "forward(ids int64 [T], seqs int64 [n, 3], hidden=False, isa=None) -> logits [R, vocab] (, hidden [RH, "
+     "hidden_size]); modes 0 none / 1 last / 2 all / 3 verify / 4, 5 none, last with hidden of every token"},
     {"release", (PyCFunction)Batch_release, METH_O, "release(slot): forget the slot's tokens"},
     {"truncate", (PyCFunction)Batch_truncate, METH_VARARGS,
      "truncate(slot, length): keep the slot's first length tokens (cache rollback)"},
@@ -316,7 +320,26 @@ static PyObject *py_sample_rows(PyObject *self, PyObject *args)
     return t;
 }
 
+static PyObject *py_batch_token_bytes(PyObject *self, PyObject *args, PyObject *kw)
+{
+    (void)self;
+    static char *kwlist[] = {"model", "mtp", NULL};
+    PyObject *model;
+    int mtp = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p:batch_token_bytes", kwlist, &model, &mtp))
+        return NULL;
+    dsv3_model *m = dsv3_py_model_claim(model);
+    if (!m)
+        return NULL;
+    const int64_t n = dsv3_batch_token_bytes(m, mtp);
+    dsv3_py_model_release(model);
+    return PyLong_FromLongLong((long long)n);
+}
+
 PyMethodDef dsv3_batch_methods[] = {
+    {"batch_token_bytes", (PyCFunction)(void (*)(void))py_batch_token_bytes, METH_VARARGS | METH_KEYWORDS,
+     "batch_token_bytes(model, mtp=False) -> cache bytes of one token in a Batch slot (all layers' latent rows, "
+     "V3.2 index keys; mtp: plus the MTP layer's row of a speculative engine's BatchMTP slot)"},
     {"sample_rows", py_sample_rows, METH_VARARGS,
      "sample_rows(logits f32 [R, V], params f64 [R, 5], seen i64, seen_off i64 [R+1], rngs i64 [R] (advanced in "
      "place), n_top[, want_logprobs=True]) -> (tokens, logprobs (NaN unless wanted), top_ids, top_logprobs)"},
