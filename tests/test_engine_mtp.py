@@ -187,7 +187,7 @@ def test_batch_mtp_slots_equal_the_models_mtp_layer():
         with pytest.raises(ValueError, match=msg):
             bm.forward(np.asarray(ids, np.int64), np.ascontiguousarray(h), np.array(seqs, np.int64))
     assert bm.length(1) == 0
-    with pytest.raises(ValueError, match="cannot keep"):
+    with pytest.raises(ValueError, match="cannot copy"):
         bm.copy_prefix(1, 0, 1)
     with pytest.raises(TypeError):
         bm.forward(toks[:1], hid[:1].astype(np.float64), np.array([[1, 1, 1]], np.int64))
