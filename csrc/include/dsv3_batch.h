@@ -31,7 +31,8 @@ typedef struct {
 
 /* logits mode of a speculative verification chunk (dsv3_batch_mtp.h): output rows for every new token, and
  * each token's attention core runs as the one-token decode step at its position computes it (as
- * dsv3_model_forward_hidden's step_attention), so row j is bitwise the logits decoding would give there. */
+ * dsv3_model_forward_hidden's step_attention; for V3.2 each token selects its own top-k over its own prefix),
+ * so row j is bitwise the logits decoding would give there. */
 #define DSV3_BATCH_VERIFY 3
 /* added to DSV3_LOGITS_NONE or DSV3_LOGITS_LAST (modes 4 and 5): hidden rows for every new token while the logits
  * stay none / the last one (a speculative engine's prefill: the MTP layer reads the main model's hidden state at
@@ -49,7 +50,7 @@ dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacit
 void dsv3_batch_free(dsv3_batch *b);
 /* Cache bytes of one token over all layers, in a slot as in the model's own cache: its latent row (the
  * kv_cache_dtype layout) plus, for V3.2, its index-key row (csrc/model/batch_v32.c); with_mtp also counts
- * the MTP layer's latent row when the model has that layer (a speculative engine's per-slot MTP cache,
+ * the MTP layer's rows when the model has that layer (a speculative engine's per-slot MTP cache,
  * dsv3_batch_mtp.h, and the model's own MTP cache). The one count of a token's cache bytes. */
 int64_t dsv3_batch_token_bytes(const dsv3_model *m, int with_mtp);
 

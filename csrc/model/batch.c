@@ -90,12 +90,6 @@ static dsv3_status layer_step(dsv3_batch *b, int64_t l, const dsv3_batch_seq *se
 static dsv3_status batch_forward_pinned(dsv3_batch *b, const int64_t *ids, const dsv3_batch_seq *seqs, int64_t nseq,
                                        float *logits, float *hidden, int isa, dsv3_error *err)
 {
-    if (b->index) /* before anything runs */
-        for (int64_t i = 0; i < nseq; i++)
-            if (seqs[i].logits == DSV3_BATCH_VERIFY)
-                return dsv3_fail(err, DSV3_E_VALUE, "batch: sequence %lld: the verification mode (speculative "
-                                 "decoding) is not supported with DeepSeek-V3.2 sparse attention (index_topk > 0)",
-                                 (long long)i);
     dsv3_model *m = b->m;
     const dsv3_model_config *c = &m->cfg;
     int64_t t = 0;

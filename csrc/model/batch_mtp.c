@@ -23,6 +23,9 @@ dsv3_status dsv3_batch_mtp_create(dsv3_model *m, int64_t slots, int64_t slot_cap
         return dsv3_fail(err, DSV3_E_VALUE, "batch MTP: the model is not prepared");
     if (!m->mtp)
         return dsv3_fail(err, DSV3_E_VALUE, "batch MTP: the model has no MTP layer (load it with mtp=True)");
+    if (m->index.topk > 0) /* its MTP layer attends over the rows its indexer selects: no per-slot index keys here */
+        return dsv3_fail(err, DSV3_E_VALUE, "batch MTP: not supported for DeepSeek-V3.2 (index_topk > 0): the MTP "
+                         "layer's sparse attention needs per-slot index-key caches");
     dsv3_batch_mtp *b = dsv3_alloc(sizeof *b);
     if (!b)
         return dsv3_fail(err, DSV3_E_NOMEM, "batch MTP: out of memory");

@@ -233,7 +233,8 @@ dsv3_status dsv3_batch_attention(dsv3_model *m, const dsv3_mla_weights *w, const
         uint8_t *cache = dsv3_slot_pool_rows(p, seqs[i].slot, layer);
         dsv3_mla_finish_latent(d, w, ckv + off * row, n, cos_j + off * half, sin_j + off * half);
         dsv3_kv_store_rows(&p->kv, ckv + off * row, n, cache + past * rb); /* in the cache's dtype */
-        if (seqs[i].logits == DSV3_BATCH_VERIFY) /* token j attends rows [0, past + j] as a decode step */
+        if (seqs[i].logits == DSV3_BATCH_VERIFY && !index) /* token j attends rows [0, past + j] as a decode
+                                                              * step (V3.2 splits its chunks itself) */
             for (int64_t j = 0; j < n; j++)
                 s->segs[nseg++] = (dsv3_mla_seg){cache, past + j, 1, off + j};
         else

@@ -348,14 +348,9 @@ static void model_batch(dsv3_model *m, const int64_t *ids, const float *ref, con
     CHECK(dsv3_batch_out_rows(sv, 1) == 2 && dsv3_batch_hidden_rows(sv, 1) == 2, "%s: verification out rows", name);
     CHECK(dsv3_batch_out_rows(sh, 3) == 3 && dsv3_batch_hidden_rows(sh, 3) == 9, "%s: hidden-all out rows", name);
     CHECK_FAIL(dsv3_batch_forward(b, ids + 5, bad_mode, 1, lo, NULL, -1, &err), DSV3_E_VALUE, &err);
-    if (m->cfg.index_topk > 0) { /* V3.2: refused (no speculative decoding with sparse attention), nothing moved */
-        CHECK_FAIL(dsv3_batch_forward(b, ids + 5, sv, 1, lo, hid, -1, &err), DSV3_E_VALUE, &err);
-        CHECK(dsv3_batch_length(b, 2) == 5, "%s: a refused verification step changed a length", name);
-    } else {
-        CHECK_OK(dsv3_batch_forward(b, ids + 5, sv, 1, lo, hid, -1, &err), &err);
-        CHECK(memcmp(lo, ref + 5 * V, (size_t)(2 * V) * sizeof(float)) == 0,
-              "%s: verification chunk differs from decode steps", name);
-    }
+    CHECK_OK(dsv3_batch_forward(b, ids + 5, sv, 1, lo, hid, -1, &err), &err); /* V3.2 too: per-token top-k */
+    CHECK(memcmp(lo, ref + 5 * V, (size_t)(2 * V) * sizeof(float)) == 0,
+          "%s: verification chunk differs from decode steps", name);
     /* sampling: a tiny temperature is greedy (was inf - inf = NaN), logprobs of the raw logits */
     const float l[4] = {0.3f, 2.5f, -1.0f, 2.4f};
     const dsv3_sampling sp = {1e-40f, 0, 1.f, 0.f, 1.f};
