@@ -235,6 +235,18 @@ class Engine:
     def idle(self):
         return not self.waiting and not self.running
 
+    def _prefill_chunks(self, budget):
+        """This step's prompt chunks of the sequences still prefilling, ``budget`` tokens at most in all:
+        [(req, ids, whether the chunk ends the prompt)]."""
+        out = []
+        for req in self.running:
+            if req.next_token is None and budget > 0:
+                left = len(req.state.prompt) - req.fed
+                n = min(left, self.prefill_chunk, budget)
+                out.append((req, req.state.prompt[req.fed:req.fed + n], n == left))
+                budget -= n
+        return out
+
     def step(self):
         """Admit waiting sequences into free slots, run one batched forward and sample; returns the
         requests that received chunks (in ``req.new_chunks``)."""
@@ -251,13 +263,9 @@ class Engine:
                 plan.append((req, 1, _LAST))
                 ids.append([req.next_token])
                 budget -= 1
-        for req in self.running:
-            if req.next_token is None and budget > 0:
-                left = len(req.state.prompt) - req.fed
-                n = min(left, self.prefill_chunk, budget)
-                plan.append((req, n, _LAST if n == left else _NONE))
-                ids.append(req.state.prompt[req.fed:req.fed + n])
-                budget -= n
+        for req, x, last in self._prefill_chunks(budget):
+            plan.append((req, len(x), _LAST if last else _NONE))
+            ids.append(x)
         seqs = np.array([[r.slot, n, mode] for r, n, mode in plan], np.int64)
         logits = self.batch.forward(np.concatenate([np.asarray(x, np.int64) for x in ids]), seqs)
         self.steps += 1

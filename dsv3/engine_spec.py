@@ -138,13 +138,9 @@ class MTPSpeculator:
                 plan.append((r, 1, _LAST, None))
                 ids.append([r.next_token])
                 budget -= 1
-        for r in e.running:
-            if r.next_token is None and budget > 0:
-                left = len(r.state.prompt) - r.fed
-                n = min(left, e.prefill_chunk, budget)
-                plan.append((r, n, _HIDDEN_ALL + (_LAST if n == left else _NONE), None))
-                ids.append(r.state.prompt[r.fed:r.fed + n])
-                budget -= n
+        for r, x, last in e._prefill_chunks(budget):
+            plan.append((r, len(x), _HIDDEN_ALL + (_LAST if last else _NONE), None))
+            ids.append(x)
         lengths = {r.slot: e.batch.length(r.slot) for r, _, _, _ in plan}
         seqs = np.array([[r.slot, n, mode] for r, n, mode, _ in plan], np.int64)
         logits, hidden = e.batch.forward(np.concatenate([np.asarray(x, np.int64) for x in ids]), seqs, hidden=True)
