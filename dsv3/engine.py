@@ -70,8 +70,9 @@ class Engine:
     max_batch: sequence slots (at most this many run in one step). max_seq_len: tokens per slot
     (default the model's). The slots' latent caches use the model's ``kv_cache_dtype`` (chosen at
     ``Model.from_pretrained(..., kv_cache_dtype=...)``); a DeepSeek-V3.2 model's slots also cache their tokens'
-    index keys (``model.cache_bytes_per_token`` counts both). kv_budget_bytes: if given, the slots are limited
-    so that their caches fit in it. prefill_chunk: prompt tokens a sequence feeds per step (long prompts are chunked, so
+    index keys, and with ``speculative="mtp"`` each slot also holds the MTP layer's latent cache.
+    kv_budget_bytes: if given, the slots are limited so that all their caches fit in it (``kv_cache_bytes``:
+    the bytes allocated). prefill_chunk: prompt tokens a sequence feeds per step (long prompts are chunked, so
     running sequences keep decoding meanwhile). max_step_tokens: tokens per step over all sequences.
     prefix_cache: reuse cached prompt prefixes across requests (module docstring); ``prefix_hit_tokens``
     counts the prompt tokens so taken.
@@ -88,7 +89,8 @@ class Engine:
         slots = int(max_batch)
         if slots < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
-        per_slot = cap * model.cache_bytes_per_token  # the model's kv_cache_dtype sets the row layout
+        # the model's kv_cache_dtype sets the row layout; a speculative engine's slots also hold an MTP cache
+        per_slot = cap * lib.batch_token_bytes(model._native, mtp=speculative is not None)
         if kv_budget_bytes is not None:
             fit = int(kv_budget_bytes) // per_slot
             if fit < 1:
@@ -117,6 +119,11 @@ class Engine:
         if speculative is not None:
             from .engine_spec import MTPSpeculator
             self.spec = MTPSpeculator(self, speculative, num_draft)
+
+    def __repr__(self):
+        spec = f", speculative='mtp', num_draft={self.spec.num_draft}" if self.spec is not None else ""
+        return (f"Engine(max_batch={self.max_batch}, max_seq_len={self.max_seq_len}, kv_cache_dtype="
+                f"{self.kv_cache_dtype!r}, kv_cache_bytes={self.kv_cache_bytes:,}{spec})")
 
     @property
     def speculative_stats(self):
@@ -228,6 +235,18 @@ class Engine:
     def idle(self):
         return not self.waiting and not self.running
 
+    def _prefill_chunks(self, budget):
+        """This step's prompt chunks of the sequences still prefilling, ``budget`` tokens at most in all:
+        [(req, ids, whether the chunk ends the prompt)]."""
+        out = []
+        for req in self.running:
+            if req.next_token is None and budget > 0:
+                left = len(req.state.prompt) - req.fed
+                n = min(left, self.prefill_chunk, budget)
+                out.append((req, req.state.prompt[req.fed:req.fed + n], n == left))
+                budget -= n
+        return out
+
     def step(self):
         """Admit waiting sequences into free slots, run one batched forward and sample; returns the
         requests that received chunks (in ``req.new_chunks``)."""
@@ -244,13 +263,9 @@ class Engine:
                 plan.append((req, 1, _LAST))
                 ids.append([req.next_token])
                 budget -= 1
-        for req in self.running:
-            if req.next_token is None and budget > 0:
-                left = len(req.state.prompt) - req.fed
-                n = min(left, self.prefill_chunk, budget)
-                plan.append((req, n, _LAST if n == left else _NONE))
-                ids.append(req.state.prompt[req.fed:req.fed + n])
-                budget -= n
+        for req, x, last in self._prefill_chunks(budget):
+            plan.append((req, len(x), _LAST if last else _NONE))
+            ids.append(x)
         seqs = np.array([[r.slot, n, mode] for r, n, mode in plan], np.int64)
         logits = self.batch.forward(np.concatenate([np.asarray(x, np.int64) for x in ids]), seqs)
         self.steps += 1

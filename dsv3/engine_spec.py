@@ -16,9 +16,9 @@ sequences together:
 4. catch up: one ragged ``BatchMTP.forward`` over the new positions of every sequence with the main
    model's hidden states gives each one's next ``draft_logits``.
 
-Prefill chunks ask for the logits and hidden states of every row (the MTP layer needs the main model's
-hidden state at each prompt position), so a speculative engine's prefill also runs the head over every
-prompt token. The MTP forward of a step is one ragged C call like the main model's (dsv3_batch_mtp.h: the
+Prefill chunks ask for the hidden states of every row (the MTP layer needs the main model's hidden state at
+each prompt position) and logits only at the prompt's last token (modes 4 / 5, DSV3_BATCH_HIDDEN_ALL: the
+head runs on the rows that are sampled, as in the plain engine). The MTP forward of a step is one ragged C call like the main model's (dsv3_batch_mtp.h: the
 layer's weights read once for all sequences, each sequence's attention over its own slot), so a sequence's
 drafts do not depend on the other sequences (bitwise where the batched step's are). ``num_draft`` is each
 sequence's own: a sequence drafts
@@ -28,12 +28,12 @@ sequence's own: a sequence drafts
 import numpy as np
 
 from ._native import lib
-from .model import _native_config
 from .speculative import SpeculativeStats, _rows, accept
 
 __all__ = ["MTPSpeculator"]
 
-_NONE, _LAST, _ALL, _VERIFY = 0, 1, 2, 3  # Batch.forward logits modes (dsv3_batch.h)
+_NONE, _LAST, _VERIFY = 0, 1, 3  # Batch.forward logits modes (dsv3_batch.h; 2: all)
+_HIDDEN_ALL = 4  # added to _NONE / _LAST: hidden rows for every new token (DSV3_BATCH_HIDDEN_ALL)
 
 
 class _Draft:
@@ -60,11 +60,9 @@ class MTPSpeculator:
             raise ValueError(f"num_draft must be an int >= 1, got {num_draft!r}")
         self.engine = engine
         self.num_draft = int(num_draft)
+        # one more latent row per token and slot (the MTP layer's): the engine's kv_cache_bytes and
+        # kv_budget_bytes count it (lib.batch_token_bytes(..., mtp=True))
         self.mtp = lib.BatchMTP(model._native, engine.batch.slots, engine.max_seq_len)
-        # one more latent row per token and slot (the MTP layer's), counted in the engine's cache bytes
-        # (kv_budget_bytes sized the slots for the main layers only)
-        engine.kv_cache_bytes += engine.batch.slots * engine.max_seq_len * (
-            model.cache_bytes_per_token // _native_config(model.config)["num_hidden_layers"])
         self.stats = SpeculativeStats()
         engine.max_step_tokens = max(engine.max_step_tokens, engine.batch.slots * (self.num_draft + 1))
 
@@ -140,32 +138,29 @@ class MTPSpeculator:
                 plan.append((r, 1, _LAST, None))
                 ids.append([r.next_token])
                 budget -= 1
-        for r in e.running:
-            if r.next_token is None and budget > 0:
-                left = len(r.state.prompt) - r.fed
-                n = min(left, e.prefill_chunk, budget)
-                plan.append((r, n, _ALL, None))
-                ids.append(r.state.prompt[r.fed:r.fed + n])
-                budget -= n
+        for r, x, last in e._prefill_chunks(budget):
+            plan.append((r, len(x), _HIDDEN_ALL + (_LAST if last else _NONE), None))
+            ids.append(x)
         lengths = {r.slot: e.batch.length(r.slot) for r, _, _, _ in plan}
         seqs = np.array([[r.slot, n, mode] for r, n, mode, _ in plan], np.int64)
         logits, hidden = e.batch.forward(np.concatenate([np.asarray(x, np.int64) for x in ids]), seqs, hidden=True)
         e.steps += 1
         for (r, _, _, _), x in zip(plan, ids):
             e.slot_tokens[r.slot].extend(int(t) for t in x)
-        out, row, catch = [], 0, []  # catch: (req, ids, hidden rows, logits mode) for the MTP layer
+        out, row, hrow, catch = [], 0, 0, []  # catch: (req, ids, hidden rows, logits mode) for the MTP layer
         for (r, n, mode, d), x in zip(plan, ids):
-            rows = n if mode in (_ALL, _VERIFY) else 1
-            lo, hi = logits[row:row + rows], hidden[row:row + rows]
-            row += rows
+            rows = n if mode == _VERIFY else 0 if mode == _HIDDEN_ALL + _NONE else 1
+            hrows = n if mode >= _VERIFY else 1
+            lo, hi = logits[row:row + rows], hidden[hrow:hrow + hrows]
+            row, hrow = row + rows, hrow + hrows
             r.new_chunks = []
             L = lengths[r.slot]
-            if mode == _ALL:  # a prefill chunk: the MTP layer over its positions
+            if mode >= _HIDDEN_ALL:  # a prefill chunk: the MTP layer over its positions
                 r.fed += n
                 if r.fed < len(r.state.prompt):
                     catch.append((r, r.state.prompt[r.fed - n + 1:r.fed + 1], hi, _NONE))
                     continue
-                new = list(zip(*_rows(r.state, lo[-1:], [[]])))
+                new = list(zip(*_rows(r.state, lo, [[]])))
                 after = list(r.state.prompt[r.fed - n + 1:]) + [new[0][0]]
                 feed = (np.asarray(after, np.int64), hi)
             elif mode == _VERIFY:

@@ -358,7 +358,8 @@ class Model:
     @property
     def cache_bytes_per_token(self):
         """KV cache bytes per token over all layers: one latent row of the dtype's layout per layer, plus for
-        DeepSeek-V3.2 one index-key row per layer (what a batched-engine slot and the model's own cache hold)."""
+        DeepSeek-V3.2 one index-key row per layer, plus the MTP layer's rows when it is loaded (``mtp=True``):
+        what the model's own caches and a speculative engine's slot hold."""
         return self._native.cache_bytes_per_token
 
     @property

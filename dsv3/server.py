@@ -164,7 +164,8 @@ def create_app(engine, model_name="dsv3", scheduler=None):
     async def health():
         eng = sched.engine
         out = {"status": "ok" if sched._thread.is_alive() else "stopped", "running": len(eng.running),
-               "waiting": len(eng.waiting), "free_slots": len(eng.free), "steps": sched.steps}
+               "waiting": len(eng.waiting), "free_slots": len(eng.free), "steps": sched.steps,
+               "max_batch": eng.max_batch, "kv_cache_bytes": eng.kv_cache_bytes}  # the slots' caches (MTP's too)
         spec = getattr(eng, "speculative_stats", None)
         if spec is not None:  # Engine(speculative="mtp"): drafts so far
             out["speculative"] = {"rounds": spec.rounds, "drafted": spec.drafted, "accepted": spec.accepted,

@@ -78,7 +78,7 @@ def test_batch_errors_leave_state(model):
     b.forward(np.array([1, 2]), np.array([[0, 2, 1]], np.int64))
     for ids, seqs, msg in [([1, 2], [[0, 1, 1], [0, 1, 1]], "twice"), ([1] * 7, [[0, 7, 1]], "do not fit"),
                            ([600], [[1, 1, 1]], "out of range"), ([1], [[2, 1, 1]], "slot 2"),
-                           ([1], [[1, 1, 5]], "logits mode"), ([1, 2], [[1, 1, 1]], "ids holds")]:
+                           ([1], [[1, 1, 6]], "logits mode"), ([1, 2], [[1, 1, 1]], "ids holds")]:
         with pytest.raises(ValueError, match=msg):
             b.forward(np.array(ids, np.int64), np.array(seqs, np.int64))
     assert (b.length(0), b.length(1)) == (2, 0)

@@ -60,7 +60,90 @@ def test_batch_verify_chunk_equals_decode_steps():
     assert np.array_equal(lo[2:], np.stack(steps))
     assert [b.length(i) for i in range(3)] == [4, 5, 13]
     with pytest.raises(ValueError, match="logits mode"):
-        b.forward(IDS[:1], np.array([[0, 1, 4]], np.int64))
+        b.forward(IDS[:1], np.array([[0, 1, 6]], np.int64))
+
+
+def test_batch_hidden_all_modes_run_the_head_on_the_last_row_only():
+    """Modes 4 / 5 (DSV3_BATCH_HIDDEN_ALL + none / last): the hidden states of every new token, logits of none /
+    the last one only (the returned logits have 0 / 1 rows: the head ran on no other row), bitwise mode 2's
+    rows, in a step beside other sequences."""
+    m, ncfg = _tiny(0.4)
+    V, D = ncfg["vocab_size"], ncfg["hidden_size"]
+    b = dsv3._lib.Batch(m._native, 3, 32)
+    lo_all, hid_all = b.forward(IDS, np.array([[0, 9, 2]], np.int64), hidden=True)
+    lo, hid = b.forward(np.concatenate([IDS[:4], IDS[:2]]), np.array([[1, 4, 4], [2, 2, 1]], np.int64), hidden=True)
+    assert lo.shape == (1, V) and hid.shape == (4 + 1, D)
+    assert np.array_equal(hid[:4], hid_all[:4]) and np.array_equal(lo[0], lo_all[1])
+    assert np.array_equal(hid[4], hid_all[1])
+    lo, hid = b.forward(IDS[4:], np.array([[1, 5, 5]], np.int64), hidden=True)
+    assert lo.shape == (1, V) and hid.shape == (5, D)
+    assert np.array_equal(lo[0], lo_all[-1]) and np.array_equal(hid, hid_all[4:])
+    assert b.forward(IDS[:3], np.array([[2, 3, 5]], np.int64)).shape == (1, V)  # hidden not asked
+    assert [b.length(i) for i in range(3)] == [9, 9, 5]
+
+
+class _CountingBatch:
+    """The engine's Batch with every forward's (modes, logits rows, hidden rows) recorded."""
+
+    def __init__(self, batch):
+        self.batch, self.calls = batch, []
+
+    def __getattr__(self, name):
+        return getattr(self.batch, name)
+
+    def forward(self, ids, seqs, hidden=False):
+        out = self.batch.forward(ids, seqs, hidden=hidden)
+        lo, hid = out if hidden else (out, None)
+        self.calls.append(([tuple(s) for s in seqs.tolist()], lo.shape[0], None if hid is None else hid.shape[0]))
+        return out
+
+
+def test_kv_budget_counts_the_mtp_caches():
+    """A speculative engine's slots hold the MTP layer's latent cache too: kv_budget_bytes admits fewer of them
+    (a budget of 3 plain slots fits 2 speculative ones: 3 L rows < 3 (L + 1) rows per token), kv_cache_bytes
+    counts it, and so does the MTP model's cache_bytes_per_token (its own MTP cache); at most that many
+    sequences run at once."""
+    m, ncfg = _tiny(0.4, max_seq_len=32)
+    L, row = ncfg["num_hidden_layers"], 4 * (ncfg["kv_lora_rank"] + ncfg["qk_rope_head_dim"])  # f32 latent rows
+    assert dsv3._lib.batch_token_bytes(m._native) == L * row
+    assert dsv3._lib.batch_token_bytes(m._native, mtp=True) == m.cache_bytes_per_token == (L + 1) * row
+    assert m.cache_bytes == 32 * (L + 1) * row
+    plain_model = dsv3.Model.from_tensors(ncfg, _main_tensors(build("tiny")[3], L), precision="exact", max_seq_len=32)
+    assert plain_model.cache_bytes_per_token == dsv3._lib.batch_token_bytes(plain_model._native, mtp=True) == L * row
+    budget = 3 * 32 * L * row
+    plain = Engine(m, max_batch=8, kv_budget_bytes=budget)
+    spec = Engine(m, max_batch=8, kv_budget_bytes=budget, speculative="mtp")
+    assert (plain.max_batch, spec.max_batch) == (3, 3 * L // (L + 1))
+    assert plain.kv_cache_bytes == 3 * 32 * L * row and spec.kv_cache_bytes == spec.max_batch * 32 * (L + 1) * row
+    assert spec.kv_cache_bytes <= budget
+    assert spec.spec.mtp.slots == spec.max_batch and "kv_cache_bytes=" in repr(spec) and "mtp" in repr(spec)
+    for e in (plain, spec):
+        reqs = [e.submit(IDS[:3 + i], max_new_tokens=4) for i in range(4)]
+        e.step()
+        assert len(e.running) == e.max_batch and len(e.waiting) == 4 - e.max_batch
+        while not e.idle:
+            e.step()
+        ref = [m.generate(IDS[:3 + i], 4) for i in range(4)]
+        assert all(np.array_equal(r.output().token_ids, x) for r, x in zip(reqs, ref))
+    with pytest.raises(ValueError, match="holds no slot"):
+        Engine(m, kv_budget_bytes=32 * L * row, speculative="mtp")
+    Engine(m, kv_budget_bytes=32 * L * row)  # one plain slot fits
+
+
+def test_engine_speculative_prefill_computes_last_logits_only():
+    """A speculative engine's prefill chunks ask for hidden states of every prompt token (the MTP layer's
+    input) and logits of the prompt's last token only: a 9-token prompt in chunks of 4 computes 0, 0, 1 logits
+    rows (not 4, 4, 1), and the tokens are plain greedy's."""
+    m, ncfg = _tiny(0.4)
+    ref = m.generate(IDS, 6)
+    e = Engine(m, max_batch=2, speculative="mtp", num_draft=2, prefill_chunk=4)
+    e.batch = _CountingBatch(e.batch)
+    out = e.generate([IDS], max_new_tokens=6)[0]
+    assert np.array_equal(out.token_ids, ref)
+    prefill = [c for c in e.batch.calls if c[0][0][2] >= 4]
+    assert [(c[0][0][1:], c[1], c[2]) for c in prefill] == [((4, 4), 0, 4), ((4, 4), 0, 4), ((1, 5), 1, 1)]
+    for seqs, rows, hrows in e.batch.calls[3:]:  # the rounds: verification chunks (k + 1 rows) or decode rows
+        assert rows == hrows == sum(n if mode == 3 else 1 for _, n, mode in seqs)
 
 
 def test_batch_mtp_slots_equal_the_models_mtp_layer():
@@ -104,7 +187,7 @@ def test_batch_mtp_slots_equal_the_models_mtp_layer():
         with pytest.raises(ValueError, match=msg):
             bm.forward(np.asarray(ids, np.int64), np.ascontiguousarray(h), np.array(seqs, np.int64))
     assert bm.length(1) == 0
-    with pytest.raises(ValueError, match="cannot keep"):
+    with pytest.raises(ValueError, match="cannot copy"):
         bm.copy_prefix(1, 0, 1)
     with pytest.raises(TypeError):
         bm.forward(toks[:1], hid[:1].astype(np.float64), np.array([[1, 1, 1]], np.int64))
@@ -114,8 +197,6 @@ def test_batch_mtp_slots_equal_the_models_mtp_layer():
         dsv3._lib.BatchMTP(plain._native, 2, 8)
     with pytest.raises(ValueError, match="mtp=True"):
         Engine(plain, speculative="mtp")
-    L = ncfg["num_hidden_layers"]  # the MTP caches count in the engine's cache bytes: one more layer
-    assert Engine(m, max_batch=2, speculative="mtp").kv_cache_bytes * L == Engine(m, max_batch=2).kv_cache_bytes * (L + 1)
     with pytest.raises(ValueError, match="num_draft"):
         Engine(m, speculative="mtp", num_draft=0)
     with pytest.raises(ValueError, match="speculative"):

@@ -136,16 +136,38 @@ def test_slot_reuse_truncate_and_copy_prefix(model):
         b.copy_prefix(1, 0, 7)
 
 
-def test_verification_mode_refused_with_v32(model):
-    """The speculative verification mode (logits mode 3) is refused for a V3.2 model with a clear error, and
-    the refused step changes no slot."""
-    b = dsv3._lib.Batch(model._native, 2, 32)
-    ids = np.arange(5, dtype=np.int64)
-    b.forward(ids[:3], np.array([[0, 3, 0]], np.int64))
-    with pytest.raises(ValueError, match="verification mode .* not supported with DeepSeek-V3.2"):
-        b.forward(ids[:2], np.array([[0, 2, 3]], np.int64))
-    lo = b.forward(ids[3:4], np.array([[0, 1, 1]], np.int64))
-    assert np.array_equal(lo[0], single(model, [(ids[:3], 0), (ids[3:4], 1)])[1][0])
+@pytest.mark.parametrize("kv", ["f32", "bf16"])
+def test_verification_chunk_equals_decode_steps(ckpt, kv):
+    """The speculative verification mode (logits mode 3) on V3.2: each token of a chunk selects its own top-k
+    over its own prefix and attends as its one-token decode step (Model.forward one token at a time), bitwise,
+    for chunks below, across and past index_topk, beside a prefill and a decode token of other sequences; a
+    dense prefill of the same tokens (mode 2) differs, so the per-token form is what is tested. The engine's
+    MTP caches are refused for V3.2 (its MTP layer attends sparsely), with a clear error."""
+    m = dsv3.Model.from_pretrained(ckpt, max_seq_len=64, precision="exact", kv_cache_dtype=kv)
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 512, 20)
+    for past, n in [(2, 4), (5, 6), (12, 5)]:  # rows seen by the chunk's tokens: <= topk, across it, > topk
+        ref = single(m, [(ids[:past], 0)] + [(ids[past + j:past + j + 1], 1) for j in range(n)])[1:]
+        b = dsv3._lib.Batch(m._native, 3, 32)
+        b.forward(ids[:past], np.array([[1, past, 0]], np.int64))
+        b.forward(ids[:3], np.array([[2, 3, 0]], np.int64))
+        lo, hid = b.forward(np.concatenate([ids[:7], ids[past:past + n], ids[3:4]]),
+                            np.array([[0, 7, 1], [1, n, 3], [2, 1, 1]], np.int64), hidden=True)
+        assert lo.shape == (1 + n + 1, 512) and hid.shape == (1 + n + 1, m.config.hidden_size)
+        assert np.array_equal(lo[1:1 + n], np.concatenate(ref)), (past, n)
+        assert np.array_equal(lo[0], single(m, [(ids[:7], 1)])[0][0])
+        assert np.array_equal(lo[-1], single(m, [(ids[:3], 0), (ids[3:4], 1)])[1][0])
+        assert [b.length(i) for i in range(3)] == [7, past + n, 4]
+        b.truncate(1, past)
+        prefill = b.forward(ids[past:past + n], np.array([[1, n, 2]], np.int64))
+        if past + n <= TOPK:  # dense: a prefill chunk attends in another form than the decode steps
+            assert not np.array_equal(prefill, lo[1:1 + n])
+    if kv == "f32":  # the engine's MTP caches: refused for V3.2 (its MTP layer attends sparsely)
+        d = os.path.join(tempfile.mkdtemp(prefix="dsv3-v32-mtp-"), "v32")
+        write_checkpoint(d, dsv3.load_config(v32_config()), layout="hf", dtype="float32", shards=1, mtp=True,
+                         scale=m.config.hidden_size ** -0.5)
+        with pytest.raises(ValueError, match="V3.2"):
+            Engine(dsv3.Model.from_pretrained(d, max_seq_len=64, precision="exact", mtp=True), speculative="mtp")
 
 
 @pytest.mark.parametrize("kv,keys", [("bf16", "f32"), ("fp8", "fp8")])

@@ -55,6 +55,8 @@ def test_server_with_speculative_engine_equals_generate():
         assert "".join(parts) == m.generate(msgs, 14)
         h = httpx.get(url + "/health").json()
         assert h["status"] == "ok" and h["speculative"]["accepted"] > 0 and 0 < h["speculative"]["acceptance_rate"]
+        # the slots' caches, the MTP layer's per-slot cache included
+        assert h["max_batch"] == 3 and h["kv_cache_bytes"] == 3 * 128 * m.cache_bytes_per_token
     finally:
         srv.should_exit = True
         th.join(timeout=10)

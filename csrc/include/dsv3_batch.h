@@ -25,13 +25,19 @@
 typedef struct {
     int64_t slot;    /* in [0, slots) */
     int64_t n;       /* new tokens (>= 1), appended at the slot's length */
-    int64_t logits;  /* dsv3_logits_mode: output rows for none / the last / every new token; or DSV3_BATCH_VERIFY */
+    int64_t logits;  /* dsv3_logits_mode: output rows for none / the last / every new token; DSV3_BATCH_VERIFY;
+                      * or none / last plus DSV3_BATCH_HIDDEN_ALL */
 } dsv3_batch_seq;
 
 /* logits mode of a speculative verification chunk (dsv3_batch_mtp.h): output rows for every new token, and
  * each token's attention core runs as the one-token decode step at its position computes it (as
- * dsv3_model_forward_hidden's step_attention), so row j is bitwise the logits decoding would give there. */
+ * dsv3_model_forward_hidden's step_attention; for V3.2 each token selects its own top-k over its own prefix),
+ * so row j is bitwise the logits decoding would give there. */
 #define DSV3_BATCH_VERIFY 3
+/* added to DSV3_LOGITS_NONE or DSV3_LOGITS_LAST (modes 4 and 5): hidden rows for every new token while the logits
+ * stay none / the last one (a speculative engine's prefill: the MTP layer reads the main model's hidden state at
+ * every prompt position, the sampler only the last position's logits). */
+#define DSV3_BATCH_HIDDEN_ALL 4
 
 typedef struct dsv3_batch dsv3_batch;
 
@@ -43,8 +49,10 @@ dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacit
                               dsv3_error *err);
 void dsv3_batch_free(dsv3_batch *b);
 /* Cache bytes of one token over all layers, in a slot as in the model's own cache: its latent row (the
- * kv_cache_dtype layout) plus, for V3.2, its index-key row (csrc/model/batch_v32.c). */
-int64_t dsv3_batch_token_bytes(const dsv3_model *m);
+ * kv_cache_dtype layout) plus, for V3.2, its index-key row (csrc/model/batch_v32.c); with_mtp also counts
+ * the MTP layer's rows when the model has that layer (a speculative engine's per-slot MTP cache,
+ * dsv3_batch_mtp.h, and the model's own MTP cache). The one count of a token's cache bytes. */
+int64_t dsv3_batch_token_bytes(const dsv3_model *m, int with_mtp);
 
 int64_t dsv3_batch_slots(const dsv3_batch *b);
 int64_t dsv3_batch_capacity(const dsv3_batch *b);
@@ -61,12 +69,15 @@ dsv3_status dsv3_batch_copy_prefix(dsv3_batch *b, int64_t src, int64_t dst, int6
  * dsv3_batch_copy_prefix(b, slot, slot, length). */
 dsv3_status dsv3_batch_truncate(dsv3_batch *b, int64_t slot, int64_t length, dsv3_error *err);
 
-/* Output rows of a step: sum over sequences of 0 / 1 / n by their logits mode. */
+/* Logits rows of a step: sum over sequences of 0 / 1 / n by their logits mode (modes 4 / 5: 0 / 1). */
 int64_t dsv3_batch_out_rows(const dsv3_batch_seq *seqs, int64_t nseq);
+/* Hidden rows of a step: a sequence's logits rows, or its n rows with DSV3_BATCH_HIDDEN_ALL. */
+int64_t dsv3_batch_hidden_rows(const dsv3_batch_seq *seqs, int64_t nseq);
 
 /* One step. ids [sum n]: the sequences' new tokens in order. logits [out_rows, vocab] (NULL when
- * out_rows is 0); hidden (NULL: not asked) [out_rows, hidden]: the final-norm hidden states of the
- * same rows. Slots must be distinct; each slot's length + n must fit in slot_capacity. On failure no
+ * out_rows is 0); hidden (NULL: not asked) [hidden_rows, hidden]: the final-norm hidden states of the
+ * hidden rows (the logits rows, or every new token of a DSV3_BATCH_HIDDEN_ALL sequence); only the logits
+ * rows go through the head. Slots must be distinct; each slot's length + n must fit in slot_capacity. On failure no
  * slot's length changes (cache rows past a length are never read). */
 dsv3_status dsv3_batch_forward(dsv3_batch *b, const int64_t *ids, const dsv3_batch_seq *seqs, int64_t nseq,
                                float *logits, float *hidden, int isa, dsv3_error *err);

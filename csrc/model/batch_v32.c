@@ -34,13 +34,14 @@ struct dsv3_batch_index {
     int64_t *qT;          /* owned: [group] rows the query sees (its position + 1) */
     const float **qkeys;  /* owned: [group] its slot's index keys of the layer */
     const uint8_t **qlat; /* owned: [group] its slot's latent cache of the layer */
-    dsv3_mla_seg *segs;   /* owned: [slots + group] the attention core's segments */
+    dsv3_mla_seg *segs;   /* owned: [segs_cap] the attention core's segments (dense parts, then a group) */
+    int64_t segs_cap;
 };
 
-int64_t dsv3_batch_token_bytes(const dsv3_model *m)
+int64_t dsv3_batch_token_bytes(const dsv3_model *m, int with_mtp)
 {
     const int64_t keys = m->index.topk > 0 ? dsv3_indexer_key_row(&m->index) * (int64_t)sizeof(float) : 0;
-    return (dsv3_model_kv_layout(m).row_bytes + keys) * m->cfg.num_hidden_layers;
+    return (dsv3_model_kv_layout(m).row_bytes + keys) * (m->cfg.num_hidden_layers + (with_mtp && m->mtp ? 1 : 0));
 }
 
 dsv3_status dsv3_batch_index_create(const dsv3_model *m, int64_t slots, int64_t cap, dsv3_batch_index **out,
@@ -79,7 +80,8 @@ dsv3_status dsv3_batch_index_create(const dsv3_model *m, int64_t slots, int64_t 
     x->qT = dsv3_alloc((size_t)group * sizeof(int64_t));
     x->qkeys = dsv3_alloc((size_t)group * sizeof(*x->qkeys));
     x->qlat = dsv3_alloc((size_t)group * sizeof(*x->qlat));
-    x->segs = dsv3_alloc((size_t)(slots + group) * sizeof(dsv3_mla_seg));
+    x->segs_cap = slots + group;
+    x->segs = dsv3_alloc((size_t)x->segs_cap * sizeof(dsv3_mla_seg));
     if (!x->keys || !x->gather || !x->sel || !x->counts || !x->qrow || !x->qT || !x->qkeys || !x->qlat || !x->segs) {
         dsv3_batch_index_free(x);
         return dsv3_fail(err, DSV3_E_NOMEM, "batch: out of memory for the index-key caches of %lld slots x %lld "
@@ -174,12 +176,27 @@ dsv3_status dsv3_batch_index_attend(dsv3_batch_index *x, dsv3_model *m, int64_t 
     }
     if (any_sparse)
         st = dsv3_indexer_queries(d, ix, iw, ws->qa, xin, t, cos_j, sin_j, is->q, is->w, isa, err);
-    /* the dense parts: queries [0, n_dense) of a sequence see at most topk rows */
+    /* the dense parts: queries [0, n_dense) of a sequence see at most topk rows; a verification chunk's
+     * each as its decode step (one segment per token) */
+    int64_t need = x->group;
+    for (int64_t i = 0; i < nseq; i++)
+        need += seqs[i].logits == DSV3_BATCH_VERIFY ? seqs[i].n : 1;
+    if (st == DSV3_OK && need > x->segs_cap) {
+        dsv3_mla_seg *grown = dsv3_alloc((size_t)need * sizeof *grown);
+        if (!grown)
+            return dsv3_fail(err, DSV3_E_NOMEM, "batch: out of memory for %lld attention segments", (long long)need);
+        dsv3_free(x->segs);
+        x->segs = grown;
+        x->segs_cap = need;
+    }
     int64_t ns = 0, g = 0;
     for (int64_t i = 0; i < nseq; i++) {
         const dsv3_mla_seg *q = &segs[i];
         const int64_t n_dense = topk - q->past >= q->n ? q->n : topk - q->past > 0 ? topk - q->past : 0;
-        if (n_dense > 0)
+        if (seqs[i].logits == DSV3_BATCH_VERIFY)
+            for (int64_t j = 0; j < n_dense; j++)
+                x->segs[ns++] = (dsv3_mla_seg){q->cache, q->past + j, 1, q->off + j};
+        else if (n_dense > 0)
             x->segs[ns++] = (dsv3_mla_seg){q->cache, q->past, n_dense, q->off};
     }
     /* the sparse queries, group by group (the dense segments join the first call) */

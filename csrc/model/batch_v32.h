@@ -21,10 +21,11 @@ void dsv3_batch_index_copy(dsv3_batch_index *x, int64_t src, int64_t dst, int64_
 /* The attention core of layer l for a step of V3.2 sparse attention, in place of dsv3_mla_attend_many:
  * x [t, hidden] the attention input, cs the step's cos | sin [t, rope/2] (batch.c step_rope), the q
  * projection done (m->ws.mla.q, and its LoRA latent m->ws.mla.qa), each sequence's latent rows stored and
- * segs[i] = {its slot's cache, past, n, off} for seqs[i]. Writes each sequence's index keys at rows
- * [past, past+n) of its slot, then m->ws.mla.attn [t, heads*v]: every token as dsv3_mla_forward_indexed
- * computes it alone (dense causal while it sees at most index_topk rows, else over the rows its indexer
- * selects among its own slot's keys). */
+ * segs[i] = {its slot's cache, past, n, off} for seqs[i] (one per sequence, a verification chunk's too).
+ * Writes each sequence's index keys at rows [past, past+n) of its slot, then m->ws.mla.attn [t, heads*v]:
+ * every token as dsv3_mla_forward_indexed computes it alone (dense causal while it sees at most index_topk
+ * rows, else over the rows its indexer selects among its own slot's keys), the tokens of a
+ * DSV3_BATCH_VERIFY chunk each as its one-token decode step does. */
 dsv3_status dsv3_batch_index_attend(dsv3_batch_index *x, dsv3_model *m, int64_t l, const dsv3_batch_seq *seqs,
                                     const dsv3_mla_seg *segs, int64_t nseq, const float *xin, int64_t t,
                                     const float *cs, int isa, dsv3_error *err);

@@ -2,9 +2,11 @@
  *
  * Batch(model: dsv3._dsv3.Model, slots: int, capacity: int)
  *   forward(ids int64 [T], seqs int64 [n, 3] (slot, new tokens, logits mode 0 none / 1 last / 2 all /
- *           3 verify: all, each token's attention as its decode step, dsv3_batch.h),
- *           hidden=False, isa=None) -> logits float32 [R, vocab] (, hidden float32 [R, hidden_size])
- *   release(slot), truncate(slot, length), length(slot), copy_prefix(src, dst, n); slots, capacity.
+ *           3 verify: all, each token's attention as its decode step / 4, 5: none, last with the hidden
+ *           states of every new token, dsv3_batch.h), hidden=False, isa=None)
+ *           -> logits float32 [R, vocab] (, hidden float32 [RH, hidden_size]: R rows, or n for modes 4 / 5)
+ *   and the slot methods of its base SlotPool (bind_batch_slots.h).
+ * batch_token_bytes(model, mtp=False) -> int: a slot's cache bytes per token (dsv3_batch_token_bytes).
  * sample_rows(logits float32 [R, V], params float64 [R, 5] (temperature, top_k, top_p, min_p,
  *             repetition_penalty), seen int64 [*], seen_off int64 [R + 1], rngs int64 [R] (uint64
  *             states, bit-cast), n_top[, want_logprobs=1]) -> (tokens int64 [R], logprobs float32 [R]
@@ -12,97 +14,33 @@
  *             [R, n_top]); rngs advanced in place.
  */
 #include <math.h>
-#include "bind.h"
-#include "dsv3_batch.h"
+#include "bind_batch_slots.h"
 
-typedef struct {
-    PyObject_HEAD
-    dsv3_batch *batch;
-    PyObject *model; /* the dsv3._dsv3.Model whose weights and workspace the batch uses */
-} BatchObject;
-
-static int Batch_init(BatchObject *self, PyObject *args, PyObject *kw)
+static int Batch_init(dsv3_py_slots *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"model", "slots", "capacity", NULL};
-    PyObject *model;
-    long long slots, cap;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLL", kwlist, &model, &slots, &cap))
-        return -1;
-    if (self->batch) {
-        PyErr_SetString(PyExc_RuntimeError, "Batch is already initialised");
-        return -1;
-    }
-    dsv3_model *m = dsv3_py_model_claim(model);
-    if (!m)
-        return -1;
-    dsv3_error err = {0};
-    dsv3_batch *b = NULL;
-    dsv3_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = dsv3_batch_create(m, (int64_t)slots, (int64_t)cap, &b, &err);
-    Py_END_ALLOW_THREADS
-    dsv3_py_model_release(model);
-    if (st != DSV3_OK) {
-        dsv3_py_raise(st, &err);
-        return -1;
-    }
-    Py_INCREF(model);
-    self->model = model;
-    self->batch = b;
-    return 0;
+    return dsv3_py_slots_init(self, 0, args, kw);
 }
 
-static void Batch_dealloc(BatchObject *self)
-{
-    dsv3_batch_free(self->batch);
-    Py_XDECREF(self->model);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int ready(BatchObject *self)
-{
-    if (!self->batch)
-        PyErr_SetString(PyExc_RuntimeError, "Batch is not initialised");
-    return self->batch != NULL;
-}
-
-static PyObject *Batch_forward(BatchObject *self, PyObject *args, PyObject *kw)
+static PyObject *Batch_forward(dsv3_py_slots *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"ids", "seqs", "hidden", "isa", NULL};
     PyObject *ids_obj, *seqs_obj, *isa_obj = NULL;
+    PyArrayObject *ids, *seqs;
     int want_hidden = 0, isa;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|pO", kwlist, &ids_obj, &seqs_obj, &want_hidden, &isa_obj) ||
-        !dsv3_py_isa_arg(isa_obj, &isa) || !ready(self))
+        !dsv3_py_isa_arg(isa_obj, &isa) || !dsv3_py_slots_ready(self) ||
+        !dsv3_py_step_args(ids_obj, seqs_obj, DSV3_BATCH_HIDDEN_ALL + DSV3_LOGITS_LAST,
+                           "0 (none), 1 (last), 2 (all), 3 (verify), 4 (none, hidden all) or 5 (last, hidden all)",
+                           &ids, &seqs))
         return NULL;
-    PyArrayObject *ids = dsv3_py_check_array(ids_obj, "ids", DSV3_DT_I64, 1);
-    PyArrayObject *seqs = ids ? dsv3_py_check_array(seqs_obj, "seqs", DSV3_DT_I64, 2) : NULL;
-    if (!seqs)
-        return NULL;
-    if (PyArray_DIM(seqs, 1) != 3)
-        return PyErr_Format(PyExc_ValueError, "seqs must be int64 [n, 3] (slot, tokens, logits mode), got [%ld, %ld]",
-                            (long)PyArray_DIM(seqs, 0), (long)PyArray_DIM(seqs, 1));
     const dsv3_batch_seq *sq = (const dsv3_batch_seq *)PyArray_DATA(seqs);
     const npy_intp n = PyArray_DIM(seqs, 0);
-    int64_t total = 0;
-    for (npy_intp i = 0; i < n; i++) {
-        if (sq[i].n < 0 || sq[i].n > PyArray_DIM(ids, 0))
-            return PyErr_Format(PyExc_ValueError, "seqs[%ld]: %lld tokens (ids holds %ld)", (long)i,
-                                (long long)sq[i].n, (long)PyArray_DIM(ids, 0));
-        total += sq[i].n;
-    }
-    if (total != PyArray_DIM(ids, 0))
-        return PyErr_Format(PyExc_ValueError, "seqs ask for %lld tokens but ids holds %ld", (long long)total,
-                            (long)PyArray_DIM(ids, 0));
-    for (npy_intp i = 0; i < n; i++)
-        if (sq[i].logits < 0 || sq[i].logits > DSV3_BATCH_VERIFY)
-            return PyErr_Format(PyExc_ValueError, "seqs[%ld]: logits mode %lld is not 0 (none), 1 (last), 2 (all) or "
-                                "3 (verify)",
-                                (long)i, (long long)sq[i].logits);
     dsv3_model *m = dsv3_py_model_claim(self->model);
     if (!m)
         return NULL;
     const npy_intp r = (npy_intp)dsv3_batch_out_rows(sq, n);
-    npy_intp dl[2] = {r, (npy_intp)m->cfg.vocab_size}, dh[2] = {r, (npy_intp)m->cfg.hidden_size};
+    npy_intp dl[2] = {r, (npy_intp)m->cfg.vocab_size};
+    npy_intp dh[2] = {(npy_intp)dsv3_batch_hidden_rows(sq, n), (npy_intp)m->cfg.hidden_size};
     PyObject *lo = PyArray_SimpleNew(2, dl, NPY_FLOAT32);
     PyObject *hi = lo && want_hidden ? PyArray_SimpleNew(2, dh, NPY_FLOAT32) : NULL;
     if (!lo || (want_hidden && !hi)) {
@@ -123,113 +61,23 @@ static PyObject *Batch_forward(BatchObject *self, PyObject *args, PyObject *kw)
         Py_XDECREF(hi);
         return dsv3_py_raise(st, &err);
     }
-    if (!want_hidden)
-        return lo;
-    PyObject *t = PyTuple_Pack(2, lo, hi);
-    Py_DECREF(lo);
-    Py_DECREF(hi);
-    return t;
-}
-
-static PyObject *Batch_release(BatchObject *self, PyObject *arg)
-{
-    long long slot = PyLong_AsLongLong(arg);
-    if ((slot == -1 && PyErr_Occurred()) || !ready(self))
-        return NULL;
-    if (!dsv3_py_model_claim(self->model)) /* never under a forward running on another thread */
-        return NULL;
-    dsv3_error err = {0};
-    dsv3_status st = dsv3_batch_release(self->batch, (int64_t)slot, &err);
-    dsv3_py_model_release(self->model);
-    if (st != DSV3_OK)
-        return dsv3_py_raise(st, &err);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Batch_truncate(BatchObject *self, PyObject *args)
-{
-    long long slot, length;
-    if (!PyArg_ParseTuple(args, "LL", &slot, &length) || !ready(self))
-        return NULL;
-    if (!dsv3_py_model_claim(self->model))
-        return NULL;
-    dsv3_error err = {0};
-    dsv3_status st = dsv3_batch_truncate(self->batch, (int64_t)slot, (int64_t)length, &err);
-    dsv3_py_model_release(self->model);
-    if (st != DSV3_OK)
-        return dsv3_py_raise(st, &err);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Batch_length(BatchObject *self, PyObject *arg)
-{
-    long long slot = PyLong_AsLongLong(arg);
-    if ((slot == -1 && PyErr_Occurred()) || !ready(self))
-        return NULL;
-    int64_t n = dsv3_batch_length(self->batch, (int64_t)slot);
-    if (n < 0)
-        return PyErr_Format(PyExc_ValueError, "slot %lld out of range [0, %lld)", slot,
-                            (long long)dsv3_batch_slots(self->batch));
-    return PyLong_FromLongLong((long long)n);
-}
-
-static PyObject *Batch_slots(BatchObject *self, void *c)
-{
-    (void)c;
-    return ready(self) ? PyLong_FromLongLong((long long)dsv3_batch_slots(self->batch)) : NULL;
-}
-
-static PyObject *Batch_capacity(BatchObject *self, void *c)
-{
-    (void)c;
-    return ready(self) ? PyLong_FromLongLong((long long)dsv3_batch_capacity(self->batch)) : NULL;
-}
-
-static PyObject *Batch_copy_prefix(BatchObject *self, PyObject *args)
-{
-    long long src, dst, n;
-    if (!PyArg_ParseTuple(args, "LLL:copy_prefix", &src, &dst, &n) || !ready(self))
-        return NULL;
-    if (!dsv3_py_model_claim(self->model)) /* no forward of this model (and batch) meanwhile */
-        return NULL;
-    dsv3_error err = {0};
-    dsv3_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = dsv3_batch_copy_prefix(self->batch, (int64_t)src, (int64_t)dst, (int64_t)n, &err);
-    Py_END_ALLOW_THREADS
-    dsv3_py_model_release(self->model);
-    if (st != DSV3_OK)
-        return dsv3_py_raise(st, &err);
-    Py_RETURN_NONE;
+    return want_hidden ? Py_BuildValue("(NN)", lo, hi) : lo;
 }
 
 static PyMethodDef Batch_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))Batch_forward, METH_VARARGS | METH_KEYWORDS,
-     "forward(ids int64 [T], seqs int64 [n, 3], hidden=False, isa=None) -> logits [R, vocab] (, hidden)"},
-    {"release", (PyCFunction)Batch_release, METH_O, "release(slot): forget the slot's tokens"},
-    {"truncate", (PyCFunction)Batch_truncate, METH_VARARGS,
-     "truncate(slot, length): keep the slot's first length tokens (cache rollback)"},
-    {"length", (PyCFunction)Batch_length, METH_O, "length(slot) -> tokens cached in the slot"},
-    {"copy_prefix", (PyCFunction)Batch_copy_prefix, METH_VARARGS,
-     "copy_prefix(src, dst, n): slot dst holds the first n cached tokens of slot src (src == dst: truncate)"},
+     "forward(ids int64 [T], seqs int64 [n, 3], hidden=False, isa=None) -> logits [R, vocab] (, hidden [RH, "
+     "hidden_size]); modes 0 none / 1 last / 2 all / 3 verify / 4, 5 none, last with hidden of every token"},
     {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef Batch_getset[] = {
-    {"slots", (getter)Batch_slots, NULL, "number of sequence slots", NULL},
-    {"capacity", (getter)Batch_capacity, NULL, "tokens per slot", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyTypeObject BatchType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "dsv3._dsv3.Batch",
-    .tp_basicsize = sizeof(BatchObject),
-    .tp_dealloc = (destructor)Batch_dealloc,
+    .tp_basicsize = sizeof(dsv3_py_slots),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Pool of sequence slots over a native Model: Batch(model, slots, capacity)",
     .tp_methods = Batch_methods,
-    .tp_getset = Batch_getset,
     .tp_init = (initproc)Batch_init,
     .tp_new = PyType_GenericNew,
 };
@@ -316,7 +164,26 @@ static PyObject *py_sample_rows(PyObject *self, PyObject *args)
     return t;
 }
 
+static PyObject *py_batch_token_bytes(PyObject *self, PyObject *args, PyObject *kw)
+{
+    (void)self;
+    static char *kwlist[] = {"model", "mtp", NULL};
+    PyObject *model;
+    int mtp = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|p:batch_token_bytes", kwlist, &model, &mtp))
+        return NULL;
+    dsv3_model *m = dsv3_py_model_claim(model);
+    if (!m)
+        return NULL;
+    const int64_t n = dsv3_batch_token_bytes(m, mtp);
+    dsv3_py_model_release(model);
+    return PyLong_FromLongLong((long long)n);
+}
+
 PyMethodDef dsv3_batch_methods[] = {
+    {"batch_token_bytes", (PyCFunction)(void (*)(void))py_batch_token_bytes, METH_VARARGS | METH_KEYWORDS,
+     "batch_token_bytes(model, mtp=False) -> cache bytes of one token in a Batch slot (all layers' latent rows, "
+     "V3.2 index keys; mtp: plus the MTP layer's row of a speculative engine's BatchMTP slot)"},
     {"sample_rows", py_sample_rows, METH_VARARGS,
      "sample_rows(logits f32 [R, V], params f64 [R, 5], seen i64, seen_off i64 [R+1], rngs i64 [R] (advanced in "
      "place), n_top[, want_logprobs=True]) -> (tokens, logprobs (NaN unless wanted), top_ids, top_logprobs)"},
@@ -325,12 +192,5 @@ PyMethodDef dsv3_batch_methods[] = {
 
 int dsv3_batch_init_types(PyObject *module)
 {
-    if (PyType_Ready(&BatchType) < 0)
-        return -1;
-    Py_INCREF(&BatchType);
-    if (PyModule_AddObject(module, "Batch", (PyObject *)&BatchType) < 0) {
-        Py_DECREF(&BatchType);
-        return -1;
-    }
-    return 0;
+    return dsv3_py_slots_add_type(module, &BatchType, "Batch");
 }

@@ -703,7 +703,8 @@ static PyObject *Model_cache_bytes_per_token(ModelObject *self, void *closure)
     (void)closure;
     if (!self->model)
         return PyLong_FromLong(0);
-    return PyLong_FromLongLong((long long)dsv3_batch_token_bytes(self->model)); /* latent + V3.2 index keys */
+    /* latent + V3.2 index keys + the MTP layer's latent (loaded with mtp=True) */
+    return PyLong_FromLongLong((long long)dsv3_batch_token_bytes(self->model, 1));
 }
 
 static PyObject *Model_capacity(ModelObject *self, void *closure)

@@ -341,17 +341,16 @@ static void model_batch(dsv3_model *m, const int64_t *ids, const float *ref, con
     CHECK_OK(dsv3_batch_forward(b, step1, s1, 1, lo, NULL, -1, &err), &err); /* the slot is reused */
     CHECK(memcmp(lo, ref, (size_t)(5 * V) * sizeof(float)) == 0, "%s: reused slot differs", name);
     /* a verification chunk (speculative decoding): each row as its decode step computes it */
-    const dsv3_batch_seq sv[1] = {{2, 2, DSV3_BATCH_VERIFY}}, bad_mode[1] = {{2, 1, DSV3_BATCH_VERIFY + 1}};
-    CHECK(dsv3_batch_out_rows(sv, 1) == 2, "%s: verification out rows", name);
+    const dsv3_batch_seq sv[1] = {{2, 2, DSV3_BATCH_VERIFY}};
+    const dsv3_batch_seq bad_mode[1] = {{2, 1, DSV3_BATCH_HIDDEN_ALL + DSV3_LOGITS_LAST + 1}};
+    const dsv3_batch_seq sh[3] = {{0, 3, DSV3_BATCH_HIDDEN_ALL + DSV3_LOGITS_LAST}, {1, 4, DSV3_BATCH_HIDDEN_ALL},
+                                  {2, 2, DSV3_LOGITS_ALL}};
+    CHECK(dsv3_batch_out_rows(sv, 1) == 2 && dsv3_batch_hidden_rows(sv, 1) == 2, "%s: verification out rows", name);
+    CHECK(dsv3_batch_out_rows(sh, 3) == 3 && dsv3_batch_hidden_rows(sh, 3) == 9, "%s: hidden-all out rows", name);
     CHECK_FAIL(dsv3_batch_forward(b, ids + 5, bad_mode, 1, lo, NULL, -1, &err), DSV3_E_VALUE, &err);
-    if (m->cfg.index_topk > 0) { /* V3.2: refused (no speculative decoding with sparse attention), nothing moved */
-        CHECK_FAIL(dsv3_batch_forward(b, ids + 5, sv, 1, lo, hid, -1, &err), DSV3_E_VALUE, &err);
-        CHECK(dsv3_batch_length(b, 2) == 5, "%s: a refused verification step changed a length", name);
-    } else {
-        CHECK_OK(dsv3_batch_forward(b, ids + 5, sv, 1, lo, hid, -1, &err), &err);
-        CHECK(memcmp(lo, ref + 5 * V, (size_t)(2 * V) * sizeof(float)) == 0,
-              "%s: verification chunk differs from decode steps", name);
-    }
+    CHECK_OK(dsv3_batch_forward(b, ids + 5, sv, 1, lo, hid, -1, &err), &err); /* V3.2 too: per-token top-k */
+    CHECK(memcmp(lo, ref + 5 * V, (size_t)(2 * V) * sizeof(float)) == 0,
+          "%s: verification chunk differs from decode steps", name);
     /* sampling: a tiny temperature is greedy (was inf - inf = NaN), logprobs of the raw logits */
     const float l[4] = {0.3f, 2.5f, -1.0f, 2.4f};
     const dsv3_sampling sp = {1e-40f, 0, 1.f, 0.f, 1.f};
