@@ -17,15 +17,10 @@ from dsv3.convert import convert, info, read_dsv3_checkpoint, verify
 from dsv3.convert.plan import FORMATS, Options, target_format
 from dsv3.testing.checkpoints import tiny_config, write_checkpoint
 
+from cli_helpers import run_cli
+
 LAYOUTS = ("hf", "hf_fused", "fp8_block", "nvfp4")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_cli(*args, env_extra=None):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "dsv3", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,6 @@
 import json
 import mmap
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -27,18 +25,13 @@ from dsv3.convert import convert, info, read_dsv3_checkpoint, verify
 from dsv3.safetensors_io import PAD_PREFIX
 from dsv3.testing.checkpoints import tiny_config, write_checkpoint
 
+from cli_helpers import run_cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDS = np.array([3, 17, 42, 5, 9, 61, 7], dtype=np.int64)
 # moe_intermediate 40: expert rows not a multiple of 16 (padding rows of the last row group), down_proj K = 40
 # (a partial chunk, a partial group of 32); hidden 64: two full 32-blocks
 CONFIG = dict(hidden_size=64, intermediate_size=96, moe_intermediate_size=40)
-
-
-def run_cli(*args, env_extra=None):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "dsv3", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ re-runs), no stale references."""
 import json
 import os
 import re
-import subprocess
-import sys
 
 import ml_dtypes
 import numpy as np
@@ -19,13 +17,9 @@ from dsv3.convert import convert
 from dsv3.display import Summary
 from dsv3.testing.checkpoints import tiny_config, write_checkpoint
 
+from cli_helpers import run_cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_cli(*args):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "dsv3", *args], capture_output=True, text=True, env=env,
-                          timeout=180)
 
 
 @pytest.fixture(scope="module")
