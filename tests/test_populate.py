@@ -49,3 +49,17 @@ def test_load_populates_the_expert_pages(tmp_path):
     on, forced, off = _rss(p, None), _rss(p, "1"), _rss(p, "0")
     assert on >= experts and forced >= experts, (on, forced, experts)
     assert off < experts // 2, (off, experts)
+
+
+def test_load_populates_a_stored_packed_checkpoint(tmp_path):
+    # dsv3 convert --pack: the int4 experts are read in place in their packed layout (codes and scales in one
+    # array per weight), so those mapped pages are populated too
+    from dsv3.convert import convert
+    cfg = tiny_config(hidden_size=256, moe_intermediate_size=256, n_routed_experts=16, num_experts_per_tok=2)
+    src = write_checkpoint(tmp_path / "c", cfg, layout="hf", dtype="bfloat16", shards=1)
+    dst = str(tmp_path / "packed")
+    convert(str(src), dst, format="int4", group=32, pack=True, quiet=True)
+    experts = 2 * 16 * 3 * 256 * 256 * 5 // 8  # int4 codes (1/2 byte) + an f32 scale per 32 (1/8 byte)
+    on, off = _rss(dst, None), _rss(dst, "0")
+    assert on >= experts, (on, experts)
+    assert off < experts // 2, (off, experts)

@@ -6,7 +6,8 @@
  * maps its gguf with MAP_POPULATE for the same reason.
  *
  * Only the arrays the kernels read in place are populated: the matrices' codes and scales in their stored
- * layout (packed weights read their own buffer, their stored pages were paged out), not the vectors (copied
+ * layout, or the packed layout of a checkpoint converted with --pack (read from the file mapping too); not a
+ * layout packed at load (an owned buffer; its stored pages were paged out), nor the vectors (copied
  * to f32 at prepare) nor the embedding tables (one row per token). Populating reads from disk what the page
  * cache lacks, so it is done only when those bytes fit in half of the available memory (a model larger than
  * that streams from disk anyway). DSV3_POPULATE=0 turns it off, =1 forces it (A/B measurements). Advisory:
@@ -24,20 +25,30 @@
 #define MADV_POPULATE_READ 22 /* Linux 5.14; older C libraries lack the name */
 #endif
 
-/* Bytes of the weight's codes (*data) and scales (*scale) as stored; 0 where nothing is read in place. */
-static void stored_bytes(const dsv3_model *m, const dsv3_tensor_slot *t, size_t *data, size_t *scale)
+/* The weight's mapped arrays the kernels read: codes at *data (*db bytes) and scales at *scale (*sb bytes); a
+ * packed layout read from the checkpoint is one array (codes and scales). Sizes 0 where nothing is read in place. */
+static void mapped_arrays(const dsv3_model *m, const dsv3_tensor_slot *t, const void **data, size_t *db,
+                          const void **scale, size_t *sb)
 {
     const dsv3_weight *w = t->weight;
-    size_t db = 0;
+    const unsigned char *own = (const unsigned char *)m->packed, *pk = (const unsigned char *)w->packed;
     int64_t sr = 0, sc = 0;
-    *data = *scale = 0;
-    if (t->is_vector || !w->data || w->packed || w == &m->embed || (m->mtp && w == &m->mtp->embed))
+    *data = w->data;
+    *scale = w->scale;
+    *db = *sb = 0;
+    if (t->is_vector || w == &m->embed || (m->mtp && w == &m->mtp->embed))
         return;
-    if (dsv3_quant_layout(w->fmt, w->n, w->k, w->group, &db, &sr, &sc, NULL) != DSV3_OK)
+    if (pk) { /* packed at load: an owned buffer; stored packed (dsv3 convert --pack): mapped */
+        if (!(own && pk >= own && pk < own + m->packed_bytes)) {
+            *data = pk;
+            *db = dsv3_weight_packed_bytes(w);
+        }
         return;
-    *data = db;
+    }
+    if (!w->data || dsv3_quant_layout(w->fmt, w->n, w->k, w->group, db, &sr, &sc, NULL) != DSV3_OK)
+        return;
     if (w->scale)
-        *scale = (size_t)(sr * sc) * (dsv3_formats[w->fmt].scale_kind == DSV3_SCALE_E4M3 ? 1 : 4);
+        *sb = (size_t)(sr * sc) * (dsv3_formats[w->fmt].scale_kind == DSV3_SCALE_E4M3 ? 1 : 4);
 }
 
 /* MemAvailable from /proc/meminfo in bytes, 0 when unknown. */
@@ -74,16 +85,16 @@ void dsv3_model_populate(const dsv3_model *m, const dsv3_tensor_slot *slots, int
     if (env && strcmp(env, "0") == 0)
         return;
     size_t total = 0, d, s;
+    const void *pd, *ps;
     for (int64_t i = 0; i < count; i++) {
-        stored_bytes(m, &slots[i], &d, &s);
+        mapped_arrays(m, &slots[i], &pd, &d, &ps, &s);
         total += d + s;
     }
     if (!(env && strcmp(env, "1") == 0) && total > mem_available() / 2)
         return;
     for (int64_t i = 0; i < count; i++) {
-        stored_bytes(m, &slots[i], &d, &s);
-        populate_range(slots[i].weight->data, d);
-        if (s)
-            populate_range(slots[i].weight->scale, s);
+        mapped_arrays(m, &slots[i], &pd, &d, &ps, &s);
+        populate_range(pd, d);
+        populate_range(ps, s);
     }
 }
