@@ -25,7 +25,7 @@ from dsv3.convert import convert, info, read_dsv3_checkpoint, verify
 from dsv3.safetensors_io import PAD_PREFIX
 from dsv3.testing.checkpoints import tiny_config, write_checkpoint
 
-from cli_helpers import run_cli
+from cli_helpers import interrupted_convert_resumes_byte_identical, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDS = np.array([3, 17, 42, 5, 9, 61, 7], dtype=np.int64)
@@ -216,21 +216,7 @@ def test_pack_needs_an_int4_format_and_records_the_option(ckpts, tmp_path):
 def test_interrupted_packed_conversion_resumes_byte_identical(ckpts, tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     args = ["convert", ckpts["src"], None, "--format", "int4", "--group", "32", "--pack", "--shard-size", "30KB"]
-    r = run_cli(*[a if x is None else x for x in args], "--quiet", env_extra={"DSV3_CONVERT_FAIL_AFTER": "25"})
-    assert r.returncode == 75, r.stderr
-    names = os.listdir(a)
-    assert "config.json" not in names and any(n.endswith(".partial") for n in names)
-    done = [n for n in names if n.endswith(".safetensors")]
-    assert done
-    r = run_cli(*[a if x is None else x for x in args])
-    assert r.returncode == 0, r.stderr
-    assert f"keeping {len(done)} of" in r.stderr
-    r = run_cli(*[b if x is None else x for x in args], "--quiet")
-    assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(a)) == sorted(os.listdir(b))
-    for n in os.listdir(a):
-        with open(os.path.join(a, n), "rb") as fa, open(os.path.join(b, n), "rb") as fb:
-            assert fa.read() == fb.read(), n
+    interrupted_convert_resumes_byte_identical(args, a, b)
     assert verify(a) == []
 
 
