@@ -6,6 +6,13 @@
 
 /* Repacks the fast-precision weights of slots that have a packed kernel layout into m->packed (pack_weights.c). */
 dsv3_status dsv3_model_pack(dsv3_model *m, const dsv3_tensor_slot *slots, int64_t count, dsv3_error *err);
+/* 1 when w's packed layout is one m packed at load (inside m->packed), 0 when it is absent or read from the
+ * checkpoint (a dsv3 convert --pack checkpoint). */
+static inline int dsv3_model_packed_at_load(const dsv3_model *m, const dsv3_weight *w)
+{
+    const unsigned char *own = (const unsigned char *)m->packed, *p = (const unsigned char *)w->packed;
+    return own && p && p >= own && p < own + m->packed_bytes;
+}
 /* After packing: page tables of the weights read in place filled (populate_weights.c); advisory. */
 void dsv3_model_populate(const dsv3_model *m, const dsv3_tensor_slot *slots, int64_t count);
 

@@ -54,12 +54,9 @@ static void scan_nan(const dsv3_tensor_slot *slots, int64_t count)
 
 dsv3_status dsv3_model_pack(dsv3_model *m, const dsv3_tensor_slot *slots, int64_t count, dsv3_error *err)
 {
-    const unsigned char *own = m->packed;
-    for (int64_t i = 0; i < count; i++) { /* a second prepare: the weights packed here back to the stored layout */
-        const unsigned char *p = slots[i].weight->packed;
-        if (own && p >= own && p < own + m->packed_bytes)
+    for (int64_t i = 0; i < count; i++) /* a second prepare: the weights packed here back to the stored layout */
+        if (dsv3_model_packed_at_load(m, slots[i].weight))
             slots[i].weight->packed = NULL;
-    }
     scan_nan(slots, count);
     dsv3_free(m->packed);
     m->packed = NULL;

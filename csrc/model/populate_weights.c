@@ -31,16 +31,15 @@ static void mapped_arrays(const dsv3_model *m, const dsv3_tensor_slot *t, const 
                           const void **scale, size_t *sb)
 {
     const dsv3_weight *w = t->weight;
-    const unsigned char *own = (const unsigned char *)m->packed, *pk = (const unsigned char *)w->packed;
     int64_t sr = 0, sc = 0;
     *data = w->data;
     *scale = w->scale;
     *db = *sb = 0;
     if (t->is_vector || w == &m->embed || (m->mtp && w == &m->mtp->embed))
         return;
-    if (pk) { /* packed at load: an owned buffer; stored packed (dsv3 convert --pack): mapped */
-        if (!(own && pk >= own && pk < own + m->packed_bytes)) {
-            *data = pk;
+    if (w->packed) { /* packed at load: an owned buffer; stored packed (dsv3 convert --pack): mapped */
+        if (!dsv3_model_packed_at_load(m, w)) {
+            *data = w->packed;
             *db = dsv3_weight_packed_bytes(w);
         }
         return;
