@@ -5,7 +5,10 @@ A random bf16 model in the real checkpoint layout with a tokenizer (dsv3.testing
 with tokenizer=True). Default config: real MLA head dims (kv_lora 512, rope 64, nope 128, v 128), hidden 1024,
 8 heads, q_lora 384, 1 dense layer (intermediate 4096) + 3 MoE layers (16 experts top-2, one shared,
 moe_intermediate 1024), vocab 16384: ~140M parameters (~280 MB), larger than the caches, so decode reads
-weights from memory as a real model does.
+weights from memory as a real model does. The decode part also runs on the same shape with every layer
+dense (first_k_dense_replace = layers, DeepSeek's first layers' MLP; `--models`): there 8 tokens read the
+same weights as one, so it shows the batching gain the engine reaches when the routed experts' spread
+does not cap it (on the MoE model 8 tokens read ~2x the weights of one, see the weight-traffic model).
 
 1. decode: the engine (dsv3.engine.Engine, one C forward per step over every running sequence) decoding
    `--decode-steps` tokens per sequence for 1 and for 8 concurrent sequences after a short prompt;
@@ -20,7 +23,7 @@ weights from memory as a real model does.
    vs the same requests one after another, through the `openai` client: total generated tokens/s and
    the mean time to first token.
 
-    PYTHONPATH=$PWD python benchmarks/bench_serve.py            # ~3-5 minutes on 2 cores
+    PYTHONPATH=$PWD python benchmarks/bench_serve.py            # ~4-6 minutes on 2 cores
     PYTHONPATH=$PWD python benchmarks/bench_serve.py --quick    # smaller model, fewer tokens
 """
 import argparse
@@ -41,15 +44,17 @@ import dsv3
 from dsv3.testing.checkpoints import tiny_config, write_checkpoint
 
 
-def bench_config(hidden, layers, vocab, index_topk=0):
-    """The benchmark's model; index_topk > 0: DeepSeek-V3.2 (deepseek_v32, lightning indexer of 16 heads of 128)."""
+def bench_config(hidden, layers, vocab, index_topk=0, dense=False):
+    """The benchmark's model; index_topk > 0: DeepSeek-V3.2 (deepseek_v32, lightning indexer of 16 heads of 128);
+    dense: every layer a dense MLP (first_k_dense_replace = layers)."""
     v32 = dict(model_type="deepseek_v32", architectures=["DeepseekV32ForCausalLM"], index_n_heads=16,
                index_head_dim=128, index_topk=index_topk) if index_topk > 0 else {}
     return tiny_config(**v32,
         vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, moe_intermediate_size=hidden,
         num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=8, q_lora_rank=384,
         kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=16,
-        n_shared_experts=1, num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=1,
+        n_shared_experts=1, num_experts_per_tok=2, n_group=1, topk_group=1,
+        first_k_dense_replace=layers if dense else 1,
         max_position_embeddings=4096)
 
 
@@ -179,6 +184,9 @@ def main(argv=None):
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--no-server", action="store_true")
+    p.add_argument("--models", default="moe,dense",
+                   help="decode on: moe (the default model; the server part runs on it), dense (the same shape with "
+                        "every layer dense); comma list, default both")
     p.add_argument("--index-topk", type=int, default=0,
                    help="> 0: a DeepSeek-V3.2 model whose indexer keeps this many rows per query")
     p.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
@@ -186,40 +194,47 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.hidden, args.layers, args.decode_steps, args.rounds, args.max_tokens = 512, 2, 16, 2, 16
+    models = [x for x in args.models.split(",") if x]
+    if not models or any(x not in ("moe", "dense") for x in models):
+        p.error(f"--models: a comma list of moe, dense, got {args.models!r}")
     work = tempfile.mkdtemp(prefix="dsv3-bench-serve-")
     try:
-        cfg = dsv3.load_config(bench_config(args.hidden, args.layers, args.vocab, args.index_topk))
-        path = os.path.join(work, "ckpt")
-        write_checkpoint(path, cfg, layout="hf", dtype="bfloat16", shards=1, scale=cfg.hidden_size ** -0.5,
-                         tokenizer=True)
-        model = dsv3.Model.from_pretrained(path, max_seq_len=args.decode_steps + 64)
-        print(repr(model))
         result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "load_average": os.getloadavg(),
                   "machine": platform.processor() or platform.machine(), "threads": dsv3.get_num_threads(),
                   "isa": dsv3.cpu_info().get("isa") if isinstance(dsv3.cpu_info(), dict) else None,
-                  "model": repr(model), "argv": sys.argv[1:]}
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, {dsv3.get_num_threads()} threads")
-        d = bench_decode(model, args.decode_steps, args.rounds, args.batch)
-        result["decode"] = d
-        print(f"decode: 1 sequence {d['tokens_per_s_1']:.1f} tokens/s, {args.batch} sequences "
-              f"{d[f'tokens_per_s_{args.batch}']:.1f} tokens/s: {d['ratio']:.2f}x")
-        print(f"decode CPU time per step: 1 sequence {d['cpu_ms_per_step_1']:.1f} ms, {args.batch} sequences "
-              f"{d[f'cpu_ms_per_step_{args.batch}']:.1f} ms: {d['cpu_ratio']:.2f}x tokens per CPU second")
-        print(f"weights read per step: 1 sequence {d['weight_mb_per_step_1']:.0f} MB, {args.batch} sequences "
-              f"{d[f'weight_mb_per_step_{args.batch}']:.0f} MB (~{d[f'expected_distinct_experts_{args.batch}']:.1f} "
-              f"distinct routed experts per MoE layer): a bandwidth-bound decode gains at most "
-              f"{d['bandwidth_bound_ratio']:.2f}x")
-        print(f"batching gain as a fraction of that bound: {d['ratio_of_bound']:.0%} (wall time), "
-              f"{d['cpu_ratio_of_bound']:.0%} (CPU time)")
-        del model
-        if not args.no_server:
-            s = bench_server(path, args.clients, args.max_tokens, args.batch)
-            result["server"] = s
-            for mode in ("sequential", "concurrent"):
-                print(f"server, {args.clients} streaming clients {mode}: {s[mode]['tokens_per_s']:.1f} tokens/s, "
-                      f"time to first token {s[mode]['ttft_mean_s'] * 1000:.0f} ms (mean)")
-            print(f"server throughput concurrent / sequential: {s['throughput_ratio']:.2f}x")
+                  "argv": sys.argv[1:]}
+        for kind in models:
+            cfg = dsv3.load_config(bench_config(args.hidden, args.layers, args.vocab, args.index_topk,
+                                                dense=kind == "dense"))
+            path = os.path.join(work, kind)
+            write_checkpoint(path, cfg, layout="hf", dtype="bfloat16", shards=1, scale=cfg.hidden_size ** -0.5,
+                             tokenizer=True)
+            model = dsv3.Model.from_pretrained(path, max_seq_len=args.decode_steps + 64)
+            print(f"[{kind}] {model!r}")
+            result["model" if kind == "moe" else "model_dense"] = repr(model)
+            print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, {dsv3.get_num_threads()} threads")
+            d = bench_decode(model, args.decode_steps, args.rounds, args.batch)
+            result["decode" if kind == "moe" else "decode_dense"] = d
+            print(f"[{kind}] decode: 1 sequence {d['tokens_per_s_1']:.1f} tokens/s, {args.batch} sequences "
+                  f"{d[f'tokens_per_s_{args.batch}']:.1f} tokens/s: {d['ratio']:.2f}x")
+            print(f"[{kind}] decode CPU time per step: 1 sequence {d['cpu_ms_per_step_1']:.1f} ms, {args.batch} "
+                  f"sequences {d[f'cpu_ms_per_step_{args.batch}']:.1f} ms: {d['cpu_ratio']:.2f}x tokens per CPU second")
+            experts = (f" (~{d[f'expected_distinct_experts_{args.batch}']:.1f} distinct routed experts per MoE layer)"
+                       if kind == "moe" else "")
+            print(f"[{kind}] weights read per step: 1 sequence {d['weight_mb_per_step_1']:.0f} MB, {args.batch} "
+                  f"sequences {d[f'weight_mb_per_step_{args.batch}']:.0f} MB{experts}: a bandwidth-bound decode "
+                  f"gains at most {d['bandwidth_bound_ratio']:.2f}x")
+            print(f"[{kind}] batching gain as a fraction of that bound: {d['ratio_of_bound']:.0%} (wall time), "
+                  f"{d['cpu_ratio_of_bound']:.0%} (CPU time)")
+            del model
+            if kind == "moe" and not args.no_server:
+                s = bench_server(path, args.clients, args.max_tokens, args.batch)
+                result["server"] = s
+                for mode in ("sequential", "concurrent"):
+                    print(f"server, {args.clients} streaming clients {mode}: {s[mode]['tokens_per_s']:.1f} "
+                          f"tokens/s, time to first token {s[mode]['ttft_mean_s'] * 1000:.0f} ms (mean)")
+                print(f"server throughput concurrent / sequential: {s['throughput_ratio']:.2f}x")
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
