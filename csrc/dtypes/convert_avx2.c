@@ -1,117 +1,38 @@
-/* AVX2 conversion kernels (8 lanes). Integer bit manipulation reproduces the scalar reference
- * exactly; rounding into subnormal grids uses the "add a power of two" trick (the FPU rounds to
- * nearest even once), which is exact and unaffected by denormals-are-zero. Tails use the scalar
- * functions. */
+/* AVX2 conversion kernels (8 lanes): the algorithms of convert_template.h in AVX2 vocabulary, the loops,
+ * and the e2m1 decoder (a table permute). Tails use the scalar functions. */
 #include <immintrin.h>
 
 #include "convert_kernels.h"
 
+typedef __m256i VI;
+typedef __m256 VF;
+typedef __m256i VM; /* lane masks are vectors of all-ones / zero lanes */
 #define I32(x) _mm256_set1_epi32((int)(x))
-#define SEL(mask, a, b) _mm256_blendv_epi8((b), (a), (mask)) /* mask ? a : b */
-#define LT(a, b) _mm256_cmpgt_epi32((b), (a))                 /* signed */
-
-/* ---- decoders: 8 codes in 32-bit lanes -> f32 bits ---- */
-static inline __m256i dec_e4m3(__m256i c)
-{
-    const __m256i x = _mm256_and_si256(c, I32(0x7f));
-    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, I32(0x80)), 24);
-    const __m256i normal = _mm256_add_epi32(_mm256_slli_epi32(x, 20), I32(120u << 23));
-    const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(x, I32(7))), _mm256_set1_ps(0.001953125f));
-    __m256i r = SEL(LT(x, I32(8)), _mm256_castps_si256(sub), normal);
-    r = SEL(_mm256_cmpeq_epi32(x, I32(0x7f)), I32(0x7fc00000u), r);
-    return _mm256_or_si256(r, sign);
-}
-
-static inline __m256i dec_e5m2(__m256i c)
-{
-    const __m256i x = _mm256_and_si256(c, I32(0x7f));
-    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, I32(0x80)), 24);
-    const __m256i normal = _mm256_add_epi32(_mm256_slli_epi32(x, 21), I32(112u << 23));
-    const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(x, I32(3))), _mm256_set1_ps(1.52587890625e-05f));
-    __m256i r = SEL(LT(x, I32(4)), _mm256_castps_si256(sub), normal);
-    r = SEL(_mm256_cmpeq_epi32(x, I32(0x7c)), I32(0x7f800000u), r);
-    r = SEL(_mm256_cmpgt_epi32(x, I32(0x7c)), I32(0x7fc00000u), r);
-    return _mm256_or_si256(r, sign);
-}
-
-static inline __m256i dec_ue8m0(__m256i c)
-{
-    __m256i r = _mm256_slli_epi32(c, 23);
-    r = SEL(_mm256_cmpeq_epi32(c, _mm256_setzero_si256()), I32(0x00400000u), r);
-    return SEL(_mm256_cmpeq_epi32(c, I32(0xff)), I32(0x7fc00000u), r);
-}
+#define F32(x) _mm256_set1_ps(x)
+#define AND _mm256_and_si256
+#define OR _mm256_or_si256
+#define XOR _mm256_xor_si256
+#define ADD _mm256_add_epi32
+#define SUB _mm256_sub_epi32
+#define SRL _mm256_srli_epi32
+#define SLL _mm256_slli_epi32
+#define FADD _mm256_add_ps
+#define FMUL _mm256_mul_ps
+#define CVTF _mm256_cvtepi32_ps
+#define ASF _mm256_castsi256_ps
+#define ASI _mm256_castps_si256
+#define GT _mm256_cmpgt_epi32
+#define EQ _mm256_cmpeq_epi32
+#define MOR _mm256_or_si256
+#define SEL(m, v, r) _mm256_blendv_epi8((r), (v), (m))
+#define ONE_IF(m) _mm256_and_si256((m), I32(1))
+#include "convert_template.h"
 
 static inline __m256i dec_e2m1(__m256i c)
 {
     const __m256 mag = _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
     const __m256i v = _mm256_castps_si256(_mm256_permutevar8x32_ps(mag, _mm256_and_si256(c, I32(7))));
     return _mm256_or_si256(v, _mm256_slli_epi32(_mm256_and_si256(c, I32(8)), 28));
-}
-
-/* ---- encoders: f32 bits -> codes in 32-bit lanes ---- */
-static inline __m256i rne_shift(__m256i a, int shift) /* (a + half - 1 + lsb) >> shift */
-{
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(a, shift), I32(1));
-    return _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(a, I32((1u << (shift - 1)) - 1)), lsb), shift);
-}
-
-static inline __m256i grid_round(__m256i a, float big) /* RNE of a onto the ulp grid of `big` */
-{
-    const __m256 b = _mm256_set1_ps(big);
-    return _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), b)), _mm256_castps_si256(b));
-}
-
-static inline __m256i enc_e4m3(__m256i u)
-{
-    const __m256i a = _mm256_and_si256(u, I32(0x7fffffffu));
-    const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 24), I32(0x80));
-    __m256i code = _mm256_sub_epi32(rne_shift(a, 20), I32(120u << 3));
-    code = SEL(_mm256_cmpgt_epi32(code, I32(0x7e)), I32(0x7f), code);
-    code = SEL(LT(a, I32(0x3c800000u)), grid_round(a, 16384.0f), code); /* ulp(2^14) = 2^-9 */
-    code = SEL(_mm256_cmpgt_epi32(a, I32(0x7f7fffffu)), I32(0x7f), code);
-    return _mm256_or_si256(code, sign);
-}
-
-static inline __m256i enc_e5m2(__m256i u)
-{
-    const __m256i a = _mm256_and_si256(u, I32(0x7fffffffu));
-    const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 24), I32(0x80));
-    __m256i code = _mm256_sub_epi32(rne_shift(a, 21), I32(112u << 2));
-    code = SEL(_mm256_cmpgt_epi32(code, I32(0x7b)), I32(0x7c), code);
-    code = SEL(LT(a, I32(0x38800000u)), grid_round(a, 128.0f), code); /* ulp(2^7) = 2^-16 */
-    code = SEL(_mm256_cmpgt_epi32(a, I32(0x7f800000u)), I32(0x7e), code);
-    return _mm256_or_si256(code, sign);
-}
-
-static inline __m256i enc_ue8m0(__m256i u)
-{
-    const __m256i e = _mm256_srli_epi32(u, 23);
-    __m256i code = _mm256_add_epi32(e, _mm256_and_si256(_mm256_srli_epi32(u, 22), I32(1)));
-    const __m256i sub = _mm256_and_si256(_mm256_cmpgt_epi32(u, I32(0x00400000u)), I32(1));
-    code = SEL(_mm256_cmpeq_epi32(e, _mm256_setzero_si256()), sub, code);
-    const __m256i nan = _mm256_or_si256(_mm256_cmpeq_epi32(u, _mm256_setzero_si256()),
-                                        _mm256_or_si256(LT(u, _mm256_setzero_si256()),
-                                                        _mm256_cmpgt_epi32(u, I32(0x7f7fffffu))));
-    return SEL(nan, I32(0xff), code);
-}
-
-static inline __m256i enc_e2m1(__m256i u)
-{
-    const __m256i a = _mm256_and_si256(u, I32(0x7fffffffu));
-    const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 28), I32(8));
-    __m256i code = _mm256_sub_epi32(rne_shift(a, 22), I32(252));
-    code = SEL(LT(a, I32(0x3f800000u)), grid_round(a, 4194304.0f), code); /* ulp(2^22) = 0.5 */
-    code = SEL(_mm256_cmpgt_epi32(a, I32(0x40bfffffu)), I32(7), code);
-    code = _mm256_or_si256(code, sign);
-    return SEL(_mm256_cmpgt_epi32(a, I32(0x7f800000u)), _mm256_xor_si256(sign, I32(8)), code);
-}
-
-static inline __m256i enc_bf16(__m256i u)
-{
-    const __m256i a = _mm256_and_si256(u, I32(0x7fffffffu));
-    const __m256i r = rne_shift(u, 16);
-    const __m256i qnan = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(u, 16), I32(0x8000)), I32(0x7fc0));
-    return SEL(_mm256_cmpgt_epi32(a, I32(0x7f800000u)), qnan, r);
 }
 
 /* ---- loops ---- */
@@ -204,12 +125,4 @@ static void e4m3_to_bf16(void *dst, const void *src, size_t n)
         d[i] = (uint16_t)(dsv3_f32_bits(dsv3_e4m3_to_f32(s[i])) >> 16);
 }
 
-const dsv3_convert_kernels dsv3_convert_avx2 = {
-    .to_f32 = {[DSV3_DTYPE_BF16] = bf16_to_f32, [DSV3_DTYPE_E4M3] = e4m3_to_f32,
-               [DSV3_DTYPE_E5M2] = e5m2_to_f32, [DSV3_DTYPE_UE8M0] = ue8m0_to_f32,
-               [DSV3_DTYPE_E2M1] = e2m1_to_f32},
-    .from_f32 = {[DSV3_DTYPE_BF16] = f32_to_bf16, [DSV3_DTYPE_E4M3] = f32_to_e4m3,
-                 [DSV3_DTYPE_E5M2] = f32_to_e5m2, [DSV3_DTYPE_UE8M0] = f32_to_ue8m0,
-                 [DSV3_DTYPE_E2M1] = f32_to_e2m1},
-    .e4m3_to_bf16 = e4m3_to_bf16,
-};
+DSV3_CONVERT_TABLE(dsv3_convert_avx2);

@@ -1,5 +1,6 @@
-/* AVX-512 conversion kernels (16 lanes; e4m3 decode 64 lanes via VBMI byte permutes).
- * Same exact integer algorithms as the AVX2 kernels, with mask registers. vcvtneps2bf16 is not
+/* AVX-512 conversion kernels (16 lanes; e4m3 decode 64 lanes via VBMI byte permutes, e4m3_avx512.h):
+ * the algorithms of convert_template.h with mask registers, the loops, the e2m1 decoder (a signed table
+ * permute). vcvtneps2bf16 is not
  * used: it treats f32 subnormals as zero and does not reproduce ml_dtypes' NaN, so bf16 rounding
  * is done with integer arithmetic. */
 #include <immintrin.h>
@@ -7,96 +8,35 @@
 #include "convert_kernels.h"
 #include "e4m3_avx512.h"
 
+typedef __m512i VI;
+typedef __m512 VF;
+typedef __mmask16 VM;
 #define I32(x) _mm512_set1_epi32((int)(x))
-#define MOV(r, m, v) _mm512_mask_mov_epi32((r), (m), (v)) /* m ? v : r */
-
-static inline __m512i dec_e5m2(__m512i c)
-{
-    const __m512i x = _mm512_and_si512(c, I32(0x7f));
-    const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(c, I32(0x80)), 24);
-    __m512i r = _mm512_add_epi32(_mm512_slli_epi32(x, 21), I32(112u << 23));
-    const __m512 sub = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(x, I32(3))), _mm512_set1_ps(1.52587890625e-05f));
-    r = MOV(r, _mm512_cmplt_epi32_mask(x, I32(4)), _mm512_castps_si512(sub));
-    r = MOV(r, _mm512_cmpeq_epi32_mask(x, I32(0x7c)), I32(0x7f800000u));
-    r = MOV(r, _mm512_cmpgt_epi32_mask(x, I32(0x7c)), I32(0x7fc00000u));
-    return _mm512_or_si512(r, sign);
-}
-
-static inline __m512i dec_ue8m0(__m512i c)
-{
-    __m512i r = _mm512_slli_epi32(c, 23);
-    r = MOV(r, _mm512_cmpeq_epi32_mask(c, _mm512_setzero_si512()), I32(0x00400000u));
-    return MOV(r, _mm512_cmpeq_epi32_mask(c, I32(0xff)), I32(0x7fc00000u));
-}
+#define F32(x) _mm512_set1_ps(x)
+#define AND _mm512_and_si512
+#define OR _mm512_or_si512
+#define XOR _mm512_xor_si512
+#define ADD _mm512_add_epi32
+#define SUB _mm512_sub_epi32
+#define SRL _mm512_srli_epi32
+#define SLL _mm512_slli_epi32
+#define FADD _mm512_add_ps
+#define FMUL _mm512_mul_ps
+#define CVTF _mm512_cvtepi32_ps
+#define ASF _mm512_castsi512_ps
+#define ASI _mm512_castps_si512
+#define GT _mm512_cmpgt_epi32_mask
+#define EQ _mm512_cmpeq_epi32_mask
+#define MOR(m, n) ((VM)((m) | (n)))
+#define SEL(m, v, r) _mm512_mask_mov_epi32((r), (m), (v))
+#define ONE_IF(m) _mm512_maskz_mov_epi32((m), I32(1))
+#include "convert_template.h"
 
 static inline __m512i dec_e2m1(__m512i c) /* the 16-entry table covers sign and magnitude */
 {
     const __m512 tab = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f,
                                       -1.5f, -2.0f, -3.0f, -4.0f, -6.0f);
     return _mm512_castps_si512(_mm512_permutexvar_ps(c, tab)); /* uses the low 4 bits of each index */
-}
-
-static inline __m512i rne_shift(__m512i a, int shift)
-{
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(a, shift), I32(1));
-    return _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(a, I32((1u << (shift - 1)) - 1)), lsb), shift);
-}
-
-static inline __m512i grid_round(__m512i a, float big)
-{
-    const __m512 b = _mm512_set1_ps(big);
-    return _mm512_sub_epi32(_mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(a), b)), _mm512_castps_si512(b));
-}
-
-static inline __m512i enc_e4m3(__m512i u)
-{
-    const __m512i a = _mm512_and_si512(u, I32(0x7fffffffu));
-    const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 24), I32(0x80));
-    __m512i code = _mm512_sub_epi32(rne_shift(a, 20), I32(120u << 3));
-    code = _mm512_min_epi32(code, I32(0x7f)); /* past 448 (0x7e) is NaN */
-    code = MOV(code, _mm512_cmplt_epi32_mask(a, I32(0x3c800000u)), grid_round(a, 16384.0f));
-    code = MOV(code, _mm512_cmpgt_epi32_mask(a, I32(0x7f7fffffu)), I32(0x7f));
-    return _mm512_or_si512(code, sign);
-}
-
-static inline __m512i enc_e5m2(__m512i u)
-{
-    const __m512i a = _mm512_and_si512(u, I32(0x7fffffffu));
-    const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 24), I32(0x80));
-    __m512i code = _mm512_sub_epi32(rne_shift(a, 21), I32(112u << 2));
-    code = _mm512_min_epi32(code, I32(0x7c)); /* overflow -> inf */
-    code = MOV(code, _mm512_cmplt_epi32_mask(a, I32(0x38800000u)), grid_round(a, 128.0f));
-    code = MOV(code, _mm512_cmpgt_epi32_mask(a, I32(0x7f800000u)), I32(0x7e));
-    return _mm512_or_si512(code, sign);
-}
-
-static inline __m512i enc_ue8m0(__m512i u)
-{
-    const __m512i e = _mm512_srli_epi32(u, 23);
-    __m512i code = _mm512_add_epi32(e, _mm512_and_si512(_mm512_srli_epi32(u, 22), I32(1)));
-    const __m512i sub = _mm512_maskz_mov_epi32(_mm512_cmpgt_epu32_mask(u, I32(0x00400000u)), I32(1));
-    code = MOV(code, _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512()), sub);
-    const __mmask16 nan = _mm512_cmpeq_epi32_mask(u, _mm512_setzero_si512()) |
-                          _mm512_cmpge_epu32_mask(u, I32(0x7f800000u));
-    return MOV(code, nan, I32(0xff));
-}
-
-static inline __m512i enc_e2m1(__m512i u)
-{
-    const __m512i a = _mm512_and_si512(u, I32(0x7fffffffu));
-    const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 28), I32(8));
-    __m512i code = _mm512_sub_epi32(rne_shift(a, 22), I32(252));
-    code = MOV(code, _mm512_cmplt_epi32_mask(a, I32(0x3f800000u)), grid_round(a, 4194304.0f));
-    code = MOV(code, _mm512_cmpge_epi32_mask(a, I32(0x40c00000u)), I32(7));
-    code = _mm512_or_si512(code, sign);
-    return MOV(code, _mm512_cmpgt_epi32_mask(a, I32(0x7f800000u)), _mm512_xor_si512(sign, I32(8)));
-}
-
-static inline __m512i enc_bf16(__m512i u)
-{
-    const __m512i a = _mm512_and_si512(u, I32(0x7fffffffu));
-    const __m512i qnan = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u, 16), I32(0x8000)), I32(0x7fc0));
-    return MOV(rne_shift(u, 16), _mm512_cmpgt_epi32_mask(a, I32(0x7f800000u)), qnan);
 }
 
 #define LOAD16_U8(p) _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p)))
@@ -153,7 +93,7 @@ static void e4m3_to_f32(void *dst, const void *src, size_t n)
         }
     }
     for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(d + i, dsv3_e4m3x16_to_f32(_mm_loadu_si128((const __m128i *)(s + i))));
+        _mm512_storeu_si512((void *)(d + i), dec_e4m3(LOAD16_U8(s + i)));
     for (; i < n; i++)
         d[i] = dsv3_e4m3_to_f32(s[i]);
 }
@@ -197,12 +137,4 @@ static void f32_to_bf16(void *dst, const void *src, size_t n)
         d[i] = dsv3_f32_to_bf16(s[i]);
 }
 
-const dsv3_convert_kernels dsv3_convert_avx512 = {
-    .to_f32 = {[DSV3_DTYPE_BF16] = bf16_to_f32, [DSV3_DTYPE_E4M3] = e4m3_to_f32,
-               [DSV3_DTYPE_E5M2] = e5m2_to_f32, [DSV3_DTYPE_UE8M0] = ue8m0_to_f32,
-               [DSV3_DTYPE_E2M1] = e2m1_to_f32},
-    .from_f32 = {[DSV3_DTYPE_BF16] = f32_to_bf16, [DSV3_DTYPE_E4M3] = f32_to_e4m3,
-                 [DSV3_DTYPE_E5M2] = f32_to_e5m2, [DSV3_DTYPE_UE8M0] = f32_to_ue8m0,
-                 [DSV3_DTYPE_E2M1] = f32_to_e2m1},
-    .e4m3_to_bf16 = e4m3_to_bf16,
-};
+DSV3_CONVERT_TABLE(dsv3_convert_avx512);

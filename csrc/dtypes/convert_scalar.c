@@ -41,12 +41,4 @@ static void e4m3_to_bf16(void *dst, const void *src, size_t n)
         d[i] = (uint16_t)(dsv3_f32_bits(dsv3_e4m3_to_f32(s[i])) >> 16);
 }
 
-const dsv3_convert_kernels dsv3_convert_scalar = {
-    .to_f32 = {[DSV3_DTYPE_BF16] = bf16_to_f32, [DSV3_DTYPE_E4M3] = e4m3_to_f32,
-               [DSV3_DTYPE_E5M2] = e5m2_to_f32, [DSV3_DTYPE_UE8M0] = ue8m0_to_f32,
-               [DSV3_DTYPE_E2M1] = e2m1_to_f32},
-    .from_f32 = {[DSV3_DTYPE_BF16] = f32_to_bf16, [DSV3_DTYPE_E4M3] = f32_to_e4m3,
-                 [DSV3_DTYPE_E5M2] = f32_to_e5m2, [DSV3_DTYPE_UE8M0] = f32_to_ue8m0,
-                 [DSV3_DTYPE_E2M1] = f32_to_e2m1},
-    .e4m3_to_bf16 = e4m3_to_bf16,
-};
+DSV3_CONVERT_TABLE(dsv3_convert_scalar);

@@ -3,9 +3,7 @@
  *  - dsv3_e4m3x64_to_bf16: 64 codes -> 64 bf16 with two VBMI byte permutes (vpermi2b looks up the
  *    high and low byte of the bf16 value of |code| in 128-entry tables) plus the sign bit. Every
  *    e4m3fn value, subnormals included, is exact in bf16 (NaN becomes the quiet NaN 0x7fc0).
- *  - dsv3_e4m3x16_to_f32: 16 codes -> 16 f32 with integer arithmetic only (no table), for kernels
- *    that decode 16 lanes at a time.
- * Both equal dsv3_e4m3_to_f32 bit for bit (bf16 widened by << 16). */
+ * It equals dsv3_e4m3_to_f32 bit for bit (bf16 widened by << 16). */
 #ifndef DSV3_E4M3_AVX512_H
 #define DSV3_E4M3_AVX512_H
 
@@ -43,21 +41,6 @@ static inline void dsv3_e4m3x64_to_bf16(const dsv3_e4m3_bf16_lut *t, __m512i cod
     const __m512i a = _mm512_unpacklo_epi8(lo, hi), b = _mm512_unpackhi_epi8(lo, hi);
     *w0 = _mm512_permutex2var_epi64(a, _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), b);
     *w1 = _mm512_permutex2var_epi64(a, _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15), b);
-}
-
-/* 16 e4m3 codes -> 16 floats, exact (subnormals via int->float convert, NaN as 0x7fc00000). */
-static inline __m512 dsv3_e4m3x16_to_f32(__m128i codes)
-{
-    const __m512i c = _mm512_cvtepu8_epi32(codes);
-    const __m512i x = _mm512_and_si512(c, _mm512_set1_epi32(0x7f));
-    const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x80)), 24);
-    __m512i r = _mm512_add_epi32(_mm512_slli_epi32(x, 20), _mm512_set1_epi32(120 << 23));
-    const __m512 sub = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(7))),
-                                     _mm512_set1_ps(0.001953125f));
-    r = _mm512_mask_mov_epi32(r, _mm512_cmplt_epi32_mask(x, _mm512_set1_epi32(8)), _mm512_castps_si512(sub));
-    r = _mm512_mask_mov_epi32(r, _mm512_cmpeq_epi32_mask(x, _mm512_set1_epi32(0x7f)),
-                              _mm512_set1_epi32(0x7fc00000));
-    return _mm512_castsi512_ps(_mm512_or_si512(r, sign));
 }
 
 #endif

@@ -65,8 +65,9 @@ AI __m512 bf16x16(const uint8_t *p)
 
 /* 16 e4m3fn codes -> f32, exact, equal to dsv3_e4m3_to_f32 bit for bit (NaN codes: sign | 0x7fc00000): the
  * code in the top byte, an arithmetic shift by 4 puts exponent|mantissa under the f32 fields with the sign
- * kept, then x 2^(127-7) (exact; e4m3 subnormals arrive as f32 subnormals). Fewer operations than
- * dsv3_e4m3x16_to_f32, which matters here: a code is decoded once per 8 heads. */
+ * kept, then x 2^(127-7) (exact; e4m3 subnormals arrive as f32 subnormals). Fewer operations than the
+ * conversion kernels' dec_e4m3 (csrc/dtypes/convert_template.h), which matters here: a code is decoded once
+ * per 8 heads. */
 AI __m512 e4m3x16(const uint8_t *p)
 {
     const __m512i x = _mm512_slli_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)p)), 24);
