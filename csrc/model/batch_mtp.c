@@ -85,7 +85,8 @@ static dsv3_status forward_pinned(dsv3_batch_mtp *b, const int64_t *ids, const f
     st = dsv3_linear(cat, t, &mt->eh_proj, NULL, h, isa, err);
     if (st == DSV3_OK) { /* the decoder block: h += attn(ln1(h)); h += ffn(ln2(h)) */
         dsv3_rmsnorm_f32(h, t, D, mt->layer.input_layernorm.f32, eps, a);
-        st = dsv3_batch_attention(m, &mt->layer.attn, &b->pool, 0, b->index, &b->step, seqs, nseq, a, t, cs, o, isa, err);
+        st = dsv3_batch_attention(m, &mt->layer.attn, &b->pool, 0, b->index, &b->step, seqs, nseq, a, t, cs, o, isa,
+                                  err);
     }
     if (st == DSV3_OK)
         st = dsv3_model_residual_ffn(m, &mt->layer, h, t, a, o, isa, err);
