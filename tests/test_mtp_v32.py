@@ -151,20 +151,31 @@ def test_v32_cache_bytes_count_the_mtp_index_keys(keys):
     assert dsv3._lib.batch_token_bytes(with_mtp._native) == n * per_layer
 
 
-def test_v32_mtp_layer_loads_from_a_checkpoint_with_its_indexer(tmp_path):
-    """A V3.2 checkpoint's MTP layer (its indexer weights named by the C tensor table) loads with mtp=True and
-    runs speculative decoding equal to plain greedy; without one of its indexer tensors loading names it."""
+@pytest.mark.parametrize("layout", ["hf", "fp8_block"])
+def test_v32_mtp_layer_loads_from_a_checkpoint_with_its_indexer(tmp_path, layout):
+    """A V3.2 checkpoint's MTP layer (its indexer weights named by the C tensor table; FP8 wq_b / wk in the
+    fp8_block layout) loads with mtp=True, and so does its `convert --keep-mtp` copy, with the same MTP logits;
+    speculative decoding equals plain greedy; without one of its indexer tensors loading names it."""
+    from dsv3.convert import convert
     from dsv3.parity import default_config
     from dsv3.testing.checkpoints import write_checkpoint
     cfg = dsv3.load_config(dict(default_config(), model_type="deepseek_v32", architectures=["DeepseekV32ForCausalLM"],
                                 index_n_heads=8, index_head_dim=16, index_topk=6))
-    d = write_checkpoint(str(tmp_path / "v32"), cfg, layout="hf", dtype="float32", shards=1, mtp=True,
-                         scale=cfg.hidden_size ** -0.5)
-    m = dsv3.Model.from_pretrained(d, max_seq_len=48, precision="exact", mtp=True)
-    assert m.has_mtp
-    prompt = IDS[:3] % cfg.vocab_size
-    ref = m.generate(prompt, 20)
-    assert np.array_equal(m.generate(prompt, 20, speculative="mtp", num_draft=3), ref)
+    src = write_checkpoint(str(tmp_path / "v32"), cfg, layout=layout, dtype="float32", shards=2, mtp=True,
+                           scale=cfg.hidden_size ** -0.5)
+    dst = str(tmp_path / "dst")
+    convert(src, dst, format="bf16", keep_mtp=True, quiet=True)
+    prompt = IDS[:9] % cfg.vocab_size
+    outs, h = [], None
+    for path in (src, dst):  # the MTP layer over the same hidden states (the source model's)
+        m = dsv3.Model.from_pretrained(path, max_seq_len=48, precision="exact", mtp=True)
+        assert m.has_mtp
+        if h is None:
+            _, h = m.forward(prompt, hidden=True)
+        outs.append(m.mtp_forward(np.append(prompt[1:], 5), h, logits="all")[0])
+        ref = m.generate(prompt[:3], 20)
+        assert np.array_equal(m.generate(prompt[:3], 20, speculative="mtp", num_draft=3), ref)
+    assert np.array_equal(outs[0], outs[1])
     t = dict(m._checkpoint.canonical_tensors())
     name = f"model.layers.{cfg.num_hidden_layers}.self_attn.indexer.wk.weight"
     del t[name]
