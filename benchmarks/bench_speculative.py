@@ -21,6 +21,8 @@ sequences decoding together: decode tokens/s of each (all sequences' new tokens 
 Engine.generate, prefill included) and the ratio, same models, greedy outputs checked equal first.
 
     PYTHONPATH=$PWD python benchmarks/bench_speculative.py --engine --num-draft 2
+
+``--v32``: the same on a DeepSeek-V3.2 config (lightning indexer, index_topk 32 < prompt + new tokens).
 """
 import argparse
 import json
@@ -34,9 +36,13 @@ from dsv3.testing.checkpoints import tiny_config
 from dsv3.testing.mtp import agreeing_mtp
 
 
-def bench_config(layers, vocab, hidden):
+def bench_config(layers, vocab, hidden, v32=False):
+    """The benchmark's DeepSeek-V3-shaped config; v32: DeepSeek-V3.2 (lightning indexer, 8 heads of 64, index_topk
+    32: the 16-token prompt plus the new tokens cross it, so the verification's and the MTP layer's selection run)."""
+    extra = dict(model_type="deepseek_v32", architectures=["DeepseekV32ForCausalLM"], index_n_heads=8,
+                 index_head_dim=64, index_topk=32) if v32 else {}
     return dsv3.load_config(tiny_config(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, moe_intermediate_size=hidden // 2,
+        **extra, vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, moe_intermediate_size=hidden // 2,
         num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=8, q_lora_rank=hidden // 2,
         kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, n_routed_experts=32,
         n_shared_experts=1, num_experts_per_tok=4, n_group=4, topk_group=2, first_k_dense_replace=1,
@@ -114,9 +120,10 @@ def main():
     ap.add_argument("--json", default="bench_speculative.json")
     ap.add_argument("--engine", action="store_true", help="the batched engine at 1 and 4 sequences instead")
     ap.add_argument("--num-draft", type=int, default=2, help="draft tokens per round with --engine (default 2)")
+    ap.add_argument("--v32", action="store_true", help="a DeepSeek-V3.2 config (sparse attention, index_topk 32)")
     a = ap.parse_args()
     layers, vocab, hidden, new = (2, 4000, 512, 24) if a.quick else (4, 16000, 1024, 48)
-    cfg = bench_config(layers, vocab, hidden)
+    cfg = bench_config(layers, vocab, hidden, a.v32)
     main_t = random_tensors(canonical_shapes(cfg), 0)
     models = {}
     for name, damp in (("agree", 0.0), ("partial", 0.3)):
@@ -166,7 +173,8 @@ def main():
             ptimes[n].append(timed(fn)[0])
     cost = {n: float(np.median(np.array(ptimes[n]) / np.array(ptimes["decode"]))) for n in pieces}
     rows = []
-    print(f"config: {layers} layers, hidden {hidden}, vocab {vocab}, 32 experts top-4, bf16 fast; prompt 16, "
+    print(f"config: {'DeepSeek-V3.2 (index_topk 32), ' if a.v32 else ''}{layers} layers, hidden {hidden}, vocab {vocab}, "
+          f"32 experts top-4, bf16 fast; prompt 16, "
           f"{new} new tokens, {a.reps} interleaved reps, {dsv3.cpu_info()['isa']}, "
           f"{dsv3.cpu_info()['num_threads']} threads")
     print(f"{'MTP layer':10} {'k':>2} {'acceptance':>10} {'tokens/round':>12} {'speed-up vs plain':>18}")
@@ -178,7 +186,7 @@ def main():
             print(f"{name:10} {k:>2} {acc:>10.2f} {tpr:>12.2f} {ratio:>17.2f}x")
     print("cost relative to one plain decode step: " + ", ".join(f"{n} {c:.2f}" for n, c in cost.items()))
     with open(a.json, "w") as f:
-        json.dump({"layers": layers, "hidden": hidden, "vocab": vocab, "new_tokens": new, "rows": rows,
+        json.dump({"v32": a.v32, "layers": layers, "hidden": hidden, "vocab": vocab, "new_tokens": new, "rows": rows,
                    "cost_vs_decode": cost}, f, indent=1)
 
 

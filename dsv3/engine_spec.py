@@ -6,7 +6,8 @@ sequences together:
 
 1. draft: d_1 from the sequence's ``draft_logits``; d_j (j > 1) by chained MTP steps, one ragged
    ``BatchMTP.forward`` per chain step over every drafting sequence (each slot has its own MTP latent
-   cache, ``_dsv3.BatchMTP``, slot i with the Batch's slot i); the chained positions are dropped after;
+   cache, and on DeepSeek-V3.2 the MTP layer's own index keys, ``_dsv3.BatchMTP``, slot i with the Batch's
+   slot i); the chained positions are dropped after;
 2. verify: one batched step (``Batch.forward``) holds every sequence's [pending, d_1..d_k] as a chunk of
    mode DSV3_BATCH_VERIFY (logits and hidden states of all k + 1 rows, each row's attention as decoding
    computes it), next to other sequences' prefill chunks and plain decode tokens;

@@ -7,7 +7,8 @@ holds L tokens, ``pending`` is the last sampled token (not fed yet), the MTP lay
 1. draft k tokens: d_1 from ``draft_logits``; d_j (j > 1) by a chained MTP step at the next position that
    reads d_{j-1} and the MTP layer's own output hidden state (SGLang's chaining);
 2. verify: one main forward of [pending, d_1..d_k] with logits and hidden states for all k+1 rows
-   (``step_attention``: each row's logits are bitwise those of token-by-token decoding, dsv3_mtp.h);
+   (``step_attention``: each row's logits are bitwise those of token-by-token decoding, dsv3_mtp.h; on
+   DeepSeek-V3.2 each row selects its own index_topk rows over its own prefix, as its decode step would);
 3. accept: greedy keeps the longest prefix where d_{j+1} is the token the sampler picks from row j (so the
    output is plain greedy's, bit for bit); sampling uses the standard rule (Leviathan et al. 2023, Chen et
    al. 2023): accept d with probability min(1, p(d)/q(d)), else draw from norm(max(0, p - q)) and stop;

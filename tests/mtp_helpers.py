@@ -9,17 +9,28 @@ import numpy as np
 import torch
 
 from dsv3 import parity_hf
-from hf_reference import CONFIGS, TINY, canonical_tensors, native_config
+from hf_reference import CONFIGS, TINY, YARN, canonical_tensors, native_config
 from transformers import DeepseekV3Config
 
 
+# DeepSeek-V3.2 (transformers' DeepseekV32, lightning indexer): index_topk 8 below the test sequences' lengths, so
+# the selection matters; 8 index heads (4 leave rows scoring exactly 0: ties at the top-k boundary, test_v32.py)
+V32 = {"v32": dict(index_n_heads=8, index_head_dim=32, index_topk=8),
+       "v32_yarn": dict(index_n_heads=8, index_head_dim=24, index_topk=6, rope_parameters=YARN, n_routed_experts=16,
+                        num_experts_per_tok=3, n_group=4, topk_group=2, n_shared_experts=2)}
+
+
 def hf_configs(name):
-    """(main config with N layers, the same config with N + 1 layers)."""
-    kind, over = CONFIGS[name]
-    assert kind == "v3"
-    cfg = dict(TINY, **over)
+    """(main config with N layers, the same config with N + 1 layers); name in CONFIGS (V3) or V32."""
+    if name in V32:
+        import transformers
+        cls, cfg = transformers.DeepseekV32Config, dict(TINY, **V32[name])
+    else:
+        kind, over = CONFIGS[name]
+        assert kind == "v3"
+        cls, cfg = DeepseekV3Config, dict(TINY, **over)
     n = cfg["num_hidden_layers"]
-    return DeepseekV3Config(**cfg), DeepseekV3Config(**dict(cfg, num_hidden_layers=n + 1))
+    return cls(**cfg), cls(**dict(cfg, num_hidden_layers=n + 1))
 
 
 def mtp_extras(cfg, seed):

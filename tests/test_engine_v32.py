@@ -3,7 +3,8 @@ index keys and each token attends to the rows its indexer selects among its own 
 equals each sequence run alone through Model.forward with the same chunks, bitwise in exact mode
 (index_topk 8, prompts up to 30 tokens, so most queries select); slot reuse, truncate and copy_prefix keep
 the index keys in step with the latent rows; the Engine (its KV budget counts the index keys), generate
-through the engine and the OpenAI server run V3.2."""
+through the engine and the OpenAI server run V3.2; speculative decoding with the MTP layer (its per-slot
+index-key caches in BatchMTP) equals plain greedy and the single-sequence speculative path."""
 import os
 import tempfile
 
@@ -15,6 +16,7 @@ from dsv3.engine import Engine
 from dsv3.model import _native_config
 from dsv3.parity import default_config
 from dsv3.testing.checkpoints import write_checkpoint
+from dsv3.testing.mtp import agreeing_mtp
 from serve_helpers import served
 
 TOPK = 8
@@ -141,8 +143,7 @@ def test_verification_chunk_equals_decode_steps(ckpt, kv):
     """The speculative verification mode (logits mode 3) on V3.2: each token of a chunk selects its own top-k
     over its own prefix and attends as its one-token decode step (Model.forward one token at a time), bitwise,
     for chunks below, across and past index_topk, beside a prefill and a decode token of other sequences; a
-    dense prefill of the same tokens (mode 2) differs, so the per-token form is what is tested. The engine's
-    MTP caches are refused for V3.2 (its MTP layer attends sparsely), with a clear error."""
+    dense prefill of the same tokens (mode 2) differs, so the per-token form is what is tested."""
     m = dsv3.Model.from_pretrained(ckpt, max_seq_len=64, precision="exact", kv_cache_dtype=kv)
     rng = np.random.default_rng(5)
     ids = rng.integers(0, 512, 20)
@@ -162,12 +163,6 @@ def test_verification_chunk_equals_decode_steps(ckpt, kv):
         prefill = b.forward(ids[past:past + n], np.array([[1, n, 2]], np.int64))
         if past + n <= TOPK:  # dense: a prefill chunk attends in another form than the decode steps
             assert not np.array_equal(prefill, lo[1:1 + n])
-    if kv == "f32":  # the engine's MTP caches: refused for V3.2 (its MTP layer attends sparsely)
-        d = os.path.join(tempfile.mkdtemp(prefix="dsv3-v32-mtp-"), "v32")
-        write_checkpoint(d, dsv3.load_config(v32_config()), layout="hf", dtype="float32", shards=1, mtp=True,
-                         scale=m.config.hidden_size ** -0.5)
-        with pytest.raises(ValueError, match="V3.2"):
-            Engine(dsv3.Model.from_pretrained(d, max_seq_len=64, precision="exact", mtp=True), speculative="mtp")
 
 
 @pytest.mark.parametrize("kv,keys", [("bf16", "f32"), ("fp8", "fp8")])
@@ -283,3 +278,127 @@ def test_serve_command_v32(ckpt):
         parts = [ev.choices[0].delta.content or "" for ev in
                  c.chat.completions.create(model="v32", messages=msgs, max_tokens=8, seed=3, stream=True)]
         assert "".join(parts) == m.generate(msgs, 8, do_sample=True, seed=3)
+
+
+# ---- speculative decoding with the MTP layer (BatchMTP's per-slot MTP index keys) ----
+@pytest.fixture(scope="module")
+def mtp_ckpt():
+    d = os.path.join(tempfile.mkdtemp(prefix="dsv3-v32-mtp-"), "v32")
+    cfg = dsv3.load_config(v32_config())
+    write_checkpoint(d, cfg, layout="hf", dtype="float32", shards=1, mtp=True, scale=cfg.hidden_size ** -0.5)
+    return d
+
+
+def mtp_model(ckpt, damp, max_seq_len=64, **kw):
+    """The V3.2 checkpoint with its random MTP layer (damp None) or one that agrees with the main model."""
+    m = dsv3.Model.from_pretrained(ckpt, max_seq_len=max_seq_len, precision="exact", mtp=True, **kw)
+    if damp is None:
+        return m
+    n = m.config.num_hidden_layers
+    t = {k: v for k, v in dict(m._checkpoint.canonical_tensors()).items() if not k.startswith(f"model.layers.{n}.")}
+    return dsv3.Model.from_tensors(m.config, agreeing_mtp(t, n, damp), precision="exact", mtp=True,
+                                   max_seq_len=max_seq_len, **kw)
+
+
+@pytest.mark.parametrize("kw", [{}, {"kv_cache_dtype": "bf16", "index_keys": "fp8"}])
+def test_batch_mtp_slots_equal_the_models_mtp_layer(mtp_ckpt, kw):
+    """BatchMTP on V3.2: each slot's MTP forward (chunks crossing index_topk, several sequences per call) is
+    bitwise the model's own MTP forward of that sequence alone (its index keys in the slot's own cache);
+    copy_prefix gives another slot the index keys with the latent rows, truncate / release drop them with the
+    rows (a slot refilled with other tokens equals a fresh sequence), and dense attention differs."""
+    m = mtp_model(mtp_ckpt, None, **kw)
+    D, V = m.config.hidden_size, m.config.vocab_size
+    rng = np.random.default_rng(8)
+    hid = rng.standard_normal((40, D), dtype=np.float32)
+    toks = rng.integers(0, V, 40)
+
+    def alone(chunks):
+        m.reset()
+        return [m.mtp_forward(toks[a:b], hid[a:b], logits="all") for a, b in chunks]
+
+    ref = alone([(0, 6), (6, 13), (13, 14), (14, 20)])
+    bm = dsv3._lib.BatchMTP(m._native, 3, 32)
+    out = [bm.forward(toks[0:6], hid[0:6], np.array([[1, 6, 2]], np.int64))]
+    lo, g = bm.forward(np.concatenate([toks[6:13], toks[20:23]]), np.concatenate([hid[6:13], hid[20:23]]),
+                       np.array([[1, 7, 2], [2, 3, 0]], np.int64))
+    out.append((lo, g))
+    for a, b in ((13, 14), (14, 20)):
+        out.append(bm.forward(toks[a:b], hid[a:b], np.array([[1, b - a, 2]], np.int64)))
+    for (l1, g1), (l2, g2) in zip(out, ref):
+        assert np.array_equal(l1, l2) and np.array_equal(g1, g2)
+    # slot 0 takes slot 1's first 13 positions, then runs 13..20 past index_topk: slot 1's rows
+    bm.copy_prefix(1, 0, 13)
+    lo, g = bm.forward(toks[13:20], hid[13:20], np.array([[0, 7, 2]], np.int64))
+    assert np.array_equal(lo, np.concatenate([ref[2][0], ref[3][0]]))
+    # slot 1 truncated to 9, then other tokens: as that sequence alone (no stale index key is read)
+    bm.truncate(1, 9)
+    other = alone([(0, 6), (6, 9), (25, 36)])[2]
+    lo, g = bm.forward(toks[25:36], hid[25:36], np.array([[1, 11, 2]], np.int64))
+    assert np.array_equal(lo, other[0]) and np.array_equal(g, other[1])
+    bm.release(2)
+    lo, _ = bm.forward(toks[:13], hid[:13], np.array([[2, 13, 2]], np.int64))
+    assert np.array_equal(lo, alone([(0, 13)])[0][0])
+    assert [bm.length(i) for i in range(3)] == [20, 20, 13]
+    dense = dsv3.Model.from_tensors(dict(_native_config(m.config), index_topk=10 ** 6),
+                                    dict(m._checkpoint.canonical_tensors()), precision="exact", mtp=True,
+                                    max_seq_len=64, **kw)
+    assert not np.array_equal(dense.mtp_forward(toks[:20], hid[:20], logits="all")[0][TOPK:],
+                              np.concatenate([r[0] for r in ref])[TOPK:])
+
+
+@pytest.mark.parametrize("damp", [0.0, 0.4, None])
+def test_engine_speculative_v32_equals_plain_and_single_sequence(mtp_ckpt, damp):
+    """Engine(model, speculative="mtp") on V3.2, prompts and generations crossing index_topk, sequences joining
+    as others leave: greedy tokens equal plain decoding (Model.generate and the plain engine) bit for bit and
+    the single-sequence speculative path's, with the same acceptance counts (the same drafts); an agreeing MTP
+    layer accepts every draft."""
+    m = mtp_model(mtp_ckpt, damp)
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(0, 512, n) for n in (5, 1, 14, 3, 10)]
+    news = [20, 11, 16, 2, 25]
+    ref, stats = [], []
+    for p, n in zip(prompts, news):
+        ref.append(m.generate(p, n))
+        assert np.array_equal(m.generate(p, n, speculative="mtp", num_draft=3), ref[-1])
+        stats.append(m.speculative_stats)
+    plain = Engine(m, max_batch=3).generate(prompts, max_new_tokens=25)
+    for k in (1, 3):
+        e = Engine(m, max_batch=3, speculative="mtp", num_draft=k, prefill_chunk=6)
+        reqs = [e.submit(p, max_new_tokens=n) for p, n in zip(prompts, news)]
+        while not e.idle:
+            e.step()
+        for i, r in enumerate(reqs):
+            assert np.array_equal(r.output().token_ids, ref[i]), (damp, k, i)
+            assert np.array_equal(plain[i].token_ids[:news[i]], ref[i])
+        s = e.speculative_stats
+        if damp == 0.0:
+            assert s.acceptance_rate == 1.0
+        if k == 3:
+            assert (s.rounds, s.drafted, s.accepted) == tuple(sum(getattr(x, f) for x in stats)
+                                                              for f in ("rounds", "drafted", "accepted"))
+        assert len(e.free) == e.max_batch
+
+
+def test_engine_speculative_v32_counts_the_mtp_index_keys(mtp_ckpt):
+    """A speculative V3.2 engine's slots also hold the MTP layer's latent rows and index keys: per token one
+    more layer of (latent row + index-key row); kv_cache_bytes and kv_budget_bytes count it; sampled output
+    is reproducible by seed and equals Model.generate's with the same seed (the same drafts and draws)."""
+    m = mtp_model(mtp_ckpt, 0.3)
+    c = m.config
+    L, layer = c.num_hidden_layers, 4 * (c.kv_lora_rank + c.qk_rope_head_dim + c.index_head_dim)
+    assert dsv3._lib.batch_token_bytes(m._native) == L * layer
+    assert dsv3._lib.batch_token_bytes(m._native, mtp=True) == m.cache_bytes_per_token == (L + 1) * layer
+    budget = 4 * 64 * L * layer
+    spec = Engine(m, max_batch=8, kv_budget_bytes=budget, speculative="mtp", num_draft=3)
+    assert spec.max_batch == 4 * L // (L + 1) and spec.kv_cache_bytes == spec.max_batch * 64 * (L + 1) * layer
+    assert Engine(m, max_batch=8, kv_budget_bytes=budget).max_batch == 4
+    kw = dict(max_new_tokens=18, do_sample=True, seed=4, temperature=0.8)
+    prompts = [np.arange(3, 12), np.arange(20, 23)]
+    reqs = [spec.submit(p, **kw) for p in prompts]
+    while not spec.idle:
+        spec.step()
+    assert spec.speculative_stats.accepted > 0
+    for p, r in zip(prompts, reqs):
+        one = m.generate(p, speculative="mtp", num_draft=3, **kw)
+        assert np.array_equal(one, r.output().token_ids)
+        assert np.array_equal(m.generate(p, speculative="mtp", num_draft=3, **kw), one)  # reproducible by seed

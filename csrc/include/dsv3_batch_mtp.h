@@ -21,8 +21,9 @@
 
 typedef struct dsv3_batch_mtp dsv3_batch_mtp;
 
-/* slots * slot_capacity rows of dsv3_model_kv_layout(m) (the MTP layer is one layer). Refused for DeepSeek-V3.2
- * (index_topk > 0): its MTP layer attends sparsely, which would need per-slot index-key caches here. */
+/* slots * slot_capacity rows of dsv3_model_kv_layout(m) (the MTP layer is one layer). DeepSeek-V3.2
+ * (index_topk > 0): each slot also caches the MTP layer's index keys (kept in step with its latent rows by
+ * copy_prefix / truncate / release) and the layer attends sparsely as a main V3.2 layer does (batch_v32.h). */
 dsv3_status dsv3_batch_mtp_create(dsv3_model *m, int64_t slots, int64_t slot_capacity, dsv3_batch_mtp **out,
                                   dsv3_error *err);
 void dsv3_batch_mtp_free(dsv3_batch_mtp *b);

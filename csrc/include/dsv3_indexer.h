@@ -102,5 +102,13 @@ dsv3_status dsv3_mla_forward_indexed(const dsv3_mla_dims *d, const dsv3_mla_weig
                                      const float *sin_j, void *cache, float *index_cache, int64_t past,
                                      dsv3_attn_mode mode, float *out, dsv3_mla_scratch *ws, dsv3_indexer_scratch *iws,
                                      int isa, dsv3_error *err);
+/* dsv3_mla_forward_indexed for a verification forward (speculative decoding): token i attends as its own
+ * one-token decode step would (dense over rows [0, past+i] while they are at most topk, else over its own
+ * top-k among them), so each row is bitwise that step's. The projections run over all s rows at once. */
+dsv3_status dsv3_mla_forward_indexed_steps(const dsv3_mla_dims *d, const dsv3_mla_weights *w,
+                                           const dsv3_indexer_dims *ix, const dsv3_indexer_weights *iw, const float *x,
+                                           int64_t s, const float *cos_j, const float *sin_j, void *cache,
+                                           float *index_cache, int64_t past, dsv3_attn_mode mode, float *out,
+                                           dsv3_mla_scratch *ws, dsv3_indexer_scratch *iws, int isa, dsv3_error *err);
 
 #endif

@@ -10,6 +10,8 @@
  *   g = shared_head.norm(y);  logits = shared_head.head(g)  (the model's lm_head when the head is absent)
  * h_p is the main model's final-norm hidden state (the row its lm_head reads); a chained draft step
  * feeds the MTP layer's own g of the previous position instead (as SGLang chains its draft steps).
+ * DeepSeek-V3.2 (index_topk > 0): the block attends sparsely as a main V3.2 layer does, its own indexer
+ * (model.layers.N.self_attn.indexer.*) scoring the MTP layer's own index-key cache.
  */
 #ifndef DSV3_MTP_H
 #define DSV3_MTP_H
@@ -23,6 +25,7 @@ dsv3_status dsv3_model_enable_mtp(dsv3_model *m, dsv3_error *err);
 /* dsv3_model_forward_ex that also writes the final-norm hidden states of all s new tokens into hidden
  * ([s, hidden_size]; NULL: not asked). step_attention != 0: each token's attention core runs as the
  * one-token decode step at its position computes it (projections, norms and MoE still over all s rows),
+ * (V3.2: each token selects its own top-k over its own prefix, dsv3_mla_forward_indexed_steps),
  * so a verification forward of k+1 tokens gives each position bitwise the logits of k+1 decode steps
  * wherever dsv3_linear's kernel does not change with the row count (f32 weights, or fewer rows than
  * its GEMM threshold: 12 on AVX2, 24 for fp8_block and 32 otherwise on AVX-512). */

@@ -32,11 +32,13 @@ static void select_chunk(const dsv3_indexer_dims *ix, dsv3_indexer_scratch *iws,
     }
 }
 
-dsv3_status dsv3_mla_forward_indexed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const dsv3_indexer_dims *ix,
-                                     const dsv3_indexer_weights *iw, const float *x, int64_t s, const float *cos_j,
-                                     const float *sin_j, void *cache, float *index_cache, int64_t past,
-                                     dsv3_attn_mode mode, float *out, dsv3_mla_scratch *ws, dsv3_indexer_scratch *iws,
-                                     int isa, dsv3_error *err)
+/* dsv3_mla_forward_indexed (per_token 0) and dsv3_mla_forward_indexed_steps (per_token 1: the queries that
+ * see at most topk rows attend one by one, each as its one-token decode step, instead of as one causal call). */
+static dsv3_status forward_indexed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const dsv3_indexer_dims *ix,
+                                   const dsv3_indexer_weights *iw, const float *x, int64_t s, const float *cos_j,
+                                   const float *sin_j, void *cache, float *index_cache, int64_t past,
+                                   dsv3_attn_mode mode, float *out, dsv3_mla_scratch *ws, dsv3_indexer_scratch *iws,
+                                   int per_token, int isa, dsv3_error *err)
 {
     dsv3_status st = dsv3_mla_check_call(d, w, s, past, mode, err);
     if (st == DSV3_OK)
@@ -63,8 +65,11 @@ dsv3_status dsv3_mla_forward_indexed(const dsv3_mla_dims *d, const dsv3_mla_weig
     const int64_t n_dense = ix->topk - past >= s ? s : ix->topk - past > 0 ? ix->topk - past : 0;
     if (st == DSV3_OK && n_dense < s)
         st = dsv3_indexer_queries(d, ix, iw, sc->qa, x, s, cos_j, sin_j, is->q, is->w, isa, err);
-    if (st == DSV3_OK && n_dense > 0)
+    if (st == DSV3_OK && n_dense > 0 && !per_token)
         st = dsv3_mla_attend(d, w, mode, sc->q, n_dense, cache, past, sc->attn, sc, isa, err);
+    for (int64_t i = 0; per_token && i < n_dense && st == DSV3_OK; i++) /* token i over rows [0, past + i] */
+        st = dsv3_mla_attend(d, w, mode, sc->q + i * H * qk, 1, cache, past + i, sc->attn + i * H * d->v, sc, isa,
+                             err);
     int64_t counts[DSV3_INDEXER_CHUNK];
     for (int64_t i0 = n_dense; i0 < s && st == DSV3_OK; i0 += DSV3_INDEXER_CHUNK) {
         const int64_t n = s - i0 < DSV3_INDEXER_CHUNK ? s - i0 : DSV3_INDEXER_CHUNK;
@@ -82,4 +87,24 @@ dsv3_status dsv3_mla_forward_indexed(const dsv3_mla_dims *d, const dsv3_mla_weig
     dsv3_mla_scratch_free(&local);
     dsv3_indexer_scratch_free(&ilocal);
     return st;
+}
+
+dsv3_status dsv3_mla_forward_indexed(const dsv3_mla_dims *d, const dsv3_mla_weights *w, const dsv3_indexer_dims *ix,
+                                     const dsv3_indexer_weights *iw, const float *x, int64_t s, const float *cos_j,
+                                     const float *sin_j, void *cache, float *index_cache, int64_t past,
+                                     dsv3_attn_mode mode, float *out, dsv3_mla_scratch *ws, dsv3_indexer_scratch *iws,
+                                     int isa, dsv3_error *err)
+{
+    return forward_indexed(d, w, ix, iw, x, s, cos_j, sin_j, cache, index_cache, past, mode, out, ws, iws, 0, isa,
+                           err);
+}
+
+dsv3_status dsv3_mla_forward_indexed_steps(const dsv3_mla_dims *d, const dsv3_mla_weights *w,
+                                           const dsv3_indexer_dims *ix, const dsv3_indexer_weights *iw, const float *x,
+                                           int64_t s, const float *cos_j, const float *sin_j, void *cache,
+                                           float *index_cache, int64_t past, dsv3_attn_mode mode, float *out,
+                                           dsv3_mla_scratch *ws, dsv3_indexer_scratch *iws, int isa, dsv3_error *err)
+{
+    return forward_indexed(d, w, ix, iw, x, s, cos_j, sin_j, cache, index_cache, past, mode, out, ws, iws, 1, isa,
+                           err);
 }

@@ -29,7 +29,8 @@ dsv3_status dsv3_batch_create(dsv3_model *m, int64_t slots, int64_t slot_capacit
     b->m = m;
     dsv3_status st = dsv3_slot_pool_init(&b->pool, m, slots, m->cfg.num_hidden_layers, slot_capacity, "batch", err);
     if (st == DSV3_OK)
-        st = dsv3_batch_index_create(m, slots, slot_capacity, &b->index, err); /* V3.2 */
+        st = dsv3_batch_index_create(m, m->layers, m->cfg.num_hidden_layers, slots, slot_capacity, &b->index,
+                                     err); /* V3.2 */
     if (st != DSV3_OK) {
         dsv3_batch_free(b);
         return st;

@@ -12,6 +12,7 @@
 struct dsv3_batch_mtp {
     dsv3_model *m;           /* borrowed: the MTP layer's weights and the workspace */
     dsv3_slot_pool pool;     /* the slots' MTP latent caches: [slots, 1, cap] rows, and their lengths */
+    dsv3_batch_index *index; /* owned, V3.2 only: the slots' MTP index-key caches, in step with pool's rows */
     dsv3_batch_scratch step; /* the step's output rows and attention segments */
 };
 
@@ -23,15 +24,14 @@ dsv3_status dsv3_batch_mtp_create(dsv3_model *m, int64_t slots, int64_t slot_cap
         return dsv3_fail(err, DSV3_E_VALUE, "batch MTP: the model is not prepared");
     if (!m->mtp)
         return dsv3_fail(err, DSV3_E_VALUE, "batch MTP: the model has no MTP layer (load it with mtp=True)");
-    if (m->index.topk > 0) /* its MTP layer attends over the rows its indexer selects: no per-slot index keys here */
-        return dsv3_fail(err, DSV3_E_VALUE, "batch MTP: not supported for DeepSeek-V3.2 (index_topk > 0): the MTP "
-                         "layer's sparse attention needs per-slot index-key caches");
     dsv3_batch_mtp *b = dsv3_alloc(sizeof *b);
     if (!b)
         return dsv3_fail(err, DSV3_E_NOMEM, "batch MTP: out of memory");
     memset(b, 0, sizeof *b);
     b->m = m;
-    const dsv3_status st = dsv3_slot_pool_init(&b->pool, m, slots, 1, slot_capacity, "batch MTP", err);
+    dsv3_status st = dsv3_slot_pool_init(&b->pool, m, slots, 1, slot_capacity, "batch MTP", err);
+    if (st == DSV3_OK) /* V3.2: the MTP layer attends over the rows its own indexer selects among its own keys */
+        st = dsv3_batch_index_create(m, &m->mtp->layer, 1, slots, slot_capacity, &b->index, err);
     if (st != DSV3_OK) {
         dsv3_batch_mtp_free(b);
         return st;
@@ -45,6 +45,7 @@ void dsv3_batch_mtp_free(dsv3_batch_mtp *b)
     if (!b)
         return;
     dsv3_slot_pool_free(&b->pool);
+    dsv3_batch_index_free(b->index);
     dsv3_batch_scratch_free(&b->step);
     dsv3_free(b);
 }
@@ -55,7 +56,10 @@ int64_t dsv3_batch_mtp_length(const dsv3_batch_mtp *b, int64_t slot) { return ds
 
 dsv3_status dsv3_batch_mtp_copy_prefix(dsv3_batch_mtp *b, int64_t src, int64_t dst, int64_t n, dsv3_error *err)
 {
-    return dsv3_slot_pool_copy_prefix(&b->pool, src, dst, n, err);
+    const dsv3_status st = dsv3_slot_pool_copy_prefix(&b->pool, src, dst, n, err);
+    if (st == DSV3_OK)
+        dsv3_batch_index_copy(b->index, src, dst, n); /* V3.2: the index keys of the same rows */
+    return st;
 }
 
 static dsv3_status forward_pinned(dsv3_batch_mtp *b, const int64_t *ids, const float *hin, const dsv3_batch_seq *seqs,
@@ -81,7 +85,8 @@ static dsv3_status forward_pinned(dsv3_batch_mtp *b, const int64_t *ids, const f
     st = dsv3_linear(cat, t, &mt->eh_proj, NULL, h, isa, err);
     if (st == DSV3_OK) { /* the decoder block: h += attn(ln1(h)); h += ffn(ln2(h)) */
         dsv3_rmsnorm_f32(h, t, D, mt->layer.input_layernorm.f32, eps, a);
-        st = dsv3_batch_attention(m, &mt->layer.attn, &b->pool, 0, NULL, &b->step, seqs, nseq, a, t, cs, o, isa, err);
+        st = dsv3_batch_attention(m, &mt->layer.attn, &b->pool, 0, b->index, &b->step, seqs, nseq, a, t, cs, o, isa,
+                                  err);
     }
     if (st == DSV3_OK)
         st = dsv3_model_residual_ffn(m, &mt->layer, h, t, a, o, isa, err);

@@ -21,6 +21,7 @@
 
 struct dsv3_batch_index {
     dsv3_indexer_dims ix;
+    const dsv3_layer *ly; /* borrowed: [layers] the layers whose index keys these are */
     int64_t slots, layers, cap;
     int64_t key_row;      /* floats per cached index key (dsv3_indexer_key_row) */
     int64_t row_bytes;    /* bytes per latent cache row (the gathered rows keep that layout) */
@@ -44,13 +45,13 @@ int64_t dsv3_batch_token_bytes(const dsv3_model *m, int with_mtp)
     return (dsv3_model_kv_layout(m).row_bytes + keys) * (m->cfg.num_hidden_layers + (with_mtp && m->mtp ? 1 : 0));
 }
 
-dsv3_status dsv3_batch_index_create(const dsv3_model *m, int64_t slots, int64_t cap, dsv3_batch_index **out,
-                                    dsv3_error *err)
+dsv3_status dsv3_batch_index_create(const dsv3_model *m, const dsv3_layer *layers, int64_t nlayers, int64_t slots,
+                                    int64_t cap, dsv3_batch_index **out, dsv3_error *err)
 {
     *out = NULL;
     if (m->index.topk <= 0)
         return DSV3_OK;
-    const int64_t kr = dsv3_indexer_key_row(&m->index), L = m->cfg.num_hidden_layers;
+    const int64_t kr = dsv3_indexer_key_row(&m->index), L = nlayers;
     const int64_t row_bytes = dsv3_model_kv_layout(m).row_bytes;
     const int64_t kmax = m->index.topk < cap ? m->index.topk : cap;
     int64_t group = GATHER_BUDGET / (kmax * row_bytes);
@@ -65,6 +66,7 @@ dsv3_status dsv3_batch_index_create(const dsv3_model *m, int64_t slots, int64_t 
         return dsv3_fail(err, DSV3_E_NOMEM, "batch: out of memory");
     memset(x, 0, sizeof *x);
     x->ix = m->index;
+    x->ly = layers;
     x->slots = slots;
     x->layers = L;
     x->cap = cap;
@@ -148,7 +150,7 @@ static dsv3_status run_group(dsv3_batch_index *x, dsv3_model *m, int64_t l, int6
     }
     for (int64_t j = 0; j < g; j++)
         x->segs[ns + j] = (dsv3_mla_seg){x->gather + j * kmax * rb, x->counts[j] - 1, 1, x->qrow[j]};
-    return dsv3_mla_attend_many(&m->mla, &m->layers[l].attn, m->attn_mode, ws->q, x->segs, ns + g, ws->attn, ws,
+    return dsv3_mla_attend_many(&m->mla, &x->ly[l].attn, m->attn_mode, ws->q, x->segs, ns + g, ws->attn, ws,
                                 isa, err);
 }
 
@@ -157,7 +159,7 @@ dsv3_status dsv3_batch_index_attend(dsv3_batch_index *x, dsv3_model *m, int64_t 
                                     const float *cs, int isa, dsv3_error *err)
 {
     const dsv3_mla_dims *d = &m->mla;
-    const dsv3_indexer_weights *iw = &m->layers[l].indexer;
+    const dsv3_indexer_weights *iw = &x->ly[l].indexer;
     const dsv3_indexer_dims *ix = &x->ix;
     dsv3_indexer_scratch *is = &m->ws.index;
     dsv3_mla_scratch *ws = &m->ws.mla;

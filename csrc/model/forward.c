@@ -36,20 +36,15 @@ static dsv3_status attention(dsv3_model *m, dsv3_layer *ly, const float *x, int6
     const int64_t half = m->cfg.qk_rope_head_dim / 2;
     void *cache = use_cache ? ly->cache : (void *)m->ws.cache; /* without the cache: s workspace rows (f32-sized) */
     const int64_t past = use_cache ? start : 0;
-    if (m->attn_per_token && s > 1) { /* a verification forward (dsv3_model_forward_hidden) */
-        if (m->index.topk > 0)
-            return dsv3_fail(err, DSV3_E_VALUE, "step_attention: not supported with DeepSeek-V3.2 sparse attention "
-                             "(index_topk > 0) yet");
-        dsv3_status st = dsv3_model_attention_per_token(m, ly, x, s, cs, cs + s * half, cache, past, out, isa, err);
-        if (st == DSV3_OK && use_cache)
-            ly->cache_rows = start + s;
-        return st;
-    }
+    const int per_token = m->attn_per_token && s > 1; /* a verification forward (dsv3_model_forward_hidden) */
     dsv3_status st;
-    if (m->index.topk > 0) /* V3.2: sparse attention over the rows the indexer selects */
-        st = dsv3_mla_forward_indexed(&m->mla, &ly->attn, &m->index, &ly->indexer, x, s, cs, cs + s * half, cache,
-                                      use_cache ? ly->index_cache : m->ws.index.keys, past, m->attn_mode, out,
-                                      &m->ws.mla, &m->ws.index, isa, err);
+    if (m->index.topk > 0) /* V3.2: sparse attention over the rows the indexer selects (per token: its own top-k) */
+        st = (per_token ? dsv3_mla_forward_indexed_steps : dsv3_mla_forward_indexed)(
+            &m->mla, &ly->attn, &m->index, &ly->indexer, x, s, cs, cs + s * half, cache,
+            use_cache ? ly->index_cache : m->ws.index.keys, past, m->attn_mode, out, &m->ws.mla, &m->ws.index, isa,
+            err);
+    else if (per_token)
+        st = dsv3_model_attention_per_token(m, ly, x, s, cs, cs + s * half, cache, past, out, isa, err);
     else
         st = dsv3_mla_forward(&m->mla, &ly->attn, x, s, cs, cs + s * half, cache, past, m->attn_mode, out,
                               &m->ws.mla, isa, err);

@@ -183,9 +183,6 @@ dsv3_status dsv3_model_enable_mtp(dsv3_model *m, dsv3_error *err)
     if (m->mtp)
         return DSV3_OK;
     const dsv3_model_config *c = &m->cfg;
-    if (c->index_topk > 0)
-        return dsv3_fail(err, DSV3_E_VALUE, "MTP: not supported with DeepSeek-V3.2 sparse attention (index_topk > 0) "
-                         "yet");
     if (c->num_hidden_layers >= c->first_k_dense_replace) { /* the MTP layer is MoE: checked like a main one */
         if (c->moe_intermediate_size <= 0)
             return dsv3_fail(err, DSV3_E_VALUE, "moe_intermediate_size must be positive, got %lld",

@@ -36,7 +36,7 @@ dsv3_status dsv3_model_decoder_layer(dsv3_model *m, dsv3_layer *ly, float *h, in
 
 /* dsv3_mla_forward's steps with the attention core run once per token, each as the one-token decode step
  * at its position computes it (csrc/model/mtp.c): x, out [s, hidden]; cache rows [0, past) are read and
- * [past, past+s) written. */
+ * [past, past+s) written. (V3.2's sparse attention does the same in dsv3_mla_forward_indexed_steps.) */
 dsv3_status dsv3_model_attention_per_token(dsv3_model *m, dsv3_layer *ly, const float *x, int64_t s,
                                            const float *cos_j, const float *sin_j, void *cache, int64_t past,
                                            float *out, int isa, dsv3_error *err);

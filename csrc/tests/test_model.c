@@ -580,8 +580,10 @@ void test_model(void)
     c.index_head_dim = 16;
     c.index_topk = 3;
     model_case(&c, "V3.2 indexer, index_topk 3");
+    model_batch_mtp(&c, "V3.2 indexer, index_topk 3"); /* the MTP layer's own index keys per slot */
     c.kv_cache_dtype = DSV3_KV_FP8;
     c.index_key_fp8 = 1;
     model_case(&c, "V3.2 indexer, fp8 cache and index keys");
+    model_batch_mtp(&c, "V3.2 indexer, fp8 cache and index keys");
     model_failures();
 }
