@@ -192,16 +192,28 @@ def test_fuzzed_requests_and_disconnects_leave_server_healthy(server):
         assert r.status_code in (200, 400, 404), (body, r.status_code, r.text)
         if r.status_code != 200:
             assert r.json()["error"]["message"]
-    # mid-stream disconnects: the request is cancelled and its slot comes back
+    # mid-stream disconnects: the request is cancelled and its slot comes back. The engine's steps are slowed
+    # (20 ms each) so that a sequence cannot run to its 100 tokens before the server sees the disconnect, even
+    # when other jobs hold the cores (the race made the count flaky under load).
     eng = server["engine"]
     cancelled0, steps0 = eng.cancelled, eng.steps
-    for _ in range(3):
-        with httpx.stream("POST", f"{base}/completions", json={"model": "tiny", "prompt": "Hello", "max_tokens": 100,
-                                                               "stream": True}, timeout=60) as r:
-            for n, _line in enumerate(r.iter_lines()):
-                if n >= 3:
-                    break
-    h = wait_idle(server)
+    step = eng.step
+
+    def slow_step():
+        time.sleep(0.02)
+        return step()
+
+    eng.step = slow_step
+    try:
+        for _ in range(3):
+            with httpx.stream("POST", f"{base}/completions", json={"model": "tiny", "prompt": "Hello",
+                                                                   "max_tokens": 100, "stream": True}, timeout=60) as r:
+                for n, _line in enumerate(r.iter_lines()):
+                    if n >= 3:
+                        break
+        h = wait_idle(server)
+    finally:
+        del eng.step  # the class's step again
     assert h["status"] == "ok"
     assert eng.cancelled - cancelled0 == 3 and eng.steps - steps0 < 3 * 100
     assert server["client"].completions.create(model="tiny", prompt="Hello", max_tokens=3, temperature=0).choices[0].text \
