@@ -1,166 +1,161 @@
-/* AVX-512 fast kernel of fp8_block weights at small M (M < GEMM_MIN_M_FP8): the AVX2 fast kernel's arithmetic
- * (dot_fp_avx2.c, dot_fp.h) in 512-bit registers, so both ISAs give the same results bit for bit.
+/* AVX-512 fast kernel of fp8_block weights at small M (below GEMM_MIN_M_FP8): e4m3 codes turned into bf16 by shifts
+ * (no table lookup on the common path), vdpbf16ps against x rounded once to bf16.
  *
- * Accuracy class: x rounded once to bf16 (the bf16-hi definition, act_q8.h), f32 products and sums:
+ * Accuracy class: x in bf16 (the bf16-hi definition, act_q8.h), exact e4m3 decode, f32 sums:
  *     y = sum_g s(n, g) sum_{k in g} bf16(x[m, k]) e4m3(n, k)
- * (exact products: 8 x 4 significant bits), summed in the AVX2 kernel's order; its scalar twin is
- * dsv3_fast_bf16hi_scalar (another order: equal within 1e-5 * sum |x| |W|, tests/test_fast_fp.py).
+ * Its scalar twin is dsv3_fast_bf16hi_scalar (sums in another order: equal within 1e-5 * sum |x| |W|,
+ * tests/test_fast_fp.py). vdpbf16ps flushes denormal partial sums to zero: here those below 2^-118 in units of
+ * x * W (the codes carry 2^-8, below); the scalar twin keeps them.
  *
- * x is the AVX2 kernel's: bf16(x) * 2^56 in the e4m3x32_raw order, f32 (DSV3_X_F32_P32) up to K = 4096, bf16
- * (DSV3_X_BF16_P32) above (linear.c picks the layout for the format table's fast_x). The AVX2 kernel keeps 4
- * chains of 8 f32 lanes per 128-column group, p[v][j] over the codes 32 s + 4 j + v (s = 0..3); here the chain
- * vectors are paired: Z01 = (p[0] | p[1]), Z23 = (p[2] | p[3]), the same 32 lanes and the same FMAs in the same
- * order. 32 codes per step, one 256-bit load broadcast to both halves; as 16-bit words, a shift left by 8 in the
- * low half only (a merge-masked vpsllw), one arithmetic shift right by 4, and a mask give Z23's codes (bytes 2 and
- * 3 of each dword, in the high words); one more shift and mask give Z01's (bytes 0 and 1): 5 instructions and 2
- * FMAs per 32 codes (AVX2: 9 and 4). In the f32 layout a row of x is two 64-byte loads per step (x of the codes
- * 4 j + v, v = 0..3, lies at 8 v + j); the bf16 layout (each 16-word half holds v = 2 h in its low words and
- * 2 h + 1 in its high words) is widened with a broadcast load, a mask and a merge-masked shift. At the group end
- * (p0 + p1) + (p2 + p3) as 8 lanes (the AVX2 order), scaled into an 8-lane accumulator with one FMA; one hsum8
- * per output, x's 2^56 and the codes' 2^-120 taken out once.
+ * Decode, per 64 codes (a 64-byte load, as 32 16-bit words): the even codes are the words shifted left by 8,
+ * then (both) an arithmetic shift right by 4 puts sign and magnitude at the bf16 places (s.0000eeee.mmm0000, the
+ * copies of the sign above it and the stray bits below masked off) and the exponent bias 112 is OR-ed in
+ * (0x3800: no carry into the 4-bit exponent field): bf16 of the code times 2^-8 for every normal e4m3 code,
+ * 5 instructions (2 shifts, 2 shifts, 2 ternary-logic masks; the table decoder of gemv_dot_avx512.c: 2 vpermi2b,
+ * a ternary-logic, 2 unpacks). That formula is wrong for the codes with a zero exponent (zero and the subnormals,
+ * m * 2^-9: the formula makes them normal) and for the NaN codes (S.1111.111), so each 128-column group is tested
+ * first (vptestnmb of the exponent bits; for a weight not scanned at load for NaN codes, dsv3_weight.nan_free,
+ * also a compare for 0x7f magnitudes): a group holding one is decoded by the two 128-entry byte tables instead
+ * (e4m3_bf16.h, the same values times 2^-8, NaN codes giving NaN), into the same order. Both paths give the same
+ * bits for every code, so the results do not depend on which one ran. Real weights (block-scaled, amax at 448)
+ * put well under 1 % of their groups on the table path.
  *
- * e4m3 decode: exact (subnormal codes become f32 denormals times x * 2^56: products of at least 2^-70 stay
- * normal). The NaN codes S.1111.111 would decode as 480: a weight scanned once at load (dsv3_weight.nan_free,
- * csrc/model/pack_weights.c) runs without checks, otherwise the maximum of the magnitude bytes is kept per row and
- * a row holding one is recomputed by the exact kernel (NaN, as the reference decoder gives).
+ * x (DSV3_X_BF16X2_N128, hi only): each 64-block as its 32 even then 32 odd columns, matching the two decoded
+ * vectors; the K tail after the last full 128-group stays natural and is done in f32 from a->x rounded to bf16
+ * (the definition), decoded by the format's reference code_row. Per 128-group and output: two chains (even and
+ * odd columns) of two vdpbf16ps each, then acc += (pa + pb) * (s * 2^8) (DeepSeek's per-group scaling), one
+ * reduction per output.
  *
- * Tiles of up to 4 rows of x against one weight row: the weight is decoded once per step for all of them, each
- * (weight row, x row) pair has its own chains, so every row's result is the same whatever M (and tile) it was
- * computed in. Decode (M = 1) walks a thread's rows one after another (one sequential stream, no software
- * prefetch), as the AVX2 kernel. */
+ * Rows of x go in tiles of up to MR against one weight row: a group is tested and decoded once per tile, every
+ * (weight row, x row) pair has its own chains, so each row's result is the same whatever M, tile or thread count
+ * computed it. The rows are walked one after another (one sequential weight stream, no software prefetch: at
+ * M = 1 the same as gemv_dot_avx512.c's decode walk).
+ * Measured 2026-11-30 (see BENCHMARKS.md, "fp8 decode on AVX-512"). */
 #include <immintrin.h>
 #include <stdint.h>
 
+#include "dsv3_dtypes.h"
 #include "linear/act_q8.h"
+#include "linear/e4m3_bf16.h"
 #include "linear/lin_common.h"
 
 #define MR 4 /* rows of x per tile */
 
-AI float hsum8(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* x rows of a tile: bf16 (DSV3_X_BF16_P32, h) or f32 (DSV3_X_F32_P32, f) */
+/* The table path's lookups: bf16 of the magnitudes times 2^-8 (high bytes of the exact table less 4, the
+ * exponent less 8, except zero and the NaN code), sign OR-ed into the high byte */
 typedef struct {
-    const uint16_t *h[MR];
-    const float *f[MR];
-} fp8_x;
+    __m512i hi0, hi1, lo0, lo1;
+} tables;
 
-/* x of 16 codes from the bf16 layout at p (16 words: low words the first 8 lanes, high words the last 8) */
-AI __m512 x16_bf16(const uint16_t *p)
+static void tables_load(tables *t)
 {
-    const __m512i b = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p));
-    const __m512i hi = _mm512_and_si512(b, _mm512_set1_epi32((int)0xffff0000u));
-    return _mm512_castsi512_ps(_mm512_mask_slli_epi32(hi, 0x00ff, b, 16));
+    const __m512i four = _mm512_set1_epi8(4), nan = _mm512_set1_epi8(0x7f);
+    const __m512i h0 = _mm512_loadu_si512(DSV3_E4M3_BF16_HI), h1 = _mm512_loadu_si512(DSV3_E4M3_BF16_HI + 64);
+    t->hi0 = _mm512_mask_sub_epi8(h0, _mm512_test_epi8_mask(h0, h0), h0, four); /* entry 0 (zero) kept */
+    t->hi1 = _mm512_mask_sub_epi8(h1, _mm512_cmpneq_epi8_mask(h1, nan), h1, four); /* entry 127 (NaN) kept */
+    t->lo0 = _mm512_loadu_si512(DSV3_E4M3_BF16_LO);
+    t->lo1 = _mm512_loadu_si512(DSV3_E4M3_BF16_LO + 64);
 }
 
-/* 32 columns at k of one weight row against rows [0, mr) of x into the chains z; track: keep the NaN tracker top
- * (the weight is not known to be free of NaN codes); xf: x in f32, else bf16 */
-AI void fp8_step(const int mr, const int track, const int xf, const uint8_t *row, const fp8_x *x, int64_t k,
-                 __m512 (*z)[2], __m256i *top)
+/* 64 codes c -> bf16 (times 2^-8) of the even codes (A) and the odd codes (B), by shifts; normal codes only */
+AI void dec_shift(__m512i c, __m512bh *A, __m512bh *B)
 {
-    const __m256i b = _mm256_loadu_si256((const __m256i *)(row + k));
-    if (track)
-        *top = _mm256_max_epu8(*top, _mm256_and_si256(b, _mm256_set1_epi8(0x7f)));
-    const __m512i m = _mm512_set1_epi32((int)0x87f00000u);
-    const __m512i bb = _mm512_broadcast_i64x4(b);
-    /* words of the low half shifted left by 8 (bytes 0 and 2 of each dword at the top of their word), the high
-     * half as loaded (bytes 1 and 3); then sign and magnitude at the bf16 places (e4m3x32_raw) */
-    const __m512i t = _mm512_srai_epi16(_mm512_mask_slli_epi16(bb, 0x0000ffffu, bb, 8), 4);
-    const __m512 w23 = _mm512_castsi512_ps(_mm512_and_si512(t, m));
-    const __m512 w01 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(t, 16), m));
-    for (int i = 0; i < mr; i++) {
-        const __m512 x01 = xf ? _mm512_loadu_ps(x->f[i] + k) : x16_bf16(x->h[i] + k);
-        const __m512 x23 = xf ? _mm512_loadu_ps(x->f[i] + k + 16) : x16_bf16(x->h[i] + k + 16);
-        z[i][0] = _mm512_fmadd_ps(x01, w01, z[i][0]);
-        z[i][1] = _mm512_fmadd_ps(x23, w23, z[i][1]);
+    const __m512i m = _mm512_set1_epi16((short)0x87f0), o = _mm512_set1_epi16(0x3800);
+    /* (t & m) | o: ternary-logic 0xEA */
+    *A = (__m512bh)_mm512_ternarylogic_epi32(_mm512_srai_epi16(_mm512_slli_epi16(c, 8), 4), m, o, 0xEA);
+    *B = (__m512bh)_mm512_ternarylogic_epi32(_mm512_srai_epi16(c, 4), m, o, 0xEA);
+}
+
+/* The same values for every code (table lookups): A = low | high << 8 of the even bytes, B of the odd ones */
+AI void dec_table(__m512i c, const tables *t, __m512bh *A, __m512bh *B)
+{
+    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t->hi0, c, t->hi1), c,
+                                                 _mm512_set1_epi8((char)0x80), 0xF8); /* hi | (c & 0x80) */
+    const __m512i lo = _mm512_permutex2var_epi8(t->lo0, c, t->lo1);
+    /* A | (B & C): 0xF8 */
+    *A = (__m512bh)_mm512_ternarylogic_epi32(_mm512_slli_epi16(hi, 8), lo, _mm512_set1_epi16(0x00ff), 0xF8);
+    *B = (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi16(lo, 8), hi, _mm512_set1_epi16((short)0xff00), 0xF8);
+}
+
+/* Whether the two 64-code blocks need the table path: a zero exponent (zero, subnormals), or (nanchk) a NaN code */
+AI int needs_table(const int nanchk, __m512i c0, __m512i c1)
+{
+    const __m512i e = _mm512_set1_epi8(0x78);
+    __mmask64 k = _mm512_testn_epi8_mask(c0, e) | _mm512_testn_epi8_mask(c1, e);
+    if (nanchk) {
+        const __m512i s = _mm512_set1_epi8((char)0x80), ff = _mm512_set1_epi8((char)0xff);
+        k |= _mm512_cmpeq_epi8_mask(_mm512_or_si512(c0, s), ff) | _mm512_cmpeq_epi8_mask(_mm512_or_si512(c1, s), ff);
     }
+    return k != 0;
 }
 
-/* (p0 + p1) + (p2 + p3) of the AVX2 kernel: 8 lanes */
-AI __m256 group_sum(__m512 z01, __m512 z23)
-{
-    const __m256 a = _mm256_add_ps(_mm512_castps512_ps256(z01), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z01), 1)));
-    const __m256 b = _mm256_add_ps(_mm512_castps512_ps256(z23), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z23), 1)));
-    return _mm256_add_ps(a, b);
-}
-
-/* Weight row n against rows [m0, m0 + mr) of x. Returns 1 if the row holds a NaN code (its y not written;
- * always 0 without track). */
-AI int fp8_tile(const int mr, const int track, const int xf, const dsv3_lin_args *a, int64_t n, int64_t m0)
+/* Weight row n against rows [m0, m0 + mr) of x */
+AI void fp8_tile(const int mr, const int nanchk, const dsv3_lin_args *a, const tables *t, int64_t n, int64_t m0)
 {
     const dsv3_weight *w = a->w;
-    const int64_t K = w->k, Kv = K / 32 * 32, ng = (K + 127) / 128;
-    const uint8_t *row = (const uint8_t *)w->data + n * K;
+    const int64_t K = w->k, ng = (K + 127) / 128, Kb = K / 128 * 128;
+    const uint8_t *r = (const uint8_t *)w->data + n * K;
     const float *sc = (const float *)w->scale + (n / 128) * ng;
-    fp8_x x;
-    __m256 acc[MR];
-    __m512 z[MR][2];
-    __m256i top = _mm256_setzero_si256();
+    const uint16_t *xh[MR];
+    __m512 acc[MR];
     for (int i = 0; i < mr; i++) {
-        x.h[i] = xf ? NULL : a->xh + (m0 + i) * K;
-        x.f[i] = xf ? a->xp + (m0 + i) * K : NULL;
-        acc[i] = _mm256_setzero_ps();
+        xh[i] = a->xh + (m0 + i) * K;
+        acc[i] = _mm512_setzero_ps();
     }
-    for (int64_t g = 0; g * 128 < Kv; g++) {
-        const int64_t k1 = g * 128 + 128 < Kv ? g * 128 + 128 : Kv;
-        for (int i = 0; i < mr; i++)
-            z[i][0] = z[i][1] = _mm512_setzero_ps();
-        if (k1 - g * 128 == 128) { /* a full group: four steps, unrolled */
-            fp8_step(mr, track, xf, row, &x, g * 128, z, &top);
-            fp8_step(mr, track, xf, row, &x, g * 128 + 32, z, &top);
-            fp8_step(mr, track, xf, row, &x, g * 128 + 64, z, &top);
-            fp8_step(mr, track, xf, row, &x, g * 128 + 96, z, &top);
-        } else
-            for (int64_t k = g * 128; k < k1; k += 32)
-                fp8_step(mr, track, xf, row, &x, k, z, &top);
-        const __m256 sv = _mm256_set1_ps(sc[g]);
-        for (int i = 0; i < mr; i++)
-            acc[i] = _mm256_fmadd_ps(group_sum(z[i][0], z[i][1]), sv, acc[i]);
+    for (int64_t k = 0; k < Kb; k += 128) {
+        const __m512i c0 = _mm512_loadu_si512(r + k), c1 = _mm512_loadu_si512(r + k + 64);
+        __m512bh A0, B0, A1, B1;
+        if (__builtin_expect(needs_table(nanchk, c0, c1), 0)) {
+            dec_table(c0, t, &A0, &B0);
+            dec_table(c1, t, &A1, &B1);
+        } else {
+            dec_shift(c0, &A0, &B0);
+            dec_shift(c1, &A1, &B1);
+        }
+        const __m512 s = _mm512_set1_ps(sc[k / 128] * 256.0f); /* the codes carry 2^-8 */
+        for (int i = 0; i < mr; i++) {
+            const uint16_t *x = xh[i] + k;
+            const __m512 z = _mm512_setzero_ps();
+            const __m512 pa = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, (__m512bh)_mm512_loadu_si512(x), A0),
+                                               (__m512bh)_mm512_loadu_si512(x + 64), A1);
+            const __m512 pb = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, (__m512bh)_mm512_loadu_si512(x + 32), B0),
+                                               (__m512bh)_mm512_loadu_si512(x + 96), B1);
+            acc[i] = _mm512_fmadd_ps(_mm512_add_ps(pa, pb), s, acc[i]);
+        }
     }
-    if (track && _mm256_movemask_epi8(_mm256_cmpeq_epi8(top, _mm256_set1_epi8(0x7f))))
-        return 1;
-    float wt[32];
-    if (Kv < K) /* < 32 codes (natural order), all in the last group: the reference decode */
-        dsv3_formats[DSV3_FMT_FP8_BLOCK].code_row(w, n, Kv, K - Kv, wt);
-    for (int i = 0; i < mr; i++) {
-        float tail = 0.0f;
-        for (int64_t q = Kv; q < K; q++)
-            tail += (xf ? x.f[i][q] : dsv3_bf16_to_f32(x.h[i][q])) * wt[q - Kv];
-        if (Kv < K)
-            tail *= sc[Kv / 128];
-        /* x carries 2^56, the codes 2^-120 */
-        a->y[(m0 + i) * w->n + n] = (hsum8(acc[i]) + tail * 0x1p-120f) * 0x1p64f + (a->bias ? a->bias[n] : 0.0f);
+    float wt[128], tail[MR] = {0};
+    if (Kb < K) { /* < 128 columns in the last group, natural order: x rounded to bf16, the reference decode */
+        dsv3_formats[DSV3_FMT_FP8_BLOCK].code_row(w, n, Kb, K - Kb, wt);
+        for (int i = 0; i < mr; i++) {
+            const float *x = a->x + (m0 + i) * K;
+            float p = 0.0f;
+            for (int64_t q = Kb; q < K; q++)
+                p += dsv3_bf16_to_f32(dsv3_f32_to_bf16(x[q])) * wt[q - Kb];
+            tail[i] = p * sc[Kb / 128];
+        }
     }
-    return 0;
+    for (int i = 0; i < mr; i++)
+        a->y[(m0 + i) * w->n + n] = _mm512_reduce_add_ps(acc[i]) + tail[i] + (a->bias ? a->bias[n] : 0.0f);
 }
 
-/* Rows [n0, n1), tiles of up to MR rows of x; a row with a NaN code: the exact kernel on the caller's f32 x
- * (a->x), which gives NaN */
-AI void fp8_rows(const int track, const int xf, const dsv3_lin_args *a, int64_t n0, int64_t n1)
+AI void fp8_rows(const int nanchk, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
-    for (int64_t n = n0; n < n1; n++) {
-        int nan = 0;
+    tables t;
+    tables_load(&t);
+    for (int64_t n = n0; n < n1; n++)
         for (int64_t m0 = 0; m0 < a->m; m0 += MR)
             switch (a->m - m0 < MR ? a->m - m0 : MR) {
-            case 1: nan |= fp8_tile(1, track, xf, a, n, m0); break;
-            case 2: nan |= fp8_tile(2, track, xf, a, n, m0); break;
-            case 3: nan |= fp8_tile(3, track, xf, a, n, m0); break;
-            default: nan |= fp8_tile(4, track, xf, a, n, m0); break;
+            case 1: fp8_tile(1, nanchk, a, &t, n, m0); break;
+            case 2: fp8_tile(2, nanchk, a, &t, n, m0); break;
+            case 3: fp8_tile(3, nanchk, a, &t, n, m0); break;
+            default: fp8_tile(4, nanchk, a, &t, n, m0); break;
             }
-        if (nan)
-            dsv3_gemv_fp8_block_avx2(a, n, n + 1);
-    }
 }
 
 void dsv3_fast_fp8_block_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
-    if (a->w->nan_free) /* checked once (dsv3_weight_scan_nan): no tracking */
-        a->xp ? fp8_rows(0, 1, a, n0, n1) : fp8_rows(0, 0, a, n0, n1);
+    if (a->w->nan_free) /* scanned once for NaN codes (dsv3_weight.nan_free): no NaN test */
+        fp8_rows(0, a, n0, n1);
     else
-        a->xp ? fp8_rows(1, 1, a, n0, n1) : fp8_rows(1, 0, a, n0, n1);
+        fp8_rows(1, a, n0, n1);
 }
