@@ -39,8 +39,6 @@
 #include "linear/e4m3_bf16.h"
 #include "linear/lin_common.h"
 
-#define MR 4 /* rows of x per tile */
-
 /* The table path's lookups: bf16 of the magnitudes times 2^-8 (high bytes of the exact table less 4, the
  * exponent less 8, except zero and the NaN code), sign OR-ed into the high byte */
 typedef struct {
@@ -77,79 +75,134 @@ AI void dec_table(__m512i c, const tables *t, __m512bh *A, __m512bh *B)
     *B = (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi16(lo, 8), hi, _mm512_set1_epi16((short)0xff00), 0xF8);
 }
 
-/* Whether the two 64-code blocks need the table path: a zero exponent (zero, subnormals), or (nanchk) a NaN code */
-AI int needs_table(const int nanchk, __m512i c0, __m512i c1)
+/* Whether the 64 codes c need the table path: a zero exponent (zero, subnormals), or (nanchk) a NaN code. With
+ * nanchk one test covers both: (code + 1) & 0x70 is zero for exponents 0 and 1 and for S.1111.111 (1 more
+ * instruction; the exponent-1 codes then take the table path too, which gives the same values). */
+AI int needs_table(const int nanchk, __m512i c)
 {
-    const __m512i e = _mm512_set1_epi8(0x78);
-    __mmask64 k = _mm512_testn_epi8_mask(c0, e) | _mm512_testn_epi8_mask(c1, e);
-    if (nanchk) {
-        const __m512i s = _mm512_set1_epi8((char)0x80), ff = _mm512_set1_epi8((char)0xff);
-        k |= _mm512_cmpeq_epi8_mask(_mm512_or_si512(c0, s), ff) | _mm512_cmpeq_epi8_mask(_mm512_or_si512(c1, s), ff);
-    }
-    return k != 0;
+    if (nanchk)
+        return _mm512_testn_epi8_mask(_mm512_add_epi8(c, _mm512_set1_epi8(1)), _mm512_set1_epi8(0x70)) != 0;
+    return _mm512_testn_epi8_mask(c, _mm512_set1_epi8(0x78)) != 0;
 }
 
-/* Weight row n against rows [m0, m0 + mr) of x */
-AI void fp8_tile(const int mr, const int nanchk, const dsv3_lin_args *a, const tables *t, int64_t n, int64_t m0)
+AI void dec64(const int nanchk, const uint8_t *p, const tables *t, __m512bh *A, __m512bh *B)
+{
+    const __m512i c = _mm512_loadu_si512(p);
+    if (__builtin_expect(needs_table(nanchk, c), 0))
+        dec_table(c, t, A, B);
+    else
+        dec_shift(c, A, B);
+}
+
+#define NRMAX 4 /* weight rows per tile */
+#define MRMAX 8 /* rows of x per tile (mr * nr <= 8: 3 mr nr accumulators) */
+
+/* Weight rows [n, n + nr) against rows [m0, m0 + mr) of x over the full 128-groups, then the K tail. Per
+ * 64-block: decode the nr rows once, then per x row two loads and 2 nr vdpbf16ps. pf: prefetch the same bytes
+ * of the next tile's rows (nr rows further on; rows are contiguous). */
+AI void fp8_tile(const int mr, const int nr, const int nanchk, const int pf, const dsv3_lin_args *a, const tables *t,
+                 int64_t n, int64_t m0)
 {
     const dsv3_weight *w = a->w;
     const int64_t K = w->k, ng = (K + 127) / 128, Kb = K / 128 * 128;
-    const uint8_t *r = (const uint8_t *)w->data + n * K;
-    const float *sc = (const float *)w->scale + (n / 128) * ng;
-    const uint16_t *xh[MR];
-    __m512 acc[MR];
+    const uint8_t *r[NRMAX];
+    const float *sc[NRMAX];
+    const uint16_t *xh[MRMAX];
+    __m512 acc[MRMAX][NRMAX], pa[MRMAX][NRMAX], pb[MRMAX][NRMAX];
+    for (int j = 0; j < nr; j++) {
+        r[j] = (const uint8_t *)w->data + (n + j) * K;
+        sc[j] = (const float *)w->scale + ((n + j) / 128) * ng;
+    }
     for (int i = 0; i < mr; i++) {
         xh[i] = a->xh + (m0 + i) * K;
-        acc[i] = _mm512_setzero_ps();
+        for (int j = 0; j < nr; j++)
+            acc[i][j] = _mm512_setzero_ps();
     }
     for (int64_t k = 0; k < Kb; k += 128) {
-        const __m512i c0 = _mm512_loadu_si512(r + k), c1 = _mm512_loadu_si512(r + k + 64);
-        __m512bh A0, B0, A1, B1;
-        if (__builtin_expect(needs_table(nanchk, c0, c1), 0)) {
-            dec_table(c0, t, &A0, &B0);
-            dec_table(c1, t, &A1, &B1);
-        } else {
-            dec_shift(c0, &A0, &B0);
-            dec_shift(c1, &A1, &B1);
+        for (int h = 0; h < 2; h++) { /* the two 64-blocks of the group */
+            const int64_t kk = k + 64 * h;
+            __m512bh A[NRMAX], B[NRMAX];
+            for (int j = 0; j < nr; j++) {
+                if (pf)
+                    _mm_prefetch((const char *)(uintptr_t)((uintptr_t)(r[j] + kk) + (uintptr_t)(nr * K)), _MM_HINT_T0);
+                dec64(nanchk, r[j] + kk, t, &A[j], &B[j]);
+            }
+            for (int i = 0; i < mr; i++) {
+                const __m512bh xa = (__m512bh)_mm512_loadu_si512(xh[i] + kk);
+                const __m512bh xb = (__m512bh)_mm512_loadu_si512(xh[i] + kk + 32);
+                for (int j = 0; j < nr; j++) {
+                    pa[i][j] = _mm512_dpbf16_ps(h ? pa[i][j] : _mm512_setzero_ps(), xa, A[j]);
+                    pb[i][j] = _mm512_dpbf16_ps(h ? pb[i][j] : _mm512_setzero_ps(), xb, B[j]);
+                }
+            }
         }
-        const __m512 s = _mm512_set1_ps(sc[k / 128] * 256.0f); /* the codes carry 2^-8 */
-        for (int i = 0; i < mr; i++) {
-            const uint16_t *x = xh[i] + k;
-            const __m512 z = _mm512_setzero_ps();
-            const __m512 pa = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, (__m512bh)_mm512_loadu_si512(x), A0),
-                                               (__m512bh)_mm512_loadu_si512(x + 64), A1);
-            const __m512 pb = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, (__m512bh)_mm512_loadu_si512(x + 32), B0),
-                                               (__m512bh)_mm512_loadu_si512(x + 96), B1);
-            acc[i] = _mm512_fmadd_ps(_mm512_add_ps(pa, pb), s, acc[i]);
-        }
-    }
-    float wt[128], tail[MR] = {0};
-    if (Kb < K) { /* < 128 columns in the last group, natural order: x rounded to bf16, the reference decode */
-        dsv3_formats[DSV3_FMT_FP8_BLOCK].code_row(w, n, Kb, K - Kb, wt);
-        for (int i = 0; i < mr; i++) {
-            const float *x = a->x + (m0 + i) * K;
-            float p = 0.0f;
-            for (int64_t q = Kb; q < K; q++)
-                p += dsv3_bf16_to_f32(dsv3_f32_to_bf16(x[q])) * wt[q - Kb];
-            tail[i] = p * sc[Kb / 128];
+        for (int j = 0; j < nr; j++) {
+            const __m512 s = _mm512_set1_ps(sc[j][k / 128] * 256.0f); /* the codes carry 2^-8 */
+            for (int i = 0; i < mr; i++)
+                acc[i][j] = _mm512_fmadd_ps(_mm512_add_ps(pa[i][j], pb[i][j]), s, acc[i][j]);
         }
     }
-    for (int i = 0; i < mr; i++)
-        a->y[(m0 + i) * w->n + n] = _mm512_reduce_add_ps(acc[i]) + tail[i] + (a->bias ? a->bias[n] : 0.0f);
+    for (int j = 0; j < nr; j++) {
+        float wt[128], tail[MRMAX] = {0};
+        if (Kb < K) { /* < 128 columns in the last group, natural order: x rounded to bf16, the reference decode */
+            dsv3_formats[DSV3_FMT_FP8_BLOCK].code_row(w, n + j, Kb, K - Kb, wt);
+            for (int i = 0; i < mr; i++) {
+                const float *x = a->x + (m0 + i) * K;
+                float p = 0.0f;
+                for (int64_t q = Kb; q < K; q++)
+                    p += dsv3_bf16_to_f32(dsv3_f32_to_bf16(x[q])) * wt[q - Kb];
+                tail[i] = p * sc[j][Kb / 128];
+            }
+        }
+        for (int i = 0; i < mr; i++)
+            a->y[(m0 + i) * w->n + n + j] =
+                _mm512_reduce_add_ps(acc[i][j]) + tail[i] + (a->bias ? a->bias[n + j] : 0.0f);
+    }
 }
 
+/* The tiles (mr, nr) the walk uses, as compile-time constants */
+#define TILE(mr_, nr_) fp8_tile(mr_, nr_, nanchk, nr_ > 1, a, &t, n, m0)
+#define NR4(mr_)                                                                                    \
+    switch (nr) {                                                                                   \
+    case 1: TILE(mr_, 1); break;                                                                    \
+    case 2: TILE(mr_, 2); break;                                                                    \
+    case 3: TILE(mr_, 3); break;                                                                    \
+    default: TILE(mr_, 4); break;                                                                   \
+    }
+#define NR2(mr_)                                                                                    \
+    if (nr == 1)                                                                                    \
+        TILE(mr_, 1);                                                                               \
+    else                                                                                            \
+        TILE(mr_, 2);
+
+/* The walk of gemv_dot_avx512.c's dot_rows: when all M rows of x (bf16, K * 2 bytes each) fit in X_L1 and
+ * M <= MRMAX, one pass of all of them against one weight row after another (one sequential weight stream; M = 1
+ * is this); otherwise passes of up to mrmax rows of x (as many as fit, at least 2) over tiles of 4 / 2 / 1 weight
+ * rows (mr <= 2 / 4 / more), so each x vector loaded serves several weight rows and x stays in L1. */
+#define X_L1 (16 << 10)
 AI void fp8_rows(const int nanchk, const dsv3_lin_args *a, int64_t n0, int64_t n1)
 {
     tables t;
     tables_load(&t);
-    for (int64_t n = n0; n < n1; n++)
-        for (int64_t m0 = 0; m0 < a->m; m0 += MR)
-            switch (a->m - m0 < MR ? a->m - m0 : MR) {
-            case 1: fp8_tile(1, nanchk, a, &t, n, m0); break;
-            case 2: fp8_tile(2, nanchk, a, &t, n, m0); break;
-            case 3: fp8_tile(3, nanchk, a, &t, n, m0); break;
-            default: fp8_tile(4, nanchk, a, &t, n, m0); break;
+    const int64_t K = a->w->k, fit = K > 0 ? X_L1 / (K * 2) : MRMAX;
+    const int mrmax = fit >= MRMAX ? MRMAX : fit > 2 ? (int)fit : 2;
+    for (int64_t m0 = 0; m0 < a->m; m0 += mrmax) {
+        const int mr = a->m - m0 < mrmax ? (int)(a->m - m0) : mrmax;
+        const int step = a->m <= mrmax && mr * K * 2 <= X_L1 ? 1 : mr <= 2 ? 4 : mr <= 4 ? 2 : 1;
+        for (int64_t n = n0; n < n1; n += step) {
+            const int nr = n1 - n < step ? (int)(n1 - n) : step;
+            switch (mr) {
+            case 1: NR4(1) break;
+            case 2: NR4(2) break;
+            case 3: NR2(3) break;
+            case 4: NR2(4) break;
+            case 5: TILE(5, 1); break;
+            case 6: TILE(6, 1); break;
+            case 7: TILE(7, 1); break;
+            default: TILE(8, 1); break;
             }
+        }
+    }
 }
 
 void dsv3_fast_fp8_block_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1)
