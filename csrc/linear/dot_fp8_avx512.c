@@ -13,12 +13,13 @@
  * (0x3800: no carry into the 4-bit exponent field): bf16 of the code times 2^-8 for every normal e4m3 code,
  * 5 instructions (2 shifts, 2 shifts, 2 ternary-logic masks; the table decoder of gemv_dot_avx512.c: 2 vpermi2b,
  * a ternary-logic, 2 unpacks). That formula is wrong for the codes with a zero exponent (zero and the subnormals,
- * m * 2^-9: the formula makes them normal) and for the NaN codes (S.1111.111), so each 128-column group is tested
- * first (vptestnmb of the exponent bits; for a weight not scanned at load for NaN codes, dsv3_weight.nan_free,
- * also a compare for 0x7f magnitudes): a group holding one is decoded by the two 128-entry byte tables instead
- * (e4m3_bf16.h, the same values times 2^-8, NaN codes giving NaN), into the same order. Both paths give the same
- * bits for every code, so the results do not depend on which one ran. Real weights (block-scaled, amax at 448)
- * put well under 1 % of their groups on the table path.
+ * m * 2^-9: the formula makes them normal) and for the NaN codes (S.1111.111), so each 64-code block is tested
+ * first (one vptestnmb of the exponent bits; for a weight not scanned for NaN codes, dsv3_weight.nan_free, of
+ * (code + 1) & 0x70 instead, which also catches the NaN codes and takes exponent-1 codes along): a block holding
+ * one is decoded by the two 128-entry byte tables instead (e4m3_bf16.h, the same values times 2^-8, NaN codes
+ * giving NaN), into the same order. Both paths give the same bits for every code, so the results do not depend on
+ * which one ran. Block-quantised Gaussian weights (amax at 448) put 0.6 % of their 64-code blocks on the table
+ * path (1.5 % with the NaN test).
  *
  * x (DSV3_X_BF16X2_N128, hi only): each 64-block as its 32 even then 32 odd columns, matching the two decoded
  * vectors; the K tail after the last full 128-group stays natural and is done in f32 from a->x rounded to bf16
@@ -30,7 +31,13 @@
  * (weight row, x row) pair has its own chains, so each row's result is the same whatever M, tile or thread count
  * computed it. The rows are walked one after another (one sequential weight stream, no software prefetch: at
  * M = 1 the same as gemv_dot_avx512.c's decode walk).
- * Measured 2026-11-30 (see BENCHMARKS.md, "fp8 decode on AVX-512"). */
+ * Measured 2026-11-30 (BENCHMARKS.md, "fp8 decode on AVX-512 (stop 13)"; a C loop over the kernel in 4-row
+ * calls as the dispatcher makes them, one thread, thread CPU time, block-quantised Gaussian weights resident in L2,
+ * against gemv_dot_avx512.c's table-decoding fast kernel): M = 1 19.7 -> 25.1 GB/s (K = 2048), 18.8 -> 28.3
+ * (K = 7168); M = 2, 4, 8 at K = 2048 14.8 / 10.9 / 5.8 -> 19.4 / 13.9 / 6.4; decode of the bench_peers fp8_block
+ * model, one thread, CPU-time tokens/s about +10 %. Tried: a NaN-free weight (nan_free) without the NaN test,
+ * no measurable difference (the weights of a model are not scanned for it on this path); the table path out of
+ * line (a call on the unlikely branch): 31 -> 25 GB/s in L2, the accumulators spilled around it. */
 #include <immintrin.h>
 #include <stdint.h>
 
