@@ -5,9 +5,12 @@ fp8_block on AVX2, against references written here from the stated definitions.
   y = sum_b d_b * sum_{k in b} q_k * W[n, k] with W = dequantize(weight) (e4m3 block scale * scale2 * e2m1), in
   float64 here; the kernels sum exact int32 16-column dots then f32, so |y - ref| <= 1e-5 * T, T = |x| @ |W|^T;
   every SIMD kernel against its scalar twin (dsv3_q8_nvfp4_scalar) at the same bound.
-- fp8_block on AVX2: the bf16-hi definition of AVX-512's fast kernel, y = bf16(x) @ W^T (float64 here), 1e-5 * T
-  (also for x scaled by 1e-12 and 1e12: the kernel carries x * 2^56); its scalar twin is the bf16-hi scalar kernel
-  (dsv3_fast_bf16hi_scalar), at the same bound. Every e4m3 code; a NaN code gives a NaN row.
+- fp8_block on AVX2 and AVX-512 (dot_fp_avx2.c, dot_fp8_avx512.c): the bf16-hi definition, y = bf16(x) @ W^T
+  (float64 here), 1e-5 * T (also for x scaled by 1e-12 and 1e12: the AVX2 kernel carries x * 2^56, the AVX-512 one
+  codes * 2^-8); their scalar twin is the bf16-hi scalar kernel (dsv3_fast_bf16hi_scalar), at the same bound. Every
+  e4m3 code, through both decode paths of the AVX-512 kernel (shifts; tables for zero-exponent and NaN groups),
+  exactly; a NaN code gives a NaN row. Rows of a batch (M = 1..23, below the fp8 GEMM) are bitwise the rows alone,
+  with 1 and 2 threads.
 """
 import ml_dtypes
 import numpy as np
@@ -24,6 +27,7 @@ SIMD = [i for i in ISAS if i != "scalar"]
 E4M3 = ml_dtypes.float8_e4m3fn
 BF16 = ml_dtypes.bfloat16
 needs_avx2 = pytest.mark.skipif("avx2" not in ISAS, reason="this CPU has no AVX2")
+FP8_FAST_ISAS = [i for i in ("avx2", "avx512") if i in ISAS]  # the fast fp8 kernels of dot_fp.h / act_q8.h
 
 # (m, k, n): M over the tiles (1, 2, 4, 11); K with full 128-blocks, a last 64-block (320, 448), 16/32-column
 # tails beyond the last full 64 / 128 block (48, 496, 1008), the expert row length 7168
@@ -102,8 +106,8 @@ def test_nvfp4_non_finite_activations_give_nan():
         assert np.all(np.isnan(fast(x, qt, isa))), isa
 
 
-@needs_avx2
-def test_fp8_avx2_fast_matches_the_definition():
+@pytest.mark.parametrize("isa", FP8_FAST_ISAS)
+def test_fp8_fast_matches_the_definition(isa):
     for i, (m, k, n) in enumerate(FP8_SHAPES):
         x, w = rnd((m, k), i), rnd((n, k), 50 + i)
         bias = rnd((n,), 60 + i)
@@ -113,18 +117,18 @@ def test_fp8_avx2_fast_matches_the_definition():
         for scale in (1.0, 1e-12, 1e12):  # bf16(x) * 2^56 in the kernel's layout: no overflow, no denormal products
             xs = x * np.float32(scale)
             ref = xs.astype(BF16).astype(np.float64) @ wd.T.astype(np.float64) + bias
-            y = fast(xs, qt, "avx2", bias)
-            assert np.all(np.abs(y - ref) <= 1e-5 * t * scale + 1e-5 * np.abs(bias)), ((m, k, n), scale)
-        y = fast(x, qt, "avx2", bias)
+            y = fast(xs, qt, isa, bias)
+            assert np.all(np.abs(y - ref) <= 1e-5 * t * scale + 1e-5 * np.abs(bias)), (isa, (m, k, n), scale)
+        y = fast(x, qt, isa, bias)
         ys = fast(x, qt, "scalar", bias)  # the scalar twin (dsv3_fast_bf16hi_scalar)
         assert np.all(np.abs(y - ys) <= 1e-5 * t), (m, k, n)
-        assert not np.array_equal(y, dsv3.ops.linear(x, qt, bias=bias, isa="avx2", precision="exact"))
+        assert not np.array_equal(y, dsv3.ops.linear(x, qt, bias=bias, isa=isa, precision="exact"))
 
 
-@needs_avx2
-def test_fp8_avx2_fast_codes():
-    """Every e4m3 code (subnormals, +-448, -0) decodes exactly; a NaN code makes its row (only) NaN, through
-    the exact kernel, in both tile paths (M = 1 and M > 1)."""
+@pytest.mark.parametrize("isa", FP8_FAST_ISAS)
+def test_fp8_fast_codes(isa):
+    """Every e4m3 code (subnormals, +-448, -0) decodes exactly; a NaN code makes its row (only) NaN (AVX2: through
+    the exact kernel; AVX-512: its table path), in both tile paths (M = 1 and M > 1)."""
     k, n = 384, 130  # two 128-row scale blocks
     codes = np.tile(np.arange(256, dtype=np.uint8), (n, 2))[:, :k].copy()
     codes[(codes & 0x7F) == 0x7F] = 0x42
@@ -137,12 +141,12 @@ def test_fp8_avx2_fast_codes():
         x = rnd((m, k), m)
         t = scale_t(x, wd)
         ref = x.astype(BF16).astype(np.float64) @ wd.T.astype(np.float64)
-        assert np.all(np.abs(fast(x, qt, "avx2") - ref) <= 1e-5 * t), m
+        assert np.all(np.abs(fast(x, qt, isa) - ref) <= 1e-5 * t), m
     codes[7, 100] = 0x7F
     codes[129, 300] = 0xFF
     qt = quant.from_checkpoint("fp8_block", codes.view(E4M3), scale=scale)
     for m in (1, 3):
-        y = fast(rnd((m, k), 9), qt, "avx2")
+        y = fast(rnd((m, k), 9), qt, isa)
         nan = np.isnan(y)
         assert nan[:, 7].all() and nan[:, 129].all() and nan.sum() == 2 * m, m
 
@@ -224,10 +228,10 @@ def test_nvfp4_q8_saturated_codes_every_block_kind(isa):
     assert abs(y[0, 3] - 6 * 1.5 * k * np.sign(ref[0, 3])) <= 1e-5 * t[0, 3]
 
 
-@needs_avx2
-def test_fp8_avx2_subnormal_codes_and_tiny_x():
-    """Rows of subnormal e4m3 codes only (decoded to f32 denormals, times x carrying 2^56) against the bf16-hi
-    definition, with x of ordinary size and of 1e-20."""
+@pytest.mark.parametrize("isa", FP8_FAST_ISAS)
+def test_fp8_subnormal_codes_and_tiny_x(isa):
+    """Rows of subnormal e4m3 codes only (AVX2: decoded to f32 denormals, times x carrying 2^56; AVX-512: the table
+    path) against the bf16-hi definition, with x of ordinary size and of 1e-20."""
     k, n = 288, 3
     codes = np.zeros((n, k), np.uint8)
     codes[0] = np.arange(k) % 8                          # +subnormals (and zero)
@@ -238,14 +242,15 @@ def test_fp8_avx2_subnormal_codes_and_tiny_x():
     for s in (1.0, 1e-20):
         x = rnd((2, k), 3) * np.float32(s)
         ref = x.astype(BF16).astype(np.float64) @ wd.T.astype(np.float64)
-        assert np.all(np.abs(fast(x, qt, "avx2") - ref) <= 1e-5 * scale_t(x, wd) + 1e-30), s
+        assert np.all(np.abs(fast(x, qt, isa) - ref) <= 1e-5 * scale_t(x, wd) + 1e-30), s
 
 
-@needs_avx2
-def test_fp8_avx2_nan_scanned_weight_is_bitwise_the_checked_one():
+@pytest.mark.parametrize("isa", FP8_FAST_ISAS)
+def test_fp8_nan_scanned_weight_is_bitwise_the_checked_one(isa):
     """A weight scanned once for NaN codes (dsv3.quant.nan_scanned_native sets "nan_free", as the model loader
-    does) runs the AVX2 kernel without its per-row NaN checks: bitwise the results of the checking kernel, in both
-    x layouts (f32 up to K = 4096, bf16 above: K = 4096 / 4160 / 7168 below), for every tile (M = 1..4)."""
+    does) runs the fast kernel without its NaN checks: bitwise the results of the checking kernel, for every tile
+    (M = 1..4); AVX2 in both x layouts (f32 up to K = 4096, bf16 above: K = 4096 / 4160 / 7168 below), AVX-512
+    sending groups with exponent-1 codes to its table path only when checking (the same values either way)."""
     for i, (m, k, n) in enumerate(FP8_SHAPES + [(4, 4096, 3), (3, 4160, 2)]):
         x, w = rnd((m, k), i), rnd((n, k), 70 + i)
         bias = rnd((n,), 80 + i)
@@ -253,8 +258,54 @@ def test_fp8_avx2_nan_scanned_weight_is_bitwise_the_checked_one():
         d = quant.nan_scanned_native(qt)
         assert d["nan_free"] is True
         for mm in range(1, m + 1):
-            np.testing.assert_array_equal(fast(x[:mm], d, "avx2", bias), fast(x[:mm], qt, "avx2", bias),
+            np.testing.assert_array_equal(fast(x[:mm], d, isa, bias), fast(x[:mm], qt, isa, bias),
                                           err_msg=f"{(m, k, n)} m={mm}")
+
+
+@pytest.mark.parametrize("isa", FP8_FAST_ISAS)
+def test_fp8_fast_every_code_exact_in_both_decode_paths(isa):
+    """Row r holds code r at one column, x is 1 there and 0 elsewhere, scale 1: y[r] is the e4m3 value of r exactly
+    (ml_dtypes), NaN for the NaN codes. The other codes of the row are 1.0 (0x38: the AVX-512 kernel decodes the
+    group by shifts unless code r itself needs its table path) or 0 (0x00: every group by the tables); the column
+    is even, odd, in the first or the second 64-block of a group, and in a later group."""
+    k, n = 384, 256
+    want = np.arange(256, dtype=np.uint8).view(E4M3).astype(np.float32)
+    for fill in (0x38, 0x00):
+        for col in (0, 5, 70, 131, 383):
+            codes = np.full((n, k), fill, np.uint8)
+            codes[:, col] = np.arange(256)
+            qt = quant.from_checkpoint("fp8_block", codes.view(E4M3), scale=np.ones((2, 3), np.float32))
+            x = np.zeros((2, k), np.float32)
+            x[:, col] = 1.0
+            for d in (qt, quant.nan_scanned_native(qt)):
+                y = fast(x, d, isa)
+                np.testing.assert_array_equal(y[0], want, err_msg=f"{isa} fill={fill:#x} col={col}")
+                np.testing.assert_array_equal(y[1], want)
+
+
+@pytest.mark.parametrize("isa", FP8_FAST_ISAS)
+def test_fp8_fast_batch_rows_are_the_rows_alone(isa):
+    """Every row of a call with M = 1..23 rows (below the AVX-512 fp8 GEMM at 24; AVX2: below its GEMM at 12) is
+    bitwise that row computed alone, with 1 and 2 threads, for K with full groups only (256, 2048), a tail after
+    them (320, 4160) and the long expert rows (7168: several x rows no longer fit the kernel's L1 budget, so other
+    tiles run), weights with zero and subnormal codes (table path) among normal ones."""
+    mmax = 23 if isa == "avx512" else 11
+    before = dsv3.get_num_threads()
+    try:
+        for k, n in ((256, 9), (320, 13), (2048, 6), (4160, 5), (7168, 5)):
+            x = rnd((mmax, k), k)
+            codes = np.asarray(quant.quantize(rnd((n, k), k + 1), "fp8_block").arrays["weight"]).view(np.uint8).copy()
+            codes[::2, 3::97] = 0x00
+            codes[1::3, 11::61] = 0x83
+            qt = quant.from_checkpoint("fp8_block", codes.view(E4M3), scale=np.full((1, (k + 127) // 128), 0.01, np.float32))
+            dsv3.set_num_threads(1)
+            one = np.concatenate([fast(x[i:i + 1], qt, isa) for i in range(mmax)])
+            for threads in (1, 2):
+                dsv3.set_num_threads(threads)
+                for m in range(1, mmax + 1):
+                    np.testing.assert_array_equal(fast(x[:m], qt, isa), one[:m], err_msg=f"{isa} k={k} m={m} t={threads}")
+    finally:
+        dsv3.set_num_threads(before)
 
 
 def test_nan_scan_finds_every_nan_code():

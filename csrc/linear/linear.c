@@ -393,6 +393,9 @@ static choice choose(const dsv3_weight *w, int64_t m, dsv3_linear_mode mode, dsv
         } else if (t->fast_x[id] == DSV3_X_BF16_HI) {
             c.act = DSV3_ACT_BF16HI;
             c.xlayout = t->gemv_x[id]; /* hi in the order of the format's decoder */
+        } else if (t->fast_x[id] == DSV3_X_BF16X2_N128) { /* hi only, in an order of the fast kernel's own */
+            c.act = DSV3_ACT_BF16HI;
+            c.xlayout = t->fast_x[id];
         } else if (t->fast_x[id] == DSV3_X_BF16_P32) { /* f32 where x stays in L1 / L2 (FP8_F32X_MAX_K) */
             c.act = w->k <= FP8_F32X_MAX_K ? DSV3_ACT_F32P : DSV3_ACT_BF16P;
             c.xlayout = w->k <= FP8_F32X_MAX_K ? DSV3_X_F32_P32 : DSV3_X_BF16_P32;

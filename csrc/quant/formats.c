@@ -116,10 +116,10 @@ const dsv3_format_traits dsv3_formats[DSV3_FMT_COUNT] = {
                             {0, 0, DSV3_X_BF16X2_P64},
                             /* fast: x rounded to bf16; AVX2 (no bf16 dot) converts it back to f32 in the order
                              * of its cheaper e4m3 decoder (dot_fp.h; the plan prepares it as f32, DSV3_X_F32_P32,
-                             * up to K = 4096) */
-                            .fast = {dsv3_fast_bf16hi_scalar, dsv3_fast_fp8_block_avx2,
-                                     dsv3_gemv_fp8_block_dot1_avx512},
-                            .fast_x = {DSV3_X_F32, DSV3_X_BF16_P32, DSV3_X_BF16_HI}},
+                             * up to K = 4096); AVX-512 decodes e4m3 to bf16 by shifts for vdpbf16ps against x hi
+                             * in even / odd column order (act_q8.h, dot_fp8_avx512.c) */
+                            .fast = {dsv3_fast_bf16hi_scalar, dsv3_fast_fp8_block_avx2, dsv3_fast_fp8_block_avx512},
+                            .fast_x = {DSV3_X_F32, DSV3_X_BF16_P32, DSV3_X_BF16X2_N128}},
     [DSV3_FMT_NVFP4] = {"nvfp4", 4, 1, 16, DSV3_SCALE_E4M3, 1, code_row_nvfp4, scale_nvfp4,
                         {dsv3_gemv_nvfp4_scalar, dsv3_gemv_nvfp4_avx2, dsv3_gemv_nvfp4_dot_avx512},
                         {NULL, dsv3_gemm_nvfp4_avx2, dsv3_gemm_nvfp4_avx512}, NO_KERNELS, {0, 0, DSV3_X_BF16X2_N128},
