@@ -107,19 +107,36 @@ AI void dec_fp8_bf16(const uint8_t *p, const fp8_tables *t, const int is_int8, _
  * arithmetic is the same whatever the tile (pa/pb chains over the 64-blocks, part = pa + pb per K group,
  * acc += part * scale, one reduction), so a row's result does not depend on M or on the tile that
  * computed it (batched decode == one sequence at a time, bitwise).
- *  - When all M rows of x fit in DOT_X_L1 bytes (hi, + lo in exact mode) and M <= DOT_MR: ONE pass, tiles
- *    of all M rows against one weight row, the rows walked one after another (one sequential stream,
- *    prefetched DOT_PF_AHEAD bytes ahead into L2, both lines of each 128-byte block): every weight byte
- *    is loaded once and meets all M rows of x from L1 in registers (2 * M <= 16 accumulators).
+ *  - When all M rows of x fit in DOT_X_L1 bytes (hi, + lo in exact mode) and M <= DOT_MR, or in DOT_X_ONEPASS
+ *    bytes at M >= 5 (dot_one_pass): ONE pass, tiles of all M rows against one weight row, the rows walked
+ *    one after another (one sequential stream, prefetched DOT_PF_AHEAD bytes ahead into L2, both lines of each
+ *    128-byte block): every weight byte is loaded once and meets all M rows of x from L1 in registers
+ *    (2 * M <= 16 accumulators).
  *  - Otherwise (long rows: K = 4096 / 7168 at M >= 3): passes of up to mrmax (>= 2) rows of x over tiles
  *    of dot_nr(mr) weight rows (the next tile's rows prefetched, PF_NEXT), which keeps x in L1; 8 rows of
  *    x streamed from L2 per weight row were slower.
+ * The tile's sums are reduced 8 at a time (reduce_add8), bitwise _mm512_reduce_add_ps.
  * Measured 2026-11-30 (a C loop over the kernel, one thread, CPU time, bf16 fast mode, weights from memory;
  * GB/s of weights, before -> after): K = 1024: M = 2 10.8 -> 20.2, M = 3 9.8 -> 17.8, M = 4 9.3 -> 17.8,
- * M = 8 7.3 -> 13.2, M = 16 5.3 -> 6.6; K = 2048 exact M = 2 13.1 -> 16.7; K = 4096 / 7168 unchanged. */
+ * M = 8 7.3 -> 13.2, M = 16 5.3 -> 6.6; K = 2048 exact M = 2 13.1 -> 16.7; K = 4096 / 7168 unchanged.
+ * DOT_X_ONEPASS (32 KB, M >= 5), measured the same way (old and new kernel interleaved on copies of the
+ * weights, best of 2-3 rounds, GB/s before -> after): bf16 fast K = 2048 (expert_down) M = 5 10.2 -> 21.6,
+ * M = 6 9.4 -> 20.7, M = 7 9.0 -> 18.8, M = 8 8.8 -> 15.9; bf16 exact K = 1024 M = 6 7.3 -> 13.7, M = 8 6.0
+ * -> 8.4; int8 exact K = 2048 M = 8 4.1 -> 4.7; fp8_block exact lost 6-11% (K = 1024 / 2048, M = 6 / 8), so it
+ * keeps DOT_X_L1. M = 2..4 with x of 16-32 KB lost 8-15% (K = 4096 M = 4, K = 7168 M = 2): not taken.
+ * M = 8 at K = 1024 (fast) already runs at this machine's vdpbf16ps rate (16 dots per 64 weight codes: 8 B of
+ * bf16 weight per dot; 14-18 GB/s per thread at 1.75-2.2 G zmm dots/s measured), which bounds every small-M
+ * kernel with this definition (M * K / 32 dots per weight row). */
 #define DOT_MR 8
 #define DOT_PF_AHEAD 4096
 #define DOT_X_L1 (16 << 10)
+#define DOT_X_ONEPASS (32 << 10)
+/* Whether the M rows of x take the ONE pass (tiles of all M rows against one weight row). */
+AI int dot_one_pass(dsv3_format f, const int lo, int64_t m, int64_t xbytes)
+{
+    const int wide = m >= 5 && !(f == DSV3_FMT_FP8_BLOCK && lo);
+    return m <= DOT_MR && m * xbytes <= (wide ? DOT_X_ONEPASS : DOT_X_L1);
+}
 AI int dot_nr(int mr) { return mr <= 2 ? DNR : mr <= 4 ? 2 : 1; }
 
 /* The pa/pb chains of K range [k0, kend) (whole 64-blocks) for an mr x nr tile (rows m0.., weight rows
@@ -183,11 +200,41 @@ AI void dot_group_end(dsv3_format f, const int mr, const int nr, const dsv3_lin_
 
 /* y = reduce(acc) + the scalar K tail (+ bias) for the tile's outputs (whole K: klo = 0, khi = K), or
  * the K chunk's share of it (DSV3_GEMV_KC). */
+/* Horizontal sums of 8 vectors at once (out[q] = sum of v[q]), each bitwise _mm512_reduce_add_ps(v[q]): GCC's
+ * reduction tree (avx512fintrin.h, __MM512_REDUCE_OP) is s1[i] = v[i + 8] + v[i] (i < 8), s2[i] = s1[i + 4] +
+ * s1[i] (i < 4), s3[i] = s2[i] + s2[i + 2] (i < 2), s3[0] + s3[1]; here every level pairs the same lanes for 8
+ * vectors (transposed into 2, then 1 register), 15 shuffles and 8 adds instead of 8 x 7 operations. */
+AI void reduce_add8(const __m512 v[8], float out[8])
+{
+    __m512 u[4], w[2];
+    for (int p = 0; p < 4; p++) /* 128-bit lanes: v[2p] s1 (lanes 0-7), v[2p+1] s1 (lanes 8-15) */
+        u[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0xEE),
+                             _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0x44));
+    for (int q = 0; q < 2; q++) /* 128-bit lane L: s2 of v[4q + L] */
+        w[q] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * q], u[2 * q + 1], 0xDD),
+                             _mm512_shuffle_f32x4(u[2 * q], u[2 * q + 1], 0x88));
+    /* lane L: s3 of v[L] (elements 0, 1), of v[4 + L] (2, 3) */
+    const __m512 x = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x44), _mm512_shuffle_ps(w[0], w[1], 0xEE));
+    float r[16];
+    _mm512_storeu_ps(r, _mm512_add_ps(x, _mm512_shuffle_ps(x, x, 0xB1)));
+    for (int q = 0; q < 4; q++) {
+        out[q] = r[4 * q];
+        out[4 + q] = r[4 * q + 2];
+    }
+}
+
 AI void dot_finish(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, int64_t n0, int64_t m0,
                    int64_t klo, int64_t khi, __m512 acc[DOT_MR][DNR])
 {
     const dsv3_weight *w = a->w;
     const int64_t K = w->k, Kb = K / 64 * 64, G = kgroup(f, w), ng = (K + G - 1) / G;
+    float red[8]; /* the tile's sums, output (i, j) at i * nr + j, when mr * nr >= 4 (every tile has <= 8) */
+    if (mr * nr >= 4) {
+        __m512 v[8];
+        for (int q = 0; q < 8; q++)
+            v[q] = q < mr * nr ? acc[q / nr][q % nr] : _mm512_setzero_ps();
+        reduce_add8(v, red);
+    }
     for (int j = 0; j < nr; j++) {
         const int64_t n = n0 + j;
         float tail[DOT_MR] = {0};
@@ -206,7 +253,7 @@ AI void dot_finish(dsv3_format f, const int mr, const int nr, const dsv3_lin_arg
         }
         for (int i = 0; i < mr; i++) {
             float *y = a->y + (m0 + i) * w->n + n;
-            const float v = _mm512_reduce_add_ps(acc[i][j]) + tail[i];
+            const float v = (mr * nr >= 4 ? red[i * nr + j] : _mm512_reduce_add_ps(acc[i][j])) + tail[i];
             *y = klo == 0 ? v : *y + v;
             if (khi >= K && a->bias)
                 *y += a->bias[n];
@@ -457,7 +504,8 @@ AI void dot_rows(dsv3_format f, const int lo, const dsv3_lin_args *a, int64_t n0
     const int64_t K = a->w->k, xb = lo ? 4 : 2; /* x bytes per column (hi, lo) */
     const int seq = rows_sequential(a, (int)xb, K * (f == DSV3_FMT_BF16 ? 2 : 1));
     const int64_t fit = K > 0 ? DOT_X_L1 / (K * xb) : DOT_MR; /* rows of x that fit in DOT_X_L1 */
-    const int mrmax = fit >= DOT_MR ? DOT_MR : fit > 2 ? (int)fit : 2;
+    const int onepass = dot_one_pass(f, lo, a->m, K * xb);
+    const int mrmax = onepass ? (int)a->m : fit >= DOT_MR ? DOT_MR : fit > 2 ? (int)fit : 2;
     for (int64_t klo = 0; klo < K; klo += DSV3_GEMV_KC) { /* K chunks: x stays in L1 */
         const int64_t khi = klo + DSV3_GEMV_KC < K ? klo + DSV3_GEMV_KC : K;
         if (seq) { /* decode: one weight row after another (see rows_sequential) */
@@ -467,7 +515,7 @@ AI void dot_rows(dsv3_format f, const int lo, const dsv3_lin_args *a, int64_t n0
         }
         for (int64_t m0 = 0; m0 < a->m; m0 += mrmax) {
             const int mr = a->m - m0 < mrmax ? (int)(a->m - m0) : mrmax;
-            const int step = a->m <= mrmax && mr * K * xb <= DOT_X_L1 ? 1 : dot_nr(mr);
+            const int step = onepass ? 1 : dot_nr(mr);
             for (int64_t n = n0; n < n1; n += step) {
                 const int64_t nr = n1 - n < step ? n1 - n : step;
                 DOT_SWITCH(DOT_T)
