@@ -23,8 +23,17 @@
  * decodes keeps DRAM busy across tile boundaries (short rows, e.g. K = 2048, otherwise restart the
  * hardware prefetch streams at every tile). Address arithmetic via uintptr_t: past the end of the
  * weight it is only a hint, never dereferenced. */
-#define PF_NEXT(p, rowbytes) \
-    _mm_prefetch((const char *)(uintptr_t)((uintptr_t)(p) + (uintptr_t)(DNR * (rowbytes))), _MM_HINT_T0)
+#define PF_NEXT_HINT(p, rowbytes, hint) \
+    _mm_prefetch((const char *)(uintptr_t)((uintptr_t)(p) + (uintptr_t)(DNR * (rowbytes))), hint)
+#define PF_NEXT(p, rowbytes) PF_NEXT_HINT(p, rowbytes, _MM_HINT_T0)
+/* The bf16/fp8/int8 tiles (dot_blocks) prefetch the next tile's rows into L2 only: with long rows (K = 7168:
+ * 4 rows of 14-28 KB, revisited by up to 4 passes of x rows) an L1 prefetch evicted the tile's own rows and x.
+ * Measured 2026-11-30 (A/B in one process, one thread, CPU time, GB/s of weights, L1 -> L2 hint): K = 7168
+ * bf16 fast M = 2 16.0 -> 18.9, M = 4 13.1 -> 14.7, M = 8 9.2 -> 10.4, M = 16 5.5 -> 6.3; K = 4096 bf16 fast
+ * M = 4 13.4 -> 15.7, M = 8 9.2 -> 11.1; K = 7168 exact M = 1 (4-row tiles): bf16 16.7 -> 19.7, fp8_block
+ * 13.3 -> 16.5, int8 13.3 -> 20.3; K = 2048 exact bf16 M = 4 10.8 -> 13.2, M = 8 7.6 -> 8.8; rows of 4-5 KB
+ * (K = 2048 / 2560) 0.97-1.03 (noise). _MM_HINT_NTA was no better than L1 (0.95-0.99). */
+#define PF_NEXT_L2(p, rowbytes) PF_NEXT_HINT(p, rowbytes, _MM_HINT_T1)
 
 /* Decode (M = 1) walks the rows one after another (tiles of one weight row, no software prefetch)
  * when the prepared x a row reads is small: at most 8 KB, or at most the row's own bytes. A thread's
@@ -113,7 +122,7 @@ AI void dec_fp8_bf16(const uint8_t *p, const fp8_tables *t, const int is_int8, _
  *    128-byte block): every weight byte is loaded once and meets all M rows of x from L1 in registers
  *    (2 * M <= 16 accumulators).
  *  - Otherwise (long rows: K = 4096 / 7168 at M >= 3): passes of up to mrmax (>= 2) rows of x over tiles
- *    of dot_nr(mr) weight rows (the next tile's rows prefetched, PF_NEXT), which keeps x in L1; 8 rows of
+ *    of dot_nr(mr) weight rows (the next tile's rows prefetched, PF_NEXT_L2), which keeps x in L1; 8 rows of
  *    x streamed from L2 per weight row were slower.
  * The tile's sums are reduced 8 at a time (reduce_add8), bitwise _mm512_reduce_add_ps.
  * Measured 2026-11-30 (a C loop over the kernel, one thread, CPU time, bf16 fast mode, weights from memory;
@@ -150,8 +159,8 @@ AI void dot_blocks(dsv3_format f, const int lo, const int pf, const int mr, cons
     const int wb = f == DSV3_FMT_BF16 ? 2 : 1; /* weight bytes per code */
     for (int64_t k = k0; k < kend; k += 64) {
         __m512bh A[DNR], B[DNR];
-        for (int j = 0; j < nr && pf == 1; j++) /* the same bytes of the next tile's rows (see PF_NEXT) */
-            PF_NEXT(row[j] + k * wb, K * wb);
+        for (int j = 0; j < nr && pf == 1; j++) /* the same bytes of the next tile's rows (see PF_NEXT_L2) */
+            PF_NEXT_L2(row[j] + k * wb, K * wb);
         for (int j = 0; j < nr && pf == 2; j++) { /* further on in the row's own stream (DOT_PF_AHEAD) */
             const uintptr_t q = (uintptr_t)(row[j] + k * wb) + DOT_PF_AHEAD;
             _mm_prefetch((const char *)q, _MM_HINT_T1);
