@@ -207,8 +207,6 @@ AI void dot_group_end(dsv3_format f, const int mr, const int nr, const dsv3_lin_
     }
 }
 
-/* y = reduce(acc) + the scalar K tail (+ bias) for the tile's outputs (whole K: klo = 0, khi = K), or
- * the K chunk's share of it (DSV3_GEMV_KC). */
 /* Horizontal sums of 8 vectors at once (out[q] = sum of v[q]), each bitwise _mm512_reduce_add_ps(v[q]): GCC's
  * reduction tree (avx512fintrin.h, __MM512_REDUCE_OP) is s1[i] = v[i + 8] + v[i] (i < 8), s2[i] = s1[i + 4] +
  * s1[i] (i < 4), s3[i] = s2[i] + s2[i + 2] (i < 2), s3[0] + s3[1]; here every level pairs the same lanes for 8
@@ -232,6 +230,8 @@ AI void reduce_add8(const __m512 v[8], float out[8])
     }
 }
 
+/* y = reduce(acc) + the scalar K tail (+ bias) for the tile's outputs (whole K: klo = 0, khi = K), or
+ * the K chunk's share of it (DSV3_GEMV_KC). */
 AI void dot_finish(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, int64_t n0, int64_t m0,
                    int64_t klo, int64_t khi, __m512 acc[DOT_MR][DNR])
 {
