@@ -49,6 +49,13 @@ SHAPES = {
     # decode that the dsv3-vs-llama.cpp table measures reads rows of 1-2 K columns
     "peers_gate_up": (2048, 1024),
     "peers_down": (1024, 2048),
+    # bench_serve's default model (hidden 1024, intermediate 4096, moe_intermediate 1024, vocab 16384): the
+    # batched decode whose 8-vs-1 ratio it reports runs these with M = 8 rows of x (K = 1024: one pass of
+    # all rows per weight row in the small-M kernels)
+    "serve_qkv": (1024, 576),
+    "serve_mlp_up": (1024, 4096),
+    "serve_mlp_down": (4096, 1024),
+    "serve_lm_head": (1024, 16384),
 }
 # variant -> (format, quantize params, ops.linear mode or None, peak kind that bounds it)
 VARIANTS = {

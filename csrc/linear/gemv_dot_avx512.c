@@ -23,8 +23,17 @@
  * decodes keeps DRAM busy across tile boundaries (short rows, e.g. K = 2048, otherwise restart the
  * hardware prefetch streams at every tile). Address arithmetic via uintptr_t: past the end of the
  * weight it is only a hint, never dereferenced. */
-#define PF_NEXT(p, rowbytes) \
-    _mm_prefetch((const char *)(uintptr_t)((uintptr_t)(p) + (uintptr_t)(DNR * (rowbytes))), _MM_HINT_T0)
+#define PF_NEXT_HINT(p, rowbytes, hint) \
+    _mm_prefetch((const char *)(uintptr_t)((uintptr_t)(p) + (uintptr_t)(DNR * (rowbytes))), hint)
+#define PF_NEXT(p, rowbytes) PF_NEXT_HINT(p, rowbytes, _MM_HINT_T0)
+/* The bf16/fp8/int8 tiles (dot_blocks) prefetch the next tile's rows into L2 only: with long rows (K = 7168:
+ * 4 rows of 14-28 KB, revisited by up to 4 passes of x rows) an L1 prefetch evicted the tile's own rows and x.
+ * Measured 2026-11-30 (A/B in one process, one thread, CPU time, GB/s of weights, L1 -> L2 hint): K = 7168
+ * bf16 fast M = 2 16.0 -> 18.9, M = 4 13.1 -> 14.7, M = 8 9.2 -> 10.4, M = 16 5.5 -> 6.3; K = 4096 bf16 fast
+ * M = 4 13.4 -> 15.7, M = 8 9.2 -> 11.1; K = 7168 exact M = 1 (4-row tiles): bf16 16.7 -> 19.7, fp8_block
+ * 13.3 -> 16.5, int8 13.3 -> 20.3; K = 2048 exact bf16 M = 4 10.8 -> 13.2, M = 8 7.6 -> 8.8; rows of 4-5 KB
+ * (K = 2048 / 2560) 0.97-1.03 (noise). _MM_HINT_NTA was no better than L1 (0.95-0.99). */
+#define PF_NEXT_L2(p, rowbytes) PF_NEXT_HINT(p, rowbytes, _MM_HINT_T1)
 
 /* Decode (M = 1) walks the rows one after another (tiles of one weight row, no software prefetch)
  * when the prepared x a row reads is small: at most 8 KB, or at most the row's own bytes. A thread's
@@ -107,19 +116,36 @@ AI void dec_fp8_bf16(const uint8_t *p, const fp8_tables *t, const int is_int8, _
  * arithmetic is the same whatever the tile (pa/pb chains over the 64-blocks, part = pa + pb per K group,
  * acc += part * scale, one reduction), so a row's result does not depend on M or on the tile that
  * computed it (batched decode == one sequence at a time, bitwise).
- *  - When all M rows of x fit in DOT_X_L1 bytes (hi, + lo in exact mode) and M <= DOT_MR: ONE pass, tiles
- *    of all M rows against one weight row, the rows walked one after another (one sequential stream,
- *    prefetched DOT_PF_AHEAD bytes ahead into L2, both lines of each 128-byte block): every weight byte
- *    is loaded once and meets all M rows of x from L1 in registers (2 * M <= 16 accumulators).
+ *  - When all M rows of x fit in DOT_X_L1 bytes (hi, + lo in exact mode) and M <= DOT_MR, or in DOT_X_ONEPASS
+ *    bytes at M >= 5 (dot_one_pass): ONE pass, tiles of all M rows against one weight row, the rows walked
+ *    one after another (one sequential stream, prefetched DOT_PF_AHEAD bytes ahead into L2, both lines of each
+ *    128-byte block): every weight byte is loaded once and meets all M rows of x from L1 in registers
+ *    (2 * M <= 16 accumulators).
  *  - Otherwise (long rows: K = 4096 / 7168 at M >= 3): passes of up to mrmax (>= 2) rows of x over tiles
- *    of dot_nr(mr) weight rows (the next tile's rows prefetched, PF_NEXT), which keeps x in L1; 8 rows of
+ *    of dot_nr(mr) weight rows (the next tile's rows prefetched, PF_NEXT_L2), which keeps x in L1; 8 rows of
  *    x streamed from L2 per weight row were slower.
+ * The tile's sums are reduced 8 at a time (reduce_add8), bitwise _mm512_reduce_add_ps.
  * Measured 2026-11-30 (a C loop over the kernel, one thread, CPU time, bf16 fast mode, weights from memory;
  * GB/s of weights, before -> after): K = 1024: M = 2 10.8 -> 20.2, M = 3 9.8 -> 17.8, M = 4 9.3 -> 17.8,
- * M = 8 7.3 -> 13.2, M = 16 5.3 -> 6.6; K = 2048 exact M = 2 13.1 -> 16.7; K = 4096 / 7168 unchanged. */
+ * M = 8 7.3 -> 13.2, M = 16 5.3 -> 6.6; K = 2048 exact M = 2 13.1 -> 16.7; K = 4096 / 7168 unchanged.
+ * DOT_X_ONEPASS (32 KB, M >= 5), measured the same way (old and new kernel interleaved on copies of the
+ * weights, best of 2-3 rounds, GB/s before -> after): bf16 fast K = 2048 (expert_down) M = 5 10.2 -> 21.6,
+ * M = 6 9.4 -> 20.7, M = 7 9.0 -> 18.8, M = 8 8.8 -> 15.9; bf16 exact K = 1024 M = 6 7.3 -> 13.7, M = 8 6.0
+ * -> 8.4; int8 exact K = 2048 M = 8 4.1 -> 4.7; fp8_block exact lost 6-11% (K = 1024 / 2048, M = 6 / 8), so it
+ * keeps DOT_X_L1. M = 2..4 with x of 16-32 KB lost 8-15% (K = 4096 M = 4, K = 7168 M = 2): not taken.
+ * M = 8 at K = 1024 (fast) already runs at this machine's vdpbf16ps rate (16 dots per 64 weight codes: 8 B of
+ * bf16 weight per dot; 14-18 GB/s per thread at 1.75-2.2 G zmm dots/s measured), which bounds every small-M
+ * kernel with this definition (M * K / 32 dots per weight row). */
 #define DOT_MR 8
 #define DOT_PF_AHEAD 4096
 #define DOT_X_L1 (16 << 10)
+#define DOT_X_ONEPASS (32 << 10)
+/* Whether the M rows of x take the ONE pass (tiles of all M rows against one weight row). */
+AI int dot_one_pass(dsv3_format f, const int lo, int64_t m, int64_t xbytes)
+{
+    const int wide = m >= 5 && !(f == DSV3_FMT_FP8_BLOCK && lo);
+    return m <= DOT_MR && m * xbytes <= (wide ? DOT_X_ONEPASS : DOT_X_L1);
+}
 AI int dot_nr(int mr) { return mr <= 2 ? DNR : mr <= 4 ? 2 : 1; }
 
 /* The pa/pb chains of K range [k0, kend) (whole 64-blocks) for an mr x nr tile (rows m0.., weight rows
@@ -133,8 +159,8 @@ AI void dot_blocks(dsv3_format f, const int lo, const int pf, const int mr, cons
     const int wb = f == DSV3_FMT_BF16 ? 2 : 1; /* weight bytes per code */
     for (int64_t k = k0; k < kend; k += 64) {
         __m512bh A[DNR], B[DNR];
-        for (int j = 0; j < nr && pf == 1; j++) /* the same bytes of the next tile's rows (see PF_NEXT) */
-            PF_NEXT(row[j] + k * wb, K * wb);
+        for (int j = 0; j < nr && pf == 1; j++) /* the same bytes of the next tile's rows (see PF_NEXT_L2) */
+            PF_NEXT_L2(row[j] + k * wb, K * wb);
         for (int j = 0; j < nr && pf == 2; j++) { /* further on in the row's own stream (DOT_PF_AHEAD) */
             const uintptr_t q = (uintptr_t)(row[j] + k * wb) + DOT_PF_AHEAD;
             _mm_prefetch((const char *)q, _MM_HINT_T1);
@@ -181,6 +207,29 @@ AI void dot_group_end(dsv3_format f, const int mr, const int nr, const dsv3_lin_
     }
 }
 
+/* Horizontal sums of 8 vectors at once (out[q] = sum of v[q]), each bitwise _mm512_reduce_add_ps(v[q]): GCC's
+ * reduction tree (avx512fintrin.h, __MM512_REDUCE_OP) is s1[i] = v[i + 8] + v[i] (i < 8), s2[i] = s1[i + 4] +
+ * s1[i] (i < 4), s3[i] = s2[i] + s2[i + 2] (i < 2), s3[0] + s3[1]; here every level pairs the same lanes for 8
+ * vectors (transposed into 2, then 1 register), 15 shuffles and 8 adds instead of 8 x 7 operations. */
+AI void reduce_add8(const __m512 v[8], float out[8])
+{
+    __m512 u[4], w[2];
+    for (int p = 0; p < 4; p++) /* 128-bit lanes: v[2p] s1 (lanes 0-7), v[2p+1] s1 (lanes 8-15) */
+        u[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0xEE),
+                             _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0x44));
+    for (int q = 0; q < 2; q++) /* 128-bit lane L: s2 of v[4q + L] */
+        w[q] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * q], u[2 * q + 1], 0xDD),
+                             _mm512_shuffle_f32x4(u[2 * q], u[2 * q + 1], 0x88));
+    /* lane L: s3 of v[L] (elements 0, 1), of v[4 + L] (2, 3) */
+    const __m512 x = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x44), _mm512_shuffle_ps(w[0], w[1], 0xEE));
+    float r[16];
+    _mm512_storeu_ps(r, _mm512_add_ps(x, _mm512_shuffle_ps(x, x, 0xB1)));
+    for (int q = 0; q < 4; q++) {
+        out[q] = r[4 * q];
+        out[4 + q] = r[4 * q + 2];
+    }
+}
+
 /* y = reduce(acc) + the scalar K tail (+ bias) for the tile's outputs (whole K: klo = 0, khi = K), or
  * the K chunk's share of it (DSV3_GEMV_KC). */
 AI void dot_finish(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, int64_t n0, int64_t m0,
@@ -188,6 +237,13 @@ AI void dot_finish(dsv3_format f, const int mr, const int nr, const dsv3_lin_arg
 {
     const dsv3_weight *w = a->w;
     const int64_t K = w->k, Kb = K / 64 * 64, G = kgroup(f, w), ng = (K + G - 1) / G;
+    float red[8]; /* the tile's sums, output (i, j) at i * nr + j, when mr * nr >= 4 (every tile has <= 8) */
+    if (mr * nr >= 4) {
+        __m512 v[8];
+        for (int q = 0; q < 8; q++)
+            v[q] = q < mr * nr ? acc[q / nr][q % nr] : _mm512_setzero_ps();
+        reduce_add8(v, red);
+    }
     for (int j = 0; j < nr; j++) {
         const int64_t n = n0 + j;
         float tail[DOT_MR] = {0};
@@ -206,7 +262,7 @@ AI void dot_finish(dsv3_format f, const int mr, const int nr, const dsv3_lin_arg
         }
         for (int i = 0; i < mr; i++) {
             float *y = a->y + (m0 + i) * w->n + n;
-            const float v = _mm512_reduce_add_ps(acc[i][j]) + tail[i];
+            const float v = (mr * nr >= 4 ? red[i * nr + j] : _mm512_reduce_add_ps(acc[i][j])) + tail[i];
             *y = klo == 0 ? v : *y + v;
             if (khi >= K && a->bias)
                 *y += a->bias[n];
@@ -457,7 +513,8 @@ AI void dot_rows(dsv3_format f, const int lo, const dsv3_lin_args *a, int64_t n0
     const int64_t K = a->w->k, xb = lo ? 4 : 2; /* x bytes per column (hi, lo) */
     const int seq = rows_sequential(a, (int)xb, K * (f == DSV3_FMT_BF16 ? 2 : 1));
     const int64_t fit = K > 0 ? DOT_X_L1 / (K * xb) : DOT_MR; /* rows of x that fit in DOT_X_L1 */
-    const int mrmax = fit >= DOT_MR ? DOT_MR : fit > 2 ? (int)fit : 2;
+    const int onepass = dot_one_pass(f, lo, a->m, K * xb);
+    const int mrmax = onepass ? (int)a->m : fit >= DOT_MR ? DOT_MR : fit > 2 ? (int)fit : 2;
     for (int64_t klo = 0; klo < K; klo += DSV3_GEMV_KC) { /* K chunks: x stays in L1 */
         const int64_t khi = klo + DSV3_GEMV_KC < K ? klo + DSV3_GEMV_KC : K;
         if (seq) { /* decode: one weight row after another (see rows_sequential) */
@@ -467,7 +524,7 @@ AI void dot_rows(dsv3_format f, const int lo, const dsv3_lin_args *a, int64_t n0
         }
         for (int64_t m0 = 0; m0 < a->m; m0 += mrmax) {
             const int mr = a->m - m0 < mrmax ? (int)(a->m - m0) : mrmax;
-            const int step = a->m <= mrmax && mr * K * xb <= DOT_X_L1 ? 1 : dot_nr(mr);
+            const int step = onepass ? 1 : dot_nr(mr);
             for (int64_t n = n0; n < n1; n += step) {
                 const int64_t nr = n1 - n < step ? n1 - n : step;
                 DOT_SWITCH(DOT_T)
