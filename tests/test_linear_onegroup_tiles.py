@@ -1,15 +1,17 @@
-"""The one-group formats' small-M walk (csrc/linear/gemv_template.h, f32 / bf16 / int8 weight-only; on AVX2 also
-bf16 in the fast precision, which keeps f32 x there): every row of x is bit for bit that row computed alone, for
-every M below the AVX2 GEMM (1..11), whichever tile computes it:
+"""Small-M tiles whose rows must be bitwise the row alone (batched decode == one sequence at a time), for every M
+below the AVX2 GEMM (1..11), whichever tile computes a row:
 
-- M = 1: whole-K tiles of 1 or 4 weight rows;
-- M > 1 with x (M rows of K f32) within 16 KB: whole-K tiles of 2 rows of x by 1 weight row;
-- beyond: K segments of 64 vectors, tiles of 4 x 2, 3 x 2, 2 x 4, 1 x 4 and their column remainders (N = 11:
-  items of 4 columns and one of 3), chains advanced segment by segment.
+- the one-group formats' walk (csrc/linear/gemv_template.h, f32 / bf16 / int8 weight-only; on AVX2 also bf16 in
+  the fast precision, which keeps f32 x there): M = 1 whole-K tiles of 1 or 4 weight rows; M > 1 K segments of
+  64 vectors, tiles of 4 x 2, 3 x 2, 2 x 4, 1 x 4 and their column remainders (N = 11: items of 4 columns and one
+  of 3), chains advanced segment by segment. AVX-512 also runs this walk for f32 weights;
+- int8 in the fast precision on AVX2 (csrc/linear/dot_q8_avx2.c, Q8 activations): M = 1 one row after another;
+  M > 1 segments of 32 blocks of 32 columns, tiles of 4 x 2 .. 1 x 1.
 
-K values put several segments and a partial last one behind a K tail of 1-7 elements (and 1-3 leftover vectors);
-thread counts 1 and 2 give the same bits. Against the scalar twin (independent decode, sequential sum) and float64
-x @ dequantize(W)^T at the f32 bound 1e-5 * |x| @ |W|^T. AVX-512 also runs this walk for f32 weights."""
+K values put several segments and a partial last one behind a K tail (1-7 elements past the vectors, 5-31
+columns past the Q8 blocks); thread counts 1 and 2 give the same bits; rows permuted land in other tiles. Against
+the scalar twin (independent decode, sequential sum) at the f32 bound 1e-5 * |x| @ |W|^T, and (exact) float64
+x @ dequantize(W)^T at the same bound."""
 import numpy as np
 import pytest
 
@@ -20,7 +22,7 @@ from dsv3._native import lib
 ISAS = lib.isa_info()[1]
 GEMM_MIN_M_AVX2 = 12  # csrc/linear/linear.c: GEMM_MIN_M_AVX2
 CASES = [("avx2", "bf16", "exact"), ("avx2", "bf16", "fast"), ("avx2", "f32", "exact"), ("avx2", "int8", "exact"),
-         ("avx512", "f32", "exact")]
+         ("avx512", "f32", "exact"), ("avx2", "int8", "fast")]
 KS = (1029, 1500, 2053, 4607)  # 128 vectors + 5; 187 + 4; 256 + 5 (4 segments + tail); 575 + 7 (9 segments)
 
 
@@ -48,10 +50,12 @@ def test_segmented_tiles_are_bitwise_single_rows(isa, fmt, precision, threads):
         dsv3.set_num_threads(1)
         single = np.stack([dsv3.ops.linear(x[r:r + 1], qt, bias=bias, isa=isa, precision=precision)[0]
                            for r in range(len(x))])
-        ref = x.astype(np.float64) @ wd.T + bias
         bound = 1e-5 * (np.abs(x.astype(np.float64)) @ np.abs(wd).T) + 1e-6 * np.abs(bias)
-        assert np.all(np.abs(single - ref) <= bound), (fmt, k)
-        scalar = dsv3.ops.linear(x, qt, bias=bias, isa="scalar", precision="exact")
+        if precision == "exact" or fmt != "int8":  # int8 fast: x quantised per 32-block (the twin's definition)
+            ref = x.astype(np.float64) @ wd.T + bias
+            assert np.all(np.abs(single - ref) <= bound), (fmt, k)
+        # the twin: bf16 fast on AVX2 keeps the exact f32 kernel (the scalar fast one rounds x to bf16, AVX-512's)
+        scalar = dsv3.ops.linear(x, qt, bias=bias, isa="scalar", precision=precision if fmt == "int8" else "exact")
         assert np.all(np.abs(single - scalar) <= 2 * bound), (fmt, k)
         for nt in (1, 2):
             dsv3.set_num_threads(nt)
