@@ -285,19 +285,22 @@ AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n
  * Decode (M = 1, gemv_onegroup) walks one weight row at a time (one prefetch stream: walking 2-4 rows of 1-4 KB
  * at once measured slower), or four when the f32 x outgrows 8 KB of L1 (K > 2048: one x load, from L2, for four
  * rows; 16 chains).
- * M > 1 (gemv_og_block) is FMA-bound (8 rows: 8 FMAs per 8 codes) and its x (M rows of K f32) outgrows L1
- * (K = 7168 from M = 2): it walks K in segments of OG_SEG codes (the x segment of up to OG_MB rows and the
- * item's 4 weight-row segments stay in L1, the next ones are prefetched into L2) with tiles of up to 4 rows of x
- * by 2 weight rows (8 accumulators, 2 decodes and 4 x loads per 8 FMAs), one chain at a time: chain c's
- * accumulators are loaded from P, advanced over the segment's vectors v = c mod 4 and stored back, so each
- * pair's four chains add the same products in the same order as the decode walk. Measured (AVX2 on Zen 4, one
- * thread, bf16 weights from memory, best of 3 in a standalone C harness, 2026-11-30) against the former tiles of
- * 2 rows of x by one weight row over the whole K: M = 4 1.3-1.8x, M = 8 1.45-1.65x, M = 11 1.4-1.6x, M = 2 1.0x
- * (K = 1024, 2048) to 1.8x (K = 7168) on 7168->2048, 2048->7168 and 1024->4096. */
+ * M > 1 is FMA-bound (8 rows: 8 FMAs per 8 codes). While x (M rows of K f32) fits in OG_X_L1 it runs whole-K
+ * tiles of two rows of x by one weight row (8 chains; the second tile re-reads the row from L1). Beyond, those
+ * tiles re-read x from L2 for every weight row, so gemv_og_block walks K in segments of OG_SEG codes (the x
+ * segment of up to OG_MB rows and the item's 4 weight-row segments stay in L1, the next ones are prefetched into
+ * L2) with tiles of up to 4 rows of x by 2 weight rows (8 accumulators, 2 decodes and 4 x loads per 8 FMAs), one
+ * chain at a time: chain c's accumulators are loaded from P, advanced over the segment's vectors v = c mod 4 and
+ * stored back, so each pair's four chains add the same products in the same order as the decode walk. Measured
+ * (AVX2 on Zen 4, one thread, bf16 weights from memory, CPU time, best of 3, benchmarks/small_m_harness.c,
+ * 2026-11-30) against whole-K tiles at every M: M = 4 1.3-1.8x, M = 8 1.45-1.65x, M = 11 1.4-1.6x, M = 2 1.0x
+ * (K = 2048) to 1.8x (K = 7168) on 7168->2048, 2048->7168 and 1024->4096; at M = 2, K = 1024 (x 8 KB) the
+ * whole-K tiles were 1.1-1.3x the segments. */
 #define OG_SEG (64 * VL) /* codes per K segment (a multiple of 4 VL: every segment starts at chain 0) */
 #define OG_MB 12         /* rows of x per block */
 #define OG_NB 4          /* weight rows per block (the work item: GEMV_COLS) */
 #define OG_PF 2          /* segments of software prefetch ahead */
+#define OG_X_L1 8192     /* bytes of x (M rows of K f32) up to which M > 1 runs whole-K tiles */
 
 AI int onegroup_walk(dsv3_format f, const dsv3_lin_args *a)
 {
@@ -326,14 +329,17 @@ AI void og_out(dsv3_format f, const dsv3_lin_args *a, const float *xr, int64_t m
         *y += a->bias[n];
 }
 
-/* Decode: one row of x (m0) by nr weight rows (1 or 4), whole K. */
-AI void gemv_onegroup(dsv3_format f, const int nr, const dsv3_lin_args *a, int64_t n0, int64_t m0)
+/* Whole-K tiles: one row of x by nr weight rows (1 or 4: decode), or two rows of x by one weight row (M > 1 while
+ * x fits in OG_X_L1). */
+AI void gemv_onegroup(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, int64_t n0, int64_t m0)
 {
     const dsv3_weight *w = a->w;
     const int64_t K = w->k, Kv = K / VL * VL;
-    const float *x = a->x + m0 * K;
+    const float *x[2];
     const uint8_t *row[4];
-    V p[4][4]; /* [weight row][chain] */
+    V p[4][4]; /* [row of x or weight row][chain] */
+    for (int i = 0; i < mr; i++)
+        x[i] = a->x + (m0 + i) * K;
     for (int j = 0; j < nr; j++)
         row[j] = row_ptr(f, w, n0 + j);
     for (int t = 0; t < 4; t++)
@@ -342,15 +348,21 @@ AI void gemv_onegroup(dsv3_format f, const int nr, const dsv3_lin_args *a, int64
     int64_t k = 0;
     for (; k + 4 * VL <= Kv; k += 4 * VL)
         for (int c = 0; c < 4; c++) {
-            const V xv = V_LOADU(x + k + c * VL);
-            for (int j = 0; j < nr; j++)
-                p[j][c] = V_FMA(xv, DEC(f, w, row[j], k + c * VL), p[j][c]);
+            if (mr == 1) {
+                const V xv = V_LOADU(x[0] + k + c * VL);
+                for (int j = 0; j < nr; j++)
+                    p[j][c] = V_FMA(xv, DEC(f, w, row[j], k + c * VL), p[j][c]);
+            } else {
+                const V wv = DEC(f, w, row[0], k + c * VL);
+                for (int i = 0; i < mr; i++)
+                    p[i][c] = V_FMA(V_LOADU(x[i] + k + c * VL), wv, p[i][c]);
+            }
         }
     for (int c = 0; c < 3 && k < Kv; c++, k += VL) /* 1-3 vectors left: chains 0, 1, 2 */
-        for (int j = 0; j < nr; j++)
-            p[j][c] = V_FMA(V_LOADU(x + k), DEC(f, w, row[j], k), p[j][c]);
-    for (int j = 0; j < nr; j++)
-        og_out(f, a, x, m0, n0 + j, p[j]);
+        for (int t = 0; t < mr * nr; t++)
+            p[t][c] = V_FMA(V_LOADU(x[mr == 1 ? 0 : t] + k), DEC(f, w, row[mr == 1 ? t : 0], k), p[t][c]);
+    for (int t = 0; t < mr * nr; t++)
+        og_out(f, a, x[mr == 1 ? 0 : t], m0 + (mr == 1 ? 0 : t), n0 + (mr == 1 ? t : 0), p[t]);
 }
 
 /* One tile of the M > 1 walk: rows x[0..mr) by weight rows row[0..nr), vectors [vs, ve) of the segment (vs a
@@ -444,9 +456,19 @@ AI void gemv_rows_onegroup(dsv3_format f, const dsv3_lin_args *a, int64_t n0, in
         int64_t n = n0;
         if (a->w->k * 4 > 8192) /* f32 x beyond 8 KB of L1: four weight rows per x load */
             for (; n + 4 <= n1; n += 4)
-                gemv_onegroup(f, 4, a, n, 0);
+                gemv_onegroup(f, 1, 4, a, n, 0);
         for (; n < n1; n++)
-            gemv_onegroup(f, 1, a, n, 0);
+            gemv_onegroup(f, 1, 1, a, n, 0);
+        return;
+    }
+    if (a->m * a->w->k * 4 <= OG_X_L1) { /* x in L1: whole-K tiles of two rows of x (8 chains) */
+        for (int64_t n = n0; n < n1; n++) {
+            int64_t m0 = 0;
+            for (; m0 + 2 <= a->m; m0 += 2)
+                gemv_onegroup(f, 2, 1, a, n, m0);
+            if (m0 < a->m)
+                gemv_onegroup(f, 1, 1, a, n, m0);
+        }
         return;
     }
     for (int64_t n = n0; n < n1; n += OG_NB) {
