@@ -2,9 +2,10 @@
 below the AVX2 GEMM (1..11), whichever tile computes a row:
 
 - the one-group formats' walk (csrc/linear/gemv_template.h, f32 / bf16 / int8 weight-only; on AVX2 also bf16 in
-  the fast precision, which keeps f32 x there): M = 1 whole-K tiles of 1 or 4 weight rows; M > 1 with x within
-  8 KB whole-K tiles of 2 rows of x by one weight row; beyond, K segments of 64 vectors, tiles of 4 x 2, 3 x 2, 2 x 4, 1 x 4 and their column remainders (N = 11: items of 4 columns and one
-  of 3), chains advanced segment by segment. AVX-512 also runs this walk for f32 weights;
+  the fast precision, which keeps f32 x there): M = 1 whole-K tiles of 1 or 4 weight rows; M = 2, 3 with x within
+  16 KB whole-K tiles of 2 rows of x by one weight row; beyond, K segments of 64 vectors, tiles of 4 x 2, 3 x 2,
+  2 x 4, 1 x 4 and their column remainders (N = 11: items of 4 columns and one of 3), chains advanced segment by
+  segment. AVX-512 also runs this walk for f32 weights;
 - int8 in the fast precision on AVX2 (csrc/linear/dot_q8_avx2.c, Q8 activations): M = 1 one row after another;
   M > 1 segments of 32 blocks of 32 columns, tiles of 4 x 2 .. 1 x 1.
 
@@ -23,8 +24,8 @@ ISAS = lib.isa_info()[1]
 GEMM_MIN_M_AVX2 = 12  # csrc/linear/linear.c: GEMM_MIN_M_AVX2
 CASES = [("avx2", "bf16", "exact"), ("avx2", "bf16", "fast"), ("avx2", "f32", "exact"), ("avx2", "int8", "exact"),
          ("avx512", "f32", "exact"), ("avx2", "int8", "fast")]
-# 125 vectors (M = 2: x within 8 KB, whole-K tiles of 2 rows of x); 128 + 5; 187 + 4; 256 + 5 (4 segments + tail);
-# 575 + 7 (9 segments)
+# vectors + K tail: 125; 128 + 5; 187 + 4 (M = 2, 3 of these three: x within 16 KB, whole-K tiles); 256 + 5 (4
+# segments + tail); 575 + 7 (9 segments)
 KS = (1000, 1029, 1500, 2053, 4607)
 
 

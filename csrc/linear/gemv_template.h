@@ -285,22 +285,21 @@ AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n
  * Decode (M = 1, gemv_onegroup) walks one weight row at a time (one prefetch stream: walking 2-4 rows of 1-4 KB
  * at once measured slower), or four when the f32 x outgrows 8 KB of L1 (K > 2048: one x load, from L2, for four
  * rows; 16 chains).
- * M > 1 is FMA-bound (8 rows: 8 FMAs per 8 codes). While x (M rows of K f32) fits in OG_X_L1 it runs whole-K
- * tiles of two rows of x by one weight row (8 chains; the second tile re-reads the row from L1). Beyond, those
- * tiles re-read x from L2 for every weight row, so gemv_og_block walks K in segments of OG_SEG codes (the x
+ * M > 1 is FMA-bound (8 rows: 8 FMAs per 8 codes). M = 2, 3 with x (M rows of K f32) within OG_X_L1 run whole-K
+ * tiles of two rows of x by one weight row (8 chains; a weight row read once, or twice from L1 at M = 3). Beyond,
+ * those tiles re-read x from L2 for every weight row, so gemv_og_block walks K in segments of OG_SEG codes (the x
  * segment of up to OG_MB rows and the item's 4 weight-row segments stay in L1, the next ones are prefetched into
  * L2) with tiles of up to 4 rows of x by 2 weight rows (8 accumulators, 2 decodes and 4 x loads per 8 FMAs), one
  * chain at a time: chain c's accumulators are loaded from P, advanced over the segment's vectors v = c mod 4 and
  * stored back, so each pair's four chains add the same products in the same order as the decode walk. Measured
  * (AVX2 on Zen 4, one thread, bf16 weights from memory, CPU time, best of 3, benchmarks/small_m_harness.c,
- * 2026-11-30) against whole-K tiles at every M: M = 4 1.3-1.8x, M = 8 1.45-1.65x, M = 11 1.4-1.6x, M = 2 1.0x
- * (K = 2048) to 1.8x (K = 7168) on 7168->2048, 2048->7168 and 1024->4096; at M = 2, K = 1024 (x 8 KB) the
- * whole-K tiles were 1.1-1.3x the segments. */
+ * 2026-11-30), segments / whole-K tiles: M = 8 1.4-1.6x, M = 11 1.4-1.5x, M = 4 1.1x (K = 1024) to 1.8x
+ * (K = 7168), M = 2 1.75x at K = 7168; but 0.75x at M = 3, K = 1024 and 0.85x at M = 2, K = 2048 (hence OG_X_L1). */
 #define OG_SEG (64 * VL) /* codes per K segment (a multiple of 4 VL: every segment starts at chain 0) */
 #define OG_MB 12         /* rows of x per block */
 #define OG_NB 4          /* weight rows per block (the work item: GEMV_COLS) */
 #define OG_PF 2          /* segments of software prefetch ahead */
-#define OG_X_L1 8192     /* bytes of x (M rows of K f32) up to which M > 1 runs whole-K tiles */
+#define OG_X_L1 16384    /* bytes of x (M rows of K f32) up to which M = 2, 3 run whole-K tiles */
 
 AI int onegroup_walk(dsv3_format f, const dsv3_lin_args *a)
 {
@@ -461,7 +460,7 @@ AI void gemv_rows_onegroup(dsv3_format f, const dsv3_lin_args *a, int64_t n0, in
             gemv_onegroup(f, 1, 1, a, n, 0);
         return;
     }
-    if (a->m * a->w->k * 4 <= OG_X_L1) { /* x in L1: whole-K tiles of two rows of x (8 chains) */
+    if (a->m <= 3 && a->m * a->w->k * 4 <= OG_X_L1) { /* x in L1: whole-K tiles of two rows of x (8 chains) */
         for (int64_t n = n0; n < n1; n++) {
             int64_t m0 = 0;
             for (; m0 + 2 <= a->m; m0 += 2)
