@@ -42,7 +42,8 @@ int main(int argc, char **argv)
         unsigned char *d = malloc(wb);
         float *s = malloc((size_t)N * 4);
         for (size_t i = 0; i < wb; i++)
-            d[i] = bf ? ((i & 1) ? (unsigned char)(0x3c + i % 3) : (unsigned char)(i * 7)) : (unsigned char)(i * 37 % 255);
+            d[i] = bf ? ((i & 1) ? (unsigned char)(0x3c + i % 3) : (unsigned char)(i * 7))
+                      : (unsigned char)(i * 37 % 255);
         for (int n = 0; n < N; n++)
             s[n] = 0.01f;
         w[c] = (dsv3_weight){.fmt = bf ? DSV3_FMT_BF16 : DSV3_FMT_INT8, .n = N, .k = K, .data = d,

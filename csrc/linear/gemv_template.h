@@ -364,13 +364,12 @@ AI void gemv_onegroup(dsv3_format f, const int mr, const int nr, const dsv3_lin_
         og_out(f, a, x[mr == 1 ? 0 : t], m0 + (mr == 1 ? 0 : t), n0 + (mr == 1 ? t : 0), p[t]);
 }
 
-/* One tile of the M > 1 walk: rows x[0..mr) by weight rows row[0..nr), vectors [vs, ve) of the segment (vs a
- * multiple of 4), chains from and back to P[i][j][c]. */
+/* One tile of the M > 1 walk: rows x + i xst (i < mr) by weight rows row[0..nr), vectors [vs, ve) of the segment
+ * (vs a multiple of 4), chains from and back to P[i][j0 + j][c]. */
 AI void og_tile(dsv3_format f, const int mr, const int nr, const dsv3_weight *w, const float *x, int64_t xst,
                 const uint8_t *const *row, int64_t vs, int64_t ve, V (*P)[OG_NB][4], int j0)
 {
     (void)w;
-    (void)xst;
     for (int c = 0; c < 4; c++) {
         V acc[4][4];
         for (int i = 0; i < mr; i++)
@@ -397,8 +396,8 @@ AI void og_tile(dsv3_format f, const int mr, const int nr, const dsv3_weight *w,
 
 /* Tiles of the (mb rows, nb weight rows) block over one segment: 4 x 2 (8 chains) where the rows allow, 2 x 4
  * and 1 x 4 for a remainder of 1-2 rows of x, 3 x 2 for 3. */
-AI void og_segment(dsv3_format f, const dsv3_weight *w, const float *x, int64_t xst, const uint8_t *const *row, int mb,
-                   int nb, int64_t vs, int64_t ve, V (*P)[OG_NB][4])
+AI void og_segment(dsv3_format f, const dsv3_weight *w, const float *x, int64_t xst, const uint8_t *const *row,
+                   int mb, int nb, int64_t vs, int64_t ve, V (*P)[OG_NB][4])
 {
     for (int i0 = 0; i0 < mb; i0 += 4) {
         const int mr = mb - i0 < 4 ? mb - i0 : 4;
@@ -412,7 +411,8 @@ AI void og_segment(dsv3_format f, const dsv3_weight *w, const float *x, int64_t 
             switch (mr * 8 + nr) {
                 OG_T(4, 2); OG_T(4, 1); OG_T(3, 2); OG_T(3, 1);
                 OG_T(2, 4); OG_T(2, 3); OG_T(2, 2); OG_T(2, 1);
-                OG_T(1, 4); OG_T(1, 3); OG_T(1, 2); default: og_tile(f, 1, 1, w, xi, xst, rj, vs, ve, P + i0, j0); break;
+                OG_T(1, 4); OG_T(1, 3); OG_T(1, 2);
+            default: og_tile(f, 1, 1, w, xi, xst, rj, vs, ve, P + i0, j0); break;
             }
 #undef OG_T
         }
