@@ -9,8 +9,9 @@
  * vpmaddwd with ones widens to int32 lanes (int4: lane l of a 64-block = natural columns 8l..8l+7),
  * which are converted and scaled by their block's d times the weight scale in f32 (int4 group 128: the
  * two 64-blocks of a group summed with their d first, then one multiply by the group's scale). M = 1
- * walks the rows one after another (q8_row1); M > 1 runs tiles of one row of x by up to 4 weight rows with
- * the same arithmetic. The K tail runs the reference (dsv3_q8_ref_dot). */
+ * walks the rows one after another (q8_row1); M > 1 runs, with the same arithmetic, tiles of one row of x by up
+ * to 4 weight rows (int4: q8_tile), or for int8 K segments of 4 x 2 tiles (q8i8_block). The K tail runs the
+ * reference (dsv3_q8_ref_dot). */
 #include <immintrin.h>
 #include <stdint.h>
 
@@ -142,6 +143,87 @@ AI void q8_tile(const int is4, const int nr, const dsv3_lin_args *a, int64_t n0,
         a->y[r * w->n + n0 + j] = row_out(a, r, n0 + j, kb, sum[j]);
 }
 
+/* int8, M > 1: rows [r0, r0 + mb) of x by weight rows [n0, n0 + nb), the 32-column blocks walked in segments of
+ * Q8_SEGB (the rows' segments stay in L1; the weight rows' next segments are prefetched into L2), in tiles of up to
+ * 4 rows of x by 2 weight rows: |w| once per weight block for the tile's rows (q8_tile recomputes it per row of x),
+ * each pair's accumulator advanced block by block with int8_step's operations (so every row's bits are q8_row1's:
+ * one chain in block order, then hsum4 and row_out). P holds the accumulators between segments. */
+#define Q8_SEGB 32 /* blocks per segment (x: up to Q8_MB rows of 1 KB) */
+#define Q8_MB 12   /* rows of x per block of rows */
+
+AI void q8i8_tile(const int mr, const int nr, const dsv3_lin_args *a, const uint8_t *const *row, int64_t r0,
+                  int64_t b0, int64_t b1, __m256 (*P)[QNR], int j0)
+{
+    const dsv3_act_q8 *x = a->q8;
+    const int64_t K = a->w->k, nbk = (K + 31) / 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4][2];
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++)
+            acc[i][j] = P[i][j0 + j];
+    for (int64_t b = b0; b < b1; b++) {
+        __m256i wv[2], uw[2];
+        for (int j = 0; j < nr; j++) {
+            wv[j] = _mm256_loadu_si256((const __m256i *)(row[j] + 32 * b));
+            uw[j] = _mm256_abs_epi8(wv[j]);
+        }
+        for (int i = 0; i < mr; i++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + (r0 + i) * K + 32 * b));
+            const __m256 dv = _mm256_set1_ps(x->d[(r0 + i) * nbk + b]);
+            for (int j = 0; j < nr; j++) {
+                const __m256i p16 = _mm256_maddubs_epi16(uw[j], _mm256_sign_epi8(xv, wv[j]));
+                acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), dv, acc[i][j]);
+            }
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++)
+            P[i][j0 + j] = acc[i][j];
+}
+
+AI void q8i8_block(const dsv3_lin_args *a, int64_t n0, int nb, int64_t r0, int mb)
+{
+    const dsv3_weight *w = a->w;
+    const int64_t K = w->k, kb = simd_cols(0, a), nbv = kb / 32;
+    const uint8_t *row[QNR];
+    __m256 P[Q8_MB][QNR];
+    for (int j = 0; j < nb; j++)
+        row[j] = (const uint8_t *)w->data + (n0 + j) * K;
+    for (int i = 0; i < mb; i++)
+        for (int j = 0; j < QNR; j++)
+            P[i][j] = _mm256_setzero_ps();
+    for (int64_t b0 = 0; b0 < nbv; b0 += Q8_SEGB) {
+        const int64_t b1 = b0 + Q8_SEGB < nbv ? b0 + Q8_SEGB : nbv;
+        /* the segment two ahead, past a row's end the same row of the next item (rows are contiguous) */
+        const int64_t o = 32 * (b0 + 2 * Q8_SEGB), d = o < K ? o : o + (nb - 1) * K;
+        for (int j = 0; j < nb; j++)
+            for (int64_t c = 0; c < 32 * Q8_SEGB; c += 64)
+                _mm_prefetch((const char *)row[j] + d + c, _MM_HINT_T1);
+        for (int i0 = 0; i0 < mb; i0 += 4) {
+            const int mr = mb - i0 < 4 ? mb - i0 : 4;
+            for (int j0 = 0; j0 < nb; j0 += 2) {
+                const uint8_t *const *rj = row + j0;
+                switch (mr * 2 + (nb - j0 < 2 ? 1 : 2)) {
+                case 10: q8i8_tile(4, 2, a, rj, r0 + i0, b0, b1, P + i0, j0); break;
+                case 9: q8i8_tile(4, 1, a, rj, r0 + i0, b0, b1, P + i0, j0); break;
+                case 8: q8i8_tile(3, 2, a, rj, r0 + i0, b0, b1, P + i0, j0); break;
+                case 7: q8i8_tile(3, 1, a, rj, r0 + i0, b0, b1, P + i0, j0); break;
+                case 6: q8i8_tile(2, 2, a, rj, r0 + i0, b0, b1, P + i0, j0); break;
+                case 5: q8i8_tile(2, 1, a, rj, r0 + i0, b0, b1, P + i0, j0); break;
+                case 4: q8i8_tile(1, 2, a, rj, r0 + i0, b0, b1, P + i0, j0); break;
+                default: q8i8_tile(1, 1, a, rj, r0 + i0, b0, b1, P + i0, j0); break;
+                }
+            }
+        }
+    }
+    for (int i = 0; i < mb; i++) {
+        float sum[4];
+        _mm_storeu_ps(sum, hsum4(P[i][0], P[i][nb > 1], P[i][nb > 2 ? 2 : 0], P[i][nb > 3 ? 3 : 0]));
+        for (int j = 0; j < nb; j++)
+            a->y[(r0 + i) * w->n + n0 + j] = row_out(a, r0 + i, n0 + j, kb, sum[j]);
+    }
+}
+
 /* One weight row at M = 1 (x row 0), with its compensation: q8_tile's arithmetic as a pointer walk. */
 AI __m256 q8_row1(const int is4, const dsv3_lin_args *a, int64_t n, int64_t ng)
 {
@@ -182,6 +264,12 @@ AI void q8_rows(const int is4, const dsv3_lin_args *a, int64_t n0, int64_t n1)
             const __m256 r = q8_row1(is4, a, n, ng);
             a->y[n] = row_out(a, 0, n, kb, _mm_cvtss_f32(hsum4(r, r, r, r)));
         }
+        return;
+    }
+    if (!is4) {
+        for (int64_t n = n0; n < n1; n += QNR)
+            for (int64_t r = 0; r < a->m; r += Q8_MB)
+                q8i8_block(a, n, n1 - n < QNR ? (int)(n1 - n) : QNR, r, a->m - r < Q8_MB ? (int)(a->m - r) : Q8_MB);
         return;
     }
     for (int64_t n = n0; n < n1; n += QNR) {

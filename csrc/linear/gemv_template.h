@@ -9,8 +9,8 @@
  * suffix). Structure (BLIS-like: the framework owns tiling, the decoder knows registers):
  * threads own disjoint output columns n; for each n the weight row is streamed once from memory
  * per tile of up to 4 rows of x (M <= 4 reads it once, larger M re-reads it from L1/L2).
- * The one-group formats (f32, bf16, int8 weight-only) have their own walk (gemv_onegroup: four FMA
- * chains per row). The others, two schemes chosen per format at compile time:
+ * The one-group formats (f32, bf16, int8 weight-only) have their own walk (gemv_rows_onegroup: four FMA
+ * chains per row, K segments for M > 1). The others, two schemes chosen per format at compile time:
  *  - epilogue (fp8 dynamic): per K group an fp32 partial dot, then
  *    acc += partial * scale (* activation scale), DeepSeek fp8_gemm's order;
  *  - scaled decode (nvfp4, int4, fp8 weight-only): each decoded vector is multiplied by its group
@@ -275,29 +275,68 @@ AI void gemv_tile(dsv3_format f, const int mr, const dsv3_lin_args *a, int64_t n
     }
 }
 
-/* One-group formats (f32, bf16, int8 weight-only: G = K, no activation scale) take their own walk: every
- * (row of x, weight row) pair runs four FMA chains (vectors k / VL mod 4), summed (p0 + p1) + (p2 + p3), one
- * multiply by the row scale, the K tail and the reduction, whatever the tile. Two chains bounded the one-row
- * walk at 2 VL codes per FMA latency: bf16 from L2 at 27 GB/s on AVX2 (Zen 4, one thread), about the read
- * bandwidth, so decode could not run ahead of its misses; four chains: 34-36 GB/s (llama.cpp's bf16 dot runs
- * four too). Tiles: decode (M = 1) walks one weight row at a time (one prefetch stream: walking 2-4 rows of
- * 1-4 KB at once measured slower), or four when the f32 x outgrows 8 KB of L1 (K > 2048: one x load, from L2,
- * for four rows; 16 chains, as fast as the former 4 x 2 there); M > 1 runs tiles of two rows of x against
- * one weight row (8 chains fit the AVX2 register file; the second pass re-reads the row from L1). Each row's
- * arithmetic is the same in every tile, so results are bitwise independent of M, of the rows beside it and
- * of the thread count. */
+/* One-group formats (f32, bf16, int8 weight-only: G = K, no activation scale) take their own walk. Its
+ * arithmetic, the same for every (row of x, weight row) pair whatever the tile: four FMA chains, chain c summing
+ * the vectors v = c mod 4 (v = k / VL) in increasing v, summed (p0 + p1) + (p2 + p3), one multiply by the row
+ * scale, the K tail and the reduction (og_out). So results are bitwise independent of M, of the rows beside a
+ * row and of the thread count. Two chains bounded the one-row walk at 2 VL codes per FMA latency: bf16 from L2
+ * at 27 GB/s on AVX2 (Zen 4, one thread), about the read bandwidth, so decode could not run ahead of its misses;
+ * four chains: 34-36 GB/s (llama.cpp's bf16 dot runs four too).
+ * Decode (M = 1, gemv_onegroup) walks one weight row at a time (one prefetch stream: walking 2-4 rows of 1-4 KB
+ * at once measured slower), or four when the f32 x outgrows 8 KB of L1 (K > 2048: one x load, from L2, for four
+ * rows; 16 chains).
+ * M > 1 is FMA-bound (8 rows: 8 FMAs per 8 codes). M = 2, 3 with x (M rows of K f32) within OG_X_L1 run whole-K
+ * tiles of two rows of x by one weight row (8 chains; a weight row read once, or twice from L1 at M = 3). Beyond,
+ * those tiles re-read x from L2 for every weight row, so gemv_og_block walks K in segments of OG_SEG codes (the x
+ * segment of up to OG_MB rows and the item's 4 weight-row segments stay in L1, the next ones are prefetched into
+ * L2) with tiles of up to 4 rows of x by 2 weight rows (8 accumulators, 2 decodes and 4 x loads per 8 FMAs), one
+ * chain at a time: chain c's accumulators are loaded from P, advanced over the segment's vectors v = c mod 4 and
+ * stored back, so each pair's four chains add the same products in the same order as the decode walk. Measured
+ * (AVX2 on Zen 4, one thread, bf16 weights from memory, CPU time, best of 3, benchmarks/small_m_harness.c,
+ * 2026-11-30), segments / whole-K tiles: M = 8 1.4-1.6x, M = 11 1.4-1.5x, M = 4 1.1x (K = 1024) to 1.8x
+ * (K = 7168), M = 2 1.75x at K = 7168; but 0.75x at M = 3, K = 1024 and 0.85x at M = 2, K = 2048 (hence OG_X_L1). */
+#define OG_SEG (64 * VL) /* codes per K segment (a multiple of 4 VL: every segment starts at chain 0) */
+#define OG_MB 12         /* rows of x per block */
+#define OG_NB 4          /* weight rows per block (the work item: GEMV_COLS) */
+#define OG_PF 2          /* segments of software prefetch ahead */
+#define OG_X_L1 16384    /* bytes of x (M rows of K f32) up to which M = 2, 3 run whole-K tiles */
+
 AI int onegroup_walk(dsv3_format f, const dsv3_lin_args *a)
 {
     return !a->xs && DSV3_GEMV_KC >= a->w->k && (f == DSV3_FMT_F32 || f == DSV3_FMT_BF16 || f == DSV3_FMT_INT8);
 }
 
+/* y[m, n] from the pair's four chains p[0..3] (x row xr): the walk's one epilogue */
+AI void og_out(dsv3_format f, const dsv3_lin_args *a, const float *xr, int64_t m, int64_t n, const V *p)
+{
+    const dsv3_weight *w = a->w;
+    const int64_t K = w->k, Kv = K / VL * VL;
+    const float s = gscale(f, w, n, 0, 1);
+    const V acc = V_MUL(V_ADD(V_ADD(p[0], p[1]), V_ADD(p[2], p[3])), V_SET1(s));
+    float tail = 0.0f;
+    if (Kv < K) { /* K tail: scalar decode once per row, added after the vector sum */
+        float wt[VL];
+        dsv3_formats[f].code_row(w, n, Kv, K - Kv, wt);
+        float q = 0.0f;
+        for (int64_t j = Kv; j < K; j++)
+            q += xr[j] * wt[j - Kv];
+        tail = q * s;
+    }
+    float *y = a->y + m * w->n + n;
+    *y = V_REDUCE(acc) + tail;
+    if (a->bias)
+        *y += a->bias[n];
+}
+
+/* Whole-K tiles: one row of x by nr weight rows (1 or 4: decode), or two rows of x by one weight row (M > 1 while
+ * x fits in OG_X_L1). */
 AI void gemv_onegroup(dsv3_format f, const int mr, const int nr, const dsv3_lin_args *a, int64_t n0, int64_t m0)
 {
     const dsv3_weight *w = a->w;
     const int64_t K = w->k, Kv = K / VL * VL;
     const float *x[2];
     const uint8_t *row[4];
-    V p[4][4]; /* [x row or weight row][chain] */
+    V p[4][4]; /* [row of x or weight row][chain] */
     for (int i = 0; i < mr; i++)
         x[i] = a->x + (m0 + i) * K;
     for (int j = 0; j < nr; j++)
@@ -306,43 +345,108 @@ AI void gemv_onegroup(dsv3_format f, const int mr, const int nr, const dsv3_lin_
         for (int c = 0; c < 4; c++)
             p[t][c] = V_ZERO();
     int64_t k = 0;
-    for (; k + 4 * VL <= Kv; k += 4 * VL) {
-        if (nr > 1) {
-            for (int c = 0; c < 4; c++) {
+    for (; k + 4 * VL <= Kv; k += 4 * VL)
+        for (int c = 0; c < 4; c++) {
+            if (mr == 1) {
                 const V xv = V_LOADU(x[0] + k + c * VL);
                 for (int j = 0; j < nr; j++)
                     p[j][c] = V_FMA(xv, DEC(f, w, row[j], k + c * VL), p[j][c]);
-            }
-        } else {
-            for (int c = 0; c < 4; c++) {
+            } else {
                 const V wv = DEC(f, w, row[0], k + c * VL);
                 for (int i = 0; i < mr; i++)
                     p[i][c] = V_FMA(V_LOADU(x[i] + k + c * VL), wv, p[i][c]);
             }
         }
-    }
     for (int c = 0; c < 3 && k < Kv; c++, k += VL) /* 1-3 vectors left: chains 0, 1, 2 */
-        for (int t = 0; t < (nr > 1 ? nr : mr); t++)
-            p[t][c] = V_FMA(V_LOADU(x[nr > 1 ? 0 : t] + k), DEC(f, w, row[nr > 1 ? t : 0], k), p[t][c]);
-    for (int t = 0; t < (nr > 1 ? nr : mr); t++) {
-        const int i = nr > 1 ? 0 : t;
-        const int64_t n = n0 + (nr > 1 ? t : 0);
-        const float s = gscale(f, w, n, 0, 1);
-        const V acc = V_MUL(V_ADD(V_ADD(p[t][0], p[t][1]), V_ADD(p[t][2], p[t][3])), V_SET1(s));
-        float tail = 0.0f;
-        if (Kv < K) { /* K tail: scalar decode once per row, added after the vector sum */
-            float wt[VL];
-            dsv3_formats[f].code_row(w, n, Kv, K - Kv, wt);
-            float q = 0.0f;
-            for (int64_t j = Kv; j < K; j++)
-                q += x[i][j] * wt[j - Kv];
-            tail = q * s;
+        for (int t = 0; t < mr * nr; t++)
+            p[t][c] = V_FMA(V_LOADU(x[mr == 1 ? 0 : t] + k), DEC(f, w, row[mr == 1 ? t : 0], k), p[t][c]);
+    for (int t = 0; t < mr * nr; t++)
+        og_out(f, a, x[mr == 1 ? 0 : t], m0 + (mr == 1 ? 0 : t), n0 + (mr == 1 ? t : 0), p[t]);
+}
+
+/* One tile of the M > 1 walk: rows x + i xst (i < mr) by weight rows row[0..nr), vectors [vs, ve) of the segment
+ * (vs a multiple of 4), chains from and back to P[i][j0 + j][c]. */
+AI void og_tile(dsv3_format f, const int mr, const int nr, const dsv3_weight *w, const float *x, int64_t xst,
+                const uint8_t *const *row, int64_t vs, int64_t ve, V (*P)[OG_NB][4], int j0)
+{
+    (void)w;
+    for (int c = 0; c < 4; c++) {
+        V acc[4][4];
+        for (int i = 0; i < mr; i++)
+            for (int j = 0; j < nr; j++)
+                acc[i][j] = P[i][j0 + j][c];
+        for (int64_t v = vs + c; v < ve; v += 4) {
+            const int64_t k = v * VL;
+            V wv[4];
+            for (int j = 0; j < nr; j++)
+                wv[j] = DEC(f, w, row[j], k);
+            for (int i = 0; i < mr; i++) {
+                V xv = V_LOADU(x + i * xst + k);
+                __asm__("" : "+x"(xv)); /* one load in a register for the nr FMAs (GCC would fold it into
+                                         * each: 2 + 8 loads per 8 FMAs, over the two 256-bit loads a cycle) */
+                for (int j = 0; j < nr; j++)
+                    acc[i][j] = V_FMA(xv, wv[j], acc[i][j]);
+            }
         }
-        float *y = a->y + (m0 + i) * w->n + n;
-        *y = V_REDUCE(acc) + tail;
-        if (a->bias)
-            *y += a->bias[n];
+        for (int i = 0; i < mr; i++)
+            for (int j = 0; j < nr; j++)
+                P[i][j0 + j][c] = acc[i][j];
     }
+}
+
+/* Tiles of the (mb rows, nb weight rows) block over one segment: 4 x 2 (8 chains) where the rows allow, 2 x 4
+ * and 1 x 4 for a remainder of 1-2 rows of x, 3 x 2 for 3. */
+AI void og_segment(dsv3_format f, const dsv3_weight *w, const float *x, int64_t xst, const uint8_t *const *row,
+                   int mb, int nb, int64_t vs, int64_t ve, V (*P)[OG_NB][4])
+{
+    for (int i0 = 0; i0 < mb; i0 += 4) {
+        const int mr = mb - i0 < 4 ? mb - i0 : 4;
+        const int nw = mr <= 2 ? 4 : 2; /* weight rows per tile */
+        for (int j0 = 0; j0 < nb; j0 += nw) {
+            const int nr = nb - j0 < nw ? nb - j0 : nw;
+            const float *xi = x + i0 * xst;
+            const uint8_t *const *rj = row + j0;
+#define OG_T(MR, NR)                                                                                \
+    case MR * 8 + NR: og_tile(f, MR, NR, w, xi, xst, rj, vs, ve, P + i0, j0); break
+            switch (mr * 8 + nr) {
+                OG_T(4, 2); OG_T(4, 1); OG_T(3, 2); OG_T(3, 1);
+                OG_T(2, 4); OG_T(2, 3); OG_T(2, 2); OG_T(2, 1);
+                OG_T(1, 4); OG_T(1, 3); OG_T(1, 2);
+            default: og_tile(f, 1, 1, w, xi, xst, rj, vs, ve, P + i0, j0); break;
+            }
+#undef OG_T
+        }
+    }
+}
+
+/* M > 1: rows [m0, m0 + mb) of x by weight rows [n0, n0 + nb), K in segments. */
+AI void gemv_og_block(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int nb, int64_t m0, int mb)
+{
+    const dsv3_weight *w = a->w;
+    const int64_t K = w->k, nv = K / VL;
+    const float *x = a->x + m0 * K;
+    const uint8_t *row[OG_NB];
+    V P[OG_MB][OG_NB][4]; /* [row of x][weight row][chain] */
+    for (int i = 0; i < mb; i++)
+        for (int j = 0; j < nb; j++)
+            for (int c = 0; c < 4; c++)
+                P[i][j][c] = V_ZERO();
+    for (int j = 0; j < nb; j++)
+        row[j] = row_ptr(f, w, n0 + j);
+    const int bpc = f == DSV3_FMT_F32 ? 4 : f == DSV3_FMT_BF16 ? 2 : 1; /* bytes per code */
+    for (int64_t vs = 0; vs < nv; vs += OG_SEG / VL) {
+        /* the weight rows' segment OG_PF ahead, past a row's end the same row of the next item (rows are
+         * contiguous; a prefetch past the weight's end is harmless), into L2 (T1; into L1, T0, measured no
+         * faster than none: x and the segment in use lose lines to it; T1: M = 8 1.25x) */
+        const int64_t o = vs * VL + OG_PF * OG_SEG, d = o < K ? o : o + (nb - 1) * K;
+        for (int j = 0; j < nb; j++)
+            for (int64_t b = 0; b < OG_SEG * bpc; b += 64)
+                _mm_prefetch((const char *)row[j] + d * bpc + b, _MM_HINT_T1);
+        og_segment(f, w, x, K, row, mb, nb, vs, vs + OG_SEG / VL < nv ? vs + OG_SEG / VL : nv, P);
+    }
+    for (int i = 0; i < mb; i++)
+        for (int j = 0; j < nb; j++)
+            og_out(f, a, x + i * K, m0 + i, n0 + j, P[i][j]);
 }
 
 AI void gemv_rows_onegroup(dsv3_format f, const dsv3_lin_args *a, int64_t n0, int64_t n1)
@@ -356,12 +460,20 @@ AI void gemv_rows_onegroup(dsv3_format f, const dsv3_lin_args *a, int64_t n0, in
             gemv_onegroup(f, 1, 1, a, n, 0);
         return;
     }
-    for (int64_t n = n0; n < n1; n++) {
-        int64_t m0 = 0;
-        for (; m0 + 2 <= a->m; m0 += 2)
-            gemv_onegroup(f, 2, 1, a, n, m0);
-        if (m0 < a->m)
-            gemv_onegroup(f, 1, 1, a, n, m0);
+    if (a->m <= 3 && a->m * a->w->k * 4 <= OG_X_L1) { /* x in L1: whole-K tiles of two rows of x (8 chains) */
+        for (int64_t n = n0; n < n1; n++) {
+            int64_t m0 = 0;
+            for (; m0 + 2 <= a->m; m0 += 2)
+                gemv_onegroup(f, 2, 1, a, n, m0);
+            if (m0 < a->m)
+                gemv_onegroup(f, 1, 1, a, n, m0);
+        }
+        return;
+    }
+    for (int64_t n = n0; n < n1; n += OG_NB) {
+        const int nb = n1 - n < OG_NB ? (int)(n1 - n) : OG_NB;
+        for (int64_t m0 = 0; m0 < a->m; m0 += OG_MB)
+            gemv_og_block(f, a, n, nb, m0, a->m - m0 < OG_MB ? (int)(a->m - m0) : OG_MB);
     }
 }
 
