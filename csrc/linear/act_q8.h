@@ -58,7 +58,6 @@ float dsv3_q8_ref_dot(const dsv3_lin_args *a, int64_t m, int64_t n, int64_t k0);
  * AVX-512 versions in gemv_dot_avx512.c (its decoders with the lo part dropped); scalar twin here. */
 void dsv3_fast_bf16hi_scalar(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_gemv_bf16_dot1_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
-void dsv3_gemv_fp8_block_dot1_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 void dsv3_gemv_nvfp4_dot1_avx512(const dsv3_lin_args *a, int64_t n0, int64_t n1);
 /* fp8_block, AVX-512, small M (dot_fp8_avx512.c): the same definition with the e4m3 codes turned into bf16 by
  * shifts (a table path for groups with zero-exponent or NaN codes), x hi in DSV3_X_BF16X2_N128; its own sum order
