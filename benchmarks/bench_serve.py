@@ -23,7 +23,7 @@ does not cap it (on the MoE model 8 tokens read ~2x the weights of one, see the 
    vs the same requests one after another, through the `openai` client: total generated tokens/s and
    the mean time to first token.
 
-    PYTHONPATH=$PWD python benchmarks/bench_serve.py            # ~4-6 minutes on 2 cores
+    PYTHONPATH=$PWD python benchmarks/bench_serve.py            # ~20 s on a quiet 2-core machine, minutes under load
     PYTHONPATH=$PWD python benchmarks/bench_serve.py --quick    # smaller model, fewer tokens
 """
 import argparse
