@@ -89,3 +89,21 @@ def torch_hidden(main, ids):
     with torch.no_grad():
         out = main.model(input_ids=torch.as_tensor(np.asarray(ids, np.int64))[None], use_cache=False)
     return out.last_hidden_state[0].numpy()
+
+
+def finish_speculative_engine(e, reqs, ref, stats, damp, k):
+    """Run a speculative Engine until idle, then check each request's greedy tokens against ``ref`` (plain
+    decoding), an agreeing MTP layer's (``damp`` 0) full acceptance, the acceptance counts against the
+    single-sequence path's ``stats`` (``k`` 3, the draft length those were made with), and that every slot came
+    back."""
+    while not e.idle:
+        e.step()
+    for i, r in enumerate(reqs):
+        assert np.array_equal(r.output().token_ids, ref[i]), (damp, k, i)
+    s = e.speculative_stats
+    if damp == 0.0:
+        assert s.acceptance_rate == 1.0
+    if k == 3:
+        assert (s.rounds, s.drafted, s.accepted) == tuple(sum(getattr(x, f) for x in stats)
+                                                          for f in ("rounds", "drafted", "accepted"))
+    assert len(e.free) == e.max_batch

@@ -8,7 +8,7 @@ import pytest
 import dsv3
 from dsv3.engine import Engine
 from dsv3.testing.mtp import agreeing_mtp
-from mtp_helpers import build
+from mtp_helpers import build, finish_speculative_engine
 from serve_helpers import load
 
 IDS = np.array([3, 17, 5, 60, 2, 9, 41, 77, 12], np.int64)
@@ -222,17 +222,7 @@ def test_engine_greedy_speculative_equals_plain(damp, kw):
     for k in (1, 3, 4):
         e = Engine(m, max_batch=3, speculative="mtp", num_draft=k)
         reqs = [e.submit(p, max_new_tokens=n) for p, n in zip(prompts, news)]
-        while not e.idle:
-            e.step()
-        for i, r in enumerate(reqs):
-            assert np.array_equal(r.output().token_ids, ref[i]), (damp, k, i)
-        s = e.speculative_stats
-        if damp == 0.0:
-            assert s.acceptance_rate == 1.0
-        if k == 3:
-            assert (s.rounds, s.drafted, s.accepted) == tuple(sum(getattr(x, f) for x in stats)
-                                                              for f in ("rounds", "drafted", "accepted"))
-        assert len(e.free) == e.max_batch
+        finish_speculative_engine(e, reqs, ref, stats, damp, k)
     full_plain = Engine(m, max_batch=2, max_seq_len=30).generate([IDS, IDS[:4]], max_new_tokens=60)
     full_spec = Engine(m, max_batch=2, max_seq_len=30, speculative="mtp", num_draft=3).generate(
         [IDS, IDS[:4]], max_new_tokens=60)
