@@ -107,3 +107,14 @@ def finish_speculative_engine(e, reqs, ref, stats, damp, k):
         assert (s.rounds, s.drafted, s.accepted) == tuple(sum(getattr(x, f) for x in stats)
                                                           for f in ("rounds", "drafted", "accepted"))
     assert len(e.free) == e.max_batch
+
+
+def check_full_cache_stop(m, ids, new=60):
+    """A generation that runs into max_seq_len: speculative decoding gives plain greedy's tokens and the same
+    finish reason, both warning that the cache is full."""
+    import pytest
+    with pytest.warns(RuntimeWarning, match="cache full"):
+        ref = m.generate(ids, new, return_dict=True)
+    with pytest.warns(RuntimeWarning, match="cache full"):
+        out = m.generate(ids, new, speculative="mtp", num_draft=3, return_dict=True)
+    assert np.array_equal(ref.token_ids, out.token_ids) and ref.finish_reason == out.finish_reason

@@ -6,7 +6,7 @@ import pytest
 
 import dsv3
 from dsv3.testing.mtp import agreeing_mtp
-from mtp_helpers import build, torch_hidden, torch_mtp
+from mtp_helpers import build, check_full_cache_stop, torch_hidden, torch_mtp
 
 IDS = np.array([3, 17, 5, 60, 2, 9, 41, 77, 12], np.int64)
 
@@ -127,11 +127,7 @@ def test_greedy_speculative_equals_plain_greedy(name, prec, dtype, attention):
                 s = m.speculative_stats
                 if damp == 0.0:
                     assert s.acceptance_rate == 1.0
-        with pytest.warns(RuntimeWarning, match="cache full"):  # runs into max_seq_len: same tokens, same stop
-            ref = m.generate(IDS, 60, return_dict=True)
-        with pytest.warns(RuntimeWarning, match="cache full"):
-            out = m.generate(IDS, 60, speculative="mtp", num_draft=3, return_dict=True)
-        assert np.array_equal(ref.token_ids, out.token_ids) and ref.finish_reason == out.finish_reason
+        check_full_cache_stop(m, IDS)
 
 
 def test_greedy_speculative_logprobs_penalty_and_stops():
